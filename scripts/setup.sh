@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything speechbudget needs on a fresh machine (idempotent).
+# System: espeak-ng (synthetic corpus) and sox, through apt-get when missing and we are root.
+# Python: torch pinned to 2.13.0 (the CPU build here; an unpinned torch pulls GBs of CUDA wheels),
+# then the package itself with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing espeak-ng and sox with apt-get"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+  else
+    echo "[setup] espeak-ng (and sox) are missing: install them, e.g. 'sudo apt-get install espeak-ng sox'" >&2
+    exit 1
+  fi
+fi
+
+"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+echo "[setup] ok: $("$PY" -c 'import speechbudget, torch; print("speechbudget", speechbudget.__version__, "torch", torch.__version__)')"

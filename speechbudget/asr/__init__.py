@@ -1,0 +1,1 @@
+"""ASR side: tokenizer, CTC decoding, WER scoring."""

@@ -1,0 +1,1 @@
+"""Compute accounting: FLOP counts, device peaks, scaling laws, the planner."""

@@ -1,0 +1,345 @@
+"""A scaling law for the SSL pretraining loss, its fit on pilot runs, and budget allocation.
+
+The law has the Chinchilla form (Hoffmann et al. 2022)
+
+    L(N, D) = E + A / N**alpha + B / D_eff**beta
+
+with N the parameter count and D the hours of audio processed (unique hours U times epochs).
+Speech corpora are small next to text, so budgets often buy more hours than exist and the data
+gets looped. Repeated audio is worth less each time; following Muennighoff et al. 2023
+("Scaling Data-Constrained Language Models") the hours processed are replaced by an effective
+amount that saturates:
+
+    D_eff = D                                           if D <= U
+    D_eff = U + U * R* * (1 - exp(-(D / U - 1) / R*))   otherwise
+
+so that looping forever is worth at most U * (1 + R*) fresh hours. R* is the characteristic
+number of repetitions after which extra epochs stop helping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from itertools import product
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
+
+from speechbudget.budget.devices import write_json_atomic
+from speechbudget.errors import SpeechBudgetError
+
+# Muennighoff et al. fit R_D* = 15.4 for repeated tokens in language models; no speech fit exists,
+# so we use the same order of magnitude. fit_law takes it as a fixed input, not a free parameter:
+# pilot runs rarely loop enough to identify it.
+DEFAULT_R_STAR = 15.0
+
+COEFFICIENTS = ("E", "A", "alpha", "B", "beta")
+HUBER_DELTA = 1e-3
+
+
+def effective_hours(hours, unique_hours=None, r_star: float = DEFAULT_R_STAR):
+    """Hours of fresh audio that ``hours`` processed over ``unique_hours`` of data are worth.
+
+    ``unique_hours=None`` means unlimited data (every hour is fresh). Works on arrays.
+    """
+    d = np.asarray(hours, dtype=float)
+    if unique_hours is None:
+        return d
+    if r_star <= 0:
+        raise SpeechBudgetError(f"r_star must be > 0, got {r_star}")
+    u = np.asarray(unique_hours, dtype=float)
+    repeats = np.maximum(d / u - 1.0, 0.0)
+    # min(d, u) is d for the first epoch and u afterwards, so both branches are one expression.
+    return np.minimum(d, u) + u * r_star * -np.expm1(-repeats / r_star)
+
+
+@dataclass
+class ScalingLaw:
+    """Coefficients of L(N, D) = E + A/N^alpha + B/D_eff^beta (loss in nats, D in hours).
+
+    ``calibrated`` says whether the numbers were fitted on pilot runs or are the defaults;
+    ``ci`` holds 95% bootstrap intervals ``{name: (low, high)}`` when fitted.
+    """
+
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    r_star: float = DEFAULT_R_STAR
+    calibrated: bool = False
+    ci: dict[str, tuple[float, float]] | None = None
+
+    def predict(self, params, hours, unique_hours=None):
+        """Predicted loss for ``params`` parameters trained on ``hours`` processed hours of
+        audio drawn from ``unique_hours`` distinct hours (None: no repetition)."""
+        n = np.asarray(params, dtype=float)
+        d_eff = effective_hours(hours, unique_hours, self.r_star)
+        if np.any(n <= 0) or np.any(d_eff <= 0):
+            raise SpeechBudgetError("params and hours must be > 0 to predict a loss")
+        loss = self.E + self.A / n**self.alpha + self.B / d_eff**self.beta
+        return float(loss) if np.ndim(loss) == 0 else loss
+
+    def to_json(self, path: str | Path) -> None:
+        """Save atomically, so a planner never reads a half-written law."""
+        data = asdict(self)
+        if self.ci is not None:
+            data["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
+        write_json_atomic(path, data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ScalingLaw":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise SpeechBudgetError(f"scaling law file {path} does not exist") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SpeechBudgetError(f"cannot read scaling law {path}: {exc}") from exc
+        missing = [k for k in COEFFICIENTS if k not in data]
+        if missing:
+            raise SpeechBudgetError(f"scaling law {path} lacks {', '.join(missing)}")
+        ci = data.get("ci")
+        return cls(
+            **{k: float(data[k]) for k in COEFFICIENTS},
+            r_star=float(data.get("r_star", DEFAULT_R_STAR)),
+            calibrated=bool(data.get("calibrated", False)),
+            ci=None if ci is None else {k: (float(v[0]), float(v[1])) for k, v in ci.items()},
+        )
+
+
+# Uncalibrated defaults for HuBERT-style masked-prediction cross-entropy over 100-500 k-means
+# clusters (nats). Chance level is ln(100) = 4.6 to ln(500) = 6.2; cluster targets are noisy
+# (neighbouring frames of one phone land in different clusters), so even a perfect model keeps a
+# large irreducible loss: E = 2.5. The exponents are Chinchilla's (0.34 for N, 0.28 for D), the
+# only well-measured values for this functional form. A and B are set so that
+#   - a 1M-parameter model on 10 hours sits near 5.7 nats (just under chance for 500 clusters),
+#   - a HuBERT-Base-sized run (95M parameters, 960 h looped to ~300k processed hours) lands near
+#     3.0 nats,
+#   - the compute-optimal split is near Chinchilla's ~20 tokens per parameter when a 20 ms frame
+#     counts as a token (at 1e19 FLOPs: ~300M parameters on ~30k hours).
+# These are guesses with the right shape, not measurements: fit your own with fit_law.
+DEFAULT_LAW = ScalingLaw(E=2.5, A=130.0, alpha=0.34, B=3.9, beta=0.28, calibrated=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting (Chinchilla approach 3)
+
+# theta = (a, b, e, alpha, beta) with A = exp(a), B = exp(b), E = exp(e): positivity for free.
+# The grid covers E in [0.37, 4.5] nats, exponents in [0.1, 1], and prefactors over many decades
+# (N spans 1e5-1e9 and D 1-1e6 hours, so A and B can be large).
+_GRID = {
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0),
+    "b": (0.0, 2.5, 5.0, 10.0),
+    "e": (-1.0, 0.0, 0.5, 1.0, 1.5),
+    "alpha": (0.1, 0.3, 0.5, 1.0),
+    "beta": (0.1, 0.3, 0.5, 1.0),
+}
+_BOUNDS = [(-30.0, 60.0), (-30.0, 60.0), (-10.0, 5.0), (1e-3, 3.0), (1e-3, 3.0)]
+
+
+def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber loss divided by delta (same minimiser, better-scaled numbers) and its derivative."""
+    small = np.abs(r) <= delta
+    value = np.where(small, 0.5 * r**2 / delta, np.abs(r) - 0.5 * delta)
+    grad = np.clip(r / delta, -1.0, 1.0)
+    return value, grad
+
+
+def _objective(theta, log_n, log_d, log_loss, delta):
+    """Mean Huber loss between log predicted and log observed loss, with its gradient.
+
+    Written out by hand (no scipy logsumexp, no stacking): it runs ~10^5 times per fit.
+    """
+    a, b, e, alpha, beta = theta
+    t_n = a - alpha * log_n
+    t_d = b - beta * log_d
+    top = np.maximum(np.maximum(t_n, t_d), e)
+    w_n, w_d, w_e = np.exp(t_n - top), np.exp(t_d - top), np.exp(e - top)
+    total = w_n + w_d + w_e
+    log_pred = top + np.log(total)
+    value, dvalue = _huber(log_pred - log_loss, delta)
+    # d log_pred / d term_i is the softmax weight of term i.
+    g_n, g_d, g_e = dvalue * w_n / total, dvalue * w_d / total, dvalue * w_e / total
+    m = len(log_n)
+    grad = np.array([g_n.sum(), g_d.sum(), g_e.sum(), -(g_n @ log_n), -(g_d @ log_d)])
+    return value.sum() / m, grad / m
+
+
+def _grid_values(log_n, log_d, log_loss, delta) -> tuple[np.ndarray, np.ndarray]:
+    """All grid starting points and their objective values, evaluated in one vectorised pass."""
+    starts = np.array(list(product(*_GRID.values())))
+    a, b, e, alpha, beta = (starts[:, i : i + 1] for i in range(5))
+    e = np.broadcast_to(e, (len(starts), len(log_n)))
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, e])
+    log_pred = logsumexp(terms, axis=0)
+    value, _ = _huber(log_pred - log_loss, delta)
+    return starts, value.mean(axis=1)
+
+
+def _minimise(data, starts) -> tuple[np.ndarray, float]:
+    """Run L-BFGS-B from each start and keep the lowest objective."""
+    best_theta, best_value = None, math.inf
+    for theta0 in starts:
+        result = minimize(
+            _objective, theta0, args=data, jac=True, method="L-BFGS-B", bounds=_BOUNDS,
+            options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9},
+        )
+        if np.isfinite(result.fun) and result.fun < best_value:
+            best_theta, best_value = result.x, float(result.fun)
+    return best_theta, best_value
+
+
+def _fit_theta(data, n_starts: int, extra_starts=()) -> np.ndarray:
+    """Screen the whole grid cheaply, then refine the ``n_starts`` most promising points.
+
+    Running L-BFGS from every grid point (Chinchilla does) costs seconds per fit; screening
+    keeps the fit fast enough to bootstrap hundreds of times.
+    """
+    starts, values = _grid_values(*data)
+    chosen = starts[np.argsort(values)[:n_starts]]
+    if len(extra_starts):
+        chosen = np.vstack([np.atleast_2d(extra_starts), chosen])
+    theta, _ = _minimise(data, chosen)
+    return theta
+
+
+def _theta_to_coefficients(theta) -> dict[str, float]:
+    a, b, e, alpha, beta = theta
+    return {
+        "E": math.exp(e), "A": math.exp(a), "alpha": float(alpha), "B": math.exp(b), "beta": float(beta)
+    }
+
+
+def _validate_points(points) -> np.ndarray:
+    shape_error = SpeechBudgetError("each pilot point must be (params, hours, unique_hours, loss)")
+    try:
+        array = np.asarray(points, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise shape_error from exc
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise shape_error
+    if len(array) < len(COEFFICIENTS):
+        raise SpeechBudgetError(
+            f"need at least {len(COEFFICIENTS)} pilot runs to fit {len(COEFFICIENTS)} "
+            f"coefficients, got {len(array)}: run more pilots"
+        )
+    if not np.all(np.isfinite(array)) or np.any(array <= 0):
+        raise SpeechBudgetError("pilot points must be finite and > 0 (params, hours, unique, loss)")
+    return array
+
+
+def fit_law(
+    points: Sequence[tuple[float, float, float, float]],
+    r_star: float = DEFAULT_R_STAR,
+    bootstrap: int = 200,
+    seed: int = 0,
+    n_starts: int = 32,
+    delta: float = HUBER_DELTA,
+) -> ScalingLaw:
+    """Fit the law to pilot runs ``(params, hours, unique_hours, final_loss)``.
+
+    Chinchilla approach 3: Huber loss on log-loss (robust to a diverged pilot), L-BFGS from a
+    grid of starts. ``bootstrap`` refits on resampled points give 95% intervals per coefficient.
+    """
+    array = _validate_points(points)
+    n, d, u, loss = array.T
+    log_d_eff = np.log(effective_hours(d, u, r_star))
+    data = (np.log(n), log_d_eff, np.log(loss), delta)
+    # L-BFGS-B calls BLAS on 5-vectors; with several BLAS threads on a busy machine the threads
+    # spin-wait on each other and the fit gets ~15x slower. One thread is all it needs.
+    with threadpool_limits(limits=1, user_api="blas"):
+        theta = _fit_theta(data, n_starts)
+        ci = _bootstrap_ci(data, theta, bootstrap, seed) if bootstrap > 0 else None
+    return ScalingLaw(**_theta_to_coefficients(theta), r_star=r_star, calibrated=True, ci=ci)
+
+
+def _bootstrap_ci(data, theta, rounds: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals from refits on points resampled with replacement.
+
+    Each refit starts from the full-data optimum plus a few screened grid points: enough to
+    follow the optimum as it moves, at a fraction of the full fit's cost.
+    """
+    log_n, log_d, log_loss, delta = data
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(log_n), size=len(log_n))
+        sample = (log_n[idx], log_d[idx], log_loss[idx], delta)
+        fits.append(_theta_to_coefficients(_fit_theta(sample, n_starts=1, extra_starts=theta)))
+    return {
+        name: tuple(float(q) for q in np.percentile([f[name] for f in fits], [2.5, 97.5]))
+        for name in COEFFICIENTS
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation of a compute budget
+
+
+class Candidate(NamedTuple):
+    """A model configuration: its size and the training FLOPs one hour of audio costs it."""
+
+    name: str
+    params: float
+    flops_per_hour: float
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What a budget buys one candidate, and the loss the law predicts for it."""
+
+    name: str
+    params: float
+    flops_per_hour: float
+    hours: float  # audio hours processed
+    epochs: float | None  # hours / unique_hours; None when data is unlimited
+    effective_hours: float
+    loss: float
+    best: bool = False
+
+
+def optimal_allocation(
+    law: ScalingLaw,
+    compute_flops: float,
+    candidates: Sequence[tuple[str, float, float]],
+    unique_hours: float | None = None,
+) -> list[Allocation]:
+    """Spend ``compute_flops`` on each candidate, predict its loss, best first.
+
+    A candidate's hours are what the budget buys at its per-hour cost; with ``unique_hours``
+    given, hours beyond the corpus are repeats and the law discounts them, so small models that
+    would loop a small corpus many times lose to larger ones that see it fewer times.
+    """
+    if not compute_flops > 0:
+        raise SpeechBudgetError(f"compute budget must be > 0 FLOPs, got {compute_flops}")
+    if unique_hours is not None and not unique_hours > 0:
+        raise SpeechBudgetError(f"unique_hours must be > 0, got {unique_hours}")
+    if not candidates:
+        raise SpeechBudgetError("no candidate configurations to allocate the budget to")
+    allocations = [_allocate(law, compute_flops, Candidate(*c), unique_hours) for c in candidates]
+    allocations.sort(key=lambda a: a.loss)
+    best = allocations[0]
+    allocations[0] = Allocation(**{**asdict(best), "best": True})
+    return allocations
+
+
+def _allocate(law, compute_flops, cand: Candidate, unique_hours) -> Allocation:
+    if not (cand.params > 0 and cand.flops_per_hour > 0):
+        raise SpeechBudgetError(f"candidate {cand.name!r} needs params > 0 and flops_per_hour > 0")
+    hours = compute_flops / cand.flops_per_hour
+    return Allocation(
+        name=cand.name,
+        params=float(cand.params),
+        flops_per_hour=float(cand.flops_per_hour),
+        hours=hours,
+        epochs=None if unique_hours is None else hours / unique_hours,
+        effective_hours=float(effective_hours(hours, unique_hours, law.r_star)),
+        loss=law.predict(cand.params, hours, unique_hours),
+    )

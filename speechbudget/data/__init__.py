@@ -1,0 +1,1 @@
+"""Data preparation: sources -> lhotse manifests -> fbank features; k-means targets; datasets."""

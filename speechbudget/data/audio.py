@@ -1,0 +1,89 @@
+"""Audio validation and conversion to 16 kHz mono.
+
+Every item of every source goes through :func:`check_and_convert`, so "what counts as bad
+audio" is decided in one place. Audio that is fine but not 16 kHz mono wav/flac is converted
+once to FLAC (written under a temporary name, then renamed) so later stages never resample.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import soundfile as sf
+from lhotse import Recording
+
+SAMPLE_RATE = 16000
+MIN_DURATION = 0.1  # seconds; shorter clips cannot give even a few encoder frames
+SILENCE_PEAK = 1e-4  # full scale is 1.0; quieter than this everywhere is digital silence
+NATIVE_FORMATS = {"WAV", "FLAC"}
+
+
+@dataclass
+class CheckResult:
+    item_id: str
+    recording: Optional[Recording]
+    reason: Optional[str] = None  # why it was rejected
+    note: Optional[str] = None  # what was converted
+
+
+def atomic_write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write FLAC to a temporary name in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    sf.write(str(tmp), samples, sample_rate, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling (scipy): exact rational ratio, no torchaudio needed."""
+    if orig_sr == target_sr:
+        return samples
+    from scipy.signal import resample_poly
+
+    g = math.gcd(orig_sr, target_sr)
+    return resample_poly(samples, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+def check_and_convert(item_id: str, path: str, converted_dir: Path) -> CheckResult:
+    """Read ``path``, reject it with a reason or return a 16 kHz mono :class:`Recording`."""
+    p = Path(path)
+    if not p.is_file():
+        return CheckResult(item_id, None, f"audio file not found: {path}")
+    try:
+        info = sf.info(str(p))
+        samples, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt data
+        return CheckResult(item_id, None, f"unreadable audio ({type(e).__name__}: {str(e).strip()[:120]})")
+    if samples.shape[0] == 0:
+        return CheckResult(item_id, None, "empty audio (0 samples)")
+    if not np.isfinite(samples).all():
+        return CheckResult(item_id, None, "audio contains NaN or inf samples")
+    duration = samples.shape[0] / sr
+    if duration < MIN_DURATION:
+        return CheckResult(item_id, None, f"too short ({duration:.3f} s < {MIN_DURATION} s)")
+    notes = []
+    if samples.shape[1] > 1:
+        samples = samples.mean(axis=1, keepdims=True)
+        notes.append(f"{info.channels} channels -> mono")
+    mono = samples[:, 0]
+    if float(np.abs(mono).max()) < SILENCE_PEAK:
+        return CheckResult(item_id, None, "silent audio (peak below -80 dBFS)")
+    if sr != SAMPLE_RATE:
+        mono = resample(mono, sr)
+        notes.append(f"{sr} Hz -> {SAMPLE_RATE} Hz")
+    if info.format not in NATIVE_FORMATS:
+        notes.append(f"{info.format} -> FLAC")
+    if notes:
+        out = Path(converted_dir) / f"{item_id}.flac"
+        atomic_write_audio(out, np.clip(mono, -1.0, 1.0), SAMPLE_RATE)
+        p = out
+    try:
+        rec = Recording.from_file(p, recording_id=item_id)
+    except Exception as e:
+        return CheckResult(item_id, None, f"lhotse cannot read audio ({type(e).__name__}: {e})")
+    return CheckResult(item_id, rec, None, "; ".join(notes) or None)

@@ -1,0 +1,34 @@
+"""80-dim log-mel fbank (10 ms shift) through lhotse, stored with lilcom compression."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Optional
+
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+
+from .. import progress
+
+NUM_MEL_BINS = 80
+FRAME_SHIFT = 0.01
+
+
+def fbank_extractor() -> Fbank:
+    return Fbank(FbankConfig(num_filters=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, sampling_rate=16000))
+
+
+def compute_fbank(cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None) -> CutSet:
+    """Extract and store features; a half-written storage folder from a killed run is discarded."""
+    storage = Path(storage)
+    if storage.exists():
+        shutil.rmtree(storage) if storage.is_dir() else storage.unlink()
+    return cuts.compute_and_store_features(
+        extractor=fbank_extractor(),
+        storage_path=storage,
+        num_jobs=num_jobs if executor is not None or num_jobs > 1 else 1,
+        storage_type=LilcomChunkyWriter,
+        executor=executor,
+        progress_bar=progress.enabled(),
+    ).to_eager()

@@ -1,0 +1,56 @@
+"""Common Voice: ``clips/`` + ``validated.tsv`` (or a ``.csv`` with the same columns)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import List, Optional
+
+from ...errors import SpeechBudgetError
+from . import SourceItem
+
+REQUIRED = ("client_id", "path", "sentence")
+
+
+def _table(root: Path, table: Optional[Path]) -> Path:
+    if table is not None:
+        return Path(table)
+    for name in ("validated.tsv", "validated.csv", "train.tsv"):
+        if (root / name).is_file():
+            return root / name
+    raise SpeechBudgetError(f"no validated.tsv (or .csv) in {root}; pass --table PATH")
+
+
+def _split_for(speaker: str, dev_fraction: float, test_fraction: float) -> str:
+    """Speaker-disjoint split by hashing the speaker id, so it is stable as data grows."""
+    h = int(hashlib.sha1(speaker.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "dev" if h < test_fraction + dev_fraction else "train"
+
+
+def find_items(root: Path, table: Optional[Path] = None, dev_fraction: float = 0.0, test_fraction: float = 0.2) -> List[SourceItem]:
+    root = Path(root)
+    path = _table(root, table)
+    delimiter = "," if path.suffix == ".csv" else "\t"
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SpeechBudgetError(f"{path} lacks columns {missing}; Common Voice tables need {', '.join(REQUIRED)}")
+        rows = list(reader)
+    clips = root / "clips" if (root / "clips").is_dir() else root
+    items = []
+    for row in rows:
+        speaker = (row.get("client_id") or "unknown")[:16]
+        name = row.get("path") or ""
+        items.append(
+            SourceItem(
+                id=f"cv-{Path(name).stem}",
+                audio=str(clips / name),
+                split=_split_for(speaker, dev_fraction, test_fraction),
+                text=row.get("sentence"),
+                speaker=speaker,
+                custom={k: row[k] for k in ("gender", "age", "accent") if row.get(k)},
+            )
+        )
+    return items

@@ -1,0 +1,1 @@
+"""Speech encoders (Zipformer, Transformer, bidirectional Mamba) behind one interface."""

@@ -1,0 +1,45 @@
+"""The one encoder interface every model in speechbudget implements.
+
+Input is features ``(B, T, F)`` with per-utterance ``lengths`` (frames); output is hidden
+states ``(B, T', D)`` with output lengths, and optionally every layer's output (k-means
+iteration 2 and layer probing read those). Padding must never change what real frames see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # (B, T', D)
+    lengths: torch.Tensor  # (B,) int64, valid frames of ``hidden``
+    layers: Optional[List[torch.Tensor]] = None  # each (B, T'', D_l), only when asked
+
+
+class Encoder(nn.Module):
+    """Base class: subclasses set ``output_dim`` and ``frame_rate_hz`` and implement forward."""
+
+    output_dim: int
+    #: output frames per second of audio (e.g. 50.0 for k2SSL's label rate)
+    frame_rate_hz: float
+    #: input feature frames per second (100 for 10 ms fbank, 16000 for raw waveform)
+    input_rate_hz: float = 100.0
+    #: feature dimension expected on input (80 for fbank, 1 for waveform)
+    input_dim: int = 80
+
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, return_layers: bool = False
+    ) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def make_pad_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
+    """``True`` at padded positions: ``(B, T)``."""
+    max_len = int(max_len if max_len is not None else lengths.max().item())
+    idx = torch.arange(max_len, device=lengths.device)
+    return idx.unsqueeze(0) >= lengths.unsqueeze(1)

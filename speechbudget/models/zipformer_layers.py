@@ -1,0 +1,318 @@
+"""Building blocks of the Zipformer encoder (Yao et al., arXiv 2310.11230).
+
+Tensors are batch-first: ``(B, T, D)``. ``pad`` is a ``(B, T)`` bool mask, ``True`` at padded
+frames. Every block is written so that padded frames can hold any finite junk without changing
+what real frames compute: attention never looks at padded keys, the depthwise convolution sees
+zeros there (exactly what "same" zero padding would give a shorter batch), and downsampling
+repeats each utterance's own last frame.
+
+The training aids of the reference implementation (balancers, whitening, dropout schedules,
+layer skipping) have no parameters and are left out; parameter shapes follow the reference so
+that model sizes match it.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Score given to padded keys. Finite (not -inf) so an all-padding row cannot produce NaN, and
+# far enough below any real score that exp() underflows to exactly 0 (also in fp16/bf16).
+MASKED_SCORE = -1000.0
+
+
+def scaled_linear(d_in: int, d_out: int, scale: float, bias: bool = True) -> nn.Linear:
+    """A Linear whose initial weights are shrunk by ``scale``.
+
+    Zipformer starts residual branches small (and splits the usual 1/sqrt(d) attention factor
+    between query and key) through initial scales rather than constant multipliers in forward.
+    """
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    with torch.no_grad():
+        lin.weight.mul_(scale)
+        if bias:
+            lin.bias.uniform_(-0.1 * scale, 0.1 * scale)
+    return lin
+
+
+def swoosh_l(x: torch.Tensor) -> torch.Tensor:
+    """SwooshL(x) = log(1 + e^(x-4)) - 0.08x - 0.035 (feed-forward activation).
+
+    Unlike Swish it has a non-zero slope for negative inputs, so units are never "dead"; the
+    offsets make it near zero-mean.
+    """
+    return F.softplus(x - 4.0) - 0.08 * x - 0.035
+
+
+def swoosh_r(x: torch.Tensor) -> torch.Tensor:
+    """SwooshR(x) = log(1 + e^(x-1)) - 0.08x - 0.313261687 (convolution-module activation).
+
+    The constant makes SwooshR(0) = 0.
+    """
+    return F.softplus(x - 1.0) - 0.08 * x - 0.313261687
+
+
+class BiasNorm(nn.Module):
+    """x / RMS(x - b) * exp(g): LayerNorm without mean removal and with a learned bias.
+
+    The bias is used only inside the RMS, so a channel cannot become a large constant that
+    "defeats" the normalisation; the output keeps the input's direction and length information.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.tensor(1.0))
+        self.eps = eps  # guards an all-zero frame (e.g. zeroed padding); negligible otherwise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ms = (x - self.bias).pow(2).mean(dim=-1, keepdim=True)
+        return x * (ms + self.eps).rsqrt() * self.log_scale.exp()
+
+
+class Bypass(nn.Module):
+    """out = x_orig + c * (x - x_orig) with a learned per-channel ``c`` (initially 0.5).
+
+    Lets each block (or downsampled stack) choose, channel by channel, how much of its own
+    update to keep: the paper's replacement for a plain residual around a whole block.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x_orig: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x_orig + (x - x_orig) * self.scale
+
+
+class FeedForward(nn.Module):
+    """Linear -> SwooshL -> Linear. The output projection starts small (scale 0.1)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.in_proj = nn.Linear(dim, hidden)
+        self.out_proj = scaled_linear(hidden, dim, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(swoosh_l(self.in_proj(x)))
+
+
+class ConvModule(nn.Module):
+    """Gated pointwise conv -> depthwise conv over time -> SwooshR -> pointwise conv.
+
+    Padded frames are zeroed right before the depthwise convolution, so real frames near the end
+    of an utterance see the same zeros the convolution's own padding would give them.
+    """
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"convolution kernel must be odd, got {kernel_size}")
+        self.in_proj = nn.Linear(dim, 2 * dim)
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.out_proj = scaled_linear(dim, dim, 0.05)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x, gate = self.in_proj(x).chunk(2, dim=-1)
+        x = x * torch.sigmoid(gate)
+        x = x.masked_fill(pad.unsqueeze(-1), 0.0)
+        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
+        return self.out_proj(swoosh_r(x))
+
+
+def compact_rel_positions(seq_len: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Embeddings of relative offsets -(T-1) .. T-1: ``(2T-1, dim)``.
+
+    Offsets are squashed (log, then atan) into a finite interval before the Fourier features, so
+    a few dimensions separate nearby offsets sharply while far ones (1000 vs 1001) look alike;
+    relative attention needs the former, not the latter. The last dimension is a constant 1 that
+    acts as a bias. Each offset's embedding does not depend on T, so padding cannot change it.
+    """
+    offsets = torch.arange(-(seq_len - 1), seq_len, device=device, dtype=torch.float32).unsqueeze(1)
+    c = math.sqrt(dim)  # compression length
+    compressed = c * offsets.sign() * (torch.log(offsets.abs() + c) - math.log(c))
+    angle = torch.atan(compressed / (dim / (2 * math.pi)))
+    freqs = torch.arange(1, dim // 2 + 1, device=device, dtype=torch.float32)
+    pe = torch.stack([torch.cos(angle * freqs), torch.sin(angle * freqs)], dim=-1).reshape(-1, dim)
+    pe = torch.cat([pe[:, :-1], torch.ones_like(pe[:, :1])], dim=1)
+    return pe.to(dtype)
+
+
+def rel_to_abs(scores: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, 2T-1) scores indexed by offset k = j - i + T - 1  ->  (B, H, T, T) indexed by j.
+
+    A strided view (no copy): row i starts one element earlier than row i-1 along the offset axis.
+    """
+    scores = scores.contiguous()  # a no-op for matmul outputs; the strides below assume it
+    b, h, t, _ = scores.shape
+    s0, s1, s2, s3 = scores.stride()
+    return scores.as_strided(
+        (b, h, t, t), (s0, s1, s2 - s3, s3), storage_offset=scores.storage_offset() + (t - 1) * s3
+    )
+
+
+class AttentionWeights(nn.Module):
+    """Multi-head attention weights with relative positions, computed once per block.
+
+    score(i, j) = q_i . k_j + p_i . W pe(j - i) per head, where p is a small per-head "position
+    query" (``pos_head_dim``) and pe the compact relative embedding. The weights are shared by the
+    non-linear attention and both self-attention modules of a block: attention is computed once
+    and reused three times. The query/key projection starts at scale query_head_dim^-0.25, which
+    plays the role of the usual 1/sqrt(d) factor.
+    """
+
+    def __init__(self, dim: int, num_heads: int, query_head_dim: int, pos_head_dim: int, pos_dim: int):
+        super().__init__()
+        self.num_heads, self.query_head_dim, self.pos_head_dim = num_heads, query_head_dim, pos_head_dim
+        in_dim = (2 * query_head_dim + pos_head_dim) * num_heads
+        self.in_proj = scaled_linear(dim, in_dim, query_head_dim**-0.25)
+        self.pos_proj = scaled_linear(pos_dim, num_heads * pos_head_dim, 0.05, bias=False)
+
+    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), pos_emb (2T-1, pos_dim), pad (B, T) -> weights (B, H, T, T)."""
+        b, t, _ = x.shape
+        h, dq, dp = self.num_heads, self.query_head_dim, self.pos_head_dim
+        q, k, p = self.in_proj(x).split([h * dq, h * dq, h * dp], dim=-1)
+        q = q.reshape(b, t, h, dq).transpose(1, 2)  # (B, H, T, dq)
+        k = k.reshape(b, t, h, dq).permute(0, 2, 3, 1)  # (B, H, dq, T)
+        p = p.reshape(b, t, h, dp).transpose(1, 2)  # (B, H, T, dp)
+        pos = self.pos_proj(pos_emb).reshape(-1, h, dp).permute(1, 2, 0).unsqueeze(0)  # (1, H, dp, 2T-1)
+        scores = torch.matmul(q, k) + rel_to_abs(torch.matmul(p, pos))
+        scores = scores.masked_fill(pad[:, None, None, :], MASKED_SCORE)
+        return scores.softmax(dim=-1)
+
+
+class SelfAttention(nn.Module):
+    """Values and output projection for precomputed attention weights."""
+
+    def __init__(self, dim: int, num_heads: int, value_head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj = nn.Linear(dim, num_heads * value_head_dim)
+        self.out_proj = scaled_linear(num_heads * value_head_dim, dim, 0.05)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        v = self.in_proj(x).reshape(b, t, self.num_heads, -1).transpose(1, 2)  # (B, H, T, dv)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(b, t, -1)
+        return self.out_proj(out)
+
+
+class NonlinAttention(nn.Module):
+    """Attention as the "convolution" of a gated unit: (tanh(s) * x) mixed over time by the first
+    head's attention weights, then gated by y.
+
+    It reuses the block's attention weights, so it adds context mixing with no new score
+    computation. Hidden width is 3/4 of the model dim.
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.in_proj = nn.Linear(dim, 3 * hidden)
+        self.out_proj = scaled_linear(hidden, dim, 0.05)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        s, x, y = self.in_proj(x).chunk(3, dim=-1)
+        x = x * torch.tanh(s)
+        x = torch.matmul(weights[:, 0], x)  # (B, T, T) @ (B, T, hidden)
+        return self.out_proj(x * y)
+
+
+class ZipformerBlock(nn.Module):
+    """One Zipformer layer: roughly two Conformer blocks sharing one attention computation.
+
+    FF(3/4) -> NonlinAttention -> SelfAttention -> Conv -> FF(1) -> mid bypass ->
+    SelfAttention -> Conv -> FF(5/4) -> BiasNorm -> bypass, all residual. The feed-forward
+    hidden sizes are 3/4, 1 and 5/4 of ``feedforward_dim``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        feedforward_dim: int,
+        num_heads: int,
+        query_head_dim: int,
+        value_head_dim: int,
+        pos_head_dim: int,
+        pos_dim: int,
+        kernel_size: int,
+    ):
+        super().__init__()
+        self.attn_weights = AttentionWeights(dim, num_heads, query_head_dim, pos_head_dim, pos_dim)
+        self.ff1 = FeedForward(dim, feedforward_dim * 3 // 4)
+        self.nonlin_attn = NonlinAttention(dim, 3 * dim // 4)
+        self.self_attn1 = SelfAttention(dim, num_heads, value_head_dim)
+        self.conv1 = ConvModule(dim, kernel_size)
+        self.ff2 = FeedForward(dim, feedforward_dim)
+        self.bypass_mid = Bypass(dim)
+        self.self_attn2 = SelfAttention(dim, num_heads, value_head_dim)
+        self.conv2 = ConvModule(dim, kernel_size)
+        self.ff3 = FeedForward(dim, feedforward_dim * 5 // 4)
+        self.norm = BiasNorm(dim)
+        self.bypass = Bypass(dim)
+
+    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x_orig = x
+        w = self.attn_weights(x, pos_emb, pad)
+        x = x + self.ff1(x)
+        x = x + self.nonlin_attn(x, w)
+        x = x + self.self_attn1(x, w)
+        x = x + self.conv1(x, pad)
+        x = x + self.ff2(x)
+        x = self.bypass_mid(x_orig, x)
+        x = x + self.self_attn2(x, w)
+        x = x + self.conv2(x, pad)
+        x = x + self.ff3(x)
+        x = self.bypass(x_orig, self.norm(x))
+        # keep padded frames finite and quiet; real frames never read them anyway
+        return x.masked_fill(pad.unsqueeze(-1), 0.0)
+
+
+class Downsample(nn.Module):
+    """Frame rate / ``factor`` by a learned weighted average of each group of frames.
+
+    The weights are softmax(b) over the ``factor`` positions in a group. The group holding an
+    utterance's last real frame is completed by repeating that frame (per utterance, not the
+    batch's last frame), so the result does not depend on how much padding follows.
+    """
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.bias = nn.Parameter(torch.zeros(factor))
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths + self.factor - 1, self.factor, rounding_mode="floor")
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        t_out = (t + self.factor - 1) // self.factor
+        # frame index to read for every slot: min(slot, own last frame)
+        idx = torch.arange(t_out * self.factor, device=x.device).unsqueeze(0)
+        idx = torch.minimum(idx, (lengths - 1).clamp(min=0).unsqueeze(1))
+        x = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, d))
+        w = self.bias.softmax(dim=0).to(x.dtype)
+        return (x.reshape(b, t_out, self.factor, d) * w[:, None]).sum(dim=2)
+
+
+def upsample(x: torch.Tensor, factor: int, seq_len: int) -> torch.Tensor:
+    """Repeat each frame ``factor`` times and cut to ``seq_len``: the inverse of Downsample's rate."""
+    return x.repeat_interleave(factor, dim=1)[:, :seq_len]
+
+
+def fit_channels(x: torch.Tensor, from_dim: int, to_dim: int) -> torch.Tensor:
+    """Change the channel count between stacks: drop the last channels or append zeros.
+
+    Widths come from the config (not ``x.shape``) so tracing sees no shape-dependent branch.
+    """
+    if to_dim <= from_dim:
+        return x[..., :to_dim]
+    return F.pad(x, (0, to_dim - from_dim))
+
+
+def padding_mask(lengths: torch.Tensor, seq_len) -> torch.Tensor:
+    """``True`` at padded frames, ``(B, T)``. Takes ``x.size(1)`` as is (no ``int()``), so
+    ``torch.jit.trace`` records it without warnings."""
+    return torch.arange(seq_len, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)

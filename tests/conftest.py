@@ -1,0 +1,34 @@
+"""Shared fixtures: paths to the real audio in ../shared/data and small copies of it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FSDD = SHARED / "fsdd" / "recordings"
+COMMONVOICE = SHARED / "commonvoice-mini"
+NOISE = SHARED / "noise"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"real test audio is missing: expected {SHARED} (../shared/data beside the repo)")
+    return SHARED
+
+
+def copy_fsdd(dst: Path, per_speaker: int = 6, speakers=("george", "jackson", "nicolas", "theo")) -> Path:
+    """A small FSDD folder: ``per_speaker`` recordings of each speaker, digits spread evenly."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for spk in speakers:
+        for i in range(per_speaker):
+            name = f"{i % 10}_{spk}_{i // 10}.wav"
+            shutil.copy(FSDD / name, dst / name)
+    return dst
