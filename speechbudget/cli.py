@@ -180,6 +180,162 @@ def data_describe(
     out.print(t)
 
 
+
+# ---------------------------------------------------------------------------------- training
+OVERRIDES = typer.Argument(None, help="key=value overrides of the recipe section, e.g. budget.steps=100 optim.lr=0.01")
+
+
+def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(summary)
+        return
+    t = Table(title=f"{summary['stage']} -> {summary['exp_dir']}")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    final = summary.get("final") or {}
+    rows = [("steps", summary["steps"]), ("epochs", f"{summary['epochs']:.2f}"),
+            ("training FLOPs", f"{summary['flops']:.3e}"),
+            ("FLOP limit", f"{summary['flops_limit']:.3e}" if summary.get("flops_limit") else "-"),
+            ("audio hours", f"{summary['audio_hours']:.4f}"), ("wall seconds", f"{summary['wall_seconds']:.1f}"),
+            ("budget used", f"{100 * summary['budget_used']:.1f}% ({summary['binding_limit']})"),
+            ("skipped non-finite steps", summary["bad_steps"]), ("checkpoint", summary["checkpoint"])]
+    rows += [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in final.items()]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+    if summary.get("already_done"):
+        out.print("the budget was already spent: nothing to do (delete the exp_dir to start over)")
+
+
+@app.command(epilog="Examples:\n\n"
+             "  speechbudget kmeans data/synthetic --out exp/km1 --features mfcc --num-clusters 100\n\n"
+             "  speechbudget kmeans data/synthetic --out exp/km2 --features layer --checkpoint exp/pt/checkpoints --layer 4 --num-clusters 500")
+def kmeans(
+    cuts: List[Path] = typer.Argument(..., help="Corpus folder or cuts_<split>.jsonl.gz files; k-means is fit on the train split."),
+    out_dir: Path = typer.Option(..., "--out", help="Where the labeled cuts and the k-means model go."),
+    features: str = typer.Option("mfcc", help="mfcc (39-dim with deltas, iteration 1) | fbank | layer (iteration 2)."),
+    num_clusters: int = typer.Option(100, help="Clusters (HuBERT: 100 on MFCC, 500 on a hidden layer)."),
+    max_frames: int = typer.Option(200_000, help="Frames sampled to fit k-means."),
+    encoder: str = typer.Option("zipformer-tiny", help="Encoder preset whose output frame rate and lengths the labels follow."),
+    checkpoint: Optional[Path] = typer.Option(None, help="features=layer: a pretraining checkpoint (file or its folder)."),
+    layer: Optional[int] = typer.Option(None, help="features=layer: which encoder layer."),
+    seed: int = typer.Option(0),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """HuBERT targets: k-means labels at the encoder frame rate, written into the cuts as custom["kmeans"]."""
+    from .train.targets import make_targets
+
+    quiet_if_json(as_json)
+    summary = make_targets(cuts, out_dir, features, num_clusters, max_frames, encoder, checkpoint, layer, seed)
+    if as_json:
+        emit_json(summary)
+        return
+    u = summary["usage"]
+    out.print(f"k-means ({features}, k={num_clusters}) -> {out_dir}")
+    t = Table()
+    for col in ("split", "cuts", "labeled manifest"):
+        t.add_column(col)
+    for split, s in summary["splits"].items():
+        t.add_row(split, str(s["cuts"]), s["path"])
+    out.print(t)
+    out.print(f"cluster usage: entropy {u['entropy_bits']:.2f} of {u['max_entropy_bits']:.2f} bits, "
+              f"perplexity {u['perplexity']:.1f}, empty clusters {u['empty_clusters']}")
+
+
+@app.command(epilog="Examples:\n\n"
+             "  speechbudget pretrain recipes/quickstart.yaml\n\n"
+             "  speechbudget pretrain recipes/quickstart.yaml budget.flops=2e13 encoder=zipformer-xs\n\n"
+             "  torchrun --nproc_per_node 8 -m speechbudget.cli pretrain recipes/librispeech-100h-zipformer-base.yaml\n\n"
+             "Re-running the same command resumes from the newest checkpoint.")
+def pretrain(
+    recipe: Path = typer.Argument(..., help="Recipe YAML; its `pretrain:` section is used."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """HuBERT masked-prediction pretraining on k-means targets, stopping at the budget."""
+    from .config import load_train_config, load_yaml
+    from .train.pretrain import pretrain as run
+
+    quiet_if_json(as_json)
+    cfg = load_train_config(recipe, "pretrain", overrides or [])
+    _render_train(run(cfg, load_yaml(recipe)), as_json)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  speechbudget finetune recipes/quickstart.yaml\n\n"
+             "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch")
+def finetune(
+    recipe: Path = typer.Argument(..., help="Recipe YAML; its `finetune:` section is used."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """CTC fine-tuning (sentencepiece tokens) of a pretrained or fresh encoder, within a budget."""
+    from .config import load_train_config, load_yaml
+    from .train.finetune import finetune as run
+
+    quiet_if_json(as_json)
+    cfg = load_train_config(recipe, "finetune", overrides or [])
+    _render_train(run(cfg, load_yaml(recipe)), as_json)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  speechbudget decode exp/ft data/synthetic/cuts_test.jsonl.gz\n\n"
+             "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json")
+def decode(
+    model: Path = typer.Argument(..., help="Fine-tuning exp dir (newest checkpoint) or a checkpoint file."),
+    cuts: List[Path] = typer.Argument(..., help="One or more cut manifests to decode."),
+    method: str = typer.Option("greedy", help="greedy | beam (CTC prefix beam search)."),
+    beam_size: int = typer.Option(8, help="Beam size for --method beam."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: EXP/decode-<method>."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Decode cut sets and write icefall-style recogs-, errs- and wer-summary- files."""
+    from .asr.decode import decode as run
+
+    quiet_if_json(as_json)
+    results = [run(model, c, out_dir, method, beam_size, device=device) for c in cuts]
+    if as_json:
+        emit_json(results if len(results) > 1 else results[0])
+        return
+    t = Table(title=f"WER ({method})")
+    for col in ("set", "utterances", "WER %", "95% CI", "ins", "del", "sub", "ref words"):
+        t.add_column(col, justify="right")
+    for r in results:
+        if r["wer"] is None:
+            t.add_row(r["set"], str(r["utterances"]), "-", "-", "-", "-", "-", "-")
+            out.print(f"{r['set']}: {r['note']}")
+            continue
+        ci = f"{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}" if r.get("ci95") else "-"
+        t.add_row(r["set"], str(r["utterances"]), f"{r['wer']:.2f}", ci, str(r["insertions"]), str(r["deletions"]),
+                  str(r["substitutions"]), str(r["ref_words"]))
+    out.print(t)
+    out.print(f"result files: {results[0]['out_dir']}")
+
+
+tokenizer_app = typer.Typer(help="Sentencepiece tokenizers for CTC.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train", epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char")
+def tokenizer_train(
+    cuts: Path = typer.Argument(..., help="A cut manifest (or corpus folder) whose transcripts train the model."),
+    out_dir: Path = typer.Option(..., "--out"),
+    model_type: str = typer.Option("bpe", "--type", help="bpe | unigram | char"),
+    vocab_size: int = typer.Option(64, help="Vocabulary size (clamped to what the text supports)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train a sentencepiece model (blank = id 0) on normalised transcripts."""
+    from .asr.tokenizer import Tokenizer, train_tokenizer
+    from .data.manifests import load_cuts
+
+    texts = [" ".join(s.text or "" for s in c.supervisions) for c in load_cuts(cuts)]
+    path = train_tokenizer([t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size)
+    tok = Tokenizer(path)
+    info = {"model": str(path), "type": model_type, "vocab_size": tok.vocab_size, "texts": len(texts)}
+    emit_json(info) if as_json else out.print(f"tokenizer -> {path} (vocab {tok.vocab_size}, {len(texts)} transcripts)")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

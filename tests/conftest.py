@@ -32,3 +32,21 @@ def copy_fsdd(dst: Path, per_speaker: int = 6, speakers=("george", "jackson", "n
             name = f"{i % 10}_{spk}_{i // 10}.wav"
             shutil.copy(FSDD / name, dst / name)
     return dst
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> Path:
+    """A small prepared synthetic corpus (espeak-ng) with MFCC k-means labels, shared by tests."""
+    from speechbudget.cli import main
+
+    root = tmp_path_factory.mktemp("synthetic")
+    try:
+        main(["prepare", "synthetic", "--hours", "0.04", "--seed", "3", "--out", str(root), "--json"])
+    except SystemExit as e:
+        assert not e.code, "preparing the synthetic corpus failed"
+    try:
+        main(["kmeans", str(root / "synthetic"), "--out", str(root / "km"), "--num-clusters", "24",
+              "--encoder", "zipformer-tiny", "--json"])
+    except SystemExit as e:
+        assert not e.code, "k-means failed"
+    return root

@@ -174,6 +174,7 @@ class HiddenOnly(nn.Module):
         return out.hidden, out.lengths
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fvcore_can_trace_the_tiny_model():
     from fvcore.nn import FlopCountAnalysis
 

@@ -35,6 +35,9 @@ def test_param_counts_match_reference(name):
 
 
 def test_tiny_presets_are_small_and_comparable():
+    for name in PRESETS:  # every preset builds
+        with torch.device("meta"):
+            assert build(**PRESETS[name]).frame_rate_hz == 50.0
     sizes = {}
     for name in ("zipformer-tiny", "zipformer-tiny-slim", "zipformer-tiny-wide"):
         with torch.device("meta"):
@@ -123,17 +126,22 @@ def test_waveform_frontend_rates():
 
 
 def test_backward_reaches_every_parameter_and_model_learns():
+    """Regress a fixed random readout of the hidden states onto a projection of the input frames
+    each output frame covers. The readout is frozen, so only the encoder can lower the loss."""
     model = _tiny().train()
-    head = torch.nn.Linear(model.output_dim, 8)
     torch.manual_seed(2)
     x, lengths = torch.randn(2, 80, 80), torch.tensor([80, 61])
-    target = torch.randn(2, 38, 8)
-    opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=2e-3)
+    readout = 0.05 * torch.randn(model.output_dim, 8)
+    project = torch.randn(80, 8) / 40**0.5
+    # plain Adam moves every weight by ~lr, so it needs a small lr with Zipformer's small inits
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     losses = []
     for step in range(5):
         out = model(x, lengths)
-        real = ~make_pad_mask(out.lengths, out.hidden.size(1))
-        loss = ((head(out.hidden) - target) ** 2)[real].mean()
+        t = out.hidden.size(1)
+        target = x[:, 1 : 2 * t + 1].reshape(2, t, 2, 80).mean(2) @ project
+        real = ~make_pad_mask(out.lengths, t)
+        loss = ((out.hidden @ readout - target) ** 2)[real].mean()
         opt.zero_grad()
         loss.backward()
         if step == 0:
@@ -142,7 +150,7 @@ def test_backward_reaches_every_parameter_and_model_learns():
             assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0], losses
 
 
 def _analytic_stack_macs(model: Zipformer, frames: int) -> int:

@@ -30,9 +30,10 @@ import inspect
 import json
 import logging
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -262,7 +263,7 @@ def _override_value(mod: nn.Module, calls: List[tuple]) -> int:
     total = 0
     for inputs, output in calls:
         macs = mod.flop_macs(inputs, output)
-        if isinstance(macs, bool) or not isinstance(macs, (int, float)) or macs < 0:
+        if isinstance(macs, bool) or not isinstance(macs, numbers.Real) or macs < 0:
             raise TypeError(f"{type(mod).__name__}.flop_macs must return a non-negative int, got {macs!r}")
         total += int(macs)
     return total
@@ -344,18 +345,26 @@ _COST_CACHE: Dict[Tuple[str, float, int], dict] = {}
 
 
 def _dummy_input(encoder: nn.Module, seconds: float, batch: int) -> tuple:
-    """Silence-free random input at the encoder's own rate and width, all frames valid."""
+    """Random input at the encoder's own rate and width, all frames valid.
+
+    A private generator leaves the caller's RNG stream (and so their run's seed) untouched.
+    """
     rate = float(getattr(encoder, "input_rate_hz", 100.0))
     dim = int(getattr(encoder, "input_dim", 80))
     frames = max(1, round(seconds * rate))
-    features = torch.randn(batch, frames, dim)
+    dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), torch.float32)
+    features = torch.randn(batch, frames, dim, generator=torch.Generator().manual_seed(0)).to(dtype)
     lengths = torch.full((batch,), frames, dtype=torch.int64)
     return features, lengths
 
 
 def _cost(encoder: nn.Module, seconds: float, batch: int) -> dict:
-    encoder.eval()
-    report = count_macs(encoder, _dummy_input(encoder, seconds, batch))
+    was_training = encoder.training
+    encoder.eval()  # inference graph: no dropout, no training-only branches
+    try:
+        report = count_macs(encoder, _dummy_input(encoder, seconds, batch))
+    finally:
+        encoder.train(was_training)
     audio = seconds * batch
     gflops = lambda macs: 2.0 * macs / audio / 1e9  # noqa: E731
     out = {
@@ -372,7 +381,10 @@ def _cost(encoder: nn.Module, seconds: float, batch: int) -> dict:
     return out
 
 
-def encoder_cost(spec_or_encoder: Union[str, Mapping[str, Any], nn.Module], seconds: float = 10.0, batch: int = 1) -> dict:
+EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
+
+
+def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
     """Parameters and inference cost per second of audio for a preset, config or built encoder.
 
     Cost is measured on ``seconds`` of input because attention makes it grow faster than
@@ -393,9 +405,7 @@ def encoder_cost(spec_or_encoder: Union[str, Mapping[str, Any], nn.Module], seco
     return copy.deepcopy(_COST_CACHE[key])
 
 
-def training_flops_per_audio_second(
-    spec: Union[str, Mapping[str, Any], nn.Module], head_macs_per_frame: float = 0, seconds: float = 10.0
-) -> float:
+def training_flops_per_audio_second(spec: EncoderSpec, head_macs_per_frame: float = 0, seconds: float = 10.0) -> float:
     """Training FLOPs per second of audio: 3 x (encoder forward + objective head forward).
 
     The backward pass costs about twice the forward (gradients w.r.t. activations and w.r.t.

@@ -193,6 +193,8 @@ def _minimise(data, starts) -> tuple[np.ndarray, float]:
         )
         if np.isfinite(result.fun) and result.fun < best_value:
             best_theta, best_value = result.x, float(result.fun)
+    if best_theta is None:
+        raise SpeechBudgetError("the scaling-law fit diverged from every start: check pilot losses")
     return best_theta, best_value
 
 
@@ -213,7 +215,11 @@ def _fit_theta(data, n_starts: int, extra_starts=()) -> np.ndarray:
 def _theta_to_coefficients(theta) -> dict[str, float]:
     a, b, e, alpha, beta = theta
     return {
-        "E": math.exp(e), "A": math.exp(a), "alpha": float(alpha), "B": math.exp(b), "beta": float(beta)
+        "E": math.exp(e),
+        "A": math.exp(a),
+        "alpha": float(alpha),
+        "B": math.exp(b),
+        "beta": float(beta),
     }
 
 
@@ -263,7 +269,7 @@ def fit_law(
 def _bootstrap_ci(data, theta, rounds: int, seed: int) -> dict[str, tuple[float, float]]:
     """95% percentile intervals from refits on points resampled with replacement.
 
-    Each refit starts from the full-data optimum plus a few screened grid points: enough to
+    Each refit starts from the full-data optimum and the best screened grid point: enough to
     follow the optimum as it moves, at a fraction of the full fit's cost.
     """
     log_n, log_d, log_loss, delta = data

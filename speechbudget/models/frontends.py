@@ -27,7 +27,7 @@ def conv_out_lengths(lengths: torch.Tensor, kernel: int, stride: int, padding: i
 
 
 class Conv2dSubsampling(nn.Module):
-    """(B, T, F) fbank -> (B, T', D) with T' = ((T - 3) // 2 + 1) - 2 (about T / 2)."""
+    """(B, T, F) fbank -> (B, T', D) with T' = ((T - 2) - 3) // 2 + 1 (about T / 2)."""
 
     def __init__(self, in_dim: int = 80, out_dim: int = 256, channels: Tuple[int, int] = (8, 32)):
         super().__init__()

@@ -88,7 +88,7 @@ def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def _step(h, dl_t, x_t, m_t, A):
     """One step of ``h = exp(dl A) h + x m`` for every chunk at once: h (n_chunks, B, D, N)."""
-    return torch.exp(dl_t.unsqueeze(-1) * A) * h + x_t.unsqueeze(-1) * m_t.unsqueeze(-2)
+    return torch.addcmul(torch.exp(dl_t.unsqueeze(-1) * A) * h, x_t.unsqueeze(-1), m_t.unsqueeze(-2))
 
 
 def _chunk_starts(dl, x, m, A) -> torch.Tensor:
@@ -244,6 +244,12 @@ class SelectiveScan(nn.Module):
     def macs(self, u_shape: Sequence[int], d_state: int, skip: bool = True, gate: bool = False) -> int:
         """See :func:`selective_scan_macs` for the formula."""
         return selective_scan_macs(u_shape, d_state, skip=skip, gate=gate)
+
+    def flop_macs(self, inputs: tuple, output) -> int:
+        """Hook for :func:`speechbudget.budget.flops.count_macs`: fvcore cannot see the scan's
+        elementwise arithmetic, so the whole module is counted analytically."""
+        u, delta, A, B, C, D, z = inputs
+        return self.macs(tuple(u.shape), A.shape[-1], skip=D is not None, gate=z is not None)
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size or 'sqrt(L/2)'}"

@@ -1,0 +1,99 @@
+"""``speechbudget decode``: a fine-tuned CTC checkpoint on any cut set -> hypotheses and WER files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from lhotse.dataset import SimpleCutSampler
+
+from .. import progress
+from ..data.dataset import SpeechDataset, make_loader
+from ..data.manifests import load_cuts, write_json
+from ..errors import SpeechBudgetError
+from ..models.presets import build_encoder
+from ..objectives.ctc import CtcModel
+from ..train import checkpoint as ckpt
+from .decoding import beam_search_batch, greedy_decode
+from .scoring import write_icefall_style
+from .text import normalize_text
+from .tokenizer import Tokenizer
+
+METHODS = ("greedy", "beam")
+
+
+def resolve_checkpoint(path: Path) -> Tuple[Path, Path]:
+    """A fine-tuning exp dir (its newest checkpoint, or averaged.pt) or a checkpoint file -> (ckpt, exp_dir)."""
+    path = Path(path)
+    if path.is_dir():
+        found = ckpt.latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise SpeechBudgetError(f"{path} has no checkpoints; run `speechbudget finetune` first")
+        return found, path
+    exp = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path, exp
+
+
+def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenizer, Dict[str, Any]]:
+    ck, exp = resolve_checkpoint(path)
+    state = ckpt.load(ck)
+    if state.get("stage") not in (None, "finetune"):
+        raise SpeechBudgetError(f"{ck} is a {state.get('stage')} checkpoint; decode a fine-tuned (CTC) one")
+    tok_path = exp / "tokenizer" / "tokenizer.model"
+    if not tok_path.is_file():
+        raise SpeechBudgetError(f"no tokenizer at {tok_path}; decode the fine-tuning experiment folder")
+    tokenizer = Tokenizer(tok_path)
+    encoder = build_encoder(state["config"]["encoder"])
+    model = CtcModel(encoder, tokenizer.vocab_size, tokenizer.blank_id, spec_augment=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tokenizer, {"checkpoint": str(ck), "exp_dir": str(exp),
+                                                "counters": state.get("counters", {})}
+
+
+def decode(model_path: Path, cuts_path: Path, out_dir: Optional[Path] = None, method: str = "greedy",
+           beam_size: int = 8, set_name: Optional[str] = None, max_duration: float = 120.0,
+           device: str = "cpu") -> Dict[str, Any]:
+    if method not in METHODS:
+        raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {' or '.join(METHODS)}")
+    dev = torch.device(device)
+    model, tokenizer, info = load_ctc_model(model_path, dev)
+    cuts = load_cuts(cuts_path).to_eager()
+    set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
+    out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"decode-{method}"
+    dataset = SpeechDataset("waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True)
+    loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
+    results: List[Tuple[str, str, str]] = []
+    with torch.no_grad():
+        for batch in progress.track(loader, total=None, description=f"decoding {set_name}"):
+            log_probs, lengths = model.log_probs(batch["features"].to(dev), batch["lengths"].to(dev))
+            if method == "greedy":
+                hyps = greedy_decode(log_probs.cpu(), lengths.cpu(), blank=tokenizer.blank_id)
+            else:
+                hyps = beam_search_batch(log_probs.cpu(), lengths.cpu(), beam_size=beam_size, blank=tokenizer.blank_id)
+            for cid, ref, hyp in zip(batch["ids"], batch["texts"], hyps):
+                results.append((cid, normalize_text(ref), tokenizer.decode(hyp)))
+    if not results:
+        raise SpeechBudgetError(f"{cuts_path} holds no cuts to decode")
+    suffix = f"{method}" + (f"-beam{beam_size}" if method == "beam" else "")
+    summary: Dict[str, Any] = {"set": set_name, "method": method, "utterances": len(results),
+                               "checkpoint": info["checkpoint"], "out_dir": str(out_dir)}
+    if not any(ref for _, ref, _ in results):
+        _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
+        summary.update(wer=None, note="the cuts have no transcripts: hypotheses written, no WER can be computed")
+    else:
+        scored = [(cid, ref, hyp) for cid, ref, hyp in results if ref]
+        res = write_icefall_style(out_dir, set_name, scored, suffix=suffix)
+        summary.update(wer=res.wer, ci95=list(res.ci95) if res.ci95 else None, errors=res.errors,
+                       insertions=res.insertions, deletions=res.deletions, substitutions=res.substitutions,
+                       ref_words=res.num_ref_words, unscored=len(results) - len(scored))
+    write_json(summary, out_dir / f"decode-summary-{set_name}-{suffix}.json")
+    return summary
+
+
+def _write_hyps(path: Path, results: List[Tuple[str, str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(f"{cid}\t{hyp}\n" for cid, _, hyp in results), encoding="utf-8")
+    os.replace(tmp, path)

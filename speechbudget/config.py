@@ -1,0 +1,225 @@
+"""Recipe schema: YAML + ``key=value`` overrides -> validated, typed dataclasses.
+
+A recipe is the single source of truth of a run. Every section is a dataclass, so the valid
+keys and their defaults are readable in one place; an unknown key or a wrong type stops with
+one line naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from .errors import SpeechBudgetError
+
+
+# ------------------------------------------------------------------------------------- sections
+@dataclass
+class BudgetConfig:
+    """Stop training when the first of these limits is reached (at most one step over)."""
+
+    flops: Optional[float] = None  # training FLOPs (forward + backward = 3 x forward)
+    gpu_hours: Optional[float] = None  # converted to FLOPs with device peak x utilisation
+    wall_hours: Optional[float] = None  # wall-clock hours of training (this run and its resumes)
+    audio_hours: Optional[float] = None  # hours of audio processed
+    steps: Optional[int] = None  # optimizer steps
+    device: str = "cpu"  # device whose peak converts gpu_hours to FLOPs
+    dtype: str = "fp32"  # peak to use: fp32, tf32, bf16, fp16
+    utilisation: Optional[float] = None  # model-FLOP utilisation; None = calibrated or default
+
+
+@dataclass
+class OptimConfig:
+    name: str = "scaled_adam"  # scaled_adam | adamw
+    lr: float = 0.045
+    weight_decay: float = 0.0
+    clipping_scale: float = 2.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "eden"  # eden | cosine
+    lr_batches: float = 7500.0  # Eden B
+    lr_epochs: float = 10.5  # Eden E
+    warmup_batches: int = 500
+    #: what Eden's "epoch" counts: "epochs" over the training set, or "hours" of audio processed
+    epoch_unit: str = "epochs"
+    min_lr_ratio: float = 0.0  # cosine
+
+
+@dataclass
+class HubertConfig:
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    temperature: float = 0.1
+    unmasked_weight: float = 0.0
+    final_dim: int = 256
+    num_clusters: Optional[int] = None  # None = max label in the training cuts + 1
+
+
+@dataclass
+class KmeansConfig:
+    features: str = "mfcc"  # mfcc | fbank | layer
+    num_clusters: int = 100
+    max_frames: int = 500_000
+    layer: Optional[int] = None  # for features=layer (iteration 2)
+    checkpoint: Optional[str] = None  # encoder checkpoint for features=layer
+    seed: int = 0
+
+
+@dataclass
+class CtcConfig:
+    tokenizer: str = "bpe"  # bpe | unigram | char
+    vocab_size: int = 64
+    freeze_encoder_steps: int = 0
+    spec_augment: bool = True
+    time_masks: int = 2
+    time_mask_width: int = 40  # input frames
+    freq_masks: int = 2
+    freq_mask_width: int = 15
+    noise_dir: Optional[str] = None
+    noise_snr_db: float = 15.0
+    noise_prob: float = 0.0
+    init_checkpoint: Optional[str] = None  # a pretrained encoder; None = from scratch
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; pretraining and fine-tuning share it."""
+
+    encoder: Any = "zipformer-tiny"  # preset name or {preset|family: ..., **kwargs}
+    train_cuts: str = ""  # cut manifest(s), comma-separated
+    dev_cuts: Optional[str] = None
+    exp_dir: str = ""
+    max_duration: float = 60.0  # seconds of audio per batch (lhotse DynamicBucketingSampler)
+    num_buckets: int = 10
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    num_workers: int = 0
+    checkpoint_every: int = 100  # steps
+    keep_last: int = 3
+    average_last: int = 0  # >0: also save the average of the last N checkpoints
+    log_every: int = 10
+    max_bad_steps: int = 10  # NaN/inf losses in a row before the run stops
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    hubert: HubertConfig = field(default_factory=HubertConfig)
+    ctc: CtcConfig = field(default_factory=CtcConfig)
+
+
+# ----------------------------------------------------------------------------------- machinery
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise SpeechBudgetError(f"config key '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e18 as a string
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise SpeechBudgetError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys name the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in (data or {}).items():
+        if k not in names:
+            raise SpeechBudgetError(f"unknown config key '{prefix}{k}'; valid keys: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """``["optim.lr=0.01", "budget.steps=100"]`` -> nested dict, values parsed as YAML scalars."""
+    out: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise SpeechBudgetError(f"override {item!r} must look like key=value (e.g. budget.steps=100)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: Dict[str, Any], upd: Mapping[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechBudgetError(f"recipe {path} does not exist (see `speechbudget recipes list`)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpeechBudgetError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise SpeechBudgetError(f"recipe {path} must be a mapping of sections (pretrain:, finetune:, ...)")
+    return data
+
+
+def load_train_config(recipe: Union[str, Path, Mapping[str, Any]], section: str,
+                      overrides: Sequence[str] = ()) -> TrainConfig:
+    """The ``section`` (pretrain / finetune) of a recipe, with top-level defaults and overrides.
+
+    Top-level keys that are TrainConfig fields (e.g. ``exp_dir``, ``seed``) apply to every
+    section; a section's own keys win; command-line overrides win over both.
+    """
+    data = dict(recipe) if isinstance(recipe, Mapping) else load_yaml(recipe)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged: Dict[str, Any] = {k: v for k, v in data.items() if k in names}
+    merged = deep_merge(merged, data.get(section) or {})
+    ov = parse_overrides(overrides)
+    ov = deep_merge({k: v for k, v in ov.items() if k != section}, ov.get(section, {}))
+    merged = deep_merge(merged, ov)
+    cfg = from_dict(TrainConfig, merged, prefix=f"{section}.")
+    if not cfg.exp_dir:
+        raise SpeechBudgetError(f"recipe needs exp_dir (top level or {section}.exp_dir)")
+    return cfg

@@ -1,0 +1,78 @@
+"""Batches for training: lhotse's DynamicBucketingSampler + a map-style dataset that pads.
+
+The sampler yields CutSets whose total duration stays under ``max_duration``; its
+``state_dict()`` lets a resumed run continue with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset.collation import collate_audio, collate_features
+
+from ..errors import SpeechBudgetError
+
+IGNORE = -100
+
+
+def kmeans_labels(cut) -> np.ndarray:
+    custom = cut.custom or {}
+    if "kmeans" not in custom:
+        raise SpeechBudgetError(
+            f"cut {cut.id} has no k-means labels (custom['kmeans']); make them with "
+            "`speechbudget kmeans CUTS --out DIR` and train on the labeled cuts it writes"
+        )
+    return np.asarray([int(x) for x in custom["kmeans"].split()], dtype=np.int64)
+
+
+def check_kmeans(cuts: CutSet) -> None:
+    """Fail before training starts, not at batch 900, when a cut lacks labels."""
+    for c in cuts:
+        kmeans_labels(c)
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """CutSet -> {features (B,T,F), lengths, ids, [kmeans (B,T')], [texts]}."""
+
+    def __init__(self, input_kind: str = "fbank", with_kmeans: bool = False, with_text: bool = False,
+                 transform: Optional[Callable[[Dict], Dict]] = None):
+        self.input_kind, self.with_kmeans, self.with_text, self.transform = input_kind, with_kmeans, with_text, transform
+
+    def __getitem__(self, cuts: CutSet) -> Dict:
+        cuts = cuts.sort_by_duration(ascending=False)
+        if self.input_kind == "waveform":
+            audio, lengths = collate_audio(cuts)
+            features = audio.unsqueeze(-1)
+        else:
+            features, lengths = collate_features(cuts)
+        batch: Dict = {"features": features, "lengths": lengths.long(), "ids": [c.id for c in cuts],
+                       "seconds": float(sum(c.duration for c in cuts))}
+        if self.with_kmeans:
+            labels = [torch.from_numpy(kmeans_labels(c)) for c in cuts]
+            batch["kmeans"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
+        if self.with_text:
+            batch["texts"] = [" ".join(s.text or "" for s in c.supervisions) for c in cuts]
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return batch
+
+
+def make_sampler(cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
+                 world_size: int = 1, rank: int = 0) -> DynamicBucketingSampler:
+    return DynamicBucketingSampler(
+        cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, seed=seed,
+        drop_last=world_size > 1, world_size=world_size, rank=rank, buffer_size=max(1000, num_buckets * 100),
+    )
+
+
+def make_loader(dataset: SpeechDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       persistent_workers=False)
+
+
+def list_of(paths: str) -> List[str]:
+    return [p.strip() for p in paths.split(",") if p.strip()]

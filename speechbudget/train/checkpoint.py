@@ -1,0 +1,84 @@
+"""Checkpoints: atomic writes, keep the last k, find the newest, average the last n.
+
+A checkpoint holds everything a resumed run needs to continue as if never stopped: model,
+optimizer, scheduler, sampler position, RNG states and the budget counters.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import SpeechBudgetError
+
+PATTERN = re.compile(r"checkpoint-(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def list_checkpoints(ckpt_dir: Path) -> List[Path]:
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("checkpoint-*.pt") if (m := PATTERN.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    ckpts = list_checkpoints(ckpt_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    for p in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
+        p.unlink(missing_ok=True)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechBudgetError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise SpeechBudgetError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume "
+                                "from the previous one") from None
+
+
+def average_models(paths: List[Path]) -> Dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of ``paths`` (integer buffers taken from the last)."""
+    avg: Dict[str, torch.Tensor] = {}
+    for i, p in enumerate(paths):
+        state = load(p)["model"]
+        for k, v in state.items():
+            if not v.is_floating_point():
+                avg[k] = v.clone()
+            elif i == 0:
+                avg[k] = v.clone().double()
+            else:
+                avg[k] += v.double()
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in avg.items()}

@@ -1,0 +1,127 @@
+"""``speechbudget finetune``: a CTC head on a pretrained (or fresh) encoder, within a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from lhotse import CutSet
+
+from ..asr.tokenizer import Tokenizer, train_tokenizer
+from ..config import TrainConfig, to_dict
+from ..data.dataset import SpeechDataset
+from ..data.manifests import write_json
+from ..errors import SpeechBudgetError
+from ..models.presets import build_encoder
+from ..objectives.ctc import CtcModel
+from . import checkpoint as ckpt
+from . import distributed
+from .setup import encoder_cost_cached, input_kind, load_train_cuts, make_data, total_seconds
+from .trainer import Trainer
+
+
+def cut_text(cut) -> str:
+    return " ".join(s.text or "" for s in cut.supervisions).strip()
+
+
+def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tokenizer:
+    """Train the tokenizer on the training transcripts once per experiment; reuse it after."""
+    out = Path(cfg.exp_dir) / "tokenizer"
+    if not (out / "tokenizer.model").is_file():
+        texts = [t for t in (cut_text(c) for c in cuts) if t]
+        if not texts:
+            raise SpeechBudgetError("the fine-tuning cuts have no transcripts; prepare a labeled corpus")
+        train_tokenizer(texts, out, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size)
+    return Tokenizer(out / "tokenizer.model")
+
+
+def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, frame_rate_hz: float) -> Tuple[CutSet, Dict[str, int], List[Dict]]:
+    """Drop cuts with empty transcripts, unknown characters or more tokens than encoder frames."""
+    kept, counts, dropped = [], {"empty_transcript": 0, "unknown_chars": 0, "ctc_infeasible": 0}, []
+    for c in cuts:
+        text = cut_text(c)
+        reason = None
+        if not tokenizer.normalize(text):
+            reason = "empty_transcript"
+        elif tokenizer.unknown_chars(text):
+            reason = "unknown_chars"
+        elif len(tokenizer.encode(text)) > int(c.duration * frame_rate_hz) - 2:
+            reason = "ctc_infeasible"
+        if reason:
+            counts[reason] += 1
+            dropped.append({"id": c.id, "reason": reason, "text": text})
+        else:
+            kept.append(c)
+    return CutSet.from_cuts(kept), counts, dropped
+
+
+class Tokenize:
+    """Dataset transform: texts -> padded token ids (picklable for worker processes)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: Dict) -> Dict:
+        ids = [torch.tensor(self.tokenizer.encode(t), dtype=torch.long) for t in batch["texts"]]
+        batch["token_lengths"] = torch.tensor([len(i) for i in ids], dtype=torch.long)
+        batch["tokens"] = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=0) if ids else torch.zeros(0, 0)
+        return batch
+
+
+def encoder_from_checkpoint(path: str) -> Tuple[Any, Dict]:
+    """The encoder spec and weights of a pretraining checkpoint (or averaged.pt beside one)."""
+    state = ckpt.load(Path(path))
+    spec = (state.get("config") or {}).get("encoder")
+    if spec is None:
+        raise SpeechBudgetError(f"{path} has no encoder config; point ctc.init_checkpoint at a pretrain checkpoint")
+    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    return spec, weights
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcModel, Optional[Dict]]:
+    torch.manual_seed(cfg.seed)
+    init = None
+    if cfg.ctc.init_checkpoint:
+        spec, weights = encoder_from_checkpoint(cfg.ctc.init_checkpoint)
+        cfg.encoder = spec
+        encoder = build_encoder(spec)
+        missing, unexpected = encoder.load_state_dict(weights, strict=False)
+        if missing:
+            raise SpeechBudgetError(f"{cfg.ctc.init_checkpoint} lacks encoder weights {missing[:3]}...")
+        init = {"checkpoint": cfg.ctc.init_checkpoint, "encoder": spec}
+    else:
+        encoder = build_encoder(cfg.encoder)
+    a = cfg.ctc
+    model = CtcModel(encoder, vocab_size, blank_id, spec_augment=a.spec_augment, time_masks=a.time_masks,
+                     time_mask_width=a.time_mask_width, freq_masks=a.freq_masks, freq_mask_width=a.freq_mask_width)
+    return model, init
+
+
+def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    dist = distributed.setup(cfg.device)
+    try:
+        cuts = load_train_cuts(cfg.train_cuts).to_eager()
+        tokenizer = tokenizer_for(cfg, cuts)
+        model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
+        cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
+        if dist.is_main:
+            write_json({"counts": dropped_counts, "dropped": dropped}, Path(cfg.exp_dir) / "filtered_train.json")
+        if len(cuts) == 0:
+            raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
+        cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
+        dataset = SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
+        sampler, loader = make_data(cfg, cuts, dataset, dist)
+        freeze = cfg.ctc.freeze_encoder_steps
+
+        def before_step(m, counters):
+            m.freeze_encoder = counters.step < freeze
+
+        trainer = Trainer(cfg, model, loader, sampler, dist, cost, total_seconds(cuts), "finetune",
+                          {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step, find_unused_parameters=freeze > 0)
+        out = trainer.fit()
+        out["filtered"] = dropped_counts
+        out["tokenizer"] = str(Path(cfg.exp_dir) / "tokenizer" / "tokenizer.model")
+        return out
+    finally:
+        distributed.teardown(dist)

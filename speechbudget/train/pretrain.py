@@ -1,0 +1,47 @@
+"""``speechbudget pretrain``: HuBERT masked prediction on k-means targets, within a budget."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ..config import TrainConfig
+from ..data.dataset import SpeechDataset, kmeans_labels
+from ..errors import SpeechBudgetError
+from ..objectives.hubert import HubertModel
+from . import distributed
+from .setup import encoder_cost_cached, input_kind, load_train_cuts, make_data, new_encoder, total_seconds
+from .trainer import Trainer
+
+
+def count_clusters(cuts) -> int:
+    """Checks every cut has labels (clear error otherwise) and returns max label + 1."""
+    k = 0
+    for c in cuts:
+        labels = kmeans_labels(c)
+        if labels.size:
+            k = max(k, int(labels.max()) + 1)
+    return k
+
+
+def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
+    h = cfg.hubert
+    return HubertModel(new_encoder(cfg), num_clusters, mask_prob=h.mask_prob, mask_length=h.mask_length,
+                       temperature=h.temperature, final_dim=h.final_dim, unmasked_weight=h.unmasked_weight)
+
+
+def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    dist = distributed.setup(cfg.device)
+    try:
+        cuts = load_train_cuts(cfg.train_cuts).to_eager()
+        seen = count_clusters(cuts)
+        num_clusters = cfg.hubert.num_clusters or seen
+        if seen > num_clusters:
+            raise SpeechBudgetError(f"labels go up to {seen - 1} but hubert.num_clusters is {num_clusters}")
+        model = build_model(cfg, num_clusters)
+        cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
+        dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)
+        sampler, loader = make_data(cfg, cuts, dataset, dist)
+        trainer = Trainer(cfg, model, loader, sampler, dist, cost, total_seconds(cuts), "pretrain", recipe)
+        return trainer.fit()
+    finally:
+        distributed.teardown(dist)

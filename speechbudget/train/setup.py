@@ -1,0 +1,61 @@
+"""What every training stage does before its loop: data, encoder, cost, loader, trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from lhotse import CutSet
+
+from ..config import TrainConfig
+from ..data.dataset import SpeechDataset, list_of, make_loader, make_sampler
+from ..data.manifests import load_cuts, write_json
+from ..errors import SpeechBudgetError
+from ..models.base import Encoder
+from ..models.presets import build_encoder
+from .distributed import DistInfo
+
+
+def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
+    paths = list_of(spec or "")
+    if not paths:
+        raise SpeechBudgetError(f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)")
+    cuts = [load_cuts(p) for p in paths]
+    return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
+
+
+def new_encoder(cfg: TrainConfig) -> Encoder:
+    torch.manual_seed(cfg.seed)  # same seed, same initial weights
+    return build_encoder(cfg.encoder)
+
+
+def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: int) -> Dict[str, float]:
+    """Forward multiply-adds per second of input, counted once per experiment and kept in cost.json
+    so a resumed run accounts its budget exactly as the first one did."""
+    path = Path(exp_dir) / "cost.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ..budget.flops import encoder_cost
+
+    c = encoder_cost(encoder, seconds=10.0)
+    cost = {"macs_per_input_second": float(c["macs_per_audio_second"]), "head_macs_per_frame": float(head_macs_per_frame),
+            "frame_rate_hz": float(encoder.frame_rate_hz), "input_rate_hz": float(encoder.input_rate_hz),
+            "params": int(c["params"])}
+    write_json(cost, path)
+    return cost
+
+
+def input_kind(encoder: Encoder) -> str:
+    return "waveform" if encoder.input_dim == 1 else "fbank"
+
+
+def make_data(cfg: TrainConfig, cuts: CutSet, dataset: SpeechDataset, dist: DistInfo):
+    sampler = make_sampler(cuts, cfg.max_duration, cfg.num_buckets, cfg.seed, shuffle=True,
+                           world_size=dist.world_size, rank=dist.rank)
+    return sampler, make_loader(dataset, sampler, cfg.num_workers)
+
+
+def total_seconds(cuts: CutSet) -> float:
+    return float(sum(c.duration for c in cuts))

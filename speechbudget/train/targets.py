@@ -1,0 +1,51 @@
+"""``speechbudget kmeans``: pick the encoder the labels must align with, then run k-means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .. import progress
+from ..data.kmeans import run_kmeans
+from ..errors import SpeechBudgetError
+from ..models.presets import build_encoder
+from . import checkpoint as ckpt
+
+FEATURES = ("mfcc", "fbank", "layer")
+
+
+def pretrained_encoder(path: Path):
+    """The encoder of a pretraining checkpoint (a file, or the newest in a checkpoints folder)."""
+    path = Path(path)
+    if path.is_dir():
+        found = ckpt.latest_checkpoint(path if path.name == "checkpoints" else path / "checkpoints")
+        if found is None:
+            raise SpeechBudgetError(f"no checkpoint-*.pt in {path}")
+        path = found
+    state = ckpt.load(path)
+    spec = (state.get("config") or {}).get("encoder")
+    if spec is None:
+        raise SpeechBudgetError(f"{path} is not a speechbudget training checkpoint")
+    encoder = build_encoder(spec)
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    return encoder.eval()
+
+
+def make_targets(cuts: List[Path], out_dir: Path, features: str, num_clusters: int, max_frames: int,
+                 encoder: str, checkpoint: Optional[Path], layer: Optional[int], seed: int) -> Dict[str, Any]:
+    if features not in FEATURES:
+        raise SpeechBudgetError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
+    if num_clusters < 2:
+        raise SpeechBudgetError(f"--num-clusters must be at least 2 (got {num_clusters})")
+    if features == "layer":
+        if checkpoint is None or layer is None:
+            raise SpeechBudgetError("--features layer needs --checkpoint (a pretraining run) and --layer N")
+        enc = pretrained_encoder(checkpoint)
+    else:
+        torch.manual_seed(0)
+        enc = build_encoder(encoder)  # only its frame rate and length rule matter here
+    paths = cuts[0] if len(cuts) == 1 else cuts
+    return run_kmeans(paths, out_dir, kind=features, num_clusters=num_clusters, max_frames=max_frames, seed=seed,
+                      encoder=enc, layer=layer, progress=progress.enabled())

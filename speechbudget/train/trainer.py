@@ -1,0 +1,300 @@
+"""One training loop for every stage (pretraining, fine-tuning): budget, resume, DDP, logging.
+
+The model passed in is a task module: ``model(batch) -> (loss, stats)``. The trainer knows
+nothing about HuBERT or CTC; it spends the budget, and makes sure a killed run resumes exactly
+where it stopped (same batches, same random numbers, same counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .. import __version__, progress
+from ..config import TrainConfig, to_dict
+from ..errors import SpeechBudgetError
+from . import checkpoint as ckpt
+from .budget import TRAIN_FACTOR, Budget, Counters
+from .distributed import DistInfo, all_sum, barrier
+from .optim import build_optimizer, build_scheduler
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        loader: torch.utils.data.DataLoader,
+        sampler: Any,
+        dist: DistInfo,
+        cost: Dict[str, float],
+        epoch_seconds: float,
+        stage: str,
+        recipe: Optional[Dict[str, Any]] = None,
+        before_step: Optional[Callable[[nn.Module, Counters], None]] = None,
+        find_unused_parameters: bool = False,
+    ):
+        """``cost``: ``macs_per_input_second`` of the encoder and ``head_macs_per_frame``, ``frame_rate_hz``
+        and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set."""
+        self.cfg, self.dist, self.stage, self.recipe = cfg, dist, stage, recipe or {}
+        self.exp_dir = Path(cfg.exp_dir)
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.budget = Budget(cfg.budget)
+        self.cost, self.epoch_seconds = cost, epoch_seconds
+        self.before_step = before_step
+        self.loader, self.sampler = loader, sampler
+        self.model = model.to(dist.device)
+        self.ddp = (nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters) if dist.enabled else self.model)
+        o = cfg.optim
+        extra = {"clipping_scale": o.clipping_scale} if o.name == "scaled_adam" else {}
+        self.optimizer = build_optimizer(o.name, self.model, lr=o.lr, weight_decay=o.weight_decay, **extra)
+        s = cfg.schedule
+        sched_kw = ({"lr_batches": s.lr_batches, "lr_epochs": s.lr_epochs, "warmup_batches": s.warmup_batches}
+                    if s.name == "eden" else
+                    {"warmup_steps": s.warmup_batches, "total_steps": cfg.budget.steps or 1000, "min_lr_ratio": s.min_lr_ratio})
+        self.scheduler = build_scheduler(s.name, self.optimizer, **sched_kw)
+        self.counters = Counters()
+        use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dist.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.writer = None
+
+    # ----------------------------------------------------------------------------- state
+    def state(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            "rng": ckpt.rng_state(), "counters": self.counters.to_dict(), "config": to_dict(self.cfg),
+            "stage": self.stage, "cost": self.cost,
+        }
+
+    def save(self) -> Path:
+        path = self.ckpt_dir / f"checkpoint-{self.counters.step:08d}.pt"
+        if self.dist.is_main:
+            ckpt.atomic_save(self.state(), path)
+            ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        barrier(self.dist)
+        return path
+
+    def resume(self) -> Optional[Path]:
+        path = ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return None
+        state = ckpt.load(path)
+        if state.get("stage") != self.stage:
+            raise SpeechBudgetError(f"{path} belongs to stage {state.get('stage')!r}, not {self.stage!r}; "
+                                    "use a separate exp_dir per stage")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.counters = Counters(**state["counters"])
+        ckpt.set_rng_state(state["rng"])
+        return path
+
+    # --------------------------------------------------------------------------- logging
+    def _open_logs(self) -> None:
+        if not self.dist.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.exp_dir / "metrics.jsonl"
+        if metrics.exists():  # drop lines logged after the checkpoint we resumed from
+            keep = [l for l in metrics.read_text().splitlines() if l and json.loads(l).get("step", 0) <= self.counters.step]
+            metrics.write_text("".join(k + "\n" for k in keep))
+        self.metrics = open(metrics, "a", encoding="utf-8")
+        self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.counters.step + 1)
+
+    def _log(self, row: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "step":
+                self.writer.add_scalar(f"{self.stage}/{k}", v, row["step"])
+
+    def write_run_card(self, extra: Optional[Dict[str, Any]] = None) -> None:
+        if not self.dist.is_main:
+            return
+        import lhotse
+
+        card = {
+            "stage": self.stage, "speechbudget": __version__, "git_commit": _git_commit(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "lhotse": lhotse.__version__},
+            "device": {"type": self.dist.device.type, "name": device_name(self.dist.device), "world_size": self.dist.world_size},
+            "budget": {**to_dict(self.cfg.budget), "flops_limit": self.budget.flops},
+            "cost": self.cost, "config": to_dict(self.cfg), "recipe": self.recipe,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            **(extra or {}),
+        }
+        from ..data.manifests import write_json
+
+        write_json(card, self.exp_dir / "run_card.json")
+
+    # ------------------------------------------------------------------------------ loop
+    def batch_flops(self, batch: Dict[str, Any]) -> float:
+        """Training FLOPs of one micro-batch: padded input seconds x encoder cost + head per frame."""
+        b, t = batch["features"].shape[:2]
+        seconds = b * t / self.cost["input_rate_hz"]
+        macs = seconds * self.cost["macs_per_input_second"]
+        macs += self.cost["head_macs_per_frame"] * seconds * self.cost["frame_rate_hz"]
+        return 2.0 * TRAIN_FACTOR * macs
+
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _epoch(self) -> float:
+        """Eden's epoch: passes over the data, or hours of audio processed (budget-driven runs)."""
+        secs = self.counters.audio_seconds
+        return secs / 3600 if self.cfg.schedule.epoch_unit == "hours" else secs / max(self.epoch_seconds, 1e-9)
+
+    def _batches(self):
+        """Endless stream of batches across epochs; the sampler remembers where it is."""
+        while True:
+            self.sampler.set_epoch(self.counters.epoch)
+            got = False
+            for batch in self.loader:
+                got = True
+                yield batch
+            if not got and self.counters.batches == 0:
+                raise SpeechBudgetError("the training cuts produced no batch (max_duration smaller than every cut?)")
+            self.counters.epoch += 1
+
+    def fit(self) -> Dict[str, Any]:
+        resumed = self.resume()
+        self._open_logs()
+        self.write_run_card({"resumed_from": str(resumed) if resumed else None})
+        if self.budget.exhausted(self.counters):
+            return self.summary(resumed, already_done=True)
+        stream = self._batches()
+        last: Dict[str, float] = {}
+        t_prev = time.time()
+        with progress.make_progress() as bar:
+            task = bar.add_task(self.stage, total=1000, info="")
+            bar.update(task, completed=min(1000, 1000 * self.budget.used(self.counters)))
+            while not self.budget.exhausted(self.counters):
+                stats = self.train_step(stream)
+                now = time.time()
+                self.counters.wall_seconds += now - t_prev
+                t_prev = now
+                if stats is not None:
+                    last = stats
+                c = self.counters
+                if stats is not None and (c.step % self.cfg.log_every == 0 or self.budget.exhausted(c)):
+                    self._log({"step": c.step, **stats, "lr": self.optimizer.param_groups[0]["lr"],
+                               "flops": c.flops, "audio_hours": c.audio_seconds / 3600, "epoch": self._epoch(),
+                               "budget_used": self.budget.used(c), "bad_steps": c.bad_steps,
+                               "throughput_audio_s_per_s": c.audio_seconds / max(c.wall_seconds, 1e-9)})
+                if c.step % self.cfg.checkpoint_every == 0 and stats is not None:
+                    self.save()
+                used = self.budget.used(c)
+                bar.update(task, completed=min(1000, 1000 * used),
+                           info=f"loss {last.get('loss', float('nan')):.3f} | {self.budget.binding(c)} {100 * used:.1f}% used")
+        final = self.save()
+        return self.summary(resumed, final=final, last=last)
+
+    def train_step(self, stream) -> Optional[Dict[str, float]]:
+        """One optimizer step over ``grad_accum`` micro-batches; None when the step was skipped."""
+        c = self.counters
+        self.model.train()
+        if self.before_step is not None:
+            self.before_step(self.model, c)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: Dict[str, float] = {}
+        flops = seconds = 0.0
+        finite = True
+        for i in range(self.cfg.grad_accum):
+            batch = next(stream)
+            torch.manual_seed(self.cfg.seed * 1_000_003 + c.batches * self.dist.world_size + self.dist.rank)
+            batch = self._to_device(batch)
+            sync = i == self.cfg.grad_accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx, self.autocast():
+                loss, stats = self.ddp(batch)
+            finite = finite and bool(torch.isfinite(loss.detach()))
+            if finite:
+                with ctx:
+                    (loss / self.cfg.grad_accum).backward()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.grad_accum
+            flops += self.batch_flops(batch)
+            seconds += batch["seconds"]
+            c.batches += 1
+        flops, seconds, bad = all_sum([flops, seconds, 0.0 if finite else 1.0], self.dist)
+        c.flops += flops
+        c.audio_seconds += seconds
+        if bad > 0:
+            c.bad_steps += 1
+            c.bad_in_a_row += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if c.bad_in_a_row >= self.cfg.max_bad_steps:
+                path = self.save()
+                raise SpeechBudgetError(
+                    f"{c.bad_in_a_row} non-finite losses in a row at step {c.step}; stopped with checkpoint {path}. "
+                    "Lower optim.lr or check the data, then re-run to resume")
+            return None
+        c.bad_in_a_row = 0
+        if self.cfg.optim.name != "scaled_adam":
+            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0))
+        self.optimizer.step()
+        c.step += 1
+        if self.cfg.budget.steps is None and hasattr(self.scheduler, "set_total_steps"):
+            est = self.budget.estimated_steps(c)  # cosine needs a horizon; a FLOP budget gives it approximately
+            if est:
+                self.scheduler.set_total_steps(est)
+        self.scheduler.step_batch(c.step)
+        self.scheduler.step_epoch(self._epoch())
+        if self.cfg.optim.name == "scaled_adam":
+            gn = getattr(self.optimizer, "last_grad_norm", None)
+            if gn is not None:
+                totals["grad_norm"] = float(gn)
+        return totals
+
+    def summary(self, resumed: Optional[Path], final: Optional[Path] = None, last: Optional[Dict] = None,
+                already_done: bool = False) -> Dict[str, Any]:
+        c = self.counters
+        out = {"stage": self.stage, "exp_dir": str(self.exp_dir), "steps": c.step, "epochs": self._epoch(),
+               "flops": c.flops, "flops_limit": self.budget.flops, "audio_hours": c.audio_seconds / 3600,
+               "wall_seconds": c.wall_seconds, "bad_steps": c.bad_steps, "budget_used": self.budget.used(c),
+               "binding_limit": self.budget.binding(c), "resumed_from": str(resumed) if resumed else None,
+               "checkpoint": str(final or ckpt.latest_checkpoint(self.ckpt_dir)), "already_done": already_done,
+               "final": last or {}}
+        if self.dist.is_main:
+            if self.cfg.average_last > 1 and not already_done:
+                paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last:]
+                ckpt.atomic_save({"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]},
+                                 self.exp_dir / "averaged.pt")
+                out["averaged"] = str(self.exp_dir / "averaged.pt")
+            from ..data.manifests import write_json
+
+            write_json(out, self.exp_dir / "summary.json")
+            if self.writer is not None:
+                self.writer.close()
+                self.metrics.close()
+        return out
