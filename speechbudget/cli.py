@@ -6,6 +6,7 @@ No logic lives here beyond choosing what to call and how to show it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -181,6 +182,62 @@ def data_describe(
 
 
 
+# ---------------------------------------------------------------------------------------- models
+@models_app.command("list", epilog="Example:\n\n  speechbudget models list --family zipformer --json")
+def models_list(
+    family: Optional[str] = typer.Option(None, help="Only this family: zipformer, transformer, bimamba."),
+    flops: bool = typer.Option(False, "--flops", help="Also count forward GFLOPs per second of audio (slower)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Every encoder preset with its parameters (and, with --flops, its cost)."""
+    from .models.catalog import describe_preset, preset_rows
+
+    rows = preset_rows(family)
+    if flops:
+        rows = [describe_preset(r["name"]) for r in rows]
+    if as_json:
+        emit_json(rows)
+        return
+    t = Table(title="encoder presets")
+    cols = ["name", "family", "params (M)", "frame rate Hz"] + (["GFLOPs / audio s"] if flops else [])
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+    for r in rows:
+        cells = [r["name"], r["family"], f"{r['params'] / 1e6:.2f}", f"{r['frame_rate_hz']:g}"]
+        if flops:
+            cells.append(f"{r['gflops_per_audio_second']:.3f}")
+        t.add_row(*cells)
+    out.print(t)
+
+
+@models_app.command("show", epilog="Examples:\n\n  speechbudget models show zipformer-base\n\n  speechbudget models show bimamba-tiny --json")
+def models_show(
+    name: str = typer.Argument(..., help="Preset name (see `speechbudget models list`)."),
+    seconds: float = typer.Option(10.0, help="Audio length the FLOPs are counted at."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Parameters, forward GFLOPs per second of audio, output frame rate and the per-module breakdown."""
+    from .models.catalog import describe_preset
+
+    d = describe_preset(name, seconds=seconds, breakdown=True)
+    if as_json:
+        emit_json(d)
+        return
+    out.print(f"[bold]{name}[/bold] ({d['family']}): {d['params'] / 1e6:.2f} M parameters"
+              + (f" ({d['encoder_params'] / 1e6:.2f} M without the front end)" if d.get("encoder_params") else "")
+              + f", output {d['frame_rate_hz']:g} Hz, {d['gflops_per_audio_second']:.3f} GFLOPs per second of audio "
+              f"(FLOPs = 2 x multiply-adds; {d['gmacs_per_audio_second']:.3f} GMACs)")
+    t = Table(title=f"forward cost per second of audio (counted at {seconds:g} s)")
+    t.add_column("module")
+    t.add_column("GFLOPs", justify="right")
+    t.add_column("share", justify="right")
+    for mod, g in d["by_module"].items():
+        t.add_row(mod, f"{g:.4f}", f"{100 * g / max(d['gflops_per_audio_second'], 1e-12):.1f}%")
+    out.print(t)
+    if d.get("unsupported"):
+        out.print(f"[yellow]not counted (fvcore has no handle):[/yellow] {d['unsupported']}")
+
+
 # ---------------------------------------------------------------------------------- training
 OVERRIDES = typer.Argument(None, help="key=value overrides of the recipe section, e.g. budget.steps=100 optim.lr=0.01")
 
@@ -352,6 +409,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to resume")
         sys.exit(130)
+    except Exception as e:  # a bug of ours: one line by default, the traceback on request
+        if os.environ.get("SPEECHBUDGET_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (re-run with SPEECHBUDGET_DEBUG=1 for the "
+                  "traceback and report it)", highlight=False, soft_wrap=True)
+        sys.exit(1)
     if isinstance(rc, int) and rc == 130:  # typer turns Ctrl-C into Exit(130)
         err.print("interrupted; re-run the same command to resume")
     if isinstance(rc, int) and rc != 0:

@@ -220,6 +220,29 @@ def load_train_config(recipe: Union[str, Path, Mapping[str, Any]], section: str,
     ov = deep_merge({k: v for k, v in ov.items() if k != section}, ov.get(section, {}))
     merged = deep_merge(merged, ov)
     cfg = from_dict(TrainConfig, merged, prefix=f"{section}.")
+    check_ranges(cfg, section)
     if not cfg.exp_dir:
         raise SpeechBudgetError(f"recipe needs exp_dir (top level or {section}.exp_dir)")
     return cfg
+
+
+def check_ranges(cfg: TrainConfig, section: str) -> None:
+    """Values that parse but make no sense stop here, with the key named."""
+    rules = [
+        ("max_duration", cfg.max_duration > 0, "must be positive"),
+        ("num_buckets", cfg.num_buckets >= 2, "must be at least 2 (lhotse's bucketing sampler)"),
+        ("grad_accum", cfg.grad_accum >= 1, "must be at least 1"),
+        ("checkpoint_every", cfg.checkpoint_every >= 1, "must be at least 1"),
+        ("keep_last", cfg.keep_last >= 1, "must be at least 1"),
+        ("log_every", cfg.log_every >= 1, "must be at least 1"),
+        ("max_bad_steps", cfg.max_bad_steps >= 1, "must be at least 1"),
+        ("optim.lr", cfg.optim.lr > 0, "must be positive"),
+        ("hubert.mask_prob", 0 <= cfg.hubert.mask_prob <= 1, "must be between 0 and 1"),
+        ("hubert.mask_length", cfg.hubert.mask_length >= 1, "must be at least 1"),
+        ("schedule.epoch_unit", cfg.schedule.epoch_unit in ("epochs", "hours"), "must be 'epochs' or 'hours'"),
+        ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+        ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
+    ]
+    for key, ok, msg in rules:
+        if not ok:
+            raise SpeechBudgetError(f"config key '{section}.{key}' {msg}")

@@ -35,8 +35,11 @@ def make_progress() -> Progress:
 
 
 def track(items: Iterable[T], total: Optional[int] = None, description: str = "working") -> Iterator[T]:
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+    if total is None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:  # e.g. a DataLoader over a sampler of unknown length
+            total = None
     with make_progress() as p:
         task = p.add_task(description, total=total, info="")
         for x in items:

@@ -1,0 +1,425 @@
+"""``speechbudget report``: one table over experiment runs — compute spent, data used, WER — plus plots.
+
+Everything is read from what the stages wrote into their experiment folders (run_card.json,
+summary.json, metrics.jsonl, decode-*/decode-summary-*.json); nothing is re-run. A fine-tuning
+run's total compute includes the pretraining compute that produced its initial encoder, found
+through ``recipe.init.checkpoint`` in its run card.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from rich.table import Table
+
+from .errors import SpeechBudgetError
+
+FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png", "wer_vs_compute": "wer_vs_compute.png"}
+_TRAIN_STAGES = ("pretrain", "finetune")
+
+
+# ------------------------------------------------------------------------------ reading a run
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpeechBudgetError(f"{path} is unreadable ({type(e).__name__}); re-run the stage that writes it") from None
+
+
+def _read_metrics(exp: Path) -> List[Dict[str, Any]]:
+    """Logged steps; a torn last line (run killed mid-write) is skipped, not fatal."""
+    path = exp / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def find_experiments(paths: Iterable[Path]) -> List[Path]:
+    """Experiment folders (holding run_card.json) among ``paths``, searching folders recursively."""
+    found: List[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise SpeechBudgetError(f"{p} does not exist; pass experiment folders (exp_dir of pretrain/finetune)")
+        if p.is_file():
+            hits = [p.parent] if p.name == "run_card.json" else []
+        elif (p / "run_card.json").is_file():
+            hits = [p]
+        else:
+            hits = sorted(c.parent for c in p.rglob("run_card.json"))
+        if not hits:
+            raise SpeechBudgetError(f"{p} is not an experiment folder: no run_card.json in it or below "
+                                    "(pass the exp_dir of a `speechbudget pretrain` or `finetune` run)")
+        found += [h.resolve() for h in hits if h.resolve() not in found]
+    return found
+
+
+class Run:
+    """One experiment folder: its run card, its progress (summary or last metrics line), its curves."""
+
+    def __init__(self, exp: Path):
+        self.exp = Path(exp)
+        self.card = _read_json(self.exp / "run_card.json")
+        self.stage = self.card.get("stage")
+        if self.stage not in _TRAIN_STAGES:
+            raise SpeechBudgetError(f"{self.exp}/run_card.json has stage {self.stage!r}; expected pretrain or finetune")
+        self.metrics = _read_metrics(self.exp)
+        self.notes: List[str] = []
+        summary = self.exp / "summary.json"
+        if summary.is_file():
+            self.summary = _read_json(summary)
+        else:  # still running or killed: the last logged step is the best we know
+            last = self.metrics[-1] if self.metrics else {}
+            self.summary = {"steps": last.get("step", 0), "flops": last.get("flops", 0.0),
+                            "audio_hours": last.get("audio_hours", 0.0), "budget_used": last.get("budget_used"),
+                            "flops_limit": (self.card.get("budget") or {}).get("flops_limit"),
+                            "binding_limit": None, "wall_seconds": None, "epochs": last.get("epoch"),
+                            "final": {k: v for k, v in last.items() if k in ("loss", "masked_acc")}}
+            self.notes.append("no summary.json (unfinished run?): numbers from the last metrics line")
+
+    @property
+    def name(self) -> str:
+        return self.exp.name
+
+    def init_checkpoint(self) -> Optional[str]:
+        init = (self.card.get("recipe") or {}).get("init")
+        return init.get("checkpoint") if isinstance(init, dict) else None
+
+
+def encoder_label(spec: Any) -> str:
+    """A preset name as is; a config dict as its preset/family plus a few telling sizes."""
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(spec, dict):
+        return str(spec)
+    spec = dict(spec)
+    head = spec.pop("preset", None) or spec.pop("family", "?")
+    spec.pop("family", None)
+    order = ("dim", "dims", "layers", "num_layers", "heads", "num_heads")
+    keys = [k for k in order if k in spec] + [k for k in spec if k not in order]
+    short = lambda v: "/".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    parts = [f"{k}={short(spec[k])}" for k in keys[:3]]
+    more = " ..." if len(keys) > 3 else ""
+    return f"{head} {' '.join(parts)}{more}".strip() if parts else head
+
+
+def _checkpoint_step(path: Path) -> Optional[int]:
+    m = re.fullmatch(r"checkpoint-(\d+)\.pt", path.name)
+    return int(m.group(1)) if m else None
+
+
+def pretrain_compute(checkpoint: str, runs: Dict[Path, Run]) -> Tuple[Optional[Run], Dict[str, Any], List[str]]:
+    """FLOPs and audio hours spent to produce ``checkpoint`` (a pretraining checkpoint or averaged.pt).
+
+    Fine-tuning may start from an earlier checkpoint than the run's last one, so the counters are
+    taken at that checkpoint's step: from the summary when it is the final step, else from the
+    metrics line of that step, else from the checkpoint file itself.
+    """
+    ck = Path(checkpoint)
+    exp = (ck.parents[1] if ck.parent.name == "checkpoints" else ck.parent).resolve()
+    if not (exp / "run_card.json").is_file():
+        return None, {"flops": None, "audio_hours": None, "source": None}, [
+            f"pretraining run of {ck} not found (no {exp}/run_card.json): total compute unknown"]
+    run = runs.get(exp) or Run(exp)
+    runs[exp] = run
+    step, s = _checkpoint_step(ck), run.summary
+    if step is None or step >= s.get("steps", 0):
+        return run, {"flops": s.get("flops"), "audio_hours": s.get("audio_hours"), "source": "summary"}, []
+    row = next((r for r in run.metrics if r.get("step") == step), None)
+    if row is not None:
+        return run, {"flops": row["flops"], "audio_hours": row["audio_hours"], "source": f"metrics step {step}"}, []
+    if ck.is_file():
+        from .train import checkpoint as ckpt
+
+        c = ckpt.load(ck).get("counters", {})
+        return run, {"flops": c.get("flops"), "audio_hours": c.get("audio_seconds", 0.0) / 3600,
+                     "source": f"checkpoint step {step}"}, []
+    return run, {"flops": s.get("flops"), "audio_hours": s.get("audio_hours"), "source": "summary"}, [
+        f"{ck.name} is gone and step {step} was not logged: pretraining compute is that of the whole run (an upper bound)"]
+
+
+def labeled_hours(run: Run) -> Tuple[Optional[float], str]:
+    """Unique hours of fine-tuning audio, and where the number comes from.
+
+    Preference: the run card (if a stage recorded it), the train_cuts manifests minus the cuts the
+    fine-tuning filter dropped (filtered_train.json), else one epoch's audio from summary.json.
+    """
+    if isinstance(run.card.get("labeled_hours"), (int, float)):
+        return float(run.card["labeled_hours"]), "run_card"
+    spec = (run.card.get("config") or {}).get("train_cuts") or ""
+    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    if paths and all(p.is_file() for p in paths):
+        filtered = run.exp / "filtered_train.json"
+        dropped = {d["id"] for d in _read_json(filtered).get("dropped", [])} if filtered.is_file() else set()
+        durations = {i: d for p in paths for i, d in cut_durations(p) if i not in dropped}
+        return sum(durations.values()) / 3600, "train_cuts manifest"
+    s, unit = run.summary, ((run.card.get("config") or {}).get("schedule") or {}).get("epoch_unit", "epochs")
+    if unit == "epochs" and s.get("epochs") and s.get("audio_hours"):
+        return s["audio_hours"] / s["epochs"], "summary (audio hours / epochs)"
+    return None, "unknown (train_cuts manifest missing)"
+
+
+def cut_durations(path: Path) -> Iterable[Tuple[str, float]]:
+    """(id, duration) of each cut in a JSONL(.gz) cut manifest, read as plain JSON: a report should
+    not pay for importing lhotse and torch."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                cut = json.loads(line)
+                yield cut["id"], float(cut["duration"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise SpeechBudgetError(f"{path} line {n} is not a cut with id and duration; "
+                                        "train_cuts must be a cuts_*.jsonl.gz manifest") from None
+
+
+def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
+    """``"<set>/<method suffix>"`` -> decode summary, for every decode summary under the run folder."""
+    out = {}
+    for path in sorted(run.exp.glob("*/decode-summary-*.json")):
+        d = _read_json(path)
+        suffix = path.stem[len(f"decode-summary-{d.get('set', '')}-"):] or d.get("method", "?")
+        out[f"{d.get('set', '?')}/{suffix}"] = d
+    return out
+
+
+# ------------------------------------------------------------------------------------- rows
+def _budget(run: Run) -> Dict[str, Any]:
+    s = run.summary
+    flops, limit = s.get("flops"), s.get("flops_limit")
+    return {"flops": flops, "flops_limit": limit, "flops_fraction": flops / limit if flops is not None and limit else None,
+            "budget_used": s.get("budget_used"), "binding_limit": s.get("binding_limit")}
+
+
+def _base_row(run: Run) -> Dict[str, Any]:
+    config = run.card.get("config") or {}
+    return {"name": run.name, "exp_dir": str(run.exp), "stage": run.stage,
+            "encoder": encoder_label(config.get("encoder")), "params": run.card.get("params"),
+            "steps": run.summary.get("steps"), "wall_seconds": run.summary.get("wall_seconds"),
+            "final_loss": (run.summary.get("final") or {}).get("loss"),
+            "device": (run.card.get("device") or {}).get("name"), "budget": _budget(run), "notes": list(run.notes)}
+
+
+def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
+    row = _base_row(run)
+    ck = run.init_checkpoint()
+    if ck:
+        pt, pc, notes = pretrain_compute(ck, runs)
+        row["notes"] += notes
+        row["init"] = {"checkpoint": ck, "pretrain_exp": str(pt.exp) if pt else None, "source": pc["source"]}
+    else:
+        pt, pc = None, {"flops": 0.0, "audio_hours": 0.0}
+        row["init"] = None
+    ft = run.summary.get("flops")
+    hours, source = labeled_hours(run)
+    row["notes"].append(f"labeled hours from {source}")
+    row.update(pretrain_flops=pc["flops"], pretrain_audio_hours=pc["audio_hours"], finetune_flops=ft,
+               labeled_hours=hours, labeled_hours_source=source,
+               total_flops=pc["flops"] + ft if pc["flops"] is not None and ft is not None else None)
+    row["wer"] = decode_results(run)
+    if not row["wer"]:
+        row["notes"].append("no decode results: run `speechbudget decode` on this folder")
+    for key, d in row["wer"].items():
+        if d.get("wer") is None:
+            row["notes"].append(f"{key}: no WER ({d.get('note', 'the decode summary has none')})")
+    return row
+
+
+def pretrain_row(run: Run) -> Dict[str, Any]:
+    row = _base_row(run)
+    s = run.summary
+    row.update(init=None, pretrain_flops=s.get("flops"), pretrain_audio_hours=s.get("audio_hours"), finetune_flops=None,
+               labeled_hours=None, labeled_hours_source=None, total_flops=s.get("flops"), wer={},
+               final_masked_acc=(s.get("final") or {}).get("masked_acc"))
+    return row
+
+
+def wer_keys(rows: List[Dict[str, Any]]) -> List[str]:
+    return sorted({k for r in rows for k in r["wer"]})
+
+
+# ------------------------------------------------------------------------------- formatting
+def _num(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _flops(v: Optional[float]) -> str:
+    return "-" if v is None else "0" if v == 0 else f"{v:.2e}"
+
+
+def _params(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+def _wer_cell(d: Optional[Dict[str, Any]]) -> str:
+    if not d or d.get("wer") is None:
+        return "-"
+    ci = d.get("ci95")
+    return f"{d['wer']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{d['wer']:.2f}"
+
+
+def _budget_cell(b: Dict[str, Any]) -> str:
+    flops = f"{_flops(b['flops'])} / {_flops(b['flops_limit'])}" if b["flops_limit"] else "no FLOP limit"
+    used = "-" if b["budget_used"] is None else f"{100 * b['budget_used']:.0f}%"
+    return f"{flops}; {used} ({b['binding_limit'] or '?'})"
+
+
+def table_rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """Header and cells shared by the Markdown file and the terminal table."""
+    keys = report["wer_keys"]
+    header = ["run", "stage", "encoder", "params", "PT FLOPs", "PT audio h", "FT FLOPs", "labeled h",
+              "total FLOPs", *[f"WER {k} [95% CI]" for k in keys], "FLOPs used / limit; budget (binding)"]
+    cells = []
+    for r in report["rows"]:
+        cells.append([r["name"], r["stage"], r["encoder"], _params(r["params"]), _flops(r["pretrain_flops"]),
+                      _num(r["pretrain_audio_hours"], ".4g"), _flops(r["finetune_flops"]),
+                      _num(r["labeled_hours"], ".4g"), _flops(r["total_flops"]),
+                      *[_wer_cell(r["wer"].get(k)) if r["stage"] == "finetune" else "" for k in keys],
+                      _budget_cell(r["budget"])])
+    return header, cells
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    header, cells = table_rows(report)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["# speechbudget report", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += [f"- {r['name']}: {n}" for r in report["rows"] for n in r["notes"]]
+    lines += ["", f"![training curves]({FILES['curves']})", "", f"![WER vs compute]({FILES['wer_vs_compute']})", ""]
+    return "\n".join(lines)
+
+
+def render_table(report: Dict[str, Any]) -> Table:
+    """The report as a rich table; per-run notes go in the caption."""
+    header, cells = table_rows(report)
+    t = Table(title=f"speechbudget report ({len(cells)} runs)", caption="\n".join(
+        f"{r['name']}: {n}" for r in report["rows"] for n in r["notes"]) or None, caption_justify="left")
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i < 3 else "right")
+    for row in cells:
+        t.add_row(*row)
+    return t
+
+
+# ------------------------------------------------------------------------------------ plots
+def _figure(width: float, height: float, ncols: int = 1):
+    """A figure on the Agg canvas directly: no pyplot global state, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _save_png(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+
+
+def plot_curves(runs: List[Run], path: Path) -> None:
+    """Loss vs step for every run; masked-prediction accuracy vs step for pretraining runs."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = _figure(11, 4, ncols=2)
+    for run in runs:
+        pts = [(r["step"], r["loss"]) for r in run.metrics if _finite(r.get("loss"))]
+        if pts:
+            ax_loss.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=f"{run.name} ({run.stage})")
+        acc = [(r["step"], r["masked_acc"]) for r in run.metrics if _finite(r.get("masked_acc"))]
+        if acc:
+            ax_acc.plot(*zip(*acc), marker="." if len(acc) < 30 else None, label=run.name)
+    ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.set(title="pretraining masked accuracy", xlabel="step", ylabel="accuracy")
+    for ax, what in ((ax_loss, "no logged steps"), (ax_acc, "no pretraining runs")):
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
+    _save_png(fig, path)
+
+
+def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path) -> None:
+    """WER against total training FLOPs (log x), one series per test set/method, CI as error bars."""
+    fig, (ax,) = _figure(7, 4.5)
+    for key in keys:
+        pts = [(r["total_flops"], r["wer"][key], r["name"]) for r in rows
+               if r["total_flops"] and key in r["wer"] and r["wer"][key].get("wer") is not None]
+        if not pts:
+            continue
+        x = [p[0] for p in pts]
+        y = [p[1]["wer"] for p in pts]
+        ci = [p[1].get("ci95") or [p[1]["wer"]] * 2 for p in pts]
+        yerr = [[max(w - c[0], 0.0) for w, c in zip(y, ci)], [max(c[1] - w, 0.0) for w, c in zip(y, ci)]]
+        ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=4, label=key)
+        for xi, yi, (_, _, name) in zip(x, y, pts):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(title="WER vs total compute (pretraining + fine-tuning)", xlabel="training FLOPs", ylabel="WER %")
+    if ax.lines or ax.collections:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no decode results", ha="center", va="center", transform=ax.transAxes)
+    _save_png(fig, path)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# ------------------------------------------------------------------------------------ build
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
+    """Read the runs, write report.md, report.json, curves.png and wer_vs_compute.png into ``out_dir``.
+
+    ``exp_dirs``: fine-tuning and pretraining experiment folders, or parents to search. The
+    pretraining runs that fine-tuning runs start from are added even when not listed.
+    """
+    if not exp_dirs:
+        raise SpeechBudgetError("no experiment folders given; pass exp_dirs of pretrain/finetune runs or a parent folder")
+    runs: Dict[Path, Run] = {p: Run(p) for p in find_experiments(exp_dirs)}
+    ft_rows = [finetune_row(r, runs) for r in list(runs.values()) if r.stage == "finetune"]
+    pt_rows = [pretrain_row(r) for r in runs.values() if r.stage == "pretrain"]  # incl. linked ones
+    rows = ft_rows + pt_rows
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "rows": rows, "wer_keys": wer_keys(rows),
+        "files": {k: str(out_dir / v) for k, v in FILES.items()},
+        "notes": [
+            "FLOPs are training FLOPs counted on the real batches (2 x 3 x forward multiply-adds).",
+            "total FLOPs = pretraining FLOPs up to the checkpoint fine-tuning started from (0 from scratch) "
+            "+ fine-tuning FLOPs; k-means target extraction is not counted.",
+            "PT audio h = hours of audio processed by pretraining (with repeats); labeled h = unique hours of "
+            "fine-tuning audio after filtering (source in report.json: labeled_hours_source).",
+            "WER in %, 95% CI from a bootstrap over utterances; '-' = not decoded.",
+            "budget: FLOPs used / FLOP limit of the row's own run; budget used = share of the binding limit.",
+        ],
+    }
+    plot_curves(list(runs.values()), out_dir / FILES["curves"])
+    plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
+    _write_text(markdown(report), out_dir / FILES["markdown"])
+    _write_text(json.dumps(report, indent=2, default=str) + "\n", out_dir / FILES["json"])
+    return report

@@ -1,0 +1,110 @@
+"""CTC fine-tuning on a pretrained or fresh encoder, decoding, and the WER files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from speechbudget.asr.tokenizer import Tokenizer, train_tokenizer
+from speechbudget.cli import main
+from speechbudget.data.manifests import load_cuts
+from speechbudget.train.finetune import filter_cuts
+
+from conftest import FSDD, copy_fsdd
+
+
+def run(capsys, *args, code=0):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        assert (e.code or 0) == code, capsys.readouterr().err
+    else:
+        assert code == 0
+    return capsys.readouterr()
+
+
+def recipe(tmp: Path, corpus: Path, **ft) -> Path:
+    section = {"encoder": "zipformer-tiny", "train_cuts": str(corpus / "synthetic" / "cuts_train.jsonl.gz"),
+               "max_duration": 8.0, "num_buckets": 2, "log_every": 1, "checkpoint_every": 2,
+               "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 2},
+               "budget": {"steps": 3}, "ctc": {"tokenizer": "char", "vocab_size": 40}}
+    section.update(ft)
+    pre = {"encoder": "zipformer-tiny", "train_cuts": str(corpus / "km" / "cuts_train.jsonl.gz"), "max_duration": 8.0,
+           "num_buckets": 2, "budget": {"steps": 2}, "exp_dir": str(tmp / "pt")}
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"exp_dir": str(tmp / "ft"), "pretrain": pre, "finetune": section}))
+    return path
+
+
+def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
+    r = recipe(tmp_path, synthetic_corpus)
+    run(capsys, "pretrain", r, "--json")
+    ck = sorted((tmp_path / "pt" / "checkpoints").glob("*.pt"))[-1]
+    out = json.loads(run(capsys, "finetune", r, f"ctc.init_checkpoint={ck}", "ctc.freeze_encoder_steps=1", "--json").out)
+    assert out["steps"] == 3 and out["filtered"]["ctc_infeasible"] == 0
+    card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
+    assert card["recipe"]["init"]["checkpoint"] == str(ck)
+    test_cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
+    g = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--json").out)
+    b = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--method", "beam", "--beam-size", "4", "--json").out)
+    for res in (g, b):
+        assert 0 <= res["wer"] and res["ref_words"] > 0
+        assert res["errors"] == res["insertions"] + res["deletions"] + res["substitutions"]
+        assert res["wer"] == round(100 * res["errors"] / res["ref_words"], 2) or abs(res["wer"] - 100 * res["errors"] / res["ref_words"]) < 1e-6
+    d = tmp_path / "ft" / "decode-greedy"
+    errs = (d / "errs-test-greedy.txt").read_text()
+    assert errs.startswith("%WER = ") and "reference words" in errs
+    assert (d / "recogs-test-greedy.txt").read_text().count("ref=") == g["utterances"]
+    assert (d / "wer-summary-test-greedy.txt").is_file()
+
+
+def test_decoding_unlabeled_audio_writes_hypotheses_without_wer(tmp_path, synthetic_corpus, capsys):
+    r = recipe(tmp_path, synthetic_corpus, budget={"steps": 1})
+    run(capsys, "finetune", r, "--json")
+    audio = tmp_path / "unlabeled"
+    audio.mkdir()
+    for n in ("1_theo_0.wav", "2_theo_0.wav"):
+        shutil.copy(FSDD / n, audio / n)
+    run(capsys, "prepare", "dir", audio, "--out", tmp_path / "data", "--name", "unl", "--json")
+    res = json.loads(run(capsys, "decode", tmp_path / "ft", tmp_path / "data" / "unl" / "cuts_train.jsonl.gz", "--json").out)
+    assert res["wer"] is None and "no WER" in res["note"]
+    hyps = list((tmp_path / "ft" / "decode-greedy").glob("hyps-*.txt"))
+    assert hyps and len(hyps[0].read_text().splitlines()) == 2
+
+
+def test_infeasible_empty_and_unknown_transcripts_are_filtered(tmp_path, shared_data):
+    src = copy_fsdd(tmp_path / "fsdd", per_speaker=3, speakers=("george",))
+    texts = tmp_path / "text.tsv"
+    files = sorted(src.glob("*.wav"))
+    texts.write_text(f"{files[0].name}\tseven\n{files[1].name}\t" + " ".join(["seven eight nine"] * 30)
+                     + f"\n{files[2].name}\tzebra quiz\n")
+    main_rc = 0
+    try:
+        main(["prepare", "dir", str(src), "--transcripts", str(texts), "--out", str(tmp_path / "d"), "--no-features", "--json"])
+    except SystemExit as e:
+        main_rc = e.code
+    assert not main_rc
+    cuts = load_cuts(tmp_path / "d" / "dir" / "cuts_train.jsonl.gz").to_eager()
+    tok = Tokenizer(train_tokenizer(["seven eight nine"], tmp_path / "tok", model_type="char", vocab_size=20))
+    kept, counts, dropped = filter_cuts(cuts, tok, frame_rate_hz=50.0)
+    assert len(kept) == 1 and counts == {"empty_transcript": 0, "unknown_chars": 1, "ctc_infeasible": 1}
+    assert {d["reason"] for d in dropped} == {"unknown_chars", "ctc_infeasible"}
+
+
+def test_fsdd_ctc_loss_goes_down_on_real_speech(tmp_path, shared_data, capsys):
+    """Real recorded digits, char CTC from scratch: the loss must fall within a few steps."""
+    src = copy_fsdd(tmp_path / "fsdd", per_speaker=20, speakers=("george", "jackson"))
+    run(capsys, "prepare", "fsdd", src, "--test-speakers", "jackson", "--out", tmp_path / "data", "--json")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": {
+        "encoder": "transformer-tiny", "train_cuts": str(tmp_path / "data" / "fsdd" / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0, "num_buckets": 2, "log_every": 1, "checkpoint_every": 100,
+        "optim": {"name": "adamw", "lr": 2e-3}, "schedule": {"name": "cosine", "warmup_batches": 3},
+        "budget": {"steps": 24}, "ctc": {"tokenizer": "char", "vocab_size": 30, "spec_augment": False}}}))
+    run(capsys, "finetune", r, "--json")
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4

@@ -1,0 +1,171 @@
+"""``speechbudget report`` over real experiment folders made by the CLI on a tiny synthetic corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from matplotlib.image import imread
+from rich.console import Console
+
+from speechbudget.cli import main
+from speechbudget.data.manifests import load_cuts
+from speechbudget.errors import SpeechBudgetError
+from speechbudget.report import build_report, render_table
+
+
+def run_cli(*args) -> None:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        assert not e.code, f"`speechbudget {' '.join(map(str, args))}` failed with exit code {e.code}"
+
+
+def lines(path: Path) -> list:
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def exps(synthetic_corpus, tmp_path_factory):
+    """pretrain (2 steps) -> finetune from its step-1 checkpoint, and from scratch; decode the first."""
+    root = tmp_path_factory.mktemp("exps")
+    common = {"encoder": "zipformer-tiny", "max_duration": 8.0, "num_buckets": 2, "log_every": 1,
+              "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5}}
+    pt_ckpt = root / "pt" / "checkpoints" / "checkpoint-00000001.pt"
+    recipe = {
+        "exp_dir": str(root / "pt"),
+        "pretrain": {**common, "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
+                     "checkpoint_every": 1, "budget": {"steps": 2}},
+        "finetune": {**common, "exp_dir": str(root / "ft"), "checkpoint_every": 100,
+                     "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
+                     "budget": {"steps": 2, "flops": 1.0e12},
+                     "ctc": {"tokenizer": "char", "init_checkpoint": str(pt_ckpt)}},
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_cli("pretrain", path, "--json")
+    run_cli("finetune", path, "--json")
+    run_cli("finetune", path, "--json", "ctc.init_checkpoint=null", f"exp_dir={root / 'scratch'}")
+    run_cli("decode", root / "ft", synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz", "--json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(exps, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return build_report([exps / "ft", exps / "scratch"], out), out
+
+
+def rows_by_name(rep) -> dict:
+    return {r["name"]: r for r in rep["rows"]}
+
+
+def test_finetune_row_adds_the_pretraining_compute_of_its_checkpoint(exps, report):
+    rep, _ = report
+    rows = rows_by_name(rep)
+    assert set(rows) == {"ft", "scratch", "pt"}  # the linked pretraining run joins as its own row
+    ft, pt_metrics = rows["ft"], lines(exps / "pt" / "metrics.jsonl")
+    ft_summary = json.loads((exps / "ft" / "summary.json").read_text())
+    pt_summary = json.loads((exps / "pt" / "summary.json").read_text())
+    # fine-tuning started at pretraining step 1 of 2: only that step's compute counts
+    assert ft["pretrain_flops"] == pt_metrics[0]["flops"] < pt_summary["flops"]
+    assert ft["pretrain_audio_hours"] == pt_metrics[0]["audio_hours"] > 0
+    assert ft["init"]["source"] == "metrics step 1"
+    assert ft["finetune_flops"] == ft_summary["flops"] > 0
+    assert ft["total_flops"] == pytest.approx(ft["pretrain_flops"] + ft["finetune_flops"])
+    assert ft["encoder"] == "zipformer-tiny" and ft["params"] > 1e6 and ft["stage"] == "finetune"
+    b = ft["budget"]
+    assert b["flops_limit"] == 1.0e12 and b["flops_fraction"] == pytest.approx(ft_summary["flops"] / 1e12)
+    assert b["binding_limit"] == "steps" and b["budget_used"] == 1.0
+
+
+def test_labeled_hours_come_from_the_training_manifest(synthetic_corpus, report):
+    rep, _ = report
+    cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz")
+    want = sum(c.duration for c in cuts) / 3600
+    for name in ("ft", "scratch"):
+        row = rows_by_name(rep)[name]
+        assert row["labeled_hours"] == pytest.approx(want)
+        assert row["labeled_hours_source"] == "train_cuts manifest"
+    # the same number follows from summary.json (audio processed / epochs)
+    s = json.loads((Path(rows_by_name(rep)["ft"]["exp_dir"]) / "summary.json").read_text())
+    assert s["audio_hours"] / s["epochs"] == pytest.approx(want, rel=1e-6)
+
+
+def test_wer_with_ci_and_missing_decodes(exps, report):
+    rep, _ = report
+    rows = rows_by_name(rep)
+    decoded = json.loads((exps / "ft" / "decode-greedy" / "decode-summary-test-greedy.json").read_text())
+    assert rep["wer_keys"] == ["test/greedy"]
+    w = rows["ft"]["wer"]["test/greedy"]
+    assert w["wer"] == decoded["wer"] and w["ci95"] == decoded["ci95"] and w["utterances"] > 0
+    scratch = rows["scratch"]
+    assert scratch["wer"] == {} and scratch["pretrain_flops"] == 0 and scratch["init"] is None
+    assert scratch["total_flops"] == scratch["finetune_flops"]
+    assert any("no decode results" in n for n in scratch["notes"])
+    pt = rows["pt"]
+    assert pt["wer"] == {} and pt["finetune_flops"] is None and pt["labeled_hours"] is None
+    assert pt["final_masked_acc"] is not None and pt["budget"]["flops_limit"] is None
+
+
+def test_markdown_json_and_plots_are_written(report):
+    rep, out = report
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "report.json", "report.md", "wer_vs_compute.png"]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(rep, default=str))
+    md = (out / "report.md").read_text()
+    table = [l for l in md.splitlines() if l.startswith("|")]
+    assert len(table) == 2 + 3 and "WER test/greedy [95% CI]" in table[0]
+    ft_line = next(l for l in table if l.startswith("| ft |"))
+    w = rows_by_name(rep)["ft"]["wer"]["test/greedy"]
+    assert f"{w['wer']:.2f} [{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]" in ft_line
+    scratch_line = next(l for l in table if l.startswith("| scratch |"))
+    assert "| - |" in scratch_line
+    assert "scratch: no decode results" in md
+    for name in ("curves.png", "wer_vs_compute.png"):
+        img = imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+        assert img[..., :3].std() > 0.01  # something was drawn
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_render_table(report):
+    rep, _ = report
+    table = render_table(rep)
+    assert table.row_count == 3
+    console = Console(record=True, width=300)
+    console.print(table)
+    text = console.export_text()
+    assert "WER test/greedy" in text and "scratch" in text and "no decode results" in text
+
+
+def test_parent_folder_is_searched_and_duplicates_dropped(exps, tmp_path):
+    rep = build_report([exps, exps / "ft"], tmp_path / "r")
+    assert sorted(r["name"] for r in rep["rows"]) == ["ft", "pt", "scratch"]
+    assert [r["stage"] for r in rep["rows"]] == ["finetune", "finetune", "pretrain"]
+
+
+def test_unfinished_run_uses_its_last_metrics_line(exps, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("run_card.json", "metrics.jsonl"):
+        shutil.copy(exps / "scratch" / name, partial / name)
+    with open(partial / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss"')  # torn last line of a killed run
+    rep = build_report([partial], tmp_path / "r")
+    (row,) = rep["rows"]
+    assert row["finetune_flops"] == lines(exps / "scratch" / "metrics.jsonl")[-1]["flops"]
+    assert any("no summary.json" in n for n in row["notes"])
+
+
+def test_not_an_experiment_folder_is_named(tmp_path):
+    stray = tmp_path / "not-an-exp"
+    (stray / "sub").mkdir(parents=True)
+    (stray / "sub" / "notes.txt").write_text("hello")
+    with pytest.raises(SpeechBudgetError, match="not-an-exp is not an experiment folder: no run_card.json"):
+        build_report([stray], tmp_path / "r")
+    with pytest.raises(SpeechBudgetError, match="missing does not exist"):
+        build_report([tmp_path / "missing"], tmp_path / "r")
+    assert not (tmp_path / "r").exists()
