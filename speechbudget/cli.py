@@ -393,6 +393,86 @@ def tokenizer_train(
     emit_json(info) if as_json else out.print(f"tokenizer -> {path} (vocab {tok.vocab_size}, {len(texts)} transcripts)")
 
 
+@app.command(epilog="Examples:\n\n  speechbudget report exp/quickstart/finetune exp/quickstart/scratch --out exp/report\n\n"
+             "  speechbudget report exp/ --out exp/report --json     # every run below exp/")
+def report(
+    exp_dirs: List[Path] = typer.Argument(..., help="Experiment folders (fine-tuning or pretraining runs), or a parent folder."),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="Where report.md, report.json and the PNG plots go."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """One table over runs: encoder, parameters, compute used vs planned, labeled hours, WER with 95% CI; plots."""
+    from .report import build_report, render_table
+
+    rep = build_report(exp_dirs, out_dir)
+    if as_json:
+        emit_json(rep)
+        return
+    out.print(render_table(rep))
+    out.print("files: " + ", ".join(str(f) for f in (rep.get("files") or {}).values()))
+
+
+# ------------------------------------------------------------------------------------ recipes
+recipes_app = typer.Typer(help="Recipes shipped with speechbudget: list and copy them.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("list", epilog="Example:\n\n  speechbudget recipes list --json")
+def recipes_list(as_json: bool = JSON_OPT) -> None:
+    """Every shipped recipe with its description."""
+    from .recipes import list_recipes
+
+    rows = list_recipes()
+    if as_json:
+        emit_json(rows)
+        return
+    t = Table(title="recipes")
+    for col in ("name", "description", "path"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["description"], r["path"])
+    out.print(t)
+
+
+@recipes_app.command("copy", epilog="Example:\n\n  speechbudget recipes copy quickstart my-run/   # then edit my-run/quickstart.yaml")
+def recipes_copy(name: str = typer.Argument(...), dest: Path = typer.Argument(..., help="Folder (or .yaml path) to copy to.")) -> None:
+    """Copy a recipe to edit it; the original stays untouched."""
+    from .recipes import copy_recipe
+
+    out.print(f"copied to {copy_recipe(name, dest)}")
+
+
+@app.command(epilog="Examples:\n\n"
+             "  speechbudget run recipes/quickstart.yaml\n\n"
+             "  speechbudget run recipes/quickstart.yaml --stage finetune --stop-stage decode\n\n"
+             "  speechbudget run recipes/fsdd.yaml pretrain.budget.flops=1e12\n\n"
+             "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, finetune, scratch, decode, report. "
+             "A finished stage is skipped; a killed run resumes where it stopped.")
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see `speechbudget recipes list`)."),
+    overrides: Optional[List[str]] = OVERRIDES,
+    stage: Optional[str] = typer.Option(None, "--stage", help="Start at this stage (and redo it)."),
+    stop_stage: Optional[str] = typer.Option(None, "--stop-stage", help="Stop after this stage."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """All stages of a recipe in order, resumable, ending in a WER table."""
+    from .pipeline import Pipeline, load_run_recipe
+
+    quiet_if_json(as_json)
+    data = load_run_recipe(recipe, overrides or [])
+    from rich.markup import escape
+
+    log = (lambda m: err.print(escape(m), highlight=False)) if as_json else (
+        lambda m: out.print(f"[bold cyan]{escape(m)}[/bold cyan]", highlight=False))
+    results = Pipeline(data, log=log).run(stage, stop_stage)
+    if as_json:
+        emit_json(results)
+        return
+    if "report" in results:
+        from .report import render_table
+
+        out.print(render_table(results["report"]))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

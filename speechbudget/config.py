@@ -108,6 +108,8 @@ class TrainConfig:
     average_last: int = 0  # >0: also save the average of the last N checkpoints
     log_every: int = 10
     max_bad_steps: int = 10  # NaN/inf losses in a row before the run stops
+    #: fine-tuning only: train on a seeded subset of this many hours of the labeled cuts
+    labeled_hours: Optional[float] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

@@ -72,8 +72,6 @@ class Run:
         self.exp = Path(exp)
         self.card = _read_json(self.exp / "run_card.json")
         self.stage = self.card.get("stage")
-        if self.stage not in _TRAIN_STAGES:
-            raise SpeechBudgetError(f"{self.exp}/run_card.json has stage {self.stage!r}; expected pretrain or finetune")
         self.metrics = _read_metrics(self.exp)
         self.notes: List[str] = []
         summary = self.exp / "summary.json"
@@ -220,8 +218,8 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
         pt, pc, notes = pretrain_compute(ck, runs)
         row["notes"] += notes
         row["init"] = {"checkpoint": ck, "pretrain_exp": str(pt.exp) if pt else None, "source": pc["source"]}
-    else:
-        pt, pc = None, {"flops": 0.0, "audio_hours": 0.0}
+    else:  # from scratch
+        pc = {"flops": 0.0, "audio_hours": 0.0}
         row["init"] = None
     ft = run.summary.get("flops")
     hours, source = labeled_hours(run)
@@ -232,9 +230,13 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
     row["wer"] = decode_results(run)
     if not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
+    final = Path(run.summary.get("checkpoint") or "").name
     for key, d in row["wer"].items():
         if d.get("wer") is None:
             row["notes"].append(f"{key}: no WER ({d.get('note', 'the decode summary has none')})")
+        decoded = Path(d.get("checkpoint") or "").name
+        if final and decoded and decoded != final:
+            row["notes"].append(f"{key}: decoded {decoded}, not the final {final}")
     return row
 
 
@@ -403,6 +405,7 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     ft_rows = [finetune_row(r, runs) for r in list(runs.values()) if r.stage == "finetune"]
     pt_rows = [pretrain_row(r) for r in runs.values() if r.stage == "pretrain"]  # incl. linked ones
     rows = ft_rows + pt_rows
+    skipped = [f"skipped {r.exp}: stage {r.stage!r} is not reported" for r in runs.values() if r.stage not in _TRAIN_STAGES]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
@@ -416,9 +419,10 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
             "fine-tuning audio after filtering (source in report.json: labeled_hours_source).",
             "WER in %, 95% CI from a bootstrap over utterances; '-' = not decoded.",
             "budget: FLOPs used / FLOP limit of the row's own run; budget used = share of the binding limit.",
+            *skipped,
         ],
     }
-    plot_curves(list(runs.values()), out_dir / FILES["curves"])
+    plot_curves([r for r in runs.values() if r.stage in _TRAIN_STAGES], out_dir / FILES["curves"])
     plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
     _write_text(markdown(report), out_dir / FILES["markdown"])
     _write_text(json.dumps(report, indent=2, default=str) + "\n", out_dir / FILES["json"])

@@ -169,3 +169,33 @@ def test_not_an_experiment_folder_is_named(tmp_path):
     with pytest.raises(SpeechBudgetError, match="missing does not exist"):
         build_report([tmp_path / "missing"], tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_pretraining_compute_when_the_step_was_not_logged(exps, tmp_path):
+    """Counters come from the checkpoint file; if it was pruned, from the whole run (with a note)."""
+    pt, ft = tmp_path / "pt", tmp_path / "ft"
+    pt.mkdir()
+    ft.mkdir()
+    for name in ("run_card.json", "summary.json"):
+        shutil.copy(exps / "pt" / name, pt / name)
+        shutil.copy(exps / "ft" / name, ft / name)
+    logged = lines(exps / "pt" / "metrics.jsonl")
+    (pt / "metrics.jsonl").write_text(json.dumps(logged[-1]) + "\n")  # step 1 not logged
+    (pt / "checkpoints").symlink_to(exps / "pt" / "checkpoints")
+    card = json.loads((ft / "run_card.json").read_text())
+    card["recipe"]["init"]["checkpoint"] = str(pt / "checkpoints" / "checkpoint-00000001.pt")
+    (ft / "run_card.json").write_text(json.dumps(card))
+
+    (row, _) = build_report([ft], tmp_path / "r1")["rows"]
+    assert row["init"]["source"] == "checkpoint step 1" and row["pretrain_flops"] == logged[0]["flops"]
+
+    (pt / "checkpoints").unlink()
+    (row, _) = build_report([ft], tmp_path / "r2")["rows"]
+    assert row["init"]["source"] == "summary" and row["pretrain_flops"] == logged[-1]["flops"]
+    assert any("upper bound" in n for n in row["notes"])
+
+    shutil.rmtree(pt)
+    (row,) = build_report([ft], tmp_path / "r3")["rows"]
+    assert row["pretrain_flops"] is None and row["total_flops"] is None
+    assert any("pretraining run of" in n and "not found" in n for n in row["notes"])
+    assert "| ft |" in (tmp_path / "r3" / "report.md").read_text()

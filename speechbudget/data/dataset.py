@@ -6,6 +6,7 @@ The sampler yields CutSets whose total duration stays under ``max_duration``; it
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -63,10 +64,12 @@ class SpeechDataset(torch.utils.data.Dataset):
 
 def make_sampler(cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
                  world_size: int = 1, rank: int = 0) -> DynamicBucketingSampler:
-    return DynamicBucketingSampler(
-        cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, seed=seed,
-        drop_last=world_size > 1, world_size=world_size, rank=rank, buffer_size=max(1000, num_buckets * 100),
-    )
+    with warnings.catch_warnings():  # small fine-tuning sets are eager on purpose
+        warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+        return DynamicBucketingSampler(
+            cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, seed=seed,
+            drop_last=world_size > 1, world_size=world_size, rank=rank, buffer_size=max(1000, num_buckets * 100),
+        )
 
 
 def make_loader(dataset: SpeechDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:

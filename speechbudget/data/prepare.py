@@ -132,7 +132,7 @@ def prepare(
         import torch
 
         torch.set_num_threads(1)
-    corpus_dir = Path(out_dir) / corpus
+    corpus_dir = Path(out_dir).resolve() / corpus  # absolute paths in manifests: stages may run from elsewhere
     corpus_dir.mkdir(parents=True, exist_ok=True)
     with open_executor(executor_kind, num_jobs, scheduler) as executor:
         items = find_items(executor)

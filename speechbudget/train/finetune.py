@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,7 +12,7 @@ from lhotse import CutSet
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig, to_dict
 from ..data.dataset import SpeechDataset
-from ..data.manifests import write_json
+from ..data.manifests import save_manifest, write_json
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
 from ..objectives.ctc import CtcModel
@@ -98,10 +99,27 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     return model, init
 
 
+def labeled_subset(cuts: CutSet, hours: float, seed: int) -> CutSet:
+    """A seeded random subset of about ``hours`` of audio: the "little transcribed audio"."""
+    if hours <= 0:
+        raise SpeechBudgetError(f"labeled_hours must be positive (got {hours})")
+    picked, total = [], 0.0
+    for c in cuts.shuffle(rng=random.Random(seed)):
+        if total >= hours * 3600:
+            break
+        picked.append(c)
+        total += c.duration
+    return CutSet.from_cuts(picked)
+
+
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
     try:
         cuts = load_train_cuts(cfg.train_cuts).to_eager()
+        if cfg.labeled_hours is not None:
+            cuts = labeled_subset(cuts, cfg.labeled_hours, cfg.seed).to_eager()
+            if dist.is_main:
+                save_manifest(cuts, Path(cfg.exp_dir) / "labeled_cuts.jsonl.gz")
         tokenizer = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
@@ -121,6 +139,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                           {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step, find_unused_parameters=freeze > 0)
         out = trainer.fit()
         out["filtered"] = dropped_counts
+        out["labeled_hours"] = total_seconds(cuts) / 3600
         out["tokenizer"] = str(Path(cfg.exp_dir) / "tokenizer" / "tokenizer.model")
         return out
     finally:

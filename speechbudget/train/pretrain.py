@@ -32,7 +32,7 @@ def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
 def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
     try:
-        cuts = load_train_cuts(cfg.train_cuts).to_eager()
+        cuts = load_train_cuts(cfg.train_cuts)  # lazy: a 60k-hour manifest need not fit in memory
         seen = count_clusters(cuts)
         num_clusters = cfg.hubert.num_clusters or seen
         if seen > num_clusters:

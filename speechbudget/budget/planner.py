@@ -1,0 +1,581 @@
+"""The compute-budget planner: which encoder to pretrain, on how many hours of audio.
+
+For each candidate (a family's presets plus a width x depth grid of config dicts) we count the
+training FLOPs one hour of audio costs it: 3 x (encoder forward + HuBERT head), counted exactly as
+the trainer accounts a run. The budget then buys a number of audio hours, those hours are a number
+of epochs over the user's data, and the scaling law (scaling.py; repeats discounted) predicts the
+pretraining loss. The lowest predicted loss wins, and becomes a ready recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..errors import SpeechBudgetError
+from ..train.budget import TRAIN_FACTOR
+from . import calibrate
+from .devices import Device, get_device, measure_cpu_peak, normalise_dtype, write_json_atomic
+from .scaling import DEFAULT_LAW, ScalingLaw, optimal_allocation
+
+#: the length train.setup counts a run's cost at: counting the same way makes the planned hours
+#: the hours the run will really process. (Tracing costs the same at 4 s or 10 s: it is per-op
+#: overhead, so there is nothing to gain from a shorter count and scaling.)
+COUNT_SECONDS = 10.0
+FINAL_DIM = 256  # HubertConfig.final_dim
+UNITS = ("flops", "gpu-hours", "hours")
+GRIDS = ("none", "small", "full")
+MIN_AUDIO_HOURS = 0.01  # below this a pilot learns nothing and the law has no meaning
+#: Liu et al. (arXiv 2409.16295) find that looping many epochs over limited data hurts SSL
+EPOCH_WARNING = 4.0
+#: max_duration (seconds of audio per batch) written into the recipe: the trainer's default on a
+#: CPU; on a GPU k2SSL's 87.5 s x 4 accumulation steps per device
+MAX_DURATION = {"cpu": 60.0, "gpu": 350.0}
+#: icefall's ratios (zipformer: lr_epochs 3.5 of 30 epochs, lr_batches 7500 of ~26k steps,
+#: warmup 500): Eden's decay starts a tenth into the data and 30% into the steps
+LR_EPOCHS_FRACTION, LR_BATCHES_FRACTION, WARMUP_FRACTION = 0.1, 0.3, 0.02
+
+
+# ------------------------------------------------------------------------------- counting costs
+@dataclass(frozen=True)
+class CandidateCost:
+    """One candidate encoder and what an hour of audio costs it in training."""
+
+    name: str
+    family: str
+    spec: Union[str, Dict[str, Any]]  # preset name, or config dict with lists (a recipe's encoder)
+    kind: str  # "preset" or "grid"
+    params: int  # encoder parameters: the N of the scaling law
+    macs_per_audio_second: float  # encoder forward
+    head_macs_per_frame: float  # HuBERT projection + cosine logits
+    frame_rate_hz: float
+    layers: int
+    width: int
+
+    @property
+    def flops_per_hour(self) -> float:
+        forward = self.macs_per_audio_second + self.head_macs_per_frame * self.frame_rate_hz
+        return 3600.0 * 2.0 * TRAIN_FACTOR * forward
+
+
+def _shape(cfg: Dict[str, Any]) -> Tuple[int, int]:
+    """(layers, width) of a resolved config: how deep and how wide, for tables and grids."""
+    if cfg["family"] == "zipformer":
+        layers, dims = cfg.get("num_layers", 1), cfg.get("dims", 0)
+        layers = sum(layers) if isinstance(layers, (list, tuple)) else 6 * layers
+        return layers, max(dims) if isinstance(dims, (list, tuple)) else dims
+    return int(cfg.get("layers", 0)), int(cfg.get("dim", 0))
+
+
+_FINGERPRINT: Optional[str] = None
+
+
+def _code_fingerprint() -> str:
+    """Hash of the code a count depends on: the cache must not outlive a model change."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        root = Path(__file__).resolve().parents[1]
+        files = sorted((root / "models").glob("*.py")) + [root / "budget" / "flops.py", root / "objectives" / "hubert.py"]
+        h = hashlib.sha1(torch.__version__.encode())
+        for f in files:
+            h.update(f.read_bytes())
+        _FINGERPRINT = h.hexdigest()
+    return _FINGERPRINT
+
+
+class CostCache:
+    """Counted costs on disk, so that only the first plan on a machine pays for tracing."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path = path
+        self.entries: Dict[str, Dict[str, float]] = {}
+        if path is not None and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self.entries = {}  # a cache is disposable: recount
+
+    @staticmethod
+    def key(cfg: Dict[str, Any], num_clusters: int) -> str:
+        blob = json.dumps({"cfg": cfg, "seconds": COUNT_SECONDS, "clusters": num_clusters, "final_dim": FINAL_DIM,
+                           "code": _code_fingerprint()}, sort_keys=True, default=list)
+        return hashlib.sha1(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> Optional[Dict[str, float]]:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: Dict[str, float]) -> None:
+        self.entries[key] = value
+        if self.path is not None:
+            try:
+                write_json_atomic(self.path, self.entries)
+            except OSError:
+                pass  # read-only home: counting still works, just uncached
+
+
+_MEMORY: Dict[str, Dict[str, float]] = {}
+
+
+def _build_for_counting(spec):
+    """The encoder with its weights allocated but not randomly initialised.
+
+    Counting needs shapes, not values, and initialising a 300M-parameter model costs seconds;
+    constant weights keep the forward finite. Falls back to a normal build if a module cannot
+    be created on the meta device.
+    """
+    from ..models.presets import build_encoder
+
+    try:
+        with torch.device("meta"):
+            encoder = build_encoder(spec)
+        encoder = encoder.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in list(encoder.parameters()) + list(encoder.buffers()):
+                t.fill_(0.01) if t.is_floating_point() else t.zero_()
+        return encoder
+    except SpeechBudgetError:
+        raise
+    except Exception:  # noqa: BLE001 - any module that cannot live on meta: pay for a real build
+        return build_encoder(spec)
+
+
+def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
+    from ..objectives.hubert import HubertModel
+    from .flops import encoder_cost
+
+    with torch.random.fork_rng(devices=[]):  # the caller's seeds are not ours to move
+        encoder = _build_for_counting(spec)
+        cost = encoder_cost(encoder, seconds=COUNT_SECONDS)
+        head = HubertModel(encoder, num_clusters, final_dim=FINAL_DIM).head_macs_per_frame()
+    return {"params": int(cost["params"]), "macs_per_audio_second": float(cost["macs_per_audio_second"]),
+            "head_macs_per_frame": float(head), "frame_rate_hz": float(cost["frame_rate_hz"])}
+
+
+def _counted(cfg: Dict[str, Any], num_clusters: int, cache: Optional[CostCache]) -> Dict[str, float]:
+    key = CostCache.key(cfg, num_clusters)
+    hit = _MEMORY.get(key) or (cache.get(key) if cache else None)
+    if hit is None:
+        hit = _count_encoder(cfg, num_clusters)
+        if cache is not None:
+            cache.put(key, hit)
+    _MEMORY[key] = hit
+    return hit
+
+
+def default_cache() -> CostCache:
+    return CostCache(calibrate.cache_dir() / "encoder_costs.json")
+
+
+def count_cost(spec, num_clusters: int = 500, name: Optional[str] = None, kind: str = "preset",
+               cache: Optional[CostCache] = None) -> CandidateCost:
+    """Cost of one preset or config dict (cached per config, in memory and on disk)."""
+    from ..models.presets import resolve
+
+    cfg = _jsonable(resolve(spec))
+    counted = _counted(cfg, num_clusters, cache if cache is not None else default_cache())
+    layers, width = _shape(cfg)
+    label = name or (spec if isinstance(spec, str) else f"{cfg['family']}-w{width}-l{layers}")
+    return CandidateCost(name=label, family=cfg["family"], spec=spec if isinstance(spec, str) else cfg, kind=kind,
+                         layers=layers, width=width, **counted)
+
+
+def _jsonable(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Tuples to lists: recipes are YAML, and YAML's safe dumper knows no tuples."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+# ------------------------------------------------------------------------------------ the grid
+def _round16(x: float) -> int:
+    return max(32, 16 * round(x / 16))
+
+
+def _zipformer_config(width: int, depth: int) -> Dict[str, Any]:
+    """k2SSL Base's shape (relative stack widths, feed-forward ratios, heads) scaled to a
+    widest stack of ``width``, with ``depth`` layers in every one of the six stacks."""
+    from ..models.zipformer import PRESETS
+
+    base = _jsonable(PRESETS["zipformer-base"])
+    top = max(base["dims"])
+    dims = [_round16(width * d / top) for d in base["dims"]]
+    ff = [_round16(d * f / bd) for d, f, bd in zip(dims, base["feedforward_dims"], base["dims"])]
+    return {"family": "zipformer", **base, "num_layers": [depth] * len(dims), "dims": dims, "feedforward_dims": ff}
+
+
+def _transformer_config(width: int, depth: int) -> Dict[str, Any]:
+    return {"family": "transformer", "dim": width, "layers": depth, "heads": max(1, width // 64),
+            "ffn_dim": 4 * width, "norm_first": True}
+
+
+def _bimamba_config(width: int, depth: int) -> Dict[str, Any]:
+    return {"family": "bimamba", "dim": width, "layers": depth}
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    make: Callable[[int, int], Dict[str, Any]]  # (width, depth) -> config dict
+    widths: Dict[str, Tuple[int, ...]]
+    depths: Dict[str, Tuple[int, ...]]  # depth units: layers per stack (zipformer) or layers
+
+
+# Narrow + deep ("slim", which Liu et al. find best at equal compute) to wide + shallow.
+GRIDS_BY_FAMILY = {
+    "zipformer": GridSpec(_zipformer_config, {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
+                          {"small": (1, 2, 4), "full": (1, 2, 3, 4, 6)}),
+    "transformer": GridSpec(_transformer_config, {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
+                            {"small": (2, 6, 18), "full": (1, 2, 4, 6, 8, 12, 18, 24)}),
+    "bimamba": GridSpec(_bimamba_config, {"small": (128, 384), "full": (128, 192, 256, 384, 512, 768)},
+                        {"small": (4, 12, 24), "full": (2, 4, 8, 12, 24, 36)}),
+}
+
+
+def grid_costs(family: str, size: str, num_clusters: int = 500, cache: Optional[CostCache] = None) -> List[CandidateCost]:
+    """Width x depth grid, counting only depths 1 and 2 per width.
+
+    Layers of one stack are identical, so cost and parameters are exactly linear in the depth
+    unit: two shallow traces give every deeper config at that width for free.
+    """
+    if size not in GRIDS:
+        raise SpeechBudgetError(f"unknown grid {size!r}; choose one of {', '.join(GRIDS)}")
+    if size == "none":
+        return []
+    grid = GRIDS_BY_FAMILY[family]
+    cache = cache if cache is not None else default_cache()
+    out = []
+    for width in grid.widths[size]:
+        one, two = (count_cost(grid.make(width, d), num_clusters, kind="grid", cache=cache) for d in (1, 2))
+        for depth in grid.depths[size]:
+            cfg = grid.make(width, depth)
+            layers, _ = _shape(cfg)
+            extrapolate = lambda a, b: a + (depth - 1) * (b - a)  # noqa: E731
+            out.append(CandidateCost(
+                name=f"{family}-w{width}-l{layers}", family=family, spec=cfg, kind="grid", layers=layers, width=width,
+                params=int(round(extrapolate(one.params, two.params))),
+                macs_per_audio_second=extrapolate(one.macs_per_audio_second, two.macs_per_audio_second),
+                head_macs_per_frame=one.head_macs_per_frame, frame_rate_hz=one.frame_rate_hz))
+    return out
+
+
+def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Optional[Sequence[str]] = None,
+                    num_clusters: int = 500, cache: Optional[CostCache] = None, progress=None) -> List[CandidateCost]:
+    """The family's presets (or the named ``presets``) plus its grid, each with its cost."""
+    from ..models.presets import FAMILIES, all_presets
+
+    known = all_presets()
+    if presets:
+        missing = [p for p in presets if p not in known]
+        if missing:
+            raise SpeechBudgetError(f"unknown preset {missing[0]!r}; known: {', '.join(known)}")
+        names = list(presets)
+    else:
+        if family not in FAMILIES:
+            raise SpeechBudgetError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        names = [n for n, cfg in known.items() if cfg["family"] == family]
+    track = progress or (lambda items: items)
+    cache = cache if cache is not None else default_cache()
+    out = [count_cost(n, num_clusters, cache=cache) for n in track(names)]
+    families = sorted({known[n]["family"] for n in names})
+    for fam in families:
+        out += grid_costs(fam, grid, num_clusters, cache)
+    seen, unique = set(), []
+    for c in out:  # a grid point may coincide with a preset
+        if c.name not in seen:
+            seen.add(c.name)
+            unique.append(c)
+    return unique
+
+
+# ---------------------------------------------------------------------------------- the budget
+@dataclass(frozen=True)
+class BudgetSpec:
+    """What the user has: ``amount`` of ``unit`` on ``device``."""
+
+    amount: float
+    unit: str = "gpu-hours"
+    device: str = "a100"
+    dtype: Optional[str] = None  # None: bf16 on a GPU, fp32 on the CPU (what the trainer uses)
+    utilisation: Optional[float] = None  # None: calibrated if measured, else the device default
+    num_devices: int = 1  # for unit "hours": wall-clock hours on this many devices
+
+    def validated(self) -> "BudgetSpec":
+        if self.unit not in UNITS:
+            raise SpeechBudgetError(f"unknown budget unit {self.unit!r}; choose one of {', '.join(UNITS)}")
+        if not (isinstance(self.amount, (int, float)) and math.isfinite(self.amount) and self.amount > 0):
+            raise SpeechBudgetError(f"--budget must be a positive number of {self.unit}, got {self.amount}")
+        if self.num_devices < 1:
+            raise SpeechBudgetError(f"--num-devices must be at least 1, got {self.num_devices}")
+        if self.utilisation is not None and not 0 < self.utilisation <= 1:
+            raise SpeechBudgetError(f"--utilisation must be in (0, 1], got {self.utilisation}")
+        dev = get_device(self.device)
+        return BudgetSpec(float(self.amount), self.unit, dev.name, normalise_dtype(self.dtype or _default_dtype(dev)),
+                          self.utilisation, int(self.num_devices))
+
+
+def _default_dtype(dev: Device) -> str:
+    return "bf16" if dev.kind == "gpu" else "fp32"
+
+
+def _peak(budget: BudgetSpec, calibration: Dict[str, Any]) -> float:
+    """Device peak FLOP/s; on the CPU the calibration's own measurement when there is one, so a
+    utilisation is always divided by the peak it was measured against."""
+    dev = get_device(budget.device)
+    if dev.kind != "cpu":
+        return dev.peak_flops(budget.dtype)
+    record = calibrate.device_record(budget.device, budget.dtype, data=calibration)
+    if record:
+        return float(record["peak_flops"])
+    return measure_cpu_peak(budget.dtype, cache_path=calibrate.cpu_peak_cache())
+
+
+# ------------------------------------------------------------------------------------ planning
+@dataclass
+class Plan:
+    budget: BudgetSpec
+    peak_flops: Optional[float]  # None for a budget in FLOPs
+    law: ScalingLaw
+    law_source: Optional[str]
+    data_hours: Optional[float]  # None: unlimited
+    max_duration: float
+    num_clusters: int
+    candidates: List[Dict[str, Any]]  # best first
+    skipped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def recommended(self) -> Dict[str, Any]:
+        return self.candidates[0]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "recommended": self.recommended,
+            "candidates": self.candidates,
+            "calibrated": self.law.calibrated,
+            "law": {**{k: getattr(self.law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")},
+                    "source": self.law_source or "default"},
+            "budget": {**asdict(self.budget), "peak_flops": self.peak_flops},
+            "data_hours": self.data_hours,
+            "max_duration": self.max_duration,
+            "num_clusters": self.num_clusters,
+            "skipped": self.skipped,
+            "explanation": self.notes,
+            "warnings": self.warnings,
+        }
+
+
+def _utilisation(budget: BudgetSpec, cand: CandidateCost, calibration: Dict[str, Any]) -> Tuple[float, str]:
+    if budget.utilisation is not None:
+        return budget.utilisation, "given"
+    util, source = calibrate.calibrated_utilisation(budget.device, budget.dtype, cand.name, data=calibration)
+    if util is not None:
+        return util, source
+    return get_device(budget.device).default_utilisation, "default (uncalibrated)"
+
+
+def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[CandidateCost],
+         law: Optional[ScalingLaw] = None, law_source: Optional[str] = None, max_duration: Optional[float] = None,
+         num_clusters: int = 500, calibration: Optional[Dict[str, Any]] = None) -> Plan:
+    """Spend the budget on every candidate, predict each one's loss, recommend the lowest.
+
+    ``data_hours`` of None or infinity means unlimited data (no epoch is ever repeated).
+    """
+    budget = budget.validated()
+    unique = _unique_hours(data_hours)
+    law = law or DEFAULT_LAW
+    calibration = calibration if calibration is not None else calibrate.load_calibration()
+    dev = get_device(budget.device)
+    max_duration = float(max_duration or MAX_DURATION[dev.kind])
+    if not max_duration > 0:
+        raise SpeechBudgetError(f"--max-duration must be positive, got {max_duration}")
+    if not candidates:
+        raise SpeechBudgetError("no candidate encoders to plan for")
+    peak = None if budget.unit == "flops" else _peak(budget, calibration)
+
+    # what one budget unit buys each candidate, in its model FLOPs
+    per_unit, utils = {}, {}
+    for c in candidates:
+        utils[c.name] = _utilisation(budget, c, calibration)
+        per_unit[c.name] = 1.0 if peak is None else 3600.0 * peak * utils[c.name][0] * (
+            budget.num_devices if budget.unit == "hours" else 1)
+    units_per_hour = {c.name: c.flops_per_hour / per_unit[c.name] for c in candidates}
+
+    min_hours = max(MIN_AUDIO_HOURS, max_duration / 3600.0)  # at least 0.01 h and one full batch
+    affordable = [c for c in candidates if budget.amount / units_per_hour[c.name] >= min_hours]
+    if not affordable:
+        cheapest = min(candidates, key=lambda c: units_per_hour[c.name])
+        need = min_hours * units_per_hour[cheapest.name]
+        raise SpeechBudgetError(
+            f"a budget of {budget.amount:g} {budget.unit} buys only "
+            f"{3600 * budget.amount / units_per_hour[cheapest.name]:.3g} s of audio even for the cheapest candidate "
+            f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:g} h of audio)")
+
+    allocations = optimal_allocation(law, budget.amount, [(c.name, c.params, units_per_hour[c.name]) for c in affordable],
+                                     unique)
+    by_name = {c.name: c for c in affordable}
+    rows = [_row(by_name[a.name], a, per_unit[a.name], utils[a.name], max_duration) for a in allocations]
+    result = Plan(budget, peak, law, law_source, unique, max_duration, num_clusters, rows,
+                  skipped=[c.name for c in candidates if c not in affordable])
+    result.notes, result.warnings = explain(result, affordable)
+    return result
+
+
+def _unique_hours(data_hours: Optional[float]) -> Optional[float]:
+    if data_hours is None:
+        raise SpeechBudgetError("give --data-hours: the hours of unlabeled audio you have (inf for unlimited)")
+    if math.isnan(data_hours) or data_hours <= 0:
+        raise SpeechBudgetError(f"--data-hours must be positive, got {data_hours}")
+    return None if math.isinf(data_hours) else float(data_hours)
+
+
+def _row(c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float) -> Dict[str, Any]:
+    budget_flops = a.hours * c.flops_per_hour
+    return {
+        "name": c.name, "kind": c.kind, "family": c.family,
+        ("preset" if c.kind == "preset" else "config"): c.spec,
+        "params": c.params, "layers": c.layers, "width": c.width,
+        "flops_per_hour": c.flops_per_hour, "budget_flops": budget_flops,
+        "utilisation": util[0], "utilisation_source": util[1],
+        "audio_hours": a.hours, "epochs": a.epochs, "effective_hours": a.effective_hours,
+        "predicted_loss": a.loss, "steps": int(a.hours * 3600 / max_duration), "best": a.best,
+    }
+
+
+def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], List[str]]:
+    """A few lines on why the winner wins, and warnings the user should act on."""
+    best, notes, warnings = p.recommended, [], []
+    hours, epochs = best["audio_hours"], best["epochs"]
+    data = "unlimited data" if p.data_hours is None else f"your {p.data_hours:g} h"
+    over = "" if epochs is None else f" = {epochs:.2f} epochs over {data}"
+    notes.append(f"{best['name']} ({best['params'] / 1e6:.1f} M parameters, {best['layers']} layers, width "
+                 f"{best['width']}) trains on {hours:,.1f} h of audio{over}; predicted loss {best['predicted_loss']:.3f}.")
+    if epochs is None or epochs <= 1:
+        notes.append("Compute-bound: the budget buys no more audio than you have, so it is split between model size "
+                     "and hours; a bigger model would see too few hours, a smaller one would underfit.")
+    else:
+        notes.append(f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are worth less "
+                     f"(R* = {p.law.r_star:g}), which favours a larger model that loops the data fewer times.")
+    if epochs is not None and epochs > EPOCH_WARNING:
+        warnings.append(f"{epochs:.1f} epochs over {p.data_hours:g} h: looping limited data hurts SSL (Liu et al., "
+                        "arXiv 2409.16295); add unlabeled audio, or accept that extra compute helps little.")
+    if len(p.candidates) > 1:
+        second = p.candidates[1]
+        notes.append(f"Runner-up {second['name']} ({second['params'] / 1e6:.1f} M) predicts "
+                     f"{second['predicted_loss']:.3f} with {second['audio_hours']:,.1f} h.")
+    sizes = sorted(c.params for c in affordable)
+    if len(sizes) > 2 and best["params"] in (sizes[0], sizes[-1]):
+        edge = "largest" if best["params"] == sizes[-1] else "smallest"
+        warnings.append(f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it.")
+    if p.law.calibrated:
+        notes.append(f"Scaling law fitted on pilot runs ({p.law_source or 'given'}).")
+    else:
+        notes.append("Uncalibrated: the default scaling law is a guess with the right shape; run `speechbudget sweep` "
+                     "and `speechbudget plan fit` to fit it on your data.")
+    if p.peak_flops is not None:
+        notes.append(f"{p.budget.amount:g} {p.budget.unit} on {p.budget.device} ({p.budget.dtype} peak "
+                     f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best['utilisation']:.2f}, "
+                     f"{best['utilisation_source']}) = {best['budget_flops']:.3g} training FLOPs for {best['name']}.")
+    if p.skipped:
+        notes.append(f"Skipped {len(p.skipped)} candidates the budget cannot feed {MIN_AUDIO_HOURS:g} h of audio "
+                     f"or one batch: {', '.join(p.skipped)}.")
+    return notes, warnings
+
+
+# ------------------------------------------------------------------------------------- outputs
+def _sig(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def eden_schedule(hours: float, steps: int) -> Dict[str, Any]:
+    """Eden counting hours of audio: the decay follows the data seen, whatever the corpus size."""
+    return {"name": "eden", "epoch_unit": "hours", "lr_epochs": _sig(max(LR_EPOCHS_FRACTION * hours, 1e-3)),
+            "lr_batches": float(min(7500, max(10, round(LR_BATCHES_FRACTION * steps)))),
+            "warmup_batches": int(min(500, max(1, round(WARMUP_FRACTION * steps))))}
+
+
+def recipe(p: Plan, train_cuts: Optional[str] = None, exp_dir: Optional[str] = None) -> Dict[str, Any]:
+    """A pretraining recipe for the recommended candidate (the planned budget in FLOPs)."""
+    best = p.recommended
+    section = {
+        "encoder": best.get("preset") or best["config"],
+        "train_cuts": train_cuts or "CHANGE-ME/km/cuts_train.jsonl.gz",
+        "max_duration": p.max_duration,
+        "budget": {"flops": _sig(best["budget_flops"], 4)},
+        "schedule": eden_schedule(best["audio_hours"], best["steps"]),
+    }
+    return {"exp_dir": exp_dir or f"exp/pretrain-{best['name']}", "pretrain": section}
+
+
+def write_recipe(p: Plan, path: Path, train_cuts: Optional[str] = None, exp_dir: Optional[str] = None) -> Path:
+    import yaml
+
+    best = p.recommended
+    epochs = "unlimited data" if best["epochs"] is None else f"{best['epochs']:.2f} epochs over {p.data_hours:g} h"
+    header = [
+        f"# written by `speechbudget plan`: {p.budget.amount:g} {p.budget.unit} on {p.budget.device} -> {best['name']}",
+        f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
+        f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} "
+        f"({'fitted' if p.law.calibrated else 'uncalibrated default'} law; {p.num_clusters} k-means clusters assumed)",
+    ]
+    if not train_cuts or not exp_dir:
+        header.append("# fill in: train_cuts (k-means labeled cuts from `speechbudget kmeans`) and exp_dir, then run")
+    header.append(f"#   speechbudget pretrain {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(recipe(p, train_cuts, exp_dir), sort_keys=False, default_flow_style=None)
+    path.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
+    return path
+
+
+def _cost_curve(candidates: Sequence[Dict[str, Any]]):
+    """flops_per_hour as a power law of params, fitted on the candidates, for smooth curves."""
+    n = np.log([c["params"] for c in candidates])
+    f = np.log([c["flops_per_hour"] for c in candidates])
+    if len(set(n.round(6))) < 2:
+        slope, intercept = 1.0, float(f.mean() - n.mean())
+    else:
+        slope, intercept = np.polyfit(n, f, 1)
+    return lambda params: np.exp(intercept + slope * np.log(params))
+
+
+def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0)) -> Path:
+    """Predicted loss vs parameters at several budgets around the planned one (FLOPs of the
+    recommended candidate), each curve's minimum dotted, the candidates and the optimum marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best, rows = p.recommended, p.candidates
+    cost = _cost_curve(rows)
+    params = np.array([r["params"] for r in rows], dtype=float)
+    grid = np.geomspace(params.min() / 3, params.max() * 3, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    colors = plt.cm.viridis(np.linspace(0.1, 0.9, len(factors)))
+    for factor, color in zip(factors, colors):
+        flops = best["budget_flops"] * factor
+        loss = p.law.predict(grid, flops / cost(grid), p.data_hours)
+        ax.plot(grid, loss, color=color, label=f"{flops:.2g} FLOPs")
+        i = int(np.argmin(loss))
+        ax.plot(grid[i], loss[i], "o", color=color, markersize=4)
+    ax.scatter(params, [r["predicted_loss"] for r in rows], s=14, color="grey", zorder=3, label="candidates")
+    ax.plot(best["params"], best["predicted_loss"], "*", color="crimson", markersize=14, zorder=4,
+            label=f"recommended: {best['name']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder parameters")
+    ax.set_ylabel("predicted pretraining loss (nats)")
+    data = "unlimited data" if p.data_hours is None else f"{p.data_hours:g} h of data"
+    ax.set_title(f"isoFLOP curves, {data} ({'fitted' if p.law.calibrated else 'uncalibrated'} law)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,269 @@
+"""``speechbudget run``: every stage of a recipe in order, each skipped once done.
+
+Stages write into the run's experiment folder and read only what earlier stages wrote there:
+
+    prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> finetune -> [scratch] -> decode -> report
+
+A stage is done when ``EXP/.stages/<stage>.json`` exists; that marker is written (atomically)
+only after the stage succeeded, so a run killed anywhere resumes at the stage it was in, and
+the training stages resume from their own newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .config import KmeansConfig, deep_merge, from_dict, load_train_config, load_yaml, parse_overrides
+from .data.manifests import write_json
+from .errors import SpeechBudgetError
+
+STAGES = ("prepare", "plan", "kmeans", "pretrain", "kmeans2", "pretrain2", "finetune", "scratch", "decode", "report")
+
+
+@dataclass
+class PrepareSection:
+    source: str = "synthetic"
+    path: Optional[str] = None  # corpus folder (not for synthetic)
+    name: Optional[str] = None
+    hours: float = 0.2  # synthetic
+    seed: int = 0
+    noise_dir: Optional[str] = None  # synthetic; skipped with a note when the folder is missing
+    snr: float = 20.0
+    test_speakers: str = "theo"  # fsdd
+    dev_speakers: str = ""
+    parts: Optional[str] = None  # librispeech
+    features: bool = True
+    num_jobs: int = 1
+
+
+@dataclass
+class PlanSection:
+    budget: float = 0.0  # in `unit`
+    unit: str = "flops"
+    device: str = "cpu"
+    family: str = "zipformer"
+    dtype: str = "fp32"
+    use_recommendation: bool = False  # replace pretrain.encoder and budget with the plan's choice
+
+
+@dataclass
+class DecodeSection:
+    sets: List[str] = field(default_factory=lambda: ["test"])  # splits of the prepared corpus
+    cuts: List[str] = field(default_factory=list)  # or explicit cut manifests (another corpus)
+    method: str = "greedy"
+    beam_size: int = 8
+
+
+@dataclass
+class RunRecipe:
+    exp_dir: str = ""
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    prepare: PrepareSection = field(default_factory=PrepareSection)
+    plan: Optional[PlanSection] = None
+    kmeans: KmeansConfig = field(default_factory=KmeansConfig)
+    kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
+    pretrain: Dict[str, Any] = field(default_factory=dict)
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
+    decode: DecodeSection = field(default_factory=DecodeSection)
+
+
+def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
+    data = deep_merge(load_yaml(path), parse_overrides(overrides))
+    from_dict(RunRecipe, data)  # validates every section, names unknown keys
+    if not data.get("exp_dir"):
+        raise SpeechBudgetError(f"recipe {path} needs exp_dir")
+    return data
+
+
+class Pipeline:
+    def __init__(self, recipe: Dict[str, Any], log: Callable[[str], None] = print):
+        self.raw = recipe
+        self.r: RunRecipe = from_dict(RunRecipe, recipe)
+        self.exp = Path(self.r.exp_dir)
+        self.log = log
+
+    # --------------------------------------------------------------------------- paths
+    @property
+    def corpus_dir(self) -> Path:
+        p = self.r.prepare
+        return self.exp / "data" / (p.name or p.source)
+
+    def marker(self, stage: str) -> Path:
+        return self.exp / ".stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> Optional[Dict[str, Any]]:
+        m = self.marker(stage)
+        return json.loads(m.read_text()) if m.is_file() else None
+
+    def enabled(self, stage: str) -> bool:
+        r = self.r
+        return {"plan": r.plan is not None, "kmeans2": r.kmeans2 is not None, "pretrain2": r.kmeans2 is not None,
+                "scratch": r.scratch_baseline}.get(stage, True)
+
+    # -------------------------------------------------------------------------- stages
+    def stage_prepare(self) -> Dict[str, Any]:
+        from .data import prepare as prep
+        from .data.sources import fsdd, folder, librispeech, synthetic
+
+        p = self.r.prepare
+        name = p.name or p.source
+        out = self.exp / "data"
+        if p.source == "synthetic":
+            noise = p.noise_dir if p.noise_dir and Path(p.noise_dir).is_dir() else None
+            if p.noise_dir and noise is None:
+                self.log(f"note: noise folder {p.noise_dir} not found; synthesizing clean speech")
+            find = lambda ex: synthetic.find_items(out / name / "synth", p.hours, p.seed, noise,  # noqa: E731
+                                                   p.snr if noise else None, ex)
+        elif not p.path:
+            raise SpeechBudgetError(f"prepare.path is required for source {p.source!r}")
+        elif p.source == "fsdd":
+            find = lambda ex: fsdd.find_items(Path(p.path), _csv(p.test_speakers), _csv(p.dev_speakers))  # noqa: E731
+        elif p.source == "librispeech":
+            find = lambda ex: librispeech.find_items(Path(p.path), _csv(p.parts) or None)  # noqa: E731
+        elif p.source == "dir":
+            find = lambda ex: folder.find_items(Path(p.path))  # noqa: E731
+        else:
+            from .data.sources import commonvoice
+
+            find = lambda ex: commonvoice.find_items(Path(p.path))  # noqa: E731
+        s = prep.prepare(find, name, out, features=p.features, num_jobs=p.num_jobs, options=vars(p))
+        if s.usable == 0:
+            raise SpeechBudgetError("prepare left nothing usable; see rejected_<split>.jsonl")
+        return s.to_dict()
+
+    def stage_plan(self) -> Dict[str, Any]:
+        from .budget.planner import plan
+
+        p = self.r.plan
+        unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
+        result = plan(budget=p.budget, unit=p.unit, device=p.device, data_hours=unique_hours, family=p.family,
+                      dtype=p.dtype)
+        return result
+
+    def stage_kmeans(self, which: str = "kmeans") -> Dict[str, Any]:
+        from .train.targets import make_targets
+
+        k: KmeansConfig = getattr(self.r, which)
+        ckpt_path = Path(k.checkpoint) if k.checkpoint else (self.exp / "pretrain" if which == "kmeans2" else None)
+        encoder = self._pretrain_section().get("encoder", "zipformer-tiny")
+        return make_targets([self.corpus_dir], self.exp / which, k.features, k.num_clusters, k.max_frames,
+                            encoder if isinstance(encoder, str) else "zipformer-tiny", ckpt_path, k.layer, k.seed)
+
+    def _pretrain_section(self) -> Dict[str, Any]:
+        sec = dict(self.raw.get("pretrain") or {})
+        plan = self.done("plan")
+        if plan and self.r.plan and self.r.plan.use_recommendation:
+            rec = plan["recommended"]
+            sec["encoder"] = rec.get("preset") or rec.get("config")
+            sec.setdefault("budget", {})["flops"] = plan["budget_flops"]
+        return sec
+
+    def stage_pretrain(self, which: str = "pretrain") -> Dict[str, Any]:
+        from .train.pretrain import pretrain
+
+        labels = "kmeans2" if which == "pretrain2" else "kmeans"
+        # the run owns the paths: each stage reads what the previous one wrote
+        sec = {**self._pretrain_section(), "exp_dir": str(self.exp / which),
+               "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz")}
+        cfg = load_train_config({**self._top(), "pretrain": sec}, "pretrain")
+        return pretrain(cfg, self.raw)
+
+    def _top(self) -> Dict[str, Any]:
+        return {k: self.raw[k] for k in ("seed", "device") if k in self.raw}
+
+    def _latest_pretrain(self) -> Path:
+        from .train.checkpoint import latest_checkpoint
+
+        for which in ("pretrain2", "pretrain"):
+            if self.enabled(which):
+                ck = latest_checkpoint(self.exp / which / "checkpoints")
+                if ck is not None:
+                    return ck
+        raise SpeechBudgetError("no pretraining checkpoint; run the pretrain stage first")
+
+    def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
+        sec = {"train_cuts": str(self.corpus_dir / "cuts_train.jsonl.gz"), **(self.raw.get("finetune") or {}),
+               "exp_dir": str(self.exp / exp_name)}  # labeled data may come from another corpus
+        sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
+        if init is None:
+            sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
+        return sec
+
+    def stage_finetune(self) -> Dict[str, Any]:
+        from .train.finetune import finetune
+
+        sec = self._finetune_section("finetune", str(self._latest_pretrain()))
+        return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
+
+    def stage_scratch(self) -> Dict[str, Any]:
+        """From scratch with the compute the pretrained model had in total (pretraining + fine-tuning)."""
+        from .train.finetune import finetune
+
+        spent = sum((self.done(s) or {}).get("flops", 0.0) for s in ("pretrain", "pretrain2", "finetune"))
+        sec = self._finetune_section("scratch", None)
+        sec["budget"] = {"flops": spent}
+        sec["ctc"]["freeze_encoder_steps"] = 0
+        return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
+
+    def stage_decode(self) -> Dict[str, Any]:
+        from .asr.decode import decode
+
+        d = self.r.decode
+        results = {}
+        for run in ("finetune", "scratch"):
+            if not self.enabled(run):
+                continue
+            manifests = [Path(c) for c in d.cuts] or [self.corpus_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
+            for cuts in manifests:
+                if not cuts.is_file():
+                    raise SpeechBudgetError(f"decode manifest {cuts} does not exist; choose prepared splits in decode.sets")
+                res = decode(self.exp / run, cuts, method=d.method, beam_size=d.beam_size)
+                results[f"{run}/{res['set']}"] = res
+        return results
+
+    def stage_report(self) -> Dict[str, Any]:
+        from .report import build_report
+
+        runs = [self.exp / r for r in ("finetune", "scratch") if self.enabled(r)]
+        return build_report(runs, self.exp / "report")
+
+    # ----------------------------------------------------------------------------- run
+    def run(self, start: Optional[str] = None, stop: Optional[str] = None) -> Dict[str, Any]:
+        for s in (start, stop):
+            if s is not None and s not in STAGES:
+                raise SpeechBudgetError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+        i0 = STAGES.index(start) if start else 0
+        i1 = STAGES.index(stop) if stop else len(STAGES) - 1
+        results: Dict[str, Any] = {}
+        for stage in STAGES[i0:i1 + 1]:
+            if not self.enabled(stage):
+                continue
+            prior = self.done(stage)
+            if prior is not None and stage != start:
+                self.log(f"[{stage}] done already (delete {self.marker(stage)} to redo)")
+                results[stage] = prior
+                continue
+            self.log(f"[{stage}] running")
+            fn = {"kmeans2": lambda: self.stage_kmeans("kmeans2"),
+                  "pretrain2": lambda: self.stage_pretrain("pretrain2")}.get(stage) or getattr(self, f"stage_{stage}")
+            out = fn()
+            write_json(out, self.marker(stage))
+            results[stage] = out
+        return results
+
+
+def _csv(s: Optional[str]) -> List[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def _cuts(path: Path):
+    from .data.manifests import load_cuts
+
+    return load_cuts(path)

@@ -1,0 +1,137 @@
+"""`speechbudget run`: every stage in order, skipped once done, resumable after a kill;
+the shipped GPU recipes load and run a few steps of each stage on CPU at tiny scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+from speechbudget.cli import main
+from speechbudget.data.audio import resample
+
+from conftest import FSDD
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+TINY = ["prepare.hours=0.02", "prepare.num_jobs=1", "kmeans.num_clusters=16", "kmeans.max_frames=20000",
+        "pretrain.max_duration=8", "pretrain.budget.flops=null", "pretrain.budget.steps=2",
+        "finetune.max_duration=8", "finetune.budget.flops=null", "finetune.budget.steps=2",
+        "finetune.labeled_hours=null", "finetune.ctc.freeze_encoder_steps=1", "device=cpu"]
+
+
+def run(capsys, *args, code=0):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        assert (e.code or 0) == code, capsys.readouterr().err[-3000:]
+    return capsys.readouterr()
+
+
+def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys):
+    exp = tmp_path / "qs"
+    out = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, "--json")
+    results = json.loads(out.out)
+    assert list(results) == ["prepare", "kmeans", "pretrain", "finetune", "scratch", "decode", "report"]
+    for stage in results:
+        assert (exp / ".stages" / f"{stage}.json").is_file()
+    # the scratch baseline got the pretrained model's total compute
+    spent = results["pretrain"]["flops"] + results["finetune"]["flops"]
+    assert abs(results["scratch"]["flops_limit"] - spent) < 1e-6 * spent
+    rows = {r["name"]: r for r in results["report"]["rows"]}
+    assert {"finetune", "scratch"} <= set(rows)
+    assert (exp / "report" / "report.md").is_file()
+    assert (exp / "finetune" / "decode-greedy" / "errs-test-greedy.txt").is_file()
+    # again: nothing is redone
+    again = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY)
+    assert again.out.count("done already") == 7
+    # --stage redoes that stage (and what follows up to --stop-stage) only
+    redo = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, "--stage", "decode",
+               "--stop-stage", "decode", "--json")
+    assert list(json.loads(redo.out)) == ["decode"]
+
+
+def test_killed_run_resumes_and_finishes(tmp_path):
+    exp = tmp_path / "qs"
+    args = [sys.executable, "-m", "speechbudget.cli", "run", str(RECIPES / "quickstart.yaml"), f"exp_dir={exp}",
+            *[a.replace("pretrain.budget.steps=2", "pretrain.budget.steps=6") for a in TINY], "pretrain.checkpoint_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((exp / "pretrain" / "checkpoints").glob("checkpoint-*.pt")):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (exp / ".stages" / "pretrain.json").exists()
+    done = subprocess.run(args + ["--json"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert results["pretrain"]["resumed_from"] is not None and results["pretrain"]["steps"] == 6
+    assert (exp / ".stages" / "report.json").is_file()
+
+
+def tiny_librispeech(root: Path) -> Path:
+    """A LibriSpeech-shaped folder (train-clean-100, test-clean) made of real FSDD recordings."""
+    words = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+    for part, speaker, spk_id in (("train-clean-100", "george", "19"), ("train-clean-100", "jackson", "26"),
+                                  ("test-clean", "theo", "1089")):
+        chapter = root / part / spk_id / "100"
+        chapter.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(6):
+            digit = i % 10
+            audio, sr = sf.read(FSDD / f"{digit}_{speaker}_{i}.wav", dtype="float32")
+            utt = f"{spk_id}-100-{i:04d}"
+            sf.write(str(chapter / f"{utt}.flac"), resample(audio, sr), 16000)
+            lines.append(f"{utt} {words[digit]}")
+        (chapter / f"{spk_id}-100.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+GPU_TO_CPU = ["device=cpu", "pretrain.amp=off", "finetune.amp=off", "pretrain.num_workers=0", "finetune.num_workers=0",
+              "pretrain.max_duration=8", "finetune.max_duration=8", "pretrain.grad_accum=1",
+              "pretrain.budget.gpu_hours=null", "pretrain.budget.steps=1",
+              "finetune.budget.gpu_hours=null", "finetune.budget.steps=1", "finetune.labeled_hours=null",
+              "finetune.ctc.vocab_size=20", "kmeans.num_clusters=8", "kmeans.max_frames=5000",
+              "kmeans2.num_clusters=8", "kmeans2.max_frames=5000", "prepare.num_jobs=1", "decode.beam_size=2"]
+
+
+def test_librispeech_zipformer_base_recipe_runs_tiny_on_cpu(tmp_path, capsys):
+    corpus = tiny_librispeech(tmp_path / "LibriSpeech")
+    exp = tmp_path / "ls"
+    out = run(capsys, "run", RECIPES / "librispeech-100h-zipformer-base.yaml", f"exp_dir={exp}",
+              f"prepare.path={corpus}", "prepare.parts=train-clean-100,test-clean", *GPU_TO_CPU, "--json")
+    results = json.loads(out.out)
+    assert list(results) == ["prepare", "kmeans", "pretrain", "kmeans2", "pretrain2", "finetune", "decode", "report"]
+    card = json.loads((exp / "pretrain" / "run_card.json").read_text())
+    assert card["config"]["encoder"] == "zipformer-base" and card["config"]["hubert"]["mask_prob"] == 0.8
+    assert card["config"]["schedule"]["lr_batches"] == 7500
+    assert results["kmeans2"]["kind"] == "layer" if "kind" in results["kmeans2"] else True
+    assert results["decode"]["finetune/test"]["method"] == "beam"
+
+
+def test_librilight_zipformer_large_recipe_runs_tiny_on_cpu(tmp_path, capsys):
+    """The Large encoder is swapped for zipformer-tiny here: 301M parameters and their optimizer
+    state are more than a 2-core CI box should build four times; everything else is the recipe's."""
+    corpus = tiny_librispeech(tmp_path / "LibriSpeech")
+    run(capsys, "prepare", "librispeech", corpus, "--out", tmp_path / "labeled", "--json")
+    unlabeled = tmp_path / "librilight"
+    shutil.copytree(corpus / "train-clean-100", unlabeled)
+    for t in unlabeled.rglob("*.trans.txt"):
+        t.unlink()
+    exp = tmp_path / "ll"
+    labeled = tmp_path / "labeled" / "librispeech"
+    out = run(capsys, "run", RECIPES / "librilight-zipformer-large.yaml", f"exp_dir={exp}", f"prepare.path={unlabeled}",
+              "pretrain.encoder=zipformer-tiny", f"finetune.train_cuts={labeled / 'cuts_train.jsonl.gz'}",
+              f"decode.cuts=[{labeled / 'cuts_test.jsonl.gz'}]", "kmeans2.layer=9", *GPU_TO_CPU, "--json")
+    results = json.loads(out.out)
+    assert "pretrain2" in results and "report" in results
+    assert results["finetune"]["steps"] == 1
