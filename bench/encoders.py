@@ -14,10 +14,12 @@ Two experiments, each measurement in a fresh subprocess (single thread):
    memory exceeds ``--max-memory-gb``.
 
 Peak memory: ``tracemalloc`` does not see torch's allocations, so each measurement runs in its own
-process and reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the kernel's RSS high-water
-mark) at the end, and its RSS after building model and input (the baseline; the difference is
-activations, gradients and workspace). The parent also samples the child's RSS with psutil every
-50 ms, as a cross-check and to kill a child that exceeds ``--max-memory-gb``.
+process and reports the kernel's RSS high-water mark of that process, ``VmHWM`` in
+/proc/self/status, and its RSS after building model and input (the baseline; the difference is
+activations, gradients and workspace). Not ``getrusage().ru_maxrss``: on Linux it keeps the
+parent's high-water mark across fork + exec, so every child would report at least the parent's RSS
+(it is recorded as ``ru_maxrss_mb`` anyway). The parent also samples the child's RSS with psutil
+every 50 ms, as a cross-check and to kill a child that exceeds ``--max-memory-gb``.
 
 Run: ``python bench/encoders.py [--quick] [--presets NAME ...]``; results go to
 bench/results/encoders.{json,md}.
@@ -32,6 +34,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -68,8 +71,22 @@ MB = 2**20
 
 
 def maxrss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports kilobytes)."""
+    """``getrusage`` peak RSS. On Linux it includes the *parent's* RSS at fork (the high-water
+    mark survives fork + exec), so it is recorded but not used as the peak."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space: VmHWM from /proc/self/status (Linux),
+    which starts afresh at exec; ``maxrss_mb`` elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return maxrss_mb()
 
 
 def current_rss_mb() -> float:
@@ -131,7 +148,8 @@ def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
         "wall_s": median([s["wall_s"] for s in steps]),
         "cpu_s": median([s["cpu_s"] for s in steps]),
         "baseline_rss_mb": baseline,
-        "peak_rss_mb": maxrss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+        "ru_maxrss_mb": maxrss_mb(),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -145,7 +163,8 @@ def spawn(job: Dict[str, Any], timeout_s: float, max_memory_gb: float) -> Dict[s
     load_before = loadavg()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
     env_threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child cannot block
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
                             env={**os.environ, **env_threads})
     watch = psutil.Process(proc.pid)
     sampled_peak, killed, start = 0.0, None, time.perf_counter()
@@ -166,8 +185,12 @@ def spawn(job: Dict[str, Any], timeout_s: float, max_memory_gb: float) -> Dict[s
     result: Dict[str, Any] = {"job": job, "load_before": load_before, "load_after": loadavg(),
                               "sampled_peak_rss_mb": sampled_peak}
     lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    errors.seek(0)
+    stderr_tail = errors.read()[-800:]
+    errors.close()
     if killed or proc.returncode != 0 or not lines:
         result["error"] = killed or f"child exited with code {proc.returncode}"
+        result["stderr_tail"] = stderr_tail
         return result
     result.update(json.loads(lines[-1][len(RESULT_TAG):]))
     return result
@@ -365,8 +388,9 @@ def render_markdown(data: Dict[str, Any]) -> str:
             (f"Fresh process per preset, 1 thread; {s['warmup']} warm-up step, then up to {s['reps']} timed steps, "
              f"stopping early once the next step would take the timed total past {s['step_budget']:g} s "
              "(the 'timed steps' column). Loss = mean of squared hidden states. Utilisation = 3 x forward "
-             "FLOPs (`encoder_cost`, 2 x MACs) x batch / wall time / fp32 peak. Peak RSS = `ru_maxrss` of the "
-             "child; baseline = its RSS after building model and input (includes torch's ~300 MB of libraries)."),
+             "FLOPs (`encoder_cost`, 2 x MACs) x batch / wall time / fp32 peak. Peak RSS = the child's `VmHWM` "
+             "(/proc/self/status; `ru_maxrss` would include the parent's RSS, inherited across fork+exec); "
+             "baseline = its RSS after building model and input (torch's libraries included)."),
             presets_table(data["presets"]),
         ]
     sc = data.get("scaling")
@@ -453,7 +477,9 @@ def main() -> None:
         "total_wall_s": time.perf_counter() - started,
         "fp32_peak": {"start": peak_start, "end": peak_end},
         "peak_flops": peak,
-        "memory_method": "ru_maxrss of a fresh subprocess per measurement; psutil RSS sampled every 50 ms as a cross-check",
+        "memory_method": ("VmHWM (/proc/self/status) of a fresh subprocess per measurement, minus its RSS after "
+                          "building model and input; ru_maxrss recorded but inherits the parent's peak across "
+                          "fork+exec; psutil RSS sampled every 50 ms by the parent as a cross-check"),
         "presets": presets,
         "scaling": scaling,
     }

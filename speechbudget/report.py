@@ -11,13 +11,14 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from rich.table import Table
 
+from . import atomic
+from .atomic import atomic_output
 from .errors import SpeechBudgetError
 
 FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png", "wer_vs_compute": "wer_vs_compute.png"}
@@ -329,9 +330,8 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def _save_png(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def plot_curves(runs: List[Run], path: Path) -> None:
@@ -388,9 +388,7 @@ def _finite(v: Any) -> bool:
 
 # ------------------------------------------------------------------------------------ build
 def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from lhotse.dataset import SimpleCutSampler
 
-from .. import progress
+from .. import atomic, progress
 from ..data.dataset import SpeechDataset, make_loader
 from ..data.manifests import load_cuts, write_json
 from ..errors import SpeechBudgetError
@@ -93,7 +92,4 @@ def decode(model_path: Path, cuts_path: Path, out_dir: Optional[Path] = None, me
 
 
 def _write_hyps(path: Path, results: List[Tuple[str, str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{cid}\t{hyp}\n" for cid, _, hyp in results), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(f"{cid}\t{hyp}\n" for cid, _, hyp in results))

@@ -8,8 +8,6 @@ difference between two runs on the same test set can be trusted.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import kaldialign
 
+from speechbudget import atomic
 from speechbudget.errors import SpeechBudgetError
 
 __all__ = ["WerResult", "align_words", "compute_wer", "write_icefall_style", "result_file_names"]
@@ -109,18 +108,6 @@ def compute_wer(results: Sequence[tuple[str, Words, Words]], bootstrap_replicati
         num_sentences=len(triples), sentence_errors=sent_err, wer=100.0 * errors / num_ref,
         ci95=ci95, alignments=alignments,
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def result_file_names(test_set_name: str, suffix: str = "") -> dict[str, str]:
@@ -225,7 +212,7 @@ def write_icefall_style(out_dir: Path, test_set_name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     names = result_file_names(test_set_name, suffix)
     triples = [(utt, _words(ref), _words(hyp)) for utt, ref, hyp in results]
-    _atomic_write_text(out_dir / names["recogs"], _recogs_text(triples))
-    _atomic_write_text(out_dir / names["errs"], _errs_text(res))
-    _atomic_write_text(out_dir / names["wer-summary"], _summary_text(res, suffix or "default"))
+    atomic.write_text(out_dir / names["recogs"], _recogs_text(triples))
+    atomic.write_text(out_dir / names["errs"], _errs_text(res))
+    atomic.write_text(out_dir / names["wer-summary"], _summary_text(res, suffix or "default"))
     return res

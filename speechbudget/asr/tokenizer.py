@@ -14,13 +14,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
+from speechbudget import atomic
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.asr.text import normalize_text
 
@@ -34,18 +33,6 @@ MODEL_TYPES = ("bpe", "unigram", "char")
 MODEL_NAME = "tokenizer.model"
 SETTINGS_NAME = "tokenizer.json"
 _NUM_META_PIECES = 2  # <blk>, <unk>
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _distinct_chars(sentences: Sequence[str]) -> set[str]:
@@ -115,13 +102,13 @@ def train_tokenizer(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_NAME
-    _atomic_write_bytes(model_path, proto)
+    atomic.write_bytes(model_path, proto)
     settings = {
         "model_type": model_type, "requested_vocab_size": vocab_size, "vocab_size": actual,
         "blank_id": BLANK_ID, "unk_id": UNK_ID, "lowercase": lowercase,
         "character_coverage": character_coverage, "num_sentences": len(sentences), "note": note,
     }
-    _atomic_write_bytes(out_dir / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
+    atomic.write_bytes(out_dir / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
     return model_path
 
 

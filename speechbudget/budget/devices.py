@@ -12,12 +12,11 @@ large matmuls (and cached, because a measurement costs seconds).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechbudget import atomic
 from speechbudget.errors import SpeechBudgetError
 
 TERA = 1e12
@@ -231,17 +230,7 @@ def _read_cache(path: Path) -> dict:
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
     """Write JSON so that a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def measure_cpu_peak(

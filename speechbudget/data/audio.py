@@ -8,7 +8,6 @@ once to FLAC (written under a temporary name, then renamed) so later stages neve
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,8 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 from lhotse import Recording
+
+from ..atomic import atomic_output
 
 SAMPLE_RATE = 16000
 MIN_DURATION = 0.1  # seconds; shorter clips cannot give even a few encoder frames
@@ -33,10 +34,8 @@ class CheckResult:
 
 def atomic_write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write FLAC to a temporary name in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    sf.write(str(tmp), samples, sample_rate, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        sf.write(str(tmp), samples, sample_rate, format="FLAC", subtype="PCM_16")
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, List, Optional, Sequence, TypeVar
 
 from ..errors import SpeechBudgetError
 from ..progress import track

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from lhotse.utils import compute_num_frames
 
 from .. import progress as progress_mod
 from ..errors import SpeechBudgetError
-from .manifests import load_cuts, save_manifest, tmp_name, write_json
+from ..atomic import atomic_output
+from .manifests import load_cuts, save_manifest, write_json
 
 KINDS = ("mfcc", "fbank", "layer")
 FEATURE_RATE_HZ = 100.0  # 10 ms shift for both MFCC and the stored fbank
@@ -202,12 +202,9 @@ class KMeansModel:
     def save(self, path: PathLike) -> Path:
         """``<path>.npz`` (arrays + metadata; all ``load`` needs) and a readable ``<path>.json``."""
         path = Path(path).with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(path)
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz"
             np.savez(f, centers=self.centers, mean=self.mean, std=self.std,
                      meta=np.array(json.dumps(self.describe())))
-        os.replace(tmp, path)
         write_json(self.describe(), path.with_suffix(".json"))
         return path
 

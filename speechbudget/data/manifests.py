@@ -9,44 +9,27 @@ the last one written, so its presence means the split is complete), ``rejected_<
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 from lhotse import CutSet, load_manifest_lazy
 
+from .. import atomic
+from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
 
 
-def tmp_name(path: Path) -> Path:
-    """A temporary sibling that keeps the suffixes lhotse uses to choose the format."""
-    return path.with_name(f".tmp{os.getpid()}.{path.name}")
-
-
 def save_manifest(manifest: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    manifest.to_file(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        manifest.to_file(tmp)
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_json(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def cuts_path(corpus_dir: Union[str, Path], split: str) -> Path:

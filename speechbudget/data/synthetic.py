@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import re
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError
 
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
@@ -395,16 +395,9 @@ def mix_noise(clean: np.ndarray, noise_dir: Path, snr_db: float, seed: int) -> n
 
 def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a wav."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-        sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+    with atomic_output(path) as tmp:
+        sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def synthesize(

@@ -6,7 +6,6 @@ optimizer, scheduler, sampler position, RNG states and the budget counters.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -15,17 +14,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
 
 PATTERN = re.compile(r"checkpoint-(\d+)\.pt$")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:

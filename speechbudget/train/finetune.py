@@ -10,7 +10,7 @@ import torch
 from lhotse import CutSet
 
 from ..asr.tokenizer import Tokenizer, train_tokenizer
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig
 from ..data.dataset import SpeechDataset
 from ..data.manifests import save_manifest, write_json
 from ..errors import SpeechBudgetError
