@@ -118,32 +118,41 @@ def make_input(encoder, batch: int, frames: int):
     return x, torch.full((batch,), frames, dtype=torch.int64)
 
 
+def timed_step(step, x, lengths) -> Dict[str, float]:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    step(x, lengths)
+    return {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
+
+
 def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
-    """Build, warm up, time steps until ``reps`` or ``budget_s`` is reached (at least one)."""
+    """Build, warm up on a short input, then time full-size steps.
+
+    The first full-size step is itself discarded as a warm-up when ``reps + 1`` such steps fit in
+    ``budget_s``; a slow model is timed on its first full-size step instead (``full_warmup``
+    false). Timing stops at ``reps`` steps or when the next would exceed ``budget_s`` (at least one).
+    """
     torch.set_num_threads(1)
     torch.manual_seed(0)
     encoder = build_encoder(job["spec"])
     step = make_step(encoder, job["mode"])
     x, lengths = make_input(encoder, job["batch"], job["frames"])
     baseline = current_rss_mb()
-    warm_x, warm_len = make_input(encoder, job["batch"], job.get("warmup_frames") or job["frames"])
-    warmup_s = []
-    for _ in range(job["warmup"]):
-        t0 = time.perf_counter()
-        step(warm_x, warm_len)
-        warmup_s.append(time.perf_counter() - t0)
+    warm_x, warm_len = make_input(encoder, job["batch"], min(job["warmup_frames"], job["frames"]))
+    warmup = [timed_step(step, warm_x, warm_len) for _ in range(job["warmup"])]
     del warm_x, warm_len
     steps: List[Dict[str, float]] = []
+    full_warmup = False
     while len(steps) < job["reps"]:
-        spent = sum(s["wall_s"] for s in steps)
-        if steps and spent + steps[-1]["wall_s"] > job["budget_s"]:
+        if steps and sum(s["wall_s"] for s in steps) + steps[-1]["wall_s"] > job["budget_s"]:
             break
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        step(x, lengths)
-        steps.append({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0})
+        steps.append(timed_step(step, x, lengths))
+        if not full_warmup and len(steps) == 1 and steps[0]["wall_s"] * (job["reps"] + 1) <= job["budget_s"]:
+            warmup.append(steps.pop())
+            full_warmup = True
     return {
         "params": sum(p.numel() for p in encoder.parameters()),
-        "warmup_wall_s": warmup_s,
+        "warmup": warmup,
+        "full_warmup": full_warmup,
         "steps": steps,
         "wall_s": median([s["wall_s"] for s in steps]),
         "cpu_s": median([s["cpu_s"] for s in steps]),
@@ -196,6 +205,14 @@ def spawn(job: Dict[str, Any], timeout_s: float, max_memory_gb: float) -> Dict[s
     return result
 
 
+def report_progress(r: Dict[str, Any]) -> None:
+    if "error" in r:
+        print(f"    {r['error']}: {r.get('stderr_tail', '').strip()[-300:]}", flush=True)
+    else:
+        print(f"    {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s cpu, peak {r['peak_rss_mb']:.0f} MB, "
+              f"load {fmt_load(r['load_before'], r['load_after'])}", flush=True)
+
+
 def spec_label(spec: Any) -> str:
     if isinstance(spec, str):
         return spec
@@ -217,10 +234,11 @@ def bench_presets(args) -> List[Dict[str, Any]]:
     frames = round(args.seconds * 100)
     rows = []
     for name in args.presets:
-        job = {"spec": name, "mode": "train", "batch": args.batch, "frames": frames,
-               "warmup": args.warmup, "reps": args.reps, "budget_s": args.step_budget}
+        job = {"spec": name, "mode": "train", "batch": args.batch, "frames": frames, "warmup": args.warmup,
+               "warmup_frames": args.warmup_frames, "reps": args.reps, "budget_s": args.step_budget}
         print(f"[encoders] {name}: fwd+bwd {args.batch} x {frames} frames", flush=True)
         r = spawn(job, args.timeout, args.max_memory_gb)
+        report_progress(r)
         r["preset"] = name
         r["forward_flops_per_utt"] = forward_flops(name, args.seconds)
         rows.append(r)
@@ -268,8 +286,8 @@ def scaling_model(spec: Any, args) -> List[Dict[str, Any]]:
     fwd_pts, train_pts, train_mem_pts = [], [], []
     for frames in args.scaling_frames:
         base = {"spec": spec, "batch": 1, "frames": frames, "warmup": 1,
-                "warmup_frames": min(frames, args.scaling_warmup_frames),
-                "reps": args.scaling_reps, "budget_s": 0.0}
+                "warmup_frames": args.scaling_warmup_frames, "reps": args.scaling_reps,
+                "budget_s": args.scaling_budget}
         for mode in ("forward", "train"):
             label = spec_label(spec)
             skip = scaling_skip_reason(mode, frames, fwd_pts, train_pts, train_mem_pts, args)
@@ -280,6 +298,7 @@ def scaling_model(spec: Any, args) -> List[Dict[str, Any]]:
                 continue
             print(f"[scaling] {label} {mode} {frames} frames", flush=True)
             r = spawn(base | {"mode": mode}, args.timeout, args.max_memory_gb)
+            report_progress(r)
             rows.append(row | r)
             if "error" in r:
                 continue
@@ -331,21 +350,22 @@ def activation_mb(r: Dict[str, Any]) -> float:
     return r["peak_rss_mb"] - r["baseline_rss_mb"]
 
 
-def presets_table(rows: List[Dict[str, Any]]) -> str:
-    headers = ["preset", "params M", "fwd GFLOP / 10 s utt", "fwd+bwd s (wall, median)", "timed steps",
-               "cpu/wall", "peak RSS MB", "peak - baseline MB", "achieved GFLOP/s", "utilisation", "load 1m"]
+def presets_table(rows: List[Dict[str, Any]], seconds: float) -> str:
+    headers = ["preset", "params M", f"fwd GFLOP / {seconds:g} s utt", "fwd+bwd s (wall, median)", "cpu s",
+               "timed steps", "full-size warm-up", "peak RSS MB", "peak - baseline MB", "achieved GFLOP/s",
+               "util (wall)", "util (cpu time)", "load 1m"]
     out = []
     for r in rows:
         load = fmt_load(r["load_before"], r["load_after"])
         if "error" in r:
-            out.append([r["preset"], "", f"{r['forward_flops_per_utt'] / 1e9:.1f}", r["error"], "", "", "",
-                        "", "", "", load])
+            out.append([r["preset"], "", f"{r['forward_flops_per_utt'] / 1e9:.1f}", r["error"]]
+                       + [""] * 8 + [load])
             continue
         out.append([
             r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['forward_flops_per_utt'] / 1e9:.1f}",
-            f"{r['wall_s']:.2f}", len(r["steps"]), f"{r['cpu_s'] / r['wall_s']:.2f}",
+            f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", len(r["steps"]), "yes" if r["full_warmup"] else "no",
             f"{r['peak_rss_mb']:.0f}", f"{activation_mb(r):.0f}", f"{r['achieved_gflops']:.1f}",
-            f"{r['utilisation']:.0%}", load,
+            f"{r['utilisation']:.1%}", f"{r['utilisation_cpu_time']:.1%}", load,
         ])
     return markdown_table(headers, out)
 
@@ -385,13 +405,16 @@ def render_markdown(data: Dict[str, Any]) -> str:
     if data.get("presets"):
         parts += [
             f"### Presets: fwd+bwd, batch {s['batch']} x {round(s['seconds'] * 100)} frames ({s['seconds']:g} s fbank)",
-            (f"Fresh process per preset, 1 thread; {s['warmup']} warm-up step, then up to {s['reps']} timed steps, "
-             f"stopping early once the next step would take the timed total past {s['step_budget']:g} s "
-             "(the 'timed steps' column). Loss = mean of squared hidden states. Utilisation = 3 x forward "
-             "FLOPs (`encoder_cost`, 2 x MACs) x batch / wall time / fp32 peak. Peak RSS = the child's `VmHWM` "
+            (f"Fresh process per preset, 1 thread. {s['warmup']} warm-up step on a {s['warmup_frames']}-frame input, "
+             f"then one full-size warm-up step when {s['reps']} + 1 steps fit in {s['step_budget']:g} s, then up to "
+             f"{s['reps']} timed steps, stopping early before the timed total would pass {s['step_budget']:g} s "
+             "(slow presets: 'full-size warm-up' no and fewer timed steps). Loss = mean of squared hidden states. "
+             "Utilisation = 3 x forward FLOPs (`encoder_cost`, 2 x MACs) x batch / step time / fp32 peak, by "
+             "wall time and by the process's CPU time (the latter discounts waiting for a core on this shared "
+             "machine). Peak RSS = the child's `VmHWM` "
              "(/proc/self/status; `ru_maxrss` would include the parent's RSS, inherited across fork+exec); "
              "baseline = its RSS after building model and input (torch's libraries included)."),
-            presets_table(data["presets"]),
+            presets_table(data["presets"], s["seconds"]),
         ]
     sc = data.get("scaling")
     if sc:
@@ -399,8 +422,8 @@ def render_markdown(data: Dict[str, Any]) -> str:
             f"### Mamba vs attention over length (batch 1)",
             (f"{sc['models']['mamba']} ({sc['params']['mamba'] / 1e6:.2f} M params) vs {sc['models']['attention']} "
              f"({sc['params']['attention'] / 1e6:.2f} M params: the Transformer with bimamba's width whose depth "
-             f"matches its parameter count). One warm-up step at <= {s['scaling_warmup_frames']} frames, then "
-             f"{s['scaling_reps']} timed step(s). fwd+bwd is skipped where predicted (from the shorter lengths) to "
+             f"matches its parameter count). One warm-up step at <= {s['scaling_warmup_frames']} frames; "
+             f"then, as above, up to {s['scaling_reps']} timed steps within {s['scaling_budget']:g} s (else one). fwd+bwd is skipped where predicted (from the shorter lengths) to "
              f"exceed --max-seconds {s['max_seconds']:g} or --max-memory-gb {s['max_memory_gb']:g}; forward-only "
              "rows are inference (`no_grad`), so their memory is not training memory."),
             scaling_table(sc["rows"]),
@@ -421,15 +444,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", nargs="+", default=None, help=f"presets to time (default: {' '.join(DEFAULT_PRESETS)})")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=10.0, help="utterance length for the preset table")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    p.add_argument("--warmup", type=int, default=1, help="untimed short-input steps before timing")
+    p.add_argument("--warmup-frames", type=int, default=100, help="input length of those warm-up steps")
     p.add_argument("--reps", type=int, default=3, help="most timed steps per preset (median reported)")
     p.add_argument("--step-budget", type=float, default=60.0,
-                   help="stop timing a preset once the next step would take its timed total past this (s)")
+                   help="seconds of full-size steps per preset: the first full-size step is an extra warm-up "
+                        "only if reps+1 steps fit, and timing stops before the total would pass this")
     p.add_argument("--mamba", default="bimamba-tiny", help="Mamba model of the scaling experiment")
     p.add_argument("--attention", default="auto",
                    help="attention model of the scaling experiment; auto = transformer-tiny deepened to match params")
     p.add_argument("--scaling-frames", type=int, nargs="+", default=[1000, 4000, 16000])
-    p.add_argument("--scaling-reps", type=int, default=1, help="timed steps per scaling measurement")
+    p.add_argument("--scaling-reps", type=int, default=3, help="most timed steps per scaling measurement")
+    p.add_argument("--scaling-budget", type=float, default=20.0,
+                   help="like --step-budget, per scaling measurement (slow ones get one timed step)")
     p.add_argument("--scaling-warmup-frames", type=int, default=1000, help="warm-up input length (frames)")
     p.add_argument("--max-seconds", type=float, default=150.0,
                    help="skip a scaling measurement predicted to take longer than this (s)")
@@ -443,8 +470,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.presets = args.presets or QUICK_PRESETS
-        args.batch, args.seconds, args.reps, args.peak_seconds = 1, 2.0, 1, 0.5
+        args.batch, args.seconds, args.reps, args.peak_seconds, args.step_budget = 1, 2.0, 1, 0.5, 5.0
         args.mamba, args.scaling_frames, args.scaling_warmup_frames = "bimamba-xs", [200, 400], 100
+        args.scaling_reps, args.scaling_budget = 1, 2.0
     args.presets = args.presets or DEFAULT_PRESETS
     return args
 

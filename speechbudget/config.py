@@ -108,8 +108,9 @@ class TrainConfig:
     average_last: int = 0  # >0: also save the average of the last N checkpoints
     log_every: int = 10
     max_bad_steps: int = 10  # NaN/inf losses in a row before the run stops
-    #: fine-tuning only: train on a seeded subset of this many hours of the labeled cuts
-    labeled_hours: Optional[float] = None
+    #: train on a seeded subset of this many hours of train_cuts (data-size studies; "10 labeled minutes")
+    train_hours: Optional[float] = None
+    valid_every: int = 0  # steps between validations on dev_cuts (0: only at the end)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

@@ -25,7 +25,7 @@ RECIPES = ROOT / "recipes"
 TINY = ["prepare.hours=0.02", "prepare.num_jobs=1", "kmeans.num_clusters=16", "kmeans.max_frames=20000",
         "pretrain.max_duration=8", "pretrain.budget.flops=null", "pretrain.budget.steps=2",
         "finetune.max_duration=8", "finetune.budget.flops=null", "finetune.budget.steps=2",
-        "finetune.labeled_hours=null", "finetune.ctc.freeze_encoder_steps=1", "device=cpu"]
+        "finetune.train_hours=null", "finetune.ctc.freeze_encoder_steps=1", "device=cpu"]
 
 
 def run(capsys, *args, code=0):
@@ -99,7 +99,7 @@ def tiny_librispeech(root: Path) -> Path:
 GPU_TO_CPU = ["device=cpu", "pretrain.amp=off", "finetune.amp=off", "pretrain.num_workers=0", "finetune.num_workers=0",
               "pretrain.max_duration=8", "finetune.max_duration=8", "pretrain.grad_accum=1",
               "pretrain.budget.gpu_hours=null", "pretrain.budget.steps=1",
-              "finetune.budget.gpu_hours=null", "finetune.budget.steps=1", "finetune.labeled_hours=null",
+              "finetune.budget.gpu_hours=null", "finetune.budget.steps=1", "finetune.train_hours=null",
               "finetune.ctc.vocab_size=20", "kmeans.num_clusters=8", "kmeans.max_frames=5000",
               "kmeans2.num_clusters=8", "kmeans2.max_frames=5000", "prepare.num_jobs=1", "decode.beam_size=2"]
 

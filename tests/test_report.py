@@ -89,7 +89,7 @@ def test_labeled_hours_come_from_the_training_manifest(synthetic_corpus, report)
     for name in ("ft", "scratch"):
         row = rows_by_name(rep)[name]
         assert row["labeled_hours"] == pytest.approx(want)
-        assert row["labeled_hours_source"] == "train_cuts manifest"
+        assert row["labeled_hours_source"] == "run_card"  # the fine-tuning stage records what it trained on
     # the same number follows from summary.json (audio processed / epochs)
     s = json.loads((Path(rows_by_name(rep)["ft"]["exp_dir"]) / "summary.json").read_text())
     assert s["audio_hours"] / s["epochs"] == pytest.approx(want, rel=1e-6)

@@ -111,8 +111,12 @@ class CostCache:
     def get(self, key: str) -> Optional[Dict[str, float]]:
         return self.entries.get(key)
 
-    def put(self, key: str, value: Dict[str, float]) -> None:
-        self.entries[key] = value
+    def update(self, new: Dict[str, Dict[str, float]]) -> None:
+        if not new:
+            return
+        if self.path is not None and self.path.is_file():  # keep what another process added meanwhile
+            self.entries = {**CostCache(self.path).entries, **self.entries}
+        self.entries.update(new)
         if self.path is not None:
             try:
                 write_json_atomic(self.path, self.entries)
@@ -158,32 +162,48 @@ def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
             "head_macs_per_frame": float(head), "frame_rate_hz": float(cost["frame_rate_hz"])}
 
 
-def _counted(cfg: Dict[str, Any], num_clusters: int, cache: Optional[CostCache]) -> Dict[str, float]:
-    key = CostCache.key(cfg, num_clusters)
-    hit = _MEMORY.get(key) or (cache.get(key) if cache else None)
-    if hit is None:
-        hit = _count_encoder(cfg, num_clusters)
-        if cache is not None:
-            cache.put(key, hit)
-    _MEMORY[key] = hit
-    return hit
+def count_configs(cfgs: Sequence[Dict[str, Any]], num_clusters: int = 500, cache: Optional[CostCache] = None,
+                  progress=None) -> List[Dict[str, float]]:
+    """Counted costs of resolved configs: from memory, from the disk cache, or traced now (a few
+    seconds each, which is why both caches exist)."""
+    cache = cache if cache is not None else default_cache()
+    keys = [CostCache.key(c, num_clusters) for c in cfgs]
+    missing: Dict[str, Dict[str, Any]] = {}
+    for key, cfg in zip(keys, cfgs):
+        hit = _MEMORY.get(key) or cache.get(key)
+        if hit is not None:
+            _MEMORY[key] = hit
+        else:
+            missing.setdefault(key, cfg)
+    track = progress or (lambda items, total=None: items)
+    counted = {}
+    try:
+        for key in track(list(missing), total=len(missing)):
+            counted[key] = _count_encoder(missing[key], num_clusters)
+    finally:  # an interrupted first plan keeps what it counted
+        _MEMORY.update(counted)
+        cache.update(counted)
+    return [_MEMORY[k] for k in keys]
 
 
 def default_cache() -> CostCache:
     return CostCache(calibrate.cache_dir() / "encoder_costs.json")
 
 
-def count_cost(spec, num_clusters: int = 500, name: Optional[str] = None, kind: str = "preset",
-               cache: Optional[CostCache] = None) -> CandidateCost:
-    """Cost of one preset or config dict (cached per config, in memory and on disk)."""
-    from ..models.presets import resolve
-
-    cfg = _jsonable(resolve(spec))
-    counted = _counted(cfg, num_clusters, cache if cache is not None else default_cache())
+def _candidate(spec, cfg: Dict[str, Any], counted: Dict[str, float], kind: str, name: Optional[str] = None) -> CandidateCost:
     layers, width = _shape(cfg)
     label = name or (spec if isinstance(spec, str) else f"{cfg['family']}-w{width}-l{layers}")
     return CandidateCost(name=label, family=cfg["family"], spec=spec if isinstance(spec, str) else cfg, kind=kind,
                          layers=layers, width=width, **counted)
+
+
+def count_cost(spec, num_clusters: int = 500, cache: Optional[CostCache] = None) -> CandidateCost:
+    """Cost of one preset or config dict (cached per config, in memory and on disk)."""
+    from ..models.presets import resolve
+
+    cfg = _jsonable(resolve(spec))
+    [counted] = count_configs([cfg], num_clusters, cache)
+    return _candidate(spec, cfg, counted, "preset" if isinstance(spec, str) else "config")
 
 
 def _jsonable(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -235,36 +255,34 @@ GRIDS_BY_FAMILY = {
 }
 
 
-def grid_costs(family: str, size: str, num_clusters: int = 500, cache: Optional[CostCache] = None) -> List[CandidateCost]:
-    """Width x depth grid, counting only depths 1 and 2 per width.
-
-    Layers of one stack are identical, so cost and parameters are exactly linear in the depth
-    unit: two shallow traces give every deeper config at that width for free.
-    """
+def grid_configs(family: str, size: str) -> List[Tuple[int, int, Dict[str, Any]]]:
+    """``(width, depth, config)`` of a family's grid ("none", "small" or "full")."""
     if size not in GRIDS:
         raise SpeechBudgetError(f"unknown grid {size!r}; choose one of {', '.join(GRIDS)}")
     if size == "none":
         return []
     grid = GRIDS_BY_FAMILY[family]
-    cache = cache if cache is not None else default_cache()
+    return [(w, d, grid.make(w, d)) for w in grid.widths[size] for d in grid.depths[size]]
+
+
+def _grid_candidates(family: str, size: str, shallow: Dict[Tuple[int, int], Dict[str, float]]) -> List[CandidateCost]:
+    """Grid candidates from the counts at depths 1 and 2 of each width.
+
+    The layers of a stack are identical, so cost and parameters are exactly linear in the depth
+    unit: two shallow traces give every deeper config of that width for free.
+    """
     out = []
-    for width in grid.widths[size]:
-        one, two = (count_cost(grid.make(width, d), num_clusters, kind="grid", cache=cache) for d in (1, 2))
-        for depth in grid.depths[size]:
-            cfg = grid.make(width, depth)
-            layers, _ = _shape(cfg)
-            extrapolate = lambda a, b: a + (depth - 1) * (b - a)  # noqa: E731
-            out.append(CandidateCost(
-                name=f"{family}-w{width}-l{layers}", family=family, spec=cfg, kind="grid", layers=layers, width=width,
-                params=int(round(extrapolate(one.params, two.params))),
-                macs_per_audio_second=extrapolate(one.macs_per_audio_second, two.macs_per_audio_second),
-                head_macs_per_frame=one.head_macs_per_frame, frame_rate_hz=one.frame_rate_hz))
+    for width, depth, cfg in grid_configs(family, size):
+        one, two = shallow[(width, 1)], shallow[(width, 2)]
+        at = lambda key: one[key] + (depth - 1) * (two[key] - one[key])  # noqa: E731
+        counted = {**one, "params": int(round(at("params"))), "macs_per_audio_second": at("macs_per_audio_second")}
+        out.append(_candidate(cfg, cfg, counted, "grid"))
     return out
 
 
 def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Optional[Sequence[str]] = None,
                     num_clusters: int = 500, cache: Optional[CostCache] = None, progress=None) -> List[CandidateCost]:
-    """The family's presets (or the named ``presets``) plus its grid, each with its cost."""
+    """The family's presets (or the named ``presets``) plus its width x depth grid, with costs."""
     from ..models.presets import FAMILIES, all_presets
 
     known = all_presets()
@@ -272,23 +290,23 @@ def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Opt
         missing = [p for p in presets if p not in known]
         if missing:
             raise SpeechBudgetError(f"unknown preset {missing[0]!r}; known: {', '.join(known)}")
-        names = list(presets)
+        names = list(dict.fromkeys(presets))
     else:
         if family not in FAMILIES:
             raise SpeechBudgetError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
         names = [n for n, cfg in known.items() if cfg["family"] == family]
-    track = progress or (lambda items: items)
-    cache = cache if cache is not None else default_cache()
-    out = [count_cost(n, num_clusters, cache=cache) for n in track(names)]
-    families = sorted({known[n]["family"] for n in names})
+    grid_configs("zipformer", grid)  # an unknown grid name fails before any counting
+    families = list(dict.fromkeys(known[n]["family"] for n in names))
+    shallow_keys = [(fam, w) for fam in families for w in sorted({w for w, _, _ in grid_configs(fam, grid)})]
+    shallow_cfgs = [GRIDS_BY_FAMILY[fam].make(w, d) for fam, w in shallow_keys for d in (1, 2)]
+    preset_cfgs = [_jsonable(known[n]) for n in names]
+    counted = count_configs(preset_cfgs + shallow_cfgs, num_clusters, cache, progress)
+    out = [_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
+    shallow = counted[len(names):]
     for fam in families:
-        out += grid_costs(fam, grid, num_clusters, cache)
-    seen, unique = set(), []
-    for c in out:  # a grid point may coincide with a preset
-        if c.name not in seen:
-            seen.add(c.name)
-            unique.append(c)
-    return unique
+        by_width = {(w, d): shallow[2 * i + d - 1] for i, (f, w) in enumerate(shallow_keys) if f == fam for d in (1, 2)}
+        out += _grid_candidates(fam, grid, by_width)
+    return out
 
 
 # ---------------------------------------------------------------------------------- the budget
@@ -409,11 +427,11 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
     affordable = [c for c in candidates if budget.amount / units_per_hour[c.name] >= min_hours]
     if not affordable:
         cheapest = min(candidates, key=lambda c: units_per_hour[c.name])
-        need = min_hours * units_per_hour[cheapest.name]
+        need = _ceil_sig(min_hours * units_per_hour[cheapest.name])
         raise SpeechBudgetError(
             f"a budget of {budget.amount:g} {budget.unit} buys only "
             f"{3600 * budget.amount / units_per_hour[cheapest.name]:.3g} s of audio even for the cheapest candidate "
-            f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:g} h of audio)")
+            f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:.3g} h of audio)")
 
     allocations = optimal_allocation(law, budget.amount, [(c.name, c.params, units_per_hour[c.name]) for c in affordable],
                                      unique)
@@ -423,6 +441,12 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
                   skipped=[c.name for c in candidates if c not in affordable])
     result.notes, result.warnings = explain(result, affordable)
     return result
+
+
+def _ceil_sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded up to ``digits`` significant digits: a minimum must not print below itself."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return math.ceil(x / step) * step
 
 
 def _unique_hours(data_hours: Optional[float]) -> Optional[float]:
@@ -455,11 +479,13 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
     notes.append(f"{best['name']} ({best['params'] / 1e6:.1f} M parameters, {best['layers']} layers, width "
                  f"{best['width']}) trains on {hours:,.1f} h of audio{over}; predicted loss {best['predicted_loss']:.3f}.")
     if epochs is None or epochs <= 1:
-        notes.append("Compute-bound: the budget buys no more audio than you have, so it is split between model size "
-                     "and hours; a bigger model would see too few hours, a smaller one would underfit.")
+        have = "with unlimited data" if epochs is None else "the budget buys no more audio than you have"
+        notes.append(f"Compute-bound ({have}): the budget is split between model size and hours; a bigger model "
+                     "would see too few hours, a smaller one would underfit.")
     else:
-        notes.append(f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are worth less "
-                     f"(R* = {p.law.r_star:g}), which favours a larger model that loops the data fewer times.")
+        notes.append(f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are discounted "
+                     f"(R* = {p.law.r_star:g}), so each extra epoch is worth less than the last and compute shifts "
+                     "towards parameters.")
     if epochs is not None and epochs > EPOCH_WARNING:
         warnings.append(f"{epochs:.1f} epochs over {p.data_hours:g} h: looping limited data hurts SSL (Liu et al., "
                         "arXiv 2409.16295); add unlabeled audio, or accept that extra compute helps little.")
@@ -562,7 +588,8 @@ def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (0.1, 0.3, 1.0
         loss = p.law.predict(grid, flops / cost(grid), p.data_hours)
         ax.plot(grid, loss, color=color, label=f"{flops:.2g} FLOPs")
         i = int(np.argmin(loss))
-        ax.plot(grid[i], loss[i], "o", color=color, markersize=4)
+        if 0 < i < len(grid) - 1:  # a minimum at the edge is the plot's range, not an optimum
+            ax.plot(grid[i], loss[i], "o", color=color, markersize=5)
     ax.scatter(params, [r["predicted_loss"] for r in rows], s=14, color="grey", zorder=3, label="candidates")
     ax.plot(best["params"], best["predicted_loss"], "*", color="crimson", markersize=14, zorder=4,
             label=f"recommended: {best['name']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -12,13 +11,13 @@ from lhotse import CutSet
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data.dataset import SpeechDataset
-from ..data.manifests import save_manifest, write_json
+from ..data.manifests import write_json
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
 from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
-from .setup import encoder_cost_cached, input_kind, load_train_cuts, make_data, total_seconds
+from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, total_seconds, training_cuts
 from .trainer import Trainer
 
 
@@ -99,27 +98,10 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     return model, init
 
 
-def labeled_subset(cuts: CutSet, hours: float, seed: int) -> CutSet:
-    """A seeded random subset of about ``hours`` of audio: the "little transcribed audio"."""
-    if hours <= 0:
-        raise SpeechBudgetError(f"labeled_hours must be positive (got {hours})")
-    picked, total = [], 0.0
-    for c in cuts.shuffle(rng=random.Random(seed)):
-        if total >= hours * 3600:
-            break
-        picked.append(c)
-        total += c.duration
-    return CutSet.from_cuts(picked)
-
-
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
     try:
-        cuts = load_train_cuts(cfg.train_cuts).to_eager()
-        if cfg.labeled_hours is not None:
-            cuts = labeled_subset(cuts, cfg.labeled_hours, cfg.seed).to_eager()
-            if dist.is_main:
-                save_manifest(cuts, Path(cfg.exp_dir) / "labeled_cuts.jsonl.gz")
+        cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
@@ -135,11 +117,14 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         def before_step(m, counters):
             m.freeze_encoder = counters.step < freeze
 
-        trainer = Trainer(cfg, model, loader, sampler, dist, cost, total_seconds(cuts), "finetune",
-                          {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step, find_unused_parameters=freeze > 0)
+        hours = total_seconds(cuts) / 3600
+        trainer = Trainer(cfg, model, loader, sampler, dist, cost, hours * 3600, "finetune",
+                          {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step,
+                          find_unused_parameters=freeze > 0, valid_loader=dev_loader(cfg, dataset),
+                          card_extra={"labeled_hours": hours})
         out = trainer.fit()
         out["filtered"] = dropped_counts
-        out["labeled_hours"] = total_seconds(cuts) / 3600
+        out["labeled_hours"] = hours
         out["tokenizer"] = str(Path(cfg.exp_dir) / "tokenizer" / "tokenizer.model")
         return out
     finally:

@@ -9,7 +9,7 @@ from ..data.dataset import SpeechDataset, kmeans_labels
 from ..errors import SpeechBudgetError
 from ..objectives.hubert import HubertModel
 from . import distributed
-from .setup import encoder_cost_cached, input_kind, load_train_cuts, make_data, new_encoder, total_seconds
+from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, new_encoder, total_seconds, training_cuts
 from .trainer import Trainer
 
 
@@ -32,7 +32,7 @@ def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
 def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
     try:
-        cuts = load_train_cuts(cfg.train_cuts)  # lazy: a 60k-hour manifest need not fit in memory
+        cuts = training_cuts(cfg, dist.is_main)  # lazy unless cut down: 60k hours need not fit in memory
         seen = count_clusters(cuts)
         num_clusters = cfg.hubert.num_clusters or seen
         if seen > num_clusters:
@@ -41,7 +41,9 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
         dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
-        trainer = Trainer(cfg, model, loader, sampler, dist, cost, total_seconds(cuts), "pretrain", recipe)
+        seconds = total_seconds(cuts)
+        trainer = Trainer(cfg, model, loader, sampler, dist, cost, seconds, "pretrain", recipe,
+                          valid_loader=dev_loader(cfg, dataset), card_extra={"unique_hours": seconds / 3600})
         return trainer.fit()
     finally:
         distributed.teardown(dist)

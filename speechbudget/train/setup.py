@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Dict
 
@@ -11,7 +12,7 @@ from lhotse import CutSet
 
 from ..config import TrainConfig
 from ..data.dataset import SpeechDataset, list_of, make_loader, make_sampler
-from ..data.manifests import load_cuts, write_json
+from ..data.manifests import load_cuts, save_manifest, write_json
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder
@@ -24,6 +25,40 @@ def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
         raise SpeechBudgetError(f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)")
     cuts = [load_cuts(p) for p in paths]
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
+
+
+def subset_hours(cuts: CutSet, hours: float, seed: int) -> CutSet:
+    """A seeded random subset of about ``hours`` of audio (the first cuts of a seeded shuffle)."""
+    if hours <= 0:
+        raise SpeechBudgetError(f"train_hours must be positive (got {hours})")
+    picked, total = [], 0.0
+    for c in cuts.to_eager().shuffle(rng=random.Random(seed)):
+        if total >= hours * 3600:
+            break
+        picked.append(c)
+        total += c.duration
+    return CutSet.from_cuts(picked).to_eager()
+
+
+def training_cuts(cfg: TrainConfig, is_main: bool) -> CutSet:
+    """``train_cuts``, cut down to ``train_hours`` when asked (kept in EXP/train_cuts.jsonl.gz)."""
+    cuts = load_train_cuts(cfg.train_cuts)
+    if cfg.train_hours is None:
+        return cuts
+    cuts = subset_hours(cuts, cfg.train_hours, cfg.seed)
+    if is_main:
+        save_manifest(cuts, Path(cfg.exp_dir) / "train_cuts.jsonl.gz")
+    return cuts
+
+
+def dev_loader(cfg: TrainConfig, dataset: SpeechDataset):
+    """Fixed-order batches of ``dev_cuts`` for validation (None when the recipe has none)."""
+    if not cfg.dev_cuts:
+        return None
+    from lhotse.dataset import SimpleCutSampler
+
+    cuts = load_train_cuts(cfg.dev_cuts, "dev_cuts")
+    return make_loader(dataset, SimpleCutSampler(cuts, max_duration=cfg.max_duration, shuffle=False), 0)
 
 
 def new_encoder(cfg: TrainConfig) -> Encoder:

@@ -55,6 +55,8 @@ class Trainer:
         recipe: Optional[Dict[str, Any]] = None,
         before_step: Optional[Callable[[nn.Module, Counters], None]] = None,
         find_unused_parameters: bool = False,
+        valid_loader: Optional[torch.utils.data.DataLoader] = None,
+        card_extra: Optional[Dict[str, Any]] = None,
     ):
         """``cost``: ``macs_per_input_second`` of the encoder and ``head_macs_per_frame``, ``frame_rate_hz``
         and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set."""
@@ -64,6 +66,7 @@ class Trainer:
         self.budget = Budget(cfg.budget)
         self.cost, self.epoch_seconds = cost, epoch_seconds
         self.before_step = before_step
+        self.valid_loader, self.card_extra = valid_loader, card_extra or {}
         self.loader, self.sampler = loader, sampler
         self.model = model.to(dist.device)
         self.ddp = (nn.parallel.DistributedDataParallel(
@@ -188,7 +191,7 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         resumed = self.resume()
         self._open_logs()
-        self.write_run_card({"resumed_from": str(resumed) if resumed else None})
+        self.write_run_card({**self.card_extra, "resumed_from": str(resumed) if resumed else None})
         if self.budget.exhausted(self.counters):
             return self.summary(resumed, already_done=True)
         stream = self._batches()
@@ -210,13 +213,38 @@ class Trainer:
                                "flops": c.flops, "audio_hours": c.audio_seconds / 3600, "epoch": self._epoch(),
                                "budget_used": self.budget.used(c), "bad_steps": c.bad_steps,
                                "throughput_audio_s_per_s": c.audio_seconds / max(c.wall_seconds, 1e-9)})
+                if stats is not None and self.cfg.valid_every and c.step % self.cfg.valid_every == 0:
+                    self._log({"step": c.step, **self.validate()})
                 if c.step % self.cfg.checkpoint_every == 0 and stats is not None:
                     self.save()
                 used = self.budget.used(c)
                 bar.update(task, completed=min(1000, 1000 * used),
                            info=f"loss {last.get('loss', float('nan')):.3f} | {self.budget.binding(c)} {100 * used:.1f}% used")
         final = self.save()
-        return self.summary(resumed, final=final, last=last)
+        valid = self.validate()
+        if valid:
+            self._log({"step": self.counters.step, **valid})
+        return self.summary(resumed, final=final, last=last, valid=valid)
+
+    def validate(self) -> Dict[str, float]:
+        """Mean statistics over ``dev_cuts`` in eval mode, with fixed masks: comparable across runs."""
+        if self.valid_loader is None:
+            return {}
+        self.model.eval()
+        rng = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 12345)
+        sums: Dict[str, float] = {}
+        n = 0
+        with torch.no_grad(), self.autocast():
+            for batch in self.valid_loader:
+                _, stats = self.model(self._to_device(batch))
+                w = float(batch["seconds"])
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * w
+                n += w
+        torch.set_rng_state(rng)
+        self.model.train()
+        return {f"valid_{k}": v / n for k, v in sums.items()} if n else {}
 
     def train_step(self, stream) -> Optional[Dict[str, float]]:
         """One optimizer step over ``grad_accum`` micro-batches; None when the step was skipped."""
@@ -276,14 +304,14 @@ class Trainer:
         return totals
 
     def summary(self, resumed: Optional[Path], final: Optional[Path] = None, last: Optional[Dict] = None,
-                already_done: bool = False) -> Dict[str, Any]:
+                already_done: bool = False, valid: Optional[Dict] = None) -> Dict[str, Any]:
         c = self.counters
         out = {"stage": self.stage, "exp_dir": str(self.exp_dir), "steps": c.step, "epochs": self._epoch(),
                "flops": c.flops, "flops_limit": self.budget.flops, "audio_hours": c.audio_seconds / 3600,
                "wall_seconds": c.wall_seconds, "bad_steps": c.bad_steps, "budget_used": self.budget.used(c),
                "binding_limit": self.budget.binding(c), "resumed_from": str(resumed) if resumed else None,
                "checkpoint": str(final or ckpt.latest_checkpoint(self.ckpt_dir)), "already_done": already_done,
-               "final": last or {}}
+               "final": last or {}, "valid": valid or {}}
         if self.dist.is_main:
             if self.cfg.average_last > 1 and not already_done:
                 paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last:]

@@ -1,0 +1,200 @@
+"""Pilot runs for the scaling law: a presets x budgets grid of short pretrainings, and the fit.
+
+Each pilot is an ordinary budgeted ``pretrain`` run in its own exp_dir, so a killed sweep resumes
+by running the same command (finished pilots return at once). From each run's folder we read
+back the point the law is fitted on: (encoder parameters, audio hours processed, unique hours
+of its training data, final masked loss).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from ..errors import SpeechBudgetError
+from .devices import write_json_atomic
+from .scaling import DEFAULT_R_STAR, ScalingLaw, fit_law
+
+LAST_STEPS = 3  # logged steps averaged into a run's final loss: one step's loss is noisy
+_OTHER_LIMITS = ("gpu_hours", "wall_hours", "audio_hours", "steps")
+
+
+def parse_list(text: str, what: str) -> List[str]:
+    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    if not items:
+        raise SpeechBudgetError(f"give at least one {what} (comma-separated)")
+    return items
+
+
+def parse_budgets(text: str) -> List[float]:
+    """``"1e11,2e11"`` -> FLOP budgets, each a positive number."""
+    out = []
+    for item in parse_list(text, "budget"):
+        try:
+            value = float(item)
+        except ValueError:
+            raise SpeechBudgetError(f"budget {item!r} is not a number (write FLOPs like 1e11)") from None
+        if not (math.isfinite(value) and value > 0):
+            raise SpeechBudgetError(f"budgets must be positive FLOPs, got {item}")
+        out.append(value)
+    return out
+
+
+def run_name(preset: str, budget: float) -> str:
+    """``zipformer-tiny-1e11``: readable, and stable so a re-run finds its folder again."""
+    return f"{preset}-{budget:.3g}".replace("e+", "e")
+
+
+def pilot_recipe(recipe: Dict[str, Any], preset: str, budget: float, exp_dir: Path) -> Dict[str, Any]:
+    """The recipe with this pilot's encoder, exp_dir and a FLOP budget as its only limit (another
+    limit would stop some pilots early and put them off the budget grid)."""
+    section = dict(recipe.get("pretrain") or {})
+    section.update(encoder=preset, exp_dir=str(exp_dir))
+    budget_cfg = dict(section.get("budget") or {})
+    budget_cfg.update({k: None for k in _OTHER_LIMITS}, flops=float(budget))
+    section["budget"] = budget_cfg
+    return {**recipe, "pretrain": section}
+
+
+def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float], out_dir: Path,
+              last: int = LAST_STEPS, on_run=None) -> Dict[str, Any]:
+    """Run every (preset, budget) pilot in turn and collect their points into OUT/sweep.json."""
+    from ..config import load_train_config, load_yaml
+    from ..models.presets import resolve
+    from ..train.pretrain import pretrain
+    from ..train.setup import load_train_cuts, total_seconds
+
+    recipe = load_yaml(recipe_path)
+    for p in presets:
+        resolve(p)  # fail on a typo before hours of pilots
+    out_dir = Path(out_dir)
+    runs = []
+    unique_hours = None
+    for preset in presets:
+        for budget in budgets:
+            exp_dir = out_dir / run_name(preset, budget)
+            data = pilot_recipe(recipe, preset, budget, exp_dir)
+            cfg = load_train_config(data, "pretrain")
+            if unique_hours is None:
+                unique_hours = total_seconds(load_train_cuts(cfg.train_cuts)) / 3600.0
+            summary = pretrain(cfg, data)
+            point = run_point(exp_dir, last, unique_hours=unique_hours)
+            runs.append({"preset": preset, "budget_flops": budget, "already_done": bool(summary.get("already_done")),
+                         **point})
+            if on_run is not None:
+                on_run(runs[-1])
+    result = {"recipe": str(recipe_path), "presets": list(presets), "budgets": list(budgets), "runs": runs}
+    write_json_atomic(out_dir / "sweep.json", result)
+    return result
+
+
+# ----------------------------------------------------------------------------- reading a run
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpeechBudgetError(f"{path} is missing: is {path.parent} a finished pretraining run?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpeechBudgetError(f"{path} is unreadable ({type(e).__name__}); re-run that pilot") from None
+
+
+def _metrics(exp_dir: Path) -> List[Dict[str, Any]]:
+    rows = []
+    path = exp_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed run
+    return rows
+
+
+def final_loss(rows: Sequence[Dict[str, Any]], last: int = LAST_STEPS) -> float:
+    """Mean masked loss over the last ``last`` logged steps (the HuBERT loss the law models)."""
+    values = [r.get("masked_loss", r.get("loss")) for r in rows[-last:]]
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        raise SpeechBudgetError("the run logged no finite loss")
+    return statistics.fmean(values)
+
+
+def _unique_hours_of(card: Dict[str, Any], rows: Sequence[Dict[str, Any]], audio_hours: float) -> float:
+    """Hours of distinct training audio: from the trainer's epoch counter when it counts epochs
+    (audio processed / epochs), otherwise by summing the training cuts."""
+    config = card.get("config") or {}
+    unit = (config.get("schedule") or {}).get("epoch_unit", "epochs")
+    epoch = rows[-1].get("epoch") if rows else None
+    if unit == "epochs" and epoch:
+        return audio_hours / float(epoch)
+    from ..train.setup import load_train_cuts, total_seconds
+
+    return total_seconds(load_train_cuts(config.get("train_cuts", ""))) / 3600.0
+
+
+def run_point(exp_dir: Path, last: int = LAST_STEPS, unique_hours: Optional[float] = None) -> Dict[str, Any]:
+    """One pilot's numbers from its folder (summary.json, run_card.json, metrics.jsonl, cost.json)."""
+    exp_dir = Path(exp_dir)
+    summary = _read_json(exp_dir / "summary.json")
+    card = _read_json(exp_dir / "run_card.json")
+    cost = _read_json(exp_dir / "cost.json")
+    if card.get("stage") != "pretrain":
+        raise SpeechBudgetError(f"{exp_dir} is a {card.get('stage')} run; the scaling law is fitted on pretraining runs")
+    rows = _metrics(exp_dir)
+    if not rows:
+        raise SpeechBudgetError(f"{exp_dir}/metrics.jsonl has no logged steps; the pilot did not train")
+    audio_hours = float(summary["audio_hours"])
+    try:
+        loss = final_loss(rows, last)
+    except SpeechBudgetError:
+        raise SpeechBudgetError(f"{exp_dir} logged no finite loss; drop it or re-run it with a lower lr") from None
+    return {
+        "exp_dir": str(exp_dir),
+        "encoder": (card.get("config") or {}).get("encoder"),
+        "params": int(cost.get("params") or card["params"]),  # the encoder's: the law's N
+        "flops": float(summary["flops"]),
+        "audio_hours": audio_hours,
+        "unique_hours": float(unique_hours if unique_hours is not None else _unique_hours_of(card, rows, audio_hours)),
+        "steps": int(summary["steps"]),
+        "final_loss": loss,
+    }
+
+
+def find_runs(paths: Iterable[Path]) -> List[Path]:
+    """Run folders among ``paths``: each path is a run (has summary.json) or holds runs below it
+    (a sweep's output folder)."""
+    found: List[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise SpeechBudgetError(f"{p} is not a folder; pass pretraining exp_dirs or a sweep's --out folder")
+        hits = [p] if (p / "summary.json").is_file() else sorted(s.parent for s in p.rglob("summary.json"))
+        if not hits:
+            raise SpeechBudgetError(f"no finished run (summary.json) in or below {p}")
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: float = DEFAULT_R_STAR,
+             last: int = LAST_STEPS, seed: int = 0) -> Dict[str, Any]:
+    """Fit the law on the runs' points and save it (with the points, for the record) to ``out``."""
+    if bootstrap < 0:
+        raise SpeechBudgetError(f"--bootstrap must be >= 0, got {bootstrap}")
+    points = [run_point(d, last) for d in find_runs(paths)]
+    law = fit_law([(p["params"], p["audio_hours"], p["unique_hours"], p["final_loss"]) for p in points],
+                  r_star=r_star, bootstrap=bootstrap, seed=seed)
+    predicted = [law.predict(p["params"], p["audio_hours"], p["unique_hours"]) for p in points]
+    errors = [abs(q - p["final_loss"]) / p["final_loss"] for p, q in zip(points, predicted)]
+    out = Path(out)
+    law.to_json(out)
+    data = json.loads(out.read_text())
+    data["fitted_on"] = [{**p, "predicted_loss": q} for p, q in zip(points, predicted)]
+    data["mean_relative_error"] = statistics.fmean(errors)
+    write_json_atomic(out, data)
+    return {"law": law, "path": str(out), "points": data["fitted_on"], "mean_relative_error": data["mean_relative_error"]}
+
+
+def load_law(path: Path) -> ScalingLaw:
+    return ScalingLaw.from_json(path)
