@@ -139,7 +139,7 @@ def plan_fit(
                       "calibrated": law.calibrated, "path": res["path"], "points": res["points"],
                       "mean_relative_error": res["mean_relative_error"]})
         return
-    t = Table(title=f"scaling law fitted on {len(res['points'])} runs -> {res['path']}")
+    t = Table(box=box.SIMPLE_HEAD, title=f"scaling law fitted on {len(res['points'])} runs -> {res['path']}")
     for col in ("coefficient", "value", "95% interval"):
         t.add_column(col, justify="left" if col == "coefficient" else "right")
     for name in ("E", "A", "alpha", "B", "beta"):
@@ -174,9 +174,10 @@ def sweep(
     if as_json:
         ui.emit_json(res)
         return
-    t = Table(title=f"sweep -> {out_dir / 'sweep.json'}")
-    for col in ("run", "params (M)", "FLOPs", "audio hours", "unique hours", "steps", "final loss"):
-        t.add_column(col, justify="left" if col == "run" else "right")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"sweep -> {out_dir / 'sweep.json'}")
+    t.add_column("run", no_wrap=True)
+    for col in ("params M", "FLOPs", "audio h", "unique h", "steps", "final loss"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in res["runs"]:
         t.add_row(Path(r["exp_dir"]).name, f"{r['params'] / 1e6:.2f}", f"{r['flops']:.3g}", f"{r['audio_hours']:.4f}",
                   f"{r['unique_hours']:.3f}", str(r["steps"]), f"{r['final_loss']:.4f}")
@@ -213,7 +214,7 @@ def calibrate_cmd(
     if as_json:
         ui.emit_json(res)
         return
-    t = Table(title=f"{res['device']} ({res['dtype']} peak {res['peak_flops'] / 1e12:.3g} TFLOP/s) -> {res['path']}")
+    t = Table(box=box.SIMPLE_HEAD, title=f"{res['device']} ({res['dtype']} peak {res['peak_flops'] / 1e12:.3g} TFLOP/s) -> {res['path']}")
     for col in ("preset", "step s (median)", "TFLOP/s", "utilisation"):
         t.add_column(col, justify="left" if col == "preset" else "right")
     for name in res["measured"]:

@@ -84,7 +84,7 @@ class CtcConfig:
     freq_mask_width: int = 15
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
-    noise_prob: float = 0.0
+    noise_prob: float = 0.5  # used when noise_dir is set
     init_checkpoint: Optional[str] = None  # a pretrained encoder; None = from scratch
 
 

@@ -172,6 +172,8 @@ class Pipeline:
         # the run owns the paths: each stage reads what the previous one wrote
         sec = {**self._pretrain_section(), "exp_dir": str(self.exp / which),
                "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz")}
+        if (self.exp / labels / "cuts_dev.jsonl.gz").is_file():  # held-out masked-prediction loss
+            sec.setdefault("dev_cuts", str(self.exp / labels / "cuts_dev.jsonl.gz"))
         cfg = load_train_config({**self._top(), "pretrain": sec}, "pretrain")
         return pretrain(cfg, self.raw)
 
@@ -191,6 +193,8 @@ class Pipeline:
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
         sec = {"train_cuts": str(self.corpus_dir / "cuts_train.jsonl.gz"), **(self.raw.get("finetune") or {}),
                "exp_dir": str(self.exp / exp_name)}  # labeled data may come from another corpus
+        if "dev_cuts" not in sec and (self.corpus_dir / "cuts_dev.jsonl.gz").is_file():
+            sec["dev_cuts"] = str(self.corpus_dir / "cuts_dev.jsonl.gz")
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))

@@ -108,3 +108,23 @@ def test_fsdd_ctc_loss_goes_down_on_real_speech(tmp_path, shared_data, capsys):
     losses = [json.loads(l)["loss"] for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4
+
+
+def test_noise_mixing_hits_the_snr_and_finetuning_uses_it(tmp_path, synthetic_corpus, capsys):
+    import numpy as np
+
+    from speechbudget.data.augment import NoiseMixer
+
+    from conftest import NOISE
+
+    cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz").to_eager().subset(first=3)
+    mixed = NoiseMixer(NOISE, snr_db=5.0, prob=1.0)(cuts)
+    for clean, noisy in zip(cuts, mixed):
+        a, b = clean.load_audio()[0], noisy.load_audio()[0]
+        assert noisy.id == clean.id and a.shape == b.shape
+        snr = 10 * np.log10(np.mean(a ** 2) / np.mean((b - a) ** 2))
+        assert abs(snr - 5.0) < 1.0
+    r = recipe(tmp_path, synthetic_corpus, budget={"steps": 2},
+               dev_cuts=str(synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"))
+    out = json.loads(run(capsys, "finetune", r, f"ctc.noise_dir={NOISE}", "ctc.noise_prob=1.0", "--json").out)
+    assert out["steps"] == 2 and out["valid"]["valid_loss"] > 0

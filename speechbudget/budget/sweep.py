@@ -74,13 +74,16 @@ def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float
     runs = []
     unique_hours = None
     for preset in presets:
+        counted: Optional[Path] = None
         for budget in budgets:
             exp_dir = out_dir / run_name(preset, budget)
             data = pilot_recipe(recipe, preset, budget, exp_dir)
             cfg = load_train_config(data, "pretrain")
             if unique_hours is None:
                 unique_hours = total_seconds(load_train_cuts(cfg.train_cuts)) / 3600.0
+            _share_cost(counted, exp_dir)
             summary = pretrain(cfg, data)
+            counted = exp_dir / "cost.json"
             point = run_point(exp_dir, last, unique_hours=unique_hours)
             runs.append({"preset": preset, "budget_flops": budget, "already_done": bool(summary.get("already_done")),
                          **point})
@@ -89,6 +92,19 @@ def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float
     result = {"recipe": str(recipe_path), "presets": list(presets), "budgets": list(budgets), "runs": runs}
     write_json_atomic(out_dir / "sweep.json", result)
     return result
+
+
+def _share_cost(source: Optional[Path], exp_dir: Path) -> None:
+    """Give a new pilot the cost.json of an earlier pilot of the same preset and recipe.
+
+    The trainer counts an encoder's FLOPs once per exp_dir (seconds of tracing) and reuses a
+    cost.json it finds there; pilots that differ only in budget have identical costs.
+    """
+    target = exp_dir / "cost.json"
+    if source is None or not source.is_file() or target.exists():
+        return
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
 
 
 # ----------------------------------------------------------------------------- reading a run

@@ -40,14 +40,25 @@ class SpeechDataset(torch.utils.data.Dataset):
     """CutSet -> {features (B,T,F), lengths, ids, [kmeans (B,T')], [texts]}."""
 
     def __init__(self, input_kind: str = "fbank", with_kmeans: bool = False, with_text: bool = False,
-                 transform: Optional[Callable[[Dict], Dict]] = None):
+                 transform: Optional[Callable[[Dict], Dict]] = None,
+                 cut_transform: Optional[Callable[[CutSet], CutSet]] = None):
+        """``cut_transform`` changes the audio (noise mixing); fbank is then computed on the fly."""
         self.input_kind, self.with_kmeans, self.with_text, self.transform = input_kind, with_kmeans, with_text, transform
+        self.cut_transform = cut_transform
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
+        if self.cut_transform is not None:
+            cuts = self.cut_transform(cuts)
         if self.input_kind == "waveform":
             audio, lengths = collate_audio(cuts)
             features = audio.unsqueeze(-1)
+        elif self.cut_transform is not None:
+            from lhotse.dataset.input_strategies import OnTheFlyFeatures
+
+            from .features import fbank_extractor
+
+            features, lengths = OnTheFlyFeatures(fbank_extractor())(cuts)
         else:
             features, lengths = collate_features(cuts)
         batch: Dict = {"features": features, "lengths": lengths.long(), "ids": [c.id for c in cuts],

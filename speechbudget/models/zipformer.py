@@ -257,6 +257,12 @@ PRESETS: Dict[str, Dict] = {
     ),
     # CPU-friendly planning sizes with about the same parameters, different depth/width:
     # tiny 12 blocks 4.62M, tiny-slim 21 blocks 4.70M, tiny-wide 6 blocks 4.62M
+    "zipformer-nano": dict(  # the smallest point of planning sweeps (~1.3M)
+        _COMMON,
+        num_layers=(1, 1, 1, 1, 1, 1),
+        dims=(48, 64, 96, 96, 96, 64),
+        feedforward_dims=(128, 192, 256, 256, 256, 192),
+    ),
     "zipformer-tiny": dict(
         _COMMON,
         num_layers=(2, 2, 2, 2, 2, 2),

@@ -10,6 +10,7 @@ from lhotse import CutSet
 
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
+from ..data.augment import NoiseMixer
 from ..data.dataset import SpeechDataset
 from ..data.manifests import write_json
 from ..errors import SpeechBudgetError
@@ -110,7 +111,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         if len(cuts) == 0:
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
-        dataset = SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
+        mixer = NoiseMixer(Path(cfg.ctc.noise_dir), cfg.ctc.noise_snr_db, cfg.ctc.noise_prob) if cfg.ctc.noise_dir else None
+        dataset = SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer), cut_transform=mixer)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         freeze = cfg.ctc.freeze_encoder_steps
 
@@ -120,7 +122,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         hours = total_seconds(cuts) / 3600
         trainer = Trainer(cfg, model, loader, sampler, dist, cost, hours * 3600, "finetune",
                           {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step,
-                          find_unused_parameters=freeze > 0, valid_loader=dev_loader(cfg, dataset),
+                          find_unused_parameters=freeze > 0, valid_loader=dev_loader(cfg, SpeechDataset(
+                              input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))),
                           card_extra={"labeled_hours": hours})
         out = trainer.fit()
         out["filtered"] = dropped_counts
