@@ -356,15 +356,15 @@ def decode(
         emit_json(results if len(results) > 1 else results[0])
         return
     t = Table(title=f"WER ({method})")
-    for col in ("set", "utterances", "WER %", "95% CI", "ins", "del", "sub", "ref words"):
+    for col in ("set", "utterances", "WER %", "95% CI", "CER %", "ins", "del", "sub", "ref words"):
         t.add_column(col, justify="right")
     for r in results:
         if r["wer"] is None:
-            t.add_row(r["set"], str(r["utterances"]), "-", "-", "-", "-", "-", "-")
+            t.add_row(r["set"], str(r["utterances"]), "-", "-", "-", "-", "-", "-", "-")
             out.print(f"{r['set']}: {r['note']}")
             continue
         ci = f"{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}" if r.get("ci95") else "-"
-        t.add_row(r["set"], str(r["utterances"]), f"{r['wer']:.2f}", ci, str(r["insertions"]), str(r["deletions"]),
+        t.add_row(r["set"], str(r["utterances"]), f"{r['wer']:.2f}", ci, f"{r['cer']:.2f}", str(r["insertions"]), str(r["deletions"]),
                   str(r["substitutions"]), str(r["ref_words"]))
     out.print(t)
     out.print(f"result files: {results[0]['out_dir']}")

@@ -7,7 +7,7 @@ the commands to the main Typer app.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import typer
 from rich import box

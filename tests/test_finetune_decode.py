@@ -128,3 +128,10 @@ def test_noise_mixing_hits_the_snr_and_finetuning_uses_it(tmp_path, synthetic_co
                dev_cuts=str(synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"))
     out = json.loads(run(capsys, "finetune", r, f"ctc.noise_dir={NOISE}", "ctc.noise_prob=1.0", "--json").out)
     assert out["steps"] == 2 and out["valid"]["valid_loss"] > 0
+
+
+def test_char_error_rate_counts_letters():
+    from speechbudget.asr.decode import char_error_rate
+
+    assert char_error_rate([("a", "the cat", "the cat")]) == 0.0
+    assert char_error_rate([("a", "the cat", "tha ct")]) == round(100 * 2 / 6, 2)  # one sub, one del over 6 letters

@@ -88,7 +88,7 @@ def test_sweep_resumes_without_training_again(swept, capsys):
 
 def test_fit_on_the_pilots_then_plan_is_calibrated(swept, tmp_path, capsys):
     law = tmp_path / "law.json"
-    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 10, "--json")
+    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 5, "--json")
     assert code == 0, err
     fit = json.loads(out)
     assert fit["calibrated"] and len(fit["points"]) == len(PRESETS) * len(BUDGETS)

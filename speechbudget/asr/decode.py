@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import kaldialign
 import torch
 from lhotse.dataset import SimpleCutSampler
 
@@ -26,13 +27,9 @@ METHODS = ("greedy", "beam")
 def resolve_checkpoint(path: Path) -> Tuple[Path, Path]:
     """A fine-tuning exp dir (its newest checkpoint, or averaged.pt) or a checkpoint file -> (ckpt, exp_dir)."""
     path = Path(path)
-    if path.is_dir():
-        found = ckpt.latest_checkpoint(path / "checkpoints")
-        if found is None:
-            raise SpeechBudgetError(f"{path} has no checkpoints; run `speechbudget finetune` first")
-        return found, path
-    exp = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path, exp
+    found = ckpt.resolve(path)
+    exp = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    return found, exp
 
 
 def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenizer, Dict[str, Any]]:
@@ -84,11 +81,21 @@ def decode(model_path: Path, cuts_path: Path, out_dir: Optional[Path] = None, me
     else:
         scored = [(cid, ref, hyp) for cid, ref, hyp in results if ref]
         res = write_icefall_style(out_dir, set_name, scored, suffix=suffix)
-        summary.update(wer=res.wer, ci95=list(res.ci95) if res.ci95 else None, errors=res.errors,
+        summary.update(wer=res.wer, cer=char_error_rate(scored), ci95=list(res.ci95) if res.ci95 else None, errors=res.errors,
                        insertions=res.insertions, deletions=res.deletions, substitutions=res.substitutions,
                        ref_words=res.num_ref_words, unscored=len(results) - len(scored))
     write_json(summary, out_dir / f"decode-summary-{set_name}-{suffix}.json")
     return summary
+
+
+def char_error_rate(results: List[Tuple[str, str, str]]) -> float:
+    """CER in % over letters (spaces removed): progress shows here long before words come out right."""
+    errors = total = 0
+    for _, ref, hyp in results:
+        r, h = list(ref.replace(" ", "")), list(hyp.replace(" ", ""))
+        errors += kaldialign.edit_distance(r, h)["total"]
+        total += len(r)
+    return round(100.0 * errors / max(total, 1), 2)
 
 
 def _write_hyps(path: Path, results: List[Tuple[str, str, str]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,28 @@ def list_checkpoints(ckpt_dir: Path) -> List[Path]:
 def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     ckpts = list_checkpoints(ckpt_dir)
     return ckpts[-1] if ckpts else None
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run folder (or of its checkpoints/ folder)."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    found = latest_checkpoint(p if p.name == "checkpoints" else p / "checkpoints")
+    if found is None:
+        raise SpeechBudgetError(f"no checkpoint-*.pt in {p}; has the training stage run?")
+    return found
+
+
+def encoder_state(path: Path) -> Tuple[Any, Dict[str, torch.Tensor], Path]:
+    """(encoder spec, encoder weights, checkpoint file) of a training checkpoint or run folder."""
+    p = resolve(path)
+    state = load(p)
+    spec = (state.get("config") or {}).get("encoder")
+    if spec is None:
+        raise SpeechBudgetError(f"{p} is not a speechbudget training checkpoint (no encoder config)")
+    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    return spec, weights, p
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:

@@ -70,27 +70,17 @@ class Tokenize:
         return batch
 
 
-def encoder_from_checkpoint(path: str) -> Tuple[Any, Dict]:
-    """The encoder spec and weights of a pretraining checkpoint (or averaged.pt beside one)."""
-    state = ckpt.load(Path(path))
-    spec = (state.get("config") or {}).get("encoder")
-    if spec is None:
-        raise SpeechBudgetError(f"{path} has no encoder config; point ctc.init_checkpoint at a pretrain checkpoint")
-    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-    return spec, weights
-
-
 def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcModel, Optional[Dict]]:
     torch.manual_seed(cfg.seed)
     init = None
     if cfg.ctc.init_checkpoint:
-        spec, weights = encoder_from_checkpoint(cfg.ctc.init_checkpoint)
+        spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint))
         cfg.encoder = spec
         encoder = build_encoder(spec)
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
         if missing:
             raise SpeechBudgetError(f"{cfg.ctc.init_checkpoint} lacks encoder weights {missing[:3]}...")
-        init = {"checkpoint": cfg.ctc.init_checkpoint, "encoder": spec}
+        init = {"checkpoint": str(path), "encoder": spec}
     else:
         encoder = build_encoder(cfg.encoder)
     a = cfg.ctc

@@ -18,18 +18,9 @@ FEATURES = ("mfcc", "fbank", "layer")
 
 def pretrained_encoder(path: Path):
     """The encoder of a pretraining checkpoint (a file, or the newest in a checkpoints folder)."""
-    path = Path(path)
-    if path.is_dir():
-        found = ckpt.latest_checkpoint(path if path.name == "checkpoints" else path / "checkpoints")
-        if found is None:
-            raise SpeechBudgetError(f"no checkpoint-*.pt in {path}")
-        path = found
-    state = ckpt.load(path)
-    spec = (state.get("config") or {}).get("encoder")
-    if spec is None:
-        raise SpeechBudgetError(f"{path} is not a speechbudget training checkpoint")
+    spec, weights, _ = ckpt.encoder_state(Path(path))
     encoder = build_encoder(spec)
-    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    encoder.load_state_dict(weights)
     return encoder.eval()
 
 
