@@ -12,9 +12,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def memory_total_gb() -> float:
     return float("nan")
 
 
-def machine_info() -> Dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     """Everything needed to tell whether two result files are comparable."""
     import lhotse
     import numpy
@@ -82,7 +83,7 @@ def machine_info() -> Dict[str, Any]:
     }
 
 
-def loadavg() -> List[float]:
+def loadavg() -> list[float]:
     """1, 5 and 15-minute load averages, rounded."""
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -91,10 +92,10 @@ def loadavg() -> List[float]:
 class Timing:
     wall_s: float
     cpu_s: float
-    load_before: List[float]
-    load_after: List[float]
+    load_before: list[float]
+    load_after: list[float]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -111,7 +112,7 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def measure_fp32_peak(seconds: float = 2.0) -> Dict[str, Any]:
+def measure_fp32_peak(seconds: float = 2.0) -> dict[str, Any]:
     """Best observed fp32 matmul FLOP/s at torch's current thread count (not cached: the load
     on a shared machine changes, so each run measures its own)."""
     load_before = loadavg()
@@ -131,7 +132,7 @@ def default_out(name: str) -> Path:
     return RESULTS_DIR / f"{name}.json"
 
 
-def save_results(json_path: Path, data: Dict[str, Any], markdown: str) -> Path:
+def save_results(json_path: Path, data: dict[str, Any], markdown: str) -> Path:
     """Write the JSON and, next to it, the Markdown section (same name, ``.md``)."""
     json_path = Path(json_path)
     write_json_atomic(json_path, data)
@@ -149,7 +150,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def machine_markdown(info: Dict[str, Any]) -> str:
+def machine_markdown(info: dict[str, Any]) -> str:
     return (
         f"Machine: {info['cpu_model']}, {info['usable_cores']} usable cores, {info['memory_gb']} GB RAM; "
         f"torch {info['torch']} with {info['torch_threads']} thread(s); lhotse {info['lhotse']}; "

@@ -37,11 +37,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import psutil
 import torch
-
 from common import (
     default_out,
     fmt_load,
@@ -53,6 +52,7 @@ from common import (
     median,
     save_results,
 )
+
 from speechbudget.budget.flops import encoder_cost
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.presets import build_encoder, resolve
@@ -118,13 +118,13 @@ def make_input(encoder, batch: int, frames: int):
     return x, torch.full((batch,), frames, dtype=torch.int64)
 
 
-def timed_step(step, x, lengths) -> Dict[str, float]:
+def timed_step(step, x, lengths) -> dict[str, float]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     step(x, lengths)
     return {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
 
 
-def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+def run_child(job: dict[str, Any]) -> dict[str, Any]:
     """Build, warm up on a short input, then time full-size steps.
 
     The first full-size step is itself discarded as a warm-up when ``reps + 1`` such steps fit in
@@ -140,7 +140,7 @@ def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
     warm_x, warm_len = make_input(encoder, job["batch"], min(job["warmup_frames"], job["frames"]))
     warmup = [timed_step(step, warm_x, warm_len) for _ in range(job["warmup"])]
     del warm_x, warm_len
-    steps: List[Dict[str, float]] = []
+    steps: list[dict[str, float]] = []
     full_warmup = False
     while len(steps) < job["reps"]:
         if steps and sum(s["wall_s"] for s in steps) + steps[-1]["wall_s"] > job["budget_s"]:
@@ -167,36 +167,41 @@ def run_child(job: Dict[str, Any]) -> Dict[str, Any]:
 # parent: spawn, watch memory, collect
 
 
-def spawn(job: Dict[str, Any], timeout_s: float, max_memory_gb: float) -> Dict[str, Any]:
-    """Run ``job`` in a fresh interpreter; sample its RSS; kill it past the time or memory limit."""
-    load_before = loadavg()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
-    env_threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child cannot block
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
-                            env={**os.environ, **env_threads})
-    watch = psutil.Process(proc.pid)
-    sampled_peak, killed, start = 0.0, None, time.perf_counter()
+def watch(proc: subprocess.Popen, timeout_s: float, max_memory_gb: float) -> tuple:
+    """Sample ``proc``'s RSS until it exits; kill it past the limits. -> (peak MB, why killed or None)."""
+    handle = psutil.Process(proc.pid)
+    sampled_peak, start = 0.0, time.perf_counter()
     while proc.poll() is None:
         try:
-            sampled_peak = max(sampled_peak, watch.memory_info().rss / MB)
+            sampled_peak = max(sampled_peak, handle.memory_info().rss / MB)
         except psutil.NoSuchProcess:
             break
+        killed = None
         if sampled_peak > max_memory_gb * 1024:
             killed = f"killed: RSS above --max-memory-gb {max_memory_gb:g}"
         elif time.perf_counter() - start > timeout_s:
             killed = f"killed: ran past {timeout_s:.0f} s"
         if killed:
             proc.kill()
-            break
+            return sampled_peak, killed
         time.sleep(0.05)
-    stdout, _ = proc.communicate()
-    result: Dict[str, Any] = {"job": job, "load_before": load_before, "load_after": loadavg(),
+    return sampled_peak, None
+
+
+def spawn(job: dict[str, Any], timeout_s: float, max_memory_gb: float) -> dict[str, Any]:
+    """Run ``job`` in a fresh interpreter and collect its result, or why there is none."""
+    load_before = loadavg()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: a chatty child cannot block
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        sampled_peak, killed = watch(proc, timeout_s, max_memory_gb)
+        stdout, _ = proc.communicate()
+        errors.seek(0)
+        stderr_tail = errors.read()[-800:]
+    result: dict[str, Any] = {"job": job, "load_before": load_before, "load_after": loadavg(),
                               "sampled_peak_rss_mb": sampled_peak}
     lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    errors.seek(0)
-    stderr_tail = errors.read()[-800:]
-    errors.close()
     if killed or proc.returncode != 0 or not lines:
         result["error"] = killed or f"child exited with code {proc.returncode}"
         result["stderr_tail"] = stderr_tail
@@ -205,7 +210,7 @@ def spawn(job: Dict[str, Any], timeout_s: float, max_memory_gb: float) -> Dict[s
     return result
 
 
-def report_progress(r: Dict[str, Any]) -> None:
+def report_progress(r: dict[str, Any]) -> None:
     if "error" in r:
         print(f"    {r['error']}: {r.get('stderr_tail', '').strip()[-300:]}", flush=True)
     else:
@@ -230,7 +235,7 @@ def forward_flops(spec: Any, seconds: float) -> float:
     return 2.0 * cost["macs_per_audio_second"] * seconds
 
 
-def bench_presets(args) -> List[Dict[str, Any]]:
+def bench_presets(args) -> list[dict[str, Any]]:
     frames = round(args.seconds * 100)
     rows = []
     for name in args.presets:
@@ -245,7 +250,7 @@ def bench_presets(args) -> List[Dict[str, Any]]:
     return rows
 
 
-def add_utilisation(rows: List[Dict[str, Any]], batch: int, peak_flops: float) -> None:
+def add_utilisation(rows: list[dict[str, Any]], batch: int, peak_flops: float) -> None:
     """Training FLOPs (3 x forward) per second of step, as a fraction of the matmul peak."""
     for r in rows:
         if "error" in r:
@@ -264,7 +269,7 @@ def params_of(spec: Any) -> int:
     return sum(p.numel() for p in build_encoder(spec).parameters())
 
 
-def matched_transformer(mamba: str, base: str = "transformer-tiny") -> Dict[str, Any]:
+def matched_transformer(mamba: str, base: str = "transformer-tiny") -> dict[str, Any]:
     """``base`` with its layer count set so its parameters come closest to ``mamba``'s."""
     target = params_of(mamba)
     p1, p2 = params_of({"preset": base, "layers": 1}), params_of({"preset": base, "layers": 2})
@@ -272,7 +277,7 @@ def matched_transformer(mamba: str, base: str = "transformer-tiny") -> Dict[str,
     return {"preset": base, "layers": layers}
 
 
-def growth_exponent(points: List[tuple]) -> Optional[float]:
+def growth_exponent(points: list[tuple]) -> float | None:
     """log-log slope between the last two (length, value) points."""
     if len(points) < 2:
         return None
@@ -280,9 +285,9 @@ def growth_exponent(points: List[tuple]) -> Optional[float]:
     return math.log(v1 / v0) / math.log(l1 / l0) if v0 > 0 and v1 > 0 else None
 
 
-def scaling_model(spec: Any, args) -> List[Dict[str, Any]]:
+def scaling_model(spec: Any, args) -> list[dict[str, Any]]:
     """Forward, then (if predicted affordable) fwd+bwd, at each length for one model."""
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     fwd_pts, train_pts, train_mem_pts = [], [], []
     for frames in args.scaling_frames:
         base = {"spec": spec, "batch": 1, "frames": frames, "warmup": 1,
@@ -311,7 +316,7 @@ def scaling_model(spec: Any, args) -> List[Dict[str, Any]]:
     return rows
 
 
-def scaling_skip_reason(mode, frames, fwd_pts, train_pts, train_mem_pts, args) -> Optional[str]:
+def scaling_skip_reason(mode, frames, fwd_pts, train_pts, train_mem_pts, args) -> str | None:
     """Why a measurement would be too slow or too big, predicted from the shorter lengths."""
     if mode == "forward":
         if not fwd_pts:
@@ -334,7 +339,7 @@ def scaling_skip_reason(mode, frames, fwd_pts, train_pts, train_mem_pts, args) -
     return None
 
 
-def bench_scaling(args) -> Dict[str, Any]:
+def bench_scaling(args) -> dict[str, Any]:
     attention = matched_transformer(args.mamba) if args.attention == "auto" else args.attention
     models = {"mamba": args.mamba, "attention": attention}
     params = {k: params_of(v) for k, v in models.items()}
@@ -346,11 +351,11 @@ def bench_scaling(args) -> Dict[str, Any]:
 # report
 
 
-def activation_mb(r: Dict[str, Any]) -> float:
+def activation_mb(r: dict[str, Any]) -> float:
     return r["peak_rss_mb"] - r["baseline_rss_mb"]
 
 
-def presets_table(rows: List[Dict[str, Any]], seconds: float) -> str:
+def presets_table(rows: list[dict[str, Any]], seconds: float) -> str:
     headers = ["preset", "params M", f"fwd GFLOP / {seconds:g} s utt", "fwd+bwd s (wall, median)", "cpu s",
                "timed steps", "full-size warm-up", "peak RSS MB", "peak - baseline MB", "achieved GFLOP/s",
                "util (wall)", "util (cpu time)", "load 1m"]
@@ -370,7 +375,7 @@ def presets_table(rows: List[Dict[str, Any]], seconds: float) -> str:
     return markdown_table(headers, out)
 
 
-def scaling_table(rows: List[Dict[str, Any]]) -> str:
+def scaling_table(rows: list[dict[str, Any]]) -> str:
     headers = ["model", "frames (s)", "mode", "wall s", "cpu/wall", "peak RSS MB", "peak - baseline MB",
                "time growth vs previous", "memory growth vs previous", "load 1m"]
     out, prev = [], {}
@@ -393,7 +398,7 @@ def scaling_table(rows: List[Dict[str, Any]]) -> str:
     return markdown_table(headers, out)
 
 
-def render_markdown(data: Dict[str, Any]) -> str:
+def render_markdown(data: dict[str, Any]) -> str:
     s, peak = data["settings"], data["fp32_peak"]
     parts = ["## Encoder training-step cost on CPU (bench/encoders.py)", machine_markdown(data["machine"])]
     if s["quick"]:
@@ -419,7 +424,7 @@ def render_markdown(data: Dict[str, Any]) -> str:
     sc = data.get("scaling")
     if sc:
         parts += [
-            f"### Mamba vs attention over length (batch 1)",
+            "### Mamba vs attention over length (batch 1)",
             (f"{sc['models']['mamba']} ({sc['params']['mamba'] / 1e6:.2f} M params) vs {sc['models']['attention']} "
              f"({sc['params']['attention'] / 1e6:.2f} M params: the Transformer with bimamba's width whose depth "
              f"matches its parameter count). One warm-up step at <= {s['scaling_warmup_frames']} frames; "

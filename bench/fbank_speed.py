@@ -28,16 +28,13 @@ import pstats
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import numpy as np
 import soundfile as sf
 import torch
-from lhotse import CutSet, LilcomChunkyWriter, Recording
-from scipy.signal import resample_poly
-
 from common import (
     SHARED_DATA,
     default_out,
@@ -50,6 +47,9 @@ from common import (
     save_results,
     timed,
 )
+from lhotse import CutSet, LilcomChunkyWriter, Recording
+from scipy.signal import resample_poly
+
 from speechbudget import progress
 from speechbudget.data.features import compute_fbank, fbank_extractor
 
@@ -62,7 +62,7 @@ class Regime:
 
     name: str
     description: str
-    clips: List[np.ndarray]
+    clips: list[np.ndarray]
     cuts: CutSet
 
     @property
@@ -74,7 +74,7 @@ class Regime:
 # audio
 
 
-def noise_files() -> List[Path]:
+def noise_files() -> list[Path]:
     files = sorted((SHARED_DATA / "noise").glob("*.wav"))
     if not files:
         raise SystemExit(f"no noise wavs under {SHARED_DATA / 'noise'}")
@@ -142,11 +142,11 @@ def fsdd_regime(total_seconds: float, workdir: Path) -> Regime:
 # measurements
 
 
-def repeat(fn: Callable[[], object], reps: int) -> List[dict]:
+def repeat(fn: Callable[[], object], reps: int) -> list[dict]:
     return [timed(fn)[1].to_dict() for _ in range(reps)]
 
 
-def speed_summary(audio_seconds: float, runs: List[dict]) -> dict:
+def speed_summary(audio_seconds: float, runs: list[dict]) -> dict:
     """Median times-real-time by CPU and by wall time over repeated runs."""
     return {
         "runs": runs,
@@ -238,10 +238,11 @@ def profile_pipeline(regime: Regime, workdir: Path, top: int) -> dict:
         rows.append({"function": where, "calls": ncalls, "own_s": tottime, "cum_s": cumtime,
                      "own_share": tottime / total if total else 0.0})
     rows.sort(key=lambda r: -r["own_s"])
-    return {"regime": regime.name, "total_cpu_s": total, "groups": groups, "top": rows[:top]}
+    return {"regime": regime.name, "total_cpu_s": total, "groups": [[k, v] for k, v in groups.items()],
+            "top": rows[:top]}
 
 
-def overhead_fit(results: Dict[str, dict]) -> dict:
+def overhead_fit(results: dict[str, dict]) -> dict:
     """Least-squares fit of pipeline CPU time = a x audio seconds + b x utterances over the regimes.
 
     ``1 / a`` is the speed on endless utterances; ``b`` the fixed cost per utterance; the
@@ -265,7 +266,7 @@ def break_even_seconds(fit: dict, target: float) -> float:
 # report
 
 
-def diagnosis(results: Dict[str, dict], fit: dict, target: float) -> str:
+def diagnosis(results: dict[str, dict], fit: dict, target: float) -> str:
     """Is the target met per core, and if not, what the missing time is spent on."""
     worst = min(results, key=lambda r: results[r]["pipeline"]["x_rt_cpu"])
     worst_rt = results[worst]["pipeline"]["x_rt_cpu"]
@@ -290,7 +291,8 @@ def render_markdown(data: dict) -> str:
                "pipeline xRT cpu", "pipeline xRT wall", "stage CPU s (read/fbank/lilcom) vs pipeline",
                "bytes/audio s", "load 1m"]
     rows = []
-    for name, r in data["regimes"].items():
+    for name in data["regime_order"]:  # the JSON is written with sorted keys
+        r = data["regimes"][name]
         st, pipe = r["stages"], r["pipeline"]
         loads = [run for part in ("direct", "pipeline") for run in r[part]["runs"]]
         rows.append([
@@ -302,7 +304,7 @@ def render_markdown(data: dict) -> str:
             fmt_load(loads[0]["load_before"], loads[-1]["load_after"]),
         ])
     prof = data["profile"]
-    group_rows = [[label, f"{sec:.3f}", f"{sec / prof['total_cpu_s']:.0%}"] for label, sec in prof["groups"].items()]
+    group_rows = [[label, f"{sec:.3f}", f"{sec / prof['total_cpu_s']:.0%}"] for label, sec in prof["groups"]]
     prof_rows = [[p["function"], p["calls"], f"{p['own_s']:.3f}", f"{p['own_share']:.0%}"] for p in prof["top"]]
     s = data["settings"]
     return "\n\n".join([
@@ -317,8 +319,8 @@ def render_markdown(data: dict) -> str:
          + (" **Quick mode: reduced audio, numbers are a smoke check only.**" if s["quick"] else "")),
         markdown_table(headers, rows),
         data["diagnosis"],
-        f"cProfile of one pipeline run ({prof['regime']}, {prof['total_cpu_s']:.2f} CPU s under the profiler), "
-        "cumulative time of its parts:",
+        (f"cProfile of one pipeline run ({prof['regime']}, {prof['total_cpu_s']:.2f} CPU s under the profiler), "
+         "cumulative time of its parts (cProfile inflates Python-heavy parts such as the per-cut checks):"),
         markdown_table(["part", "cum s", "share"], group_rows),
         "Top functions by own time:",
         markdown_table(["function", "calls", "own s", "share"], prof_rows),
@@ -346,7 +348,7 @@ def main() -> None:
     if args.quick:
         args.reps, args.long_seconds, args.short_total, args.fsdd_total = 1, 30.0, 30.0, 30.0
     info = machine_info()
-    results: Dict[str, dict] = {}
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fbank-bench-") as tmp:
         workdir = Path(tmp)
         regimes = [
@@ -373,6 +375,7 @@ def main() -> None:
         "settings": vars(args) | {"out": str(args.out), "threads": torch.get_num_threads()},
         "machine": info,
         "loadavg_at_end": loadavg(),
+        "regime_order": list(results),
         "regimes": results,
         "profile": profile,
         "target_x_rt": args.target,

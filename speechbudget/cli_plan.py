@@ -70,13 +70,14 @@ def plan_main(
     if budget is None:
         raise SpeechBudgetError("give --budget (e.g. --budget 200 --unit gpu-hours), or run `speechbudget plan fit`")
     spec = planner.BudgetSpec(budget, unit, device, dtype, utilisation, num_devices).validated()
-    planner._unique_hours(data_hours)  # bad data hours fail before minutes of counting
+    planner.check_inputs(data_hours, num_clusters, max_duration)  # fail before seconds of counting
     names = [p.strip() for p in presets.split(",") if p.strip()] if presets else None
     fitted = ScalingLaw.from_json(law) if law else None
+    cal = calibrate.load_calibration(calibration)
     cands = planner.candidate_costs(family, grid or ("none" if names else "small"), names, num_clusters,
                                     progress=lambda items, total=None: progress.track(items, total, "counting FLOPs"))
-    result = planner.plan(spec, data_hours, cands, fitted, str(law) if law else None, max_duration, num_clusters,
-                          calibrate.load_calibration(calibration))
+    result = planner.plan(spec, data_hours, cands, law=fitted, law_source=str(law) if law else None,
+                          max_duration=max_duration, num_clusters=num_clusters, calibration=cal)
     written: Dict[str, Optional[str]] = {"recipe": None, "plot": None}
     if out_path is not None:
         written["recipe"] = str(planner.write_recipe(result, out_path, train_cuts, exp_dir))

@@ -235,6 +235,8 @@ def test_table_output_explains_the_choice(capsys):
         (["--budget", 1e6, "--unit", "flops", "--data-hours", 10], "give at least"),
         (["--budget", 10, "--data-hours", 10, "--presets", "zipformer-huge"], "unknown preset 'zipformer-huge'"),
         (["--budget", 10, "--data-hours", 10, "--grid", "huge"], "unknown grid 'huge'"),
+        (["--budget", 10, "--data-hours", 10, "--max-duration", 0], "--max-duration must be positive"),
+        (["--budget", 10, "--data-hours", 10, "--num-clusters", 1], "--num-clusters must be at least 2"),
         (["--budget", 10, "--data-hours", 10, "--law", "/nonexistent/law.json"], "does not exist"),
     ],
 )
@@ -248,6 +250,7 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, args, message):
 
 def test_minimum_budget_message_is_enough(capsys):
     code, _, err = run(capsys, "plan", "--budget", 1e6, "--unit", "flops", "--data-hours", 10, "--presets", TINY)
+    assert code == 2
     need = float(err.split("give at least ")[1].split()[0])
     d = plan_json(capsys, "--budget", need * 1.01, "--unit", "flops", "--data-hours", 10, "--presets", TINY)
     assert d["recommended"]["steps"] >= 1

@@ -12,6 +12,7 @@ import yaml
 from speechbudget import cli, cli_plan
 from speechbudget.budget import calibrate
 from speechbudget.budget.sweep import final_loss, parse_budgets, run_name
+from speechbudget.errors import SpeechBudgetError
 
 torch.set_num_threads(1)
 cli_plan.register(cli.app)
@@ -72,6 +73,7 @@ def test_sweep_runs_every_pilot_within_its_budget(swept):
         cost = json.loads((exp / "cost.json").read_text())
         assert r["params"] == cost["params"]  # encoder parameters, not the HuBERT head
         rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+        rows = [row for row in rows if "masked_loss" in row]  # training steps, not validation
         assert r["final_loss"] == pytest.approx(final_loss(rows, 3))
         assert 0 < r["audio_hours"] and r["unique_hours"] == pytest.approx(runs[0]["unique_hours"])
     assert runs[0]["params"] != runs[-1]["params"]
@@ -125,25 +127,25 @@ def test_parse_budgets_and_names():
 
 
 # ------------------------------------------------------------------------------------ calibrate
-BATCH = dict(batch_size=2, seconds=4.0)
+BATCH = {"batch_size": 2, "seconds": 4.0}
 
 
 def test_calibrated_step_time_predicts_a_fresh_measurement(tmp_path):
-    """Calibrate, then time fresh steps: the prediction is within 15% (median of 5 steps after
-    a warm-up; on a shared machine a burst from a neighbour can spoil one attempt, so three
-    attempts are allowed)."""
+    """Calibrate, then time fresh steps: the prediction is within 15% (median of 7 steps after a
+    warm-up). Neighbours on this shared 2-core machine shift step times by 20% within a minute,
+    so the experiment (calibrate, then measure right after) may be repeated up to three times."""
     path = tmp_path / "calibration.json"
-    record = calibrate.calibrate(["transformer-tiny"], device="cpu", steps=5, path=path, **BATCH)
-    util = record["presets"]["transformer-tiny"]["utilisation"]
-    assert 0 < util <= 1 and record["peak_flops"] > 1e9
-    predicted = calibrate.predict_step_seconds("transformer-tiny", "cpu", path=path, **BATCH)
     errors = []
     for _ in range(3):
-        measured = calibrate.time_training_steps("transformer-tiny", steps=5, device="cpu", **BATCH)["step_seconds"]
+        record = calibrate.calibrate(["transformer-tiny"], device="cpu", steps=7, path=path, **BATCH)
+        util = record["presets"]["transformer-tiny"]["utilisation"]
+        assert 0 < util <= 1 and record["peak_flops"] > 1e9
+        predicted = calibrate.predict_step_seconds("transformer-tiny", "cpu", path=path, **BATCH)
+        measured = calibrate.time_training_steps("transformer-tiny", steps=7, device="cpu", **BATCH)["step_seconds"]
         errors.append(abs(predicted - measured) / measured)
         if errors[-1] <= 0.15:
             break
-    assert min(errors) <= 0.15, f"prediction {predicted:.3f}s off by {errors}"
+    assert min(errors) <= 0.15, f"predictions off by {errors}"
 
 
 def test_calibrate_cli_then_plan_in_hours_uses_it(tmp_path, capsys):
@@ -169,3 +171,14 @@ def test_calibrate_bad_input(capsys, tmp_path):
     code, _, err = run(capsys, "calibrate", "--presets", "transformer-tiny", "--device-name", "tpu", "--device", "cpu",
                        "--out", tmp_path / "c.json")
     assert code == 2 and "unknown device 'tpu'" in err
+
+
+@pytest.mark.parametrize("gpu, name", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-80GB", "a100"),
+                                       ("Tesla V100-SXM2-32GB", "v100"), ("NVIDIA L4", "l4")])
+def test_cuda_device_names_map_to_the_table(gpu, name):
+    assert calibrate.device_from_gpu_name(gpu) == name
+
+
+def test_unknown_gpu_asks_for_device_name():
+    with pytest.raises(SpeechBudgetError, match="pass --device-name"):
+        calibrate.device_from_gpu_name("NVIDIA GeForce RTX 4090")

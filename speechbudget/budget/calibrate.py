@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +23,13 @@ from typing import Any, Dict, Iterable, List, Optional
 import torch
 
 from ..errors import SpeechBudgetError
-from .devices import get_device, measure_cpu_peak, normalise_dtype, write_json_atomic
+from .devices import (
+    DEVICES,
+    get_device,
+    measure_cpu_peak,
+    normalise_dtype,
+    write_json_atomic,
+)
 
 DEFAULT_BATCH = (4, 10.0)  # utterances x seconds: a small batch every preset fits on a CPU
 DEFAULT_CLUSTERS = 500  # k2SSL's targets; the head cost depends on it
@@ -167,12 +174,22 @@ def _device_key(name: str) -> str:
 def _detect_device_name(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
-    gpu = torch.cuda.get_device_name(device)
+    return device_from_gpu_name(torch.cuda.get_device_name(device))
+
+
+def device_from_gpu_name(gpu: str) -> str:
+    """Table name of a GPU as CUDA reports it ("NVIDIA H100 80GB HBM3" -> h100)."""
     try:
         return get_device(gpu).name
     except SpeechBudgetError:
-        raise SpeechBudgetError(f"GPU {gpu!r} is not in the device table: pass --device-name with the closest "
-                                "known device (its datasheet peak is the denominator)") from None
+        pass
+    tokens = re.split(r"[\s_-]+", gpu.lower())
+    for name, dev in DEVICES.items():
+        if dev.kind == "gpu" and name in tokens:
+            return name
+    raise SpeechBudgetError(f"GPU {gpu!r} is not in the device table: pass --device-name with the closest known "
+                            f"device ({', '.join(n for n, d in DEVICES.items() if d.kind == 'gpu')}); its datasheet "
+                            "peak is the denominator")
 
 
 def _peak(name: str, dtype: str) -> float:

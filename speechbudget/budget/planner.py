@@ -19,17 +19,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..config import HubertConfig
 from ..errors import SpeechBudgetError
 from ..train.budget import TRAIN_FACTOR
 from . import calibrate
-from .devices import Device, get_device, measure_cpu_peak, normalise_dtype, write_json_atomic
+from .calibrate import DEFAULT_CLUSTERS
+from .devices import (
+    Device,
+    get_device,
+    measure_cpu_peak,
+    normalise_dtype,
+    write_json_atomic,
+)
 from .scaling import DEFAULT_LAW, ScalingLaw, optimal_allocation
 
 #: the length train.setup counts a run's cost at: counting the same way makes the planned hours
 #: the hours the run will really process. (Tracing costs the same at 4 s or 10 s: it is per-op
 #: overhead, so there is nothing to gain from a shorter count and scaling.)
 COUNT_SECONDS = 10.0
-FINAL_DIM = 256  # HubertConfig.final_dim
+FINAL_DIM = HubertConfig().final_dim  # the HuBERT head the recipe will build
 UNITS = ("flops", "gpu-hours", "hours")
 GRIDS = ("none", "small", "full")
 MIN_AUDIO_HOURS = 0.01  # below this a pilot learns nothing and the law has no meaning
@@ -69,7 +77,8 @@ def _shape(cfg: Dict[str, Any]) -> Tuple[int, int]:
     """(layers, width) of a resolved config: how deep and how wide, for tables and grids."""
     if cfg["family"] == "zipformer":
         layers, dims = cfg.get("num_layers", 1), cfg.get("dims", 0)
-        layers = sum(layers) if isinstance(layers, (list, tuple)) else 6 * layers
+        stacks = len(cfg.get("downsampling", ()))
+        layers = sum(layers) if isinstance(layers, (list, tuple)) else stacks * layers
         return layers, max(dims) if isinstance(dims, (list, tuple)) else dims
     return int(cfg.get("layers", 0)), int(cfg.get("dim", 0))
 
@@ -162,7 +171,7 @@ def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
             "head_macs_per_frame": float(head), "frame_rate_hz": float(cost["frame_rate_hz"])}
 
 
-def count_configs(cfgs: Sequence[Dict[str, Any]], num_clusters: int = 500, cache: Optional[CostCache] = None,
+def count_configs(cfgs: Sequence[Dict[str, Any]], num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None,
                   progress=None) -> List[Dict[str, float]]:
     """Counted costs of resolved configs: from memory, from the disk cache, or traced now (a few
     seconds each, which is why both caches exist)."""
@@ -197,7 +206,7 @@ def _candidate(spec, cfg: Dict[str, Any], counted: Dict[str, float], kind: str, 
                          layers=layers, width=width, **counted)
 
 
-def count_cost(spec, num_clusters: int = 500, cache: Optional[CostCache] = None) -> CandidateCost:
+def count_cost(spec, num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None) -> CandidateCost:
     """Cost of one preset or config dict (cached per config, in memory and on disk)."""
     from ..models.presets import resolve
 
@@ -265,6 +274,11 @@ def grid_configs(family: str, size: str) -> List[Tuple[int, int, Dict[str, Any]]
     return [(w, d, grid.make(w, d)) for w in grid.widths[size] for d in grid.depths[size]]
 
 
+def _linear(one: Dict[str, float], two: Dict[str, float], depth: int, key: str) -> float:
+    """``key`` at ``depth`` on the line through its values at depths 1 and 2."""
+    return one[key] + (depth - 1) * (two[key] - one[key])
+
+
 def _grid_candidates(family: str, size: str, shallow: Dict[Tuple[int, int], Dict[str, float]]) -> List[CandidateCost]:
     """Grid candidates from the counts at depths 1 and 2 of each width.
 
@@ -274,14 +288,14 @@ def _grid_candidates(family: str, size: str, shallow: Dict[Tuple[int, int], Dict
     out = []
     for width, depth, cfg in grid_configs(family, size):
         one, two = shallow[(width, 1)], shallow[(width, 2)]
-        at = lambda key: one[key] + (depth - 1) * (two[key] - one[key])  # noqa: E731
-        counted = {**one, "params": int(round(at("params"))), "macs_per_audio_second": at("macs_per_audio_second")}
+        counted = {**one, "params": round(_linear(one, two, depth, "params")),
+                   "macs_per_audio_second": _linear(one, two, depth, "macs_per_audio_second")}
         out.append(_candidate(cfg, cfg, counted, "grid"))
     return out
 
 
 def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Optional[Sequence[str]] = None,
-                    num_clusters: int = 500, cache: Optional[CostCache] = None, progress=None) -> List[CandidateCost]:
+                    num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None, progress=None) -> List[CandidateCost]:
     """The family's presets (or the named ``presets``) plus its width x depth grid, with costs."""
     from ..models.presets import FAMILIES, all_presets
 
@@ -321,7 +335,7 @@ class BudgetSpec:
     utilisation: Optional[float] = None  # None: calibrated if measured, else the device default
     num_devices: int = 1  # for unit "hours": wall-clock hours on this many devices
 
-    def validated(self) -> "BudgetSpec":
+    def validated(self) -> BudgetSpec:
         if self.unit not in UNITS:
             raise SpeechBudgetError(f"unknown budget unit {self.unit!r}; choose one of {', '.join(UNITS)}")
         if not (isinstance(self.amount, (int, float)) and math.isfinite(self.amount) and self.amount > 0):
@@ -398,19 +412,16 @@ def _utilisation(budget: BudgetSpec, cand: CandidateCost, calibration: Dict[str,
 
 def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[CandidateCost],
          law: Optional[ScalingLaw] = None, law_source: Optional[str] = None, max_duration: Optional[float] = None,
-         num_clusters: int = 500, calibration: Optional[Dict[str, Any]] = None) -> Plan:
+         num_clusters: int = DEFAULT_CLUSTERS, calibration: Optional[Dict[str, Any]] = None) -> Plan:
     """Spend the budget on every candidate, predict each one's loss, recommend the lowest.
 
     ``data_hours`` of None or infinity means unlimited data (no epoch is ever repeated).
     """
     budget = budget.validated()
-    unique = _unique_hours(data_hours)
+    unique = check_inputs(data_hours, num_clusters, max_duration)
     law = law or DEFAULT_LAW
     calibration = calibration if calibration is not None else calibrate.load_calibration()
-    dev = get_device(budget.device)
-    max_duration = float(max_duration or MAX_DURATION[dev.kind])
-    if not max_duration > 0:
-        raise SpeechBudgetError(f"--max-duration must be positive, got {max_duration}")
+    max_duration = float(max_duration or MAX_DURATION[get_device(budget.device).kind])
     if not candidates:
         raise SpeechBudgetError("no candidate encoders to plan for")
     peak = None if budget.unit == "flops" else _peak(budget, calibration)
@@ -449,11 +460,17 @@ def _ceil_sig(x: float, digits: int = 3) -> float:
     return math.ceil(x / step) * step
 
 
-def _unique_hours(data_hours: Optional[float]) -> Optional[float]:
+def check_inputs(data_hours: Optional[float], num_clusters: int = DEFAULT_CLUSTERS,
+                 max_duration: Optional[float] = None) -> Optional[float]:
+    """Validate what the user typed; returns the unique hours (None = unlimited data)."""
     if data_hours is None:
         raise SpeechBudgetError("give --data-hours: the hours of unlabeled audio you have (inf for unlimited)")
     if math.isnan(data_hours) or data_hours <= 0:
         raise SpeechBudgetError(f"--data-hours must be positive, got {data_hours}")
+    if num_clusters < 2:
+        raise SpeechBudgetError(f"--num-clusters must be at least 2, got {num_clusters}")
+    if max_duration is not None and not max_duration > 0:
+        raise SpeechBudgetError(f"--max-duration must be positive, got {max_duration}")
     return None if math.isinf(data_hours) else float(data_hours)
 
 
@@ -542,11 +559,12 @@ def write_recipe(p: Plan, path: Path, train_cuts: Optional[str] = None, exp_dir:
 
     best = p.recommended
     epochs = "unlimited data" if best["epochs"] is None else f"{best['epochs']:.2f} epochs over {p.data_hours:g} h"
+    law = "fitted" if p.law.calibrated else "uncalibrated default"
     header = [
         f"# written by `speechbudget plan`: {p.budget.amount:g} {p.budget.unit} on {p.budget.device} -> {best['name']}",
-        f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
-        f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} "
-        f"({'fitted' if p.law.calibrated else 'uncalibrated default'} law; {p.num_clusters} k-means clusters assumed)",
+        (f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
+         f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} ({law} law; "
+         f"{p.num_clusters} k-means clusters assumed)"),
     ]
     if not train_cuts or not exp_dir:
         header.append("# fill in: train_cuts (k-means labeled cuts from `speechbudget kmeans`) and exp_dir, then run")
@@ -569,7 +587,7 @@ def _cost_curve(candidates: Sequence[Dict[str, Any]]):
     return lambda params: np.exp(intercept + slope * np.log(params))
 
 
-def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0)) -> Path:
+def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (1e-3, 1e-2, 0.1, 1.0, 10.0)) -> Path:
     """Predicted loss vs parameters at several budgets around the planned one (FLOPs of the
     recommended candidate), each curve's minimum dotted, the candidates and the optimum marked."""
     import matplotlib

@@ -65,32 +65,28 @@ def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float
     from ..config import load_train_config, load_yaml
     from ..models.presets import resolve
     from ..train.pretrain import pretrain
-    from ..train.setup import load_train_cuts, total_seconds
 
     recipe = load_yaml(recipe_path)
     for p in presets:
         resolve(p)  # fail on a typo before hours of pilots
     out_dir = Path(out_dir)
-    runs = []
-    unique_hours = None
+    runs: List[Dict[str, Any]] = []
+    result = {"recipe": str(recipe_path), "presets": list(presets), "budgets": list(budgets), "runs": runs}
     for preset in presets:
         counted: Optional[Path] = None
         for budget in budgets:
             exp_dir = out_dir / run_name(preset, budget)
             data = pilot_recipe(recipe, preset, budget, exp_dir)
             cfg = load_train_config(data, "pretrain")
-            if unique_hours is None:
-                unique_hours = total_seconds(load_train_cuts(cfg.train_cuts)) / 3600.0
             _share_cost(counted, exp_dir)
             summary = pretrain(cfg, data)
             counted = exp_dir / "cost.json"
-            point = run_point(exp_dir, last, unique_hours=unique_hours)
+            point = run_point(exp_dir, last)
             runs.append({"preset": preset, "budget_flops": budget, "already_done": bool(summary.get("already_done")),
                          **point})
+            write_json_atomic(out_dir / "sweep.json", result)  # after every pilot: a killed sweep keeps its points
             if on_run is not None:
                 on_run(runs[-1])
-    result = {"recipe": str(recipe_path), "presets": list(presets), "budgets": list(budgets), "runs": runs}
-    write_json_atomic(out_dir / "sweep.json", result)
     return result
 
 
@@ -118,6 +114,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _metrics(exp_dir: Path) -> List[Dict[str, Any]]:
+    """Logged training steps (validation rows, logged beside them, are left out)."""
     rows = []
     path = exp_dir / "metrics.jsonl"
     if path.is_file():
@@ -126,7 +123,7 @@ def _metrics(exp_dir: Path) -> List[Dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed run
-    return rows
+    return [r for r in rows if "loss" in r or "masked_loss" in r]
 
 
 def final_loss(rows: Sequence[Dict[str, Any]], last: int = LAST_STEPS) -> float:
@@ -139,8 +136,10 @@ def final_loss(rows: Sequence[Dict[str, Any]], last: int = LAST_STEPS) -> float:
 
 
 def _unique_hours_of(card: Dict[str, Any], rows: Sequence[Dict[str, Any]], audio_hours: float) -> float:
-    """Hours of distinct training audio: from the trainer's epoch counter when it counts epochs
-    (audio processed / epochs), otherwise by summing the training cuts."""
+    """Hours of distinct training audio: as the run card records it; for older runs from the
+    trainer's epoch counter (audio processed / epochs), else by summing the training cuts."""
+    if card.get("unique_hours"):
+        return float(card["unique_hours"])
     config = card.get("config") or {}
     unit = (config.get("schedule") or {}).get("epoch_unit", "epochs")
     epoch = rows[-1].get("epoch") if rows else None
@@ -151,7 +150,7 @@ def _unique_hours_of(card: Dict[str, Any], rows: Sequence[Dict[str, Any]], audio
     return total_seconds(load_train_cuts(config.get("train_cuts", ""))) / 3600.0
 
 
-def run_point(exp_dir: Path, last: int = LAST_STEPS, unique_hours: Optional[float] = None) -> Dict[str, Any]:
+def run_point(exp_dir: Path, last: int = LAST_STEPS) -> Dict[str, Any]:
     """One pilot's numbers from its folder (summary.json, run_card.json, metrics.jsonl, cost.json)."""
     exp_dir = Path(exp_dir)
     summary = _read_json(exp_dir / "summary.json")
@@ -173,7 +172,7 @@ def run_point(exp_dir: Path, last: int = LAST_STEPS, unique_hours: Optional[floa
         "params": int(cost.get("params") or card["params"]),  # the encoder's: the law's N
         "flops": float(summary["flops"]),
         "audio_hours": audio_hours,
-        "unique_hours": float(unique_hours if unique_hours is not None else _unique_hours_of(card, rows, audio_hours)),
+        "unique_hours": _unique_hours_of(card, rows, audio_hours),
         "steps": int(summary["steps"]),
         "final_loss": loss,
     }

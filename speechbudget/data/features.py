@@ -22,8 +22,11 @@ def fbank_extractor() -> Fbank:
 def compute_fbank(cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None) -> CutSet:
     """Extract and store features; a half-written storage folder from a killed run is discarded."""
     storage = Path(storage)
-    if storage.exists():
-        shutil.rmtree(storage) if storage.is_dir() else storage.unlink()
+    for stale in (storage, storage.with_name(storage.name + ".lca")):  # LilcomChunkyWriter adds ".lca"
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
     return cuts.compute_and_store_features(
         extractor=fbank_extractor(),
         storage_path=storage,
