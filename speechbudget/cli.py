@@ -31,6 +31,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+def _register_plan() -> None:
+    from .cli_plan import register
+
+    register(app)
+
+
 data_app = typer.Typer(help="Inspect prepared data.", no_args_is_help=True)
 models_app = typer.Typer(help="Encoder presets: parameters, FLOPs, frame rates.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -84,6 +90,7 @@ def prepare(
     name: Optional[str] = typer.Option(None, help="Corpus name (default: the source name)."),
     hours: float = typer.Option(0.2, help="synthetic: hours of audio to synthesize."),
     seed: int = typer.Option(0, help="synthetic: random seed (same seed, same corpus)."),
+    grammar: str = typer.Option("sentences", help="synthetic: what is said: sentences (open vocabulary) or digits (connected digits)."),
     noise_dir: Optional[Path] = typer.Option(None, help="synthetic: folder of noise wavs to mix in."),
     snr: float = typer.Option(20.0, help="synthetic: signal-to-noise ratio in dB when mixing noise."),
     test_speakers: str = typer.Option("theo", help="fsdd: comma-separated held-out test speakers."),
@@ -115,9 +122,9 @@ def prepare(
     if source == "synthetic":
         from .data.sources import synthetic
 
-        opts.update(hours=hours, seed=seed, noise_dir=noise_dir, snr=snr)
+        opts.update(hours=hours, seed=seed, noise_dir=noise_dir, snr=snr, grammar=grammar)
         find = lambda ex: synthetic.find_items(  # noqa: E731
-            out_dir / corpus / "synth", hours, seed, noise_dir, snr if noise_dir else None, ex)
+            out_dir / corpus / "synth", hours, seed, noise_dir, snr if noise_dir else None, ex, grammar)
     elif source == "fsdd":
         from .data.sources import fsdd
 
@@ -471,6 +478,9 @@ def run(
         from .report import render_table
 
         out.print(render_table(results["report"]))
+
+
+_register_plan()  # plan, plan fit, sweep, calibrate live in cli_plan.py
 
 
 def main(argv: Optional[List[str]] = None) -> None:

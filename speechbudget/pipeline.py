@@ -29,6 +29,7 @@ class PrepareSection:
     path: Optional[str] = None  # corpus folder (not for synthetic)
     name: Optional[str] = None
     hours: float = 0.2  # synthetic
+    grammar: str = "sentences"  # synthetic: sentences | digits
     seed: int = 0
     noise_dir: Optional[str] = None  # synthetic; skipped with a note when the folder is missing
     snr: float = 20.0
@@ -45,8 +46,10 @@ class PlanSection:
     unit: str = "flops"
     device: str = "cpu"
     family: str = "zipformer"
-    dtype: str = "fp32"
-    use_recommendation: bool = False  # replace pretrain.encoder and budget with the plan's choice
+    presets: List[str] = field(default_factory=list)  # candidates (default: the family's presets + grid)
+    grid: str = "none"  # none | small | full
+    law: Optional[str] = None  # a fitted law.json (default: the documented, uncalibrated law)
+    use_recommendation: bool = False  # replace pretrain.encoder and budget.flops with the plan's choice
 
 
 @dataclass
@@ -120,7 +123,7 @@ class Pipeline:
             if p.noise_dir and noise is None:
                 self.log(f"note: noise folder {p.noise_dir} not found; synthesizing clean speech")
             find = lambda ex: synthetic.find_items(out / name / "synth", p.hours, p.seed, noise,  # noqa: E731
-                                                   p.snr if noise else None, ex)
+                                                   p.snr if noise else None, ex, p.grammar)
         elif not p.path:
             raise SpeechBudgetError(f"prepare.path is required for source {p.source!r}")
         elif p.source == "fsdd":
@@ -139,13 +142,16 @@ class Pipeline:
         return s.to_dict()
 
     def stage_plan(self) -> Dict[str, Any]:
-        from .budget.planner import plan
+        """The planner's recommendation for this corpus; with use_recommendation it drives pretraining."""
+        from .budget.planner import BudgetSpec, candidate_costs, plan
+        from .budget.scaling import ScalingLaw
 
         p = self.r.plan
         unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
-        result = plan(budget=p.budget, unit=p.unit, device=p.device, data_hours=unique_hours, family=p.family,
-                      dtype=p.dtype)
-        return result
+        cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None)
+        law = ScalingLaw.from_json(Path(p.law)) if p.law else None
+        return plan(BudgetSpec(p.budget, unit=p.unit, device=p.device), unique_hours, cands, law=law,
+                    law_source=p.law).to_json()
 
     def stage_kmeans(self, which: str = "kmeans") -> Dict[str, Any]:
         from .train.targets import make_targets
@@ -162,7 +168,7 @@ class Pipeline:
         if plan and self.r.plan and self.r.plan.use_recommendation:
             rec = plan["recommended"]
             sec["encoder"] = rec.get("preset") or rec.get("config")
-            sec.setdefault("budget", {})["flops"] = plan["budget_flops"]
+            sec["budget"] = {**(sec.get("budget") or {}), "flops": rec["budget_flops"]}
         return sec
 
     def stage_pretrain(self, which: str = "pretrain") -> Dict[str, Any]:

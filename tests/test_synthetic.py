@@ -172,3 +172,14 @@ def test_missing_espeak_is_a_clear_error(specs, monkeypatch):
     monkeypatch.setattr(synthetic.shutil, "which", lambda name: None)
     with pytest.raises(SpeechBudgetError, match="apt-get install espeak-ng"):
         synthetic.speak(specs[0])
+
+
+def test_digits_grammar_says_only_digits_and_unknown_grammar_is_an_error():
+    from speechbudget.data.synthetic import plan_corpus
+    from speechbudget.errors import SpeechBudgetError
+
+    words = {"zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    specs = plan_corpus(0.02, seed=1, grammar="digits")
+    assert specs and all(set(s.text.split()) <= words and 4 <= len(s.text.split()) <= 7 for s in specs)
+    with pytest.raises(SpeechBudgetError, match="unknown synthetic grammar"):
+        plan_corpus(0.02, grammar="klingon")

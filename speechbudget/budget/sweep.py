@@ -162,8 +162,11 @@ def run_point(exp_dir: Path, last: int = LAST_STEPS) -> Dict[str, Any]:
     if not rows:
         raise SpeechBudgetError(f"{exp_dir}/metrics.jsonl has no logged steps; the pilot did not train")
     audio_hours = float(summary["audio_hours"])
-    try:
-        loss = final_loss(rows, last)
+    valid = (summary.get("valid") or {}).get("valid_masked_loss")
+    try:  # held-out loss when the pilot had dev_cuts: training loss flatters runs that loop the data
+        loss = float(valid) if valid is not None and math.isfinite(valid) else final_loss(
+            [r for r in rows if "masked_loss" in r or "loss" in r], last)
+        source = "valid_masked_loss" if valid is not None else f"train masked loss (last {last} logged steps)"
     except SpeechBudgetError:
         raise SpeechBudgetError(f"{exp_dir} logged no finite loss; drop it or re-run it with a lower lr") from None
     return {
@@ -175,6 +178,7 @@ def run_point(exp_dir: Path, last: int = LAST_STEPS) -> Dict[str, Any]:
         "unique_hours": _unique_hours_of(card, rows, audio_hours),
         "steps": int(summary["steps"]),
         "final_loss": loss,
+        "loss_source": source,
     }
 
 

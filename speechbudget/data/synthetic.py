@@ -29,6 +29,9 @@ from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError
 
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
+#: what the synthetic speakers say: open-vocabulary sentences, or connected digits (TIDIGITS-style,
+#: 11 words: a task a CPU learns in minutes)
+GRAMMARS = {"sentences": GRAMMAR_DIR, "digits": GRAMMAR_DIR.parent / "synthetic-digits"}
 SAMPLE_RATE = 16000
 MIN_WORDS, MAX_WORDS = 4, 14
 
@@ -133,6 +136,13 @@ def load_grammar(directory: Path = GRAMMAR_DIR) -> Grammar:
 @lru_cache(maxsize=1)
 def default_grammar() -> Grammar:
     return load_grammar(GRAMMAR_DIR)
+
+
+@lru_cache(maxsize=4)
+def named_grammar(name: str) -> Grammar:
+    if name not in GRAMMARS:
+        raise SpeechBudgetError(f"unknown synthetic grammar {name!r}; choose one of {', '.join(GRAMMARS)}")
+    return load_grammar(GRAMMARS[name])
 
 
 def _starts_with_vowel_sound(word: str) -> bool:
@@ -294,12 +304,14 @@ def plan_corpus(
     dev_fraction: float = 0.1,
     test_fraction: float = 0.1,
     voices: list[str] | None = None,
+    grammar: str = "sentences",
 ) -> list[UtteranceSpec]:
     """Utterances totalling about `hours` of audio, spread evenly over speakers; same seed, same list."""
     if not hours > 0:
         raise SpeechBudgetError(f"hours must be positive, got {hours}")
     if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
         raise SpeechBudgetError("dev_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    words = named_grammar(grammar)
     speakers = make_speakers(num_speakers, seed, voices)
     split_of = _assign_splits(speakers, dev_fraction, test_fraction, seed)
     rng = random.Random(f"sentences:{seed}")
@@ -311,7 +323,7 @@ def plan_corpus(
         uid = f"synth-{s.id}-{counts[k]:06d}"
         counts[k] += 1
         spec = UtteranceSpec(
-            uid, generate_sentence(rng), s.id, s.voice, s.variant, s.pitch, s.speed,
+            uid, generate_sentence(rng, words), s.id, s.voice, s.variant, s.pitch, s.speed,
             split_of[s.id], _stable_seed(seed, uid),
         )
         specs.append(spec)

@@ -19,12 +19,13 @@ def find_items(
     noise_dir: Optional[Path] = None,
     snr_db: Optional[float] = None,
     executor: Optional[Executor] = None,
+    grammar: str = "sentences",
 ) -> List[SourceItem]:
     if hours <= 0:
         raise SpeechBudgetError(f"--hours must be positive (got {hours})")
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
-    specs = plan_corpus(hours, seed=seed)
+    specs = plan_corpus(hours, seed=seed, grammar=grammar)
     args = [(s, Path(out_dir), noise_dir, snr_db) for s in specs]
     paths = run_map(executor, synthesize, args, "synthesizing")
     return [
