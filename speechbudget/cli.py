@@ -474,10 +474,24 @@ def run(
     if as_json:
         emit_json(results)
         return
-    if "report" in results:
-        from .report import render_table
+    if "decode" in results:
+        _render_wer_summary(results)
 
-        out.print(render_table(results["report"]))
+
+def _render_wer_summary(results: Dict[str, Any]) -> None:
+    """The run's last word: WER per fine-tuned model and test set, with the compute behind it."""
+    rows = {r.get("name"): r for r in (results.get("report") or {}).get("rows", [])}
+    t = Table(title="WER (the full table: report/report.md)")
+    for col in ("model", "set", "pretrain FLOPs", "total FLOPs", "WER %", "95% CI", "CER %"):
+        t.add_column(col, justify="left" if col in ("model", "set") else "right")
+    for key, r in results["decode"].items():
+        model, _ = key.split("/", 1)
+        rep = rows.get(model, {})
+        ci = f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}" if r.get("ci95") else "-"
+        flops = lambda v: f"{v:.2e}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        t.add_row(model, r["set"], flops(rep.get("pretrain_flops")), flops(rep.get("total_flops")),
+                  "-" if r.get("wer") is None else f"{r['wer']:.2f}", ci, "-" if r.get("cer") is None else f"{r['cer']:.2f}")
+    out.print(t)
 
 
 _register_plan()  # plan, plan fit, sweep, calibrate live in cli_plan.py
