@@ -28,7 +28,7 @@ if [[ $what == all || $what == b ]]; then   # (b) Zipformer vs Transformer at th
   pretrain_finetune b-transformer transformer-tiny 1.5e12
 fi
 if [[ $what == all || $what == c ]]; then   # (c) slim vs usual vs wide at ~equal parameters and FLOPs
-  for enc in zipformer-tiny-slim zipformer-tiny-wide transformer-tiny-slim transformer-tiny-wide; do
+  for enc in zipformer-tiny-slim zipformer-tiny-wide; do
     speechbudget pretrain $R exp_dir=$E/c-$enc/pt encoder=$enc budget.flops=1.5e12 --json > /dev/null
   done
 fi
@@ -40,7 +40,7 @@ if [[ $what == all || $what == sweep ]]; then   # (e) + planner evidence: pilot 
     --budgets 2e11,4e11,8e11 --out $E/sweep --json > /dev/null
   speechbudget plan fit $E/sweep --out $E/law.json --json > /dev/null
   for enc in zipformer-nano zipformer-tiny zipformer-xs; do
-    speechbudget pretrain $R exp_dir=$E/big/$enc encoder=$enc budget.flops=3.2e12 --json > /dev/null
+    speechbudget pretrain $R exp_dir=$E/big/$enc encoder=$enc budget.flops=2.4e12 --json > /dev/null
   done
 fi
 python bench/claims_summary.py

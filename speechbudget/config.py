@@ -143,6 +143,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)  # YAML reads 1e18 as a string
         except ValueError:
             pass
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads `off`/`on`/`no`/`yes` as booleans
+        return "on" if value else "off"
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise SpeechBudgetError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
     return value
