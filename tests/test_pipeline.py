@@ -36,11 +36,18 @@ def run(capsys, *args, code=0):
     return capsys.readouterr()
 
 
-def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys):
+def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path / "cache"))
     exp = tmp_path / "qs"
-    out = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, "--json")
+    plan = ["plan.budget=2e10", "plan.unit=flops", "plan.presets=[zipformer-nano,zipformer-tiny]",
+            "plan.use_recommendation=true"]
+    out = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan, "--json")
     results = json.loads(out.out)
-    assert list(results) == ["prepare", "kmeans", "pretrain", "finetune", "scratch", "decode", "report"]
+    assert list(results) == ["prepare", "plan", "kmeans", "pretrain", "finetune", "scratch", "decode", "report"]
+    chosen = results["plan"]["recommended"]["preset"]
+    assert chosen in ("zipformer-nano", "zipformer-tiny")
+    card = json.loads((exp / "pretrain" / "run_card.json").read_text())
+    assert card["config"]["encoder"] == chosen  # the plan drove pretraining
     for stage in results:
         assert (exp / ".stages" / f"{stage}.json").is_file()
     # the scratch baseline got the pretrained model's total compute
@@ -51,10 +58,10 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
     assert (exp / "report" / "report.md").is_file()
     assert (exp / "finetune" / "decode-greedy" / "errs-test-greedy.txt").is_file()
     # again: nothing is redone
-    again = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY)
-    assert again.out.count("done already") == 7
+    again = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan)
+    assert again.out.count("done already") == 8
     # --stage redoes that stage (and what follows up to --stop-stage) only
-    redo = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, "--stage", "decode",
+    redo = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan, "--stage", "decode",
                "--stop-stage", "decode", "--json")
     assert list(json.loads(redo.out)) == ["decode"]
 
