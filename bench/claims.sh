@@ -34,6 +34,8 @@ if [[ $what == all || $what == sweep ]]; then   # (e) + planner evidence: pilot 
   speechbudget sweep --recipe $R --presets zipformer-nano,zipformer-tiny,zipformer-xs \
     --budgets 2e11,4e11,8e11 --out $E/sweep --json > /dev/null
   speechbudget plan fit $E/sweep --out $E/law.json --json > /dev/null
+  speechbudget plan --law $E/law.json --budget 1.2e12 --unit flops --device cpu --data-hours 0.4507 \
+    --presets zipformer-nano,zipformer-tiny,zipformer-xs --max-duration 40 --json > $E/plan-1.2e12.json
   for enc in zipformer-nano zipformer-tiny zipformer-xs; do
     speechbudget pretrain $R exp_dir=$E/big/$enc encoder=$enc budget.flops=1.2e12 --json > /dev/null
   done

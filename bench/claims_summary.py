@@ -50,11 +50,15 @@ def fmt(v: Any, spec: str = ".3f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def ci(v: Any) -> str:
+    return f"{v[0]:.1f}-{v[1]:.1f}" if v else "-"
+
+
 def pt_table(rows: List[Dict[str, Any]]) -> str:
     return markdown_table(
-        ["run", "encoder", "params M", "FLOPs", "audio h", "epochs", "train masked loss", "valid masked loss", "valid masked acc"],
+        ["run", "encoder", "params M", "FLOPs", "steps", "audio h", "epochs", "train masked loss", "valid masked loss", "valid masked acc"],
         [[Path(r["run"]).parent.name if Path(r["run"]).name == "pt" else Path(r["run"]).name, r["encoder"],
-          fmt(r["params"] / 1e6 if r["params"] else None, ".2f"), fmt(r["flops"], ".2e"), fmt(r["audio_hours"], ".3f"),
+          fmt(r["params"] / 1e6 if r["params"] else None, ".2f"), fmt(r["flops"], ".2e"), r["steps"], fmt(r["audio_hours"], ".3f"),
           fmt(r["epochs"], ".2f"), fmt(r["train_masked_loss"]), fmt(r["valid_masked_loss"]), fmt(r["valid_masked_acc"])]
          for r in rows])
 
@@ -67,30 +71,33 @@ def main() -> None:
     args = ap.parse_args()
     E, out, md = args.claims, {"machine": machine_info()}, []
 
-    qs = _json(args.quickstart / "report" / "report.json")
-    if qs:
-        out["a_quickstart"] = {"report": qs.get("rows"),
-                               "decode": {n: decode_row(args.quickstart / n) for n in ("finetune", "scratch")},
-                               "pretrain": pretrain_row(args.quickstart / "pretrain")}
-        rows = []
+    rows = []
+    for label, root in (("char CTC (recipe as shipped)", args.quickstart), ("BPE word pieces", Path(str(args.quickstart) + "-bpe"))):
+        qs = _json(root / "report" / "report.json")
+        if not qs:
+            continue
+        out.setdefault("a_quickstart", {})[label] = {n: decode_row(root / n) for n in ("finetune", "scratch")}
         for name in ("finetune", "scratch"):
-            d = out["a_quickstart"]["decode"][name]
+            d = out["a_quickstart"][label][name]
             rep = next((r for r in qs["rows"] if r.get("name") == name), {})
-            rows.append([name, fmt(rep.get("total_flops"), ".2e"), fmt(rep.get("pretrain_flops"), ".2e"),
-                         fmt(rep.get("labeled_hours"), ".3f"), fmt(d["wer"], ".2f"), fmt(d["ci95"]), fmt(d["cer"], ".2f")])
+            rows.append([label, "pretrained + CTC" if name == "finetune" else "CTC from scratch", fmt(rep.get("total_flops"), ".2e"),
+                         fmt(rep.get("pretrain_flops"), ".2e"), fmt(rep.get("labeled_hours"), ".3f"), fmt(d["wer"], ".2f"),
+                         ci(d["ci95"]), fmt(d["cer"], ".2f"), fmt(d["valid_ctc_loss"])])
+    if rows:
         md += ["### (a) SSL pretraining + CTC vs CTC from scratch, equal total compute, 10 labeled minutes",
-               markdown_table(["run", "total FLOPs", "pretraining FLOPs", "labeled h", "WER %", "95% CI", "CER %"], rows)]
+               markdown_table(["tokens", "model", "total FLOPs", "pretraining FLOPs", "labeled h", "WER %", "95% CI",
+                               "CER %", "dev CTC loss"], rows)]
 
     b = [pretrain_row(E / n / "pt") for n in ("b-zipformer", "b-transformer")]
     if all(b):
         dec = [decode_row(E / n / "ft") for n in ("b-zipformer", "b-transformer")]
         out["b"] = {"pretrain": b, "finetune": dec}
         md += ["### (b) Zipformer vs Transformer, same pretraining FLOPs, same fine-tuning", pt_table(b),
-               markdown_table(["run", "fine-tuning FLOPs", "WER %", "CER %", "dev CTC loss"],
+               markdown_table(["run", "fine-tuning FLOPs", "WER %", "CER %", "dev CTC loss (BPE)"],
                               [[Path(d["run"]).parent.name, fmt(d["finetune_flops"], ".2e"), fmt(d["wer"], ".2f"),
                                 fmt(d["cer"], ".2f"), fmt(d["valid_ctc_loss"])] for d in dec])]
     c = [r for r in (pretrain_row(E / n / "pt") for n in ("c-zipformer-tiny-slim", "b-zipformer", "c-zipformer-tiny-wide",
-                                                          "c-transformer-tiny-slim", "b-transformer", "c-transformer-tiny-wide")) if r]
+                                                          "c-transformer-tiny-slim", "c-transformer-tiny-wide")) if r]
     if c:
         out["c"] = c
         md += ["### (c) slim (deep, narrow) vs usual vs wide (shallow), ~equal parameters, same FLOPs", pt_table(c)]
@@ -112,12 +119,17 @@ def main() -> None:
             r["measured_loss"] = measured
             r["error_pct"] = 100 * (r["predicted_loss"] - measured) / measured
         best = min(big, key=lambda r: r["measured_loss"])
-        out["e"] = {"law": law, "big_runs": big, "best_measured": best["encoder"]}
+        plan = _json(E / "plan-1.2e12.json")
+        rec = (plan.get("recommended") or {}).get("name")
+        ranked = [r["encoder"] for r in sorted(big, key=lambda r: r["measured_loss"])]
+        out["e"] = {"law": law, "big_runs": big, "best_measured": best["encoder"], "recommended": rec,
+                    "recommended_rank": ranked.index(rec) + 1 if rec in ranked else None}
         md += ["### (e) scaling law fitted on the pilot sweep, checked at a larger budget",
                "Fitted law: " + ", ".join(f"{k}={fmt(law.get(k), '.4g')}" for k in ("E", "A", "alpha", "B", "beta", "r_star")),
                markdown_table(["encoder", "params M", "FLOPs", "audio h", "predicted loss", "measured loss", "error %"],
                               [[r["encoder"], fmt(r["params"] / 1e6, ".2f"), fmt(r["flops"], ".2e"), fmt(r["audio_hours"], ".3f"),
-                                fmt(r["predicted_loss"]), fmt(r["measured_loss"]), fmt(r["error_pct"], "+.1f")] for r in big])]
+                                fmt(r["predicted_loss"]), fmt(r["measured_loss"]), fmt(r["error_pct"], "+.1f")] for r in big]),
+               f"Planner recommendation at 1.2e12 FLOPs with this law: {rec}; measured ranking: {', '.join(ranked)}."]
     save_results(args.out, out, "\n\n".join(md) + "\n")
     print("\n\n".join(md))
 
