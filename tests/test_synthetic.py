@@ -139,7 +139,6 @@ def test_duration_estimate_is_close_to_real_duration(specs):
     assert abs(estimated.sum() - real.sum()) <= 0.1 * real.sum()
 
 
-@pytest.mark.skipif(not NOISE_DIR.is_dir(), reason="shared noise recordings not available")
 def test_noise_is_mixed_at_the_requested_snr(specs, tmp_path):
     spec = specs[2]
     clean = _read(synthesize(spec, tmp_path / "clean"))

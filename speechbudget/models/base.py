@@ -32,10 +32,7 @@ class Encoder(nn.Module):
     #: feature dimension expected on input (80 for fbank, 1 for waveform)
     input_dim: int = 80
 
-    def forward(
-        self, features: torch.Tensor, lengths: torch.Tensor, return_layers: bool = False
-    ) -> EncoderOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # Subclasses define forward(features (B, T, F), lengths (B,), return_layers=False) -> EncoderOutput.
 
 
 def make_pad_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
