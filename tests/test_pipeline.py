@@ -74,6 +74,7 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and not list((exp / "pretrain" / "checkpoints").glob("checkpoint-*.pt")):
+        assert p.poll() is None, "the run ended before its first pretraining checkpoint"
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()

@@ -107,6 +107,7 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, synthetic_corpus):
     ckdir = tmp_path / "b" / "exp" / "checkpoints"
     deadline = time.time() + 600
     while time.time() < deadline and not (ckdir / "checkpoint-00000003.pt").exists():
+        assert p.poll() is None, p.stderr.read()[-2000:]
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()
