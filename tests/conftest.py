@@ -50,3 +50,36 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     except SystemExit as e:
         assert not e.code, "k-means failed"
     return root
+
+
+class HiddenOnly(torch.nn.Module):
+    """jit.trace accepts only tensors/tuples as outputs, so expose an encoder's ``(hidden, lengths)``."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x, lengths):
+        out = self.encoder(x, lengths)
+        return out.hidden, out.lengths
+
+
+def cli_result(capsys, *args):
+    """(exit code, stdout, stderr) of ``speechbudget ARGS`` run in this process."""
+    from speechbudget.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module", autouse=False)
+def private_cache_dir(tmp_path_factory):
+    """Counted costs and calibrations go to a temporary folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from conftest import HiddenOnly
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
 from speechbudget.models.bimamba import PRESETS, BiMambaEncoder, flip_valid
@@ -228,18 +228,6 @@ def test_parameter_counts_match_audio_mamba():
 
 def test_presets_are_registered():
     assert {"bimamba-tiny", "bimamba-small", "bimamba-xs"} <= set(PRESETS) <= set(preset_names())
-
-
-class HiddenOnly(nn.Module):
-    """jit.trace accepts only tensors/tuples as outputs, so expose ``(hidden, lengths)``."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x, lengths):
-        out = self.encoder(x, lengths)
-        return out.hidden, out.lengths
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import cli_result as run
 from speechbudget import cli, cli_plan
 from speechbudget.budget import calibrate, planner
 from speechbudget.budget.flops import training_flops_per_audio_second
@@ -22,23 +23,7 @@ cli_plan.register(cli.app)
 TINY = "transformer-tiny,transformer-tiny-wide,transformer-tiny-slim"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Counted costs and calibrations go to a temporary folder, never the user's ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-def run(capsys, *args):
-    """(exit code, stdout, stderr) of the CLI."""
-    try:
-        cli.main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("private_cache_dir")  # never the user's ~/.cache
 
 
 def plan_json(capsys, *args):

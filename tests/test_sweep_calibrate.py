@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import cli_result as run
 from speechbudget import cli, cli_plan
 from speechbudget.budget import calibrate
 from speechbudget.budget.sweep import final_loss, parse_budgets, run_name
@@ -22,21 +23,7 @@ PRESETS = ("transformer-tiny", "zipformer-tiny")
 BUDGETS = (4e9, 1.2e10, 2.4e10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-def run(capsys, *args):
-    try:
-        cli.main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("private_cache_dir")  # never the user's ~/.cache
 
 
 @pytest.fixture(scope="module")

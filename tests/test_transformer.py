@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
+from conftest import HiddenOnly
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
 from speechbudget.models.presets import build_encoder, preset_names
@@ -160,18 +160,6 @@ def test_presets_are_registered():
     names = set(preset_names())
     assert set(PRESETS) <= names
     assert {"transformer-base", "transformer-small", "transformer-slim"} <= names
-
-
-class HiddenOnly(nn.Module):
-    """jit.trace accepts only tensors/tuples as outputs, so expose ``(hidden, lengths)``."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x, lengths):
-        out = self.encoder(x, lengths)
-        return out.hidden, out.lengths
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
