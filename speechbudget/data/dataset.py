@@ -74,7 +74,19 @@ class SpeechDataset(torch.utils.data.Dataset):
 
 
 def make_sampler(cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
-                 world_size: int = 1, rank: int = 0) -> DynamicBucketingSampler:
+                 world_size: int = 1, rank: int = 0):
+    """lhotse's bucketing sampler; a labeled set with fewer cuts than buckets gets one bucket per cut
+    (lhotse wants 2 <= buckets <= cuts), and a single cut a plain sampler."""
+    try:
+        n = len(cuts)
+    except TypeError:  # a lazy CutSet has no length; big corpora are lazy and have cuts to spare
+        n = num_buckets
+    if n < 2:
+        from lhotse.dataset import SimpleCutSampler
+
+        return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
+                                drop_last=world_size > 1, world_size=world_size, rank=rank)
+    num_buckets = min(num_buckets, n)
     with warnings.catch_warnings():  # small fine-tuning sets are eager on purpose
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         return DynamicBucketingSampler(
