@@ -91,6 +91,7 @@ def prepare(
     hours: float = typer.Option(0.2, help="synthetic: hours of audio to synthesize."),
     seed: int = typer.Option(0, help="synthetic: random seed (same seed, same corpus)."),
     grammar: str = typer.Option("sentences", help="synthetic: what is said: sentences (open vocabulary) or digits (connected digits)."),
+    speakers: int = typer.Option(24, help="synthetic: number of voices; a tenth each (at least one) are dev and test voices."),
     noise_dir: Optional[Path] = typer.Option(None, help="synthetic: folder of noise wavs to mix in."),
     snr: float = typer.Option(20.0, help="synthetic: signal-to-noise ratio in dB when mixing noise."),
     test_speakers: str = typer.Option("theo", help="fsdd: comma-separated held-out test speakers."),
@@ -122,9 +123,9 @@ def prepare(
     if source == "synthetic":
         from .data.sources import synthetic
 
-        opts.update(hours=hours, seed=seed, noise_dir=noise_dir, snr=snr, grammar=grammar)
+        opts.update(hours=hours, seed=seed, noise_dir=noise_dir, snr=snr, grammar=grammar, speakers=speakers)
         find = lambda ex: synthetic.find_items(  # noqa: E731
-            out_dir / corpus / "synth", hours, seed, noise_dir, snr if noise_dir else None, ex, grammar)
+            out_dir / corpus / "synth", hours, seed, noise_dir, snr if noise_dir else None, ex, grammar, speakers)
     elif source == "fsdd":
         from .data.sources import fsdd
 

@@ -229,7 +229,7 @@ def make_speakers(num_speakers: int, seed: int = 0, voices: list[str] | None = N
     voices = sorted(voices if voices is not None else list_voices())
     if not 1 <= num_speakers <= len(voices):
         raise SpeechBudgetError(
-            f"num_speakers must be between 1 and {len(voices)} (the voices available), got {num_speakers}"
+            f"speakers must be between 1 and {len(voices)} (the voices available), got {num_speakers}"
         )
     rng = random.Random(f"speakers:{seed}")
     speakers = []
@@ -289,7 +289,7 @@ def _assign_splits(speakers: list[Speaker], dev_fraction: float, test_fraction: 
     if n - n_test - n_dev < 1:
         raise SpeechBudgetError(
             f"{n} speakers leave none for training after {n_dev} dev and {n_test} test speakers: "
-            "raise num_speakers or lower dev_fraction/test_fraction"
+            "raise the number of speakers (--speakers) or lower dev_fraction/test_fraction"
         )
     order = [s.id for s in speakers]
     random.Random(f"splits:{seed}").shuffle(order)

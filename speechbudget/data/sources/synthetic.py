@@ -20,12 +20,13 @@ def find_items(
     snr_db: Optional[float] = None,
     executor: Optional[Executor] = None,
     grammar: str = "sentences",
+    speakers: int = 24,
 ) -> List[SourceItem]:
     if hours <= 0:
         raise SpeechBudgetError(f"--hours must be positive (got {hours})")
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
-    specs = plan_corpus(hours, seed=seed, grammar=grammar)
+    specs = plan_corpus(hours, seed=seed, num_speakers=speakers, grammar=grammar)
     args = [(s, Path(out_dir), noise_dir, snr_db) for s in specs]
     paths = run_map(executor, synthesize, args, "synthesizing")
     return [
