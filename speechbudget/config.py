@@ -77,7 +77,11 @@ class CtcConfig:
     tokenizer: str = "bpe"  # bpe | unigram | char
     vocab_size: int = 64
     freeze_encoder_steps: int = 0
+    #: the encoder learns at optim.lr x this, the CTC head at optim.lr: a pretrained encoder needs a
+    #: gentler rate than a fresh head (k2SSL fine-tunes at ~1/20 of its pretraining rate)
+    encoder_lr_scale: float = 1.0
     spec_augment: bool = True
+    gain_db: float = 0.0  # random gain per utterance, +-dB (fbank only, with spec_augment): level robustness
     time_masks: int = 2
     time_mask_width: int = 40  # input frames
     freq_masks: int = 2
@@ -110,6 +114,9 @@ class TrainConfig:
     max_bad_steps: int = 10  # NaN/inf losses in a row before the run stops
     #: train on a seeded subset of this many hours of train_cuts (data-size studies; "10 labeled minutes")
     train_hours: Optional[float] = None
+    #: train only on the cuts of this many speakers (seeded choice), before train_hours: transcribed
+    #: audio usually comes from a few speakers, unlabeled audio from many
+    train_speakers: Optional[int] = None
     valid_every: int = 0  # steps between validations on dev_cuts (0: only at the end)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -237,6 +244,7 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("max_duration", cfg.max_duration > 0, "must be positive"),
         ("num_buckets", cfg.num_buckets >= 2, "must be at least 2 (lhotse's bucketing sampler)"),
         ("grad_accum", cfg.grad_accum >= 1, "must be at least 1"),
+        ("train_speakers", cfg.train_speakers is None or cfg.train_speakers >= 1, "must be at least 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 1, "must be at least 1"),
         ("keep_last", cfg.keep_last >= 1, "must be at least 1"),
         ("log_every", cfg.log_every >= 1, "must be at least 1"),
@@ -244,6 +252,8 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("optim.lr", cfg.optim.lr > 0, "must be positive"),
         ("hubert.mask_prob", 0 <= cfg.hubert.mask_prob <= 1, "must be between 0 and 1"),
         ("hubert.mask_length", cfg.hubert.mask_length >= 1, "must be at least 1"),
+        ("ctc.encoder_lr_scale", 0 < cfg.ctc.encoder_lr_scale <= 1, "must be in (0, 1]"),
+        ("ctc.gain_db", 0 <= cfg.ctc.gain_db <= 40, "must be between 0 and 40"),
         ("schedule.epoch_unit", cfg.schedule.epoch_unit in ("epochs", "hours"), "must be 'epochs' or 'hours'"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),

@@ -85,7 +85,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
         encoder = build_encoder(cfg.encoder)
     a = cfg.ctc
     model = CtcModel(encoder, vocab_size, blank_id, spec_augment=a.spec_augment, time_masks=a.time_masks,
-                     time_mask_width=a.time_mask_width, freq_masks=a.freq_masks, freq_mask_width=a.freq_mask_width)
+                     time_mask_width=a.time_mask_width, freq_masks=a.freq_masks, freq_mask_width=a.freq_mask_width,
+                     encoder_lr_scale=a.encoder_lr_scale, gain_db=a.gain_db)
     return model, init
 
 

@@ -40,12 +40,27 @@ def subset_hours(cuts: CutSet, hours: float, seed: int) -> CutSet:
     return CutSet.from_cuts(picked).to_eager()
 
 
+def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
+    """The cuts of ``n`` speakers drawn with ``seed`` (cuts without a speaker count as one, '')."""
+    speaker = lambda c: (c.supervisions[0].speaker or "") if c.supervisions else ""  # noqa: E731
+    cuts = cuts.to_eager()
+    names = sorted({speaker(c) for c in cuts})
+    if n > len(names):
+        raise SpeechBudgetError(f"train_speakers is {n} but the training cuts have only {len(names)} speakers")
+    chosen = set(random.Random(seed).sample(names, n))
+    return cuts.filter(lambda c: speaker(c) in chosen).to_eager()
+
+
 def training_cuts(cfg: TrainConfig, is_main: bool) -> CutSet:
-    """``train_cuts``, cut down to ``train_hours`` when asked (kept in EXP/train_cuts.jsonl.gz)."""
+    """``train_cuts``, cut down to ``train_speakers`` and ``train_hours`` when asked (kept in
+    EXP/train_cuts.jsonl.gz)."""
     cuts = load_train_cuts(cfg.train_cuts)
-    if cfg.train_hours is None:
+    if cfg.train_hours is None and cfg.train_speakers is None:
         return cuts
-    cuts = subset_hours(cuts, cfg.train_hours, cfg.seed)
+    if cfg.train_speakers is not None:
+        cuts = subset_speakers(cuts, cfg.train_speakers, cfg.seed)
+    if cfg.train_hours is not None:
+        cuts = subset_hours(cuts, cfg.train_hours, cfg.seed)
     if is_main:
         save_manifest(cuts, Path(cfg.exp_dir) / "train_cuts.jsonl.gz")
     return cuts

@@ -74,7 +74,9 @@ class Trainer:
             find_unused_parameters=find_unused_parameters) if dist.enabled else self.model)
         o = cfg.optim
         extra = {"clipping_scale": o.clipping_scale} if o.name == "scaled_adam" else {}
-        self.optimizer = build_optimizer(o.name, self.model, lr=o.lr, weight_decay=o.weight_decay, **extra)
+        # a task module may ask for parameter groups with their own rates (CTC: head vs pretrained encoder)
+        params = self.model.optimizer_groups(o.lr) if hasattr(self.model, "optimizer_groups") else self.model
+        self.optimizer = build_optimizer(o.name, params, lr=o.lr, weight_decay=o.weight_decay, **extra)
         s = cfg.schedule
         sched_kw = ({"lr_batches": s.lr_batches, "lr_epochs": s.lr_epochs, "warmup_batches": s.warmup_batches}
                     if s.name == "eden" else
