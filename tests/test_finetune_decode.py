@@ -135,3 +135,82 @@ def test_char_error_rate_counts_letters():
 
     assert char_error_rate([("a", "the cat", "the cat")]) == 0.0
     assert char_error_rate([("a", "the cat", "tha ct")]) == round(100 * 2 / 6, 2)  # one sub, one del over 6 letters
+
+
+def test_encoder_lr_scale_gives_the_encoder_a_gentler_rate(tmp_path, synthetic_corpus, capsys):
+    import torch
+
+    from speechbudget.models.presets import build_encoder
+    from speechbudget.objectives.ctc import CtcModel
+
+    model = CtcModel(build_encoder("zipformer-nano"), vocab_size=12, encoder_lr_scale=0.1)
+    head, enc = model.optimizer_groups(0.04)
+    assert head["lr"] == 0.04 and abs(enc["lr"] - 0.004) < 1e-12
+    assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(head["params"]) + len(enc["params"]) == len(list(model.parameters()))
+
+    r = recipe(tmp_path, synthetic_corpus)
+    run(capsys, "pretrain", r, "--json")
+    run(capsys, "finetune", r, f"ctc.init_checkpoint={tmp_path / 'pt'}", "ctc.encoder_lr_scale=0.1", "--json")
+    state = torch.load(sorted((tmp_path / "ft" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    lrs = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert len(lrs) == 2 and abs(lrs[1] / lrs[0] - 0.1) < 1e-9  # the schedule scales both groups alike
+    err = run(capsys, "finetune", r, "ctc.encoder_lr_scale=0", code=2).err
+    assert "ctc.encoder_lr_scale" in err and "(0, 1]" in err
+
+
+def test_train_speakers_keeps_whole_speakers_then_hours(tmp_path, synthetic_corpus, capsys):
+    from speechbudget.config import load_train_config
+    from speechbudget.train.setup import training_cuts
+
+    cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz")
+    speakers = {c.supervisions[0].speaker for c in cuts}
+    r = recipe(tmp_path, synthetic_corpus)
+    cfg = load_train_config(r, "finetune", ["train_speakers=2"])
+    two = training_cuts(cfg, is_main=True)
+    kept = {c.supervisions[0].speaker for c in two}
+    assert len(kept) == 2 and kept < speakers
+    assert len(two) == sum(c.supervisions[0].speaker in kept for c in cuts)  # every cut of those speakers
+    assert list(load_cuts(tmp_path / "ft" / "train_cuts.jsonl.gz").ids) == list(two.ids)  # recorded for the run
+    assert {c.supervisions[0].speaker for c in training_cuts(cfg, True)} == kept  # seeded: same choice
+    cfg = load_train_config(r, "finetune", ["train_speakers=2", "train_hours=0.002"])
+    short = training_cuts(cfg, is_main=False)
+    assert {c.supervisions[0].speaker for c in short} <= kept and sum(c.duration for c in short) < 0.002 * 3600 + 5
+    err = run(capsys, "finetune", r, f"train_speakers={len(speakers) + 1}", code=2).err
+    assert f"only {len(speakers)} speakers" in err
+
+
+def test_random_gain_on_fbank_equals_scaling_the_audio(shared_data):
+    import math
+
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from speechbudget.data.features import fbank_extractor
+    from speechbudget.objectives.ctc import random_gain
+
+    from speechbudget.data.audio import resample
+
+    audio, sr = sf.read(str(FSDD / "3_theo_0.wav"), dtype="float32")
+    audio = resample(audio, sr).astype(np.float32)  # FSDD is 8 kHz
+    fb = fbank_extractor()
+    loud, quiet = fb.extract(audio, 16000), fb.extract(audio * 10 ** (-15 / 20), 16000)  # 15 dB quieter
+    offset = float(np.median(quiet - loud))
+    assert abs(offset - (-15 * math.log(10) / 10)) < 0.05  # log-mel: a gain is an additive offset
+    x = torch.from_numpy(loud)[None].repeat(64, 1, 1)
+    y = random_gain(x, torch.full((64,), x.size(1)), 15.0)
+    shifts = (y - x)[:, :, 0]
+    assert torch.allclose(shifts, shifts[:, :1].expand_as(shifts), atol=1e-5)  # one gain per utterance
+    assert shifts.abs().max() <= 15 * math.log(10) / 10 + 1e-5 and shifts.std() > 0.5
+
+
+def test_a_labeled_set_smaller_than_the_bucket_count_still_trains(tmp_path, synthetic_corpus, capsys):
+    r = recipe(tmp_path, synthetic_corpus, num_buckets=10, budget={"steps": 2})
+    sizes = []
+    for hours in (0.0005, 0.003):  # one cut (a plain sampler), then a few (one bucket each)
+        exp = tmp_path / f"ft-{hours}"
+        out = json.loads(run(capsys, "finetune", r, f"exp_dir={exp}", f"train_hours={hours}", "--json").out)
+        sizes.append(len(load_cuts(exp / "train_cuts.jsonl.gz")))
+        assert out["steps"] == 2
+    assert sizes[0] == 1 and 2 <= sizes[1] < 10
