@@ -4,6 +4,9 @@ Stages write into the run's experiment folder and read only what earlier stages 
 
     prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> finetune -> [scratch] -> decode -> report
 
+``prepare`` is the pretraining corpus; an optional ``labeled`` corpus (prepared in the same stage)
+is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere.
+
 A stage is done when ``EXP/.stages/<stage>.json`` exists; that marker is written (atomically)
 only after the stage succeeded, so a run killed anywhere resumes at the stage it was in, and
 the training stages resume from their own newest checkpoint.
@@ -30,6 +33,7 @@ class PrepareSection:
     name: Optional[str] = None
     hours: float = 0.2  # synthetic
     grammar: str = "sentences"  # synthetic: sentences | digits
+    speakers: int = 24  # synthetic: voices; a tenth each (at least one) are dev and test voices
     seed: int = 0
     noise_dir: Optional[str] = None  # synthetic; skipped with a note when the folder is missing
     snr: float = 20.0
@@ -68,6 +72,9 @@ class RunRecipe:
     seed: int = 0
     device: str = "auto"
     prepare: PrepareSection = field(default_factory=PrepareSection)
+    #: the transcribed corpus, when it is not the pretraining corpus (fine-tuning, dev and decoding
+    #: read it; k-means, pretraining and the plan stay on `prepare`)
+    labeled: Optional[PrepareSection] = None
     plan: Optional[PlanSection] = None
     kmeans: KmeansConfig = field(default_factory=KmeansConfig)
     kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
@@ -95,8 +102,15 @@ class Pipeline:
     # --------------------------------------------------------------------------- paths
     @property
     def corpus_dir(self) -> Path:
+        """The (unlabeled) pretraining corpus."""
         p = self.r.prepare
         return self.exp / "data" / (p.name or p.source)
+
+    @property
+    def labeled_dir(self) -> Path:
+        """The corpus fine-tuning and decoding read: ``labeled`` when the recipe has one."""
+        p = self.r.labeled
+        return self.exp / "data" / (p.name or p.source) if p else self.corpus_dir
 
     def marker(self, stage: str) -> Path:
         return self.exp / ".stages" / f"{stage}.json"
@@ -112,10 +126,17 @@ class Pipeline:
 
     # -------------------------------------------------------------------------- stages
     def stage_prepare(self) -> Dict[str, Any]:
+        out = self._prepare(self.r.prepare)
+        if self.r.labeled is None:
+            return out
+        if self.labeled_dir == self.corpus_dir:
+            raise SpeechBudgetError("prepare and labeled name the same corpus folder; give labeled a name")
+        return {**out, "labeled": self._prepare(self.r.labeled, "labeled")}
+
+    def _prepare(self, p: PrepareSection, key: str = "prepare") -> Dict[str, Any]:
         from .data import prepare as prep
         from .data.sources import fsdd, folder, librispeech, synthetic
 
-        p = self.r.prepare
         name = p.name or p.source
         out = self.exp / "data"
         if p.source == "synthetic":
@@ -123,9 +144,9 @@ class Pipeline:
             if p.noise_dir and noise is None:
                 self.log(f"note: noise folder {p.noise_dir} not found; synthesizing clean speech")
             find = lambda ex: synthetic.find_items(out / name / "synth", p.hours, p.seed, noise,  # noqa: E731
-                                                   p.snr if noise else None, ex, p.grammar)
+                                                   p.snr if noise else None, ex, p.grammar, p.speakers)
         elif not p.path:
-            raise SpeechBudgetError(f"prepare.path is required for source {p.source!r}")
+            raise SpeechBudgetError(f"{key}.path is required for source {p.source!r}")
         elif p.source == "fsdd":
             find = lambda ex: fsdd.find_items(Path(p.path), _csv(p.test_speakers), _csv(p.dev_speakers))  # noqa: E731
         elif p.source == "librispeech":
@@ -138,7 +159,7 @@ class Pipeline:
             find = lambda ex: commonvoice.find_items(Path(p.path))  # noqa: E731
         s = prep.prepare(find, name, out, features=p.features, num_jobs=p.num_jobs, options=vars(p))
         if s.usable == 0:
-            raise SpeechBudgetError("prepare left nothing usable; see rejected_<split>.jsonl")
+            raise SpeechBudgetError(f"{key} left nothing usable; see {out / name}/rejected_<split>.jsonl")
         return s.to_dict()
 
     def stage_plan(self) -> Dict[str, Any]:
@@ -197,10 +218,11 @@ class Pipeline:
         raise SpeechBudgetError("no pretraining checkpoint; run the pretrain stage first")
 
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
-        sec = {"train_cuts": str(self.corpus_dir / "cuts_train.jsonl.gz"), **(self.raw.get("finetune") or {}),
-               "exp_dir": str(self.exp / exp_name)}  # labeled data may come from another corpus
-        if "dev_cuts" not in sec and (self.corpus_dir / "cuts_dev.jsonl.gz").is_file():
-            sec["dev_cuts"] = str(self.corpus_dir / "cuts_dev.jsonl.gz")
+        labeled = self.labeled_dir
+        sec = {"train_cuts": str(labeled / "cuts_train.jsonl.gz"), **(self.raw.get("finetune") or {}),
+               "exp_dir": str(self.exp / exp_name)}
+        if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
+            sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
@@ -230,7 +252,7 @@ class Pipeline:
         for run in ("finetune", "scratch"):
             if not self.enabled(run):
                 continue
-            manifests = [Path(c) for c in d.cuts] or [self.corpus_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
+            manifests = [Path(c) for c in d.cuts] or [self.labeled_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
             for cuts in manifests:
                 if not cuts.is_file():
                     raise SpeechBudgetError(f"decode manifest {cuts} does not exist; choose prepared splits in decode.sets")

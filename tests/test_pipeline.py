@@ -22,7 +22,7 @@ from conftest import FSDD
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 
-TINY = ["prepare.hours=0.02", "prepare.num_jobs=1", "kmeans.num_clusters=16", "kmeans.max_frames=20000",
+TINY = ["prepare.hours=0.02", "prepare.speakers=24", "prepare.num_jobs=1", "kmeans.num_clusters=16", "kmeans.max_frames=20000",
         "pretrain.max_duration=8", "pretrain.budget.flops=null", "pretrain.budget.steps=2",
         "finetune.max_duration=8", "finetune.budget.flops=null", "finetune.budget.steps=2",
         "finetune.train_hours=null", "finetune.ctc.freeze_encoder_steps=1", "device=cpu"]
@@ -143,3 +143,24 @@ def test_librilight_zipformer_large_recipe_runs_tiny_on_cpu(tmp_path, capsys):
     results = json.loads(out.out)
     assert "pretrain2" in results and "report" in results
     assert results["finetune"]["steps"] == 1
+
+
+def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, capsys):
+    """The `labeled` section: pretraining reads the synthetic corpus, fine-tuning and decoding FSDD."""
+    from conftest import copy_fsdd
+
+    fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=4).parent
+    exp = tmp_path / "fx"
+    out = run(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", f"labeled.path={fsdd}", "labeled.num_jobs=1",
+              *TINY, "scratch_baseline=false", "--json")
+    results = json.loads(out.out)
+    assert results["prepare"]["corpus"] == "synthetic" and results["prepare"]["labeled"]["corpus"] == "fsdd"
+    pt = json.loads((exp / "pretrain" / "run_card.json").read_text())
+    ft = json.loads((exp / "finetune" / "run_card.json").read_text())
+    assert pt["config"]["train_cuts"] == str(exp / "kmeans" / "cuts_train.jsonl.gz")
+    assert ft["config"]["train_cuts"] == str(exp / "data" / "fsdd" / "cuts_train.jsonl.gz")
+    assert ft["config"]["ctc"]["gain_db"] == 15
+    assert results["decode"]["finetune/test"]["utterances"] == 4  # theo's clips
+    err = run(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={tmp_path / 'bad'}", "labeled.path=null", *TINY,
+              "--stop-stage", "prepare", code=2).err
+    assert "labeled.path is required" in err
