@@ -161,3 +161,26 @@ def machine_markdown(info: dict[str, Any]) -> str:
 def fmt_load(before: Sequence[float], after: Sequence[float]) -> str:
     """1-minute load average before -> after."""
     return f"{before[0]:.1f}->{after[0]:.1f}"
+
+
+def run_cli(*args: str, out: Path | None = None) -> dict[str, Any]:
+    """Run one ``speechbudget ... --json`` command from the repository root and return its JSON.
+
+    Evidence scripts drive the CLI exactly as a user would (every step resumable); a failing
+    command stops the script with the command and the end of its stderr.
+    """
+    import json
+    import subprocess
+
+    cmd = ["speechbudget", *args, "--json"]
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
+    print(f"  done in {time.time() - t0:.0f} s", flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(proc.stdout)
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+

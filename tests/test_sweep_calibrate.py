@@ -93,6 +93,33 @@ def test_fit_on_the_pilots_then_plan_is_calibrated(swept, tmp_path, capsys):
     assert code == 0 and "alpha" in out and "mean relative error" in out
 
 
+def test_plans_train_like_the_pilots_the_law_was_fitted_on(swept, tmp_path, capsys):
+    from speechbudget.config import load_train_config
+
+    law = tmp_path / "law.json"
+    assert run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 0)[0] == 0
+    stored = json.loads(law.read_text())
+    assert stored["pilots"] == {"max_duration": 8.0, "schedule": {
+        "name": "eden", "lr_batches": 100.0, "lr_epochs": 5.0, "warmup_batches": 5, "epoch_unit": "epochs",
+        "min_lr_ratio": 0.0}}
+    args = ["plan", "--budget", 1e13, "--unit", "flops", "--device", "cpu", "--data-hours", 1, "--presets",
+            ",".join(PRESETS), "--law", law, "--json"]
+    plan = json.loads(run(capsys, *args)[1])
+    assert plan["max_duration"] == 8.0 and not any("pilots used" in w for w in plan["warnings"])  # theirs by default
+    plan = json.loads(run(capsys, *args, "--max-duration", 60)[1])
+    assert any("pilots used batches of 8 s" in w for w in plan["warnings"])
+    # pilots with a cosine schedule: the written recipe decays the same way over its own budget
+    stored["pilots"]["schedule"] = {"name": "cosine", "warmup_batches": 5, "min_lr_ratio": 0.1, "lr_batches": 7500.0}
+    law.write_text(json.dumps(stored))
+    out = tmp_path / "plan.yaml"
+    assert run(capsys, *args, "--out", out)[0] == 0
+    written = yaml.safe_load(out.read_text())["pretrain"]
+    assert written["schedule"] == {"name": "cosine", "warmup_batches": 5, "min_lr_ratio": 0.1}
+    assert written["max_duration"] == 8.0
+    cfg = load_train_config(out, "pretrain", ["train_cuts=x.jsonl.gz"])
+    assert cfg.schedule.name == "cosine" and cfg.budget.flops == written["budget"]["flops"]
+
+
 def test_fit_needs_enough_runs(swept, tmp_path, capsys):
     two = sorted(p for p in swept["out"].iterdir() if p.is_dir())[:2]
     code, _, err = run(capsys, "plan", "fit", *two, "--out", tmp_path / "law.json")

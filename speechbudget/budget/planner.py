@@ -421,7 +421,8 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
     unique = check_inputs(data_hours, num_clusters, max_duration)
     law = law or DEFAULT_LAW
     calibration = calibration if calibration is not None else calibrate.load_calibration()
-    max_duration = float(max_duration or MAX_DURATION[get_device(budget.device).kind])
+    pilot_batch = (law.pilots or {}).get("max_duration")
+    max_duration = float(max_duration or pilot_batch or MAX_DURATION[get_device(budget.device).kind])
     if not candidates:
         raise SpeechBudgetError("no candidate encoders to plan for")
     peak = None if budget.unit == "flops" else _peak(budget, calibration)
@@ -516,6 +517,10 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
         warnings.append(f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it.")
     if p.law.calibrated:
         notes.append(f"Scaling law fitted on pilot runs ({p.law_source or 'given'}).")
+        pilot_batch = (p.law.pilots or {}).get("max_duration")
+        if pilot_batch and abs(pilot_batch - p.max_duration) > 1e-9:
+            warnings.append(f"The pilots used batches of {pilot_batch:g} s, this plan {p.max_duration:g} s: the law "
+                            "describes runs trained like its pilots; keep --max-duration at theirs.")
     else:
         notes.append("Uncalibrated: the default scaling law is a guess with the right shape; run `speechbudget sweep` "
                      "and `speechbudget plan fit` to fit it on your data.")
@@ -541,6 +546,15 @@ def eden_schedule(hours: float, steps: int) -> Dict[str, Any]:
             "warmup_batches": int(min(500, max(1, round(WARMUP_FRACTION * steps))))}
 
 
+def pilot_schedule(law: ScalingLaw) -> Optional[Dict[str, Any]]:
+    """The learning-rate schedule of the law's pilots, when it scales with the run by itself: a
+    cosine schedule decays over whatever budget it is given; Eden's constants do not transfer."""
+    sched = dict((law.pilots or {}).get("schedule") or {})
+    if sched.get("name") != "cosine":
+        return None
+    return {k: sched[k] for k in ("name", "warmup_batches", "min_lr_ratio") if k in sched}
+
+
 def recipe(p: Plan, train_cuts: Optional[str] = None, exp_dir: Optional[str] = None) -> Dict[str, Any]:
     """A pretraining recipe for the recommended candidate (the planned budget in FLOPs)."""
     best = p.recommended
@@ -549,7 +563,7 @@ def recipe(p: Plan, train_cuts: Optional[str] = None, exp_dir: Optional[str] = N
         "train_cuts": train_cuts or "CHANGE-ME/km/cuts_train.jsonl.gz",
         "max_duration": p.max_duration,
         "budget": {"flops": _sig(best["budget_flops"], 4)},
-        "schedule": eden_schedule(best["audio_hours"], best["steps"]),
+        "schedule": pilot_schedule(p.law) or eden_schedule(best["audio_hours"], best["steps"]),
     }
     return {"exp_dir": exp_dir or f"exp/pretrain-{best['name']}", "pretrain": section}
 

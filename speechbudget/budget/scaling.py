@@ -75,6 +75,9 @@ class ScalingLaw:
     r_star: float = DEFAULT_R_STAR
     calibrated: bool = False
     ci: dict[str, tuple[float, float]] | None = None
+    #: how the pilots were trained ({"schedule": {...}, "max_duration": s}): the law describes runs
+    #: trained that way, so a plan made with it writes recipes that train that way too
+    pilots: dict | None = None
 
     def predict(self, params, hours, unique_hours=None):
         """Predicted loss for ``params`` parameters trained on ``hours`` processed hours of
@@ -111,6 +114,7 @@ class ScalingLaw:
             r_star=float(data.get("r_star", DEFAULT_R_STAR)),
             calibrated=bool(data.get("calibrated", False)),
             ci=None if ci is None else {k: (float(v[0]), float(v[1])) for k, v in ci.items()},
+            pilots=data.get("pilots"),
         )
 
 

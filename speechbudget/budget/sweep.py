@@ -201,9 +201,11 @@ def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: flo
     """Fit the law on the runs' points and save it (with the points, for the record) to ``out``."""
     if bootstrap < 0:
         raise SpeechBudgetError(f"--bootstrap must be >= 0, got {bootstrap}")
-    points = [run_point(d, last) for d in find_runs(paths)]
+    runs = find_runs(paths)
+    points = [run_point(d, last) for d in runs]
     law = fit_law([(p["params"], p["audio_hours"], p["unique_hours"], p["final_loss"]) for p in points],
                   r_star=r_star, bootstrap=bootstrap, seed=seed)
+    law.pilots = pilot_settings(runs)
     predicted = [law.predict(p["params"], p["audio_hours"], p["unique_hours"]) for p in points]
     errors = [abs(q - p["final_loss"]) / p["final_loss"] for p, q in zip(points, predicted)]
     out = Path(out)
@@ -213,6 +215,15 @@ def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: flo
     data["mean_relative_error"] = statistics.fmean(errors)
     write_json_atomic(out, data)
     return {"law": law, "path": str(out), "points": data["fitted_on"], "mean_relative_error": data["mean_relative_error"]}
+
+
+def pilot_settings(run_dirs: Sequence[Path]) -> Optional[Dict[str, Any]]:
+    """The schedule and batch size the pilots shared (from their run cards); None when they differ."""
+    seen = []
+    for d in run_dirs:
+        config = _read_json(Path(d) / "run_card.json").get("config") or {}
+        seen.append({"schedule": config.get("schedule"), "max_duration": config.get("max_duration")})
+    return seen[0] if seen and all(s == seen[0] for s in seen) and seen[0]["schedule"] else None
 
 
 def load_law(path: Path) -> ScalingLaw:
