@@ -2,7 +2,9 @@
 # The seed claims of BENCHMARKS.md, measured on this machine. Every step is an ordinary
 # speechbudget command (resumable: re-running skips what is done). Results: exp/claims/,
 # summarised by bench/claims_summary.py into bench/results/claims.{json,md}.
-#   bash bench/claims.sh [sweep|b|c|d|all]
+#   bash bench/claims.sh [b|c|d|all]
+# Claim (a), pretrained vs scratch: bench/pretrain_vs_scratch.py; claim (e), the planner's law
+# checked at a larger budget: bench/planner_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 E=exp/claims
@@ -29,16 +31,6 @@ if [[ $what == all || $what == b ]]; then   # (b) Zipformer vs Transformer at th
 fi
 if [[ $what == all || $what == d ]]; then   # (d) fresh data vs looping 8x over an eighth of it
   speechbudget pretrain $R exp_dir=$E/d-eighth/pt train_hours=0.05 budget.flops=1.5e12 --json > /dev/null
-fi
-if [[ $what == all || $what == sweep ]]; then   # (e) + planner evidence: pilot sweep, fit, prediction
-  speechbudget sweep --recipe $R --presets zipformer-nano,zipformer-tiny,zipformer-xs \
-    --budgets 2e11,4e11,8e11 --out $E/sweep --json > /dev/null
-  speechbudget plan fit $E/sweep --out $E/law.json --json > /dev/null
-  speechbudget plan --law $E/law.json --budget 1.2e12 --unit flops --device cpu --data-hours 0.4507 \
-    --presets zipformer-nano,zipformer-tiny,zipformer-xs --max-duration 40 --json > $E/plan-1.2e12.json
-  for enc in zipformer-nano zipformer-tiny zipformer-xs; do
-    speechbudget pretrain $R exp_dir=$E/big/$enc encoder=$enc budget.flops=1.2e12 --json > /dev/null
-  done
 fi
 if [[ $what == all || $what == c ]]; then   # (c) slim vs usual vs wide at ~equal parameters and FLOPs
   for enc in zipformer-tiny-slim zipformer-tiny-wide; do
