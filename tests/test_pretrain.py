@@ -80,6 +80,26 @@ def test_pretrain_writes_checkpoints_logs_and_run_card(tmp_path, synthetic_corpu
     assert again["already_done"] and again["steps"] == 6
 
 
+def test_rerunning_a_finished_run_keeps_its_validation_results(tmp_path, synthetic_corpus, capsys):
+    dev = str(synthetic_corpus / "km" / "cuts_dev.jsonl.gz")
+    recipe = write_recipe(tmp_path, synthetic_corpus, dev_cuts=dev, budget={"steps": 2})
+    assert run_cli("pretrain", recipe, "--json") == 0
+    first = json.loads(capsys.readouterr().out)
+    path = tmp_path / "exp" / "summary.json"
+    stored, card = path.read_bytes(), (tmp_path / "exp" / "run_card.json").read_bytes()
+    assert first["valid"]["valid_masked_loss"] > 0
+    assert run_cli("pretrain", recipe, "--json") == 0  # what a re-run sweep or pipeline does
+    again = json.loads(capsys.readouterr().out)
+    assert again["already_done"] and again["valid"] == first["valid"]
+    assert path.read_bytes() == stored and (tmp_path / "exp" / "run_card.json").read_bytes() == card
+    # a summary emptied by an older version: the results come back from metrics.jsonl
+    emptied = {**json.loads(stored), "valid": {}}
+    path.write_text(json.dumps(emptied))
+    assert run_cli("pretrain", recipe, "--json") == 0
+    back = json.loads(capsys.readouterr().out)
+    assert back["valid"] == first["valid"] and json.loads(path.read_text())["valid"] == first["valid"]
+
+
 def test_flop_budget_stops_within_one_step(tmp_path, synthetic_corpus, capsys):
     recipe = write_recipe(tmp_path, synthetic_corpus, budget={"steps": None, "flops": 3.0e10})
     assert run_cli("pretrain", recipe, "--json") == 0

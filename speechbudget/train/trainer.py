@@ -192,10 +192,10 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         resumed = self.resume()
+        if self.budget.exhausted(self.counters):
+            return self._already_done(resumed)
         self._open_logs()
         self.write_run_card({**self.card_extra, "resumed_from": str(resumed) if resumed else None})
-        if self.budget.exhausted(self.counters):
-            return self.summary(resumed, already_done=True)
         stream = self._batches()
         last: Dict[str, float] = {}
         t_prev = time.time()
@@ -227,6 +227,27 @@ class Trainer:
         if valid:
             self._log({"step": self.counters.step, **valid})
         return self.summary(resumed, final=final, last=last, valid=valid)
+
+    def _already_done(self, resumed: Optional[Path]) -> Dict[str, Any]:
+        """A run whose budget was spent: what it reported when it ended. Nothing is rewritten, so
+        re-running a finished command (a sweep, a pipeline) never loses its validation results."""
+        path = self.exp_dir / "summary.json"
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        if not stored.get("valid"):  # killed before the summary, or emptied by an older version
+            stored = self.summary(resumed, already_done=True, valid=self._logged_valid())
+        return {**stored, "already_done": True, "resumed_from": str(resumed) if resumed else None}
+
+    def _logged_valid(self) -> Dict[str, float]:
+        """The validation row logged at this run's last step (metrics.jsonl), if any."""
+        path = self.exp_dir / "metrics.jsonl"
+        rows = []
+        for line in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        valid = [r for r in rows if r.get("step") == self.counters.step and any(k.startswith("valid_") for k in r)]
+        return {k: v for k, v in valid[-1].items() if k.startswith("valid_")} if valid else {}
 
     def validate(self) -> Dict[str, float]:
         """Mean statistics over ``dev_cuts`` in eval mode, with fixed masks: comparable across runs."""
