@@ -127,18 +127,19 @@ def plan_fit(
     bootstrap: int = typer.Option(200, help="Bootstrap refits for the 95% intervals (0: none)."),
     r_star: float = typer.Option(15.0, "--r-star", help="Repetitions after which extra epochs stop helping (fixed, not fitted)."),
     last: int = typer.Option(3, help="Logged steps averaged into each run's final loss."),
+    min_steps: int = typer.Option(100, help="Leave out runs with fewer optimizer steps (still near chance loss)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Fit the scaling law L(N, D) = E + A/N^alpha + B/D^beta on pilot runs (Huber on log-loss)."""
     from .budget.sweep import fit_runs
 
     ui = _ui()
-    res = fit_runs(run_dirs, out_path, bootstrap, r_star, last)
+    res = fit_runs(run_dirs, out_path, bootstrap, r_star, last, min_steps=min_steps)
     law = res["law"]
     if as_json:
         ui.emit_json({"law": {k: getattr(law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")}, "ci": law.ci,
                       "calibrated": law.calibrated, "path": res["path"], "points": res["points"],
-                      "mean_relative_error": res["mean_relative_error"]})
+                      "mean_relative_error": res["mean_relative_error"], "left_out": res["left_out"]})
         return
     t = Table(box=box.SIMPLE_HEAD, title=f"scaling law fitted on {len(res['points'])} runs -> {res['path']}")
     for col in ("coefficient", "value", "95% interval"):
@@ -147,6 +148,9 @@ def plan_fit(
         ci = law.ci.get(name) if law.ci else None
         t.add_row(name, f"{getattr(law, name):.4g}", f"{ci[0]:.4g} - {ci[1]:.4g}" if ci else "-")
     ui.out.print(t)
+    if res["left_out"]:
+        ui.out.print(f"left out ({len(res['left_out'])} runs under {min_steps} optimizer steps): "
+                     + ", ".join(f"{Path(r['exp_dir']).name} ({r['steps']})" for r in res["left_out"]), highlight=False)
     ui.out.print(f"R* = {law.r_star:g} (fixed); mean relative error on the runs "
                  f"{100 * res['mean_relative_error']:.2f}%. Use it: speechbudget plan --law {res['path']} ...")
 

@@ -77,7 +77,7 @@ def test_sweep_resumes_without_training_again(swept, capsys):
 
 def test_fit_on_the_pilots_then_plan_is_calibrated(swept, tmp_path, capsys):
     law = tmp_path / "law.json"
-    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 5, "--json")
+    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 5, "--min-steps", 0, "--json")
     assert code == 0, err
     fit = json.loads(out)
     assert fit["calibrated"] and len(fit["points"]) == len(PRESETS) * len(BUDGETS)
@@ -89,7 +89,8 @@ def test_fit_on_the_pilots_then_plan_is_calibrated(swept, tmp_path, capsys):
     assert code == 0, err
     plan = json.loads(out)
     assert plan["calibrated"] is True and plan["law"]["source"] == str(law)
-    code, out, _ = run(capsys, "plan", "fit", swept["out"], "--out", tmp_path / "law2.json", "--bootstrap", 0)
+    code, out, _ = run(capsys, "plan", "fit", swept["out"], "--out", tmp_path / "law2.json", "--bootstrap", 0,
+                       "--min-steps", 0)
     assert code == 0 and "alpha" in out and "mean relative error" in out
 
 
@@ -97,7 +98,7 @@ def test_plans_train_like_the_pilots_the_law_was_fitted_on(swept, tmp_path, caps
     from speechbudget.config import load_train_config
 
     law = tmp_path / "law.json"
-    assert run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 0)[0] == 0
+    assert run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 0, "--min-steps", 0)[0] == 0
     stored = json.loads(law.read_text())
     assert stored["pilots"] == {"max_duration": 8.0, "schedule": {
         "name": "eden", "lr_batches": 100.0, "lr_epochs": 5.0, "warmup_batches": 5, "epoch_unit": "epochs",
@@ -122,8 +123,24 @@ def test_plans_train_like_the_pilots_the_law_was_fitted_on(swept, tmp_path, caps
 
 def test_fit_needs_enough_runs(swept, tmp_path, capsys):
     two = sorted(p for p in swept["out"].iterdir() if p.is_dir())[:2]
-    code, _, err = run(capsys, "plan", "fit", *two, "--out", tmp_path / "law.json")
+    code, _, err = run(capsys, "plan", "fit", *two, "--out", tmp_path / "law.json", "--min-steps", 0)
     assert code == 2 and "need at least 5 pilot runs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_leaves_out_runs_still_in_their_transient(swept, tmp_path, capsys):
+    # the pilots here take 1-6 optimizer steps: the default (100) leaves too few to fit
+    code, _, err = run(capsys, "plan", "fit", swept["out"], "--out", tmp_path / "law.json")
+    assert code == 2 and "only 0 of 6 runs have at least 100 optimizer steps" in err
+    law = tmp_path / "law2.json"
+    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--min-steps", 2, "--bootstrap", 0, "--json")
+    assert code == 0, err
+    fit = json.loads(out)
+    assert [Path(r["exp_dir"]).name for r in fit["left_out"]] == ["transformer-tiny-4e09"]  # its one step
+    stored = json.loads(law.read_text())
+    assert stored["min_steps"] == 2 and len(stored["fitted_on"]) == 5
+    assert all(p["steps"] >= 2 for p in stored["fitted_on"])
+    code, out, _ = run(capsys, "plan", "fit", swept["out"], "--out", law, "--min-steps", 2, "--bootstrap", 0)
+    assert "left out (1 runs under 2 optimizer steps): transformer-tiny-4e09 (1)" in out
 
 
 @pytest.mark.parametrize("budgets, message", [("1e10,abc", "is not a number"), ("1e10,-1", "must be positive"),

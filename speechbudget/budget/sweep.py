@@ -19,6 +19,7 @@ from .devices import write_json_atomic
 from .scaling import DEFAULT_R_STAR, ScalingLaw, fit_law
 
 LAST_STEPS = 3  # logged steps averaged into a run's final loss: one step's loss is noisy
+MIN_STEPS = 100  # shorter runs are still in their initial transient: left out of the fit
 _OTHER_LIMITS = ("gpu_hours", "wall_hours", "audio_hours", "steps")
 
 
@@ -197,15 +198,28 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
 
 
 def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: float = DEFAULT_R_STAR,
-             last: int = LAST_STEPS, seed: int = 0) -> Dict[str, Any]:
-    """Fit the law on the runs' points and save it (with the points, for the record) to ``out``."""
+             last: int = LAST_STEPS, seed: int = 0, min_steps: int = MIN_STEPS) -> Dict[str, Any]:
+    """Fit the law on the runs' points and save it (with the points, for the record) to ``out``.
+
+    Runs with fewer than ``min_steps`` optimizer steps are left out (and listed): that early, a
+    model is still in its initial transient near chance loss, which no power law in N and D
+    describes, and a few such points drag the whole fit (BENCHMARKS.md, planner section).
+    """
     if bootstrap < 0:
         raise SpeechBudgetError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if min_steps < 0:
+        raise SpeechBudgetError(f"--min-steps must be >= 0, got {min_steps}")
     runs = find_runs(paths)
-    points = [run_point(d, last) for d in runs]
+    every = [run_point(d, last) for d in runs]
+    points = [p for p in every if p["steps"] >= min_steps]
+    left_out = [{"exp_dir": p["exp_dir"], "steps": p["steps"]} for p in every if p["steps"] < min_steps]
+    if left_out and len(points) < 5:
+        raise SpeechBudgetError(
+            f"only {len(points)} of {len(every)} runs have at least {min_steps} optimizer steps (the law needs 5): "
+            "give the pilots larger budgets or smaller batches, or lower --min-steps")
     law = fit_law([(p["params"], p["audio_hours"], p["unique_hours"], p["final_loss"]) for p in points],
                   r_star=r_star, bootstrap=bootstrap, seed=seed)
-    law.pilots = pilot_settings(runs)
+    law.pilots = pilot_settings([Path(p["exp_dir"]) for p in points])
     predicted = [law.predict(p["params"], p["audio_hours"], p["unique_hours"]) for p in points]
     errors = [abs(q - p["final_loss"]) / p["final_loss"] for p, q in zip(points, predicted)]
     out = Path(out)
@@ -213,8 +227,10 @@ def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: flo
     data = json.loads(out.read_text())
     data["fitted_on"] = [{**p, "predicted_loss": q} for p, q in zip(points, predicted)]
     data["mean_relative_error"] = statistics.fmean(errors)
+    data["min_steps"], data["left_out"] = min_steps, left_out
     write_json_atomic(out, data)
-    return {"law": law, "path": str(out), "points": data["fitted_on"], "mean_relative_error": data["mean_relative_error"]}
+    return {"law": law, "path": str(out), "points": data["fitted_on"], "mean_relative_error": data["mean_relative_error"],
+            "left_out": left_out}
 
 
 def pilot_settings(run_dirs: Sequence[Path]) -> Optional[Dict[str, Any]]:
