@@ -9,6 +9,10 @@ seed 0's pretraining:
 * ``scratch-lr``: the from-scratch model at other learning rates, so that a stuck baseline is not
   blamed on one unlucky setting.
 
+and, for every seed, the same pretrained model fine-tuned with other budgets (``--finetune-flops``),
+each against a scratch model given the matching total: how to split one budget between pretraining
+and fine-tuning is part of the comparison.
+
 Every step is an ordinary ``speechbudget`` command (resumable). Results:
 ``bench/results/pretrain_vs_scratch.{json,md}``.
 
@@ -62,7 +66,9 @@ def main() -> None:
     ap.add_argument("--exp", type=Path, default=Path("exp/pvs"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scratch-lrs", default="0.02,0.09", help="other learning rates for the scratch model (seed 0)")
-    ap.add_argument("--no-variants", action="store_true", help="only the per-seed quickstart runs")
+    ap.add_argument("--no-variants", action="store_true", help="no all-voices or scratch learning-rate runs")
+    ap.add_argument("--finetune-flops", default="4e12",
+                    help="other fine-tuning budgets for each seed's pretrained model (scratch gets the matching total)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pretrain_vs_scratch.json")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
@@ -73,6 +79,19 @@ def main() -> None:
         run_cli("run", RECIPE, f"exp_dir={E}", f"seed={seed}")
         rows.append(pair(f"seed {seed}", decoded(E / "finetune"), decoded(E / "scratch"),
                          read(E / "pretrain" / "summary.json")["flops"]))
+
+    splits: Dict[str, List[Dict[str, Any]]] = {}
+    for ft_flops in [x for x in args.finetune_flops.split(",") if x]:  # the same total split differently
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            E, X = args.exp / f"seed{seed}", args.exp / f"ft{ft_flops}" / f"seed{seed}"
+            corpus = E / "data" / "synthetic"
+            data = [f"train_cuts={corpus / 'cuts_train.jsonl.gz'}", f"dev_cuts={corpus / 'cuts_dev.jsonl.gz'}", f"seed={seed}"]
+            pt_flops = read(E / "pretrain" / "summary.json")["flops"]
+            pt = finetune_and_decode(X / "finetune", corpus / "cuts_test.jsonl.gz", *data,
+                                     f"ctc.init_checkpoint={E / 'pretrain'}", f"budget.flops={ft_flops}")
+            sc = finetune_and_decode(X / "scratch", corpus / "cuts_test.jsonl.gz", *data, "ctc.freeze_encoder_steps=0",
+                                     f"budget.flops={pt_flops + pt['flops']:.6g}")
+            splits.setdefault(ft_flops, []).append(pair(f"seed {seed}", pt, sc, pt_flops))
 
     variants: List[Dict[str, Any]] = []
     if not args.no_variants:
@@ -104,16 +123,27 @@ def main() -> None:
     headers = ["run", "pretraining FLOPs", "fine-tuning FLOPs", "scratch FLOPs", "pretrained WER % [95% CI]",
                "CER %", "scratch WER % [95% CI]", "CER %", "dev CTC loss (pt / scratch)"]
     mean = lambda k, w: statistics.fmean(r[k]["wer"] for r in w)  # noqa: E731
+    wins = lambda w: sum(r["pretrained"]["wer"] < r["scratch"]["ci95"][0] for r in w)  # noqa: E731
+
+    def headline(label: str, w: List[Dict[str, Any]]) -> str:
+        return (f"{label} ({len(w)} seeds): mean WER pretrained {mean('pretrained', w):.1f}% vs scratch "
+                f"{mean('scratch', w):.1f}%; the pretrained WER lies below the scratch model's 95% interval in "
+                f"{wins(w)} of {len(w)} seeds.")
+
     summary = {"mean_wer_pretrained": mean("pretrained", rows), "mean_wer_scratch": mean("scratch", rows),
-               "seeds_pretrained_wins": sum(r["pretrained"]["wer"] < r["scratch"]["ci95"][0] for r in rows)}
-    md = [f"Seeds ({len(rows)}): mean WER pretrained {summary['mean_wer_pretrained']:.1f}% vs scratch "
-          f"{summary['mean_wer_scratch']:.1f}%; the pretrained WER lies below the scratch model's 95% interval in "
-          f"{summary['seeds_pretrained_wins']} of {len(rows)} seeds.", markdown_table(headers, [cells(r) for r in rows])]
+               "seeds_pretrained_wins": wins(rows),
+               "splits": {k: {"mean_wer_pretrained": mean("pretrained", w), "mean_wer_scratch": mean("scratch", w),
+                              "seeds_pretrained_wins": wins(w)} for k, w in splits.items()}}
+    md = [headline(f"Recipe as shipped ({rows[0]['pretrained']['flops']:.2g} fine-tuning FLOPs)", rows),
+          markdown_table(headers, [cells(r) for r in rows])]
+    for k, w in splits.items():
+        md += [headline(f"The same pretraining fine-tuned with {float(k):.2g} FLOPs, scratch at the new total", w),
+               markdown_table(headers, [cells(r) for r in w])]
     if variants:
         md += ["Variants on seed 0's pretraining:", markdown_table(headers + ["note"], [cells(r) + [r["note"]] for r in variants])]
     md.append(f"Whole script: {(time.time() - t0) / 60:.0f} min (runs already done are read back, not re-run).")
     save_results(args.out, {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}, "seeds": rows,
-                            "variants": variants, "summary": summary}, "\n\n".join(md) + "\n")
+                            "splits": splits, "variants": variants, "summary": summary}, "\n\n".join(md) + "\n")
     print("\n\n".join(md))
 
 
