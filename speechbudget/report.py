@@ -20,6 +20,7 @@ from rich.table import Table
 from . import atomic
 from .atomic import atomic_output
 from .errors import SpeechBudgetError
+from .train.metrics_log import read_metrics
 
 FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png", "wer_vs_compute": "wer_vs_compute.png"}
 _TRAIN_STAGES = ("pretrain", "finetune")
@@ -31,20 +32,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise SpeechBudgetError(f"{path} is unreadable ({type(e).__name__}); re-run the stage that writes it") from None
-
-
-def _read_metrics(exp: Path) -> List[Dict[str, Any]]:
-    """Logged steps; a torn last line (run killed mid-write) is skipped, not fatal."""
-    path = exp / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def find_experiments(paths: Iterable[Path]) -> List[Path]:
@@ -73,7 +60,7 @@ class Run:
         self.exp = Path(exp)
         self.card = _read_json(self.exp / "run_card.json")
         self.stage = self.card.get("stage")
-        self.metrics = _read_metrics(self.exp)
+        self.metrics = read_metrics(self.exp)
         self.notes: List[str] = []
         summary = self.exp / "summary.json"
         if summary.is_file():

@@ -78,6 +78,7 @@ def test_pretrain_writes_checkpoints_logs_and_run_card(tmp_path, synthetic_corpu
     assert run_cli("pretrain", recipe, "--json") == 0
     again = json.loads(capsys.readouterr().out)
     assert again["already_done"] and again["steps"] == 6
+    assert json.loads((exp / "summary.json").read_text())["final"] == summary["final"] != {}
 
 
 def test_rerunning_a_finished_run_keeps_its_validation_results(tmp_path, synthetic_corpus, capsys):
@@ -133,6 +134,8 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, synthetic_corpus):
     p.wait()
     done = sorted(ckdir.glob("checkpoint-*.pt"))
     assert done and len(done) < 8, "the run should have been killed part-way"
+    with open(tmp_path / "b" / "exp" / "metrics.jsonl", "a") as f:  # a kill in the middle of a log line
+        f.write('{"step": 99, "loss": 4.')
     p = cli_subprocess("pretrain", killed, "--json")
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err

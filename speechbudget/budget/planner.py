@@ -421,8 +421,7 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
     unique = check_inputs(data_hours, num_clusters, max_duration)
     law = law or DEFAULT_LAW
     calibration = calibration if calibration is not None else calibrate.load_calibration()
-    pilot_batch = (law.pilots or {}).get("max_duration")
-    max_duration = float(max_duration or pilot_batch or MAX_DURATION[get_device(budget.device).kind])
+    max_duration = float(max_duration or law.pilot("max_duration") or MAX_DURATION[get_device(budget.device).kind])
     if not candidates:
         raise SpeechBudgetError("no candidate encoders to plan for")
     peak = None if budget.unit == "flops" else _peak(budget, calibration)
@@ -517,7 +516,7 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
         warnings.append(f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it.")
     if p.law.calibrated:
         notes.append(f"Scaling law fitted on pilot runs ({p.law_source or 'given'}).")
-        pilot_batch = (p.law.pilots or {}).get("max_duration")
+        pilot_batch = p.law.pilot("max_duration")
         if pilot_batch and abs(pilot_batch - p.max_duration) > 1e-9:
             warnings.append(f"The pilots used batches of {pilot_batch:g} s, this plan {p.max_duration:g} s: the law "
                             "describes runs trained like its pilots; keep --max-duration at theirs.")
@@ -549,7 +548,7 @@ def eden_schedule(hours: float, steps: int) -> Dict[str, Any]:
 def pilot_schedule(law: ScalingLaw) -> Optional[Dict[str, Any]]:
     """The learning-rate schedule of the law's pilots, when it scales with the run by itself: a
     cosine schedule decays over whatever budget it is given; Eden's constants do not transfer."""
-    sched = dict((law.pilots or {}).get("schedule") or {})
+    sched = law.pilot("schedule") or {}
     if sched.get("name") != "cosine":
         return None
     return {k: sched[k] for k in ("name", "warmup_batches", "min_lr_ratio") if k in sched}

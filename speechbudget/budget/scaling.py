@@ -79,6 +79,10 @@ class ScalingLaw:
     #: trained that way, so a plan made with it writes recipes that train that way too
     pilots: dict | None = None
 
+    def pilot(self, key: str):
+        """How the pilots were trained (``schedule``, ``max_duration``); None when not recorded."""
+        return (self.pilots or {}).get(key)
+
     def predict(self, params, hours, unique_hours=None):
         """Predicted loss for ``params`` parameters trained on ``hours`` processed hours of
         audio drawn from ``unique_hours`` distinct hours (None: no repetition)."""

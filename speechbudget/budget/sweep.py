@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..errors import SpeechBudgetError
+from ..train.metrics_log import read_metrics
 from .devices import write_json_atomic
 from .scaling import DEFAULT_R_STAR, ScalingLaw, fit_law
 
@@ -116,15 +117,7 @@ def _read_json(path: Path) -> Any:
 
 def _metrics(exp_dir: Path) -> List[Dict[str, Any]]:
     """Logged training steps (validation rows, logged beside them, are left out)."""
-    rows = []
-    path = exp_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed run
-    return [r for r in rows if "loss" in r or "masked_loss" in r]
+    return [r for r in read_metrics(exp_dir) if "loss" in r or "masked_loss" in r]
 
 
 def final_loss(rows: Sequence[Dict[str, Any]], last: int = LAST_STEPS) -> float:

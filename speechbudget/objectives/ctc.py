@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.base import Encoder
+from ..models.base import Encoder, make_pad_mask
 
 
 def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
@@ -49,7 +49,7 @@ def random_gain(x: torch.Tensor, lengths: torch.Tensor, max_db: float) -> torch.
     outside everything the model has seen (FSDD's held-out speaker is ~15 dB quieter).
     """
     db = (torch.rand(x.size(0), 1, 1, device=x.device) * 2 - 1) * max_db
-    valid = (torch.arange(x.size(1), device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+    valid = ~make_pad_mask(lengths.to(x.device), x.size(1)).unsqueeze(-1)
     return x + valid * db * (math.log(10.0) / 10.0)
 
 

@@ -18,12 +18,13 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .. import __version__, progress
+from .. import __version__, atomic, progress
 from ..config import TrainConfig, to_dict
 from ..errors import SpeechBudgetError
 from . import checkpoint as ckpt
 from .budget import TRAIN_FACTOR, Budget, Counters
 from .distributed import DistInfo, all_sum, barrier
+from .metrics_log import FILE, read_metrics
 from .optim import build_optimizer, build_scheduler
 
 
@@ -127,10 +128,10 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        metrics = self.exp_dir / "metrics.jsonl"
-        if metrics.exists():  # drop lines logged after the checkpoint we resumed from
-            keep = [l for l in metrics.read_text().splitlines() if l and json.loads(l).get("step", 0) <= self.counters.step]
-            metrics.write_text("".join(k + "\n" for k in keep))
+        metrics = self.exp_dir / FILE
+        if metrics.exists():  # drop lines logged after the checkpoint we resumed from (and a torn one)
+            keep = [r for r in read_metrics(self.exp_dir) if r.get("step", 0) <= self.counters.step]
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
         self.metrics = open(metrics, "a", encoding="utf-8")
         self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.counters.step + 1)
 
@@ -232,21 +233,18 @@ class Trainer:
         """A run whose budget was spent: what it reported when it ended. Nothing is rewritten, so
         re-running a finished command (a sweep, a pipeline) never loses its validation results."""
         path = self.exp_dir / "summary.json"
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        if not stored.get("valid"):  # killed before the summary, or emptied by an older version
-            stored = self.summary(resumed, already_done=True, valid=self._logged_valid())
+        stored = json.loads(path.read_text()) if path.is_file() else None
+        valid = {} if stored and stored.get("valid") else self._logged_valid()
+        if stored is None:  # killed between its last checkpoint and its summary
+            stored = self.summary(resumed, already_done=True, valid=valid)
+        elif valid and self.dist.is_main:  # emptied by an older version: the log still has them
+            stored["valid"] = valid
+            atomic.write_json(path, stored)
         return {**stored, "already_done": True, "resumed_from": str(resumed) if resumed else None}
 
     def _logged_valid(self) -> Dict[str, float]:
         """The validation row logged at this run's last step (metrics.jsonl), if any."""
-        path = self.exp_dir / "metrics.jsonl"
-        rows = []
-        for line in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        valid = [r for r in rows if r.get("step") == self.counters.step and any(k.startswith("valid_") for k in r)]
+        valid = [r for r in read_metrics(self.exp_dir) if r.get("step") == self.counters.step and any(k.startswith("valid_") for k in r)]
         return {k: v for k, v in valid[-1].items() if k.startswith("valid_")} if valid else {}
 
     def validate(self) -> Dict[str, float]:
