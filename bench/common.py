@@ -183,4 +183,3 @@ def run_cli(*args: str, out: Path | None = None) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(proc.stdout)
     return json.loads(proc.stdout) if proc.stdout.strip() else {}
-

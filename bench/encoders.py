@@ -58,9 +58,18 @@ from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.presets import build_encoder, resolve
 
 DEFAULT_PRESETS = [
-    "zipformer-tiny", "zipformer-tiny-slim", "zipformer-tiny-wide", "zipformer-xs", "zipformer-small",
-    "transformer-tiny", "transformer-tiny-slim", "transformer-tiny-wide", "transformer-small",
-    "transformer-slim", "bimamba-xs", "bimamba-tiny",
+    "zipformer-tiny",
+    "zipformer-tiny-slim",
+    "zipformer-tiny-wide",
+    "zipformer-xs",
+    "zipformer-small",
+    "transformer-tiny",
+    "transformer-tiny-slim",
+    "transformer-tiny-wide",
+    "transformer-small",
+    "transformer-slim",
+    "bimamba-xs",
+    "bimamba-tiny",
 ]
 QUICK_PRESETS = ["zipformer-tiny", "transformer-tiny", "bimamba-xs"]
 RESULT_TAG = "RESULT "
@@ -199,14 +208,18 @@ def spawn(job: dict[str, Any], timeout_s: float, max_memory_gb: float) -> dict[s
         stdout, _ = proc.communicate()
         errors.seek(0)
         stderr_tail = errors.read()[-800:]
-    result: dict[str, Any] = {"job": job, "load_before": load_before, "load_after": loadavg(),
-                              "sampled_peak_rss_mb": sampled_peak}
+    result: dict[str, Any] = {
+        "job": job,
+        "load_before": load_before,
+        "load_after": loadavg(),
+        "sampled_peak_rss_mb": sampled_peak,
+    }
     lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if killed or proc.returncode != 0 or not lines:
         result["error"] = killed or f"child exited with code {proc.returncode}"
         result["stderr_tail"] = stderr_tail
         return result
-    result.update(json.loads(lines[-1][len(RESULT_TAG):]))
+    result.update(json.loads(lines[-1][len(RESULT_TAG) :]))
     return result
 
 
@@ -214,8 +227,11 @@ def report_progress(r: dict[str, Any]) -> None:
     if "error" in r:
         print(f"    {r['error']}: {r.get('stderr_tail', '').strip()[-300:]}", flush=True)
     else:
-        print(f"    {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s cpu, peak {r['peak_rss_mb']:.0f} MB, "
-              f"load {fmt_load(r['load_before'], r['load_after'])}", flush=True)
+        print(
+            f"    {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s cpu, peak {r['peak_rss_mb']:.0f} MB, "
+            f"load {fmt_load(r['load_before'], r['load_after'])}",
+            flush=True,
+        )
 
 
 def spec_label(spec: Any) -> str:
@@ -239,8 +255,16 @@ def bench_presets(args) -> list[dict[str, Any]]:
     frames = round(args.seconds * 100)
     rows = []
     for name in args.presets:
-        job = {"spec": name, "mode": "train", "batch": args.batch, "frames": frames, "warmup": args.warmup,
-               "warmup_frames": args.warmup_frames, "reps": args.reps, "budget_s": args.step_budget}
+        job = {
+            "spec": name,
+            "mode": "train",
+            "batch": args.batch,
+            "frames": frames,
+            "warmup": args.warmup,
+            "warmup_frames": args.warmup_frames,
+            "reps": args.reps,
+            "budget_s": args.step_budget,
+        }
         print(f"[encoders] {name}: fwd+bwd {args.batch} x {frames} frames", flush=True)
         r = spawn(job, args.timeout, args.max_memory_gb)
         report_progress(r)
@@ -290,9 +314,15 @@ def scaling_model(spec: Any, args) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     fwd_pts, train_pts, train_mem_pts = [], [], []
     for frames in args.scaling_frames:
-        base = {"spec": spec, "batch": 1, "frames": frames, "warmup": 1,
-                "warmup_frames": args.scaling_warmup_frames, "reps": args.scaling_reps,
-                "budget_s": args.scaling_budget}
+        base = {
+            "spec": spec,
+            "batch": 1,
+            "frames": frames,
+            "warmup": 1,
+            "warmup_frames": args.scaling_warmup_frames,
+            "reps": args.scaling_reps,
+            "budget_s": args.scaling_budget,
+        }
         for mode in ("forward", "train"):
             label = spec_label(spec)
             skip = scaling_skip_reason(mode, frames, fwd_pts, train_pts, train_mem_pts, args)
@@ -356,32 +386,70 @@ def activation_mb(r: dict[str, Any]) -> float:
 
 
 def presets_table(rows: list[dict[str, Any]], seconds: float) -> str:
-    headers = ["preset", "params M", f"fwd GFLOP / {seconds:g} s utt", "fwd+bwd s (wall, median)", "cpu s",
-               "timed steps", "full-size warm-up", "peak RSS MB", "peak - baseline MB", "achieved GFLOP/s",
-               "util (wall)", "util (cpu time)", "load 1m"]
+    headers = [
+        "preset",
+        "params M",
+        f"fwd GFLOP / {seconds:g} s utt",
+        "fwd+bwd s (wall, median)",
+        "cpu s",
+        "timed steps",
+        "full-size warm-up",
+        "peak RSS MB",
+        "peak - baseline MB",
+        "achieved GFLOP/s",
+        "util (wall)",
+        "util (cpu time)",
+        "load 1m",
+    ]
     out = []
     for r in rows:
         load = fmt_load(r["load_before"], r["load_after"])
         if "error" in r:
-            out.append([r["preset"], "", f"{r['forward_flops_per_utt'] / 1e9:.1f}", r["error"]]
-                       + [""] * 8 + [load])
+            out.append(
+                [r["preset"], "", f"{r['forward_flops_per_utt'] / 1e9:.1f}", r["error"]] + [""] * 8 + [load]
+            )
             continue
-        out.append([
-            r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['forward_flops_per_utt'] / 1e9:.1f}",
-            f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", len(r["steps"]), "yes" if r["full_warmup"] else "no",
-            f"{r['peak_rss_mb']:.0f}", f"{activation_mb(r):.0f}", f"{r['achieved_gflops']:.1f}",
-            f"{r['utilisation']:.1%}", f"{r['utilisation_cpu_time']:.1%}", load,
-        ])
+        out.append(
+            [
+                r["preset"],
+                f"{r['params'] / 1e6:.2f}",
+                f"{r['forward_flops_per_utt'] / 1e9:.1f}",
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                len(r["steps"]),
+                "yes" if r["full_warmup"] else "no",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{activation_mb(r):.0f}",
+                f"{r['achieved_gflops']:.1f}",
+                f"{r['utilisation']:.1%}",
+                f"{r['utilisation_cpu_time']:.1%}",
+                load,
+            ]
+        )
     return markdown_table(headers, out)
 
 
 def scaling_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["model", "frames (s)", "mode", "wall s", "cpu/wall", "peak RSS MB", "peak - baseline MB",
-               "time growth vs previous", "memory growth vs previous", "load 1m"]
+    headers = [
+        "model",
+        "frames (s)",
+        "mode",
+        "wall s",
+        "cpu/wall",
+        "peak RSS MB",
+        "peak - baseline MB",
+        "time growth vs previous",
+        "memory growth vs previous",
+        "load 1m",
+    ]
     out, prev = [], {}
     for r in rows:
         key = (r["model"], r["mode"])
-        head = [r["model"], f"{r['frames']} ({r['frames'] / 100:g})", "fwd+bwd" if r["mode"] == "train" else "fwd (no_grad)"]
+        head = [
+            r["model"],
+            f"{r['frames']} ({r['frames'] / 100:g})",
+            "fwd+bwd" if r["mode"] == "train" else "fwd (no_grad)",
+        ]
         if "skipped" in r or "error" in r:
             out.append(head + [r.get("skipped") or r["error"], "", "", "", "", "", ""])
             continue
@@ -393,8 +461,18 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
             growth_t = f"x{r['wall_s'] / p['wall_s']:.1f} (len x{ratio:g})"
             growth_m = f"x{act / max(activation_mb(p), 1.0):.1f}"
         prev[key] = r
-        out.append(head + [f"{r['wall_s']:.2f}", f"{r['cpu_s'] / r['wall_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                           f"{act:.0f}", growth_t, growth_m, fmt_load(r["load_before"], r["load_after"])])
+        out.append(
+            head
+            + [
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s'] / r['wall_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{act:.0f}",
+                growth_t,
+                growth_m,
+                fmt_load(r["load_before"], r["load_after"]),
+            ]
+        )
     return markdown_table(headers, out)
 
 
@@ -410,27 +488,31 @@ def render_markdown(data: dict[str, Any]) -> str:
     if data.get("presets"):
         parts += [
             f"### Presets: fwd+bwd, batch {s['batch']} x {round(s['seconds'] * 100)} frames ({s['seconds']:g} s fbank)",
-            (f"Fresh process per preset, 1 thread. {s['warmup']} warm-up step on a {s['warmup_frames']}-frame input, "
-             f"then one full-size warm-up step when {s['reps']} + 1 steps fit in {s['step_budget']:g} s, then up to "
-             f"{s['reps']} timed steps, stopping early before the timed total would pass {s['step_budget']:g} s "
-             "(slow presets: 'full-size warm-up' no and fewer timed steps). Loss = mean of squared hidden states. "
-             "Utilisation = 3 x forward FLOPs (`encoder_cost`, 2 x MACs) x batch / step time / fp32 peak, by "
-             "wall time and by the process's CPU time (the latter discounts waiting for a core on this shared "
-             "machine). Peak RSS = the child's `VmHWM` "
-             "(/proc/self/status; `ru_maxrss` would include the parent's RSS, inherited across fork+exec); "
-             "baseline = its RSS after building model and input (torch's libraries included)."),
+            (
+                f"Fresh process per preset, 1 thread. {s['warmup']} warm-up step on a {s['warmup_frames']}-frame input, "
+                f"then one full-size warm-up step when {s['reps']} + 1 steps fit in {s['step_budget']:g} s, then up to "
+                f"{s['reps']} timed steps, stopping early before the timed total would pass {s['step_budget']:g} s "
+                "(slow presets: 'full-size warm-up' no and fewer timed steps). Loss = mean of squared hidden states. "
+                "Utilisation = 3 x forward FLOPs (`encoder_cost`, 2 x MACs) x batch / step time / fp32 peak, by "
+                "wall time and by the process's CPU time (the latter discounts waiting for a core on this shared "
+                "machine). Peak RSS = the child's `VmHWM` "
+                "(/proc/self/status; `ru_maxrss` would include the parent's RSS, inherited across fork+exec); "
+                "baseline = its RSS after building model and input (torch's libraries included)."
+            ),
             presets_table(data["presets"], s["seconds"]),
         ]
     sc = data.get("scaling")
     if sc:
         parts += [
             "### Mamba vs attention over length (batch 1)",
-            (f"{sc['models']['mamba']} ({sc['params']['mamba'] / 1e6:.2f} M params) vs {sc['models']['attention']} "
-             f"({sc['params']['attention'] / 1e6:.2f} M params: the Transformer with bimamba's width whose depth "
-             f"matches its parameter count). One warm-up step at <= {s['scaling_warmup_frames']} frames; "
-             f"then, as above, up to {s['scaling_reps']} timed steps within {s['scaling_budget']:g} s (else one). fwd+bwd is skipped where predicted (from the shorter lengths) to "
-             f"exceed --max-seconds {s['max_seconds']:g} or --max-memory-gb {s['max_memory_gb']:g}; forward-only "
-             "rows are inference (`no_grad`), so their memory is not training memory."),
+            (
+                f"{sc['models']['mamba']} ({sc['params']['mamba'] / 1e6:.2f} M params) vs {sc['models']['attention']} "
+                f"({sc['params']['attention'] / 1e6:.2f} M params: the Transformer with bimamba's width whose depth "
+                f"matches its parameter count). One warm-up step at <= {s['scaling_warmup_frames']} frames; "
+                f"then, as above, up to {s['scaling_reps']} timed steps within {s['scaling_budget']:g} s (else one). fwd+bwd is skipped where predicted (from the shorter lengths) to "
+                f"exceed --max-seconds {s['max_seconds']:g} or --max-memory-gb {s['max_memory_gb']:g}; forward-only "
+                "rows are inference (`no_grad`), so their memory is not training memory."
+            ),
             scaling_table(sc["rows"]),
         ]
     return "\n\n".join(parts)
@@ -441,32 +523,59 @@ def render_markdown(data: dict[str, Any]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=default_out("encoders"), help="JSON output (a .md goes next to it)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke check: 3 small presets, batch 1 x 200 frames, scaling bimamba-xs at 200/400 frames")
-    p.add_argument("--presets", nargs="+", default=None, help=f"presets to time (default: {' '.join(DEFAULT_PRESETS)})")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=default_out("encoders"), help="JSON output (a .md goes next to it)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 3 small presets, batch 1 x 200 frames, scaling bimamba-xs at 200/400 frames",
+    )
+    p.add_argument(
+        "--presets", nargs="+", default=None, help=f"presets to time (default: {' '.join(DEFAULT_PRESETS)})"
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=10.0, help="utterance length for the preset table")
     p.add_argument("--warmup", type=int, default=1, help="untimed short-input steps before timing")
     p.add_argument("--warmup-frames", type=int, default=100, help="input length of those warm-up steps")
     p.add_argument("--reps", type=int, default=3, help="most timed steps per preset (median reported)")
-    p.add_argument("--step-budget", type=float, default=60.0,
-                   help="seconds of full-size steps per preset: the first full-size step is an extra warm-up "
-                        "only if reps+1 steps fit, and timing stops before the total would pass this")
+    p.add_argument(
+        "--step-budget",
+        type=float,
+        default=60.0,
+        help="seconds of full-size steps per preset: the first full-size step is an extra warm-up "
+        "only if reps+1 steps fit, and timing stops before the total would pass this",
+    )
     p.add_argument("--mamba", default="bimamba-tiny", help="Mamba model of the scaling experiment")
-    p.add_argument("--attention", default="auto",
-                   help="attention model of the scaling experiment; auto = transformer-tiny deepened to match params")
+    p.add_argument(
+        "--attention",
+        default="auto",
+        help="attention model of the scaling experiment; auto = transformer-tiny deepened to match params",
+    )
     p.add_argument("--scaling-frames", type=int, nargs="+", default=[1000, 4000, 16000])
     p.add_argument("--scaling-reps", type=int, default=3, help="most timed steps per scaling measurement")
-    p.add_argument("--scaling-budget", type=float, default=20.0,
-                   help="like --step-budget, per scaling measurement (slow ones get one timed step)")
+    p.add_argument(
+        "--scaling-budget",
+        type=float,
+        default=20.0,
+        help="like --step-budget, per scaling measurement (slow ones get one timed step)",
+    )
     p.add_argument("--scaling-warmup-frames", type=int, default=1000, help="warm-up input length (frames)")
-    p.add_argument("--max-seconds", type=float, default=150.0,
-                   help="skip a scaling measurement predicted to take longer than this (s)")
-    p.add_argument("--max-memory-gb", type=float, default=8.0,
-                   help="skip (predicted) or kill (sampled) a measurement above this RSS (GB)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=150.0,
+        help="skip a scaling measurement predicted to take longer than this (s)",
+    )
+    p.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=8.0,
+        help="skip (predicted) or kill (sampled) a measurement above this RSS (GB)",
+    )
     p.add_argument("--timeout", type=float, default=400.0, help="hard limit per subprocess (s)")
     p.add_argument("--peak-seconds", type=float, default=2.0, help="time spent measuring the matmul peak")
     p.add_argument("--skip-presets", action="store_true", help="run only the scaling experiment")
@@ -492,7 +601,7 @@ def main() -> None:
         for name in args.presets + [args.mamba]:
             resolve(name)
     except SpeechBudgetError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     started = time.perf_counter()
     info = machine_info()
     peak_start = measure_fp32_peak(args.peak_seconds)
@@ -510,9 +619,11 @@ def main() -> None:
         "total_wall_s": time.perf_counter() - started,
         "fp32_peak": {"start": peak_start, "end": peak_end},
         "peak_flops": peak,
-        "memory_method": ("VmHWM (/proc/self/status) of a fresh subprocess per measurement, minus its RSS after "
-                          "building model and input; ru_maxrss recorded but inherits the parent's peak across "
-                          "fork+exec; psutil RSS sampled every 50 ms by the parent as a cross-check"),
+        "memory_method": (
+            "VmHWM (/proc/self/status) of a fresh subprocess per measurement, minus its RSS after "
+            "building model and input; ru_maxrss recorded but inherits the parent's peak across "
+            "fork+exec; psutil RSS sampled every 50 ms by the parent as a cross-check"
+        ),
         "presets": presets,
         "scaling": scaling,
     }

@@ -90,7 +90,9 @@ def long_regime(n_files: int, seconds: float) -> Regime:
         cut = rec.to_cut().truncate(duration=dur)
         clips.append(cut.load_audio()[0].astype(np.float32))
         cuts.append(cut)
-    return Regime("long", f"first {seconds:g} s of each 16 kHz noise recording", clips, CutSet.from_cuts(cuts))
+    return Regime(
+        "long", f"first {seconds:g} s of each 16 kHz noise recording", clips, CutSet.from_cuts(cuts)
+    )
 
 
 def short_regime(total_seconds: float, seed: int = 0) -> Regime:
@@ -205,15 +207,20 @@ def measure_stages(regime: Regime, reps: int, workdir: Path) -> dict:
             for cut, f in zip(cuts, feats):
                 writer.write(cut.id, f)
 
-    return {name: median([r["cpu_s"] for r in repeat(fn, reps)]) for name, fn in
-            [("read_audio", read), ("fbank", extract), ("lilcom_write", write)]}
+    return {
+        name: median([r["cpu_s"] for r in repeat(fn, reps)])
+        for name, fn in [("read_audio", read), ("fbank", extract), ("lilcom_write", write)]
+    }
 
 
 # (label, file suffix, function) whose cumulative time cProfile reports; they may nest (see label)
 PROFILE_GROUPS = [
     ("audio read (MonoCut.load_audio)", "lhotse/cut/mono.py", "load_audio"),
-    ("  of which: torchaudio availability check (lhotse.utils.is_torchaudio_available)",
-     "lhotse/utils.py", "is_torchaudio_available"),
+    (
+        "  of which: torchaudio availability check (lhotse.utils.is_torchaudio_available)",
+        "lhotse/utils.py",
+        "is_torchaudio_available",
+    ),
     ("fbank (Fbank.extract)", "features/kaldi/extractors.py", "extract"),
     ("lilcom compress + write (LilcomChunkyWriter.write)", "lhotse/features/io.py", "write"),
 ]
@@ -234,12 +241,25 @@ def profile_pipeline(regime: Regime, workdir: Path, top: int) -> dict:
         for label, suffix, name in PROFILE_GROUPS:
             if func == name and filename.endswith(suffix):
                 groups[label] += cumtime
-        where = func if filename == "~" else f"{Path(filename).parent.name}/{Path(filename).name}:{line}({func})"
-        rows.append({"function": where, "calls": ncalls, "own_s": tottime, "cum_s": cumtime,
-                     "own_share": tottime / total if total else 0.0})
+        where = (
+            func if filename == "~" else f"{Path(filename).parent.name}/{Path(filename).name}:{line}({func})"
+        )
+        rows.append(
+            {
+                "function": where,
+                "calls": ncalls,
+                "own_s": tottime,
+                "cum_s": cumtime,
+                "own_share": tottime / total if total else 0.0,
+            }
+        )
     rows.sort(key=lambda r: -r["own_s"])
-    return {"regime": regime.name, "total_cpu_s": total, "groups": [[k, v] for k, v in groups.items()],
-            "top": rows[:top]}
+    return {
+        "regime": regime.name,
+        "total_cpu_s": total,
+        "groups": [[k, v] for k, v in groups.items()],
+        "top": rows[:top],
+    }
 
 
 def overhead_fit(results: dict[str, dict]) -> dict:
@@ -252,8 +272,11 @@ def overhead_fit(results: dict[str, dict]) -> dict:
     design = np.array([[r["audio_seconds"], r["utterances"]] for r in rows])
     cpu = np.array([r["pipeline"]["cpu_s"] for r in rows])
     (a, b), *_ = np.linalg.lstsq(design, cpu, rcond=None)
-    return {"cpu_s_per_audio_s": float(a), "x_rt_long_limit": float(1 / a) if a > 0 else float("inf"),
-            "cpu_ms_per_utterance": float(b) * 1e3}
+    return {
+        "cpu_s_per_audio_s": float(a),
+        "x_rt_long_limit": float(1 / a) if a > 0 else float("inf"),
+        "cpu_ms_per_utterance": float(b) * 1e3,
+    }
 
 
 def break_even_seconds(fit: dict, target: float) -> float:
@@ -270,67 +293,102 @@ def diagnosis(results: dict[str, dict], fit: dict, target: float) -> str:
     """Is the target met per core, and if not, what the missing time is spent on."""
     worst = min(results, key=lambda r: results[r]["pipeline"]["x_rt_cpu"])
     worst_rt = results[worst]["pipeline"]["x_rt_cpu"]
-    cost = (f"A fit over the regimes gives {fit['cpu_ms_per_utterance']:.2f} CPU ms of fixed cost per utterance "
-            f"plus {fit['x_rt_long_limit']:.0f}x real time on the audio itself, so utterances shorter than "
-            f"{break_even_seconds(fit, target):.2f} s fall below {target:g}x.")
+    cost = (
+        f"A fit over the regimes gives {fit['cpu_ms_per_utterance']:.2f} CPU ms of fixed cost per utterance "
+        f"plus {fit['x_rt_long_limit']:.0f}x real time on the audio itself, so utterances shorter than "
+        f"{break_even_seconds(fit, target):.2f} s fall below {target:g}x."
+    )
     if worst_rt >= target:
-        return (f"Target {target:g}x real time per core: **met** in every regime through the full pipeline "
-                f"(slowest: {worst}, {worst_rt:.0f}x by CPU time). {cost}")
+        return (
+            f"Target {target:g}x real time per core: **met** in every regime through the full pipeline "
+            f"(slowest: {worst}, {worst_rt:.0f}x by CPU time). {cost}"
+        )
     stages = results[worst]["stages"]
     total = results[worst]["pipeline"]["cpu_s"]
     parts = ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items())
     other = 1 - sum(stages.values()) / total
     met = [name for name, r in results.items() if r["pipeline"]["x_rt_cpu"] >= target]
-    return (f"Target {target:g}x real time per core: **not met** for {worst} ({worst_rt:.0f}x by CPU time)"
-            + (f"; met for {', '.join(met)}" if met else "") + f". {cost} Share of the {worst} pipeline's CPU "
-            f"time: {parts}, lhotse per-cut bookkeeping (the rest) {other:.0%}.")
+    return (
+        f"Target {target:g}x real time per core: **not met** for {worst} ({worst_rt:.0f}x by CPU time)"
+        + (f"; met for {', '.join(met)}" if met else "")
+        + f". {cost} Share of the {worst} pipeline's CPU "
+        f"time: {parts}, lhotse per-cut bookkeeping (the rest) {other:.0%}."
+    )
 
 
 def render_markdown(data: dict) -> str:
-    headers = ["regime", "utts", "audio s", "mean utt s", "direct xRT cpu", "direct xRT wall",
-               "pipeline xRT cpu", "pipeline xRT wall", "stage CPU s (read/fbank/lilcom) vs pipeline",
-               "bytes/audio s", "load 1m"]
+    headers = [
+        "regime",
+        "utts",
+        "audio s",
+        "mean utt s",
+        "direct xRT cpu",
+        "direct xRT wall",
+        "pipeline xRT cpu",
+        "pipeline xRT wall",
+        "stage CPU s (read/fbank/lilcom) vs pipeline",
+        "bytes/audio s",
+        "load 1m",
+    ]
     rows = []
     for name in data["regime_order"]:  # the JSON is written with sorted keys
         r = data["regimes"][name]
         st, pipe = r["stages"], r["pipeline"]
         loads = [run for part in ("direct", "pipeline") for run in r[part]["runs"]]
-        rows.append([
-            name, r["utterances"], f"{r['audio_seconds']:.0f}", f"{r['mean_utterance_s']:.2f}",
-            f"{r['direct']['x_rt_cpu']:.0f}", f"{r['direct']['x_rt_wall']:.0f}",
-            f"{pipe['x_rt_cpu']:.0f}", f"{pipe['x_rt_wall']:.0f}",
-            f"{st['read_audio']:.2f}/{st['fbank']:.2f}/{st['lilcom_write']:.2f} vs {pipe['cpu_s']:.2f}",
-            f"{pipe['stored_bytes_per_audio_second']:.0f}",
-            fmt_load(loads[0]["load_before"], loads[-1]["load_after"]),
-        ])
+        rows.append(
+            [
+                name,
+                r["utterances"],
+                f"{r['audio_seconds']:.0f}",
+                f"{r['mean_utterance_s']:.2f}",
+                f"{r['direct']['x_rt_cpu']:.0f}",
+                f"{r['direct']['x_rt_wall']:.0f}",
+                f"{pipe['x_rt_cpu']:.0f}",
+                f"{pipe['x_rt_wall']:.0f}",
+                f"{st['read_audio']:.2f}/{st['fbank']:.2f}/{st['lilcom_write']:.2f} vs {pipe['cpu_s']:.2f}",
+                f"{pipe['stored_bytes_per_audio_second']:.0f}",
+                fmt_load(loads[0]["load_before"], loads[-1]["load_after"]),
+            ]
+        )
     prof = data["profile"]
     group_rows = [[label, f"{sec:.3f}", f"{sec / prof['total_cpu_s']:.0%}"] for label, sec in prof["groups"]]
-    prof_rows = [[p["function"], p["calls"], f"{p['own_s']:.3f}", f"{p['own_share']:.0%}"] for p in prof["top"]]
+    prof_rows = [
+        [p["function"], p["calls"], f"{p['own_s']:.3f}", f"{p['own_share']:.0%}"] for p in prof["top"]
+    ]
     s = data["settings"]
-    return "\n\n".join([
-        "## Fbank extraction speed (bench/fbank_speed.py)",
-        machine_markdown(data["machine"]),
-        (f"Single thread (`torch.set_num_threads(1)`), lhotse `Fbank` 80 bins / 10 ms as built by "
-         f"`speechbudget.data.features.fbank_extractor()`. xRT = audio seconds / CPU seconds of the process "
-         f"(`time.process_time`; the wall-clock figure next to it), median of {s['reps']} runs after one "
-         f"warm-up run. *direct*: `Fbank.extract` on in-memory audio. *pipeline*: `compute_fbank` = "
-         f"`CutSet.compute_and_store_features(LilcomChunkyWriter, num_jobs=1)`, i.e. read wav + fbank + "
-         f"lilcom + write (files in the page cache). Stage columns time each part alone."
-         + (" **Quick mode: reduced audio, numbers are a smoke check only.**" if s["quick"] else "")),
-        markdown_table(headers, rows),
-        data["diagnosis"],
-        (f"cProfile of one pipeline run ({prof['regime']}, {prof['total_cpu_s']:.2f} CPU s under the profiler), "
-         "cumulative time of its parts (cProfile inflates Python-heavy parts such as the per-cut checks):"),
-        markdown_table(["part", "cum s", "share"], group_rows),
-        "Top functions by own time:",
-        markdown_table(["function", "calls", "own s", "share"], prof_rows),
-    ])
+    return "\n\n".join(
+        [
+            "## Fbank extraction speed (bench/fbank_speed.py)",
+            machine_markdown(data["machine"]),
+            (
+                f"Single thread (`torch.set_num_threads(1)`), lhotse `Fbank` 80 bins / 10 ms as built by "
+                f"`speechbudget.data.features.fbank_extractor()`. xRT = audio seconds / CPU seconds of the process "
+                f"(`time.process_time`; the wall-clock figure next to it), median of {s['reps']} runs after one "
+                f"warm-up run. *direct*: `Fbank.extract` on in-memory audio. *pipeline*: `compute_fbank` = "
+                f"`CutSet.compute_and_store_features(LilcomChunkyWriter, num_jobs=1)`, i.e. read wav + fbank + "
+                f"lilcom + write (files in the page cache). Stage columns time each part alone."
+                + (" **Quick mode: reduced audio, numbers are a smoke check only.**" if s["quick"] else "")
+            ),
+            markdown_table(headers, rows),
+            data["diagnosis"],
+            (
+                f"cProfile of one pipeline run ({prof['regime']}, {prof['total_cpu_s']:.2f} CPU s under the profiler), "
+                "cumulative time of its parts (cProfile inflates Python-heavy parts such as the per-cut checks):"
+            ),
+            markdown_table(["part", "cum s", "share"], group_rows),
+            "Top functions by own time:",
+            markdown_table(["function", "calls", "own s", "share"], prof_rows),
+        ]
+    )
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=default_out("fbank_speed"), help="JSON output (a .md goes next to it)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=default_out("fbank_speed"), help="JSON output (a .md goes next to it)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke check: ~30 s of audio per regime, 1 run")
     p.add_argument("--reps", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--long-seconds", type=float, default=60.0, help="length of each long utterance")
@@ -357,7 +415,10 @@ def main() -> None:
             long_regime(1 if args.quick else len(noise_files()), args.long_seconds),
         ]
         for regime in regimes:
-            print(f"[fbank] {regime.name}: {len(regime.clips)} utterances, {regime.audio_seconds:.0f} s", flush=True)
+            print(
+                f"[fbank] {regime.name}: {len(regime.clips)} utterances, {regime.audio_seconds:.0f} s",
+                flush=True,
+            )
             results[regime.name] = {
                 "description": regime.description,
                 "utterances": len(regime.clips),

@@ -31,6 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
 def _register_plan() -> None:
     from .cli_plan import register
 
@@ -65,7 +67,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Budget-aware self-supervised speech pretraining.
 
@@ -86,21 +90,33 @@ def _root(
 def prepare(
     source: str = typer.Argument(..., help="synthetic | fsdd | commonvoice | librispeech | dir"),
     path: Optional[Path] = typer.Argument(None, help="Corpus folder (not needed for synthetic)."),
-    out_dir: Path = typer.Option(Path("data"), "--out", help="Output folder; the corpus goes to OUT/<name>/."),
+    out_dir: Path = typer.Option(
+        Path("data"), "--out", help="Output folder; the corpus goes to OUT/<name>/."
+    ),
     name: Optional[str] = typer.Option(None, help="Corpus name (default: the source name)."),
     hours: float = typer.Option(0.2, help="synthetic: hours of audio to synthesize."),
     seed: int = typer.Option(0, help="synthetic: random seed (same seed, same corpus)."),
-    grammar: str = typer.Option("sentences", help="synthetic: what is said: sentences (open vocabulary) or digits (connected digits)."),
-    speakers: int = typer.Option(24, help="synthetic: number of voices; a tenth each (at least one) are dev and test voices."),
+    grammar: str = typer.Option(
+        "sentences", help="synthetic: what is said: sentences (open vocabulary) or digits (connected digits)."
+    ),
+    speakers: int = typer.Option(
+        24, help="synthetic: number of voices; a tenth each (at least one) are dev and test voices."
+    ),
     noise_dir: Optional[Path] = typer.Option(None, help="synthetic: folder of noise wavs to mix in."),
     snr: float = typer.Option(20.0, help="synthetic: signal-to-noise ratio in dB when mixing noise."),
     test_speakers: str = typer.Option("theo", help="fsdd: comma-separated held-out test speakers."),
     dev_speakers: str = typer.Option("", help="fsdd: comma-separated dev speakers."),
-    table: Optional[Path] = typer.Option(None, help="commonvoice: the .tsv/.csv table (default: validated.tsv)."),
+    table: Optional[Path] = typer.Option(
+        None, help="commonvoice: the .tsv/.csv table (default: validated.tsv)."
+    ),
     test_fraction: float = typer.Option(0.2, help="commonvoice: share of speakers held out for test."),
-    parts: Optional[str] = typer.Option(None, help="librispeech: comma-separated parts (default: all found)."),
+    parts: Optional[str] = typer.Option(
+        None, help="librispeech: comma-separated parts (default: all found)."
+    ),
     download: bool = typer.Option(False, help="librispeech: download the parts first (needs network)."),
-    transcripts: Optional[Path] = typer.Option(None, help="dir: a path<TAB>text file; none = unlabeled audio."),
+    transcripts: Optional[Path] = typer.Option(
+        None, help="dir: a path<TAB>text file; none = unlabeled audio."
+    ),
     split: str = typer.Option("train", help="dir: split name for the folder's audio."),
     features: bool = typer.Option(True, "--features/--no-features", help="Compute 80-dim fbank features."),
     force: bool = typer.Option(False, "--force", help="Redo splits that are already prepared."),
@@ -125,7 +141,15 @@ def prepare(
 
         opts.update(hours=hours, seed=seed, noise_dir=noise_dir, snr=snr, grammar=grammar, speakers=speakers)
         find = lambda ex: synthetic.find_items(  # noqa: E731
-            out_dir / corpus / "synth", hours, seed, noise_dir, snr if noise_dir else None, ex, grammar, speakers)
+            out_dir / corpus / "synth",
+            hours,
+            seed,
+            noise_dir,
+            snr if noise_dir else None,
+            ex,
+            grammar,
+            speakers,
+        )
     elif source == "fsdd":
         from .data.sources import fsdd
 
@@ -143,8 +167,17 @@ def prepare(
         from .data.sources import folder
 
         find = lambda ex: folder.find_items(path, transcripts, split)  # noqa: E731
-    summary = prep.prepare(find, corpus, out_dir, features=features, force=force, num_jobs=num_jobs,
-                           executor_kind=executor, scheduler=scheduler, options=opts)
+    summary = prep.prepare(
+        find,
+        corpus,
+        out_dir,
+        features=features,
+        force=force,
+        num_jobs=num_jobs,
+        executor_kind=executor,
+        scheduler=scheduler,
+        options=opts,
+    )
     if as_json:
         emit_json(summary.to_dict())
     else:
@@ -152,9 +185,15 @@ def prepare(
         for col in ("split", "kept", "rejected", "converted", "hours", "status", "rejection reasons"):
             t.add_column(col)
         for s in summary.splits:
-            t.add_row(s.split, str(s.kept), str(s.rejected), str(s.converted), f"{s.hours:.3f}",
-                      "already prepared (use --force)" if s.skipped else "done",
-                      ", ".join(f"{k}: {v}" for k, v in s.reasons.items()))
+            t.add_row(
+                s.split,
+                str(s.kept),
+                str(s.rejected),
+                str(s.converted),
+                f"{s.hours:.3f}",
+                "already prepared (use --force)" if s.skipped else "done",
+                ", ".join(f"{k}: {v}" for k, v in s.reasons.items()),
+            )
         out.print(t)
         if any(s.rejected for s in summary.splits):
             out.print(f"rejected items and reasons: {summary.corpus_dir}/rejected_<split>.jsonl")
@@ -180,21 +219,41 @@ def data_describe(
         emit_json(stats)
         return
     t = Table(title=str(path))
-    for col in ("split", "utterances", "hours", "speakers", "labeled", "features", "mean s", "p5 s", "p50 s", "p95 s", "max s"):
+    for col in (
+        "split",
+        "utterances",
+        "hours",
+        "speakers",
+        "labeled",
+        "features",
+        "mean s",
+        "p5 s",
+        "p50 s",
+        "p95 s",
+        "max s",
+    ):
         t.add_column(col, justify="right")
     for split, s in stats.items():
         d = s["duration_s"]
-        t.add_row(split, str(s["utterances"]), f"{s['hours']:.3f}", str(s["speakers"]), str(s["labeled"]),
-                  str(s["with_features"]), *(f"{d.get(k, 0):.2f}" for k in ("mean", "p5", "p50", "p95", "p100")))
+        t.add_row(
+            split,
+            str(s["utterances"]),
+            f"{s['hours']:.3f}",
+            str(s["speakers"]),
+            str(s["labeled"]),
+            str(s["with_features"]),
+            *(f"{d.get(k, 0):.2f}" for k in ("mean", "p5", "p50", "p95", "p100")),
+        )
     out.print(t)
-
 
 
 # ---------------------------------------------------------------------------------------- models
 @models_app.command("list", epilog="Example:\n\n  speechbudget models list --family zipformer --json")
 def models_list(
     family: Optional[str] = typer.Option(None, help="Only this family: zipformer, transformer, bimamba."),
-    flops: bool = typer.Option(False, "--flops", help="Also count forward GFLOPs per second of audio (slower)."),
+    flops: bool = typer.Option(
+        False, "--flops", help="Also count forward GFLOPs per second of audio (slower)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Every encoder preset with its parameters (and, with --flops, its cost)."""
@@ -218,7 +277,10 @@ def models_list(
     out.print(t)
 
 
-@models_app.command("show", epilog="Examples:\n\n  speechbudget models show zipformer-base\n\n  speechbudget models show bimamba-tiny --json")
+@models_app.command(
+    "show",
+    epilog="Examples:\n\n  speechbudget models show zipformer-base\n\n  speechbudget models show bimamba-tiny --json",
+)
 def models_show(
     name: str = typer.Argument(..., help="Preset name (see `speechbudget models list`)."),
     seconds: float = typer.Option(10.0, help="Audio length the FLOPs are counted at."),
@@ -231,10 +293,12 @@ def models_show(
     if as_json:
         emit_json(d)
         return
-    out.print(f"[bold]{name}[/bold] ({d['family']}): {d['params'] / 1e6:.2f} M parameters"
-              + (f" ({d['encoder_params'] / 1e6:.2f} M without the front end)" if d.get("encoder_params") else "")
-              + f", output {d['frame_rate_hz']:g} Hz, {d['gflops_per_audio_second']:.3f} GFLOPs per second of audio "
-              f"(FLOPs = 2 x multiply-adds; {d['gmacs_per_audio_second']:.3f} GMACs)")
+    out.print(
+        f"[bold]{name}[/bold] ({d['family']}): {d['params'] / 1e6:.2f} M parameters"
+        + (f" ({d['encoder_params'] / 1e6:.2f} M without the front end)" if d.get("encoder_params") else "")
+        + f", output {d['frame_rate_hz']:g} Hz, {d['gflops_per_audio_second']:.3f} GFLOPs per second of audio "
+        f"(FLOPs = 2 x multiply-adds; {d['gmacs_per_audio_second']:.3f} GMACs)"
+    )
     t = Table(title=f"forward cost per second of audio (counted at {seconds:g} s)")
     t.add_column("module")
     t.add_column("GFLOPs", justify="right")
@@ -247,7 +311,9 @@ def models_show(
 
 
 # ---------------------------------------------------------------------------------- training
-OVERRIDES = typer.Argument(None, help="key=value overrides of the recipe section, e.g. budget.steps=100 optim.lr=0.01")
+OVERRIDES = typer.Argument(
+    None, help="key=value overrides of the recipe section, e.g. budget.steps=100 optim.lr=0.01"
+)
 
 
 def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
@@ -258,12 +324,17 @@ def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
     t.add_column("")
     t.add_column("value", justify="right")
     final = summary.get("final") or {}
-    rows = [("steps", summary["steps"]), ("epochs", f"{summary['epochs']:.2f}"),
-            ("training FLOPs", f"{summary['flops']:.3e}"),
-            ("FLOP limit", f"{summary['flops_limit']:.3e}" if summary.get("flops_limit") else "-"),
-            ("audio hours", f"{summary['audio_hours']:.4f}"), ("wall seconds", f"{summary['wall_seconds']:.1f}"),
-            ("budget used", f"{100 * summary['budget_used']:.1f}% ({summary['binding_limit']})"),
-            ("skipped non-finite steps", summary["bad_steps"]), ("checkpoint", summary["checkpoint"])]
+    rows = [
+        ("steps", summary["steps"]),
+        ("epochs", f"{summary['epochs']:.2f}"),
+        ("training FLOPs", f"{summary['flops']:.3e}"),
+        ("FLOP limit", f"{summary['flops_limit']:.3e}" if summary.get("flops_limit") else "-"),
+        ("audio hours", f"{summary['audio_hours']:.4f}"),
+        ("wall seconds", f"{summary['wall_seconds']:.1f}"),
+        ("budget used", f"{100 * summary['budget_used']:.1f}% ({summary['binding_limit']})"),
+        ("skipped non-finite steps", summary["bad_steps"]),
+        ("checkpoint", summary["checkpoint"]),
+    ]
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in final.items()]
     for k, v in rows:
         t.add_row(k, str(v))
@@ -272,17 +343,27 @@ def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
         out.print("the budget was already spent: nothing to do (delete the exp_dir to start over)")
 
 
-@app.command(epilog="Examples:\n\n"
-             "  speechbudget kmeans data/synthetic --out exp/km1 --features mfcc --num-clusters 100\n\n"
-             "  speechbudget kmeans data/synthetic --out exp/km2 --features layer --checkpoint exp/pt/checkpoints --layer 4 --num-clusters 500")
+@app.command(
+    epilog="Examples:\n\n"
+    "  speechbudget kmeans data/synthetic --out exp/km1 --features mfcc --num-clusters 100\n\n"
+    "  speechbudget kmeans data/synthetic --out exp/km2 --features layer --checkpoint exp/pt/checkpoints --layer 4 --num-clusters 500"
+)
 def kmeans(
-    cuts: List[Path] = typer.Argument(..., help="Corpus folder or cuts_<split>.jsonl.gz files; k-means is fit on the train split."),
+    cuts: List[Path] = typer.Argument(
+        ..., help="Corpus folder or cuts_<split>.jsonl.gz files; k-means is fit on the train split."
+    ),
     out_dir: Path = typer.Option(..., "--out", help="Where the labeled cuts and the k-means model go."),
-    features: str = typer.Option("mfcc", help="mfcc (39-dim with deltas, iteration 1) | fbank | layer (iteration 2)."),
+    features: str = typer.Option(
+        "mfcc", help="mfcc (39-dim with deltas, iteration 1) | fbank | layer (iteration 2)."
+    ),
     num_clusters: int = typer.Option(100, help="Clusters (HuBERT: 100 on MFCC, 500 on a hidden layer)."),
     max_frames: int = typer.Option(200_000, help="Frames sampled to fit k-means."),
-    encoder: str = typer.Option("zipformer-tiny", help="Encoder preset whose output frame rate and lengths the labels follow."),
-    checkpoint: Optional[Path] = typer.Option(None, help="features=layer: a pretraining checkpoint (file or its folder)."),
+    encoder: str = typer.Option(
+        "zipformer-tiny", help="Encoder preset whose output frame rate and lengths the labels follow."
+    ),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="features=layer: a pretraining checkpoint (file or its folder)."
+    ),
     layer: Optional[int] = typer.Option(None, help="features=layer: which encoder layer."),
     seed: int = typer.Option(0),
     as_json: bool = JSON_OPT,
@@ -291,7 +372,9 @@ def kmeans(
     from .train.targets import make_targets
 
     quiet_if_json(as_json)
-    summary = make_targets(cuts, out_dir, features, num_clusters, max_frames, encoder, checkpoint, layer, seed)
+    summary = make_targets(
+        cuts, out_dir, features, num_clusters, max_frames, encoder, checkpoint, layer, seed
+    )
     if as_json:
         emit_json(summary)
         return
@@ -303,15 +386,19 @@ def kmeans(
     for split, s in summary["splits"].items():
         t.add_row(split, str(s["cuts"]), s["path"])
     out.print(t)
-    out.print(f"cluster usage: entropy {u['entropy_bits']:.2f} of {u['max_entropy_bits']:.2f} bits, "
-              f"perplexity {u['perplexity']:.1f}, empty clusters {u['empty_clusters']}")
+    out.print(
+        f"cluster usage: entropy {u['entropy_bits']:.2f} of {u['max_entropy_bits']:.2f} bits, "
+        f"perplexity {u['perplexity']:.1f}, empty clusters {u['empty_clusters']}"
+    )
 
 
-@app.command(epilog="Examples:\n\n"
-             "  speechbudget pretrain recipes/quickstart.yaml\n\n"
-             "  speechbudget pretrain recipes/quickstart.yaml budget.flops=2e13 encoder=zipformer-xs\n\n"
-             "  torchrun --nproc_per_node 8 -m speechbudget.cli pretrain recipes/librispeech-100h-zipformer-base.yaml\n\n"
-             "Re-running the same command resumes from the newest checkpoint.")
+@app.command(
+    epilog="Examples:\n\n"
+    "  speechbudget pretrain recipes/quickstart.yaml\n\n"
+    "  speechbudget pretrain recipes/quickstart.yaml budget.flops=2e13 encoder=zipformer-xs\n\n"
+    "  torchrun --nproc_per_node 8 -m speechbudget.cli pretrain recipes/librispeech-100h-zipformer-base.yaml\n\n"
+    "Re-running the same command resumes from the newest checkpoint."
+)
 def pretrain(
     recipe: Path = typer.Argument(..., help="Recipe YAML; its `pretrain:` section is used."),
     overrides: Optional[List[str]] = OVERRIDES,
@@ -326,9 +413,11 @@ def pretrain(
     _render_train(run(cfg, load_yaml(recipe)), as_json)
 
 
-@app.command(epilog="Examples:\n\n"
-             "  speechbudget finetune recipes/quickstart.yaml\n\n"
-             "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch")
+@app.command(
+    epilog="Examples:\n\n"
+    "  speechbudget finetune recipes/quickstart.yaml\n\n"
+    "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch"
+)
 def finetune(
     recipe: Path = typer.Argument(..., help="Recipe YAML; its `finetune:` section is used."),
     overrides: Optional[List[str]] = OVERRIDES,
@@ -343,9 +432,11 @@ def finetune(
     _render_train(run(cfg, load_yaml(recipe)), as_json)
 
 
-@app.command(epilog="Examples:\n\n"
-             "  speechbudget decode exp/ft data/synthetic/cuts_test.jsonl.gz\n\n"
-             "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json")
+@app.command(
+    epilog="Examples:\n\n"
+    "  speechbudget decode exp/ft data/synthetic/cuts_test.jsonl.gz\n\n"
+    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json"
+)
 def decode(
     model: Path = typer.Argument(..., help="Fine-tuning exp dir (newest checkpoint) or a checkpoint file."),
     cuts: List[Path] = typer.Argument(..., help="One or more cut manifests to decode."),
@@ -372,8 +463,17 @@ def decode(
             out.print(f"{r['set']}: {r['note']}")
             continue
         ci = f"{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}" if r.get("ci95") else "-"
-        t.add_row(r["set"], str(r["utterances"]), f"{r['wer']:.2f}", ci, f"{r['cer']:.2f}", str(r["insertions"]), str(r["deletions"]),
-                  str(r["substitutions"]), str(r["ref_words"]))
+        t.add_row(
+            r["set"],
+            str(r["utterances"]),
+            f"{r['wer']:.2f}",
+            ci,
+            f"{r['cer']:.2f}",
+            str(r["insertions"]),
+            str(r["deletions"]),
+            str(r["substitutions"]),
+            str(r["ref_words"]),
+        )
     out.print(t)
     out.print(f"result files: {results[0]['out_dir']}")
 
@@ -382,9 +482,14 @@ tokenizer_app = typer.Typer(help="Sentencepiece tokenizers for CTC.", no_args_is
 app.add_typer(tokenizer_app, name="tokenizer")
 
 
-@tokenizer_app.command("train", epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char")
+@tokenizer_app.command(
+    "train",
+    epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char",
+)
 def tokenizer_train(
-    cuts: Path = typer.Argument(..., help="A cut manifest (or corpus folder) whose transcripts train the model."),
+    cuts: Path = typer.Argument(
+        ..., help="A cut manifest (or corpus folder) whose transcripts train the model."
+    ),
     out_dir: Path = typer.Option(..., "--out"),
     model_type: str = typer.Option("bpe", "--type", help="bpe | unigram | char"),
     vocab_size: int = typer.Option(64, help="Vocabulary size (clamped to what the text supports)."),
@@ -395,17 +500,27 @@ def tokenizer_train(
     from .data.manifests import load_cuts
 
     texts = [" ".join(s.text or "" for s in c.supervisions) for c in load_cuts(cuts)]
-    path = train_tokenizer([t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size)
+    path = train_tokenizer(
+        [t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size
+    )
     tok = Tokenizer(path)
     info = {"model": str(path), "type": model_type, "vocab_size": tok.vocab_size, "texts": len(texts)}
-    emit_json(info) if as_json else out.print(f"tokenizer -> {path} (vocab {tok.vocab_size}, {len(texts)} transcripts)")
+    emit_json(info) if as_json else out.print(
+        f"tokenizer -> {path} (vocab {tok.vocab_size}, {len(texts)} transcripts)"
+    )
 
 
-@app.command(epilog="Examples:\n\n  speechbudget report exp/quickstart/finetune exp/quickstart/scratch --out exp/report\n\n"
-             "  speechbudget report exp/ --out exp/report --json     # every run below exp/")
+@app.command(
+    epilog="Examples:\n\n  speechbudget report exp/quickstart/finetune exp/quickstart/scratch --out exp/report\n\n"
+    "  speechbudget report exp/ --out exp/report --json     # every run below exp/"
+)
 def report(
-    exp_dirs: List[Path] = typer.Argument(..., help="Experiment folders (fine-tuning or pretraining runs), or a parent folder."),
-    out_dir: Path = typer.Option(Path("report"), "--out", help="Where report.md, report.json and the PNG plots go."),
+    exp_dirs: List[Path] = typer.Argument(
+        ..., help="Experiment folders (fine-tuning or pretraining runs), or a parent folder."
+    ),
+    out_dir: Path = typer.Option(
+        Path("report"), "--out", help="Where report.md, report.json and the PNG plots go."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """One table over runs: encoder, parameters, compute used vs planned, labeled hours, WER with 95% CI; plots."""
@@ -441,20 +556,28 @@ def recipes_list(as_json: bool = JSON_OPT) -> None:
     out.print(t)
 
 
-@recipes_app.command("copy", epilog="Example:\n\n  speechbudget recipes copy quickstart my-run/   # then edit my-run/quickstart.yaml")
-def recipes_copy(name: str = typer.Argument(...), dest: Path = typer.Argument(..., help="Folder (or .yaml path) to copy to.")) -> None:
+@recipes_app.command(
+    "copy",
+    epilog="Example:\n\n  speechbudget recipes copy quickstart my-run/   # then edit my-run/quickstart.yaml",
+)
+def recipes_copy(
+    name: str = typer.Argument(...),
+    dest: Path = typer.Argument(..., help="Folder (or .yaml path) to copy to."),
+) -> None:
     """Copy a recipe to edit it; the original stays untouched."""
     from .recipes import copy_recipe
 
     out.print(f"copied to {copy_recipe(name, dest)}")
 
 
-@app.command(epilog="Examples:\n\n"
-             "  speechbudget run recipes/quickstart.yaml\n\n"
-             "  speechbudget run recipes/quickstart.yaml --stage finetune --stop-stage decode\n\n"
-             "  speechbudget run recipes/fsdd.yaml pretrain.budget.flops=1e12\n\n"
-             "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, finetune, scratch, decode, report. "
-             "A finished stage is skipped; a killed run resumes where it stopped.")
+@app.command(
+    epilog="Examples:\n\n"
+    "  speechbudget run recipes/quickstart.yaml\n\n"
+    "  speechbudget run recipes/quickstart.yaml --stage finetune --stop-stage decode\n\n"
+    "  speechbudget run recipes/fsdd.yaml pretrain.budget.flops=1e12\n\n"
+    "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, finetune, scratch, decode, report. "
+    "A finished stage is skipped; a killed run resumes where it stopped."
+)
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see `speechbudget recipes list`)."),
     overrides: Optional[List[str]] = OVERRIDES,
@@ -469,8 +592,11 @@ def run(
     data = load_run_recipe(recipe, overrides or [])
     from rich.markup import escape
 
-    log = (lambda m: err.print(escape(m), highlight=False)) if as_json else (
-        lambda m: out.print(f"[bold cyan]{escape(m)}[/bold cyan]", highlight=False))
+    log = (
+        (lambda m: err.print(escape(m), highlight=False))
+        if as_json
+        else (lambda m: out.print(f"[bold cyan]{escape(m)}[/bold cyan]", highlight=False))
+    )
     results = Pipeline(data, log=log).run(stage, stop_stage)
     if as_json:
         emit_json(results)
@@ -490,8 +616,15 @@ def _render_wer_summary(results: Dict[str, Any]) -> None:
         rep = rows.get(model, {})
         ci = f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}" if r.get("ci95") else "-"
         flops = lambda v: f"{v:.2e}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-        t.add_row(model, r["set"], flops(rep.get("pretrain_flops")), flops(rep.get("total_flops")),
-                  "-" if r.get("wer") is None else f"{r['wer']:.2f}", ci, "-" if r.get("cer") is None else f"{r['cer']:.2f}")
+        t.add_row(
+            model,
+            r["set"],
+            flops(rep.get("pretrain_flops")),
+            flops(rep.get("total_flops")),
+            "-" if r.get("wer") is None else f"{r['wer']:.2f}",
+            ci,
+            "-" if r.get("cer") is None else f"{r['cer']:.2f}",
+        )
     out.print(t)
 
 
@@ -509,7 +642,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(0)
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "speechbudget"
-        err.print(f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]error:[/red] {e.format_message()} (see `{cmd} --help`)", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to resume")
@@ -517,8 +652,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # a bug of ours: one line by default, the traceback on request
         if os.environ.get("SPEECHBUDGET_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (re-run with SPEECHBUDGET_DEBUG=1 for the "
-                  "traceback and report it)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[red]internal error:[/red] {type(e).__name__}: {e} (re-run with SPEECHBUDGET_DEBUG=1 for the "
+            "traceback and report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
     if isinstance(rc, int) and rc == 130:  # typer turns Ctrl-C into Exit(130)
         err.print("interrupted; re-run the same command to resume")

@@ -39,22 +39,46 @@ PLAN_EPILOG = (
 def plan_main(
     ctx: typer.Context,
     budget: Optional[float] = typer.Option(None, help="How much compute you have, in --unit."),
-    unit: str = typer.Option("gpu-hours", help="flops | gpu-hours | hours (wall-clock hours on --num-devices devices)."),
-    device: str = typer.Option("a100", help="Device whose peak converts hours to FLOPs: v100, a100, l4, h100, h200, cpu."),
-    data_hours: Optional[float] = typer.Option(None, "--data-hours", help="Hours of unlabeled audio you have (inf = unlimited)."),
+    unit: str = typer.Option(
+        "gpu-hours", help="flops | gpu-hours | hours (wall-clock hours on --num-devices devices)."
+    ),
+    device: str = typer.Option(
+        "a100", help="Device whose peak converts hours to FLOPs: v100, a100, l4, h100, h200, cpu."
+    ),
+    data_hours: Optional[float] = typer.Option(
+        None, "--data-hours", help="Hours of unlabeled audio you have (inf = unlimited)."
+    ),
     family: str = typer.Option("zipformer", help="Encoder family: zipformer, transformer, bimamba."),
-    presets: Optional[str] = typer.Option(None, help="Comma-separated presets to consider instead of the family's."),
-    grid: Optional[str] = typer.Option(None, help="Width x depth grid: none | small | full (default: small; none with --presets)."),
-    law: Optional[Path] = typer.Option(None, "--law", help="Scaling law fitted by `plan fit` (default: uncalibrated guess)."),
-    dtype: Optional[str] = typer.Option(None, help="Peak to use: bf16, fp16, tf32, fp32 (default: bf16 on GPUs, fp32 on cpu)."),
-    utilisation: Optional[float] = typer.Option(None, help="Model-FLOPs utilisation (default: calibrated, else 0.35 GPU / 0.5 CPU)."),
+    presets: Optional[str] = typer.Option(
+        None, help="Comma-separated presets to consider instead of the family's."
+    ),
+    grid: Optional[str] = typer.Option(
+        None, help="Width x depth grid: none | small | full (default: small; none with --presets)."
+    ),
+    law: Optional[Path] = typer.Option(
+        None, "--law", help="Scaling law fitted by `plan fit` (default: uncalibrated guess)."
+    ),
+    dtype: Optional[str] = typer.Option(
+        None, help="Peak to use: bf16, fp16, tf32, fp32 (default: bf16 on GPUs, fp32 on cpu)."
+    ),
+    utilisation: Optional[float] = typer.Option(
+        None, help="Model-FLOPs utilisation (default: calibrated, else 0.35 GPU / 0.5 CPU)."
+    ),
     num_devices: int = typer.Option(1, help="Devices training at once, for --unit hours."),
     num_clusters: int = typer.Option(500, help="k-means clusters of your targets (the HuBERT head's size)."),
-    max_duration: Optional[float] = typer.Option(None, help="Seconds of audio per batch in the recipe (default 350 GPU, 60 CPU)."),
-    calibration: Optional[Path] = typer.Option(None, help="Calibration file from `calibrate` (default ~/.cache/speechbudget)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Write a ready pretraining recipe (YAML) here."),
+    max_duration: Optional[float] = typer.Option(
+        None, help="Seconds of audio per batch in the recipe (default 350 GPU, 60 CPU)."
+    ),
+    calibration: Optional[Path] = typer.Option(
+        None, help="Calibration file from `calibrate` (default ~/.cache/speechbudget)."
+    ),
+    out_path: Optional[Path] = typer.Option(
+        None, "--out", help="Write a ready pretraining recipe (YAML) here."
+    ),
     plot: Optional[Path] = typer.Option(None, help="isoFLOP plot PNG (default: next to --out)."),
-    train_cuts: Optional[str] = typer.Option(None, help="Fill the recipe's train_cuts (k-means labeled cuts)."),
+    train_cuts: Optional[str] = typer.Option(
+        None, help="Fill the recipe's train_cuts (k-means labeled cuts)."
+    ),
     exp_dir: Optional[str] = typer.Option(None, help="Fill the recipe's exp_dir."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -68,16 +92,31 @@ def plan_main(
     ui = _ui()
     ui.quiet_if_json(as_json)
     if budget is None:
-        raise SpeechBudgetError("give --budget (e.g. --budget 200 --unit gpu-hours), or run `speechbudget plan fit`")
+        raise SpeechBudgetError(
+            "give --budget (e.g. --budget 200 --unit gpu-hours), or run `speechbudget plan fit`"
+        )
     spec = planner.BudgetSpec(budget, unit, device, dtype, utilisation, num_devices).validated()
     planner.check_inputs(data_hours, num_clusters, max_duration)  # fail before seconds of counting
     names = [p.strip() for p in presets.split(",") if p.strip()] if presets else None
     fitted = ScalingLaw.from_json(law) if law else None
     cal = calibrate.load_calibration(calibration)
-    cands = planner.candidate_costs(family, grid or ("none" if names else "small"), names, num_clusters,
-                                    progress=lambda items, total=None: progress.track(items, total, "counting FLOPs"))
-    result = planner.plan(spec, data_hours, cands, law=fitted, law_source=str(law) if law else None,
-                          max_duration=max_duration, num_clusters=num_clusters, calibration=cal)
+    cands = planner.candidate_costs(
+        family,
+        grid or ("none" if names else "small"),
+        names,
+        num_clusters,
+        progress=lambda items, total=None: progress.track(items, total, "counting FLOPs"),
+    )
+    result = planner.plan(
+        spec,
+        data_hours,
+        cands,
+        law=fitted,
+        law_source=str(law) if law else None,
+        max_duration=max_duration,
+        num_clusters=num_clusters,
+        calibration=cal,
+    )
     written: Dict[str, Optional[str]] = {"recipe": None, "plot": None}
     if out_path is not None:
         written["recipe"] = str(planner.write_recipe(result, out_path, train_cuts, exp_dir))
@@ -98,18 +137,29 @@ def _num(x: float) -> str:
 def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
     out = _ui().out
     b = result.budget
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption="shape: layers x width; GFLOP/s: training FLOPs per second of audio; loss: predicted, nats",
-              title=f"{b.amount:g} {b.unit} on {b.device}, "
-                    f"{'unlimited data' if result.data_hours is None else f'{result.data_hours:g} h of data'}, "
-                    f"{'fitted' if result.law.calibrated else 'uncalibrated'} law")
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="shape: layers x width; GFLOP/s: training FLOPs per second of audio; loss: predicted, nats",
+        title=f"{b.amount:g} {b.unit} on {b.device}, "
+        f"{'unlimited data' if result.data_hours is None else f'{result.data_hours:g} h of data'}, "
+        f"{'fitted' if result.law.calibrated else 'uncalibrated'} law",
+    )
     t.add_column("candidate", no_wrap=True)
     for col in ("params M", "shape", "GFLOP/s", "audio h", "epochs", "loss"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in result.candidates:
-        t.add_row(r["name"] + (" *" if r["best"] else ""), f"{r['params'] / 1e6:.2f}", f"{r['layers']} x {r['width']}",
-                  f"{r['flops_per_hour'] / 3600 / 1e9:.3f}", _num(r["audio_hours"]),
-                  "-" if r["epochs"] is None else _num(r["epochs"]), f"{r['predicted_loss']:.3f}",
-                  style="bold green" if r["best"] else None)
+        t.add_row(
+            r["name"] + (" *" if r["best"] else ""),
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['layers']} x {r['width']}",
+            f"{r['flops_per_hour'] / 3600 / 1e9:.3f}",
+            _num(r["audio_hours"]),
+            "-" if r["epochs"] is None else _num(r["epochs"]),
+            f"{r['predicted_loss']:.3f}",
+            style="bold green" if r["best"] else None,
+        )
     out.print(t)
     for line in result.notes:
         out.print(line, highlight=False)
@@ -122,12 +172,18 @@ def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
 
 
 def plan_fit(
-    run_dirs: List[Path] = typer.Argument(..., help="Pretraining exp_dirs, or a sweep's --out folder (searched below)."),
+    run_dirs: List[Path] = typer.Argument(
+        ..., help="Pretraining exp_dirs, or a sweep's --out folder (searched below)."
+    ),
     out_path: Path = typer.Option(..., "--out", help="Where the fitted law goes (JSON), for `plan --law`."),
     bootstrap: int = typer.Option(200, help="Bootstrap refits for the 95% intervals (0: none)."),
-    r_star: float = typer.Option(15.0, "--r-star", help="Repetitions after which extra epochs stop helping (fixed, not fitted)."),
+    r_star: float = typer.Option(
+        15.0, "--r-star", help="Repetitions after which extra epochs stop helping (fixed, not fitted)."
+    ),
     last: int = typer.Option(3, help="Logged steps averaged into each run's final loss."),
-    min_steps: int = typer.Option(100, help="Leave out runs with fewer optimizer steps (still near chance loss)."),
+    min_steps: int = typer.Option(
+        100, help="Leave out runs with fewer optimizer steps (still near chance loss)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Fit the scaling law L(N, D) = E + A/N^alpha + B/D^beta on pilot runs (Huber on log-loss)."""
@@ -137,9 +193,17 @@ def plan_fit(
     res = fit_runs(run_dirs, out_path, bootstrap, r_star, last, min_steps=min_steps)
     law = res["law"]
     if as_json:
-        ui.emit_json({"law": {k: getattr(law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")}, "ci": law.ci,
-                      "calibrated": law.calibrated, "path": res["path"], "points": res["points"],
-                      "mean_relative_error": res["mean_relative_error"], "left_out": res["left_out"]})
+        ui.emit_json(
+            {
+                "law": {k: getattr(law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")},
+                "ci": law.ci,
+                "calibrated": law.calibrated,
+                "path": res["path"],
+                "points": res["points"],
+                "mean_relative_error": res["mean_relative_error"],
+                "left_out": res["left_out"],
+            }
+        )
         return
     t = Table(box=box.SIMPLE_HEAD, title=f"scaling law fitted on {len(res['points'])} runs -> {res['path']}")
     for col in ("coefficient", "value", "95% interval"):
@@ -149,18 +213,27 @@ def plan_fit(
         t.add_row(name, f"{getattr(law, name):.4g}", f"{ci[0]:.4g} - {ci[1]:.4g}" if ci else "-")
     ui.out.print(t)
     if res["left_out"]:
-        ui.out.print(f"left out ({len(res['left_out'])} runs under {min_steps} optimizer steps): "
-                     + ", ".join(f"{Path(r['exp_dir']).name} ({r['steps']})" for r in res["left_out"]), highlight=False)
-    ui.out.print(f"R* = {law.r_star:g} (fixed); mean relative error on the runs "
-                 f"{100 * res['mean_relative_error']:.2f}%. Use it: speechbudget plan --law {res['path']} ...")
+        ui.out.print(
+            f"left out ({len(res['left_out'])} runs under {min_steps} optimizer steps): "
+            + ", ".join(f"{Path(r['exp_dir']).name} ({r['steps']})" for r in res["left_out"]),
+            highlight=False,
+        )
+    ui.out.print(
+        f"R* = {law.r_star:g} (fixed); mean relative error on the runs "
+        f"{100 * res['mean_relative_error']:.2f}%. Use it: speechbudget plan --law {res['path']} ..."
+    )
 
 
 # ----------------------------------------------------------------------------------------- sweep
 def sweep(
-    recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML whose `pretrain:` section every pilot uses."),
+    recipe: Path = typer.Option(
+        ..., "--recipe", help="Recipe YAML whose `pretrain:` section every pilot uses."
+    ),
     presets: str = typer.Option(..., help="Comma-separated encoder presets."),
     budgets: str = typer.Option(..., help="Comma-separated FLOP budgets, e.g. 1e11,2e11,4e11."),
-    out_dir: Path = typer.Option(..., "--out", help="Pilots go to OUT/<preset>-<budget>/, the points to OUT/sweep.json."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="Pilots go to OUT/<preset>-<budget>/, the points to OUT/sweep.json."
+    ),
     last: int = typer.Option(3, help="Logged steps averaged into each run's final loss."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -172,36 +245,66 @@ def sweep(
     names, flops = parse_list(presets, "preset"), parse_budgets(budgets)
     if not recipe.is_file():
         raise SpeechBudgetError(f"recipe {recipe} does not exist")
-    report = None if as_json else (lambda r: ui.out.print(
-        f"{Path(r['exp_dir']).name}: {r['steps']} steps, {r['audio_hours']:.4f} h, loss {r['final_loss']:.3f}"
-        + (" (already done)" if r["already_done"] else ""), highlight=False))
+    report = (
+        None
+        if as_json
+        else (
+            lambda r: ui.out.print(
+                f"{Path(r['exp_dir']).name}: {r['steps']} steps, {r['audio_hours']:.4f} h, loss {r['final_loss']:.3f}"
+                + (" (already done)" if r["already_done"] else ""),
+                highlight=False,
+            )
+        )
+    )
     res = run_sweep(recipe, names, flops, out_dir, last, on_run=report)
     if as_json:
         ui.emit_json(res)
         return
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"sweep -> {out_dir / 'sweep.json'}")
+    t = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"sweep -> {out_dir / 'sweep.json'}"
+    )
     t.add_column("run", no_wrap=True)
     for col in ("params M", "FLOPs", "audio h", "unique h", "steps", "final loss"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in res["runs"]:
-        t.add_row(Path(r["exp_dir"]).name, f"{r['params'] / 1e6:.2f}", f"{r['flops']:.3g}", f"{r['audio_hours']:.4f}",
-                  f"{r['unique_hours']:.3f}", str(r["steps"]), f"{r['final_loss']:.4f}")
+        t.add_row(
+            Path(r["exp_dir"]).name,
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['flops']:.3g}",
+            f"{r['audio_hours']:.4f}",
+            f"{r['unique_hours']:.3f}",
+            str(r["steps"]),
+            f"{r['final_loss']:.4f}",
+        )
     ui.out.print(t)
     ui.out.print(f"next: speechbudget plan fit {out_dir} --out {out_dir / 'law.json'}")
 
 
 # ------------------------------------------------------------------------------------- calibrate
 def calibrate_cmd(
-    presets: Optional[str] = typer.Option(None, help="Comma-separated presets (default: the family's; on a CPU those under 25M)."),
-    family: str = typer.Option("zipformer", help="Family whose presets are calibrated when --presets is not given."),
-    device_name: Optional[str] = typer.Option(None, "--device-name", help="Name to store it under and take the peak of "
-                                              "(default: cpu, or the detected GPU)."),
+    presets: Optional[str] = typer.Option(
+        None, help="Comma-separated presets (default: the family's; on a CPU those under 25M)."
+    ),
+    family: str = typer.Option(
+        "zipformer", help="Family whose presets are calibrated when --presets is not given."
+    ),
+    device_name: Optional[str] = typer.Option(
+        None,
+        "--device-name",
+        help="Name to store it under and take the peak of (default: cpu, or the detected GPU).",
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda: where the steps run."),
-    steps: int = typer.Option(3, help="Timed training steps per preset (after one warm-up step); the median counts."),
+    steps: int = typer.Option(
+        3, help="Timed training steps per preset (after one warm-up step); the median counts."
+    ),
     batch_size: int = typer.Option(4, help="Utterances per batch."),
     seconds: float = typer.Option(10.0, help="Seconds of audio per utterance."),
-    dtype: Optional[str] = typer.Option(None, help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on cpu)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Calibration file (default ~/.cache/speechbudget/calibration.json)."),
+    dtype: Optional[str] = typer.Option(
+        None, help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on cpu)."
+    ),
+    out_path: Optional[Path] = typer.Option(
+        None, "--out", help="Calibration file (default ~/.cache/speechbudget/calibration.json)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Time real training steps per preset and store the measured utilisation (FLOP/s / peak) for `plan`."""
@@ -213,19 +316,39 @@ def calibrate_cmd(
     ui = _ui()
     ui.quiet_if_json(as_json)
     kind = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    names = [p.strip() for p in presets.split(",") if p.strip()] if presets else calibrate.presets_for(family, kind)
-    res = calibrate.calibrate(names, device_name, device, steps, batch_size, seconds, dtype, path=out_path,
-                              progress=lambda items: progress.track(items, description="timing steps"))
+    names = (
+        [p.strip() for p in presets.split(",") if p.strip()]
+        if presets
+        else calibrate.presets_for(family, kind)
+    )
+    res = calibrate.calibrate(
+        names,
+        device_name,
+        device,
+        steps,
+        batch_size,
+        seconds,
+        dtype,
+        path=out_path,
+        progress=lambda items: progress.track(items, description="timing steps"),
+    )
     if as_json:
         ui.emit_json(res)
         return
-    t = Table(box=box.SIMPLE_HEAD, title=f"{res['device']} ({res['dtype']} peak {res['peak_flops'] / 1e12:.3g} TFLOP/s) -> {res['path']}")
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"{res['device']} ({res['dtype']} peak {res['peak_flops'] / 1e12:.3g} TFLOP/s) -> {res['path']}",
+    )
     for col in ("preset", "step s (median)", "TFLOP/s", "utilisation"):
         t.add_column(col, justify="left" if col == "preset" else "right")
     for name in res["measured"]:
         r = res["presets"][name]
-        t.add_row(name, f"{r['step_seconds']:.3f}", f"{r['flops_per_step'] / r['step_seconds'] / 1e12:.4f}",
-                  f"{r['utilisation']:.3f}")
+        t.add_row(
+            name,
+            f"{r['step_seconds']:.3f}",
+            f"{r['flops_per_step'] / r['step_seconds'] / 1e12:.4f}",
+            f"{r['utilisation']:.3f}",
+        )
     ui.out.print(t)
 
 
@@ -234,12 +357,23 @@ def register(app: typer.Typer) -> None:
     """Add plan (with its `fit` subcommand), sweep and calibrate to ``app``; safe to call twice."""
     if any(g.name == "plan" for g in app.registered_groups):
         return
-    plan_app = typer.Typer(help="Budget -> model size vs data hours, a ready recipe; `plan fit` fits the law.",
-                           invoke_without_command=True, no_args_is_help=False)
+    plan_app = typer.Typer(
+        help="Budget -> model size vs data hours, a ready recipe; `plan fit` fits the law.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
     plan_app.callback(invoke_without_command=True, epilog=PLAN_EPILOG)(plan_main)
-    plan_app.command("fit", epilog="Example:\n\n  speechbudget plan fit exp/sweep --out exp/sweep/law.json --bootstrap 200")(plan_fit)
+    plan_app.command(
+        "fit", epilog="Example:\n\n  speechbudget plan fit exp/sweep --out exp/sweep/law.json --bootstrap 200"
+    )(plan_fit)
     app.add_typer(plan_app, name="plan")
-    app.command("sweep", epilog="Example:\n\n  speechbudget sweep --recipe recipes/quickstart.yaml "
-                "--presets zipformer-tiny,zipformer-xs --budgets 1e13,2e13,4e13 --out exp/sweep")(sweep)
-    app.command("calibrate", epilog="Examples:\n\n  speechbudget calibrate --presets zipformer-tiny,zipformer-xs --steps 3\n\n"
-                "  speechbudget calibrate --device cuda --family zipformer --out calibration.json")(calibrate_cmd)
+    app.command(
+        "sweep",
+        epilog="Example:\n\n  speechbudget sweep --recipe recipes/quickstart.yaml "
+        "--presets zipformer-tiny,zipformer-xs --budgets 1e13,2e13,4e13 --out exp/sweep",
+    )(sweep)
+    app.command(
+        "calibrate",
+        epilog="Examples:\n\n  speechbudget calibrate --presets zipformer-tiny,zipformer-xs --steps 3\n\n"
+        "  speechbudget calibrate --device cuda --family zipformer --out calibration.json",
+    )(calibrate_cmd)

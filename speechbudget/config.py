@@ -141,7 +141,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise SpeechBudgetError(f"config key '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+            raise SpeechBudgetError(
+                f"config key '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+            )
         return from_dict(tp, value, prefix=key + ".")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -152,7 +154,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp is str and isinstance(value, bool):  # YAML 1.1 reads `off`/`on`/`no`/`yes` as booleans
         return "on" if value else "off"
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         raise SpeechBudgetError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
     return value
 
@@ -211,14 +215,17 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpeechBudgetError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise SpeechBudgetError(
+            f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}"
+        ) from None
     if not isinstance(data, dict):
         raise SpeechBudgetError(f"recipe {path} must be a mapping of sections (pretrain:, finetune:, ...)")
     return data
 
 
-def load_train_config(recipe: Union[str, Path, Mapping[str, Any]], section: str,
-                      overrides: Sequence[str] = ()) -> TrainConfig:
+def load_train_config(
+    recipe: Union[str, Path, Mapping[str, Any]], section: str, overrides: Sequence[str] = ()
+) -> TrainConfig:
     """The ``section`` (pretrain / finetune) of a recipe, with top-level defaults and overrides.
 
     Top-level keys that are TrainConfig fields (e.g. ``exp_dir``, ``seed``) apply to every
@@ -254,7 +261,11 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("hubert.mask_length", cfg.hubert.mask_length >= 1, "must be at least 1"),
         ("ctc.encoder_lr_scale", 0 < cfg.ctc.encoder_lr_scale <= 1, "must be in (0, 1]"),
         ("ctc.gain_db", 0 <= cfg.ctc.gain_db <= 40, "must be between 0 and 40"),
-        ("schedule.epoch_unit", cfg.schedule.epoch_unit in ("epochs", "hours"), "must be 'epochs' or 'hours'"),
+        (
+            "schedule.epoch_unit",
+            cfg.schedule.epoch_unit in ("epochs", "hours"),
+            "must be 'epochs' or 'hours'",
+        ),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]

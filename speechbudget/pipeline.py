@@ -23,7 +23,18 @@ from .config import KmeansConfig, deep_merge, from_dict, load_train_config, load
 from .data.manifests import write_json
 from .errors import SpeechBudgetError
 
-STAGES = ("prepare", "plan", "kmeans", "pretrain", "kmeans2", "pretrain2", "finetune", "scratch", "decode", "report")
+STAGES = (
+    "prepare",
+    "plan",
+    "kmeans",
+    "pretrain",
+    "kmeans2",
+    "pretrain2",
+    "finetune",
+    "scratch",
+    "decode",
+    "report",
+)
 
 
 @dataclass
@@ -121,8 +132,12 @@ class Pipeline:
 
     def enabled(self, stage: str) -> bool:
         r = self.r
-        return {"plan": r.plan is not None, "kmeans2": r.kmeans2 is not None, "pretrain2": r.kmeans2 is not None,
-                "scratch": r.scratch_baseline}.get(stage, True)
+        return {
+            "plan": r.plan is not None,
+            "kmeans2": r.kmeans2 is not None,
+            "pretrain2": r.kmeans2 is not None,
+            "scratch": r.scratch_baseline,
+        }.get(stage, True)
 
     # -------------------------------------------------------------------------- stages
     def stage_prepare(self) -> Dict[str, Any]:
@@ -135,7 +150,7 @@ class Pipeline:
 
     def _prepare(self, p: PrepareSection, key: str = "prepare") -> Dict[str, Any]:
         from .data import prepare as prep
-        from .data.sources import fsdd, folder, librispeech, synthetic
+        from .data.sources import folder, fsdd, librispeech, synthetic
 
         name = p.name or p.source
         out = self.exp / "data"
@@ -143,8 +158,16 @@ class Pipeline:
             noise = p.noise_dir if p.noise_dir and Path(p.noise_dir).is_dir() else None
             if p.noise_dir and noise is None:
                 self.log(f"note: noise folder {p.noise_dir} not found; synthesizing clean speech")
-            find = lambda ex: synthetic.find_items(out / name / "synth", p.hours, p.seed, noise,  # noqa: E731
-                                                   p.snr if noise else None, ex, p.grammar, p.speakers)
+            find = lambda ex: synthetic.find_items(
+                out / name / "synth",
+                p.hours,
+                p.seed,
+                noise,  # noqa: E731
+                p.snr if noise else None,
+                ex,
+                p.grammar,
+                p.speakers,
+            )
         elif not p.path:
             raise SpeechBudgetError(f"{key}.path is required for source {p.source!r}")
         elif p.source == "fsdd":
@@ -171,17 +194,29 @@ class Pipeline:
         unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
         cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None)
         law = ScalingLaw.from_json(Path(p.law)) if p.law else None
-        return plan(BudgetSpec(p.budget, unit=p.unit, device=p.device), unique_hours, cands, law=law,
-                    law_source=p.law).to_json()
+        return plan(
+            BudgetSpec(p.budget, unit=p.unit, device=p.device), unique_hours, cands, law=law, law_source=p.law
+        ).to_json()
 
     def stage_kmeans(self, which: str = "kmeans") -> Dict[str, Any]:
         from .train.targets import make_targets
 
         k: KmeansConfig = getattr(self.r, which)
-        ckpt_path = Path(k.checkpoint) if k.checkpoint else (self.exp / "pretrain" if which == "kmeans2" else None)
+        ckpt_path = (
+            Path(k.checkpoint) if k.checkpoint else (self.exp / "pretrain" if which == "kmeans2" else None)
+        )
         encoder = self._pretrain_section().get("encoder", "zipformer-tiny")
-        return make_targets([self.corpus_dir], self.exp / which, k.features, k.num_clusters, k.max_frames,
-                            encoder if isinstance(encoder, str) else "zipformer-tiny", ckpt_path, k.layer, k.seed)
+        return make_targets(
+            [self.corpus_dir],
+            self.exp / which,
+            k.features,
+            k.num_clusters,
+            k.max_frames,
+            encoder if isinstance(encoder, str) else "zipformer-tiny",
+            ckpt_path,
+            k.layer,
+            k.seed,
+        )
 
     def _pretrain_section(self) -> Dict[str, Any]:
         sec = dict(self.raw.get("pretrain") or {})
@@ -197,8 +232,11 @@ class Pipeline:
 
         labels = "kmeans2" if which == "pretrain2" else "kmeans"
         # the run owns the paths: each stage reads what the previous one wrote
-        sec = {**self._pretrain_section(), "exp_dir": str(self.exp / which),
-               "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz")}
+        sec = {
+            **self._pretrain_section(),
+            "exp_dir": str(self.exp / which),
+            "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz"),
+        }
         if (self.exp / labels / "cuts_dev.jsonl.gz").is_file():  # held-out masked-prediction loss
             sec.setdefault("dev_cuts", str(self.exp / labels / "cuts_dev.jsonl.gz"))
         cfg = load_train_config({**self._top(), "pretrain": sec}, "pretrain")
@@ -219,8 +257,11 @@ class Pipeline:
 
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
         labeled = self.labeled_dir
-        sec = {"train_cuts": str(labeled / "cuts_train.jsonl.gz"), **(self.raw.get("finetune") or {}),
-               "exp_dir": str(self.exp / exp_name)}
+        sec = {
+            "train_cuts": str(labeled / "cuts_train.jsonl.gz"),
+            **(self.raw.get("finetune") or {}),
+            "exp_dir": str(self.exp / exp_name),
+        }
         if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
             sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
@@ -255,7 +296,9 @@ class Pipeline:
             manifests = [Path(c) for c in d.cuts] or [self.labeled_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
             for cuts in manifests:
                 if not cuts.is_file():
-                    raise SpeechBudgetError(f"decode manifest {cuts} does not exist; choose prepared splits in decode.sets")
+                    raise SpeechBudgetError(
+                        f"decode manifest {cuts} does not exist; choose prepared splits in decode.sets"
+                    )
                 res = decode(self.exp / run, cuts, method=d.method, beam_size=d.beam_size)
                 results[f"{run}/{res['set']}"] = res
         return results
@@ -274,7 +317,7 @@ class Pipeline:
         i0 = STAGES.index(start) if start else 0
         i1 = STAGES.index(stop) if stop else len(STAGES) - 1
         results: Dict[str, Any] = {}
-        for stage in STAGES[i0:i1 + 1]:
+        for stage in STAGES[i0 : i1 + 1]:
             if not self.enabled(stage):
                 continue
             prior = self.done(stage)
@@ -283,8 +326,10 @@ class Pipeline:
                 results[stage] = prior
                 continue
             self.log(f"[{stage}] running")
-            fn = {"kmeans2": lambda: self.stage_kmeans("kmeans2"),
-                  "pretrain2": lambda: self.stage_pretrain("pretrain2")}.get(stage) or getattr(self, f"stage_{stage}")
+            fn = {
+                "kmeans2": lambda: self.stage_kmeans("kmeans2"),
+                "pretrain2": lambda: self.stage_pretrain("pretrain2"),
+            }.get(stage) or getattr(self, f"stage_{stage}")
             out = fn()
             write_json(out, self.marker(stage))
             results[stage] = out

@@ -15,7 +15,9 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 def list_recipes() -> List[Dict[str, str]]:
     if not RECIPES_DIR.is_dir():
-        raise SpeechBudgetError(f"recipes folder {RECIPES_DIR} is missing (install speechbudget from its repository)")
+        raise SpeechBudgetError(
+            f"recipes folder {RECIPES_DIR} is missing (install speechbudget from its repository)"
+        )
     rows = []
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
         data = yaml.safe_load(p.read_text()) or {}
@@ -26,7 +28,9 @@ def list_recipes() -> List[Dict[str, str]]:
 def recipe_path(name: str) -> Path:
     p = RECIPES_DIR / f"{name}.yaml"
     if not p.is_file():
-        raise SpeechBudgetError(f"no recipe named {name!r}; known: {', '.join(r['name'] for r in list_recipes())}")
+        raise SpeechBudgetError(
+            f"no recipe named {name!r}; known: {', '.join(r['name'] for r in list_recipes())}"
+        )
     return p
 
 

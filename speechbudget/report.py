@@ -22,7 +22,12 @@ from .atomic import atomic_output
 from .errors import SpeechBudgetError
 from .train.metrics_log import read_metrics
 
-FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png", "wer_vs_compute": "wer_vs_compute.png"}
+FILES = {
+    "markdown": "report.md",
+    "json": "report.json",
+    "curves": "curves.png",
+    "wer_vs_compute": "wer_vs_compute.png",
+}
 _TRAIN_STAGES = ("pretrain", "finetune")
 
 
@@ -31,7 +36,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise SpeechBudgetError(f"{path} is unreadable ({type(e).__name__}); re-run the stage that writes it") from None
+        raise SpeechBudgetError(
+            f"{path} is unreadable ({type(e).__name__}); re-run the stage that writes it"
+        ) from None
 
 
 def find_experiments(paths: Iterable[Path]) -> List[Path]:
@@ -39,7 +46,9 @@ def find_experiments(paths: Iterable[Path]) -> List[Path]:
     found: List[Path] = []
     for p in map(Path, paths):
         if not p.exists():
-            raise SpeechBudgetError(f"{p} does not exist; pass experiment folders (exp_dir of pretrain/finetune)")
+            raise SpeechBudgetError(
+                f"{p} does not exist; pass experiment folders (exp_dir of pretrain/finetune)"
+            )
         if p.is_file():
             hits = [p.parent] if p.name == "run_card.json" else []
         elif (p / "run_card.json").is_file():
@@ -47,8 +56,10 @@ def find_experiments(paths: Iterable[Path]) -> List[Path]:
         else:
             hits = sorted(c.parent for c in p.rglob("run_card.json"))
         if not hits:
-            raise SpeechBudgetError(f"{p} is not an experiment folder: no run_card.json in it or below "
-                                    "(pass the exp_dir of a `speechbudget pretrain` or `finetune` run)")
+            raise SpeechBudgetError(
+                f"{p} is not an experiment folder: no run_card.json in it or below "
+                "(pass the exp_dir of a `speechbudget pretrain` or `finetune` run)"
+            )
         found += [h.resolve() for h in hits if h.resolve() not in found]
     return found
 
@@ -67,11 +78,17 @@ class Run:
             self.summary = _read_json(summary)
         else:  # still running or killed: the last logged step is the best we know
             last = self.metrics[-1] if self.metrics else {}
-            self.summary = {"steps": last.get("step", 0), "flops": last.get("flops", 0.0),
-                            "audio_hours": last.get("audio_hours", 0.0), "budget_used": last.get("budget_used"),
-                            "flops_limit": (self.card.get("budget") or {}).get("flops_limit"),
-                            "binding_limit": None, "wall_seconds": None, "epochs": last.get("epoch"),
-                            "final": {k: v for k, v in last.items() if k in ("loss", "masked_acc")}}
+            self.summary = {
+                "steps": last.get("step", 0),
+                "flops": last.get("flops", 0.0),
+                "audio_hours": last.get("audio_hours", 0.0),
+                "budget_used": last.get("budget_used"),
+                "flops_limit": (self.card.get("budget") or {}).get("flops_limit"),
+                "binding_limit": None,
+                "wall_seconds": None,
+                "epochs": last.get("epoch"),
+                "final": {k: v for k, v in last.items() if k in ("loss", "masked_acc")},
+            }
             self.notes.append("no summary.json (unfinished run?): numbers from the last metrics line")
 
     @property
@@ -105,7 +122,9 @@ def _checkpoint_step(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def pretrain_compute(checkpoint: str, runs: Dict[Path, Run]) -> Tuple[Optional[Run], Dict[str, Any], List[str]]:
+def pretrain_compute(
+    checkpoint: str, runs: Dict[Path, Run]
+) -> Tuple[Optional[Run], Dict[str, Any], List[str]]:
     """FLOPs and audio hours spent to produce ``checkpoint`` (a pretraining checkpoint or averaged.pt).
 
     Fine-tuning may start from an earlier checkpoint than the run's last one, so the counters are
@@ -115,8 +134,11 @@ def pretrain_compute(checkpoint: str, runs: Dict[Path, Run]) -> Tuple[Optional[R
     ck = Path(checkpoint)
     exp = (ck.parents[1] if ck.parent.name == "checkpoints" else ck.parent).resolve()
     if not (exp / "run_card.json").is_file():
-        return None, {"flops": None, "audio_hours": None, "source": None}, [
-            f"pretraining run of {ck} not found (no {exp}/run_card.json): total compute unknown"]
+        return (
+            None,
+            {"flops": None, "audio_hours": None, "source": None},
+            [f"pretraining run of {ck} not found (no {exp}/run_card.json): total compute unknown"],
+        )
     run = runs.get(exp) or Run(exp)
     runs[exp] = run
     step, s = _checkpoint_step(ck), run.summary
@@ -124,15 +146,31 @@ def pretrain_compute(checkpoint: str, runs: Dict[Path, Run]) -> Tuple[Optional[R
         return run, {"flops": s.get("flops"), "audio_hours": s.get("audio_hours"), "source": "summary"}, []
     row = next((r for r in run.metrics if r.get("step") == step), None)
     if row is not None:
-        return run, {"flops": row["flops"], "audio_hours": row["audio_hours"], "source": f"metrics step {step}"}, []
+        return (
+            run,
+            {"flops": row["flops"], "audio_hours": row["audio_hours"], "source": f"metrics step {step}"},
+            [],
+        )
     if ck.is_file():
         from .train import checkpoint as ckpt
 
         c = ckpt.load(ck).get("counters", {})
-        return run, {"flops": c.get("flops"), "audio_hours": c.get("audio_seconds", 0.0) / 3600,
-                     "source": f"checkpoint step {step}"}, []
-    return run, {"flops": s.get("flops"), "audio_hours": s.get("audio_hours"), "source": "summary"}, [
-        f"{ck.name} is gone and step {step} was not logged: pretraining compute is that of the whole run (an upper bound)"]
+        return (
+            run,
+            {
+                "flops": c.get("flops"),
+                "audio_hours": c.get("audio_seconds", 0.0) / 3600,
+                "source": f"checkpoint step {step}",
+            },
+            [],
+        )
+    return (
+        run,
+        {"flops": s.get("flops"), "audio_hours": s.get("audio_hours"), "source": "summary"},
+        [
+            f"{ck.name} is gone and step {step} was not logged: pretraining compute is that of the whole run (an upper bound)"
+        ],
+    )
 
 
 def labeled_hours(run: Run) -> Tuple[Optional[float], str]:
@@ -168,8 +206,10 @@ def cut_durations(path: Path) -> Iterable[Tuple[str, float]]:
                 cut = json.loads(line)
                 yield cut["id"], float(cut["duration"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise SpeechBudgetError(f"{path} line {n} is not a cut with id and duration; "
-                                        "train_cuts must be a cuts_*.jsonl.gz manifest") from None
+                raise SpeechBudgetError(
+                    f"{path} line {n} is not a cut with id and duration; "
+                    "train_cuts must be a cuts_*.jsonl.gz manifest"
+                ) from None
 
 
 def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
@@ -177,7 +217,7 @@ def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
     out = {}
     for path in sorted(run.exp.glob("*/decode-summary-*.json")):
         d = _read_json(path)
-        suffix = path.stem[len(f"decode-summary-{d.get('set', '')}-"):] or d.get("method", "?")
+        suffix = path.stem[len(f"decode-summary-{d.get('set', '')}-") :] or d.get("method", "?")
         out[f"{d.get('set', '?')}/{suffix}"] = d
     return out
 
@@ -186,17 +226,30 @@ def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
 def _budget(run: Run) -> Dict[str, Any]:
     s = run.summary
     flops, limit = s.get("flops"), s.get("flops_limit")
-    return {"flops": flops, "flops_limit": limit, "flops_fraction": flops / limit if flops is not None and limit else None,
-            "budget_used": s.get("budget_used"), "binding_limit": s.get("binding_limit")}
+    return {
+        "flops": flops,
+        "flops_limit": limit,
+        "flops_fraction": flops / limit if flops is not None and limit else None,
+        "budget_used": s.get("budget_used"),
+        "binding_limit": s.get("binding_limit"),
+    }
 
 
 def _base_row(run: Run) -> Dict[str, Any]:
     config = run.card.get("config") or {}
-    return {"name": run.name, "exp_dir": str(run.exp), "stage": run.stage,
-            "encoder": encoder_label(config.get("encoder")), "params": run.card.get("params"),
-            "steps": run.summary.get("steps"), "wall_seconds": run.summary.get("wall_seconds"),
-            "final_loss": (run.summary.get("final") or {}).get("loss"),
-            "device": (run.card.get("device") or {}).get("name"), "budget": _budget(run), "notes": list(run.notes)}
+    return {
+        "name": run.name,
+        "exp_dir": str(run.exp),
+        "stage": run.stage,
+        "encoder": encoder_label(config.get("encoder")),
+        "params": run.card.get("params"),
+        "steps": run.summary.get("steps"),
+        "wall_seconds": run.summary.get("wall_seconds"),
+        "final_loss": (run.summary.get("final") or {}).get("loss"),
+        "device": (run.card.get("device") or {}).get("name"),
+        "budget": _budget(run),
+        "notes": list(run.notes),
+    }
 
 
 def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
@@ -212,9 +265,14 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
     ft = run.summary.get("flops")
     hours, source = labeled_hours(run)
     row["notes"].append(f"labeled hours from {source}")
-    row.update(pretrain_flops=pc["flops"], pretrain_audio_hours=pc["audio_hours"], finetune_flops=ft,
-               labeled_hours=hours, labeled_hours_source=source,
-               total_flops=pc["flops"] + ft if pc["flops"] is not None and ft is not None else None)
+    row.update(
+        pretrain_flops=pc["flops"],
+        pretrain_audio_hours=pc["audio_hours"],
+        finetune_flops=ft,
+        labeled_hours=hours,
+        labeled_hours_source=source,
+        total_flops=pc["flops"] + ft if pc["flops"] is not None and ft is not None else None,
+    )
     row["wer"] = decode_results(run)
     if not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
@@ -231,9 +289,17 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
 def pretrain_row(run: Run) -> Dict[str, Any]:
     row = _base_row(run)
     s = run.summary
-    row.update(init=None, pretrain_flops=s.get("flops"), pretrain_audio_hours=s.get("audio_hours"), finetune_flops=None,
-               labeled_hours=None, labeled_hours_source=None, total_flops=s.get("flops"), wer={},
-               final_masked_acc=(s.get("final") or {}).get("masked_acc"))
+    row.update(
+        init=None,
+        pretrain_flops=s.get("flops"),
+        pretrain_audio_hours=s.get("audio_hours"),
+        finetune_flops=None,
+        labeled_hours=None,
+        labeled_hours_source=None,
+        total_flops=s.get("flops"),
+        wer={},
+        final_masked_acc=(s.get("final") or {}).get("masked_acc"),
+    )
     return row
 
 
@@ -270,15 +336,36 @@ def _budget_cell(b: Dict[str, Any]) -> str:
 def table_rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     """Header and cells shared by the Markdown file and the terminal table."""
     keys = report["wer_keys"]
-    header = ["run", "stage", "encoder", "params", "PT FLOPs", "PT audio h", "FT FLOPs", "labeled h",
-              "total FLOPs", *[f"WER {k} [95% CI]" for k in keys], "FLOPs used / limit; budget (binding)"]
+    header = [
+        "run",
+        "stage",
+        "encoder",
+        "params",
+        "PT FLOPs",
+        "PT audio h",
+        "FT FLOPs",
+        "labeled h",
+        "total FLOPs",
+        *[f"WER {k} [95% CI]" for k in keys],
+        "FLOPs used / limit; budget (binding)",
+    ]
     cells = []
     for r in report["rows"]:
-        cells.append([r["name"], r["stage"], r["encoder"], _params(r["params"]), _flops(r["pretrain_flops"]),
-                      _num(r["pretrain_audio_hours"], ".4g"), _flops(r["finetune_flops"]),
-                      _num(r["labeled_hours"], ".4g"), _flops(r["total_flops"]),
-                      *[_wer_cell(r["wer"].get(k)) if r["stage"] == "finetune" else "" for k in keys],
-                      _budget_cell(r["budget"])])
+        cells.append(
+            [
+                r["name"],
+                r["stage"],
+                r["encoder"],
+                _params(r["params"]),
+                _flops(r["pretrain_flops"]),
+                _num(r["pretrain_audio_hours"], ".4g"),
+                _flops(r["finetune_flops"]),
+                _num(r["labeled_hours"], ".4g"),
+                _flops(r["total_flops"]),
+                *[_wer_cell(r["wer"].get(k)) if r["stage"] == "finetune" else "" for k in keys],
+                _budget_cell(r["budget"]),
+            ]
+        )
     return header, cells
 
 
@@ -289,15 +376,24 @@ def markdown(report: Dict[str, Any]) -> str:
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += [f"- {r['name']}: {n}" for r in report["rows"] for n in r["notes"]]
-    lines += ["", f"![training curves]({FILES['curves']})", "", f"![WER vs compute]({FILES['wer_vs_compute']})", ""]
+    lines += [
+        "",
+        f"![training curves]({FILES['curves']})",
+        "",
+        f"![WER vs compute]({FILES['wer_vs_compute']})",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def render_table(report: Dict[str, Any]) -> Table:
     """The report as a rich table; per-run notes go in the caption."""
     header, cells = table_rows(report)
-    t = Table(title=f"speechbudget report ({len(cells)} runs)", caption="\n".join(
-        f"{r['name']}: {n}" for r in report["rows"] for n in r["notes"]) or None, caption_justify="left")
+    t = Table(
+        title=f"speechbudget report ({len(cells)} runs)",
+        caption="\n".join(f"{r['name']}: {n}" for r in report["rows"] for n in r["notes"]) or None,
+        caption_justify="left",
+    )
     for i, col in enumerate(header):
         t.add_column(col, justify="left" if i < 3 else "right")
     for row in cells:
@@ -349,8 +445,11 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     """WER against total training FLOPs (log x), one series per test set/method, CI as error bars."""
     fig, (ax,) = _figure(7, 4.5)
     for key in keys:
-        pts = [(r["total_flops"], r["wer"][key], r["name"]) for r in rows
-               if r["total_flops"] and key in r["wer"] and r["wer"][key].get("wer") is not None]
+        pts = [
+            (r["total_flops"], r["wer"][key], r["name"])
+            for r in rows
+            if r["total_flops"] and key in r["wer"] and r["wer"][key].get("wer") is not None
+        ]
         if not pts:
             continue
         x = [p[0] for p in pts]
@@ -385,16 +484,23 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     pretraining runs that fine-tuning runs start from are added even when not listed.
     """
     if not exp_dirs:
-        raise SpeechBudgetError("no experiment folders given; pass exp_dirs of pretrain/finetune runs or a parent folder")
+        raise SpeechBudgetError(
+            "no experiment folders given; pass exp_dirs of pretrain/finetune runs or a parent folder"
+        )
     runs: Dict[Path, Run] = {p: Run(p) for p in find_experiments(exp_dirs)}
     ft_rows = [finetune_row(r, runs) for r in list(runs.values()) if r.stage == "finetune"]
     pt_rows = [pretrain_row(r) for r in runs.values() if r.stage == "pretrain"]  # incl. linked ones
     rows = ft_rows + pt_rows
-    skipped = [f"skipped {r.exp}: stage {r.stage!r} is not reported" for r in runs.values() if r.stage not in _TRAIN_STAGES]
+    skipped = [
+        f"skipped {r.exp}: stage {r.stage!r} is not reported"
+        for r in runs.values()
+        if r.stage not in _TRAIN_STAGES
+    ]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "rows": rows, "wer_keys": wer_keys(rows),
+        "rows": rows,
+        "wer_keys": wer_keys(rows),
         "files": {k: str(out_dir / v) for k, v in FILES.items()},
         "notes": [
             "FLOPs are training FLOPs counted on the real batches (2 x 3 x forward multiply-adds).",

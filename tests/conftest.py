@@ -45,8 +45,19 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     except SystemExit as e:
         assert not e.code, "preparing the synthetic corpus failed"
     try:
-        main(["kmeans", str(root / "synthetic"), "--out", str(root / "km"), "--num-clusters", "24",
-              "--encoder", "zipformer-tiny", "--json"])
+        main(
+            [
+                "kmeans",
+                str(root / "synthetic"),
+                "--out",
+                str(root / "km"),
+                "--num-clusters",
+                "24",
+                "--encoder",
+                "zipformer-tiny",
+                "--json",
+            ]
+        )
     except SystemExit as e:
         assert not e.code, "k-means failed"
     return root

@@ -21,38 +21,42 @@ def cv_sentences() -> list[str]:
 
 # ----------------------------------------------------------------------------- normalize_text
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Hello, World!", "hello world"),
-    ("I don't know.", "i don't know"),
-    ("\u201cDon\u2019t\u201d \u2014 she said", "don't she said"),
-    ("'Tis the students' books", "tis the students books"),
-    ('"""I\'m a woman of the desert,"" she said."', "i'm a woman of the desert she said"),
-    ("He lives at the Al-Fayoum oasis", "he lives at the al fayoum oasis"),
-    ("a pull-up", "a pull up"),
-    ("  lots \t of\n space  ", "lots of space"),
-    ("7", "seven"),
-    ("21", "twenty one"),
-    ("I have 7 apples", "i have seven apples"),
-    ("1,000,000 people", "one million people"),
-    ("in 1999", "in nineteen ninety nine"),
-    ("in 1905", "in nineteen oh five"),
-    ("in 1900", "in nineteen hundred"),
-    ("in 2000", "in two thousand"),
-    ("in 2024", "in twenty twenty four"),
-    ("agent 007", "agent zero zero seven"),
-    ("3.14", "three point one four"),
-    ("the 21st century", "the twenty first century"),
-    ("3rd and 12th and 40th", "third and twelfth and fortieth"),
-    ("50% & more", "fifty percent and more"),
-    ("$5.50", "five dollars fifty cents"),
-    ("$1", "one dollar"),
-    ("mp3", "mp three"),
-    ("zero\u200bwidth", "zerowidth"),
-    ("caf\u00e9", "caf\u00e9"),
-    ("cafe\u0301", "caf\u00e9"),  # decomposed accent composes under NFKC
-    ("...", ""),
-    ("", ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Hello, World!", "hello world"),
+        ("I don't know.", "i don't know"),
+        ("\u201cDon\u2019t\u201d \u2014 she said", "don't she said"),
+        ("'Tis the students' books", "tis the students books"),
+        ('"""I\'m a woman of the desert,"" she said."', "i'm a woman of the desert she said"),
+        ("He lives at the Al-Fayoum oasis", "he lives at the al fayoum oasis"),
+        ("a pull-up", "a pull up"),
+        ("  lots \t of\n space  ", "lots of space"),
+        ("7", "seven"),
+        ("21", "twenty one"),
+        ("I have 7 apples", "i have seven apples"),
+        ("1,000,000 people", "one million people"),
+        ("in 1999", "in nineteen ninety nine"),
+        ("in 1905", "in nineteen oh five"),
+        ("in 1900", "in nineteen hundred"),
+        ("in 2000", "in two thousand"),
+        ("in 2024", "in twenty twenty four"),
+        ("agent 007", "agent zero zero seven"),
+        ("3.14", "three point one four"),
+        ("the 21st century", "the twenty first century"),
+        ("3rd and 12th and 40th", "third and twelfth and fortieth"),
+        ("50% & more", "fifty percent and more"),
+        ("$5.50", "five dollars fifty cents"),
+        ("$1", "one dollar"),
+        ("mp3", "mp three"),
+        ("zero\u200bwidth", "zerowidth"),
+        ("caf\u00e9", "caf\u00e9"),
+        ("cafe\u0301", "caf\u00e9"),  # decomposed accent composes under NFKC
+        ("...", ""),
+        ("", ""),
+    ],
+)
 def test_normalize_text_examples(raw, expected):
     assert normalize_text(raw) == expected
 
@@ -61,20 +65,44 @@ def test_normalize_text_can_keep_case():
     assert normalize_text("Hello, World 7!", lowercase=False) == "Hello World seven"
 
 
-@pytest.mark.parametrize("n, words", [
-    (0, "zero"), (13, "thirteen"), (40, "forty"), (99, "ninety nine"), (100, "one hundred"),
-    (101, "one hundred one"), (1000, "one thousand"), (1001, "one thousand one"),
-    (123_456_789, "one hundred twenty three million four hundred fifty six thousand seven hundred eighty nine"),
-    (10**18, " ".join(["one"] + ["zero"] * 18)),  # beyond quadrillions: digit by digit
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (99, "ninety nine"),
+        (100, "one hundred"),
+        (101, "one hundred one"),
+        (1000, "one thousand"),
+        (1001, "one thousand one"),
+        (
+            123_456_789,
+            "one hundred twenty three million four hundred fifty six thousand seven hundred eighty nine",
+        ),
+        (10**18, " ".join(["one"] + ["zero"] * 18)),  # beyond quadrillions: digit by digit
+    ],
+)
 def test_number_to_words(n, words):
     assert number_to_words(n) == words
 
 
-@pytest.mark.parametrize("n, words", [
-    (1, "first"), (2, "second"), (3, "third"), (5, "fifth"), (8, "eighth"), (9, "ninth"),
-    (11, "eleventh"), (12, "twelfth"), (20, "twentieth"), (23, "twenty third"), (100, "one hundredth"),
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (1, "first"),
+        (2, "second"),
+        (3, "third"),
+        (5, "fifth"),
+        (8, "eighth"),
+        (9, "ninth"),
+        (11, "eleventh"),
+        (12, "twelfth"),
+        (20, "twentieth"),
+        (23, "twenty third"),
+        (100, "one hundredth"),
+    ],
+)
 def test_ordinal_to_words(n, words):
     assert ordinal_to_words(n) == words
 
@@ -89,6 +117,7 @@ def test_normalize_common_voice_is_clean_and_idempotent():
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory) -> Path:
@@ -173,12 +202,15 @@ def test_retraining_replaces_the_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer.model"]
 
 
-@pytest.mark.parametrize("texts, kwargs, message", [
-    ([], {}, "no text"),
-    (["!!!", "  "], {}, "no text"),
-    (["hello"], {"model_type": "word"}, "model_type"),
-    (["hello"], {"vocab_size": 0}, "vocab_size"),
-])
+@pytest.mark.parametrize(
+    "texts, kwargs, message",
+    [
+        ([], {}, "no text"),
+        (["!!!", "  "], {}, "no text"),
+        (["hello"], {"model_type": "word"}, "model_type"),
+        (["hello"], {"vocab_size": 0}, "vocab_size"),
+    ],
+)
 def test_train_tokenizer_rejects_bad_input(tmp_path, texts, kwargs, message):
     with pytest.raises(SpeechBudgetError, match=message):
         train_tokenizer(texts, tmp_path, **kwargs)

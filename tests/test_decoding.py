@@ -35,7 +35,9 @@ def labelling_log_probs(log_probs: torch.Tensor) -> dict[tuple[int, ...], float]
     buckets = defaultdict(list)
     for path in itertools.product(range(V), repeat=T):
         buckets[collapse(path)].append(sum(lp[t][s] for t, s in enumerate(path)))
-    return {lab: torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0).item() for lab, v in buckets.items()}
+    return {
+        lab: torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0).item() for lab, v in buckets.items()
+    }
 
 
 def random_log_probs(seed: int, T: int, V: int, sharpness: float = 1.0) -> torch.Tensor:
@@ -44,6 +46,7 @@ def random_log_probs(seed: int, T: int, V: int, sharpness: float = 1.0) -> torch
 
 
 # ----------------------------------------------------------------------------- greedy
+
 
 def test_greedy_collapses_repeats_and_drops_blanks():
     # argmax path: a a _ a b b _ _ c  ->  a a b c  (blank between the a's keeps both)
@@ -68,6 +71,7 @@ def test_greedy_rejects_bad_shapes():
 
 
 # ----------------------------------------------------------------------------- beam search
+
 
 def test_beam_finds_best_labelling_where_greedy_fails():
     # Best path is "_ _" (0.36) -> empty; labelling "a" has 0.16 + 0.24 + 0.24 = 0.64.

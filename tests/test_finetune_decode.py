@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 
 import yaml
+from conftest import FSDD, copy_fsdd
 
 from speechbudget.asr.tokenizer import Tokenizer, train_tokenizer
 from speechbudget.cli import main
 from speechbudget.data.manifests import load_cuts
 from speechbudget.train.finetune import filter_cuts
-
-from conftest import FSDD, copy_fsdd
 
 
 def run(capsys, *args, code=0):
@@ -27,13 +26,26 @@ def run(capsys, *args, code=0):
 
 
 def recipe(tmp: Path, corpus: Path, **ft) -> Path:
-    section = {"encoder": "zipformer-tiny", "train_cuts": str(corpus / "synthetic" / "cuts_train.jsonl.gz"),
-               "max_duration": 8.0, "num_buckets": 2, "log_every": 1, "checkpoint_every": 2,
-               "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 2},
-               "budget": {"steps": 3}, "ctc": {"tokenizer": "char", "vocab_size": 40}}
+    section = {
+        "encoder": "zipformer-tiny",
+        "train_cuts": str(corpus / "synthetic" / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 2},
+        "budget": {"steps": 3},
+        "ctc": {"tokenizer": "char", "vocab_size": 40},
+    }
     section.update(ft)
-    pre = {"encoder": "zipformer-tiny", "train_cuts": str(corpus / "km" / "cuts_train.jsonl.gz"), "max_duration": 8.0,
-           "num_buckets": 2, "budget": {"steps": 2}, "exp_dir": str(tmp / "pt")}
+    pre = {
+        "encoder": "zipformer-tiny",
+        "train_cuts": str(corpus / "km" / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        "budget": {"steps": 2},
+        "exp_dir": str(tmp / "pt"),
+    }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump({"exp_dir": str(tmp / "ft"), "pretrain": pre, "finetune": section}))
     return path
@@ -43,17 +55,26 @@ def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
     r = recipe(tmp_path, synthetic_corpus)
     run(capsys, "pretrain", r, "--json")
     ck = sorted((tmp_path / "pt" / "checkpoints").glob("*.pt"))[-1]
-    out = json.loads(run(capsys, "finetune", r, f"ctc.init_checkpoint={ck}", "ctc.freeze_encoder_steps=1", "--json").out)
+    out = json.loads(
+        run(capsys, "finetune", r, f"ctc.init_checkpoint={ck}", "ctc.freeze_encoder_steps=1", "--json").out
+    )
     assert out["steps"] == 3 and out["filtered"]["ctc_infeasible"] == 0
     card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
     assert card["recipe"]["init"]["checkpoint"] == str(ck)
     test_cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
     g = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--json").out)
-    b = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--method", "beam", "--beam-size", "4", "--json").out)
+    b = json.loads(
+        run(
+            capsys, "decode", tmp_path / "ft", test_cuts, "--method", "beam", "--beam-size", "4", "--json"
+        ).out
+    )
     for res in (g, b):
         assert 0 <= res["wer"] and res["ref_words"] > 0
         assert res["errors"] == res["insertions"] + res["deletions"] + res["substitutions"]
-        assert res["wer"] == round(100 * res["errors"] / res["ref_words"], 2) or abs(res["wer"] - 100 * res["errors"] / res["ref_words"]) < 1e-6
+        assert (
+            res["wer"] == round(100 * res["errors"] / res["ref_words"], 2)
+            or abs(res["wer"] - 100 * res["errors"] / res["ref_words"]) < 1e-6
+        )
     d = tmp_path / "ft" / "decode-greedy"
     errs = (d / "errs-test-greedy.txt").read_text()
     assert errs.startswith("%WER = ") and "reference words" in errs
@@ -69,7 +90,11 @@ def test_decoding_unlabeled_audio_writes_hypotheses_without_wer(tmp_path, synthe
     for n in ("1_theo_0.wav", "2_theo_0.wav"):
         shutil.copy(FSDD / n, audio / n)
     run(capsys, "prepare", "dir", audio, "--out", tmp_path / "data", "--name", "unl", "--json")
-    res = json.loads(run(capsys, "decode", tmp_path / "ft", tmp_path / "data" / "unl" / "cuts_train.jsonl.gz", "--json").out)
+    res = json.loads(
+        run(
+            capsys, "decode", tmp_path / "ft", tmp_path / "data" / "unl" / "cuts_train.jsonl.gz", "--json"
+        ).out
+    )
     assert res["wer"] is None and "no WER" in res["note"]
     hyps = list((tmp_path / "ft" / "decode-greedy").glob("hyps-*.txt"))
     assert hyps and len(hyps[0].read_text().splitlines()) == 2
@@ -79,11 +104,26 @@ def test_infeasible_empty_and_unknown_transcripts_are_filtered(tmp_path, shared_
     src = copy_fsdd(tmp_path / "fsdd", per_speaker=3, speakers=("george",))
     texts = tmp_path / "text.tsv"
     files = sorted(src.glob("*.wav"))
-    texts.write_text(f"{files[0].name}\tseven\n{files[1].name}\t" + " ".join(["seven eight nine"] * 30)
-                     + f"\n{files[2].name}\tzebra quiz\n")
+    texts.write_text(
+        f"{files[0].name}\tseven\n{files[1].name}\t"
+        + " ".join(["seven eight nine"] * 30)
+        + f"\n{files[2].name}\tzebra quiz\n"
+    )
     main_rc = 0
     try:
-        main(["prepare", "dir", str(src), "--transcripts", str(texts), "--out", str(tmp_path / "d"), "--no-features", "--json"])
+        main(
+            [
+                "prepare",
+                "dir",
+                str(src),
+                "--transcripts",
+                str(texts),
+                "--out",
+                str(tmp_path / "d"),
+                "--no-features",
+                "--json",
+            ]
+        )
     except SystemExit as e:
         main_rc = e.code
     assert not main_rc
@@ -99,33 +139,52 @@ def test_fsdd_ctc_loss_goes_down_on_real_speech(tmp_path, shared_data, capsys):
     src = copy_fsdd(tmp_path / "fsdd", per_speaker=20, speakers=("george", "jackson"))
     run(capsys, "prepare", "fsdd", src, "--test-speakers", "jackson", "--out", tmp_path / "data", "--json")
     r = tmp_path / "r.yaml"
-    r.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": {
-        "encoder": "transformer-tiny", "train_cuts": str(tmp_path / "data" / "fsdd" / "cuts_train.jsonl.gz"),
-        "max_duration": 8.0, "num_buckets": 2, "log_every": 1, "checkpoint_every": 100,
-        "optim": {"name": "adamw", "lr": 2e-3}, "schedule": {"name": "cosine", "warmup_batches": 3},
-        "budget": {"steps": 24}, "ctc": {"tokenizer": "char", "vocab_size": 30, "spec_augment": False}}}))
+    r.write_text(
+        yaml.safe_dump(
+            {
+                "exp_dir": str(tmp_path / "ft"),
+                "finetune": {
+                    "encoder": "transformer-tiny",
+                    "train_cuts": str(tmp_path / "data" / "fsdd" / "cuts_train.jsonl.gz"),
+                    "max_duration": 8.0,
+                    "num_buckets": 2,
+                    "log_every": 1,
+                    "checkpoint_every": 100,
+                    "optim": {"name": "adamw", "lr": 2e-3},
+                    "schedule": {"name": "cosine", "warmup_batches": 3},
+                    "budget": {"steps": 24},
+                    "ctc": {"tokenizer": "char", "vocab_size": 30, "spec_augment": False},
+                },
+            }
+        )
+    )
     run(capsys, "finetune", r, "--json")
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4
 
 
 def test_noise_mixing_hits_the_snr_and_finetuning_uses_it(tmp_path, synthetic_corpus, capsys):
     import numpy as np
+    from conftest import NOISE
 
     from speechbudget.data.augment import NoiseMixer
-
-    from conftest import NOISE
 
     cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz").to_eager().subset(first=3)
     mixed = NoiseMixer(NOISE, snr_db=5.0, prob=1.0)(cuts)
     for clean, noisy in zip(cuts, mixed):
         a, b = clean.load_audio()[0], noisy.load_audio()[0]
         assert noisy.id == clean.id and a.shape == b.shape
-        snr = 10 * np.log10(np.mean(a ** 2) / np.mean((b - a) ** 2))
+        snr = 10 * np.log10(np.mean(a**2) / np.mean((b - a) ** 2))
         assert abs(snr - 5.0) < 1.0
-    r = recipe(tmp_path, synthetic_corpus, budget={"steps": 2},
-               dev_cuts=str(synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"))
+    r = recipe(
+        tmp_path,
+        synthetic_corpus,
+        budget={"steps": 2},
+        dev_cuts=str(synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"),
+    )
     out = json.loads(run(capsys, "finetune", r, f"ctc.noise_dir={NOISE}", "ctc.noise_prob=1.0", "--json").out)
     assert out["steps"] == 2 and out["valid"]["valid_loss"] > 0
 
@@ -134,7 +193,9 @@ def test_char_error_rate_counts_letters():
     from speechbudget.asr.decode import char_error_rate
 
     assert char_error_rate([("a", "the cat", "the cat")]) == 0.0
-    assert char_error_rate([("a", "the cat", "tha ct")]) == round(100 * 2 / 6, 2)  # one sub, one del over 6 letters
+    assert char_error_rate([("a", "the cat", "tha ct")]) == round(
+        100 * 2 / 6, 2
+    )  # one sub, one del over 6 letters
 
 
 def test_encoder_lr_scale_gives_the_encoder_a_gentler_rate(tmp_path, synthetic_corpus, capsys):
@@ -171,11 +232,15 @@ def test_train_speakers_keeps_whole_speakers_then_hours(tmp_path, synthetic_corp
     kept = {c.supervisions[0].speaker for c in two}
     assert len(kept) == 2 and kept < speakers
     assert len(two) == sum(c.supervisions[0].speaker in kept for c in cuts)  # every cut of those speakers
-    assert list(load_cuts(tmp_path / "ft" / "train_cuts.jsonl.gz").ids) == list(two.ids)  # recorded for the run
+    assert list(load_cuts(tmp_path / "ft" / "train_cuts.jsonl.gz").ids) == list(
+        two.ids
+    )  # recorded for the run
     assert {c.supervisions[0].speaker for c in training_cuts(cfg, True)} == kept  # seeded: same choice
     cfg = load_train_config(r, "finetune", ["train_speakers=2", "train_hours=0.002"])
     short = training_cuts(cfg, is_main=False)
-    assert {c.supervisions[0].speaker for c in short} <= kept and sum(c.duration for c in short) < 0.002 * 3600 + 5
+    assert {c.supervisions[0].speaker for c in short} <= kept and sum(
+        c.duration for c in short
+    ) < 0.002 * 3600 + 5
     err = run(capsys, "finetune", r, f"train_speakers={len(speakers) + 1}", code=2).err
     assert f"only {len(speakers)} speakers" in err
 
@@ -187,10 +252,9 @@ def test_random_gain_on_fbank_equals_scaling_the_audio(shared_data):
     import soundfile as sf
     import torch
 
+    from speechbudget.data.audio import resample
     from speechbudget.data.features import fbank_extractor
     from speechbudget.objectives.ctc import random_gain
-
-    from speechbudget.data.audio import resample
 
     audio, sr = sf.read(str(FSDD / "3_theo_0.wav"), dtype="float32")
     audio = resample(audio, sr).astype(np.float32)  # FSDD is 8 kHz

@@ -1,6 +1,5 @@
 """MAC counting: analytic counts, torch's FlopCounterMode as a second opinion, overrides, presets."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, copy_fsdd
 
 from speechbudget.cli import main
 from speechbudget.data import kmeans as km
 from speechbudget.data.manifests import load_cuts
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.presets import build_encoder
-
-from conftest import SHARED, copy_fsdd
 
 torch.set_num_threads(1)
 
@@ -167,7 +166,9 @@ def test_labels_for_cut_alignment_and_length():
     np.testing.assert_array_equal(km.labels_for_cut(frames, 25.0), [0, 4, 8, 12, 16, 20])
     np.testing.assert_array_equal(km.labels_for_cut(frames, 50.0, 8), np.arange(0, 16, 2))
     np.testing.assert_array_equal(km.labels_for_cut(frames, 50.0, 13)[-3:], [20, 20, 20])
-    np.testing.assert_array_equal(km.labels_for_cut(np.arange(12), 50.0, 11, source_rate_hz=50.0), np.arange(11))
+    np.testing.assert_array_equal(
+        km.labels_for_cut(np.arange(12), 50.0, 11, source_rate_hz=50.0), np.arange(11)
+    )
     with pytest.raises(SpeechBudgetError, match="whole number"):
         km.labels_for_cut(frames, 30.0)
     with pytest.raises(SpeechBudgetError, match="label_rate_hz"):
@@ -190,7 +191,9 @@ def test_run_kmeans_writes_model_and_labeled_manifests(corpus, mfcc_run):
             labels = km.read_labels(cut)
             assert len(labels) == -(-cut.num_frames // 2)  # no out_len: every 2nd 100 Hz frame
             assert labels.max() < 16
-            assert cut.supervisions[0].text == next(c for c in original if c.id == cut.id).supervisions[0].text
+            assert (
+                cut.supervisions[0].text == next(c for c in original if c.id == cut.id).supervisions[0].text
+            )
     # the written labels are the model's predictions on every 2nd MFCC frame
     model = km.KMeansModel.load(summary["model"])
     cut = list(load_cuts(out / "cuts_test.jsonl.gz"))[0]
@@ -226,8 +229,9 @@ def test_labels_survive_manifest_round_trip_and_missing_labels_fail(tmp_path, tr
 def test_label_count_matches_encoder_output_length(corpus, tmp_path):
     """MFCC labels for a 50 Hz fbank Zipformer (explicit conv rule) and a 25 Hz one (derived)."""
     test_only = corpus / "cuts_test.jsonl.gz"
-    s50 = km.run_kmeans(test_only, tmp_path / "a", num_clusters=8, label_rate_hz=50.0, out_len=conv2d_rule,
-                        progress=False)
+    s50 = km.run_kmeans(
+        test_only, tmp_path / "a", num_clusters=8, label_rate_hz=50.0, out_len=conv2d_rule, progress=False
+    )
     enc50 = build_encoder("zipformer-tiny")
     enc25 = build_encoder({"preset": "zipformer-tiny", "output_downsampling": 2})
     assert s50["fit_split"] == "test"
@@ -268,7 +272,9 @@ def test_layer_features_and_iteration_two(corpus, train_cuts, tmp_path):
         with pytest.raises(SpeechBudgetError, match="12 layers"):
             next(km.layer_features(enc, train_cuts[:1], layer=bad))
 
-    summary = km.run_kmeans(corpus, tmp_path, kind="layer", encoder=enc, layer=6, num_clusters=8, progress=False)
+    summary = km.run_kmeans(
+        corpus, tmp_path, kind="layer", encoder=enc, layer=6, num_clusters=8, progress=False
+    )
     assert Path(summary["model"]).name == "kmeans_layer_8.npz" and summary["layer"] == 6
     assert summary["dim"] == enc.layer_dims[5]
     for cut in load_cuts(tmp_path / "cuts_test.jsonl.gz"):

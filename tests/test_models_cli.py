@@ -18,10 +18,24 @@ def run_json(capsys, *args):
 
 def test_models_list_has_every_family_and_the_reference_presets(capsys):
     rows = {r["name"]: r for r in run_json(capsys, "models", "list")}
-    for name in ("zipformer-base", "zipformer-large", "zipformer-medium", "zipformer-small", "zipformer-tiny",
-                 "transformer-base", "transformer-small", "transformer-slim", "bimamba-tiny", "bimamba-small"):
+    for name in (
+        "zipformer-base",
+        "zipformer-large",
+        "zipformer-medium",
+        "zipformer-small",
+        "zipformer-tiny",
+        "transformer-base",
+        "transformer-small",
+        "transformer-slim",
+        "bimamba-tiny",
+        "bimamba-small",
+    ):
         assert name in rows
-    assert abs(rows["transformer-small"]["params"] - rows["transformer-slim"]["params"]) / rows["transformer-small"]["params"] < 0.05
+    assert (
+        abs(rows["transformer-small"]["params"] - rows["transformer-slim"]["params"])
+        / rows["transformer-small"]["params"]
+        < 0.05
+    )
     only = run_json(capsys, "models", "list", "--family", "bimamba")
     assert {r["family"] for r in only} == {"bimamba"}
 
@@ -33,7 +47,9 @@ def test_models_show_json_matches_the_flop_counter(capsys):
     assert d["params"] == ref["params"]
     assert abs(d["gflops_per_audio_second"] - ref["gflops_per_audio_second"]) < 1e-9
     assert d["frame_rate_hz"] == 50.0
-    assert abs(sum(v for k, v in d["by_module"].items() if "." not in k) - d["gflops_per_audio_second"]) < 1e-6
+    assert (
+        abs(sum(v for k, v in d["by_module"].items() if "." not in k) - d["gflops_per_audio_second"]) < 1e-6
+    )
 
 
 def test_unknown_preset_is_one_line(capsys):

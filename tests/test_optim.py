@@ -33,11 +33,11 @@ def _eden_formula(base, b, e, B, E, warmup_batches, warmup_start):
 
 
 # ------------------------------------------------------------------------------------ Eden
-@pytest.mark.parametrize("b,e", [(0, 0.0), (250, 0.0), (500, 0.3), (7500, 10.5), (30000, 2.75),
-                                 (100000, 40.0)])
+@pytest.mark.parametrize(
+    "b,e", [(0, 0.0), (250, 0.0), (500, 0.3), (7500, 10.5), (30000, 2.75), (100000, 40.0)]
+)
 def test_eden_matches_formula(b, e):
-    sched = Eden(_sgd(lr=0.045), lr_batches=7500, lr_epochs=10.5, warmup_batches=500,
-                 warmup_start=0.5)
+    sched = Eden(_sgd(lr=0.045), lr_batches=7500, lr_epochs=10.5, warmup_batches=500, warmup_start=0.5)
     sched.step_epoch(e)
     sched.step_batch(b)
     expected = _eden_formula(0.045, b, e, 7500, 10.5, 500, 0.5)
@@ -50,17 +50,22 @@ def test_eden_known_points_and_warmup():
     sched.step_batch(5)
     assert sched.get_last_lr()[0] == pytest.approx(0.75 * (1.0025) ** -0.25)  # halfway up
     sched.step_batch(100)  # b = B: factor 2^-0.25, warmup done
-    assert sched.get_last_lr()[0] == pytest.approx(2 ** -0.25)
+    assert sched.get_last_lr()[0] == pytest.approx(2**-0.25)
     sched.step_epoch(2.0)  # e = E: another 2^-0.25
-    assert sched.get_last_lr()[0] == pytest.approx(2 ** -0.5)
+    assert sched.get_last_lr()[0] == pytest.approx(2**-0.5)
     # fractional epochs (hours / hours-per-epoch) give the value between the integer ones
     sched.step_epoch(1.5)
-    assert 2 ** -0.5 < sched.get_last_lr()[0] < 2 ** -0.25
+    assert 2**-0.5 < sched.get_last_lr()[0] < 2**-0.25
 
 
 def test_eden_is_monotone_after_warmup_and_scales_every_group():
-    opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1},
-                           {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01}], lr=0.1)
+    opt = torch.optim.SGD(
+        [
+            {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1},
+            {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01},
+        ],
+        lr=0.1,
+    )
     sched = Eden(opt, lr_batches=50, lr_epochs=3, warmup_batches=20)
     lrs = []
     for b in range(20, 400, 20):
@@ -189,8 +194,14 @@ def test_scale_is_pushed_back_inside_the_rms_bounds():
     small = nn.Parameter(torch.full((4, 4), 1e-6))  # below param_min_rms
     fine = nn.Parameter(torch.full((4, 4), 1.0))
     big = nn.Parameter(torch.full((4, 4), 10.0))  # above param_max_rms
-    opt = ScaledAdam([small, fine, big], lr=0.05, scalar_lr_scale=0.1, param_min_rms=1e-5,
-                     param_max_rms=3.0, size_update_period=1)
+    opt = ScaledAdam(
+        [small, fine, big],
+        lr=0.05,
+        scalar_lr_scale=0.1,
+        param_min_rms=1e-5,
+        param_max_rms=3.0,
+        size_update_period=1,
+    )
     for _ in range(10):
         for p in (small, fine, big):
             p.grad = torch.zeros(4, 4)
@@ -271,8 +282,10 @@ def test_scaled_adam_trains_an_mlp_as_well_as_adam():
     results = {}
     # Matched step sizes: these weights have rms ~0.1, so Adam's absolute lr 0.01 is a relative
     # change of ~0.1 per step, which is ScaledAdam's lr 0.08 (it is relative by construction).
-    for name, make in {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
-                       "scaled_adam": lambda m: ScaledAdam(m.parameters(), lr=0.08)}.items():
+    for name, make in {
+        "adam": lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
+        "scaled_adam": lambda m: ScaledAdam(m.parameters(), lr=0.08),
+    }.items():
         model = _mlp()
         start = _full_loss(model, x, y)
         _train(model, make(model), x, y, steps=200)
@@ -292,8 +305,7 @@ def test_resume_is_bit_identical():
     _train(model, opt, x, y, steps=13, scheduler=sched)
 
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict()}, buf)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
     clipped_at_save = opt.num_clipped
     _train(model, opt, x, y, steps=12, start=13, scheduler=sched)  # the uninterrupted run
     assert opt.num_clipped > clipped_at_save > 0

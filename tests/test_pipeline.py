@@ -13,19 +13,30 @@ import time
 from pathlib import Path
 
 import soundfile as sf
+from conftest import FSDD
 
 from speechbudget.cli import main
 from speechbudget.data.audio import resample
 
-from conftest import FSDD
-
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 
-TINY = ["prepare.hours=0.02", "prepare.speakers=24", "prepare.num_jobs=1", "kmeans.num_clusters=16", "kmeans.max_frames=20000",
-        "pretrain.max_duration=8", "pretrain.budget.flops=null", "pretrain.budget.steps=2",
-        "finetune.max_duration=8", "finetune.budget.flops=null", "finetune.budget.steps=2",
-        "finetune.train_hours=null", "finetune.ctc.freeze_encoder_steps=1", "device=cpu"]
+TINY = [
+    "prepare.hours=0.02",
+    "prepare.speakers=24",
+    "prepare.num_jobs=1",
+    "kmeans.num_clusters=16",
+    "kmeans.max_frames=20000",
+    "pretrain.max_duration=8",
+    "pretrain.budget.flops=null",
+    "pretrain.budget.steps=2",
+    "finetune.max_duration=8",
+    "finetune.budget.flops=null",
+    "finetune.budget.steps=2",
+    "finetune.train_hours=null",
+    "finetune.ctc.freeze_encoder_steps=1",
+    "device=cpu",
+]
 
 
 def run(capsys, *args, code=0):
@@ -39,11 +50,24 @@ def run(capsys, *args, code=0):
 def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path / "cache"))
     exp = tmp_path / "qs"
-    plan = ["plan.budget=2e10", "plan.unit=flops", "plan.presets=[zipformer-nano,zipformer-tiny]",
-            "plan.use_recommendation=true"]
+    plan = [
+        "plan.budget=2e10",
+        "plan.unit=flops",
+        "plan.presets=[zipformer-nano,zipformer-tiny]",
+        "plan.use_recommendation=true",
+    ]
     out = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan, "--json")
     results = json.loads(out.out)
-    assert list(results) == ["prepare", "plan", "kmeans", "pretrain", "finetune", "scratch", "decode", "report"]
+    assert list(results) == [
+        "prepare",
+        "plan",
+        "kmeans",
+        "pretrain",
+        "finetune",
+        "scratch",
+        "decode",
+        "report",
+    ]
     chosen = results["plan"]["recommended"]["preset"]
     assert chosen in ("zipformer-nano", "zipformer-tiny")
     card = json.loads((exp / "pretrain" / "run_card.json").read_text())
@@ -61,15 +85,34 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
     again = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan)
     assert again.out.count("done already") == 8
     # --stage redoes that stage (and what follows up to --stop-stage) only
-    redo = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan, "--stage", "decode",
-               "--stop-stage", "decode", "--json")
+    redo = run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *TINY,
+        *plan,
+        "--stage",
+        "decode",
+        "--stop-stage",
+        "decode",
+        "--json",
+    )
     assert list(json.loads(redo.out)) == ["decode"]
 
 
 def test_killed_run_resumes_and_finishes(tmp_path):
     exp = tmp_path / "qs"
-    args = [sys.executable, "-m", "speechbudget.cli", "run", str(RECIPES / "quickstart.yaml"), f"exp_dir={exp}",
-            *[a.replace("pretrain.budget.steps=2", "pretrain.budget.steps=6") for a in TINY], "pretrain.checkpoint_every=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "speechbudget.cli",
+        "run",
+        str(RECIPES / "quickstart.yaml"),
+        f"exp_dir={exp}",
+        *[a.replace("pretrain.budget.steps=2", "pretrain.budget.steps=6") for a in TINY],
+        "pretrain.checkpoint_every=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -89,8 +132,11 @@ def test_killed_run_resumes_and_finishes(tmp_path):
 def tiny_librispeech(root: Path) -> Path:
     """A LibriSpeech-shaped folder (train-clean-100, test-clean) made of real FSDD recordings."""
     words = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
-    for part, speaker, spk_id in (("train-clean-100", "george", "19"), ("train-clean-100", "jackson", "26"),
-                                  ("test-clean", "theo", "1089")):
+    for part, speaker, spk_id in (
+        ("train-clean-100", "george", "19"),
+        ("train-clean-100", "jackson", "26"),
+        ("test-clean", "theo", "1089"),
+    ):
         chapter = root / part / spk_id / "100"
         chapter.mkdir(parents=True, exist_ok=True)
         lines = []
@@ -104,21 +150,54 @@ def tiny_librispeech(root: Path) -> Path:
     return root
 
 
-GPU_TO_CPU = ["device=cpu", "pretrain.amp=off", "finetune.amp=off", "pretrain.num_workers=0", "finetune.num_workers=0",
-              "pretrain.max_duration=8", "finetune.max_duration=8", "pretrain.grad_accum=1",
-              "pretrain.budget.gpu_hours=null", "pretrain.budget.steps=1",
-              "finetune.budget.gpu_hours=null", "finetune.budget.steps=1", "finetune.train_hours=null",
-              "finetune.ctc.vocab_size=20", "kmeans.num_clusters=8", "kmeans.max_frames=5000",
-              "kmeans2.num_clusters=8", "kmeans2.max_frames=5000", "prepare.num_jobs=1", "decode.beam_size=2"]
+GPU_TO_CPU = [
+    "device=cpu",
+    "pretrain.amp=off",
+    "finetune.amp=off",
+    "pretrain.num_workers=0",
+    "finetune.num_workers=0",
+    "pretrain.max_duration=8",
+    "finetune.max_duration=8",
+    "pretrain.grad_accum=1",
+    "pretrain.budget.gpu_hours=null",
+    "pretrain.budget.steps=1",
+    "finetune.budget.gpu_hours=null",
+    "finetune.budget.steps=1",
+    "finetune.train_hours=null",
+    "finetune.ctc.vocab_size=20",
+    "kmeans.num_clusters=8",
+    "kmeans.max_frames=5000",
+    "kmeans2.num_clusters=8",
+    "kmeans2.max_frames=5000",
+    "prepare.num_jobs=1",
+    "decode.beam_size=2",
+]
 
 
 def test_librispeech_zipformer_base_recipe_runs_tiny_on_cpu(tmp_path, capsys):
     corpus = tiny_librispeech(tmp_path / "LibriSpeech")
     exp = tmp_path / "ls"
-    out = run(capsys, "run", RECIPES / "librispeech-100h-zipformer-base.yaml", f"exp_dir={exp}",
-              f"prepare.path={corpus}", "prepare.parts=train-clean-100,test-clean", *GPU_TO_CPU, "--json")
+    out = run(
+        capsys,
+        "run",
+        RECIPES / "librispeech-100h-zipformer-base.yaml",
+        f"exp_dir={exp}",
+        f"prepare.path={corpus}",
+        "prepare.parts=train-clean-100,test-clean",
+        *GPU_TO_CPU,
+        "--json",
+    )
     results = json.loads(out.out)
-    assert list(results) == ["prepare", "kmeans", "pretrain", "kmeans2", "pretrain2", "finetune", "decode", "report"]
+    assert list(results) == [
+        "prepare",
+        "kmeans",
+        "pretrain",
+        "kmeans2",
+        "pretrain2",
+        "finetune",
+        "decode",
+        "report",
+    ]
     card = json.loads((exp / "pretrain" / "run_card.json").read_text())
     assert card["config"]["encoder"] == "zipformer-base" and card["config"]["hubert"]["mask_prob"] == 0.8
     assert card["config"]["schedule"]["lr_batches"] == 7500
@@ -137,9 +216,19 @@ def test_librilight_zipformer_large_recipe_runs_tiny_on_cpu(tmp_path, capsys):
         t.unlink()
     exp = tmp_path / "ll"
     labeled = tmp_path / "labeled" / "librispeech"
-    out = run(capsys, "run", RECIPES / "librilight-zipformer-large.yaml", f"exp_dir={exp}", f"prepare.path={unlabeled}",
-              "pretrain.encoder=zipformer-tiny", f"finetune.train_cuts={labeled / 'cuts_train.jsonl.gz'}",
-              f"decode.cuts=[{labeled / 'cuts_test.jsonl.gz'}]", "kmeans2.layer=9", *GPU_TO_CPU, "--json")
+    out = run(
+        capsys,
+        "run",
+        RECIPES / "librilight-zipformer-large.yaml",
+        f"exp_dir={exp}",
+        f"prepare.path={unlabeled}",
+        "pretrain.encoder=zipformer-tiny",
+        f"finetune.train_cuts={labeled / 'cuts_train.jsonl.gz'}",
+        f"decode.cuts=[{labeled / 'cuts_test.jsonl.gz'}]",
+        "kmeans2.layer=9",
+        *GPU_TO_CPU,
+        "--json",
+    )
     results = json.loads(out.out)
     assert "pretrain2" in results and "report" in results
     assert results["finetune"]["steps"] == 1
@@ -151,8 +240,17 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
 
     fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=4).parent
     exp = tmp_path / "fx"
-    out = run(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", f"labeled.path={fsdd}", "labeled.num_jobs=1",
-              *TINY, "scratch_baseline=false", "--json")
+    out = run(
+        capsys,
+        "run",
+        RECIPES / "fsdd.yaml",
+        f"exp_dir={exp}",
+        f"labeled.path={fsdd}",
+        "labeled.num_jobs=1",
+        *TINY,
+        "scratch_baseline=false",
+        "--json",
+    )
     results = json.loads(out.out)
     assert results["prepare"]["corpus"] == "synthetic" and results["prepare"]["labeled"]["corpus"] == "fsdd"
     pt = json.loads((exp / "pretrain" / "run_card.json").read_text())
@@ -161,6 +259,15 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
     assert ft["config"]["train_cuts"] == str(exp / "data" / "fsdd" / "cuts_train.jsonl.gz")
     assert ft["config"]["ctc"]["gain_db"] == 15
     assert results["decode"]["finetune/test"]["utterances"] == 4  # theo's clips
-    err = run(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={tmp_path / 'bad'}", "labeled.path=null", *TINY,
-              "--stop-stage", "prepare", code=2).err
+    err = run(
+        capsys,
+        "run",
+        RECIPES / "fsdd.yaml",
+        f"exp_dir={tmp_path / 'bad'}",
+        "labeled.path=null",
+        *TINY,
+        "--stop-stage",
+        "prepare",
+        code=2,
+    ).err
     assert "labeled.path is required" in err

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import COMMONVOICE, FSDD, copy_fsdd
 from lhotse import load_manifest
 
 from speechbudget.cli import main
 from speechbudget.data.manifests import load_cuts
-
-from conftest import COMMONVOICE, FSDD, copy_fsdd
 
 
 def run_cli(*args: str) -> int:
@@ -95,8 +94,10 @@ def make_bad_folder(root: Path) -> tuple[Path, Path]:
     shutil.copy(FSDD / "1_theo_0.wav", root / "notext.wav")
     shutil.copy(FSDD / "2_theo_0.wav", root / "emptytext.wav")
     transcripts = root.parent / "text.tsv"
-    lines = [f"{n}.wav\tseven" for n in ("good", "stereo", "rate44k", "corrupt", "truncated", "empty",
-                                          "zerolen", "silent", "nan")]
+    lines = [
+        f"{n}.wav\tseven"
+        for n in ("good", "stereo", "rate44k", "corrupt", "truncated", "empty", "zerolen", "silent", "nan")
+    ]
     lines.append("emptytext.wav\t   ")
     transcripts.write_text("\n".join(lines) + "\n")
     return root, transcripts
@@ -104,12 +105,24 @@ def make_bad_folder(root: Path) -> tuple[Path, Path]:
 
 def test_bad_inputs_are_rejected_with_reasons_and_the_rest_kept(tmp_path, shared_data, capsys):
     folder, transcripts = make_bad_folder(tmp_path / "audio")
-    rc = run_cli("prepare", "dir", folder, "--transcripts", transcripts, "--name", "bad", "--out", tmp_path / "out")
+    rc = run_cli(
+        "prepare", "dir", folder, "--transcripts", transcripts, "--name", "bad", "--out", tmp_path / "out"
+    )
     assert rc == 0
     corpus = tmp_path / "out" / "bad"
-    rejected = {json.loads(l)["id"]: json.loads(l)["reason"] for l in open(corpus / "rejected_train.jsonl")}
-    assert set(rejected) == {"dir-corrupt", "dir-truncated", "dir-empty", "dir-zerolen", "dir-silent",
-                             "dir-nan", "dir-notext", "dir-emptytext"}
+    rejected = {
+        json.loads(line)["id"]: json.loads(line)["reason"] for line in open(corpus / "rejected_train.jsonl")
+    }
+    assert set(rejected) == {
+        "dir-corrupt",
+        "dir-truncated",
+        "dir-empty",
+        "dir-zerolen",
+        "dir-silent",
+        "dir-nan",
+        "dir-notext",
+        "dir-emptytext",
+    }
     assert "unreadable" in rejected["dir-corrupt"]
     assert "unreadable" in rejected["dir-empty"] or "empty" in rejected["dir-empty"]
     assert "silent" in rejected["dir-silent"]
@@ -150,7 +163,7 @@ def test_commonvoice_mp3_duplicates_and_speaker_split(tmp_path, shared_data, cap
     summary = json.loads(capsys.readouterr().out)
     train = next(s for s in summary["splits"] if s["split"] == "train")
     assert train["kept"] == 12 and train["rejected"] == 1 and train["converted"] == 12
-    rej = [json.loads(l) for l in open(tmp_path / "out" / "commonvoice" / "rejected_train.jsonl")]
+    rej = [json.loads(line) for line in open(tmp_path / "out" / "commonvoice" / "rejected_train.jsonl")]
     assert rej[0]["reason"].startswith("duplicate id")
     cuts = load_cuts(tmp_path / "out" / "commonvoice" / "cuts_train.jsonl.gz")
     texts = [c.supervisions[0].text for c in cuts]
@@ -177,7 +190,9 @@ def test_librispeech_layout_through_lhotse_recipe(tmp_path, shared_data):
     assert {c.supervisions[0].speaker for c in cuts} == {"1089"}
 
 
-def test_interrupted_feature_extraction_leaves_no_complete_looking_manifest(tmp_path, shared_data, monkeypatch):
+def test_interrupted_feature_extraction_leaves_no_complete_looking_manifest(
+    tmp_path, shared_data, monkeypatch
+):
     """A crash during feature extraction must not leave cuts_<split>.jsonl.gz behind."""
     src = copy_fsdd(tmp_path / "fsdd", per_speaker=2)
     import lhotse
@@ -199,8 +214,20 @@ def test_dask_executor_matches_local(tmp_path, shared_data, capsys):
 
     src = copy_fsdd(tmp_path / "fsdd", per_speaker=2)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        rc = run_cli("prepare", "fsdd", src, "--out", tmp_path / "dask", "--num-jobs", "2",
-                     "--executor", "dask", "--scheduler", cluster.scheduler_address, "--json")
+        rc = run_cli(
+            "prepare",
+            "fsdd",
+            src,
+            "--out",
+            tmp_path / "dask",
+            "--num-jobs",
+            "2",
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+            "--json",
+        )
     assert rc == 0
     assert run_cli("prepare", "fsdd", src, "--out", tmp_path / "local", "--json") == 0
     a = {c.id: c for c in load_cuts(tmp_path / "dask" / "fsdd" / "cuts_train.jsonl.gz")}
@@ -215,7 +242,7 @@ def test_cli_misuse_is_one_line(tmp_path, capsys):
     assert run_cli("prepare", "fsdd", tmp_path / "missing") == 2
     assert run_cli("prepare", "dir", tmp_path, "--executor", "dask") == 2
     assert run_cli("data", "describe", tmp_path / "nope.jsonl.gz") == 2
-    for line in [l for l in capsys.readouterr().err.splitlines() if l.strip()]:
+    for line in [line for line in capsys.readouterr().err.splitlines() if line.strip()]:
         assert line.startswith("error:")
 
 
@@ -229,4 +256,5 @@ def test_describe_json(tmp_path, shared_data, capsys):
     assert stats["test"]["speakers"] == 1
     assert 0 < stats["train"]["duration_s"]["p50"] < 2
     assert stats["train"]["hours"] == pytest.approx(
-        sum(c.duration for c in load_cuts(tmp_path / "out" / "fsdd" / "cuts_train.jsonl.gz")) / 3600, rel=1e-3)
+        sum(c.duration for c in load_cuts(tmp_path / "out" / "fsdd" / "cuts_train.jsonl.gz")) / 3600, rel=1e-3
+    )

@@ -49,12 +49,18 @@ def run_cli(*args) -> int:
 
 def cli_subprocess(*args, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "speechbudget.cli", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "speechbudget.cli", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def metrics(exp: Path) -> list:
-    return [json.loads(l) for l in (exp / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_pretrain_writes_checkpoints_logs_and_run_card(tmp_path, synthetic_corpus, capsys):
@@ -158,7 +164,9 @@ def test_non_finite_losses_are_skipped_then_stop_with_a_checkpoint(tmp_path, syn
 
 
 def test_cuts_without_kmeans_labels_name_the_command(tmp_path, synthetic_corpus, capsys):
-    recipe = write_recipe(tmp_path, synthetic_corpus, train_cuts=str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"))
+    recipe = write_recipe(
+        tmp_path, synthetic_corpus, train_cuts=str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz")
+    )
     assert run_cli("pretrain", recipe) == 2
     assert "speechbudget kmeans" in capsys.readouterr().err
 
@@ -174,8 +182,14 @@ def test_bad_config_lists_valid_keys(tmp_path, synthetic_corpus, capsys):
 
 
 def test_adamw_cosine_and_grad_accumulation(tmp_path, synthetic_corpus, capsys):
-    recipe = write_recipe(tmp_path, synthetic_corpus, optim={"name": "adamw", "lr": 1e-3},
-                          schedule={"name": "cosine", "warmup_batches": 1}, grad_accum=2, budget={"steps": 3})
+    recipe = write_recipe(
+        tmp_path,
+        synthetic_corpus,
+        optim={"name": "adamw", "lr": 1e-3},
+        schedule={"name": "cosine", "warmup_batches": 1},
+        grad_accum=2,
+        budget={"steps": 3},
+    )
     assert run_cli("pretrain", recipe, "--json") == 0
     rows = metrics(tmp_path / "exp")
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
@@ -184,9 +198,25 @@ def test_adamw_cosine_and_grad_accumulation(tmp_path, synthetic_corpus, capsys):
 def test_ddp_two_cpu_processes(tmp_path, synthetic_corpus):
     recipe = write_recipe(tmp_path, synthetic_corpus, budget={"steps": 3})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "speechbudget.cli", "pretrain", str(recipe), "--json"],
-                       env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "speechbudget.cli",
+            "pretrain",
+            str(recipe),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     rows = metrics(tmp_path / "exp")
     assert [r["step"] for r in rows] == [1, 2, 3]

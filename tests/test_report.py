@@ -25,24 +25,37 @@ def run_cli(*args) -> None:
 
 
 def lines(path: Path) -> list:
-    return [json.loads(l) for l in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def exps(synthetic_corpus, tmp_path_factory):
     """pretrain (2 steps) -> finetune from its step-1 checkpoint, and from scratch; decode the first."""
     root = tmp_path_factory.mktemp("exps")
-    common = {"encoder": "zipformer-tiny", "max_duration": 8.0, "num_buckets": 2, "log_every": 1,
-              "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5}}
+    common = {
+        "encoder": "zipformer-tiny",
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        "log_every": 1,
+        "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5},
+    }
     pt_ckpt = root / "pt" / "checkpoints" / "checkpoint-00000001.pt"
     recipe = {
         "exp_dir": str(root / "pt"),
-        "pretrain": {**common, "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
-                     "checkpoint_every": 1, "budget": {"steps": 2}},
-        "finetune": {**common, "exp_dir": str(root / "ft"), "checkpoint_every": 100,
-                     "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
-                     "budget": {"steps": 2, "flops": 1.0e12},
-                     "ctc": {"tokenizer": "char", "init_checkpoint": str(pt_ckpt)}},
+        "pretrain": {
+            **common,
+            "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
+            "checkpoint_every": 1,
+            "budget": {"steps": 2},
+        },
+        "finetune": {
+            **common,
+            "exp_dir": str(root / "ft"),
+            "checkpoint_every": 100,
+            "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
+            "budget": {"steps": 2, "flops": 1.0e12},
+            "ctc": {"tokenizer": "char", "init_checkpoint": str(pt_ckpt)},
+        },
     }
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -113,15 +126,20 @@ def test_wer_with_ci_and_missing_decodes(exps, report):
 
 def test_markdown_json_and_plots_are_written(report):
     rep, out = report
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "report.json", "report.md", "wer_vs_compute.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png",
+        "report.json",
+        "report.md",
+        "wer_vs_compute.png",
+    ]
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(rep, default=str))
     md = (out / "report.md").read_text()
-    table = [l for l in md.splitlines() if l.startswith("|")]
+    table = [line for line in md.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 3 and "WER test/greedy [95% CI]" in table[0]
-    ft_line = next(l for l in table if l.startswith("| ft |"))
+    ft_line = next(line for line in table if line.startswith("| ft |"))
     w = rows_by_name(rep)["ft"]["wer"]["test/greedy"]
     assert f"{w['wer']:.2f} [{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]" in ft_line
-    scratch_line = next(l for l in table if l.startswith("| scratch |"))
+    scratch_line = next(line for line in table if line.startswith("| scratch |"))
     assert "| - |" in scratch_line
     assert "scratch: no decode results" in md
     for name in ("curves.png", "wer_vs_compute.png"):

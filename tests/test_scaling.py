@@ -179,8 +179,10 @@ def test_allocation_spends_the_budget_and_sorts_by_loss():
 
 
 def test_compute_optimal_model_grows_with_the_budget():
-    sizes = [best(optimal_allocation(DEFAULT_LAW, c, transformer_candidates())).params
-             for c in (1e15, 1e17, 1e19, 1e21)]
+    sizes = [
+        best(optimal_allocation(DEFAULT_LAW, c, transformer_candidates())).params
+        for c in (1e15, 1e17, 1e19, 1e21)
+    ]
     assert sizes == sorted(sizes)
     assert sizes[0] < sizes[-1]
     assert sizes[0] <= 1e7 and sizes[-1] >= 1e9

@@ -39,14 +39,21 @@ def test_perfect_and_empty_hypotheses():
 
 
 def test_strings_and_lists_score_the_same():
-    as_lists = [(u, r.split() if isinstance(r, str) else r, h.split() if isinstance(h, str) else h)
-                for u, r, h in RESULTS]
+    as_lists = [
+        (u, r.split() if isinstance(r, str) else r, h.split() if isinstance(h, str) else h)
+        for u, r, h in RESULTS
+    ]
     a, b = compute_wer(RESULTS), compute_wer(as_lists)
     assert (a.errors, a.wer, a.ci95) == (b.errors, b.wer, b.ci95)
 
 
 def test_align_words_marks_insertions_and_deletions_with_none():
-    assert align_words(["a", "b", "c"], ["a", "x", "c", "d"]) == [("a", "a"), ("b", "x"), ("c", "c"), (None, "d")]
+    assert align_words(["a", "b", "c"], ["a", "x", "c", "d"]) == [
+        ("a", "a"),
+        ("b", "x"),
+        ("c", "c"),
+        (None, "d"),
+    ]
     assert align_words(["a", "b"], ["b"]) == [("a", None), ("b", "b")]
     # "*" as a real word must not be mistaken for the epsilon symbol.
     assert align_words(["*", "a"], ["*"]) == [("*", "*"), ("a", None)]
@@ -62,11 +69,14 @@ def test_bootstrap_confidence_interval():
     assert compute_wer(results, bootstrap_replications=0).ci95 is None
 
 
-@pytest.mark.parametrize("results, message", [
-    ([], "no utterances"),
-    ([("a", "", "x"), ("b", [], [])], "reference transcripts are empty"),
-    ([("a", "x", "x"), ("a", "y", "y")], "unique"),
-])
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ([], "no utterances"),
+        ([("a", "", "x"), ("b", [], [])], "reference transcripts are empty"),
+        ([("a", "x", "x"), ("a", "y", "y")], "unique"),
+    ],
+)
 def test_bad_input_is_a_user_error(results, message):
     with pytest.raises(SpeechBudgetError, match=message):
         compute_wer(results)
@@ -74,8 +84,10 @@ def test_bad_input_is_a_user_error(results, message):
 
 def test_result_file_names():
     assert result_file_names("test-clean") == {
-        "recogs": "recogs-test-clean.txt", "errs": "errs-test-clean.txt",
-        "wer-summary": "wer-summary-test-clean.txt"}
+        "recogs": "recogs-test-clean.txt",
+        "errs": "errs-test-clean.txt",
+        "wer-summary": "wer-summary-test-clean.txt",
+    }
     assert result_file_names("dev", "beam8")["errs"] == "errs-dev-beam8.txt"
 
 
@@ -83,24 +95,41 @@ def test_write_icefall_style_files(tmp_path):
     res = write_icefall_style(tmp_path / "out", "test-clean", RESULTS, suffix="greedy")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "errs-test-clean-greedy.txt", "recogs-test-clean-greedy.txt", "wer-summary-test-clean-greedy.txt"]
+        "errs-test-clean-greedy.txt",
+        "recogs-test-clean-greedy.txt",
+        "wer-summary-test-clean-greedy.txt",
+    ]
 
     recogs = (out / "recogs-test-clean-greedy.txt").read_text().splitlines()
     assert recogs[:4] == [
-        "u1:\tref=['hello', 'world']", "u1:\thyp=['hello', 'big', 'world']",
-        "u2:\tref=['the', 'cat', 'sat', 'on', 'the', 'mat']", "u2:\thyp=['the', 'cat', 'sat', 'on', 'a', 'mat']"]
-    assert recogs[4:] == ["u3:\tref=['a', 'b', 'c']", "u3:\thyp=[]", "u4:\tref=['x', 'y']", "u4:\thyp=['x', 'y']"]
+        "u1:\tref=['hello', 'world']",
+        "u1:\thyp=['hello', 'big', 'world']",
+        "u2:\tref=['the', 'cat', 'sat', 'on', 'the', 'mat']",
+        "u2:\thyp=['the', 'cat', 'sat', 'on', 'a', 'mat']",
+    ]
+    assert recogs[4:] == [
+        "u3:\tref=['a', 'b', 'c']",
+        "u3:\thyp=[]",
+        "u4:\tref=['x', 'y']",
+        "u4:\thyp=['x', 'y']",
+    ]
 
     errs = (out / "errs-test-clean-greedy.txt").read_text().splitlines()
     assert errs[0] == "%WER = 38.46"
-    assert errs[1] == "Errors: 1 insertions, 3 deletions, 1 substitutions, over 13 reference words (9 correct)"
-    details = errs[errs.index("PER-UTT DETAILS: corr or (ref->hyp)") + 1:][:4]
-    assert details == ["u1:\thello (*->big) world", "u2:\tthe cat sat on (the->a) mat",
-                       "u3:\t(a->*) (b->*) (c->*)", "u4:\tx y"]
+    assert (
+        errs[1] == "Errors: 1 insertions, 3 deletions, 1 substitutions, over 13 reference words (9 correct)"
+    )
+    details = errs[errs.index("PER-UTT DETAILS: corr or (ref->hyp)") + 1 :][:4]
+    assert details == [
+        "u1:\thello (*->big) world",
+        "u2:\tthe cat sat on (the->a) mat",
+        "u3:\t(a->*) (b->*) (c->*)",
+        "u4:\tx y",
+    ]
 
     def section(title):
         start = errs.index(title) + 1
-        return errs[start:errs.index("", start)] if "" in errs[start:] else errs[start:]
+        return errs[start : errs.index("", start)] if "" in errs[start:] else errs[start:]
 
     assert section("SUBSTITUTIONS: count ref -> hyp") == ["1   the -> a"]
     assert section("DELETIONS: count ref") == ["1   a", "1   b", "1   c"]
@@ -123,7 +152,7 @@ def test_substitutions_sorted_by_frequency(tmp_path):
     write_icefall_style(tmp_path, "s", results)
     errs = (tmp_path / "errs-s.txt").read_text().splitlines()
     start = errs.index("SUBSTITUTIONS: count ref -> hyp") + 1
-    assert errs[start:start + 2] == ["3   cat -> hat", "1   dog -> log"]
+    assert errs[start : start + 2] == ["3   cat -> hat", "1   dog -> log"]
 
 
 def test_rewriting_replaces_files_without_leftovers(tmp_path):

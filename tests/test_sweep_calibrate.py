@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import cli_result as run
+
 from speechbudget import cli, cli_plan
 from speechbudget.budget import calibrate
 from speechbudget.budget.sweep import final_loss, parse_budgets, run_name
@@ -31,15 +31,36 @@ def swept(synthetic_corpus, tmp_path_factory):
     """A 2 presets x 3 budgets sweep on the synthetic corpus, run through the CLI."""
     root = tmp_path_factory.mktemp("sweep")
     recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"exp_dir": str(root / "unused"), "pretrain": {
-        "encoder": "zipformer-tiny", "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
-        "max_duration": 8.0, "num_buckets": 2, "log_every": 1, "checkpoint_every": 100,
-        "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5},
-        "budget": {"steps": 1000},  # the sweep replaces it: a FLOP budget must be the only limit
-    }}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "exp_dir": str(root / "unused"),
+                "pretrain": {
+                    "encoder": "zipformer-tiny",
+                    "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
+                    "max_duration": 8.0,
+                    "num_buckets": 2,
+                    "log_every": 1,
+                    "checkpoint_every": 100,
+                    "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5},
+                    "budget": {"steps": 1000},  # the sweep replaces it: a FLOP budget must be the only limit
+                },
+            }
+        )
+    )
     out = root / "pilots"
-    args = ["sweep", "--recipe", recipe, "--presets", ",".join(PRESETS),
-            "--budgets", ",".join(f"{b:g}" for b in BUDGETS), "--out", out, "--json"]
+    args = [
+        "sweep",
+        "--recipe",
+        recipe,
+        "--presets",
+        ",".join(PRESETS),
+        "--budgets",
+        ",".join(f"{b:g}" for b in BUDGETS),
+        "--out",
+        out,
+        "--json",
+    ]
     try:
         cli.main([str(a) for a in args])
     except SystemExit as e:
@@ -77,20 +98,47 @@ def test_sweep_resumes_without_training_again(swept, capsys):
 
 def test_fit_on_the_pilots_then_plan_is_calibrated(swept, tmp_path, capsys):
     law = tmp_path / "law.json"
-    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 5, "--min-steps", 0, "--json")
+    code, out, err = run(
+        capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 5, "--min-steps", 0, "--json"
+    )
     assert code == 0, err
     fit = json.loads(out)
     assert fit["calibrated"] and len(fit["points"]) == len(PRESETS) * len(BUDGETS)
     assert set(fit["ci"]) == {"E", "A", "alpha", "B", "beta"}
     stored = json.loads(law.read_text())
     assert stored["calibrated"] and len(stored["fitted_on"]) == 6
-    code, out, err = run(capsys, "plan", "--budget", 1e13, "--unit", "flops", "--device", "cpu", "--data-hours", 1,
-                         "--presets", ",".join(PRESETS), "--law", law, "--json")
+    code, out, err = run(
+        capsys,
+        "plan",
+        "--budget",
+        1e13,
+        "--unit",
+        "flops",
+        "--device",
+        "cpu",
+        "--data-hours",
+        1,
+        "--presets",
+        ",".join(PRESETS),
+        "--law",
+        law,
+        "--json",
+    )
     assert code == 0, err
     plan = json.loads(out)
     assert plan["calibrated"] is True and plan["law"]["source"] == str(law)
-    code, out, _ = run(capsys, "plan", "fit", swept["out"], "--out", tmp_path / "law2.json", "--bootstrap", 0,
-                       "--min-steps", 0)
+    code, out, _ = run(
+        capsys,
+        "plan",
+        "fit",
+        swept["out"],
+        "--out",
+        tmp_path / "law2.json",
+        "--bootstrap",
+        0,
+        "--min-steps",
+        0,
+    )
     assert code == 0 and "alpha" in out and "mean relative error" in out
 
 
@@ -100,17 +148,46 @@ def test_plans_train_like_the_pilots_the_law_was_fitted_on(swept, tmp_path, caps
     law = tmp_path / "law.json"
     assert run(capsys, "plan", "fit", swept["out"], "--out", law, "--bootstrap", 0, "--min-steps", 0)[0] == 0
     stored = json.loads(law.read_text())
-    assert stored["pilots"] == {"max_duration": 8.0, "schedule": {
-        "name": "eden", "lr_batches": 100.0, "lr_epochs": 5.0, "warmup_batches": 5, "epoch_unit": "epochs",
-        "min_lr_ratio": 0.0}}
-    args = ["plan", "--budget", 1e13, "--unit", "flops", "--device", "cpu", "--data-hours", 1, "--presets",
-            ",".join(PRESETS), "--law", law, "--json"]
+    assert stored["pilots"] == {
+        "max_duration": 8.0,
+        "schedule": {
+            "name": "eden",
+            "lr_batches": 100.0,
+            "lr_epochs": 5.0,
+            "warmup_batches": 5,
+            "epoch_unit": "epochs",
+            "min_lr_ratio": 0.0,
+        },
+    }
+    args = [
+        "plan",
+        "--budget",
+        1e13,
+        "--unit",
+        "flops",
+        "--device",
+        "cpu",
+        "--data-hours",
+        1,
+        "--presets",
+        ",".join(PRESETS),
+        "--law",
+        law,
+        "--json",
+    ]
     plan = json.loads(run(capsys, *args)[1])
-    assert plan["max_duration"] == 8.0 and not any("pilots used" in w for w in plan["warnings"])  # theirs by default
+    assert plan["max_duration"] == 8.0 and not any(
+        "pilots used" in w for w in plan["warnings"]
+    )  # theirs by default
     plan = json.loads(run(capsys, *args, "--max-duration", 60)[1])
     assert any("pilots used batches of 8 s" in w for w in plan["warnings"])
     # pilots with a cosine schedule: the written recipe decays the same way over its own budget
-    stored["pilots"]["schedule"] = {"name": "cosine", "warmup_batches": 5, "min_lr_ratio": 0.1, "lr_batches": 7500.0}
+    stored["pilots"]["schedule"] = {
+        "name": "cosine",
+        "warmup_batches": 5,
+        "min_lr_ratio": 0.1,
+        "lr_batches": 7500.0,
+    }
     law.write_text(json.dumps(stored))
     out = tmp_path / "plan.yaml"
     assert run(capsys, *args, "--out", out)[0] == 0
@@ -132,7 +209,9 @@ def test_fit_leaves_out_runs_still_in_their_transient(swept, tmp_path, capsys):
     code, _, err = run(capsys, "plan", "fit", swept["out"], "--out", tmp_path / "law.json")
     assert code == 2 and "only 0 of 6 runs have at least 100 optimizer steps" in err
     law = tmp_path / "law2.json"
-    code, out, err = run(capsys, "plan", "fit", swept["out"], "--out", law, "--min-steps", 2, "--bootstrap", 0, "--json")
+    code, out, err = run(
+        capsys, "plan", "fit", swept["out"], "--out", law, "--min-steps", 2, "--bootstrap", 0, "--json"
+    )
     assert code == 0, err
     fit = json.loads(out)
     assert [Path(r["exp_dir"]).name for r in fit["left_out"]] == ["transformer-tiny-4e09"]  # its one step
@@ -143,11 +222,23 @@ def test_fit_leaves_out_runs_still_in_their_transient(swept, tmp_path, capsys):
     assert "left out (1 runs under 2 optimizer steps): transformer-tiny-4e09 (1)" in out
 
 
-@pytest.mark.parametrize("budgets, message", [("1e10,abc", "is not a number"), ("1e10,-1", "must be positive"),
-                                              ("", "give at least one budget")])
+@pytest.mark.parametrize(
+    "budgets, message",
+    [("1e10,abc", "is not a number"), ("1e10,-1", "must be positive"), ("", "give at least one budget")],
+)
 def test_sweep_bad_budgets(tmp_path, capsys, budgets, message):
-    code, _, err = run(capsys, "sweep", "--recipe", tmp_path / "r.yaml", "--presets", "transformer-tiny",
-                       "--budgets", budgets, "--out", tmp_path / "out")
+    code, _, err = run(
+        capsys,
+        "sweep",
+        "--recipe",
+        tmp_path / "r.yaml",
+        "--presets",
+        "transformer-tiny",
+        "--budgets",
+        budgets,
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
@@ -172,7 +263,9 @@ def test_calibrated_step_time_predicts_a_fresh_measurement(tmp_path):
         util = record["presets"]["transformer-tiny"]["utilisation"]
         assert 0 < util <= 1 and record["peak_flops"] > 1e9
         predicted = calibrate.predict_step_seconds("transformer-tiny", "cpu", path=path, **BATCH)
-        measured = calibrate.time_training_steps("transformer-tiny", steps=7, device="cpu", **BATCH)["step_seconds"]
+        measured = calibrate.time_training_steps("transformer-tiny", steps=7, device="cpu", **BATCH)[
+            "step_seconds"
+        ]
         errors.append(abs(predicted - measured) / measured)
         if errors[-1] <= 0.15:
             break
@@ -181,15 +274,45 @@ def test_calibrated_step_time_predicts_a_fresh_measurement(tmp_path):
 
 def test_calibrate_cli_then_plan_in_hours_uses_it(tmp_path, capsys):
     path = tmp_path / "cal.json"
-    code, out, err = run(capsys, "calibrate", "--presets", "transformer-tiny", "--device", "cpu", "--steps", 2,
-                         "--batch-size", 2, "--seconds", 4, "--out", path, "--json")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--presets",
+        "transformer-tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        2,
+        "--batch-size",
+        2,
+        "--seconds",
+        4,
+        "--out",
+        path,
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     stored = json.loads(path.read_text())["devices"]["cpu"]
     assert res["device"] == "cpu" and stored["dtype"] == "fp32"
     util = stored["presets"]["transformer-tiny"]["utilisation"]
-    code, out, err = run(capsys, "plan", "--budget", 2, "--unit", "hours", "--device", "cpu", "--data-hours", 10,
-                         "--presets", "transformer-tiny", "--calibration", path, "--json")
+    code, out, err = run(
+        capsys,
+        "plan",
+        "--budget",
+        2,
+        "--unit",
+        "hours",
+        "--device",
+        "cpu",
+        "--data-hours",
+        10,
+        "--presets",
+        "transformer-tiny",
+        "--calibration",
+        path,
+        "--json",
+    )
     assert code == 0, err
     rec = json.loads(out)["recommended"]
     assert rec["utilisation"] == pytest.approx(util) and rec["utilisation_source"] == "calibrated"
@@ -199,13 +322,30 @@ def test_calibrate_cli_then_plan_in_hours_uses_it(tmp_path, capsys):
 def test_calibrate_bad_input(capsys, tmp_path):
     code, _, err = run(capsys, "calibrate", "--presets", "zipformer-huge", "--out", tmp_path / "c.json")
     assert code == 2 and "unknown encoder preset 'zipformer-huge'" in err
-    code, _, err = run(capsys, "calibrate", "--presets", "transformer-tiny", "--device-name", "tpu", "--device", "cpu",
-                       "--out", tmp_path / "c.json")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--presets",
+        "transformer-tiny",
+        "--device-name",
+        "tpu",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "c.json",
+    )
     assert code == 2 and "unknown device 'tpu'" in err
 
 
-@pytest.mark.parametrize("gpu, name", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-80GB", "a100"),
-                                       ("Tesla V100-SXM2-32GB", "v100"), ("NVIDIA L4", "l4")])
+@pytest.mark.parametrize(
+    "gpu, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("Tesla V100-SXM2-32GB", "v100"),
+        ("NVIDIA L4", "l4"),
+    ],
+)
 def test_cuda_device_names_map_to_the_table(gpu, name):
     assert calibrate.device_from_gpu_name(gpu) == name
 

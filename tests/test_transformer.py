@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import HiddenOnly
+
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
 from speechbudget.models.presets import build_encoder, preset_names
@@ -40,7 +40,9 @@ def assert_padding_invariant(model, frontend: str) -> None:
     x, lengths = make_batch(frontend)
     with torch.no_grad():
         ref = model(x, lengths, return_layers=True)
-        junk = model(with_junk_padding(x, lengths, 3000 if frontend == "waveform" else 40), lengths, return_layers=True)
+        junk = model(
+            with_junk_padding(x, lengths, 3000 if frontend == "waveform" else 40), lengths, return_layers=True
+        )
         alone = model(x[1:, : lengths[1]], lengths[1:])  # the short one with no padding at all
     assert torch.equal(ref.lengths, junk.lengths)
     for b, n in enumerate(ref.lengths.tolist()):

@@ -172,6 +172,7 @@ def _analytic_stack_macs(model: Zipformer, frames: int) -> int:
 
 def test_fvcore_traces_and_counts_what_we_expect():
     import fvcore.nn as fvcore_nn
+
     model = _tiny().eval()
     x, lengths = torch.randn(1, 120, 80), torch.tensor([120])
     flops = fvcore_nn.FlopCountAnalysis(model, (x, lengths))

@@ -28,7 +28,9 @@ def resolve_checkpoint(path: Path) -> Tuple[Path, Path]:
     """A fine-tuning exp dir (its newest checkpoint, or averaged.pt) or a checkpoint file -> (ckpt, exp_dir)."""
     path = Path(path)
     found = ckpt.resolve(path)
-    exp = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    exp = (
+        path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    )
     return found, exp
 
 
@@ -44,13 +46,23 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     encoder = build_encoder(state["config"]["encoder"])
     model = CtcModel(encoder, tokenizer.vocab_size, tokenizer.blank_id, spec_augment=False)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), tokenizer, {"checkpoint": str(ck), "exp_dir": str(exp),
-                                                "counters": state.get("counters", {})}
+    return (
+        model.to(device).eval(),
+        tokenizer,
+        {"checkpoint": str(ck), "exp_dir": str(exp), "counters": state.get("counters", {})},
+    )
 
 
-def decode(model_path: Path, cuts_path: Path, out_dir: Optional[Path] = None, method: str = "greedy",
-           beam_size: int = 8, set_name: Optional[str] = None, max_duration: float = 120.0,
-           device: str = "cpu") -> Dict[str, Any]:
+def decode(
+    model_path: Path,
+    cuts_path: Path,
+    out_dir: Optional[Path] = None,
+    method: str = "greedy",
+    beam_size: int = 8,
+    set_name: Optional[str] = None,
+    max_duration: float = 120.0,
+    device: str = "cpu",
+) -> Dict[str, Any]:
     if method not in METHODS:
         raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {' or '.join(METHODS)}")
     dev = torch.device(device)
@@ -67,23 +79,40 @@ def decode(model_path: Path, cuts_path: Path, out_dir: Optional[Path] = None, me
             if method == "greedy":
                 hyps = greedy_decode(log_probs.cpu(), lengths.cpu(), blank=tokenizer.blank_id)
             else:
-                hyps = beam_search_batch(log_probs.cpu(), lengths.cpu(), beam_size=beam_size, blank=tokenizer.blank_id)
+                hyps = beam_search_batch(
+                    log_probs.cpu(), lengths.cpu(), beam_size=beam_size, blank=tokenizer.blank_id
+                )
             for cid, ref, hyp in zip(batch["ids"], batch["texts"], hyps):
                 results.append((cid, normalize_text(ref), tokenizer.decode(hyp)))
     if not results:
         raise SpeechBudgetError(f"{cuts_path} holds no cuts to decode")
     suffix = f"{method}" + (f"-beam{beam_size}" if method == "beam" else "")
-    summary: Dict[str, Any] = {"set": set_name, "method": method, "utterances": len(results),
-                               "checkpoint": info["checkpoint"], "out_dir": str(out_dir)}
+    summary: Dict[str, Any] = {
+        "set": set_name,
+        "method": method,
+        "utterances": len(results),
+        "checkpoint": info["checkpoint"],
+        "out_dir": str(out_dir),
+    }
     if not any(ref for _, ref, _ in results):
         _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
-        summary.update(wer=None, note="the cuts have no transcripts: hypotheses written, no WER can be computed")
+        summary.update(
+            wer=None, note="the cuts have no transcripts: hypotheses written, no WER can be computed"
+        )
     else:
         scored = [(cid, ref, hyp) for cid, ref, hyp in results if ref]
         res = write_icefall_style(out_dir, set_name, scored, suffix=suffix)
-        summary.update(wer=res.wer, cer=char_error_rate(scored), ci95=list(res.ci95) if res.ci95 else None, errors=res.errors,
-                       insertions=res.insertions, deletions=res.deletions, substitutions=res.substitutions,
-                       ref_words=res.num_ref_words, unscored=len(results) - len(scored))
+        summary.update(
+            wer=res.wer,
+            cer=char_error_rate(scored),
+            ci95=list(res.ci95) if res.ci95 else None,
+            errors=res.errors,
+            insertions=res.insertions,
+            deletions=res.deletions,
+            substitutions=res.substitutions,
+            ref_words=res.num_ref_words,
+            unscored=len(results) - len(scored),
+        )
     write_json(summary, out_dir / f"decode-summary-{set_name}-{suffix}.json")
     return summary
 

@@ -55,8 +55,14 @@ def _frame_scores(frame: np.ndarray, token_topk: int | None, blank: int) -> np.n
     return scores
 
 
-def _step(prefixes: list[tuple[int, ...]], p_blank: np.ndarray, p_nonblank: np.ndarray,
-          frame: np.ndarray, beam_size: int, blank: int):
+def _step(
+    prefixes: list[tuple[int, ...]],
+    p_blank: np.ndarray,
+    p_nonblank: np.ndarray,
+    frame: np.ndarray,
+    beam_size: int,
+    blank: int,
+):
     """Advance every prefix by one frame and keep the ``beam_size`` best.
 
     ``p_blank`` / ``p_nonblank`` are log-probabilities of the prefix with its alignment so far
@@ -102,9 +108,13 @@ def _step(prefixes: list[tuple[int, ...]], p_blank: np.ndarray, p_nonblank: np.n
     return [new_prefixes[i] for i in keep], new_blank[keep], new_nonblank[keep]
 
 
-def prefix_beam_search_nbest(log_probs: torch.Tensor, length: int | None = None, beam_size: int = 8,
-                             blank: int = 0, token_topk: int | None = None
-                             ) -> list[tuple[list[int], float]]:
+def prefix_beam_search_nbest(
+    log_probs: torch.Tensor,
+    length: int | None = None,
+    beam_size: int = 8,
+    blank: int = 0,
+    token_topk: int | None = None,
+) -> list[tuple[list[int], float]]:
     """CTC prefix beam search on one (T, V) matrix; returns up to ``beam_size`` (labelling, log-prob)
     pairs, best first. The log-prob sums over the alignments that survived the beam, so it is
     exact when nothing was pruned."""
@@ -128,18 +138,26 @@ def prefix_beam_search_nbest(log_probs: torch.Tensor, length: int | None = None,
     return [(list(p), float(s)) for p, s in zip(prefixes, total)]
 
 
-def prefix_beam_search(log_probs: torch.Tensor, length: int | None = None, beam_size: int = 8,
-                       blank: int = 0, token_topk: int | None = None) -> list[int]:
+def prefix_beam_search(
+    log_probs: torch.Tensor,
+    length: int | None = None,
+    beam_size: int = 8,
+    blank: int = 0,
+    token_topk: int | None = None,
+) -> list[int]:
     """Most probable labelling found by CTC prefix beam search on one (T, V) matrix."""
     return prefix_beam_search_nbest(log_probs, length, beam_size, blank, token_topk)[0][0]
 
 
-def beam_search_batch(log_probs: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None,
-                      beam_size: int = 8, blank: int = 0,
-                      token_topk: int | None = None) -> list[list[int]]:
+def beam_search_batch(
+    log_probs: torch.Tensor,
+    lengths: Sequence[int] | torch.Tensor | None = None,
+    beam_size: int = 8,
+    blank: int = 0,
+    token_topk: int | None = None,
+) -> list[list[int]]:
     """:func:`prefix_beam_search` on each utterance of a (B, T, V) batch."""
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
     lengths = _as_lengths(lengths, log_probs.shape[0], log_probs.shape[1])
-    return [prefix_beam_search(lp, int(n), beam_size, blank, token_topk)
-            for lp, n in zip(log_probs, lengths)]
+    return [prefix_beam_search(lp, int(n), beam_size, blank, token_topk) for lp, n in zip(log_probs, lengths)]

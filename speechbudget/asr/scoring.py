@@ -75,8 +75,9 @@ def _count(alignment: Alignment) -> tuple[int, int, int]:
     return ins, dels, subs
 
 
-def compute_wer(results: Sequence[tuple[str, Words, Words]], bootstrap_replications: int = 1000,
-                seed: int = 0) -> WerResult:
+def compute_wer(
+    results: Sequence[tuple[str, Words, Words]], bootstrap_replications: int = 1000, seed: int = 0
+) -> WerResult:
     """WER over ``(utt_id, ref_words, hyp_words)`` triples; words are lists or space-separated strings.
 
     ``bootstrap_replications=0`` skips the confidence interval.
@@ -100,13 +101,24 @@ def compute_wer(results: Sequence[tuple[str, Words, Words]], bootstrap_replicati
 
     ci95 = None
     if bootstrap_replications > 0:
-        boot = kaldialign.bootstrap_wer_ci([r for _, r, _ in triples], [h for _, _, h in triples],
-                                           replications=bootstrap_replications, seed=seed)
+        boot = kaldialign.bootstrap_wer_ci(
+            [r for _, r, _ in triples],
+            [h for _, _, h in triples],
+            replications=bootstrap_replications,
+            seed=seed,
+        )
         ci95 = (100.0 * boot["ci95min"], 100.0 * boot["ci95max"])
     return WerResult(
-        errors=errors, insertions=ins, deletions=dels, substitutions=subs, num_ref_words=num_ref,
-        num_sentences=len(triples), sentence_errors=sent_err, wer=100.0 * errors / num_ref,
-        ci95=ci95, alignments=alignments,
+        errors=errors,
+        insertions=ins,
+        deletions=dels,
+        substitutions=subs,
+        num_ref_words=num_ref,
+        num_sentences=len(triples),
+        sentence_errors=sent_err,
+        wer=100.0 * errors / num_ref,
+        ci95=ci95,
+        alignments=alignments,
     )
 
 
@@ -163,8 +175,12 @@ def _errs_text(res: WerResult) -> str:
     ]
     if res.ci95 is not None:
         lines.append(f"95% confidence interval (bootstrap): [{res.ci95[0]:.2f}, {res.ci95[1]:.2f}]")
-    lines += ["Search below for sections starting with PER-UTT DETAILS:, SUBSTITUTIONS:, DELETIONS:, "
-              "INSERTIONS:, PER-WORD STATS:", "", "PER-UTT DETAILS: corr or (ref->hyp)"]
+    lines += [
+        "Search below for sections starting with PER-UTT DETAILS:, SUBSTITUTIONS:, DELETIONS:, "
+        "INSERTIONS:, PER-WORD STATS:",
+        "",
+        "PER-UTT DETAILS: corr or (ref->hyp)",
+    ]
     for utt, ali in sorted(res.alignments, key=lambda x: x[0]):
         lines.append(f"{utt}:\t{_alignment_text(ali)}")
     lines += ["", "SUBSTITUTIONS: count ref -> hyp"]
@@ -195,14 +211,20 @@ def _per_word(subs: Counter, dels: Counter, ins: Counter, correct: Counter) -> l
 def _summary_text(res: WerResult, setting: str) -> str:
     lo, hi = res.ci95 if res.ci95 is not None else (float("nan"), float("nan"))
     header = "settings\tWER\tCI95_lo\tCI95_hi\tins\tdel\tsub\tref_words\tsentences\tsentence_errors"
-    row = (f"{setting}\t{res.wer:.2f}\t{lo:.2f}\t{hi:.2f}\t{res.insertions}\t{res.deletions}\t"
-           f"{res.substitutions}\t{res.num_ref_words}\t{res.num_sentences}\t{res.sentence_errors}")
+    row = (
+        f"{setting}\t{res.wer:.2f}\t{lo:.2f}\t{hi:.2f}\t{res.insertions}\t{res.deletions}\t"
+        f"{res.substitutions}\t{res.num_ref_words}\t{res.num_sentences}\t{res.sentence_errors}"
+    )
     return f"{header}\n{row}\n"
 
 
-def write_icefall_style(out_dir: Path, test_set_name: str,
-                        results: Sequence[tuple[str, Words, Words]], suffix: str = "",
-                        bootstrap_replications: int = 1000) -> WerResult:
+def write_icefall_style(
+    out_dir: Path,
+    test_set_name: str,
+    results: Sequence[tuple[str, Words, Words]],
+    suffix: str = "",
+    bootstrap_replications: int = 1000,
+) -> WerResult:
     """Score ``results`` and write recogs-, errs- and wer-summary-<set>[-<suffix>].txt to ``out_dir``.
 
     The layout follows icefall's decode outputs so existing habits and scripts carry over.

@@ -19,11 +19,26 @@ __all__ = ["normalize_text", "number_to_words", "ordinal_to_words"]
 # Typographic variants that should mean the same as their ASCII form.
 _CHAR_MAP = str.maketrans(
     {
-        "\u2018": "'", "\u2019": "'", "\u201b": "'", "\u02bc": "'", "\u2032": "'",
-        "`": "'", "\u00b4": "'",
-        "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u00ab": '"', "\u00bb": '"',
-        "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
-        "\u2015": "-", "\u2212": "-",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201b": "'",
+        "\u02bc": "'",
+        "\u2032": "'",
+        "`": "'",
+        "\u00b4": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2015": "-",
+        "\u2212": "-",
     }
 )
 
@@ -36,12 +51,19 @@ _SCALES = ["", "thousand", "million", "billion", "trillion", "quadrillion"]
 _MAX_SPELLED = 10 ** (3 * len(_SCALES)) - 1  # longer digit strings are read digit by digit
 
 _IRREGULAR_ORDINALS = {
-    "one": "first", "two": "second", "three": "third", "five": "fifth",
-    "eight": "eighth", "nine": "ninth", "twelve": "twelfth",
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
 }
-_CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"),
-               "£": ("pound", "pounds", "penny", "pence"),
-               "€": ("euro", "euros", "cent", "cents")}
+_CURRENCIES = {
+    "$": ("dollar", "dollars", "cent", "cents"),
+    "£": ("pound", "pounds", "penny", "pence"),
+    "€": ("euro", "euros", "cent", "cents"),
+}
 
 _NUMBER_RE = re.compile(
     r"(?P<cur>[$£€])?"

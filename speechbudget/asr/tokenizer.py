@@ -20,8 +20,8 @@ from pathlib import Path
 import sentencepiece as spm
 
 from speechbudget import atomic
-from speechbudget.errors import SpeechBudgetError
 from speechbudget.asr.text import normalize_text
+from speechbudget.errors import SpeechBudgetError
 
 __all__ = ["BLANK_ID", "UNK_ID", "MODEL_TYPES", "Tokenizer", "train_tokenizer"]
 
@@ -39,8 +39,9 @@ def _distinct_chars(sentences: Sequence[str]) -> set[str]:
     return set("".join(sentences)) - {" "}
 
 
-def _train_model_bytes(sentences: Sequence[str], model_type: str, vocab_size: int,
-                       character_coverage: float, num_threads: int) -> bytes:
+def _train_model_bytes(
+    sentences: Sequence[str], model_type: str, vocab_size: int, character_coverage: float, num_threads: int
+) -> bytes:
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -50,7 +51,11 @@ def _train_model_bytes(sentences: Sequence[str], model_type: str, vocab_size: in
             vocab_size=vocab_size,
             hard_vocab_limit=False,  # a tiny corpus gives fewer pieces instead of an error
             character_coverage=character_coverage,
-            pad_id=BLANK_ID, pad_piece="<blk>", unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+            pad_id=BLANK_ID,
+            pad_piece="<blk>",
+            unk_id=UNK_ID,
+            bos_id=-1,
+            eos_id=-1,
             normalization_rule_name="identity",  # normalize_text already did it
             num_threads=num_threads,
             minloglevel=2,
@@ -86,7 +91,8 @@ def train_tokenizer(
     sentences = [t for t in (normalize_text(x, lowercase=lowercase) for x in texts) if t]
     if not sentences:
         raise SpeechBudgetError(
-            "no text to train the tokenizer on (all transcripts are empty after normalization)")
+            "no text to train the tokenizer on (all transcripts are empty after normalization)"
+        )
 
     num_chars = len(_distinct_chars(sentences))
     min_size = num_chars + 1 + _NUM_META_PIECES  # every char, the word-start '▁', <blk>, <unk>
@@ -95,8 +101,10 @@ def train_tokenizer(
     actual = spm.SentencePieceProcessor(model_proto=proto).vocab_size()
     note = ""
     if actual != vocab_size:
-        note = (f"vocab_size {vocab_size} was adjusted to {actual}: the {len(sentences)}-sentence "
-                f"corpus has {num_chars} distinct characters")
+        note = (
+            f"vocab_size {vocab_size} was adjusted to {actual}: the {len(sentences)}-sentence "
+            f"corpus has {num_chars} distinct characters"
+        )
         log.warning("tokenizer: %s", note)
 
     out_dir = Path(out_dir)
@@ -104,9 +112,15 @@ def train_tokenizer(
     model_path = out_dir / MODEL_NAME
     atomic.write_bytes(model_path, proto)
     settings = {
-        "model_type": model_type, "requested_vocab_size": vocab_size, "vocab_size": actual,
-        "blank_id": BLANK_ID, "unk_id": UNK_ID, "lowercase": lowercase,
-        "character_coverage": character_coverage, "num_sentences": len(sentences), "note": note,
+        "model_type": model_type,
+        "requested_vocab_size": vocab_size,
+        "vocab_size": actual,
+        "blank_id": BLANK_ID,
+        "unk_id": UNK_ID,
+        "lowercase": lowercase,
+        "character_coverage": character_coverage,
+        "num_sentences": len(sentences),
+        "note": note,
     }
     atomic.write_bytes(out_dir / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
     return model_path
@@ -123,13 +137,13 @@ class Tokenizer:
         if path.is_dir():
             path = path / MODEL_NAME
         if not path.is_file():
-            raise SpeechBudgetError(
-                f"tokenizer model not found at {path}; train it first (prepare stage)")
+            raise SpeechBudgetError(f"tokenizer model not found at {path}; train it first (prepare stage)")
         self.path = path
         self.sp = spm.SentencePieceProcessor(model_file=str(path))
         if self.sp.id_to_piece(BLANK_ID) != "<blk>" or self.sp.unk_id() != UNK_ID:
             raise SpeechBudgetError(
-                f"{path} was not trained by speechbudget (id 0 must be the CTC blank); retrain it")
+                f"{path} was not trained by speechbudget (id 0 must be the CTC blank); retrain it"
+            )
         settings_path = path.with_name(SETTINGS_NAME)
         self.settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
         self.lowercase = bool(self.settings.get("lowercase", True))

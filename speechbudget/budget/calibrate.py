@@ -57,14 +57,19 @@ def load_calibration(path: Optional[Path] = None) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise SpeechBudgetError(f"cannot read calibration {path}: {exc}; delete it and re-run calibrate") from None
+        raise SpeechBudgetError(
+            f"cannot read calibration {path}: {exc}; delete it and re-run calibrate"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
-        raise SpeechBudgetError(f"{path} is not a speechbudget calibration file; delete it and re-run calibrate")
+        raise SpeechBudgetError(
+            f"{path} is not a speechbudget calibration file; delete it and re-run calibrate"
+        )
     return data
 
 
-def device_record(device: str, dtype: str, path: Optional[Path] = None,
-                  data: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+def device_record(
+    device: str, dtype: str, path: Optional[Path] = None, data: Optional[Dict[str, Any]] = None
+) -> Optional[Dict[str, Any]]:
     """The calibration of ``device`` if it was measured in ``dtype``; a peak in another dtype
     would make the stored utilisations meaningless."""
     data = data if data is not None else load_calibration(path)
@@ -74,8 +79,13 @@ def device_record(device: str, dtype: str, path: Optional[Path] = None,
     return record
 
 
-def calibrated_utilisation(device: str, dtype: str, preset: Optional[str] = None,
-                           path: Optional[Path] = None, data: Optional[Dict[str, Any]] = None):
+def calibrated_utilisation(
+    device: str,
+    dtype: str,
+    preset: Optional[str] = None,
+    path: Optional[Path] = None,
+    data: Optional[Dict[str, Any]] = None,
+):
     """``(utilisation, source)`` for ``preset`` on ``device``, or ``(None, None)``.
 
     A preset that was not calibrated itself gets the median over the device's calibrated presets:
@@ -91,15 +101,23 @@ def calibrated_utilisation(device: str, dtype: str, preset: Optional[str] = None
     return statistics.median(values), f"calibrated (median of {len(values)} presets)"
 
 
-def predict_step_seconds(preset: str, device: str, dtype: Optional[str] = None,
-                         batch_size: int = DEFAULT_BATCH[0], seconds: float = DEFAULT_BATCH[1],
-                         num_clusters: int = DEFAULT_CLUSTERS, path: Optional[Path] = None) -> float:
+def predict_step_seconds(
+    preset: str,
+    device: str,
+    dtype: Optional[str] = None,
+    batch_size: int = DEFAULT_BATCH[0],
+    seconds: float = DEFAULT_BATCH[1],
+    num_clusters: int = DEFAULT_CLUSTERS,
+    path: Optional[Path] = None,
+) -> float:
     """Step time the calibration predicts: accounted FLOPs / (peak x utilisation)."""
     dtype = dtype or _default_dtype(get_device(device).kind)
     data = load_calibration(path)
     util, _ = calibrated_utilisation(device, dtype, preset, data=data)
     if util is None:
-        raise SpeechBudgetError(f"{device} has no {dtype} calibration: run `speechbudget calibrate --presets {preset}`")
+        raise SpeechBudgetError(
+            f"{device} has no {dtype} calibration: run `speechbudget calibrate --presets {preset}`"
+        )
     peak = device_record(device, dtype, data=data)["peak_flops"]
     return step_flops(preset, batch_size, seconds, num_clusters) / (peak * util)
 
@@ -112,7 +130,9 @@ def step_flops(preset: Any, batch_size: int, seconds: float, num_clusters: int =
     return count_cost(preset, num_clusters).flops_per_hour / 3600.0 * batch_size * seconds
 
 
-def _random_batch(encoder, batch_size: int, seconds: float, num_clusters: int, device: torch.device) -> Dict[str, Any]:
+def _random_batch(
+    encoder, batch_size: int, seconds: float, num_clusters: int, device: torch.device
+) -> Dict[str, Any]:
     frames = round(seconds * encoder.input_rate_hz)
     out_frames = int(frames * encoder.frame_rate_hz / encoder.input_rate_hz)
     return {
@@ -122,9 +142,16 @@ def _random_batch(encoder, batch_size: int, seconds: float, num_clusters: int, d
     }
 
 
-def time_training_steps(preset: Any, steps: int = 3, batch_size: int = DEFAULT_BATCH[0],
-                        seconds: float = DEFAULT_BATCH[1], device: str = "cpu", dtype: Optional[str] = None,
-                        num_clusters: int = DEFAULT_CLUSTERS, warmup: int = 1) -> Dict[str, Any]:
+def time_training_steps(
+    preset: Any,
+    steps: int = 3,
+    batch_size: int = DEFAULT_BATCH[0],
+    seconds: float = DEFAULT_BATCH[1],
+    device: str = "cpu",
+    dtype: Optional[str] = None,
+    num_clusters: int = DEFAULT_CLUSTERS,
+    warmup: int = 1,
+) -> Dict[str, Any]:
     """Median wall time of ``steps`` full training steps after ``warmup`` untimed ones.
 
     The median, because on a shared machine a neighbour's burst slows single steps; the caller's
@@ -187,9 +214,11 @@ def device_from_gpu_name(gpu: str) -> str:
     for name, dev in DEVICES.items():
         if dev.kind == "gpu" and name in tokens:
             return name
-    raise SpeechBudgetError(f"GPU {gpu!r} is not in the device table: pass --device-name with the closest known "
-                            f"device ({', '.join(n for n, d in DEVICES.items() if d.kind == 'gpu')}); its datasheet "
-                            "peak is the denominator")
+    raise SpeechBudgetError(
+        f"GPU {gpu!r} is not in the device table: pass --device-name with the closest known "
+        f"device ({', '.join(n for n, d in DEVICES.items() if d.kind == 'gpu')}); its datasheet "
+        "peak is the denominator"
+    )
 
 
 def _peak(name: str, dtype: str) -> float:
@@ -199,9 +228,18 @@ def _peak(name: str, dtype: str) -> float:
     return dev.peak_flops(dtype)
 
 
-def calibrate(presets: Iterable[str], device_name: Optional[str] = None, device: str = "auto", steps: int = 3,
-              batch_size: int = DEFAULT_BATCH[0], seconds: float = DEFAULT_BATCH[1], dtype: Optional[str] = None,
-              num_clusters: int = DEFAULT_CLUSTERS, path: Optional[Path] = None, progress=None) -> Dict[str, Any]:
+def calibrate(
+    presets: Iterable[str],
+    device_name: Optional[str] = None,
+    device: str = "auto",
+    steps: int = 3,
+    batch_size: int = DEFAULT_BATCH[0],
+    seconds: float = DEFAULT_BATCH[1],
+    dtype: Optional[str] = None,
+    num_clusters: int = DEFAULT_CLUSTERS,
+    path: Optional[Path] = None,
+    progress=None,
+) -> Dict[str, Any]:
     """Time each preset, store its utilisation under ``device_name`` in ``path``; returns the record."""
     from ..models.presets import resolve
 
@@ -223,7 +261,7 @@ def calibrate(presets: Iterable[str], device_name: Optional[str] = None, device:
     path = Path(path) if path is not None else default_calibration_path()
 
     results = {}
-    for preset in (progress(presets) if progress else presets):
+    for preset in progress(presets) if progress else presets:
         timing = time_training_steps(preset, steps, batch_size, seconds, device, dtype, num_clusters)
         flops = step_flops(preset, batch_size, seconds, num_clusters)
         results[preset] = {
@@ -238,8 +276,14 @@ def calibrate(presets: Iterable[str], device_name: Optional[str] = None, device:
     data = load_calibration(path)
     old = data["devices"].get(name) or {}
     keep = old.get("presets", {}) if old.get("dtype") == dtype else {}  # another dtype's numbers are stale
-    record = {"kind": get_device(name).kind, "dtype": dtype, "peak_flops": peak, "torch_threads": torch.get_num_threads(),
-              "machine": platform.node(), "presets": {**keep, **results}}
+    record = {
+        "kind": get_device(name).kind,
+        "dtype": dtype,
+        "peak_flops": peak,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.node(),
+        "presets": {**keep, **results},
+    }
     data["devices"][name] = record
     write_json_atomic(path, data)
     return {"device": name, "path": str(path), **record, "measured": list(results)}

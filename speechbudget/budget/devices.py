@@ -29,10 +29,16 @@ TERA = 1e12
 DEFAULT_UTILISATION = {"gpu": 0.35, "cpu": 0.5}
 
 _DTYPE_ALIASES = {
-    "bf16": "bf16", "bfloat16": "bf16",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16",
-    "fp32": "fp32", "float32": "fp32", "float": "fp32",
-    "tf32": "tf32", "tensorfloat32": "tf32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "tf32": "tf32",
+    "tensorfloat32": "tf32",
 }
 
 
@@ -40,9 +46,7 @@ def normalise_dtype(dtype: str) -> str:
     """Map the many spellings of a dtype ("bfloat16", "torch.bfloat16", "BF16") to one key."""
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPE_ALIASES:
-        raise SpeechBudgetError(
-            f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32, tf32"
-        )
+        raise SpeechBudgetError(f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32, tf32")
     return _DTYPE_ALIASES[key]
 
 
@@ -80,31 +84,36 @@ DEVICES: dict[str, Device] = {
     d.name: d
     for d in [
         Device(
-            "v100", "gpu",
+            "v100",
+            "gpu",
             {"fp16": 125.0, "fp32": 15.7},  # Volta has no bf16/tf32 tensor cores
             aliases=("v100-sxm2", "v100-sxm2-32gb", "v100-32gb", "tesla-v100"),
             source="NVIDIA Tesla V100 datasheet (SXM2)",
         ),
         Device(
-            "a100", "gpu",
+            "a100",
+            "gpu",
             {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
             aliases=("a100-80gb", "a100-sxm", "a100-sxm4-80gb", "a100-sxm-80gb"),
             source="NVIDIA A100 datasheet (SXM 80GB)",
         ),
         Device(
-            "l4", "gpu",
+            "l4",
+            "gpu",
             {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
             aliases=("nvidia-l4", "l4-24gb"),
             source="NVIDIA L4 datasheet (242/120 TFLOPS with sparsity, halved)",
         ),
         Device(
-            "h100", "gpu",
+            "h100",
+            "gpu",
             {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
             aliases=("h100-sxm", "h100-sxm5", "h100-80gb", "h100-sxm-80gb"),
             source="NVIDIA H100 datasheet (SXM; 1979/989 TFLOPS with sparsity, halved)",
         ),
         Device(
-            "h200", "gpu",
+            "h200",
+            "gpu",
             {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
             aliases=("h200-sxm", "h200-141gb"),
             source="NVIDIA H200 datasheet (SXM; same compute as H100 SXM, more/faster memory)",
@@ -124,9 +133,7 @@ def get_device(name: str | Device) -> Device:
     if key.startswith("nvidia-") and key not in _BY_ALIAS:
         key = key.removeprefix("nvidia-")
     if key not in _BY_ALIAS:
-        raise SpeechBudgetError(
-            f"unknown device {name!r}: use one of {', '.join(DEVICES)}"
-        )
+        raise SpeechBudgetError(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")
     return _BY_ALIAS[key]
 
 

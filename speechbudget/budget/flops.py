@@ -405,7 +405,9 @@ def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int
     return copy.deepcopy(_COST_CACHE[key])
 
 
-def training_flops_per_audio_second(spec: EncoderSpec, head_macs_per_frame: float = 0, seconds: float = 10.0) -> float:
+def training_flops_per_audio_second(
+    spec: EncoderSpec, head_macs_per_frame: float = 0, seconds: float = 10.0
+) -> float:
     """Training FLOPs per second of audio: 3 x (encoder forward + objective head forward).
 
     The backward pass costs about twice the forward (gradients w.r.t. activations and w.r.t.

@@ -91,7 +91,10 @@ def _code_fingerprint() -> str:
     global _FINGERPRINT
     if _FINGERPRINT is None:
         root = Path(__file__).resolve().parents[1]
-        files = sorted((root / "models").glob("*.py")) + [root / "budget" / "flops.py", root / "objectives" / "hubert.py"]
+        files = sorted((root / "models").glob("*.py")) + [
+            root / "budget" / "flops.py",
+            root / "objectives" / "hubert.py",
+        ]
         h = hashlib.sha1(torch.__version__.encode())
         for f in files:
             h.update(f.read_bytes())
@@ -113,8 +116,17 @@ class CostCache:
 
     @staticmethod
     def key(cfg: Dict[str, Any], num_clusters: int) -> str:
-        blob = json.dumps({"cfg": cfg, "seconds": COUNT_SECONDS, "clusters": num_clusters, "final_dim": FINAL_DIM,
-                           "code": _code_fingerprint()}, sort_keys=True, default=list)
+        blob = json.dumps(
+            {
+                "cfg": cfg,
+                "seconds": COUNT_SECONDS,
+                "clusters": num_clusters,
+                "final_dim": FINAL_DIM,
+                "code": _code_fingerprint(),
+            },
+            sort_keys=True,
+            default=list,
+        )
         return hashlib.sha1(blob.encode()).hexdigest()
 
     def get(self, key: str) -> Optional[Dict[str, float]]:
@@ -167,12 +179,20 @@ def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
         encoder = _build_for_counting(spec)
         cost = encoder_cost(encoder, seconds=COUNT_SECONDS)
         head = HubertModel(encoder, num_clusters, final_dim=FINAL_DIM).head_macs_per_frame()
-    return {"params": int(cost["params"]), "macs_per_audio_second": float(cost["macs_per_audio_second"]),
-            "head_macs_per_frame": float(head), "frame_rate_hz": float(cost["frame_rate_hz"])}
+    return {
+        "params": int(cost["params"]),
+        "macs_per_audio_second": float(cost["macs_per_audio_second"]),
+        "head_macs_per_frame": float(head),
+        "frame_rate_hz": float(cost["frame_rate_hz"]),
+    }
 
 
-def count_configs(cfgs: Sequence[Dict[str, Any]], num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None,
-                  progress=None) -> List[Dict[str, float]]:
+def count_configs(
+    cfgs: Sequence[Dict[str, Any]],
+    num_clusters: int = DEFAULT_CLUSTERS,
+    cache: Optional[CostCache] = None,
+    progress=None,
+) -> List[Dict[str, float]]:
     """Counted costs of resolved configs: from memory, from the disk cache, or traced now (a few
     seconds each, which is why both caches exist)."""
     cache = cache if cache is not None else default_cache()
@@ -199,14 +219,25 @@ def default_cache() -> CostCache:
     return CostCache(calibrate.cache_dir() / "encoder_costs.json")
 
 
-def _candidate(spec, cfg: Dict[str, Any], counted: Dict[str, float], kind: str, name: Optional[str] = None) -> CandidateCost:
+def _candidate(
+    spec, cfg: Dict[str, Any], counted: Dict[str, float], kind: str, name: Optional[str] = None
+) -> CandidateCost:
     layers, width = _shape(cfg)
     label = name or (spec if isinstance(spec, str) else f"{cfg['family']}-w{width}-l{layers}")
-    return CandidateCost(name=label, family=cfg["family"], spec=spec if isinstance(spec, str) else cfg, kind=kind,
-                         layers=layers, width=width, **counted)
+    return CandidateCost(
+        name=label,
+        family=cfg["family"],
+        spec=spec if isinstance(spec, str) else cfg,
+        kind=kind,
+        layers=layers,
+        width=width,
+        **counted,
+    )
 
 
-def count_cost(spec, num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None) -> CandidateCost:
+def count_cost(
+    spec, num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None
+) -> CandidateCost:
     """Cost of one preset or config dict (cached per config, in memory and on disk)."""
     from ..models.presets import resolve
 
@@ -234,12 +265,24 @@ def _zipformer_config(width: int, depth: int) -> Dict[str, Any]:
     top = max(base["dims"])
     dims = [_round16(width * d / top) for d in base["dims"]]
     ff = [_round16(d * f / bd) for d, f, bd in zip(dims, base["feedforward_dims"], base["dims"])]
-    return {"family": "zipformer", **base, "num_layers": [depth] * len(dims), "dims": dims, "feedforward_dims": ff}
+    return {
+        "family": "zipformer",
+        **base,
+        "num_layers": [depth] * len(dims),
+        "dims": dims,
+        "feedforward_dims": ff,
+    }
 
 
 def _transformer_config(width: int, depth: int) -> Dict[str, Any]:
-    return {"family": "transformer", "dim": width, "layers": depth, "heads": max(1, width // 64),
-            "ffn_dim": 4 * width, "norm_first": True}
+    return {
+        "family": "transformer",
+        "dim": width,
+        "layers": depth,
+        "heads": max(1, width // 64),
+        "ffn_dim": 4 * width,
+        "norm_first": True,
+    }
 
 
 def _bimamba_config(width: int, depth: int) -> Dict[str, Any]:
@@ -255,12 +298,21 @@ class GridSpec:
 
 # Narrow + deep ("slim", which Liu et al. find best at equal compute) to wide + shallow.
 GRIDS_BY_FAMILY = {
-    "zipformer": GridSpec(_zipformer_config, {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
-                          {"small": (1, 2, 4), "full": (1, 2, 3, 4, 6)}),
-    "transformer": GridSpec(_transformer_config, {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
-                            {"small": (2, 6, 18), "full": (1, 2, 4, 6, 8, 12, 18, 24)}),
-    "bimamba": GridSpec(_bimamba_config, {"small": (128, 384), "full": (128, 192, 256, 384, 512, 768)},
-                        {"small": (4, 12, 24), "full": (2, 4, 8, 12, 24, 36)}),
+    "zipformer": GridSpec(
+        _zipformer_config,
+        {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
+        {"small": (1, 2, 4), "full": (1, 2, 3, 4, 6)},
+    ),
+    "transformer": GridSpec(
+        _transformer_config,
+        {"small": (192, 512), "full": (128, 192, 256, 384, 512, 768, 1024)},
+        {"small": (2, 6, 18), "full": (1, 2, 4, 6, 8, 12, 18, 24)},
+    ),
+    "bimamba": GridSpec(
+        _bimamba_config,
+        {"small": (128, 384), "full": (128, 192, 256, 384, 512, 768)},
+        {"small": (4, 12, 24), "full": (2, 4, 8, 12, 24, 36)},
+    ),
 }
 
 
@@ -279,7 +331,9 @@ def _linear(one: Dict[str, float], two: Dict[str, float], depth: int, key: str) 
     return one[key] + (depth - 1) * (two[key] - one[key])
 
 
-def _grid_candidates(family: str, size: str, shallow: Dict[Tuple[int, int], Dict[str, float]]) -> List[CandidateCost]:
+def _grid_candidates(
+    family: str, size: str, shallow: Dict[Tuple[int, int], Dict[str, float]]
+) -> List[CandidateCost]:
     """Grid candidates from the counts at depths 1 and 2 of each width.
 
     The layers of a stack are identical, so cost and parameters are exactly linear in the depth
@@ -288,14 +342,23 @@ def _grid_candidates(family: str, size: str, shallow: Dict[Tuple[int, int], Dict
     out = []
     for width, depth, cfg in grid_configs(family, size):
         one, two = shallow[(width, 1)], shallow[(width, 2)]
-        counted = {**one, "params": round(_linear(one, two, depth, "params")),
-                   "macs_per_audio_second": _linear(one, two, depth, "macs_per_audio_second")}
+        counted = {
+            **one,
+            "params": round(_linear(one, two, depth, "params")),
+            "macs_per_audio_second": _linear(one, two, depth, "macs_per_audio_second"),
+        }
         out.append(_candidate(cfg, cfg, counted, "grid"))
     return out
 
 
-def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Optional[Sequence[str]] = None,
-                    num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None, progress=None) -> List[CandidateCost]:
+def candidate_costs(
+    family: str = "zipformer",
+    grid: str = "small",
+    presets: Optional[Sequence[str]] = None,
+    num_clusters: int = DEFAULT_CLUSTERS,
+    cache: Optional[CostCache] = None,
+    progress=None,
+) -> List[CandidateCost]:
     """The family's presets (or the named ``presets``) plus its width x depth grid, with costs."""
     from ..models.presets import FAMILIES, all_presets
 
@@ -316,9 +379,14 @@ def candidate_costs(family: str = "zipformer", grid: str = "small", presets: Opt
     preset_cfgs = [_jsonable(known[n]) for n in names]
     counted = count_configs(preset_cfgs + shallow_cfgs, num_clusters, cache, progress)
     out = [_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
-    shallow = counted[len(names):]
+    shallow = counted[len(names) :]
     for fam in families:
-        by_width = {(w, d): shallow[2 * i + d - 1] for i, (f, w) in enumerate(shallow_keys) if f == fam for d in (1, 2)}
+        by_width = {
+            (w, d): shallow[2 * i + d - 1]
+            for i, (f, w) in enumerate(shallow_keys)
+            if f == fam
+            for d in (1, 2)
+        }
         out += _grid_candidates(fam, grid, by_width)
     return out
 
@@ -345,8 +413,14 @@ class BudgetSpec:
         if self.utilisation is not None and not 0 < self.utilisation <= 1:
             raise SpeechBudgetError(f"--utilisation must be in (0, 1], got {self.utilisation}")
         dev = get_device(self.device)
-        return BudgetSpec(float(self.amount), self.unit, dev.name, normalise_dtype(self.dtype or _default_dtype(dev)),
-                          self.utilisation, int(self.num_devices))
+        return BudgetSpec(
+            float(self.amount),
+            self.unit,
+            dev.name,
+            normalise_dtype(self.dtype or _default_dtype(dev)),
+            self.utilisation,
+            int(self.num_devices),
+        )
 
 
 def _default_dtype(dev: Device) -> str:
@@ -389,8 +463,10 @@ class Plan:
             "recommended": self.recommended,
             "candidates": self.candidates,
             "calibrated": self.law.calibrated,
-            "law": {**{k: getattr(self.law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")},
-                    "source": self.law_source or "default"},
+            "law": {
+                **{k: getattr(self.law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")},
+                "source": self.law_source or "default",
+            },
             "budget": {**asdict(self.budget), "peak_flops": self.peak_flops},
             "data_hours": self.data_hours,
             "max_duration": self.max_duration,
@@ -410,9 +486,16 @@ def _utilisation(budget: BudgetSpec, cand: CandidateCost, calibration: Dict[str,
     return get_device(budget.device).default_utilisation, "default (uncalibrated)"
 
 
-def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[CandidateCost],
-         law: Optional[ScalingLaw] = None, law_source: Optional[str] = None, max_duration: Optional[float] = None,
-         num_clusters: int = DEFAULT_CLUSTERS, calibration: Optional[Dict[str, Any]] = None) -> Plan:
+def plan(
+    budget: BudgetSpec,
+    data_hours: Optional[float],
+    candidates: Sequence[CandidateCost],
+    law: Optional[ScalingLaw] = None,
+    law_source: Optional[str] = None,
+    max_duration: Optional[float] = None,
+    num_clusters: int = DEFAULT_CLUSTERS,
+    calibration: Optional[Dict[str, Any]] = None,
+) -> Plan:
     """Spend the budget on every candidate, predict each one's loss, recommend the lowest.
 
     ``data_hours`` of None or infinity means unlimited data (no epoch is ever repeated).
@@ -421,7 +504,9 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
     unique = check_inputs(data_hours, num_clusters, max_duration)
     law = law or DEFAULT_LAW
     calibration = calibration if calibration is not None else calibrate.load_calibration()
-    max_duration = float(max_duration or law.pilot("max_duration") or MAX_DURATION[get_device(budget.device).kind])
+    max_duration = float(
+        max_duration or law.pilot("max_duration") or MAX_DURATION[get_device(budget.device).kind]
+    )
     if not candidates:
         raise SpeechBudgetError("no candidate encoders to plan for")
     peak = None if budget.unit == "flops" else _peak(budget, calibration)
@@ -430,8 +515,11 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
     per_unit, utils = {}, {}
     for c in candidates:
         utils[c.name] = _utilisation(budget, c, calibration)
-        per_unit[c.name] = 1.0 if peak is None else 3600.0 * peak * utils[c.name][0] * (
-            budget.num_devices if budget.unit == "hours" else 1)
+        per_unit[c.name] = (
+            1.0
+            if peak is None
+            else 3600.0 * peak * utils[c.name][0] * (budget.num_devices if budget.unit == "hours" else 1)
+        )
     units_per_hour = {c.name: c.flops_per_hour / per_unit[c.name] for c in candidates}
 
     min_hours = max(MIN_AUDIO_HOURS, max_duration / 3600.0)  # at least 0.01 h and one full batch
@@ -442,14 +530,25 @@ def plan(budget: BudgetSpec, data_hours: Optional[float], candidates: Sequence[C
         raise SpeechBudgetError(
             f"a budget of {budget.amount:g} {budget.unit} buys only "
             f"{3600 * budget.amount / units_per_hour[cheapest.name]:.3g} s of audio even for the cheapest candidate "
-            f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:.3g} h of audio)")
+            f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:.3g} h of audio)"
+        )
 
-    allocations = optimal_allocation(law, budget.amount, [(c.name, c.params, units_per_hour[c.name]) for c in affordable],
-                                     unique)
+    allocations = optimal_allocation(
+        law, budget.amount, [(c.name, c.params, units_per_hour[c.name]) for c in affordable], unique
+    )
     by_name = {c.name: c for c in affordable}
     rows = [_row(by_name[a.name], a, per_unit[a.name], utils[a.name], max_duration) for a in allocations]
-    result = Plan(budget, peak, law, law_source, unique, max_duration, num_clusters, rows,
-                  skipped=[c.name for c in candidates if c not in affordable])
+    result = Plan(
+        budget,
+        peak,
+        law,
+        law_source,
+        unique,
+        max_duration,
+        num_clusters,
+        rows,
+        skipped=[c.name for c in candidates if c not in affordable],
+    )
     result.notes, result.warnings = explain(result, affordable)
     return result
 
@@ -460,11 +559,14 @@ def _ceil_sig(x: float, digits: int = 3) -> float:
     return math.ceil(x / step) * step
 
 
-def check_inputs(data_hours: Optional[float], num_clusters: int = DEFAULT_CLUSTERS,
-                 max_duration: Optional[float] = None) -> Optional[float]:
+def check_inputs(
+    data_hours: Optional[float], num_clusters: int = DEFAULT_CLUSTERS, max_duration: Optional[float] = None
+) -> Optional[float]:
     """Validate what the user typed; returns the unique hours (None = unlimited data)."""
     if data_hours is None:
-        raise SpeechBudgetError("give --data-hours: the hours of unlabeled audio you have (inf for unlimited)")
+        raise SpeechBudgetError(
+            "give --data-hours: the hours of unlabeled audio you have (inf for unlimited)"
+        )
     if math.isnan(data_hours) or data_hours <= 0:
         raise SpeechBudgetError(f"--data-hours must be positive, got {data_hours}")
     if num_clusters < 2:
@@ -474,16 +576,28 @@ def check_inputs(data_hours: Optional[float], num_clusters: int = DEFAULT_CLUSTE
     return None if math.isinf(data_hours) else float(data_hours)
 
 
-def _row(c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float) -> Dict[str, Any]:
+def _row(
+    c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float
+) -> Dict[str, Any]:
     budget_flops = a.hours * c.flops_per_hour
     return {
-        "name": c.name, "kind": c.kind, "family": c.family,
+        "name": c.name,
+        "kind": c.kind,
+        "family": c.family,
         ("preset" if c.kind == "preset" else "config"): c.spec,
-        "params": c.params, "layers": c.layers, "width": c.width,
-        "flops_per_hour": c.flops_per_hour, "budget_flops": budget_flops,
-        "utilisation": util[0], "utilisation_source": util[1],
-        "audio_hours": a.hours, "epochs": a.epochs, "effective_hours": a.effective_hours,
-        "predicted_loss": a.loss, "steps": int(a.hours * 3600 / max_duration), "best": a.best,
+        "params": c.params,
+        "layers": c.layers,
+        "width": c.width,
+        "flops_per_hour": c.flops_per_hour,
+        "budget_flops": budget_flops,
+        "utilisation": util[0],
+        "utilisation_source": util[1],
+        "audio_hours": a.hours,
+        "epochs": a.epochs,
+        "effective_hours": a.effective_hours,
+        "predicted_loss": a.loss,
+        "steps": int(a.hours * 3600 / max_duration),
+        "best": a.best,
     }
 
 
@@ -493,43 +607,63 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
     hours, epochs = best["audio_hours"], best["epochs"]
     data = "unlimited data" if p.data_hours is None else f"your {p.data_hours:g} h"
     over = "" if epochs is None else f" = {epochs:.2f} epochs over {data}"
-    notes.append(f"{best['name']} ({best['params'] / 1e6:.1f} M parameters, {best['layers']} layers, width "
-                 f"{best['width']}) trains on {hours:,.1f} h of audio{over}; predicted loss {best['predicted_loss']:.3f}.")
+    notes.append(
+        f"{best['name']} ({best['params'] / 1e6:.1f} M parameters, {best['layers']} layers, width "
+        f"{best['width']}) trains on {hours:,.1f} h of audio{over}; predicted loss {best['predicted_loss']:.3f}."
+    )
     if epochs is None or epochs <= 1:
         have = "with unlimited data" if epochs is None else "the budget buys no more audio than you have"
-        notes.append(f"Compute-bound ({have}): the budget is split between model size and hours; a bigger model "
-                     "would see too few hours, a smaller one would underfit.")
+        notes.append(
+            f"Compute-bound ({have}): the budget is split between model size and hours; a bigger model "
+            "would see too few hours, a smaller one would underfit."
+        )
     else:
-        notes.append(f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are discounted "
-                     f"(R* = {p.law.r_star:g}), so each extra epoch is worth less than the last and compute shifts "
-                     "towards parameters.")
+        notes.append(
+            f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are discounted "
+            f"(R* = {p.law.r_star:g}), so each extra epoch is worth less than the last and compute shifts "
+            "towards parameters."
+        )
     if epochs is not None and epochs > EPOCH_WARNING:
-        warnings.append(f"{epochs:.1f} epochs over {p.data_hours:g} h: looping limited data hurts SSL (Liu et al., "
-                        "arXiv 2409.16295); add unlabeled audio, or accept that extra compute helps little.")
+        warnings.append(
+            f"{epochs:.1f} epochs over {p.data_hours:g} h: looping limited data hurts SSL (Liu et al., "
+            "arXiv 2409.16295); add unlabeled audio, or accept that extra compute helps little."
+        )
     if len(p.candidates) > 1:
         second = p.candidates[1]
-        notes.append(f"Runner-up {second['name']} ({second['params'] / 1e6:.1f} M) predicts "
-                     f"{second['predicted_loss']:.3f} with {second['audio_hours']:,.1f} h.")
+        notes.append(
+            f"Runner-up {second['name']} ({second['params'] / 1e6:.1f} M) predicts "
+            f"{second['predicted_loss']:.3f} with {second['audio_hours']:,.1f} h."
+        )
     sizes = sorted(c.params for c in affordable)
     if len(sizes) > 2 and best["params"] in (sizes[0], sizes[-1]):
         edge = "largest" if best["params"] == sizes[-1] else "smallest"
-        warnings.append(f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it.")
+        warnings.append(
+            f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it."
+        )
     if p.law.calibrated:
         notes.append(f"Scaling law fitted on pilot runs ({p.law_source or 'given'}).")
         pilot_batch = p.law.pilot("max_duration")
         if pilot_batch and abs(pilot_batch - p.max_duration) > 1e-9:
-            warnings.append(f"The pilots used batches of {pilot_batch:g} s, this plan {p.max_duration:g} s: the law "
-                            "describes runs trained like its pilots; keep --max-duration at theirs.")
+            warnings.append(
+                f"The pilots used batches of {pilot_batch:g} s, this plan {p.max_duration:g} s: the law "
+                "describes runs trained like its pilots; keep --max-duration at theirs."
+            )
     else:
-        notes.append("Uncalibrated: the default scaling law is a guess with the right shape; run `speechbudget sweep` "
-                     "and `speechbudget plan fit` to fit it on your data.")
+        notes.append(
+            "Uncalibrated: the default scaling law is a guess with the right shape; run `speechbudget sweep` "
+            "and `speechbudget plan fit` to fit it on your data."
+        )
     if p.peak_flops is not None:
-        notes.append(f"{p.budget.amount:g} {p.budget.unit} on {p.budget.device} ({p.budget.dtype} peak "
-                     f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best['utilisation']:.2f}, "
-                     f"{best['utilisation_source']}) = {best['budget_flops']:.3g} training FLOPs for {best['name']}.")
+        notes.append(
+            f"{p.budget.amount:g} {p.budget.unit} on {p.budget.device} ({p.budget.dtype} peak "
+            f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best['utilisation']:.2f}, "
+            f"{best['utilisation_source']}) = {best['budget_flops']:.3g} training FLOPs for {best['name']}."
+        )
     if p.skipped:
-        notes.append(f"Skipped {len(p.skipped)} candidates the budget cannot feed {MIN_AUDIO_HOURS:g} h of audio "
-                     f"or one batch: {', '.join(p.skipped)}.")
+        notes.append(
+            f"Skipped {len(p.skipped)} candidates the budget cannot feed {MIN_AUDIO_HOURS:g} h of audio "
+            f"or one batch: {', '.join(p.skipped)}."
+        )
     return notes, warnings
 
 
@@ -540,9 +674,13 @@ def _sig(x: float, digits: int = 3) -> float:
 
 def eden_schedule(hours: float, steps: int) -> Dict[str, Any]:
     """Eden counting hours of audio: the decay follows the data seen, whatever the corpus size."""
-    return {"name": "eden", "epoch_unit": "hours", "lr_epochs": _sig(max(LR_EPOCHS_FRACTION * hours, 1e-3)),
-            "lr_batches": float(min(7500, max(10, round(LR_BATCHES_FRACTION * steps)))),
-            "warmup_batches": int(min(500, max(1, round(WARMUP_FRACTION * steps))))}
+    return {
+        "name": "eden",
+        "epoch_unit": "hours",
+        "lr_epochs": _sig(max(LR_EPOCHS_FRACTION * hours, 1e-3)),
+        "lr_batches": float(min(7500, max(10, round(LR_BATCHES_FRACTION * steps)))),
+        "warmup_batches": int(min(500, max(1, round(WARMUP_FRACTION * steps)))),
+    }
 
 
 def pilot_schedule(law: ScalingLaw) -> Optional[Dict[str, Any]]:
@@ -567,20 +705,28 @@ def recipe(p: Plan, train_cuts: Optional[str] = None, exp_dir: Optional[str] = N
     return {"exp_dir": exp_dir or f"exp/pretrain-{best['name']}", "pretrain": section}
 
 
-def write_recipe(p: Plan, path: Path, train_cuts: Optional[str] = None, exp_dir: Optional[str] = None) -> Path:
+def write_recipe(
+    p: Plan, path: Path, train_cuts: Optional[str] = None, exp_dir: Optional[str] = None
+) -> Path:
     import yaml
 
     best = p.recommended
-    epochs = "unlimited data" if best["epochs"] is None else f"{best['epochs']:.2f} epochs over {p.data_hours:g} h"
+    epochs = (
+        "unlimited data" if best["epochs"] is None else f"{best['epochs']:.2f} epochs over {p.data_hours:g} h"
+    )
     law = "fitted" if p.law.calibrated else "uncalibrated default"
     header = [
         f"# written by `speechbudget plan`: {p.budget.amount:g} {p.budget.unit} on {p.budget.device} -> {best['name']}",
-        (f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
-         f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} ({law} law; "
-         f"{p.num_clusters} k-means clusters assumed)"),
+        (
+            f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
+            f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} ({law} law; "
+            f"{p.num_clusters} k-means clusters assumed)"
+        ),
     ]
     if not train_cuts or not exp_dir:
-        header.append("# fill in: train_cuts (k-means labeled cuts from `speechbudget kmeans`) and exp_dir, then run")
+        header.append(
+            "# fill in: train_cuts (k-means labeled cuts from `speechbudget kmeans`) and exp_dir, then run"
+        )
     header.append(f"#   speechbudget pretrain {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,8 +768,15 @@ def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (1e-3, 1e-2, 0
         if 0 < i < len(grid) - 1:  # a minimum at the edge is the plot's range, not an optimum
             ax.plot(grid[i], loss[i], "o", color=color, markersize=5)
     ax.scatter(params, [r["predicted_loss"] for r in rows], s=14, color="grey", zorder=3, label="candidates")
-    ax.plot(best["params"], best["predicted_loss"], "*", color="crimson", markersize=14, zorder=4,
-            label=f"recommended: {best['name']}")
+    ax.plot(
+        best["params"],
+        best["predicted_loss"],
+        "*",
+        color="crimson",
+        markersize=14,
+        zorder=4,
+        label=f"recommended: {best['name']}",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("encoder parameters")
     ax.set_ylabel("predicted pretraining loss (nats)")

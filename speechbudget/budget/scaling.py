@@ -101,7 +101,7 @@ class ScalingLaw:
         write_json_atomic(path, data)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ScalingLaw":
+    def from_json(cls, path: str | Path) -> ScalingLaw:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -196,7 +196,12 @@ def _minimise(data, starts) -> tuple[np.ndarray, float]:
     best_theta, best_value = None, math.inf
     for theta0 in starts:
         result = minimize(
-            _objective, theta0, args=data, jac=True, method="L-BFGS-B", bounds=_BOUNDS,
+            _objective,
+            theta0,
+            args=data,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=_BOUNDS,
             options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9},
         )
         if np.isfinite(result.fun) and result.fun < best_value:

@@ -61,8 +61,14 @@ def pilot_recipe(recipe: Dict[str, Any], preset: str, budget: float, exp_dir: Pa
     return {**recipe, "pretrain": section}
 
 
-def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float], out_dir: Path,
-              last: int = LAST_STEPS, on_run=None) -> Dict[str, Any]:
+def run_sweep(
+    recipe_path: Path,
+    presets: Sequence[str],
+    budgets: Sequence[float],
+    out_dir: Path,
+    last: int = LAST_STEPS,
+    on_run=None,
+) -> Dict[str, Any]:
     """Run every (preset, budget) pilot in turn and collect their points into OUT/sweep.json."""
     from ..config import load_train_config, load_yaml
     from ..models.presets import resolve
@@ -84,9 +90,17 @@ def run_sweep(recipe_path: Path, presets: Sequence[str], budgets: Sequence[float
             summary = pretrain(cfg, data)
             counted = exp_dir / "cost.json"
             point = run_point(exp_dir, last)
-            runs.append({"preset": preset, "budget_flops": budget, "already_done": bool(summary.get("already_done")),
-                         **point})
-            write_json_atomic(out_dir / "sweep.json", result)  # after every pilot: a killed sweep keeps its points
+            runs.append(
+                {
+                    "preset": preset,
+                    "budget_flops": budget,
+                    "already_done": bool(summary.get("already_done")),
+                    **point,
+                }
+            )
+            write_json_atomic(
+                out_dir / "sweep.json", result
+            )  # after every pilot: a killed sweep keeps its points
             if on_run is not None:
                 on_run(runs[-1])
     return result
@@ -151,18 +165,25 @@ def run_point(exp_dir: Path, last: int = LAST_STEPS) -> Dict[str, Any]:
     card = _read_json(exp_dir / "run_card.json")
     cost = _read_json(exp_dir / "cost.json")
     if card.get("stage") != "pretrain":
-        raise SpeechBudgetError(f"{exp_dir} is a {card.get('stage')} run; the scaling law is fitted on pretraining runs")
+        raise SpeechBudgetError(
+            f"{exp_dir} is a {card.get('stage')} run; the scaling law is fitted on pretraining runs"
+        )
     rows = _metrics(exp_dir)
     if not rows:
         raise SpeechBudgetError(f"{exp_dir}/metrics.jsonl has no logged steps; the pilot did not train")
     audio_hours = float(summary["audio_hours"])
     valid = (summary.get("valid") or {}).get("valid_masked_loss")
     try:  # held-out loss when the pilot had dev_cuts: training loss flatters runs that loop the data
-        loss = float(valid) if valid is not None and math.isfinite(valid) else final_loss(
-            [r for r in rows if "masked_loss" in r or "loss" in r], last)
+        loss = (
+            float(valid)
+            if valid is not None and math.isfinite(valid)
+            else final_loss([r for r in rows if "masked_loss" in r or "loss" in r], last)
+        )
         source = "valid_masked_loss" if valid is not None else f"train masked loss (last {last} logged steps)"
     except SpeechBudgetError:
-        raise SpeechBudgetError(f"{exp_dir} logged no finite loss; drop it or re-run it with a lower lr") from None
+        raise SpeechBudgetError(
+            f"{exp_dir} logged no finite loss; drop it or re-run it with a lower lr"
+        ) from None
     return {
         "exp_dir": str(exp_dir),
         "encoder": (card.get("config") or {}).get("encoder"),
@@ -182,7 +203,9 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
     found: List[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
-            raise SpeechBudgetError(f"{p} is not a folder; pass pretraining exp_dirs or a sweep's --out folder")
+            raise SpeechBudgetError(
+                f"{p} is not a folder; pass pretraining exp_dirs or a sweep's --out folder"
+            )
         hits = [p] if (p / "summary.json").is_file() else sorted(s.parent for s in p.rglob("summary.json"))
         if not hits:
             raise SpeechBudgetError(f"no finished run (summary.json) in or below {p}")
@@ -190,8 +213,15 @@ def find_runs(paths: Iterable[Path]) -> List[Path]:
     return found
 
 
-def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: float = DEFAULT_R_STAR,
-             last: int = LAST_STEPS, seed: int = 0, min_steps: int = MIN_STEPS) -> Dict[str, Any]:
+def fit_runs(
+    paths: Iterable[Path],
+    out: Path,
+    bootstrap: int = 200,
+    r_star: float = DEFAULT_R_STAR,
+    last: int = LAST_STEPS,
+    seed: int = 0,
+    min_steps: int = MIN_STEPS,
+) -> Dict[str, Any]:
     """Fit the law on the runs' points and save it (with the points, for the record) to ``out``.
 
     Runs with fewer than ``min_steps`` optimizer steps are left out (and listed): that early, a
@@ -209,9 +239,14 @@ def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: flo
     if left_out and len(points) < 5:
         raise SpeechBudgetError(
             f"only {len(points)} of {len(every)} runs have at least {min_steps} optimizer steps (the law needs 5): "
-            "give the pilots larger budgets or smaller batches, or lower --min-steps")
-    law = fit_law([(p["params"], p["audio_hours"], p["unique_hours"], p["final_loss"]) for p in points],
-                  r_star=r_star, bootstrap=bootstrap, seed=seed)
+            "give the pilots larger budgets or smaller batches, or lower --min-steps"
+        )
+    law = fit_law(
+        [(p["params"], p["audio_hours"], p["unique_hours"], p["final_loss"]) for p in points],
+        r_star=r_star,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
     law.pilots = pilot_settings([Path(p["exp_dir"]) for p in points])
     predicted = [law.predict(p["params"], p["audio_hours"], p["unique_hours"]) for p in points]
     errors = [abs(q - p["final_loss"]) / p["final_loss"] for p, q in zip(points, predicted)]
@@ -222,8 +257,13 @@ def fit_runs(paths: Iterable[Path], out: Path, bootstrap: int = 200, r_star: flo
     data["mean_relative_error"] = statistics.fmean(errors)
     data["min_steps"], data["left_out"] = min_steps, left_out
     write_json_atomic(out, data)
-    return {"law": law, "path": str(out), "points": data["fitted_on"], "mean_relative_error": data["mean_relative_error"],
-            "left_out": left_out}
+    return {
+        "law": law,
+        "path": str(out),
+        "points": data["fitted_on"],
+        "mean_relative_error": data["mean_relative_error"],
+        "left_out": left_out,
+    }
 
 
 def pilot_settings(run_dirs: Sequence[Path]) -> Optional[Dict[str, Any]]:

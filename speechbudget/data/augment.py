@@ -38,5 +38,11 @@ class NoiseMixer:
 
     def __call__(self, cuts: CutSet) -> CutSet:
         rng = random.Random(int(torch.randint(0, 2**31 - 1, ())))
-        return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.prob, preserve_id="left", seed=rng,
-                        random_mix_offset=True).to_eager()
+        return cuts.mix(
+            self.noise,
+            snr=self.snr_db,
+            mix_prob=self.prob,
+            preserve_id="left",
+            seed=rng,
+            random_mix_offset=True,
+        ).to_eager()

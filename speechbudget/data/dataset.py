@@ -39,11 +39,21 @@ def check_kmeans(cuts: CutSet) -> None:
 class SpeechDataset(torch.utils.data.Dataset):
     """CutSet -> {features (B,T,F), lengths, ids, [kmeans (B,T')], [texts]}."""
 
-    def __init__(self, input_kind: str = "fbank", with_kmeans: bool = False, with_text: bool = False,
-                 transform: Optional[Callable[[Dict], Dict]] = None,
-                 cut_transform: Optional[Callable[[CutSet], CutSet]] = None):
+    def __init__(
+        self,
+        input_kind: str = "fbank",
+        with_kmeans: bool = False,
+        with_text: bool = False,
+        transform: Optional[Callable[[Dict], Dict]] = None,
+        cut_transform: Optional[Callable[[CutSet], CutSet]] = None,
+    ):
         """``cut_transform`` changes the audio (noise mixing); fbank is then computed on the fly."""
-        self.input_kind, self.with_kmeans, self.with_text, self.transform = input_kind, with_kmeans, with_text, transform
+        self.input_kind, self.with_kmeans, self.with_text, self.transform = (
+            input_kind,
+            with_kmeans,
+            with_text,
+            transform,
+        )
         self.cut_transform = cut_transform
 
     def __getitem__(self, cuts: CutSet) -> Dict:
@@ -61,8 +71,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             features, lengths = OnTheFlyFeatures(fbank_extractor())(cuts)
         else:
             features, lengths = collate_features(cuts)
-        batch: Dict = {"features": features, "lengths": lengths.long(), "ids": [c.id for c in cuts],
-                       "seconds": float(sum(c.duration for c in cuts))}
+        batch: Dict = {
+            "features": features,
+            "lengths": lengths.long(),
+            "ids": [c.id for c in cuts],
+            "seconds": float(sum(c.duration for c in cuts)),
+        }
         if self.with_kmeans:
             labels = [torch.from_numpy(kmeans_labels(c)) for c in cuts]
             batch["kmeans"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
@@ -73,8 +87,15 @@ class SpeechDataset(torch.utils.data.Dataset):
         return batch
 
 
-def make_sampler(cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
-                 world_size: int = 1, rank: int = 0):
+def make_sampler(
+    cuts: CutSet,
+    max_duration: float,
+    num_buckets: int,
+    seed: int,
+    shuffle: bool = True,
+    world_size: int = 1,
+    rank: int = 0,
+):
     """lhotse's bucketing sampler; a labeled set with fewer cuts than buckets gets one bucket per cut
     (lhotse wants 2 <= buckets <= cuts), and a single cut a plain sampler."""
     try:
@@ -84,20 +105,35 @@ def make_sampler(cuts: CutSet, max_duration: float, num_buckets: int, seed: int,
     if n < 2:
         from lhotse.dataset import SimpleCutSampler
 
-        return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, seed=seed,
-                                drop_last=world_size > 1, world_size=world_size, rank=rank)
+        return SimpleCutSampler(
+            cuts,
+            max_duration=max_duration,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=world_size > 1,
+            world_size=world_size,
+            rank=rank,
+        )
     num_buckets = min(num_buckets, n)
     with warnings.catch_warnings():  # small fine-tuning sets are eager on purpose
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         return DynamicBucketingSampler(
-            cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, seed=seed,
-            drop_last=world_size > 1, world_size=world_size, rank=rank, buffer_size=max(1000, num_buckets * 100),
+            cuts,
+            max_duration=max_duration,
+            shuffle=shuffle,
+            num_buckets=num_buckets,
+            seed=seed,
+            drop_last=world_size > 1,
+            world_size=world_size,
+            rank=rank,
+            buffer_size=max(1000, num_buckets * 100),
         )
 
 
 def make_loader(dataset: SpeechDataset, sampler, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                                       persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, persistent_workers=False
+    )
 
 
 def list_of(paths: str) -> List[str]:

@@ -22,7 +22,14 @@ def describe_cuts(cuts) -> Dict[str, Any]:
         labeled += any(s.text for s in c.supervisions)
         with_feats += c.has_features
     if not durations:
-        return {"utterances": 0, "hours": 0.0, "speakers": 0, "labeled": 0, "with_features": 0, "duration_s": {}}
+        return {
+            "utterances": 0,
+            "hours": 0.0,
+            "speakers": 0,
+            "labeled": 0,
+            "with_features": 0,
+            "duration_s": {},
+        }
     d = np.asarray(durations)
     pct = {f"p{p}": round(float(np.percentile(d, p)), 3) for p in (0, 5, 50, 95, 100)}
     return {
@@ -42,5 +49,5 @@ def describe(path: Path) -> Dict[str, Dict[str, Any]]:
         files = sorted(path.glob("cuts_*.jsonl.gz"))
         if not files:
             raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {path}; run `speechbudget prepare` first")
-        return {f.name[len("cuts_"):-len(".jsonl.gz")]: describe_cuts(load_cuts(f)) for f in files}
+        return {f.name[len("cuts_") : -len(".jsonl.gz")]: describe_cuts(load_cuts(f)) for f in files}
     return {path.name.split(".")[0]: describe_cuts(load_cuts(path))}

@@ -20,7 +20,9 @@ EXECUTORS = ("local", "dask")
 
 
 @contextmanager
-def open_executor(kind: str = "local", num_jobs: int = 1, scheduler: Optional[str] = None) -> Iterator[Optional[Executor]]:
+def open_executor(
+    kind: str = "local", num_jobs: int = 1, scheduler: Optional[str] = None
+) -> Iterator[Optional[Executor]]:
     """``None`` means run in this process (num_jobs 1, local)."""
     if kind not in EXECUTORS:
         raise SpeechBudgetError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
@@ -47,7 +49,9 @@ def open_executor(kind: str = "local", num_jobs: int = 1, scheduler: Optional[st
         client.close()
 
 
-def run_map(executor: Optional[Executor], fn: Callable[..., R], args: Sequence[tuple], description: str) -> List[R]:
+def run_map(
+    executor: Optional[Executor], fn: Callable[..., R], args: Sequence[tuple], description: str
+) -> List[R]:
     """Apply ``fn(*a)`` for each ``a`` in ``args``; results in input order, with a progress bar."""
     if executor is None:
         return [fn(*a) for a in track(args, total=len(args), description=description)]

@@ -19,7 +19,9 @@ def fbank_extractor() -> Fbank:
     return Fbank(FbankConfig(num_filters=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, sampling_rate=16000))
 
 
-def compute_fbank(cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None) -> CutSet:
+def compute_fbank(
+    cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None
+) -> CutSet:
     """Extract and store features; a half-written storage folder from a killed run is discarded."""
     storage = Path(storage)
     for stale in (storage, storage.with_name(storage.name + ".lca")):  # LilcomChunkyWriter adds ".lca"

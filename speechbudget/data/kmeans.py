@@ -34,8 +34,8 @@ from lhotse import CutSet, Mfcc, MfccConfig
 from lhotse.utils import compute_num_frames
 
 from .. import progress as progress_mod
-from ..errors import SpeechBudgetError
 from ..atomic import atomic_output
+from ..errors import SpeechBudgetError
 from .manifests import load_cuts, save_manifest, write_json
 
 KINDS = ("mfcc", "fbank", "layer")
@@ -50,7 +50,7 @@ PathLike = Union[str, Path]
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mfcc_extractor() -> Mfcc:
     return Mfcc(MfccConfig(num_ceps=NUM_CEPS, frame_shift=0.01, sampling_rate=SAMPLE_RATE))
 
@@ -59,8 +59,10 @@ def deltas(x: np.ndarray, window: int = 2) -> np.ndarray:
     """Kaldi-style regression deltas over time, edges replicated, so the output keeps T frames."""
     t = x.shape[0]
     padded = np.pad(x, ((window, window), (0, 0)), mode="edge")
-    num = sum(n * (padded[window + n: window + n + t] - padded[window - n: window - n + t])
-              for n in range(1, window + 1))
+    num = sum(
+        n * (padded[window + n : window + n + t] - padded[window - n : window - n + t])
+        for n in range(1, window + 1)
+    )
     return num / (2 * sum(n * n for n in range(1, window + 1)))
 
 
@@ -125,8 +127,9 @@ def _pick_layer(layers: Optional[Sequence[torch.Tensor]], layer: int) -> torch.T
     return layers[layer - 1]
 
 
-def layer_features(encoder, cuts: Iterable, layer: int, batch_size: int = 8,
-                   device: Union[str, torch.device] = "cpu") -> Iterator[Tuple[str, np.ndarray]]:
+def layer_features(
+    encoder, cuts: Iterable, layer: int, batch_size: int = 8, device: Union[str, torch.device] = "cpu"
+) -> Iterator[Tuple[str, np.ndarray]]:
     """(cut_id, (T', D)) for k-means iteration 2: output of block ``layer`` (1-based, as HuBERT's
     "layer 6" means after six blocks), trimmed to each cut's output length."""
     was_training = encoder.training
@@ -187,7 +190,7 @@ class KMeansModel:
         x = self._standardise(frames)
         out = np.empty(len(x), dtype=np.int64)
         for s in range(0, len(x), chunk):
-            out[s: s + chunk] = self._distances(x[s: s + chunk]).argmin(1)
+            out[s : s + chunk] = self._distances(x[s : s + chunk]).argmin(1)
         return out
 
     def inertia(self, frames: np.ndarray) -> float:
@@ -196,20 +199,31 @@ class KMeansModel:
         return float(self._distances(x).min(1).mean()) if len(x) else 0.0
 
     def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "layer": self.layer, "cmn": self.cmn, "num_clusters": self.num_clusters,
-                "dim": self.dim, **self.meta}
+        return {
+            "kind": self.kind,
+            "layer": self.layer,
+            "cmn": self.cmn,
+            "num_clusters": self.num_clusters,
+            "dim": self.dim,
+            **self.meta,
+        }
 
     def save(self, path: PathLike) -> Path:
         """``<path>.npz`` (arrays + metadata; all ``load`` needs) and a readable ``<path>.json``."""
         path = Path(path).with_suffix(".npz")
         with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add ".npz"
-            np.savez(f, centers=self.centers, mean=self.mean, std=self.std,
-                     meta=np.array(json.dumps(self.describe())))
+            np.savez(
+                f,
+                centers=self.centers,
+                mean=self.mean,
+                std=self.std,
+                meta=np.array(json.dumps(self.describe())),
+            )
         write_json(self.describe(), path.with_suffix(".json"))
         return path
 
     @classmethod
-    def load(cls, path: PathLike) -> "KMeansModel":
+    def load(cls, path: PathLike) -> KMeansModel:
         path = Path(path).with_suffix(".npz")
         if not path.is_file():
             raise SpeechBudgetError(f"k-means model {path} does not exist; run `speechbudget kmeans` first")
@@ -246,9 +260,11 @@ class Reservoir:
         if self.buf is None:
             self.buf = np.empty((self.size, frames.shape[1]), dtype=np.float32)
         elif frames.shape[1] != self.buf.shape[1]:
-            raise SpeechBudgetError(f"feature dims differ between utterances: {self.buf.shape[1]} vs {frames.shape[1]}")
+            raise SpeechBudgetError(
+                f"feature dims differ between utterances: {self.buf.shape[1]} vs {frames.shape[1]}"
+            )
         take = min(self.size - self.filled, len(frames))
-        self.buf[self.filled: self.filled + take] = frames[:take]
+        self.buf[self.filled : self.filled + take] = frames[:take]
         self.filled += take
         rest = frames[take:]
         if len(rest):
@@ -268,23 +284,39 @@ def _fit_centers(x: np.ndarray, k: int, seed: int, backend: str) -> np.ndarray:
     if backend == "sklearn":
         from sklearn.cluster import MiniBatchKMeans
 
-        km = MiniBatchKMeans(n_clusters=k, init="k-means++", n_init=3, batch_size=10_000, max_iter=100,
-                             max_no_improvement=100, random_state=seed)
+        km = MiniBatchKMeans(
+            n_clusters=k,
+            init="k-means++",
+            n_init=3,
+            batch_size=10_000,
+            max_iter=100,
+            max_no_improvement=100,
+            random_state=seed,
+        )
         return km.fit(x).cluster_centers_.astype(np.float32)
     if backend == "faiss":
         try:
             import faiss
         except ImportError:
-            raise SpeechBudgetError("backend 'faiss' needs faiss-cpu (pip install faiss-cpu); or use 'sklearn'") from None
+            raise SpeechBudgetError(
+                "backend 'faiss' needs faiss-cpu (pip install faiss-cpu); or use 'sklearn'"
+            ) from None
         km = faiss.Kmeans(x.shape[1], k, niter=100, nredo=3, seed=seed, verbose=False)
         km.train(np.ascontiguousarray(x, dtype=np.float32))
         return np.asarray(km.centroids, dtype=np.float32)
     raise SpeechBudgetError(f"unknown k-means backend {backend!r}; choose 'sklearn' or 'faiss'")
 
 
-def fit_kmeans(feature_iter: Iterable[Union[np.ndarray, Tuple[str, np.ndarray]]], num_clusters: int,
-               max_frames: int = 200_000, seed: int = 0, backend: str = "sklearn", kind: str = "mfcc",
-               layer: Optional[int] = None, cmn: bool = False) -> KMeansModel:
+def fit_kmeans(
+    feature_iter: Iterable[Union[np.ndarray, Tuple[str, np.ndarray]]],
+    num_clusters: int,
+    max_frames: int = 200_000,
+    seed: int = 0,
+    backend: str = "sklearn",
+    kind: str = "mfcc",
+    layer: Optional[int] = None,
+    cmn: bool = False,
+) -> KMeansModel:
     """Fit on a uniform, seeded sample of at most ``max_frames`` frames.
 
     ``feature_iter`` yields (T, D) arrays or ``(cut_id, array)`` pairs (as :func:`layer_features`
@@ -306,8 +338,15 @@ def fit_kmeans(feature_iter: Iterable[Union[np.ndarray, Tuple[str, np.ndarray]]]
     std = np.maximum(x.std(0), 1e-5).astype(np.float32)  # a constant dim must not divide by zero
     xs = (x - mean) / std
     centers = _fit_centers(xs, num_clusters, seed, backend)
-    model = KMeansModel(centers, mean.astype(np.float32), std, kind=kind, layer=layer, cmn=cmn,
-                        meta={"seed": seed, "backend": backend, "fit_frames": int(len(x)), "seen_frames": int(res.seen)})
+    model = KMeansModel(
+        centers,
+        mean.astype(np.float32),
+        std,
+        kind=kind,
+        layer=layer,
+        cmn=cmn,
+        meta={"seed": seed, "backend": backend, "fit_frames": int(len(x)), "seen_frames": int(res.seen)},
+    )
     model.meta["inertia"] = round(model.inertia(x), 6)
     return model
 
@@ -329,8 +368,12 @@ def label_step(source_rate_hz: float, target_rate_hz: float) -> int:
     return step
 
 
-def labels_for_cut(frame_labels: np.ndarray, target_rate_hz: float, num_out_frames: Optional[int] = None,
-                   source_rate_hz: float = FEATURE_RATE_HZ) -> np.ndarray:
+def labels_for_cut(
+    frame_labels: np.ndarray,
+    target_rate_hz: float,
+    num_out_frames: Optional[int] = None,
+    source_rate_hz: float = FEATURE_RATE_HZ,
+) -> np.ndarray:
     """Labels at the model's output rate: label ``i`` is frame ``i * step`` (see module docstring),
     then trimmed or edge-padded to ``num_out_frames``. A large mismatch means a wrong rate or length
     rule, so it is an error rather than silent padding."""
@@ -356,6 +399,7 @@ def encoder_out_len(encoder) -> Callable[[int], int]:
     Uses the front end's ``output_lengths`` (and a Zipformer's ``output_downsample``), checked
     once against a real forward; an encoder without them is asked by running it on zeros.
     """
+
     def probe(n: int) -> int:
         was_training = encoder.training
         encoder.eval()
@@ -422,16 +466,23 @@ def cluster_usage(labels_iter: Iterable[np.ndarray], num_clusters: int) -> Dict[
     for lab in labels_iter:
         lab = np.asarray(lab, dtype=np.int64)
         if len(lab) and (lab.min() < 0 or lab.max() >= num_clusters):
-            raise SpeechBudgetError(f"label outside 0..{num_clusters - 1}: was the model trained with another k?")
+            raise SpeechBudgetError(
+                f"label outside 0..{num_clusters - 1}: was the model trained with another k?"
+            )
         counts += np.bincount(lab, minlength=num_clusters)
     total = int(counts.sum())
     if total == 0:
         raise SpeechBudgetError("no labels to measure cluster usage on")
     p = counts[counts > 0] / total
     entropy = float(-(p * np.log2(p)).sum())
-    return {"entropy_bits": round(entropy, 4), "max_entropy_bits": round(float(np.log2(num_clusters)), 4),
-            "perplexity": round(2.0 ** entropy, 2), "empty_clusters": int((counts == 0).sum()),
-            "frames": total, "counts": counts.tolist()}
+    return {
+        "entropy_bits": round(entropy, 4),
+        "max_entropy_bits": round(float(np.log2(num_clusters)), 4),
+        "perplexity": round(2.0**entropy, 2),
+        "empty_clusters": int((counts == 0).sum()),
+        "frames": total,
+        "counts": counts.tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,8 +535,17 @@ def _tracked(items, on: bool, description: str):
     return progress_mod.track(items, total=len(items), description=description) if on else items
 
 
-def _features(cuts: List, kind: str, cmn: bool, encoder, layer: Optional[int], batch_size: int,
-              device, show: bool, description: str) -> Iterator[Tuple[str, np.ndarray]]:
+def _features(
+    cuts: List,
+    kind: str,
+    cmn: bool,
+    encoder,
+    layer: Optional[int],
+    batch_size: int,
+    device,
+    show: bool,
+    description: str,
+) -> Iterator[Tuple[str, np.ndarray]]:
     """(cut_id, frames) for every cut, in order: 100 Hz frames, or layer features at the encoder rate."""
     cuts = _tracked(cuts, show, description)
     if kind == "layer":
@@ -545,24 +605,42 @@ def run_kmeans(
     cutsets = {name: list(load_cuts(path)) for name, path in splits.items()}
     fit_cuts = _fit_subset(cutsets[fit_on], max_frames, seed)
     model = fit_kmeans(
-        _features(fit_cuts, kind, cmn, encoder, layer, batch_size, device, progress, f"k-means fit ({fit_on})"),
-        num_clusters, max_frames, seed, backend, kind=kind, layer=layer, cmn=cmn,
+        _features(
+            fit_cuts, kind, cmn, encoder, layer, batch_size, device, progress, f"k-means fit ({fit_on})"
+        ),
+        num_clusters,
+        max_frames,
+        seed,
+        backend,
+        kind=kind,
+        layer=layer,
+        cmn=cmn,
     )
     model.meta.update({"fit_split": fit_on, "fit_utterances": len(fit_cuts), "label_rate_hz": label_rate_hz})
     model_path = model.save(Path(out_dir) / f"kmeans_{kind}_{num_clusters}.npz")
 
-    summary: Dict[str, Any] = {"model": str(model_path), "model_json": str(model_path.with_suffix(".json")),
-                               **model.describe(), "splits": {}}
+    summary: Dict[str, Any] = {
+        "model": str(model_path),
+        "model_json": str(model_path.with_suffix(".json")),
+        **model.describe(),
+        "splits": {},
+    }
     for name, cuts in cutsets.items():
         by_id = {c.id: c for c in cuts}
         labels: Dict[str, np.ndarray] = {}
-        for cut_id, feats in _features(cuts, kind, cmn, encoder, layer, batch_size, device, progress,
-                                       f"k-means labels ({name})"):
+        for cut_id, feats in _features(
+            cuts, kind, cmn, encoder, layer, batch_size, device, progress, f"k-means labels ({name})"
+        ):
             n_out = out_len(num_inputs(by_id[cut_id], input_rate)) if out_len is not None else None
-            labels[cut_id] = labels_for_cut(model.predict(feats), label_rate_hz, n_out, source_rate).astype(np.int32)
+            labels[cut_id] = labels_for_cut(model.predict(feats), label_rate_hz, n_out, source_rate).astype(
+                np.int32
+            )
         path = write_labels(cuts, labels, Path(out_dir) / f"cuts_{name}.jsonl.gz")
-        summary["splits"][name] = {"cuts": len(cuts), "path": str(path),
-                                   "usage": cluster_usage(labels.values(), num_clusters)}
+        summary["splits"][name] = {
+            "cuts": len(cuts),
+            "path": str(path),
+            "usage": cluster_usage(labels.values(), num_clusters),
+        }
     summary["usage"] = summary["splits"][fit_on]["usage"]
     summary["seconds"] = round(time.time() - start, 2)
     return summary

@@ -46,8 +46,13 @@ class PrepareSummary:
         return sum(s.kept for s in self.splits)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"corpus": self.corpus, "corpus_dir": self.corpus_dir, "seconds": round(self.seconds, 2),
-                "usable": self.usable, "splits": [asdict(s) for s in self.splits]}
+        return {
+            "corpus": self.corpus,
+            "corpus_dir": self.corpus_dir,
+            "seconds": round(self.seconds, 2),
+            "usable": self.usable,
+            "splits": [asdict(s) for s in self.splits],
+        }
 
 
 def _text_problem(item: SourceItem) -> Optional[str]:
@@ -64,8 +69,9 @@ def _reason_key(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
 
 
-def prepare_split(items: List[SourceItem], split: str, corpus_dir: Path, features: bool,
-                  num_jobs: int, executor) -> SplitSummary:
+def prepare_split(
+    items: List[SourceItem], split: str, corpus_dir: Path, features: bool, num_jobs: int, executor
+) -> SplitSummary:
     summary = SplitSummary(split)
     rejected: List[Dict[str, Any]] = []
     seen: Dict[str, str] = {}
@@ -79,8 +85,12 @@ def prepare_split(items: List[SourceItem], split: str, corpus_dir: Path, feature
             continue
         seen[it.id] = it.audio
         todo.append(it)
-    checks = run_map(executor, check_and_convert,
-                     [(it.id, it.audio, corpus_dir / "audio" / split) for it in todo], f"checking {split}")
+    checks = run_map(
+        executor,
+        check_and_convert,
+        [(it.id, it.audio, corpus_dir / "audio" / split) for it in todo],
+        f"checking {split}",
+    )
     recordings, supervisions = [], []
     for it, res in zip(todo, checks):
         if res.recording is None:
@@ -88,11 +98,19 @@ def prepare_split(items: List[SourceItem], split: str, corpus_dir: Path, feature
             continue
         summary.converted += res.note is not None
         recordings.append(res.recording)
-        supervisions.append(SupervisionSegment(
-            id=it.id, recording_id=it.id, start=0.0, duration=res.recording.duration, channel=0,
-            text=" ".join(it.text.split()) if it.text else None, speaker=it.speaker, language="English",
-            custom=it.custom or None,
-        ))
+        supervisions.append(
+            SupervisionSegment(
+                id=it.id,
+                recording_id=it.id,
+                start=0.0,
+                duration=res.recording.duration,
+                channel=0,
+                text=" ".join(it.text.split()) if it.text else None,
+                speaker=it.speaker,
+                language="English",
+                custom=it.custom or None,
+            )
+        )
     for r in rejected:
         key = _reason_key(r["reason"])
         summary.reasons[key] = summary.reasons.get(key, 0) + 1
@@ -132,7 +150,9 @@ def prepare(
         import torch
 
         torch.set_num_threads(1)
-    corpus_dir = Path(out_dir).resolve() / corpus  # absolute paths in manifests: stages may run from elsewhere
+    corpus_dir = (
+        Path(out_dir).resolve() / corpus
+    )  # absolute paths in manifests: stages may run from elsewhere
     corpus_dir.mkdir(parents=True, exist_ok=True)
     with open_executor(executor_kind, num_jobs, scheduler) as executor:
         items = find_items(executor)
@@ -142,15 +162,24 @@ def prepare(
         for it in items:
             by_split[it.split].append(it)
         splits = []
-        for split in sorted(by_split, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test") else 9):
+        for split in sorted(
+            by_split, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test") else 9
+        ):
             if cuts_path(corpus_dir, split).exists() and not force:
                 splits.append(_existing_summary(corpus_dir, split))
                 continue
             splits.append(prepare_split(by_split[split], split, corpus_dir, features, num_jobs, executor))
     summary = PrepareSummary(corpus, str(corpus_dir), splits, time.time() - start)
-    write_json({"speechbudget_version": __version__, "corpus": corpus, "features": features,
-                "options": {k: str(v) for k, v in (options or {}).items()}, "summary": summary.to_dict()},
-               corpus_dir / "prepare.json")
+    write_json(
+        {
+            "speechbudget_version": __version__,
+            "corpus": corpus,
+            "features": features,
+            "options": {k: str(v) for k, v in (options or {}).items()},
+            "summary": summary.to_dict(),
+        },
+        corpus_dir / "prepare.json",
+    )
     return summary
 
 

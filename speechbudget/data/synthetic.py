@@ -38,9 +38,37 @@ MIN_WORDS, MAX_WORDS = 4, 14
 # espeak-ng variants that sound like a person; the others are robots, whispers, croaks or effects,
 # which would teach a model nothing about speech. Filtered against what is installed.
 HUMAN_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "Annie", "Denis", "Mike", "adam", "aunty", "belinda", "benjamin",
-    "david", "ed", "edward", "linda", "michel", "paul", "quincy", "rob", "robert", "steph", "travis",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "Annie",
+    "Denis",
+    "Mike",
+    "adam",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "david",
+    "ed",
+    "edward",
+    "linda",
+    "michel",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "travis",
 )
 
 # A speaker's base prosody; espeak's own defaults are pitch 50 (0-99) and 175 words per minute.
@@ -129,7 +157,9 @@ def load_grammar(directory: Path = GRAMMAR_DIR) -> Grammar:
     for template in templates:
         for name, form in _SLOT.findall(template):
             if name not in lists or (form and form not in lists[name].forms):
-                raise SpeechBudgetError(f"{templates_path}: unknown slot <{name}{'.' + form if form else ''}>")
+                raise SpeechBudgetError(
+                    f"{templates_path}: unknown slot <{name}{'.' + form if form else ''}>"
+                )
     return Grammar(lists, templates)
 
 
@@ -206,7 +236,9 @@ def _installed_voices() -> tuple[str, ...]:
     installed = {row[4].removeprefix("!v/") for row in _voice_table("variant") if row[4].startswith("!v/")}
     variants = [v for v in HUMAN_VARIANTS if v in installed]
     if not bases or not variants:
-        raise SpeechBudgetError("espeak-ng has no English voices: reinstall it with `apt-get install espeak-ng`")
+        raise SpeechBudgetError(
+            "espeak-ng has no English voices: reinstall it with `apt-get install espeak-ng`"
+        )
     return tuple(f"{base}+{variant}" for base in bases for variant in variants)
 
 
@@ -281,7 +313,9 @@ def estimate_duration(spec: UtteranceSpec) -> float:
     return at_default_speed * 175 / speed
 
 
-def _assign_splits(speakers: list[Speaker], dev_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+def _assign_splits(
+    speakers: list[Speaker], dev_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
     """Whole speakers go to one split, so dev/test speakers are never heard in training."""
     n = len(speakers)
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
@@ -323,8 +357,15 @@ def plan_corpus(
         uid = f"synth-{s.id}-{counts[k]:06d}"
         counts[k] += 1
         spec = UtteranceSpec(
-            uid, generate_sentence(rng, words), s.id, s.voice, s.variant, s.pitch, s.speed,
-            split_of[s.id], _stable_seed(seed, uid),
+            uid,
+            generate_sentence(rng, words),
+            s.id,
+            s.voice,
+            s.variant,
+            s.pitch,
+            s.speed,
+            split_of[s.id],
+            _stable_seed(seed, uid),
         )
         specs.append(spec)
         total += estimate_duration(spec)
@@ -346,8 +387,19 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
     pitch, speed = utterance_prosody(spec)
     with tempfile.TemporaryDirectory(prefix="speechbudget-espeak-") as tmp:
         wav = Path(tmp) / "out.wav"
-        cmd = [_espeak(), "-v", f"{spec.voice}+{spec.variant}", "-s", str(speed), "-p", str(pitch),
-               "-a", str(ESPEAK_AMPLITUDE), "-w", str(wav)]
+        cmd = [
+            _espeak(),
+            "-v",
+            f"{spec.voice}+{spec.variant}",
+            "-s",
+            str(speed),
+            "-p",
+            str(pitch),
+            "-a",
+            str(ESPEAK_AMPLITUDE),
+            "-w",
+            str(wav),
+        ]
         result = subprocess.run(cmd, input=spec.text, capture_output=True, text=True)
         if result.returncode != 0 or not wav.is_file():
             raise SpeechBudgetError(
@@ -368,10 +420,14 @@ def _power(x: np.ndarray) -> float:
 
 def _noise_files(noise_dir: Path) -> list[Path]:
     if not noise_dir.is_dir():
-        raise SpeechBudgetError(f"noise folder {noise_dir} does not exist: pass a folder of .wav files, or no noise")
+        raise SpeechBudgetError(
+            f"noise folder {noise_dir} does not exist: pass a folder of .wav files, or no noise"
+        )
     files = sorted(noise_dir.glob("*.wav"))
     if not files:
-        raise SpeechBudgetError(f"noise folder {noise_dir} has no .wav files: add some, or pass no noise folder")
+        raise SpeechBudgetError(
+            f"noise folder {noise_dir} has no .wav files: add some, or pass no noise folder"
+        )
     return files
 
 

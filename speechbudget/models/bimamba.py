@@ -60,7 +60,9 @@ class MambaBranch(nn.Module):
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner)
         # S4D-real init: A = -(1..N) per channel, a spread of time scales
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+        )
         self.D = nn.Parameter(torch.ones(d_inner))
         self.scan = SelectiveScan(chunk_size)
         self._init_dt(dt_min, dt_max)
@@ -68,7 +70,7 @@ class MambaBranch(nn.Module):
     @torch.no_grad()
     def _init_dt(self, dt_min: float, dt_max: float) -> None:
         """Start step sizes log-uniform in [dt_min, dt_max] so channels cover short and long memory."""
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         dt = torch.exp(torch.empty_like(self.dt_proj.bias).uniform_(math.log(dt_min), math.log(dt_max)))
         dt = dt.clamp(min=1e-4)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt

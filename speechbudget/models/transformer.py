@@ -158,7 +158,9 @@ class TransformerEncoder(Encoder):
         if dim % heads:
             raise SpeechBudgetError(f"transformer dim {dim} must be divisible by heads {heads}")
         if dim % pos_conv_groups:
-            raise SpeechBudgetError(f"transformer dim {dim} must be divisible by pos_conv_groups {pos_conv_groups}")
+            raise SpeechBudgetError(
+                f"transformer dim {dim} must be divisible by pos_conv_groups {pos_conv_groups}"
+            )
         self.frontend_kind = frontend
         self.output_dim = dim
         self.norm_first = norm_first

@@ -53,7 +53,9 @@ class ZipformerOutput(EncoderOutput, tuple):
     dicts as outputs; being a tuple as well lets it trace the model as is.
     """
 
-    def __new__(cls, hidden: torch.Tensor, lengths: torch.Tensor, layers: Optional[List[torch.Tensor]] = None):
+    def __new__(
+        cls, hidden: torch.Tensor, lengths: torch.Tensor, layers: Optional[List[torch.Tensor]] = None
+    ):
         return tuple.__new__(cls, (hidden, lengths) if layers is None else (hidden, lengths, layers))
 
 
@@ -64,7 +66,9 @@ class ZipformerStack(nn.Module):
         super().__init__()
         self.factor = downsample
         self.pos_dim = pos_dim
-        self.blocks = nn.ModuleList(ZipformerBlock(dim, pos_dim=pos_dim, **block_kwargs) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            ZipformerBlock(dim, pos_dim=pos_dim, **block_kwargs) for _ in range(num_layers)
+        )
         if downsample > 1:
             self.downsample = Downsample(downsample)
             self.out_bypass = Bypass(dim)
@@ -190,8 +194,14 @@ class Zipformer(Encoder):
             return x
         return self.output_downsample(x, lengths)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor, return_layers: bool = False) -> EncoderOutput:
-        if not torch.jit.is_tracing() and self.frontend_kind == "fbank" and features.size(-1) != self.input_dim:
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, return_layers: bool = False
+    ) -> EncoderOutput:
+        if (
+            not torch.jit.is_tracing()
+            and self.frontend_kind == "fbank"
+            and features.size(-1) != self.input_dim
+        ):
             raise SpeechBudgetError(
                 f"zipformer expects {self.input_dim}-dim features, got {features.size(-1)}; set input_dim"
             )
@@ -205,7 +215,9 @@ class Zipformer(Encoder):
             layers.extend(per_layer)
 
         hidden = self._to_output_rate(self._combine_stacks(stack_outputs), lengths)
-        out_lengths = lengths if self.output_downsampling == 1 else self.output_downsample.output_lengths(lengths)
+        out_lengths = (
+            lengths if self.output_downsampling == 1 else self.output_downsample.output_lengths(lengths)
+        )
         out_pad = padding_mask(out_lengths, hidden.size(1)).unsqueeze(-1)
         hidden = hidden.masked_fill(out_pad, 0.0)
         if not return_layers:

@@ -14,6 +14,7 @@ that model sizes match it.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

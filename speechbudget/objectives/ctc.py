@@ -23,8 +23,9 @@ def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
     return int(length + (t[1:] == t[:-1]).sum()) if length > 1 else int(length)
 
 
-def spec_augment(x: torch.Tensor, lengths: torch.Tensor, time_masks: int, time_width: int,
-                 freq_masks: int, freq_width: int) -> torch.Tensor:
+def spec_augment(
+    x: torch.Tensor, lengths: torch.Tensor, time_masks: int, time_width: int, freq_masks: int, freq_width: int
+) -> torch.Tensor:
     """Zero random time spans and frequency bands (Park et al. 2019), per utterance."""
     x = x.clone()
     b, t, f = x.shape
@@ -33,11 +34,11 @@ def spec_augment(x: torch.Tensor, lengths: torch.Tensor, time_masks: int, time_w
         for _ in range(freq_masks):
             w = int(torch.randint(0, freq_width + 1, ()))
             s = int(torch.randint(0, max(1, f - w), ()))
-            x[i, :, s:s + w] = 0.0
+            x[i, :, s : s + w] = 0.0
         for _ in range(time_masks):
             w = min(int(torch.randint(0, time_width + 1, ())), n // 5)
             s = int(torch.randint(0, max(1, n - w), ()))
-            x[i, s:s + w, :] = 0.0
+            x[i, s : s + w, :] = 0.0
     return x
 
 
@@ -54,9 +55,19 @@ def random_gain(x: torch.Tensor, lengths: torch.Tensor, max_db: float) -> torch.
 
 
 class CtcModel(nn.Module):
-    def __init__(self, encoder: Encoder, vocab_size: int, blank_id: int = 0, spec_augment: bool = True,
-                 time_masks: int = 2, time_mask_width: int = 40, freq_masks: int = 2, freq_mask_width: int = 15,
-                 encoder_lr_scale: float = 1.0, gain_db: float = 0.0):
+    def __init__(
+        self,
+        encoder: Encoder,
+        vocab_size: int,
+        blank_id: int = 0,
+        spec_augment: bool = True,
+        time_masks: int = 2,
+        time_mask_width: int = 40,
+        freq_masks: int = 2,
+        freq_mask_width: int = 15,
+        encoder_lr_scale: float = 1.0,
+        gain_db: float = 0.0,
+    ):
         super().__init__()
         self.gain_db = gain_db
         self.encoder_lr_scale = encoder_lr_scale
@@ -64,7 +75,12 @@ class CtcModel(nn.Module):
         self.output = nn.Linear(encoder.output_dim, vocab_size)
         self.blank_id = blank_id
         self.augment = spec_augment and encoder.input_dim > 1  # SpecAugment is for spectrograms
-        self.aug = dict(time_masks=time_masks, time_width=time_mask_width, freq_masks=freq_masks, freq_width=freq_mask_width)
+        self.aug = dict(
+            time_masks=time_masks,
+            time_width=time_mask_width,
+            freq_masks=freq_masks,
+            freq_width=freq_mask_width,
+        )
         self.freeze_encoder = False
 
     def optimizer_groups(self, lr: float):
@@ -73,8 +89,10 @@ class CtcModel(nn.Module):
         if self.encoder_lr_scale == 1.0:
             return params
         encoder = {id(p) for p in self.encoder.parameters()}
-        return [{"params": [p for p in params if id(p) not in encoder], "lr": lr},
-                {"params": [p for p in params if id(p) in encoder], "lr": lr * self.encoder_lr_scale}]
+        return [
+            {"params": [p for p in params if id(p) not in encoder], "lr": lr},
+            {"params": [p for p in params if id(p) in encoder], "lr": lr * self.encoder_lr_scale},
+        ]
 
     def head_macs_per_frame(self) -> int:
         return self.output.in_features * self.output.out_features
@@ -98,13 +116,26 @@ class CtcModel(nn.Module):
             hidden, out_lengths = out.hidden, out.lengths
         log_probs = F.log_softmax(self.output(hidden).float(), dim=-1)
         tokens, tok_len = batch["tokens"], batch["token_lengths"]
-        need = torch.tensor([ctc_min_frames(tokens[i], int(tok_len[i])) for i in range(tokens.size(0))],
-                            device=out_lengths.device)
+        need = torch.tensor(
+            [ctc_min_frames(tokens[i], int(tok_len[i])) for i in range(tokens.size(0))],
+            device=out_lengths.device,
+        )
         ok = (need <= out_lengths) & (tok_len > 0)
         n_ok = int(ok.sum())
         if n_ok == 0:  # keep the graph so DDP and backward stay well-defined
             loss = log_probs.sum() * 0.0
         else:
-            loss = F.ctc_loss(log_probs[ok].transpose(0, 1), tokens[ok], out_lengths[ok], tok_len[ok],
-                              blank=self.blank_id, reduction="sum", zero_infinity=True) / max(int(tok_len[ok].sum()), 1)
-        return loss, {"loss": float(loss.detach()), "ctc_infeasible": float((~ok).sum()), "utterances": float(n_ok)}
+            loss = F.ctc_loss(
+                log_probs[ok].transpose(0, 1),
+                tokens[ok],
+                out_lengths[ok],
+                tok_len[ok],
+                blank=self.blank_id,
+                reduction="sum",
+                zero_infinity=True,
+            ) / max(int(tok_len[ok].sum()), 1)
+        return loss, {
+            "loss": float(loss.detach()),
+            "ctc_infeasible": float((~ok).sum()),
+            "utterances": float(n_ok),
+        }

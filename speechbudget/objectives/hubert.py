@@ -20,8 +20,16 @@ from .masking import span_mask
 
 
 class HubertModel(nn.Module):
-    def __init__(self, encoder: Encoder, num_clusters: int, mask_prob: float = 0.65, mask_length: int = 10,
-                 temperature: float = 0.1, final_dim: int = 256, unmasked_weight: float = 0.0):
+    def __init__(
+        self,
+        encoder: Encoder,
+        num_clusters: int,
+        mask_prob: float = 0.65,
+        mask_length: int = 10,
+        temperature: float = 0.1,
+        final_dim: int = 256,
+        unmasked_weight: float = 0.0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.num_clusters = num_clusters
@@ -42,7 +50,9 @@ class HubertModel(nn.Module):
         r = self.input_per_output
         t_in = features.size(1)
         # input frame j belongs to output frame floor(j / r)
-        owner = (torch.arange(t_in, device=features.device) / r).floor().long().clamp(max=out_mask.size(1) - 1)
+        owner = (
+            (torch.arange(t_in, device=features.device) / r).floor().long().clamp(max=out_mask.size(1) - 1)
+        )
         in_mask = out_mask.to(features.device)[:, owner]
         return torch.where(in_mask.unsqueeze(-1), self.mask_embedding.to(features.dtype), features)
 
@@ -54,15 +64,18 @@ class HubertModel(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         features, lengths, labels = batch["features"], batch["lengths"], batch["kmeans"]
         t_out = labels.size(1)
-        out_len_est = torch.div(lengths.float(), self.input_per_output, rounding_mode="floor").long().clamp(max=t_out)
+        out_len_est = (
+            torch.div(lengths.float(), self.input_per_output, rounding_mode="floor").long().clamp(max=t_out)
+        )
         mask = span_mask(out_len_est.cpu(), t_out, self.mask_prob, self.mask_length)
         out = self.encoder(self.mask_inputs(features, mask), lengths)
         t = min(out.hidden.size(1), t_out)
         hidden, labels, mask = out.hidden[:, :t], labels[:, :t], mask[:, :t].to(labels.device)
         valid = ~make_pad_mask(out.lengths, t) & (labels >= 0)
         logits = self.logits(hidden).float()
-        ce = F.cross_entropy(logits.reshape(-1, self.num_clusters), labels.clamp(min=0).reshape(-1),
-                             reduction="none").view_as(labels)
+        ce = F.cross_entropy(
+            logits.reshape(-1, self.num_clusters), labels.clamp(min=0).reshape(-1), reduction="none"
+        ).view_as(labels)
         m, u = valid & mask, valid & ~mask
         n_m, n_u = int(m.sum()), int(u.sum())
         loss_m = (ce * m).sum() / max(n_m, 1)
@@ -73,9 +86,15 @@ class HubertModel(nn.Module):
             pred = logits.argmax(-1)
             acc_m = ((pred == labels) & m).sum().item() / max(n_m, 1)
             acc_u = ((pred == labels) & u).sum().item() / max(n_u, 1)
-        stats = {"loss": float(loss.detach()), "masked_loss": float(loss_m.detach()),
-                 "masked_acc": acc_m, "unmasked_acc": acc_u, "masked_frames": n_m,
-                 "chance_acc": 1.0 / self.num_clusters, "frames": int(valid.sum())}
+        stats = {
+            "loss": float(loss.detach()),
+            "masked_loss": float(loss_m.detach()),
+            "masked_acc": acc_m,
+            "unmasked_acc": acc_u,
+            "masked_frames": n_m,
+            "chance_acc": 1.0 / self.num_clusters,
+            "frames": int(valid.sum()),
+        }
         return loss, stats
 
     @staticmethod

@@ -7,8 +7,14 @@ from __future__ import annotations
 import torch
 
 
-def span_mask(lengths: torch.Tensor, max_len: int, mask_prob: float, mask_length: int,
-              generator: torch.Generator | None = None, min_masks: int = 1) -> torch.Tensor:
+def span_mask(
+    lengths: torch.Tensor,
+    max_len: int,
+    mask_prob: float,
+    mask_length: int,
+    generator: torch.Generator | None = None,
+    min_masks: int = 1,
+) -> torch.Tensor:
     """Boolean ``(B, max_len)``: ``True`` = masked; never masks padding; at least ``min_masks`` spans."""
     b = lengths.numel()
     mask = torch.zeros(b, max_len, dtype=torch.bool)

@@ -44,10 +44,16 @@ def flops_limit(b: BudgetConfig) -> Optional[float]:
 
 
 def validate(b: BudgetConfig) -> None:
-    given = {k: v for k, v in asdict(b).items() if k in ("flops", "gpu_hours", "wall_hours", "audio_hours", "steps") and v is not None}
+    given = {
+        k: v
+        for k, v in asdict(b).items()
+        if k in ("flops", "gpu_hours", "wall_hours", "audio_hours", "steps") and v is not None
+    }
     if not given:
-        raise SpeechBudgetError("the recipe sets no budget: give budget.flops, budget.gpu_hours, budget.wall_hours, "
-                                "budget.audio_hours or budget.steps")
+        raise SpeechBudgetError(
+            "the recipe sets no budget: give budget.flops, budget.gpu_hours, budget.wall_hours, "
+            "budget.audio_hours or budget.steps"
+        )
     for k, v in given.items():
         if v <= 0:
             raise SpeechBudgetError(f"budget.{k} must be positive (got {v})")

@@ -26,7 +26,9 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:
-    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("checkpoint-*.pt") if (m := PATTERN.search(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in Path(ckpt_dir).glob("checkpoint-*.pt") if (m := PATTERN.search(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -53,7 +55,7 @@ def encoder_state(path: Path) -> Tuple[Any, Dict[str, torch.Tensor], Path]:
     spec = (state.get("config") or {}).get("encoder")
     if spec is None:
         raise SpeechBudgetError(f"{p} is not a speechbudget training checkpoint (no encoder config)")
-    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    weights = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     return spec, weights, p
 
 
@@ -84,8 +86,9 @@ def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise SpeechBudgetError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume "
-                                "from the previous one") from None
+        raise SpeechBudgetError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume from the previous one"
+        ) from None
 
 
 def average_models(paths: List[Path]) -> Dict[str, torch.Tensor]:

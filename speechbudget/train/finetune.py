@@ -37,7 +37,9 @@ def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tokenizer:
     return Tokenizer(out / "tokenizer.model")
 
 
-def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, frame_rate_hz: float) -> Tuple[CutSet, Dict[str, int], List[Dict]]:
+def filter_cuts(
+    cuts: CutSet, tokenizer: Tokenizer, frame_rate_hz: float
+) -> Tuple[CutSet, Dict[str, int], List[Dict]]:
     """Drop cuts with empty transcripts, unknown characters or more tokens than encoder frames."""
     kept, counts, dropped = [], {"empty_transcript": 0, "unknown_chars": 0, "ctc_infeasible": 0}, []
     for c in cuts:
@@ -66,7 +68,11 @@ class Tokenize:
     def __call__(self, batch: Dict) -> Dict:
         ids = [torch.tensor(self.tokenizer.encode(t), dtype=torch.long) for t in batch["texts"]]
         batch["token_lengths"] = torch.tensor([len(i) for i in ids], dtype=torch.long)
-        batch["tokens"] = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=0) if ids else torch.zeros(0, 0)
+        batch["tokens"] = (
+            torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=0)
+            if ids
+            else torch.zeros(0, 0)
+        )
         return batch
 
 
@@ -84,9 +90,18 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     else:
         encoder = build_encoder(cfg.encoder)
     a = cfg.ctc
-    model = CtcModel(encoder, vocab_size, blank_id, spec_augment=a.spec_augment, time_masks=a.time_masks,
-                     time_mask_width=a.time_mask_width, freq_masks=a.freq_masks, freq_mask_width=a.freq_mask_width,
-                     encoder_lr_scale=a.encoder_lr_scale, gain_db=a.gain_db)
+    model = CtcModel(
+        encoder,
+        vocab_size,
+        blank_id,
+        spec_augment=a.spec_augment,
+        time_masks=a.time_masks,
+        time_mask_width=a.time_mask_width,
+        freq_masks=a.freq_masks,
+        freq_mask_width=a.freq_mask_width,
+        encoder_lr_scale=a.encoder_lr_scale,
+        gain_db=a.gain_db,
+    )
     return model, init
 
 
@@ -98,12 +113,20 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
         if dist.is_main:
-            write_json({"counts": dropped_counts, "dropped": dropped}, Path(cfg.exp_dir) / "filtered_train.json")
+            write_json(
+                {"counts": dropped_counts, "dropped": dropped}, Path(cfg.exp_dir) / "filtered_train.json"
+            )
         if len(cuts) == 0:
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
-        mixer = NoiseMixer(Path(cfg.ctc.noise_dir), cfg.ctc.noise_snr_db, cfg.ctc.noise_prob) if cfg.ctc.noise_dir else None
-        dataset = SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer), cut_transform=mixer)
+        mixer = (
+            NoiseMixer(Path(cfg.ctc.noise_dir), cfg.ctc.noise_snr_db, cfg.ctc.noise_prob)
+            if cfg.ctc.noise_dir
+            else None
+        )
+        dataset = SpeechDataset(
+            input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer), cut_transform=mixer
+        )
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         freeze = cfg.ctc.freeze_encoder_steps
 
@@ -111,11 +134,23 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             m.freeze_encoder = counters.step < freeze
 
         hours = total_seconds(cuts) / 3600
-        trainer = Trainer(cfg, model, loader, sampler, dist, cost, hours * 3600, "finetune",
-                          {**(recipe or {}), "init": init, "filtered": dropped_counts}, before_step=before_step,
-                          find_unused_parameters=freeze > 0, valid_loader=dev_loader(cfg, SpeechDataset(
-                              input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))),
-                          card_extra={"labeled_hours": hours})
+        trainer = Trainer(
+            cfg,
+            model,
+            loader,
+            sampler,
+            dist,
+            cost,
+            hours * 3600,
+            "finetune",
+            {**(recipe or {}), "init": init, "filtered": dropped_counts},
+            before_step=before_step,
+            find_unused_parameters=freeze > 0,
+            valid_loader=dev_loader(
+                cfg, SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
+            ),
+            card_extra={"labeled_hours": hours},
+        )
         out = trainer.fit()
         out["filtered"] = dropped_counts
         out["labeled_hours"] = hours

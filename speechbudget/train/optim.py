@@ -39,12 +39,13 @@ SCHEDULERS = ("eden", "cosine")
 
 
 # ------------------------------------------------------------------------------------ ScaledAdam
-def _adam_direction(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
-                    betas, eps: float) -> torch.Tensor:
+def _adam_direction(
+    exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, betas, eps: float
+) -> torch.Tensor:
     """Bias-corrected ``m / (sqrt(v) + eps)``: a gradient direction of roughly unit size per element."""
     beta1, beta2 = betas
-    m_hat = exp_avg / (1.0 - beta1 ** step)
-    v_hat = exp_avg_sq / (1.0 - beta2 ** step)
+    m_hat = exp_avg / (1.0 - beta1**step)
+    v_hat = exp_avg_sq / (1.0 - beta2**step)
     return m_hat / (v_hat.sqrt() + eps)
 
 
@@ -98,15 +99,25 @@ class ScaledAdam(torch.optim.Optimizer):
     ):
         _check(lr > 0, f"learning rate must be > 0, got {lr}")
         _check(all(0.0 <= b < 1.0 for b in betas), f"betas must be in [0, 1), got {tuple(betas)}")
-        _check(0 < param_min_rms < param_max_rms,
-               f"need 0 < param_min_rms < param_max_rms, got {param_min_rms}, {param_max_rms}")
-        _check(clipping_scale is None or clipping_scale > 0,
-               f"clipping_scale must be > 0 (or None to disable), got {clipping_scale}")
+        _check(
+            0 < param_min_rms < param_max_rms,
+            f"need 0 < param_min_rms < param_max_rms, got {param_min_rms}, {param_max_rms}",
+        )
+        _check(
+            clipping_scale is None or clipping_scale > 0,
+            f"clipping_scale must be > 0 (or None to disable), got {clipping_scale}",
+        )
         _check(clipping_update_period >= 1, "clipping_update_period must be >= 1")
         _check(size_update_period >= 1, "size_update_period must be >= 1")
-        defaults = dict(lr=lr, betas=tuple(betas), scalar_lr_scale=scalar_lr_scale, eps=eps,
-                        param_min_rms=param_min_rms, param_max_rms=param_max_rms,
-                        size_update_period=size_update_period)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            scalar_lr_scale=scalar_lr_scale,
+            eps=eps,
+            param_min_rms=param_min_rms,
+            param_max_rms=param_max_rms,
+            size_update_period=size_update_period,
+        )
         super().__init__(params, defaults)
         self.clipping_scale = clipping_scale
         self.clipping_update_period = clipping_update_period
@@ -177,8 +188,9 @@ class ScaledAdam(torch.optim.Optimizer):
     @staticmethod
     def _scalar_delta(group, state, grad: torch.Tensor) -> torch.Tensor:
         _update_moments(state, "", grad, group["betas"])
-        d = _adam_direction(state["exp_avg"], state["exp_avg_sq"], state["step"],
-                            group["betas"], group["eps"])
+        d = _adam_direction(
+            state["exp_avg"], state["exp_avg_sq"], state["step"], group["betas"], group["eps"]
+        )
         return -group["lr"] * group["scalar_lr_scale"] * d
 
     @staticmethod
@@ -194,8 +206,7 @@ class ScaledAdam(torch.optim.Optimizer):
 
         # Gradient with respect to the log of p's overall scale: d/dlog(c) L(c * p) = sum(g * p).
         _update_moments(state, "scale_", (grad * p).sum(), betas)
-        scale_dir = _adam_direction(state["scale_exp_avg"], state["scale_exp_avg_sq"], step,
-                                    betas, eps)
+        scale_dir = _adam_direction(state["scale_exp_avg"], state["scale_exp_avg_sq"], step, betas, eps)
         # Out of bounds: push the scale back (negative direction = grow) whatever the gradient says.
         scale_dir = torch.where(rms < min_rms, -torch.ones_like(scale_dir), scale_dir)
         scale_dir = torch.where(rms > max_rms, torch.ones_like(scale_dir), scale_dir)
@@ -216,8 +227,10 @@ class ScaledAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if "clipping" not in state_dict:
-            raise SpeechBudgetError("optimizer state was not saved by ScaledAdam; resume with the "
-                                    "optimizer the checkpoint was trained with")
+            raise SpeechBudgetError(
+                "optimizer state was not saved by ScaledAdam; resume with the "
+                "optimizer the checkpoint was trained with"
+            )
         state_dict = dict(state_dict)
         clipping = state_dict.pop("clipping")
         super().load_state_dict(state_dict)
@@ -293,8 +306,14 @@ class Eden(_Schedule):
     a small corpus was looped. Call ``step_epoch`` as often as you like (e.g. every batch).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, lr_batches: float = 7500,
-                 lr_epochs: float = 10.5, warmup_batches: float = 500, warmup_start: float = 0.5):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr_batches: float = 7500,
+        lr_epochs: float = 10.5,
+        warmup_batches: float = 500,
+        warmup_start: float = 0.5,
+    ):
         _check(lr_batches > 0, f"lr_batches must be > 0, got {lr_batches}")
         _check(lr_epochs > 0, f"lr_epochs must be > 0, got {lr_epochs}")
         _check(warmup_batches >= 0, f"warmup_batches must be >= 0, got {warmup_batches}")
@@ -308,8 +327,8 @@ class Eden(_Schedule):
     def factor(self) -> float:
         b, e = self.batch, self.epoch
         B, E = self.lr_batches, self.lr_epochs
-        batch_factor = ((b ** 2 + B ** 2) / B ** 2) ** -0.25
-        epoch_factor = ((e ** 2 + E ** 2) / E ** 2) ** -0.25
+        batch_factor = ((b**2 + B**2) / B**2) ** -0.25
+        epoch_factor = ((e**2 + E**2) / E**2) ** -0.25
         warmup = 1.0
         if b < self.warmup_batches:
             warmup = self.warmup_start + (1.0 - self.warmup_start) * b / self.warmup_batches
@@ -325,8 +344,9 @@ class WarmupCosine(_Schedule):
     ``step_epoch`` is accepted and ignored, so the trainer can drive any schedule alike.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                 min_lr_ratio: float = 0.0):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+    ):
         _check(warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}")
         _check(0.0 <= min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.warmup_steps = int(warmup_steps)
@@ -335,9 +355,11 @@ class WarmupCosine(_Schedule):
         super().__init__(optimizer)
 
     def _valid_total(self, total_steps: int) -> int:
-        _check(total_steps > self.warmup_steps,
-               f"total_steps ({total_steps}) must exceed warmup_steps ({self.warmup_steps}); "
-               "lower the warmup or raise the budget")
+        _check(
+            total_steps > self.warmup_steps,
+            f"total_steps ({total_steps}) must exceed warmup_steps ({self.warmup_steps}); "
+            "lower the warmup or raise the budget",
+        )
         return int(total_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
@@ -358,8 +380,16 @@ class WarmupCosine(_Schedule):
 
 
 # ------------------------------------------------------------------------------------ factories
-_SCALED_ADAM_OPTIONS = ("betas", "scalar_lr_scale", "eps", "param_min_rms", "param_max_rms",
-                        "clipping_scale", "clipping_update_period", "size_update_period")
+_SCALED_ADAM_OPTIONS = (
+    "betas",
+    "scalar_lr_scale",
+    "eps",
+    "param_min_rms",
+    "param_max_rms",
+    "clipping_scale",
+    "clipping_update_period",
+    "size_update_period",
+)
 _ADAMW_OPTIONS = ("betas", "eps", "amsgrad", "foreach", "fused")
 _SCHEDULE_OPTIONS = {
     "eden": ("lr_batches", "lr_epochs", "warmup_batches", "warmup_start"),
@@ -367,8 +397,9 @@ _SCHEDULE_OPTIONS = {
 }
 
 
-def build_optimizer(name: str, params: Union[nn.Module, Iterable], lr: float,
-                    weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: Union[nn.Module, Iterable], lr: float, weight_decay: float = 0.0, **kw
+) -> torch.optim.Optimizer:
     """``scaled_adam`` or ``adamw`` over a model's trainable parameters (or given params/groups).
 
     AdamW decays only tensors with 2+ dims: decaying biases, norm gains and scalars pulls them
@@ -382,8 +413,11 @@ def build_optimizer(name: str, params: Union[nn.Module, Iterable], lr: float,
     params = _trainable(params)
     if name == "scaled_adam":
         _check_options("scaled_adam", kw, _SCALED_ADAM_OPTIONS)
-        _check(weight_decay == 0, "scaled_adam has no weight decay (param_max_rms bounds parameter "
-                                  "size): set optim.weight_decay to 0 or use adamw")
+        _check(
+            weight_decay == 0,
+            "scaled_adam has no weight decay (param_max_rms bounds parameter "
+            "size): set optim.weight_decay to 0 or use adamw",
+        )
         return ScaledAdam(params, lr=lr, **kw)
     _check_options("adamw", kw, _ADAMW_OPTIONS)
     return torch.optim.AdamW(_decay_groups(params, weight_decay), lr=lr, **kw)
@@ -397,8 +431,10 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, **kw) -> _Sched
     if name == "eden":
         return Eden(optimizer, **kw)
     if "total_steps" not in kw:
-        raise SpeechBudgetError("the cosine schedule needs total_steps (set a budget in steps, "
-                                "or one the trainer can convert to steps)")
+        raise SpeechBudgetError(
+            "the cosine schedule needs total_steps (set a budget in steps, "
+            "or one the trainer can convert to steps)"
+        )
     return WarmupCosine(optimizer, **kw)
 
 
@@ -417,16 +453,16 @@ def _decay_groups(params: list, weight_decay: float) -> list:
         return [{"weight_decay": weight_decay, **group} for group in params]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
 def _check_options(name: str, kw: Dict[str, Any], valid) -> None:
     unknown = sorted(set(kw) - set(valid))
     if unknown:
-        raise SpeechBudgetError(f"unknown option(s) for {name}: {', '.join(unknown)}; "
-                                f"valid: {', '.join(valid)}")
+        raise SpeechBudgetError(
+            f"unknown option(s) for {name}: {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
 
 
 def _check(ok: bool, message: str) -> None:

@@ -9,7 +9,15 @@ from ..data.dataset import SpeechDataset, kmeans_labels
 from ..errors import SpeechBudgetError
 from ..objectives.hubert import HubertModel
 from . import distributed
-from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, new_encoder, total_seconds, training_cuts
+from .setup import (
+    dev_loader,
+    encoder_cost_cached,
+    input_kind,
+    make_data,
+    new_encoder,
+    total_seconds,
+    training_cuts,
+)
 from .trainer import Trainer
 
 
@@ -25,8 +33,15 @@ def count_clusters(cuts) -> int:
 
 def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
     h = cfg.hubert
-    return HubertModel(new_encoder(cfg), num_clusters, mask_prob=h.mask_prob, mask_length=h.mask_length,
-                       temperature=h.temperature, final_dim=h.final_dim, unmasked_weight=h.unmasked_weight)
+    return HubertModel(
+        new_encoder(cfg),
+        num_clusters,
+        mask_prob=h.mask_prob,
+        mask_length=h.mask_length,
+        temperature=h.temperature,
+        final_dim=h.final_dim,
+        unmasked_weight=h.unmasked_weight,
+    )
 
 
 def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -42,8 +57,19 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         seconds = total_seconds(cuts)
-        trainer = Trainer(cfg, model, loader, sampler, dist, cost, seconds, "pretrain", recipe,
-                          valid_loader=dev_loader(cfg, dataset), card_extra={"unique_hours": seconds / 3600})
+        trainer = Trainer(
+            cfg,
+            model,
+            loader,
+            sampler,
+            dist,
+            cost,
+            seconds,
+            "pretrain",
+            recipe,
+            valid_loader=dev_loader(cfg, dataset),
+            card_extra={"unique_hours": seconds / 3600},
+        )
         return trainer.fit()
     finally:
         distributed.teardown(dist)

@@ -22,7 +22,9 @@ from .distributed import DistInfo
 def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
     paths = list_of(spec or "")
     if not paths:
-        raise SpeechBudgetError(f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)")
+        raise SpeechBudgetError(
+            f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)"
+        )
     cuts = [load_cuts(p) for p in paths]
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
 
@@ -46,7 +48,9 @@ def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
     cuts = cuts.to_eager()
     names = sorted({speaker(c) for c in cuts})
     if n > len(names):
-        raise SpeechBudgetError(f"train_speakers is {n} but the training cuts have only {len(names)} speakers")
+        raise SpeechBudgetError(
+            f"train_speakers is {n} but the training cuts have only {len(names)} speakers"
+        )
     chosen = set(random.Random(seed).sample(names, n))
     return cuts.filter(lambda c: speaker(c) in chosen).to_eager()
 
@@ -90,9 +94,13 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
     from ..budget.flops import encoder_cost
 
     c = encoder_cost(encoder, seconds=10.0)
-    cost = {"macs_per_input_second": float(c["macs_per_audio_second"]), "head_macs_per_frame": float(head_macs_per_frame),
-            "frame_rate_hz": float(encoder.frame_rate_hz), "input_rate_hz": float(encoder.input_rate_hz),
-            "params": int(c["params"])}
+    cost = {
+        "macs_per_input_second": float(c["macs_per_audio_second"]),
+        "head_macs_per_frame": float(head_macs_per_frame),
+        "frame_rate_hz": float(encoder.frame_rate_hz),
+        "input_rate_hz": float(encoder.input_rate_hz),
+        "params": int(c["params"]),
+    }
     write_json(cost, path)
     return cost
 
@@ -102,8 +110,15 @@ def input_kind(encoder: Encoder) -> str:
 
 
 def make_data(cfg: TrainConfig, cuts: CutSet, dataset: SpeechDataset, dist: DistInfo):
-    sampler = make_sampler(cuts, cfg.max_duration, cfg.num_buckets, cfg.seed, shuffle=True,
-                           world_size=dist.world_size, rank=dist.rank)
+    sampler = make_sampler(
+        cuts,
+        cfg.max_duration,
+        cfg.num_buckets,
+        cfg.seed,
+        shuffle=True,
+        world_size=dist.world_size,
+        rank=dist.rank,
+    )
     return sampler, make_loader(dataset, sampler, cfg.num_workers)
 
 

@@ -24,8 +24,17 @@ def pretrained_encoder(path: Path):
     return encoder.eval()
 
 
-def make_targets(cuts: List[Path], out_dir: Path, features: str, num_clusters: int, max_frames: int,
-                 encoder: str, checkpoint: Optional[Path], layer: Optional[int], seed: int) -> Dict[str, Any]:
+def make_targets(
+    cuts: List[Path],
+    out_dir: Path,
+    features: str,
+    num_clusters: int,
+    max_frames: int,
+    encoder: str,
+    checkpoint: Optional[Path],
+    layer: Optional[int],
+    seed: int,
+) -> Dict[str, Any]:
     if features not in FEATURES:
         raise SpeechBudgetError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     if num_clusters < 2:
@@ -38,5 +47,14 @@ def make_targets(cuts: List[Path], out_dir: Path, features: str, num_clusters: i
         torch.manual_seed(0)
         enc = build_encoder(encoder)  # only its frame rate and length rule matter here
     paths = cuts[0] if len(cuts) == 1 else cuts
-    return run_kmeans(paths, out_dir, kind=features, num_clusters=num_clusters, max_frames=max_frames, seed=seed,
-                      encoder=enc, layer=layer, progress=progress.enabled())
+    return run_kmeans(
+        paths,
+        out_dir,
+        kind=features,
+        num_clusters=num_clusters,
+        max_frames=max_frames,
+        seed=seed,
+        encoder=enc,
+        layer=layer,
+        progress=progress.enabled(),
+    )

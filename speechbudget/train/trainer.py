@@ -30,8 +30,16 @@ from .optim import build_optimizer, build_scheduler
 
 def _git_commit() -> Optional[str]:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -70,31 +78,52 @@ class Trainer:
         self.valid_loader, self.card_extra = valid_loader, card_extra or {}
         self.loader, self.sampler = loader, sampler
         self.model = model.to(dist.device)
-        self.ddp = (nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters) if dist.enabled else self.model)
+        self.ddp = (
+            nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+            if dist.enabled
+            else self.model
+        )
         o = cfg.optim
         extra = {"clipping_scale": o.clipping_scale} if o.name == "scaled_adam" else {}
         # a task module may ask for parameter groups with their own rates (CTC: head vs pretrained encoder)
         params = self.model.optimizer_groups(o.lr) if hasattr(self.model, "optimizer_groups") else self.model
         self.optimizer = build_optimizer(o.name, params, lr=o.lr, weight_decay=o.weight_decay, **extra)
         s = cfg.schedule
-        sched_kw = ({"lr_batches": s.lr_batches, "lr_epochs": s.lr_epochs, "warmup_batches": s.warmup_batches}
-                    if s.name == "eden" else
-                    {"warmup_steps": s.warmup_batches, "total_steps": cfg.budget.steps or 1000, "min_lr_ratio": s.min_lr_ratio})
+        sched_kw = (
+            {"lr_batches": s.lr_batches, "lr_epochs": s.lr_epochs, "warmup_batches": s.warmup_batches}
+            if s.name == "eden"
+            else {
+                "warmup_steps": s.warmup_batches,
+                "total_steps": cfg.budget.steps or 1000,
+                "min_lr_ratio": s.min_lr_ratio,
+            }
+        )
         self.scheduler = build_scheduler(s.name, self.optimizer, **sched_kw)
         self.counters = Counters()
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dist.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.autocast = (
+            (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16))
+            if use_bf16
+            else contextlib.nullcontext
+        )
         self.writer = None
 
     # ----------------------------------------------------------------------------- state
     def state(self) -> Dict[str, Any]:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-            "rng": ckpt.rng_state(), "counters": self.counters.to_dict(), "config": to_dict(self.cfg),
-            "stage": self.stage, "cost": self.cost,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "counters": self.counters.to_dict(),
+            "config": to_dict(self.cfg),
+            "stage": self.stage,
+            "cost": self.cost,
         }
 
     def save(self) -> Path:
@@ -111,8 +140,10 @@ class Trainer:
             return None
         state = ckpt.load(path)
         if state.get("stage") != self.stage:
-            raise SpeechBudgetError(f"{path} belongs to stage {state.get('stage')!r}, not {self.stage!r}; "
-                                    "use a separate exp_dir per stage")
+            raise SpeechBudgetError(
+                f"{path} belongs to stage {state.get('stage')!r}, not {self.stage!r}; "
+                "use a separate exp_dir per stage"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -150,11 +181,23 @@ class Trainer:
         import lhotse
 
         card = {
-            "stage": self.stage, "speechbudget": __version__, "git_commit": _git_commit(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "lhotse": lhotse.__version__},
-            "device": {"type": self.dist.device.type, "name": device_name(self.dist.device), "world_size": self.dist.world_size},
+            "stage": self.stage,
+            "speechbudget": __version__,
+            "git_commit": _git_commit(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "lhotse": lhotse.__version__,
+            },
+            "device": {
+                "type": self.dist.device.type,
+                "name": device_name(self.dist.device),
+                "world_size": self.dist.world_size,
+            },
             "budget": {**to_dict(self.cfg.budget), "flops_limit": self.budget.flops},
-            "cost": self.cost, "config": to_dict(self.cfg), "recipe": self.recipe,
+            "cost": self.cost,
+            "config": to_dict(self.cfg),
+            "recipe": self.recipe,
             "params": sum(p.numel() for p in self.model.parameters()),
             **(extra or {}),
         }
@@ -172,12 +215,17 @@ class Trainer:
         return 2.0 * TRAIN_FACTOR * macs
 
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {
+            k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
 
     def _epoch(self) -> float:
         """Eden's epoch: passes over the data, or hours of audio processed (budget-driven runs)."""
         secs = self.counters.audio_seconds
-        return secs / 3600 if self.cfg.schedule.epoch_unit == "hours" else secs / max(self.epoch_seconds, 1e-9)
+        return (
+            secs / 3600 if self.cfg.schedule.epoch_unit == "hours" else secs / max(self.epoch_seconds, 1e-9)
+        )
 
     def _batches(self):
         """Endless stream of batches across epochs; the sampler remembers where it is."""
@@ -188,7 +236,9 @@ class Trainer:
                 got = True
                 yield batch
             if not got and self.counters.batches == 0:
-                raise SpeechBudgetError("the training cuts produced no batch (max_duration smaller than every cut?)")
+                raise SpeechBudgetError(
+                    "the training cuts produced no batch (max_duration smaller than every cut?)"
+                )
             self.counters.epoch += 1
 
     def fit(self) -> Dict[str, Any]:
@@ -212,17 +262,29 @@ class Trainer:
                     last = stats
                 c = self.counters
                 if stats is not None and (c.step % self.cfg.log_every == 0 or self.budget.exhausted(c)):
-                    self._log({"step": c.step, **stats, "lr": self.optimizer.param_groups[0]["lr"],
-                               "flops": c.flops, "audio_hours": c.audio_seconds / 3600, "epoch": self._epoch(),
-                               "budget_used": self.budget.used(c), "bad_steps": c.bad_steps,
-                               "throughput_audio_s_per_s": c.audio_seconds / max(c.wall_seconds, 1e-9)})
+                    self._log(
+                        {
+                            "step": c.step,
+                            **stats,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "flops": c.flops,
+                            "audio_hours": c.audio_seconds / 3600,
+                            "epoch": self._epoch(),
+                            "budget_used": self.budget.used(c),
+                            "bad_steps": c.bad_steps,
+                            "throughput_audio_s_per_s": c.audio_seconds / max(c.wall_seconds, 1e-9),
+                        }
+                    )
                 if stats is not None and self.cfg.valid_every and c.step % self.cfg.valid_every == 0:
                     self._log({"step": c.step, **self.validate()})
                 if c.step % self.cfg.checkpoint_every == 0 and stats is not None:
                     self.save()
                 used = self.budget.used(c)
-                bar.update(task, completed=min(1000, 1000 * used),
-                           info=f"loss {last.get('loss', float('nan')):.3f} | {self.budget.binding(c)} {100 * used:.1f}% used")
+                bar.update(
+                    task,
+                    completed=min(1000, 1000 * used),
+                    info=f"loss {last.get('loss', float('nan')):.3f} | {self.budget.binding(c)} {100 * used:.1f}% used",
+                )
         final = self.save()
         valid = self.validate()
         if valid:
@@ -244,7 +306,11 @@ class Trainer:
 
     def _logged_valid(self) -> Dict[str, float]:
         """The validation row logged at this run's last step (metrics.jsonl), if any."""
-        valid = [r for r in read_metrics(self.exp_dir) if r.get("step") == self.counters.step and any(k.startswith("valid_") for k in r)]
+        valid = [
+            r
+            for r in read_metrics(self.exp_dir)
+            if r.get("step") == self.counters.step and any(k.startswith("valid_") for k in r)
+        ]
         return {k: v for k, v in valid[-1].items() if k.startswith("valid_")} if valid else {}
 
     def validate(self) -> Dict[str, float]:
@@ -305,7 +371,8 @@ class Trainer:
                 path = self.save()
                 raise SpeechBudgetError(
                     f"{c.bad_in_a_row} non-finite losses in a row at step {c.step}; stopped with checkpoint {path}. "
-                    "Lower optim.lr or check the data, then re-run to resume")
+                    "Lower optim.lr or check the data, then re-run to resume"
+                )
             return None
         c.bad_in_a_row = 0
         if self.cfg.optim.name != "scaled_adam":
@@ -313,7 +380,9 @@ class Trainer:
         self.optimizer.step()
         c.step += 1
         if self.cfg.budget.steps is None and hasattr(self.scheduler, "set_total_steps"):
-            est = self.budget.estimated_steps(c)  # cosine needs a horizon; a FLOP budget gives it approximately
+            est = self.budget.estimated_steps(
+                c
+            )  # cosine needs a horizon; a FLOP budget gives it approximately
             if est:
                 self.scheduler.set_total_steps(est)
         self.scheduler.step_batch(c.step)
@@ -324,20 +393,40 @@ class Trainer:
                 totals["grad_norm"] = float(gn)
         return totals
 
-    def summary(self, resumed: Optional[Path], final: Optional[Path] = None, last: Optional[Dict] = None,
-                already_done: bool = False, valid: Optional[Dict] = None) -> Dict[str, Any]:
+    def summary(
+        self,
+        resumed: Optional[Path],
+        final: Optional[Path] = None,
+        last: Optional[Dict] = None,
+        already_done: bool = False,
+        valid: Optional[Dict] = None,
+    ) -> Dict[str, Any]:
         c = self.counters
-        out = {"stage": self.stage, "exp_dir": str(self.exp_dir), "steps": c.step, "epochs": self._epoch(),
-               "flops": c.flops, "flops_limit": self.budget.flops, "audio_hours": c.audio_seconds / 3600,
-               "wall_seconds": c.wall_seconds, "bad_steps": c.bad_steps, "budget_used": self.budget.used(c),
-               "binding_limit": self.budget.binding(c), "resumed_from": str(resumed) if resumed else None,
-               "checkpoint": str(final or ckpt.latest_checkpoint(self.ckpt_dir)), "already_done": already_done,
-               "final": last or {}, "valid": valid or {}}
+        out = {
+            "stage": self.stage,
+            "exp_dir": str(self.exp_dir),
+            "steps": c.step,
+            "epochs": self._epoch(),
+            "flops": c.flops,
+            "flops_limit": self.budget.flops,
+            "audio_hours": c.audio_seconds / 3600,
+            "wall_seconds": c.wall_seconds,
+            "bad_steps": c.bad_steps,
+            "budget_used": self.budget.used(c),
+            "binding_limit": self.budget.binding(c),
+            "resumed_from": str(resumed) if resumed else None,
+            "checkpoint": str(final or ckpt.latest_checkpoint(self.ckpt_dir)),
+            "already_done": already_done,
+            "final": last or {},
+            "valid": valid or {},
+        }
         if self.dist.is_main:
             if self.cfg.average_last > 1 and not already_done:
-                paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last:]
-                ckpt.atomic_save({"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]},
-                                 self.exp_dir / "averaged.pt")
+                paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last :]
+                ckpt.atomic_save(
+                    {"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]},
+                    self.exp_dir / "averaged.pt",
+                )
                 out["averaged"] = str(self.exp_dir / "averaged.pt")
             from ..data.manifests import write_json
 

@@ -28,7 +28,9 @@ def _split_for(speaker: str, dev_fraction: float, test_fraction: float) -> str:
     return "test" if h < test_fraction else "dev" if h < test_fraction + dev_fraction else "train"
 
 
-def find_items(root: Path, table: Optional[Path] = None, dev_fraction: float = 0.0, test_fraction: float = 0.2) -> List[SourceItem]:
+def find_items(
+    root: Path, table: Optional[Path] = None, dev_fraction: float = 0.0, test_fraction: float = 0.2
+) -> List[SourceItem]:
     root = Path(root)
     path = _table(root, table)
     delimiter = "," if path.suffix == ".csv" else "\t"
@@ -36,7 +38,9 @@ def find_items(root: Path, table: Optional[Path] = None, dev_fraction: float = 0
         reader = csv.DictReader(f, delimiter=delimiter)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
-            raise SpeechBudgetError(f"{path} lacks columns {missing}; Common Voice tables need {', '.join(REQUIRED)}")
+            raise SpeechBudgetError(
+                f"{path} lacks columns {missing}; Common Voice tables need {', '.join(REQUIRED)}"
+            )
         rows = list(reader)
     clips = root / "clips" if (root / "clips").is_dir() else root
     items = []

@@ -14,7 +14,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
 def read_transcripts(path: Path, root: Path) -> Dict[str, str]:
     """``path<TAB>text`` lines; paths relative to the audio folder or absolute."""
     out: Dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         if "\t" not in line:
@@ -42,6 +42,9 @@ def find_items(root: Path, transcripts: Optional[Path] = None, split: str = "tra
         if texts is None:
             items.append(SourceItem(id=item_id, audio=str(f), split=split, speaker=speaker, labeled=False))
         else:
-            items.append(SourceItem(id=item_id, audio=str(f), split=split, speaker=speaker,
-                                    text=texts.get(str(f.resolve()))))
+            items.append(
+                SourceItem(
+                    id=item_id, audio=str(f), split=split, speaker=speaker, text=texts.get(str(f.resolve()))
+                )
+            )
     return items

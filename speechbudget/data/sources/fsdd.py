@@ -11,7 +11,9 @@ from . import SourceItem
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def find_items(root: Path, test_speakers: Sequence[str] = ("theo",), dev_speakers: Sequence[str] = ()) -> List[SourceItem]:
+def find_items(
+    root: Path, test_speakers: Sequence[str] = ("theo",), dev_speakers: Sequence[str] = ()
+) -> List[SourceItem]:
     """Speaker-disjoint splits: ``test_speakers`` -> test, ``dev_speakers`` -> dev, the rest -> train."""
     root = Path(root)
     if (root / "recordings").is_dir():
@@ -30,8 +32,13 @@ def find_items(root: Path, test_speakers: Sequence[str] = ("theo",), dev_speaker
         speakers.add(speaker)
         split = "test" if speaker in test_speakers else "dev" if speaker in dev_speakers else "train"
         items.append(
-            SourceItem(id=f"fsdd-{speaker}-{digit}-{index}", audio=str(f), split=split,
-                       text=DIGIT_WORDS[int(digit)], speaker=speaker)
+            SourceItem(
+                id=f"fsdd-{speaker}-{digit}-{index}",
+                audio=str(f),
+                split=split,
+                text=DIGIT_WORDS[int(digit)],
+                speaker=speaker,
+            )
         )
     unknown = [s for s in list(test_speakers) + list(dev_speakers) if s not in speakers]
     if unknown:

@@ -31,12 +31,22 @@ def find_items(root: Path, parts: Optional[Sequence[str]] = None, download: bool
     use = list(parts) if parts else found
     manifests = librispeech.prepare_librispeech(root, dataset_parts=use, num_jobs=1)
     if not manifests:
-        raise SpeechBudgetError(f"no LibriSpeech parts under {root} (expected e.g. train-clean-100/, test-clean/)")
+        raise SpeechBudgetError(
+            f"no LibriSpeech parts under {root} (expected e.g. train-clean-100/, test-clean/)"
+        )
     items = []
     for part, m in manifests.items():
         recs = m["recordings"]
         for sup in m["supervisions"]:
             rec = recs[sup.recording_id]
-            items.append(SourceItem(id=sup.id, audio=rec.sources[0].source, split=_split(part),
-                                    text=sup.text, speaker=sup.speaker, custom={"part": part}))
+            items.append(
+                SourceItem(
+                    id=sup.id,
+                    audio=rec.sources[0].source,
+                    split=_split(part),
+                    text=sup.text,
+                    speaker=sup.speaker,
+                    custom={"part": part},
+                )
+            )
     return items

@@ -30,7 +30,13 @@ def find_items(
     args = [(s, Path(out_dir), noise_dir, snr_db) for s in specs]
     paths = run_map(executor, synthesize, args, "synthesizing")
     return [
-        SourceItem(id=s.id, audio=str(p), split=s.split, text=s.text, speaker=s.speaker,
-                   custom={"voice": f"{s.voice}+{s.variant}", "pitch": s.pitch, "speed": s.speed})
+        SourceItem(
+            id=s.id,
+            audio=str(p),
+            split=s.split,
+            text=s.text,
+            speaker=s.speaker,
+            custom={"voice": f"{s.voice}+{s.variant}", "pitch": s.pitch, "speed": s.speed},
+        )
         for s, p in zip(specs, paths)
     ]
