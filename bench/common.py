@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from speechbudget.budget.devices import measure_cpu_peak, write_json_atomic
+from speechbudget import atomic
+from speechbudget.cost.devices import measure_cpu_peak
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -135,7 +136,7 @@ def default_out(name: str) -> Path:
 def save_results(json_path: Path, data: dict[str, Any], markdown: str) -> Path:
     """Write the JSON and, next to it, the Markdown section (same name, ``.md``)."""
     json_path = Path(json_path)
-    write_json_atomic(json_path, data)
+    atomic.write_json(json_path, data, sort_keys=True)
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown.rstrip() + "\n")
     return md_path

@@ -53,8 +53,8 @@ from common import (
     save_results,
 )
 
-from speechbudget.budget.flops import encoder_cost
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.models.catalog import encoder_cost
 from speechbudget.models.presets import build_encoder, resolve
 
 DEFAULT_PRESETS = [

@@ -109,7 +109,7 @@ def main() -> None:
         "plan", "fit", str(E / "sweep"), "--out", str(E / "law.json"), "--min-steps", str(args.min_steps)
     )
     unique_h = sweep["runs"][0]["unique_hours"]
-    from speechbudget.budget.scaling import ScalingLaw
+    from speechbudget.plan.scaling import ScalingLaw
 
     laws = {
         "min": ScalingLaw.from_json(REPO_ROOT / E / "law.json"),

@@ -43,5 +43,7 @@ def write_bytes(path: PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(path: PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+def write_json(path: PathLike, obj: Any, sort_keys: bool = False) -> None:
+    """The one JSON writer for files a later stage (or run) reads."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str, sort_keys=sort_keys)
+    write_text(path, text + "\n")

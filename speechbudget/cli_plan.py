@@ -1,6 +1,6 @@
 """``speechbudget plan | plan fit | sweep | calibrate``: the compute-budget commands.
 
-Thin like cli.py: parse, call budget.planner / sweep / calibrate, render. ``register(app)`` adds
+Thin like cli.py: parse, call plan.planner / sweep / calibrate, render. ``register(app)`` adds
 the commands to the main Typer app.
 """
 
@@ -13,17 +13,9 @@ import typer
 from rich import box
 from rich.table import Table
 
+from . import cli_common as ui
+from .cli_common import JSON_OPT
 from .errors import SpeechBudgetError
-
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables.")
-
-
-def _ui():
-    """The main CLI's consoles and helpers (imported late: cli.py imports this module)."""
-    from . import cli
-
-    return cli
-
 
 # ------------------------------------------------------------------------------------------ plan
 PLAN_EPILOG = (
@@ -86,10 +78,9 @@ def plan_main(
     if ctx.invoked_subcommand is not None:
         return
     from . import progress
-    from .budget import calibrate, planner
-    from .budget.scaling import ScalingLaw
+    from .plan import calibrate, planner
+    from .plan.scaling import ScalingLaw
 
-    ui = _ui()
     ui.quiet_if_json(as_json)
     if budget is None:
         raise SpeechBudgetError(
@@ -135,7 +126,7 @@ def _num(x: float) -> str:
 
 
 def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
-    out = _ui().out
+    out = ui.out
     b = result.budget
     t = Table(
         box=box.SIMPLE_HEAD,
@@ -187,9 +178,8 @@ def plan_fit(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Fit the scaling law L(N, D) = E + A/N^alpha + B/D^beta on pilot runs (Huber on log-loss)."""
-    from .budget.sweep import fit_runs
+    from .plan.sweep import fit_runs
 
-    ui = _ui()
     res = fit_runs(run_dirs, out_path, bootstrap, r_star, last, min_steps=min_steps)
     law = res["law"]
     if as_json:
@@ -238,9 +228,8 @@ def sweep(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Pilot pretrainings over presets x budgets, the points a scaling law is fitted on. Resumable."""
-    from .budget.sweep import parse_budgets, parse_list, run_sweep
+    from .plan.sweep import parse_budgets, parse_list, run_sweep
 
-    ui = _ui()
     ui.quiet_if_json(as_json)
     names, flops = parse_list(presets, "preset"), parse_budgets(budgets)
     if not recipe.is_file():
@@ -311,9 +300,8 @@ def calibrate_cmd(
     import torch
 
     from . import progress
-    from .budget import calibrate
+    from .plan import calibrate
 
-    ui = _ui()
     ui.quiet_if_json(as_json)
     kind = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     names = (

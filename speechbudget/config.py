@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -130,10 +130,29 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+def split_csv(text: Optional[str]) -> List[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the one parser of comma-separated lists (flags and keys)."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if hasattr(tp, "from_config"):  # a section that validates itself (e.g. a corpus source's options)
+        return tp.from_config(value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        items = split_csv(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise SpeechBudgetError(
+                f"config key '{key}' must be a list (or a comma-separated string), got {value!r}"
+            )
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(items)]
+    if tp is Path:
+        if isinstance(value, (str, Path)) and str(value).strip():
+            return Path(value)
+        raise SpeechBudgetError(f"config key '{key}' must be a path, got {value!r}")
     if origin is Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:

@@ -14,13 +14,15 @@ the training stages resume from their own newest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from . import atomic
 from .config import KmeansConfig, deep_merge, from_dict, load_train_config, load_yaml, parse_overrides
-from .data.manifests import write_json
+from .data.prepare import CorpusSpec
 from .errors import SpeechBudgetError
 
 STAGES = (
@@ -35,24 +37,6 @@ STAGES = (
     "decode",
     "report",
 )
-
-
-@dataclass
-class PrepareSection:
-    source: str = "synthetic"
-    path: Optional[str] = None  # corpus folder (not for synthetic)
-    name: Optional[str] = None
-    hours: float = 0.2  # synthetic
-    grammar: str = "sentences"  # synthetic: sentences | digits
-    speakers: int = 24  # synthetic: voices; a tenth each (at least one) are dev and test voices
-    seed: int = 0
-    noise_dir: Optional[str] = None  # synthetic; skipped with a note when the folder is missing
-    snr: float = 20.0
-    test_speakers: str = "theo"  # fsdd
-    dev_speakers: str = ""
-    parts: Optional[str] = None  # librispeech
-    features: bool = True
-    num_jobs: int = 1
 
 
 @dataclass
@@ -82,10 +66,11 @@ class RunRecipe:
     description: str = ""
     seed: int = 0
     device: str = "auto"
-    prepare: PrepareSection = field(default_factory=PrepareSection)
+    #: the pretraining corpus: `source:` plus that source's options (the flags of `prepare SOURCE`)
+    prepare: CorpusSpec = field(default_factory=lambda: CorpusSpec.build("synthetic", {}))
     #: the transcribed corpus, when it is not the pretraining corpus (fine-tuning, dev and decoding
     #: read it; k-means, pretraining and the plan stay on `prepare`)
-    labeled: Optional[PrepareSection] = None
+    labeled: Optional[CorpusSpec] = None
     plan: Optional[PlanSection] = None
     kmeans: KmeansConfig = field(default_factory=KmeansConfig)
     kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
@@ -114,14 +99,13 @@ class Pipeline:
     @property
     def corpus_dir(self) -> Path:
         """The (unlabeled) pretraining corpus."""
-        p = self.r.prepare
-        return self.exp / "data" / (p.name or p.source)
+        return self.exp / "data" / self.r.prepare.name
 
     @property
     def labeled_dir(self) -> Path:
         """The corpus fine-tuning and decoding read: ``labeled`` when the recipe has one."""
         p = self.r.labeled
-        return self.exp / "data" / (p.name or p.source) if p else self.corpus_dir
+        return self.exp / "data" / p.name if p else self.corpus_dir
 
     def marker(self, stage: str) -> Path:
         return self.exp / ".stages" / f"{stage}.json"
@@ -148,47 +132,25 @@ class Pipeline:
             raise SpeechBudgetError("prepare and labeled name the same corpus folder; give labeled a name")
         return {**out, "labeled": self._prepare(self.r.labeled, "labeled")}
 
-    def _prepare(self, p: PrepareSection, key: str = "prepare") -> Dict[str, Any]:
-        from .data import prepare as prep
-        from .data.sources import folder, fsdd, librispeech, synthetic
+    def _prepare(self, spec: CorpusSpec, key: str = "prepare") -> Dict[str, Any]:
+        from .data.prepare import prepare
 
-        name = p.name or p.source
+        opts = spec.options
+        if spec.source == "synthetic" and opts.noise_dir is not None and not Path(opts.noise_dir).is_dir():
+            self.log(f"note: noise folder {opts.noise_dir} not found; synthesizing clean speech")
+            spec = dataclasses.replace(spec, options=dataclasses.replace(opts, noise_dir=None))
         out = self.exp / "data"
-        if p.source == "synthetic":
-            noise = p.noise_dir if p.noise_dir and Path(p.noise_dir).is_dir() else None
-            if p.noise_dir and noise is None:
-                self.log(f"note: noise folder {p.noise_dir} not found; synthesizing clean speech")
-            find = lambda ex: synthetic.find_items(
-                out / name / "synth",
-                p.hours,
-                p.seed,
-                noise,  # noqa: E731
-                p.snr if noise else None,
-                ex,
-                p.grammar,
-                p.speakers,
-            )
-        elif not p.path:
-            raise SpeechBudgetError(f"{key}.path is required for source {p.source!r}")
-        elif p.source == "fsdd":
-            find = lambda ex: fsdd.find_items(Path(p.path), _csv(p.test_speakers), _csv(p.dev_speakers))  # noqa: E731
-        elif p.source == "librispeech":
-            find = lambda ex: librispeech.find_items(Path(p.path), _csv(p.parts) or None)  # noqa: E731
-        elif p.source == "dir":
-            find = lambda ex: folder.find_items(Path(p.path))  # noqa: E731
-        else:
-            from .data.sources import commonvoice
-
-            find = lambda ex: commonvoice.find_items(Path(p.path))  # noqa: E731
-        s = prep.prepare(find, name, out, features=p.features, num_jobs=p.num_jobs, options=vars(p))
+        s = prepare(spec, out)
         if s.usable == 0:
-            raise SpeechBudgetError(f"{key} left nothing usable; see {out / name}/rejected_<split>.jsonl")
+            raise SpeechBudgetError(
+                f"{key} left nothing usable; see {out / spec.name}/rejected_<split>.jsonl"
+            )
         return s.to_dict()
 
     def stage_plan(self) -> Dict[str, Any]:
         """The planner's recommendation for this corpus; with use_recommendation it drives pretraining."""
-        from .budget.planner import BudgetSpec, candidate_costs, plan
-        from .budget.scaling import ScalingLaw
+        from .plan.planner import BudgetSpec, candidate_costs, plan
+        from .plan.scaling import ScalingLaw
 
         p = self.r.plan
         unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
@@ -205,17 +167,17 @@ class Pipeline:
         ckpt_path = (
             Path(k.checkpoint) if k.checkpoint else (self.exp / "pretrain" if which == "kmeans2" else None)
         )
-        encoder = self._pretrain_section().get("encoder", "zipformer-tiny")
         return make_targets(
             [self.corpus_dir],
             self.exp / which,
-            k.features,
-            k.num_clusters,
-            k.max_frames,
-            encoder if isinstance(encoder, str) else "zipformer-tiny",
-            ckpt_path,
-            k.layer,
-            k.seed,
+            features=k.features,
+            num_clusters=k.num_clusters,
+            max_frames=k.max_frames,
+            # a preset name or a config dict: the labels follow that encoder's own frame rate
+            encoder=self._pretrain_section().get("encoder", "zipformer-tiny"),
+            checkpoint=ckpt_path,
+            layer=k.layer,
+            seed=k.seed,
         )
 
     def _pretrain_section(self) -> Dict[str, Any]:
@@ -286,7 +248,7 @@ class Pipeline:
         return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
 
     def stage_decode(self) -> Dict[str, Any]:
-        from .asr.decode import decode
+        from .decode import decode
 
         d = self.r.decode
         results = {}
@@ -331,13 +293,9 @@ class Pipeline:
                 "pretrain2": lambda: self.stage_pretrain("pretrain2"),
             }.get(stage) or getattr(self, f"stage_{stage}")
             out = fn()
-            write_json(out, self.marker(stage))
+            atomic.write_json(self.marker(stage), out)
             results[stage] = out
         return results
-
-
-def _csv(s: Optional[str]) -> List[str]:
-    return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
 def _cuts(path: Path):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from speechbudget.budget import devices
-from speechbudget.budget.devices import (
+from speechbudget.cost import devices
+from speechbudget.cost.devices import (
     DEVICES,
     flops_to_gpu_hours,
     get_device,

@@ -190,7 +190,7 @@ def test_noise_mixing_hits_the_snr_and_finetuning_uses_it(tmp_path, synthetic_co
 
 
 def test_char_error_rate_counts_letters():
-    from speechbudget.asr.decode import char_error_rate
+    from speechbudget.decode import char_error_rate
 
     assert char_error_rate([("a", "the cat", "the cat")]) == 0.0
     assert char_error_rate([("a", "the cat", "tha ct")]) == round(

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from speechbudget.budget import flops as flops_mod
-from speechbudget.budget.flops import count_macs, einsum_macs, encoder_cost, training_flops_per_audio_second
+from speechbudget.cost.flops import count_macs, einsum_macs
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import Encoder, EncoderOutput
+from speechbudget.models.catalog import encoder_cost, training_flops_per_audio_second
 
 torch.set_num_threads(1)
 
@@ -265,7 +265,7 @@ def test_encoder_cost_rejects_bad_arguments():
 
 
 def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
-    from speechbudget.models import presets
+    from speechbudget.models import catalog
 
     builds = []
 
@@ -273,9 +273,9 @@ def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
         builds.append(spec)
         return ToyEncoder(dim=int(spec["dim"]))
 
-    monkeypatch.setattr(presets, "resolve", lambda spec: {"family": "toy", **dict(spec)})
-    monkeypatch.setattr(presets, "build_encoder", fake_build)
-    monkeypatch.setattr(flops_mod, "_COST_CACHE", {})
+    monkeypatch.setattr(catalog, "resolve", lambda spec: {"family": "toy", **dict(spec)})
+    monkeypatch.setattr(catalog, "build_encoder", fake_build)
+    monkeypatch.setattr(catalog, "_COST_CACHE", {})
     first = encoder_cost({"dim": 16}, seconds=1.0)
     first["by_module"].clear()  # callers get copies: mutating one must not touch the cache
     again = encoder_cost({"dim": 16}, seconds=1.0)

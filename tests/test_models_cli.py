@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from speechbudget.budget.flops import encoder_cost
 from speechbudget.cli import main
+from speechbudget.models.catalog import encoder_cost
 
 
 def run_json(capsys, *args):

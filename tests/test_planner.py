@@ -10,12 +10,12 @@ import torch
 from conftest import cli_result as run
 
 from speechbudget import cli, cli_plan
-from speechbudget.budget import calibrate, planner
-from speechbudget.budget.flops import training_flops_per_audio_second
-from speechbudget.budget.planner import BudgetSpec, CandidateCost
 from speechbudget.config import load_train_config
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.models.catalog import training_flops_per_audio_second
 from speechbudget.models.presets import build_encoder
+from speechbudget.plan import calibrate, costs, planner
+from speechbudget.plan.planner import BudgetSpec, CandidateCost
 
 torch.set_num_threads(1)
 cli_plan.register(cli.app)
@@ -136,7 +136,7 @@ def test_too_small_a_budget_names_the_minimum():
 
 # ---------------------------------------------------------------------------------- FLOP counts
 def test_cost_per_hour_matches_the_trainers_accounting():
-    c = planner.count_cost("transformer-tiny", num_clusters=500)
+    c = costs.count_cost("transformer-tiny", num_clusters=500)
     head = 192 * 256 + 256 * 500  # projection + cosine logits against 500 cluster embeddings
     assert c.head_macs_per_frame == head
     assert c.flops_per_hour == pytest.approx(
@@ -150,20 +150,20 @@ def test_grid_depths_are_extrapolated_exactly():
     grid = {c.name: c for c in cands if c.kind == "grid"}
     assert len(grid) == 6 and {c.layers for c in grid.values()} == {2, 6, 18}
     deep = grid["transformer-w192-l18"]
-    direct = planner.count_cost(deep.spec)
+    direct = costs.count_cost(deep.spec)
     assert deep.params == direct.params
     assert deep.macs_per_audio_second == pytest.approx(direct.macs_per_audio_second, rel=1e-9)
 
 
 def test_counts_are_cached_on_disk(monkeypatch):
-    planner.count_cost("transformer-tiny-wide")
-    planner._MEMORY.clear()
+    costs.count_cost("transformer-tiny-wide")
+    costs._MEMORY.clear()
 
     def no_tracing(*a, **k):
         raise AssertionError("a cached config was traced again")
 
-    monkeypatch.setattr(planner, "_count_encoder", no_tracing)
-    assert planner.count_cost("transformer-tiny-wide").params > 0
+    monkeypatch.setattr(costs, "_count_encoder", no_tracing)
+    assert costs.count_cost("transformer-tiny-wide").params > 0
 
 
 # --------------------------------------------------------------------------------- CLI and files
@@ -255,7 +255,7 @@ def test_recipe_loads_and_spends_the_planned_budget(tmp_path, capsys):
 
 def test_grid_recipe_writes_a_buildable_config_dict(tmp_path):
     spec = planner._transformer_config(192, 2)
-    cand = planner._candidate(spec, spec, planner.count_configs([spec])[0], "grid")
+    cand = costs.make_candidate(spec, spec, costs.count_configs([spec])[0], "grid")
     p = planner.plan(BudgetSpec(1e15, "flops"), 10.0, [cand], calibration={"devices": {}})
     path = planner.write_recipe(p, tmp_path / "r.yaml")
     assert "!!python" not in path.read_text()  # lists, not tuples

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from speechbudget.budget.scaling import (
+from speechbudget.errors import SpeechBudgetError
+from speechbudget.plan.scaling import (
     COEFFICIENTS,
     DEFAULT_LAW,
     DEFAULT_R_STAR,
@@ -15,7 +16,6 @@ from speechbudget.budget.scaling import (
     fit_law,
     optimal_allocation,
 )
-from speechbudget.errors import SpeechBudgetError
 
 # A law unlike DEFAULT_LAW, so the fit is not accidentally helped by the defaults.
 TRUE_LAW = ScalingLaw(E=2.2, A=300.0, alpha=0.4, B=6.0, beta=0.3, r_star=DEFAULT_R_STAR)

@@ -11,9 +11,9 @@ import yaml
 from conftest import cli_result as run
 
 from speechbudget import cli, cli_plan
-from speechbudget.budget import calibrate
-from speechbudget.budget.sweep import final_loss, parse_budgets, run_name
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.plan import calibrate
+from speechbudget.plan.sweep import final_loss, parse_budgets, run_name
 
 torch.set_num_threads(1)
 cli_plan.register(cli.app)

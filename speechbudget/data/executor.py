@@ -19,6 +19,14 @@ R = TypeVar("R")
 EXECUTORS = ("local", "dask")
 
 
+def _one_thread_per_worker() -> None:
+    """Each pool worker gets one core: torch threads inside N workers would only fight. Set in the
+    workers alone, so the parent (and the training stages after `prepare` in `run`) keep all cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @contextmanager
 def open_executor(
     kind: str = "local", num_jobs: int = 1, scheduler: Optional[str] = None
@@ -32,7 +40,7 @@ def open_executor(
         if num_jobs == 1:
             yield None
         else:
-            with ProcessPoolExecutor(num_jobs) as ex:
+            with ProcessPoolExecutor(num_jobs, initializer=_one_thread_per_worker) as ex:
                 yield ex
         return
     if not scheduler:

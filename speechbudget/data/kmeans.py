@@ -33,10 +33,11 @@ import torch
 from lhotse import CutSet, Mfcc, MfccConfig
 from lhotse.utils import compute_num_frames
 
+from .. import atomic
 from .. import progress as progress_mod
 from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
-from .manifests import load_cuts, save_manifest, write_json
+from .manifests import load_cuts, save_manifest
 
 KINDS = ("mfcc", "fbank", "layer")
 FEATURE_RATE_HZ = 100.0  # 10 ms shift for both MFCC and the stored fbank
@@ -219,7 +220,7 @@ class KMeansModel:
                 std=self.std,
                 meta=np.array(json.dumps(self.describe())),
             )
-        write_json(self.describe(), path.with_suffix(".json"))
+        atomic.write_json(path.with_suffix(".json"), self.describe())
         return path
 
     @classmethod
@@ -565,6 +566,7 @@ def _check_args(kind: str, encoder, layer: Optional[int]) -> None:
 def run_kmeans(
     cuts_paths: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
+    *,
     kind: str = "mfcc",
     num_clusters: int = 100,
     max_frames: int = 200_000,

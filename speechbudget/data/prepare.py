@@ -6,21 +6,23 @@ A split whose ``cuts_<split>.jsonl.gz`` exists is complete and is skipped unless
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, SupervisionSet
 
-from .. import __version__
+from .. import __version__, atomic
+from ..config import from_dict
 from ..errors import SpeechBudgetError
 from .audio import check_and_convert
 from .executor import open_executor, run_map
 from .features import compute_fbank
-from .manifests import cuts_path, save_manifest, write_json, write_jsonl
-from .sources import SourceItem
+from .manifests import cuts_path, save_manifest, write_jsonl
+from .sources import FindContext, SourceItem, get_source, option, option_names
 
 
 @dataclass
@@ -133,52 +135,103 @@ def prepare_split(
     return summary
 
 
-def prepare(
-    find_items: Callable[[Any], List[SourceItem]],
-    corpus: str,
-    out_dir: Path,
-    features: bool = True,
-    force: bool = False,
-    num_jobs: int = 1,
-    executor_kind: str = "local",
-    scheduler: Optional[str] = None,
-    options: Optional[Dict[str, Any]] = None,
-) -> PrepareSummary:
-    """Run a source's ``find_items(executor)`` and prepare every split it yields."""
-    start = time.time()
-    if num_jobs > 1:  # worker processes each get a core; torch threads inside them only fight
-        import torch
+@dataclass
+class PrepareOptions:
+    """What every source shares: how the corpus is named, featurised and computed."""
 
-        torch.set_num_threads(1)
-    corpus_dir = (
-        Path(out_dir).resolve() / corpus
-    )  # absolute paths in manifests: stages may run from elsewhere
+    name: Optional[str] = option(
+        help="Corpus name (default: the source name); the corpus goes to OUT/<name>/."
+    )
+    features: bool = option(True, help="Compute 80-dim fbank features.")
+    force: bool = option(False, help="Redo splits that are already prepared.")
+    num_jobs: int = option(1, help="Parallel worker processes.")
+    executor: str = option("local", help="local (process pool) or dask.")
+    scheduler: Optional[str] = option(help="Dask scheduler address for executor dask.")
+
+
+@dataclass
+class CorpusSpec:
+    """A recipe's ``prepare:`` or ``labeled:`` section, or one ``speechbudget prepare`` call:
+    which source, its own options, and the options every source shares."""
+
+    source: str
+    options: Any  # the source's options dataclass
+    common: PrepareOptions = field(default_factory=PrepareOptions)
+
+    @property
+    def name(self) -> str:
+        return self.common.name or self.source
+
+    @classmethod
+    def build(cls, source: str, values: Mapping[str, Any], key: str = "prepare") -> CorpusSpec:
+        """Validate ``values`` (flat: source keys and shared keys together) against the registry."""
+        src = get_source(source)
+        shared = [f.name for f in dataclasses.fields(PrepareOptions)]
+        own = option_names(src)
+        unknown = [k for k in values if k not in shared and k not in own]
+        if unknown:
+            raise SpeechBudgetError(
+                f"unknown key '{key}.{unknown[0]}' for source {source}; valid keys: "
+                f"source, {', '.join(own + shared)}"
+            )
+        opts = from_dict(src.options, {k: v for k, v in values.items() if k in own}, prefix=f"{key}.")
+        common = from_dict(PrepareOptions, {k: v for k, v in values.items() if k in shared}, prefix=f"{key}.")
+        if src.path_field and getattr(opts, src.path_field) is None:
+            raise SpeechBudgetError(
+                f"{key}.{src.path_field} is required for source {source!r} (the corpus folder)"
+            )
+        if common.num_jobs < 1:
+            raise SpeechBudgetError(f"{key}.num_jobs must be at least 1 (got {common.num_jobs})")
+        return cls(source, opts, common)
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> CorpusSpec:
+        if isinstance(value, CorpusSpec):
+            return value
+        if not isinstance(value, Mapping):
+            raise SpeechBudgetError(f"config key '{key}' must be a mapping (source: NAME, then its options)")
+        values = dict(value)
+        return cls.build(str(values.pop("source", "synthetic")), values, key)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Flat, JSON-able: what prepare.json records and a re-run compares."""
+        flat = {"source": self.source, **dataclasses.asdict(self.options), **dataclasses.asdict(self.common)}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
+
+
+def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
+    """Run the spec's source and prepare every split it yields into ``OUT/<name>/``."""
+    start = time.time()
+    src, common = get_source(spec.source), spec.common
+    # absolute paths in manifests: stages may run from elsewhere
+    corpus_dir = Path(out_dir).resolve() / spec.name
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    with open_executor(executor_kind, num_jobs, scheduler) as executor:
-        items = find_items(executor)
+    with open_executor(common.executor, common.num_jobs, common.scheduler) as executor:
+        items = src.find_items(spec.options, FindContext(corpus_dir, executor))
         if not items:
-            raise SpeechBudgetError(f"the {corpus} source found no audio")
+            raise SpeechBudgetError(f"the {spec.source} source found no audio")
         by_split: Dict[str, List[SourceItem]] = defaultdict(list)
         for it in items:
             by_split[it.split].append(it)
         splits = []
-        for split in sorted(
-            by_split, key=lambda s: ("train", "dev", "test").index(s) if s in ("train", "dev", "test") else 9
-        ):
-            if cuts_path(corpus_dir, split).exists() and not force:
+        order = ("train", "dev", "test")
+        for split in sorted(by_split, key=lambda s: order.index(s) if s in order else 9):
+            if cuts_path(corpus_dir, split).exists() and not common.force:
                 splits.append(_existing_summary(corpus_dir, split))
                 continue
-            splits.append(prepare_split(by_split[split], split, corpus_dir, features, num_jobs, executor))
-    summary = PrepareSummary(corpus, str(corpus_dir), splits, time.time() - start)
-    write_json(
+            splits.append(
+                prepare_split(by_split[split], split, corpus_dir, common.features, common.num_jobs, executor)
+            )
+    summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start)
+    atomic.write_json(
+        corpus_dir / "prepare.json",
         {
             "speechbudget_version": __version__,
-            "corpus": corpus,
-            "features": features,
-            "options": {k: str(v) for k, v in (options or {}).items()},
+            "corpus": spec.name,
+            "features": common.features,
+            "options": spec.to_dict(),
             "summary": summary.to_dict(),
         },
-        corpus_dir / "prepare.json",
     )
     return summary
 

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import copy
+import json
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
+from ..cost.flops import module_cost, training_flops
 from ..errors import SpeechBudgetError
-from .presets import FAMILIES, all_presets, build_encoder
+from .presets import FAMILIES, all_presets, build_encoder, resolve
+
+EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
+_COST_CACHE: Dict[Tuple[str, float, int], dict] = {}
+
+
+def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
+    """:func:`module_cost` of a preset, config or built encoder.
+
+    Results for presets/configs are cached per (config, seconds, batch); built encoders are
+    measured every call (they may have been changed in place).
+    """
+    if isinstance(spec_or_encoder, nn.Module):
+        return module_cost(spec_or_encoder, seconds, batch)
+    key = (json.dumps(resolve(spec_or_encoder), sort_keys=True, default=str), float(seconds), int(batch))
+    if key not in _COST_CACHE:
+        _COST_CACHE[key] = module_cost(build_encoder(spec_or_encoder), seconds, batch)
+    return copy.deepcopy(_COST_CACHE[key])
+
+
+def training_flops_per_audio_second(
+    spec: EncoderSpec, head_macs_per_frame: float = 0, seconds: float = 10.0
+) -> float:
+    """Training FLOPs per second of audio: encoder forward + objective head, forward + backward.
+
+    The head (e.g. HuBERT's projection onto cluster embeddings) runs once per output frame; its
+    MACs per frame are the caller's, since it depends on the objective.
+    """
+    cost = encoder_cost(spec, seconds=seconds)
+    return training_flops(
+        1.0, cost["macs_per_audio_second"], float(head_macs_per_frame), cost["frame_rate_hz"]
+    )
 
 
 def preset_rows(family: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -33,8 +68,6 @@ def preset_rows(family: Optional[str] = None) -> List[Dict[str, Any]]:
 
 def describe_preset(name: str, seconds: float = 10.0, breakdown: bool = False) -> Dict[str, Any]:
     """Parameters, output frame rate and forward cost (fvcore) of a preset."""
-    from ..budget.flops import encoder_cost
-
     cfg = all_presets().get(name)
     if cfg is None:
         raise SpeechBudgetError(f"unknown preset {name!r}; run `speechbudget models list`")

@@ -246,7 +246,7 @@ class SelectiveScan(nn.Module):
         return selective_scan_macs(u_shape, d_state, skip=skip, gate=gate)
 
     def flop_macs(self, inputs: tuple, output) -> int:
-        """Hook for :func:`speechbudget.budget.flops.count_macs`: fvcore cannot see the scan's
+        """Hook for :func:`speechbudget.cost.flops.count_macs`: fvcore cannot see the scan's
         elementwise arithmetic, so the whole module is counted analytically."""
         u, delta, A, B, C, D, z = inputs
         return self.macs(tuple(u.shape), A.shape[-1], skip=D is not None, gate=z is not None)

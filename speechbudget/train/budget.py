@@ -13,8 +13,6 @@ from typing import Dict, Optional
 from ..config import BudgetConfig
 from ..errors import SpeechBudgetError
 
-TRAIN_FACTOR = 3  # backward costs about twice the forward
-
 
 @dataclass
 class Counters:
@@ -37,7 +35,7 @@ def flops_limit(b: BudgetConfig) -> Optional[float]:
     if b.flops is not None:
         limits.append(float(b.flops))
     if b.gpu_hours is not None:
-        from ..budget.devices import gpu_hours_to_flops
+        from ..cost.devices import gpu_hours_to_flops
 
         limits.append(gpu_hours_to_flops(b.gpu_hours, b.device, b.dtype, b.utilisation))
     return min(limits) if limits else None

@@ -8,11 +8,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from lhotse import CutSet
 
+from .. import atomic
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data.augment import NoiseMixer
 from ..data.dataset import SpeechDataset
-from ..data.manifests import write_json
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
 from ..objectives.ctc import CtcModel
@@ -113,8 +113,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
         if dist.is_main:
-            write_json(
-                {"counts": dropped_counts, "dropped": dropped}, Path(cfg.exp_dir) / "filtered_train.json"
+            atomic.write_json(
+                Path(cfg.exp_dir) / "filtered_train.json", {"counts": dropped_counts, "dropped": dropped}
             )
         if len(cuts) == 0:
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")

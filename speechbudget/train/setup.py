@@ -10,9 +10,10 @@ from typing import Dict
 import torch
 from lhotse import CutSet
 
+from .. import atomic
 from ..config import TrainConfig
 from ..data.dataset import SpeechDataset, list_of, make_loader, make_sampler
-from ..data.manifests import load_cuts, save_manifest, write_json
+from ..data.manifests import load_cuts, save_manifest
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder
@@ -91,9 +92,9 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
     path = Path(exp_dir) / "cost.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from ..budget.flops import encoder_cost
+    from ..cost.flops import module_cost
 
-    c = encoder_cost(encoder, seconds=10.0)
+    c = module_cost(encoder, seconds=10.0)
     cost = {
         "macs_per_input_second": float(c["macs_per_audio_second"]),
         "head_macs_per_frame": float(head_macs_per_frame),
@@ -101,7 +102,7 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
         "input_rate_hz": float(encoder.input_rate_hz),
         "params": int(c["params"]),
     }
-    write_json(cost, path)
+    atomic.write_json(path, cost)
     return cost
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
@@ -27,14 +27,17 @@ def pretrained_encoder(path: Path):
 def make_targets(
     cuts: List[Path],
     out_dir: Path,
-    features: str,
-    num_clusters: int,
-    max_frames: int,
-    encoder: str,
-    checkpoint: Optional[Path],
-    layer: Optional[int],
-    seed: int,
+    *,
+    features: str = "mfcc",
+    num_clusters: int = 100,
+    max_frames: int = 200_000,
+    encoder: Union[str, Mapping[str, Any]] = "zipformer-tiny",
+    checkpoint: Optional[Path] = None,
+    layer: Optional[int] = None,
+    seed: int = 0,
 ) -> Dict[str, Any]:
+    """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
+    length rule decide how many labels each cut gets)."""
     if features not in FEATURES:
         raise SpeechBudgetError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     if num_clusters < 2:

@@ -20,9 +20,10 @@ from torch import nn
 
 from .. import __version__, atomic, progress
 from ..config import TrainConfig, to_dict
+from ..cost.flops import training_flops
 from ..errors import SpeechBudgetError
 from . import checkpoint as ckpt
-from .budget import TRAIN_FACTOR, Budget, Counters
+from .budget import Budget, Counters
 from .distributed import DistInfo, all_sum, barrier
 from .metrics_log import FILE, read_metrics
 from .optim import build_optimizer, build_scheduler
@@ -201,18 +202,18 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             **(extra or {}),
         }
-        from ..data.manifests import write_json
 
-        write_json(card, self.exp_dir / "run_card.json")
+        atomic.write_json(self.exp_dir / "run_card.json", card)
 
     # ------------------------------------------------------------------------------ loop
     def batch_flops(self, batch: Dict[str, Any]) -> float:
         """Training FLOPs of one micro-batch: padded input seconds x encoder cost + head per frame."""
         b, t = batch["features"].shape[:2]
-        seconds = b * t / self.cost["input_rate_hz"]
-        macs = seconds * self.cost["macs_per_input_second"]
-        macs += self.cost["head_macs_per_frame"] * seconds * self.cost["frame_rate_hz"]
-        return 2.0 * TRAIN_FACTOR * macs
+        c = self.cost
+        seconds = b * t / c["input_rate_hz"]
+        return training_flops(
+            seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
+        )
 
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {
@@ -428,9 +429,8 @@ class Trainer:
                     self.exp_dir / "averaged.pt",
                 )
                 out["averaged"] = str(self.exp_dir / "averaged.pt")
-            from ..data.manifests import write_json
 
-            write_json(out, self.exp_dir / "summary.json")
+            atomic.write_json(self.exp_dir / "summary.json", out)
             if self.writer is not None:
                 self.writer.close()
                 self.metrics.close()

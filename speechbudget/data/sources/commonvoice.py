@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import SourceItem
+from . import FindContext, Source, SourceItem, option
 
 REQUIRED = ("client_id", "path", "sentence")
 
@@ -28,11 +29,24 @@ def _split_for(speaker: str, dev_fraction: float, test_fraction: float) -> str:
     return "test" if h < test_fraction else "dev" if h < test_fraction + dev_fraction else "train"
 
 
-def find_items(
-    root: Path, table: Optional[Path] = None, dev_fraction: float = 0.0, test_fraction: float = 0.2
-) -> List[SourceItem]:
-    root = Path(root)
-    path = _table(root, table)
+@dataclass
+class CommonVoiceOptions:
+    path: Optional[Path] = option(help="The Common Voice folder (clips/ + validated.tsv).", argument=True)
+    table: Optional[Path] = option(help="The .tsv/.csv table (default: validated.tsv).")
+    dev_fraction: float = option(0.0, help="Share of speakers held out for dev.")
+    test_fraction: float = option(0.2, help="Share of speakers held out for test.")
+
+
+def find_items(opts: CommonVoiceOptions, ctx: FindContext) -> List[SourceItem]:
+    root, dev_fraction, test_fraction = Path(opts.path), opts.dev_fraction, opts.test_fraction
+    for key, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise SpeechBudgetError(f"{key} must be in [0, 1), got {value}")
+    if dev_fraction + test_fraction >= 1:
+        raise SpeechBudgetError(
+            f"dev_fraction + test_fraction must leave speakers for train, got {dev_fraction + test_fraction}"
+        )
+    path = _table(root, opts.table)
     delimiter = "," if path.suffix == ".csv" else "\t"
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
@@ -58,3 +72,12 @@ def find_items(
             )
         )
     return items
+
+
+SOURCE = Source(
+    "commonvoice",
+    "Common Voice (clips/ + validated.tsv): speaker-disjoint splits by hashed client id.",
+    CommonVoiceOptions,
+    find_items,
+    ("speechbudget prepare commonvoice ../shared/data/commonvoice-mini --out data/",),
+)

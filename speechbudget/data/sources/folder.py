@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ...errors import SpeechBudgetError
-from . import SourceItem
+from . import FindContext, Source, SourceItem, option
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
 
@@ -26,8 +27,15 @@ def read_transcripts(path: Path, root: Path) -> Dict[str, str]:
     return out
 
 
-def find_items(root: Path, transcripts: Optional[Path] = None, split: str = "train") -> List[SourceItem]:
-    root = Path(root)
+@dataclass
+class FolderOptions:
+    path: Optional[Path] = option(help="The audio folder (searched recursively).", argument=True)
+    transcripts: Optional[Path] = option(help="A path<TAB>text file; none = unlabeled audio.")
+    split: str = option("train", help="Split name for the folder's audio.")
+
+
+def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
+    root, transcripts, split = Path(opts.path), opts.transcripts, opts.split
     if not root.is_dir():
         raise SpeechBudgetError(f"audio folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
@@ -48,3 +56,15 @@ def find_items(root: Path, transcripts: Optional[Path] = None, split: str = "tra
                 )
             )
     return items
+
+
+SOURCE = Source(
+    "dir",
+    "Any folder of audio (wav, flac, mp3, ogg, opus, sph), unlabeled or with a path<TAB>text file.",
+    FolderOptions,
+    find_items,
+    (
+        "speechbudget prepare dir /audio/unlabeled --out data/ --name mycorpus",
+        "speechbudget prepare dir /audio --transcripts text.tsv --num-jobs 8 --out data/",
+    ),
+)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import SourceItem
+from . import FindContext, Source, SourceItem, option
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def find_items(
-    root: Path, test_speakers: Sequence[str] = ("theo",), dev_speakers: Sequence[str] = ()
-) -> List[SourceItem]:
+@dataclass
+class FsddOptions:
+    path: Optional[Path] = option(help="The FSDD folder (or its recordings/ subfolder).", argument=True)
+    test_speakers: List[str] = option(
+        help="Comma-separated held-out test speakers.", factory=lambda: ["theo"]
+    )
+    dev_speakers: List[str] = option(help="Comma-separated dev speakers.", factory=list)
+
+
+def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
     """Speaker-disjoint splits: ``test_speakers`` -> test, ``dev_speakers`` -> dev, the rest -> train."""
-    root = Path(root)
+    root, test_speakers, dev_speakers = Path(opts.path), opts.test_speakers, opts.dev_speakers
     if (root / "recordings").is_dir():
         root = root / "recordings"
     files = sorted(root.glob("*.wav"))
@@ -43,6 +51,17 @@ def find_items(
     unknown = [s for s in list(test_speakers) + list(dev_speakers) if s not in speakers]
     if unknown:
         raise SpeechBudgetError(
-            f"--test-speakers/--dev-speakers name unknown FSDD speakers {unknown}; found: {', '.join(sorted(speakers))}"
+            f"test_speakers/dev_speakers name unknown FSDD speakers {unknown}; found: {', '.join(sorted(speakers))}"
         )
     return items
+
+
+SOURCE = Source(
+    "fsdd",
+    "Free Spoken Digit Dataset ({digit}_{speaker}_{index}.wav): digit words, speaker-disjoint splits.",
+    FsddOptions,
+    find_items,
+    (
+        "speechbudget prepare fsdd ../shared/data/fsdd --test-speakers theo --dev-speakers jackson --out data/",
+    ),
+)

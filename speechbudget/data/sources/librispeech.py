@@ -6,11 +6,12 @@ world produces; ``--download`` uses lhotse's downloader when the machine is onli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import SourceItem
+from . import FindContext, Source, SourceItem, option
 
 SPLIT_OF_PART = {"train": "train", "dev": "dev", "test": "test"}
 
@@ -19,14 +20,23 @@ def _split(part: str) -> str:
     return next((v for k, v in SPLIT_OF_PART.items() if part.startswith(k)), "train")
 
 
-def find_items(root: Path, parts: Optional[Sequence[str]] = None, download: bool = False) -> List[SourceItem]:
+@dataclass
+class LibriSpeechOptions:
+    path: Optional[Path] = option(
+        help="The LibriSpeech folder (train-clean-100/, test-clean/, ...).", argument=True
+    )
+    parts: List[str] = option(help="Comma-separated parts (default: all found).", factory=list)
+    download: bool = option(False, help="Download the parts first (needs network).")
+
+
+def find_items(opts: LibriSpeechOptions, ctx: FindContext) -> List[SourceItem]:
     from lhotse.recipes import librispeech
 
-    root = Path(root)
+    root, parts, download = Path(opts.path), opts.parts, opts.download
     if download:
         librispeech.download_librispeech(root.parent, dataset_parts=list(parts or ["mini_librispeech"]))
     if not root.is_dir():
-        raise SpeechBudgetError(f"LibriSpeech folder {root} does not exist (pass --download when online)")
+        raise SpeechBudgetError(f"LibriSpeech folder {root} does not exist (set download when online)")
     found = [p.name for p in root.iterdir() if p.is_dir()]
     use = list(parts) if parts else found
     manifests = librispeech.prepare_librispeech(root, dataset_parts=use, num_jobs=1)
@@ -50,3 +60,12 @@ def find_items(root: Path, parts: Optional[Sequence[str]] = None, download: bool
                 )
             )
     return items
+
+
+SOURCE = Source(
+    "librispeech",
+    "LibriSpeech (<part>/<speaker>/<chapter>/*.flac + *.trans.txt), parsed by lhotse's recipe.",
+    LibriSpeechOptions,
+    find_items,
+    ("speechbudget prepare librispeech /corpora/LibriSpeech --parts train-clean-100,test-clean --out data/",),
+)

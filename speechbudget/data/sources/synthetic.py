@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
 from ..executor import run_map
 from ..synthetic import plan_corpus, synthesize
-from . import SourceItem
+from . import FindContext, Source, SourceItem, option
 
 
-def find_items(
-    out_dir: Path,
-    hours: float,
-    seed: int = 0,
-    noise_dir: Optional[Path] = None,
-    snr_db: Optional[float] = None,
-    executor: Optional[Executor] = None,
-    grammar: str = "sentences",
-    speakers: int = 24,
-) -> List[SourceItem]:
-    if hours <= 0:
-        raise SpeechBudgetError(f"--hours must be positive (got {hours})")
-    if noise_dir is not None and not Path(noise_dir).is_dir():
-        raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
-    specs = plan_corpus(hours, seed=seed, num_speakers=speakers, grammar=grammar)
-    args = [(s, Path(out_dir), noise_dir, snr_db) for s in specs]
-    paths = run_map(executor, synthesize, args, "synthesizing")
+@dataclass
+class SyntheticOptions:
+    hours: float = option(0.2, help="Hours of audio to synthesize.")
+    seed: int = option(0, help="Random seed (same seed, same corpus).")
+    grammar: str = option(
+        "sentences", help="What is said: sentences (open vocabulary) or digits (connected digits)."
+    )
+    speakers: int = option(24, help="Number of voices; a tenth each (at least one) are dev and test voices.")
+    noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
+    snr: float = option(20.0, help="Signal-to-noise ratio in dB when mixing noise.")
+
+
+def find_items(opts: SyntheticOptions, ctx: FindContext) -> List[SourceItem]:
+    if not opts.hours > 0:
+        raise SpeechBudgetError(f"hours must be positive (got {opts.hours})")
+    if opts.noise_dir is not None and not Path(opts.noise_dir).is_dir():
+        raise SpeechBudgetError(f"noise folder {opts.noise_dir} does not exist")
+    snr_db = opts.snr if opts.noise_dir is not None else None
+    specs = plan_corpus(opts.hours, seed=opts.seed, num_speakers=opts.speakers, grammar=opts.grammar)
+    args = [(s, Path(ctx.corpus_dir) / "synth", opts.noise_dir, snr_db) for s in specs]
+    paths = run_map(ctx.executor, synthesize, args, "synthesizing")
     return [
         SourceItem(
             id=s.id,
@@ -40,3 +44,15 @@ def find_items(
         )
         for s, p in zip(specs, paths)
     ]
+
+
+SOURCE = Source(
+    "synthetic",
+    "The embedded corpus: espeak-ng speech in many voices (sentences or connected digits), no download.",
+    SyntheticOptions,
+    find_items,
+    (
+        "speechbudget prepare synthetic --hours 0.5 --out data/ --noise-dir ../shared/data/noise --snr 20",
+        "speechbudget prepare synthetic --grammar digits --hours 2 --speakers 64 --out data/ --name digits",
+    ),
+)

@@ -31,8 +31,9 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
-from speechbudget.budget.devices import write_json_atomic
 from speechbudget.errors import SpeechBudgetError
+
+from .. import atomic
 
 # Muennighoff et al. fit R_D* = 15.4 for repeated tokens in language models; no speech fit exists,
 # so we use the same order of magnitude. fit_law takes it as a fixed input, not a free parameter:
@@ -98,7 +99,7 @@ class ScalingLaw:
         data = asdict(self)
         if self.ci is not None:
             data["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
-        write_json_atomic(path, data)
+        atomic.write_json(path, data, sort_keys=True)
 
     @classmethod
     def from_json(cls, path: str | Path) -> ScalingLaw:

@@ -14,9 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from .. import atomic
 from ..errors import SpeechBudgetError
 from ..train.metrics_log import read_metrics
-from .devices import write_json_atomic
 from .scaling import DEFAULT_R_STAR, ScalingLaw, fit_law
 
 LAST_STEPS = 3  # logged steps averaged into a run's final loss: one step's loss is noisy
@@ -98,9 +98,8 @@ def run_sweep(
                     **point,
                 }
             )
-            write_json_atomic(
-                out_dir / "sweep.json", result
-            )  # after every pilot: a killed sweep keeps its points
+            # after every pilot: a killed sweep keeps its points
+            atomic.write_json(out_dir / "sweep.json", result, sort_keys=True)
             if on_run is not None:
                 on_run(runs[-1])
     return result
@@ -256,7 +255,7 @@ def fit_runs(
     data["fitted_on"] = [{**p, "predicted_loss": q} for p, q in zip(points, predicted)]
     data["mean_relative_error"] = statistics.fmean(errors)
     data["min_steps"], data["left_out"] = min_steps, left_out
-    write_json_atomic(out, data)
+    atomic.write_json(out, data, sort_keys=True)
     return {
         "law": law,
         "path": str(out),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import re
 import statistics
@@ -22,22 +21,18 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
-from ..errors import SpeechBudgetError
-from .devices import (
+from .. import atomic
+from ..cost.devices import (
     DEVICES,
+    cache_dir,
     get_device,
     measure_cpu_peak,
     normalise_dtype,
-    write_json_atomic,
 )
+from ..errors import SpeechBudgetError
+from .costs import DEFAULT_CLUSTERS, count_cost
 
 DEFAULT_BATCH = (4, 10.0)  # utterances x seconds: a small batch every preset fits on a CPU
-DEFAULT_CLUSTERS = 500  # k2SSL's targets; the head cost depends on it
-
-
-def cache_dir() -> Path:
-    """Where measurements are kept: $SPEECHBUDGET_CACHE_DIR, else ~/.cache/speechbudget."""
-    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 
 def default_calibration_path() -> Path:
@@ -125,8 +120,6 @@ def predict_step_seconds(
 # ------------------------------------------------------------------------------------ measuring
 def step_flops(preset: Any, batch_size: int, seconds: float, num_clusters: int = DEFAULT_CLUSTERS) -> float:
     """Training FLOPs the trainer accounts for a full batch of ``batch_size`` x ``seconds``."""
-    from .planner import count_cost
-
     return count_cost(preset, num_clusters).flops_per_hour / 3600.0 * batch_size * seconds
 
 
@@ -285,7 +278,7 @@ def calibrate(
         "presets": {**keep, **results},
     }
     data["devices"][name] = record
-    write_json_atomic(path, data)
+    atomic.write_json(path, data, sort_keys=True)
     return {"device": name, "path": str(path), **record, "measured": list(results)}
 
 

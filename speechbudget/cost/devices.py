@@ -12,6 +12,7 @@ large matmuls (and cached, because a measurement costs seconds).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ from speechbudget import atomic
 from speechbudget.errors import SpeechBudgetError
 
 TERA = 1e12
+
+
+def cache_dir() -> Path:
+    """Where measurements are kept: $SPEECHBUDGET_CACHE_DIR, else ~/.cache/speechbudget."""
+    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
+
 
 # Model-FLOPs utilisation assumed when the caller gives none. Well-tuned bf16 transformer training
 # reaches 0.35-0.5 MFU on A100/H100 (PaLM reports 0.46, typical open recipes 0.3-0.4); speech
@@ -235,11 +242,6 @@ def _read_cache(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write JSON so that a crash never leaves a half-written file behind."""
-    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def measure_cpu_peak(
     dtype: str = "fp32", seconds: float = 1.0, cache_path: str | Path | None = None
 ) -> float:
@@ -265,5 +267,5 @@ def measure_cpu_peak(
     if cache is not None:
         data = _read_cache(cache)
         data[entry] = peak
-        write_json_atomic(cache, data)
+        atomic.write_json(cache, data, sort_keys=True)
     return peak

@@ -9,35 +9,24 @@ pretraining loss. The lowest predicted loss wins, and becomes a ready recipe.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from ..config import HubertConfig
-from ..errors import SpeechBudgetError
-from ..train.budget import TRAIN_FACTOR
-from . import calibrate
-from .calibrate import DEFAULT_CLUSTERS
-from .devices import (
+from ..cost.devices import (
     Device,
     get_device,
     measure_cpu_peak,
     normalise_dtype,
-    write_json_atomic,
 )
+from ..errors import SpeechBudgetError
+from . import calibrate
+from .costs import DEFAULT_CLUSTERS, CandidateCost, CostCache, count_configs, jsonable_config, make_candidate
 from .scaling import DEFAULT_LAW, ScalingLaw, optimal_allocation
 
-#: the length train.setup counts a run's cost at: counting the same way makes the planned hours
-#: the hours the run will really process. (Tracing costs the same at 4 s or 10 s: it is per-op
-#: overhead, so there is nothing to gain from a shorter count and scaling.)
-COUNT_SECONDS = 10.0
-FINAL_DIM = HubertConfig().final_dim  # the HuBERT head the recipe will build
 UNITS = ("flops", "gpu-hours", "hours")
 GRIDS = ("none", "small", "full")
 MIN_AUDIO_HOURS = 0.01  # below this a pilot learns nothing and the law has no meaning
@@ -51,206 +40,6 @@ MAX_DURATION = {"cpu": 60.0, "gpu": 350.0}
 LR_EPOCHS_FRACTION, LR_BATCHES_FRACTION, WARMUP_FRACTION = 0.1, 0.3, 0.02
 
 
-# ------------------------------------------------------------------------------- counting costs
-@dataclass(frozen=True)
-class CandidateCost:
-    """One candidate encoder and what an hour of audio costs it in training."""
-
-    name: str
-    family: str
-    spec: Union[str, Dict[str, Any]]  # preset name, or config dict with lists (a recipe's encoder)
-    kind: str  # "preset" or "grid"
-    params: int  # encoder parameters: the N of the scaling law
-    macs_per_audio_second: float  # encoder forward
-    head_macs_per_frame: float  # HuBERT projection + cosine logits
-    frame_rate_hz: float
-    layers: int
-    width: int
-
-    @property
-    def flops_per_hour(self) -> float:
-        forward = self.macs_per_audio_second + self.head_macs_per_frame * self.frame_rate_hz
-        return 3600.0 * 2.0 * TRAIN_FACTOR * forward
-
-
-def _shape(cfg: Dict[str, Any]) -> Tuple[int, int]:
-    """(layers, width) of a resolved config: how deep and how wide, for tables and grids."""
-    if cfg["family"] == "zipformer":
-        layers, dims = cfg.get("num_layers", 1), cfg.get("dims", 0)
-        stacks = len(cfg.get("downsampling", ()))
-        layers = sum(layers) if isinstance(layers, (list, tuple)) else stacks * layers
-        return layers, max(dims) if isinstance(dims, (list, tuple)) else dims
-    return int(cfg.get("layers", 0)), int(cfg.get("dim", 0))
-
-
-_FINGERPRINT: Optional[str] = None
-
-
-def _code_fingerprint() -> str:
-    """Hash of the code a count depends on: the cache must not outlive a model change."""
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        root = Path(__file__).resolve().parents[1]
-        files = sorted((root / "models").glob("*.py")) + [
-            root / "budget" / "flops.py",
-            root / "objectives" / "hubert.py",
-        ]
-        h = hashlib.sha1(torch.__version__.encode())
-        for f in files:
-            h.update(f.read_bytes())
-        _FINGERPRINT = h.hexdigest()
-    return _FINGERPRINT
-
-
-class CostCache:
-    """Counted costs on disk, so that only the first plan on a machine pays for tracing."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-        self.entries: Dict[str, Dict[str, float]] = {}
-        if path is not None and path.is_file():
-            try:
-                self.entries = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self.entries = {}  # a cache is disposable: recount
-
-    @staticmethod
-    def key(cfg: Dict[str, Any], num_clusters: int) -> str:
-        blob = json.dumps(
-            {
-                "cfg": cfg,
-                "seconds": COUNT_SECONDS,
-                "clusters": num_clusters,
-                "final_dim": FINAL_DIM,
-                "code": _code_fingerprint(),
-            },
-            sort_keys=True,
-            default=list,
-        )
-        return hashlib.sha1(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> Optional[Dict[str, float]]:
-        return self.entries.get(key)
-
-    def update(self, new: Dict[str, Dict[str, float]]) -> None:
-        if not new:
-            return
-        if self.path is not None and self.path.is_file():  # keep what another process added meanwhile
-            self.entries = {**CostCache(self.path).entries, **self.entries}
-        self.entries.update(new)
-        if self.path is not None:
-            try:
-                write_json_atomic(self.path, self.entries)
-            except OSError:
-                pass  # read-only home: counting still works, just uncached
-
-
-_MEMORY: Dict[str, Dict[str, float]] = {}
-
-
-def _build_for_counting(spec):
-    """The encoder with its weights allocated but not randomly initialised.
-
-    Counting needs shapes, not values, and initialising a 300M-parameter model costs seconds;
-    constant weights keep the forward finite. Falls back to a normal build if a module cannot
-    be created on the meta device.
-    """
-    from ..models.presets import build_encoder
-
-    try:
-        with torch.device("meta"):
-            encoder = build_encoder(spec)
-        encoder = encoder.to_empty(device="cpu")
-        with torch.no_grad():
-            for t in list(encoder.parameters()) + list(encoder.buffers()):
-                t.fill_(0.01) if t.is_floating_point() else t.zero_()
-        return encoder
-    except SpeechBudgetError:
-        raise
-    except Exception:  # noqa: BLE001 - any module that cannot live on meta: pay for a real build
-        return build_encoder(spec)
-
-
-def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
-    from ..objectives.hubert import HubertModel
-    from .flops import encoder_cost
-
-    with torch.random.fork_rng(devices=[]):  # the caller's seeds are not ours to move
-        encoder = _build_for_counting(spec)
-        cost = encoder_cost(encoder, seconds=COUNT_SECONDS)
-        head = HubertModel(encoder, num_clusters, final_dim=FINAL_DIM).head_macs_per_frame()
-    return {
-        "params": int(cost["params"]),
-        "macs_per_audio_second": float(cost["macs_per_audio_second"]),
-        "head_macs_per_frame": float(head),
-        "frame_rate_hz": float(cost["frame_rate_hz"]),
-    }
-
-
-def count_configs(
-    cfgs: Sequence[Dict[str, Any]],
-    num_clusters: int = DEFAULT_CLUSTERS,
-    cache: Optional[CostCache] = None,
-    progress=None,
-) -> List[Dict[str, float]]:
-    """Counted costs of resolved configs: from memory, from the disk cache, or traced now (a few
-    seconds each, which is why both caches exist)."""
-    cache = cache if cache is not None else default_cache()
-    keys = [CostCache.key(c, num_clusters) for c in cfgs]
-    missing: Dict[str, Dict[str, Any]] = {}
-    for key, cfg in zip(keys, cfgs):
-        hit = _MEMORY.get(key) or cache.get(key)
-        if hit is not None:
-            _MEMORY[key] = hit
-        else:
-            missing.setdefault(key, cfg)
-    track = progress or (lambda items, total=None: items)
-    counted = {}
-    try:
-        for key in track(list(missing), total=len(missing)):
-            counted[key] = _count_encoder(missing[key], num_clusters)
-    finally:  # an interrupted first plan keeps what it counted
-        _MEMORY.update(counted)
-        cache.update(counted)
-    return [_MEMORY[k] for k in keys]
-
-
-def default_cache() -> CostCache:
-    return CostCache(calibrate.cache_dir() / "encoder_costs.json")
-
-
-def _candidate(
-    spec, cfg: Dict[str, Any], counted: Dict[str, float], kind: str, name: Optional[str] = None
-) -> CandidateCost:
-    layers, width = _shape(cfg)
-    label = name or (spec if isinstance(spec, str) else f"{cfg['family']}-w{width}-l{layers}")
-    return CandidateCost(
-        name=label,
-        family=cfg["family"],
-        spec=spec if isinstance(spec, str) else cfg,
-        kind=kind,
-        layers=layers,
-        width=width,
-        **counted,
-    )
-
-
-def count_cost(
-    spec, num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None
-) -> CandidateCost:
-    """Cost of one preset or config dict (cached per config, in memory and on disk)."""
-    from ..models.presets import resolve
-
-    cfg = _jsonable(resolve(spec))
-    [counted] = count_configs([cfg], num_clusters, cache)
-    return _candidate(spec, cfg, counted, "preset" if isinstance(spec, str) else "config")
-
-
-def _jsonable(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Tuples to lists: recipes are YAML, and YAML's safe dumper knows no tuples."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-
 # ------------------------------------------------------------------------------------ the grid
 def _round16(x: float) -> int:
     return max(32, 16 * round(x / 16))
@@ -261,7 +50,7 @@ def _zipformer_config(width: int, depth: int) -> Dict[str, Any]:
     widest stack of ``width``, with ``depth`` layers in every one of the six stacks."""
     from ..models.zipformer import PRESETS
 
-    base = _jsonable(PRESETS["zipformer-base"])
+    base = jsonable_config(PRESETS["zipformer-base"])
     top = max(base["dims"])
     dims = [_round16(width * d / top) for d in base["dims"]]
     ff = [_round16(d * f / bd) for d, f, bd in zip(dims, base["feedforward_dims"], base["dims"])]
@@ -347,7 +136,7 @@ def _grid_candidates(
             "params": round(_linear(one, two, depth, "params")),
             "macs_per_audio_second": _linear(one, two, depth, "macs_per_audio_second"),
         }
-        out.append(_candidate(cfg, cfg, counted, "grid"))
+        out.append(make_candidate(cfg, cfg, counted, "grid"))
     return out
 
 
@@ -376,9 +165,9 @@ def candidate_costs(
     families = list(dict.fromkeys(known[n]["family"] for n in names))
     shallow_keys = [(fam, w) for fam in families for w in sorted({w for w, _, _ in grid_configs(fam, grid)})]
     shallow_cfgs = [GRIDS_BY_FAMILY[fam].make(w, d) for fam, w in shallow_keys for d in (1, 2)]
-    preset_cfgs = [_jsonable(known[n]) for n in names]
+    preset_cfgs = [jsonable_config(known[n]) for n in names]
     counted = count_configs(preset_cfgs + shallow_cfgs, num_clusters, cache, progress)
-    out = [_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
+    out = [make_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
     shallow = counted[len(names) :]
     for fam in families:
         by_width = {

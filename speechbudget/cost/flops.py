@@ -24,16 +24,14 @@ Its whole subtree's traced count is then replaced by the sum of ``flop_macs`` ov
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import numbers
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
@@ -341,9 +339,6 @@ def count_macs(model: nn.Module, inputs: tuple) -> FlopReport:
     return FlopReport(macs=int(adjusted("")), by_module=by_module, unsupported=dict(unsupported))
 
 
-_COST_CACHE: Dict[Tuple[str, float, int], dict] = {}
-
-
 def _dummy_input(encoder: nn.Module, seconds: float, batch: int) -> tuple:
     """Random input at the encoder's own rate and width, all frames valid.
 
@@ -358,7 +353,18 @@ def _dummy_input(encoder: nn.Module, seconds: float, batch: int) -> tuple:
     return features, lengths
 
 
-def _cost(encoder: nn.Module, seconds: float, batch: int) -> dict:
+def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> dict:
+    """Parameters and inference cost per second of audio of a built encoder.
+
+    Cost is measured on ``seconds`` of input because attention makes it grow faster than
+    linearly with length. Building from a preset or config is the model catalogue's job
+    (:func:`speechbudget.models.catalog.encoder_cost`), which keeps this layer below models.
+    """
+    if not seconds > 0:
+        raise SpeechBudgetError(f"seconds must be positive, got {seconds}")
+    if int(batch) < 1:
+        raise SpeechBudgetError(f"batch must be at least 1, got {batch}")
+    seconds, batch = float(seconds), int(batch)
     was_training = encoder.training
     encoder.eval()  # inference graph: no dropout, no training-only branches
     try:
@@ -381,41 +387,19 @@ def _cost(encoder: nn.Module, seconds: float, batch: int) -> dict:
     return out
 
 
-EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
+#: training = forward + backward; the backward pass costs about twice the forward (gradients
+#: w.r.t. activations and w.r.t. weights, each one contraction of the same size)
+TRAIN_FACTOR = 3
 
 
-def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
-    """Parameters and inference cost per second of audio for a preset, config or built encoder.
-
-    Cost is measured on ``seconds`` of input because attention makes it grow faster than
-    linearly with length. Results for presets/configs are cached per (config, seconds, batch);
-    built encoders are measured every call (they may have been changed in place).
-    """
-    if not seconds > 0:
-        raise SpeechBudgetError(f"seconds must be positive, got {seconds}")
-    if int(batch) < 1:
-        raise SpeechBudgetError(f"batch must be at least 1, got {batch}")
-    if isinstance(spec_or_encoder, nn.Module):
-        return _cost(spec_or_encoder, float(seconds), int(batch))
-    from ..models.presets import build_encoder, resolve
-
-    key = (json.dumps(resolve(spec_or_encoder), sort_keys=True, default=str), float(seconds), int(batch))
-    if key not in _COST_CACHE:
-        _COST_CACHE[key] = _cost(build_encoder(spec_or_encoder), float(seconds), int(batch))
-    return copy.deepcopy(_COST_CACHE[key])
-
-
-def training_flops_per_audio_second(
-    spec: EncoderSpec, head_macs_per_frame: float = 0, seconds: float = 10.0
+def training_flops(
+    seconds: float, macs_per_second: float, head_macs_per_frame: float = 0.0, frame_rate_hz: float = 0.0
 ) -> float:
-    """Training FLOPs per second of audio: 3 x (encoder forward + objective head forward).
+    """Training FLOPs of ``seconds`` of (padded) input: the one formula the trainer charges budgets
+    with and the planner and calibration predict with.
 
-    The backward pass costs about twice the forward (gradients w.r.t. activations and w.r.t.
-    weights, each one contraction of the same size), hence 3x. The head (e.g. HuBERT's
-    projection onto cluster embeddings) runs once per output frame; its MACs per frame are
-    the caller's, since it depends on the objective. Optimizer updates, data loading and
-    elementwise work are not counted.
+    ``2 x TRAIN_FACTOR x (encoder MACs + head MACs per output frame x frames)``. Optimizer
+    updates, data loading and elementwise work outside the traced modules are not counted.
     """
-    cost = encoder_cost(spec, seconds=seconds)
-    forward = 2.0 * cost["macs_per_audio_second"] + 2.0 * float(head_macs_per_frame) * cost["frame_rate_hz"]
-    return 3.0 * forward
+    macs = seconds * (macs_per_second + head_macs_per_frame * frame_rate_hz)
+    return 2.0 * TRAIN_FACTOR * macs

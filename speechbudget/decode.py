@@ -9,17 +9,17 @@ import kaldialign
 import torch
 from lhotse.dataset import SimpleCutSampler
 
-from .. import atomic, progress
-from ..data.dataset import SpeechDataset, make_loader
-from ..data.manifests import load_cuts, write_json
-from ..errors import SpeechBudgetError
-from ..models.presets import build_encoder
-from ..objectives.ctc import CtcModel
-from ..train import checkpoint as ckpt
-from .decoding import beam_search_batch, greedy_decode
-from .scoring import write_icefall_style
-from .text import normalize_text
-from .tokenizer import Tokenizer
+from . import atomic, progress
+from .asr.decoding import beam_search_batch, greedy_decode
+from .asr.scoring import write_icefall_style
+from .asr.text import normalize_text
+from .asr.tokenizer import Tokenizer
+from .data.dataset import SpeechDataset, make_loader
+from .data.manifests import load_cuts
+from .errors import SpeechBudgetError
+from .models.presets import build_encoder
+from .objectives.ctc import CtcModel
+from .train import checkpoint as ckpt
 
 METHODS = ("greedy", "beam")
 
@@ -113,7 +113,7 @@ def decode(
             ref_words=res.num_ref_words,
             unscored=len(results) - len(scored),
         )
-    write_json(summary, out_dir / f"decode-summary-{set_name}-{suffix}.json")
+    atomic.write_json(out_dir / f"decode-summary-{set_name}-{suffix}.json", summary)
     return summary
 
 

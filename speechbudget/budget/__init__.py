@@ -1,1 +1,0 @@
-"""Compute accounting: FLOP counts, device peaks, scaling laws, the planner."""
