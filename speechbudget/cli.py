@@ -231,7 +231,15 @@ def kmeans(
 
     quiet_if_json(as_json)
     summary = make_targets(
-        cuts, out_dir, features, num_clusters, max_frames, encoder, checkpoint, layer, seed
+        cuts,
+        out_dir,
+        features=features,
+        num_clusters=num_clusters,
+        max_frames=max_frames,
+        encoder=encoder,
+        checkpoint=checkpoint,
+        layer=layer,
+        seed=seed,
     )
     if as_json:
         emit_json(summary)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from . import cli_common as ui
 from .cli_common import JSON_OPT
+from .config import split_csv
 from .errors import SpeechBudgetError
 
 # ------------------------------------------------------------------------------------------ plan
@@ -88,7 +89,7 @@ def plan_main(
         )
     spec = planner.BudgetSpec(budget, unit, device, dtype, utilisation, num_devices).validated()
     planner.check_inputs(data_hours, num_clusters, max_duration)  # fail before seconds of counting
-    names = [p.strip() for p in presets.split(",") if p.strip()] if presets else None
+    names = split_csv(presets) or None
     fitted = ScalingLaw.from_json(law) if law else None
     cal = calibrate.load_calibration(calibration)
     cands = planner.candidate_costs(
@@ -304,11 +305,7 @@ def calibrate_cmd(
 
     ui.quiet_if_json(as_json)
     kind = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    names = (
-        [p.strip() for p in presets.split(",") if p.strip()]
-        if presets
-        else calibrate.presets_for(family, kind)
-    )
+    names = split_csv(presets) if presets else calibrate.presets_for(family, kind)
     res = calibrate.calibrate(
         names,
         device_name,

@@ -3,7 +3,7 @@
 Everything is read from what the stages wrote into their experiment folders (run_card.json,
 summary.json, metrics.jsonl, decode-*/decode-summary-*.json); nothing is re-run. A fine-tuning
 run's total compute includes the pretraining compute that produced its initial encoder, found
-through ``recipe.init.checkpoint`` in its run card.
+through ``init.checkpoint`` in its run card.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import atomic
 from .atomic import atomic_output
+from .config import split_csv
 from .errors import SpeechBudgetError
 from .train.metrics_log import read_metrics
 
@@ -96,7 +97,8 @@ class Run:
         return self.exp.name
 
     def init_checkpoint(self) -> Optional[str]:
-        init = (self.card.get("recipe") or {}).get("init")
+        # runs from before 0.2 kept it inside the recipe they recorded
+        init = self.card.get("init", (self.card.get("recipe") or {}).get("init"))
         return init.get("checkpoint") if isinstance(init, dict) else None
 
 
@@ -182,7 +184,7 @@ def labeled_hours(run: Run) -> Tuple[Optional[float], str]:
     if isinstance(run.card.get("labeled_hours"), (int, float)):
         return float(run.card["labeled_hours"]), "run_card"
     spec = (run.card.get("config") or {}).get("train_cuts") or ""
-    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    paths = [Path(p) for p in split_csv(spec)]
     if paths and all(p.is_file() for p in paths):
         filtered = run.exp / "filtered_train.json"
         dropped = {d["id"] for d in _read_json(filtered).get("dropped", [])} if filtered.is_file() else set()
@@ -418,49 +420,101 @@ def _save_png(fig, path: Path) -> None:
 
 
 def plot_curves(runs: List[Run], path: Path) -> None:
-    """Loss vs step for every run; masked-prediction accuracy vs step for pretraining runs."""
+    """Loss against steps and against training FLOPs (runs differ in batch size, so steps alone
+    mislead), and pretraining masked-prediction accuracy against FLOPs."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_acc) = _figure(11, 4, ncols=2)
+    fig, (ax_step, ax_flops, ax_acc) = _figure(15, 4.2, ncols=3)
     for run in runs:
-        pts = [(r["step"], r["loss"]) for r in run.metrics if _finite(r.get("loss"))]
-        if pts:
-            ax_loss.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=f"{run.name} ({run.stage})")
-        acc = [(r["step"], r["masked_acc"]) for r in run.metrics if _finite(r.get("masked_acc"))]
+        label = f"{run.name} ({run.stage})"
+        rows = [r for r in run.metrics if _finite(r.get("loss"))]
+        marker = "." if len(rows) < 30 else None
+        if rows:
+            ax_step.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=marker, label=label)
+            by_flops = [r for r in rows if _finite(r.get("flops"))]
+            if by_flops:
+                ax_flops.plot(
+                    [r["flops"] for r in by_flops], [r["loss"] for r in by_flops], marker=marker, label=label
+                )
+        acc = [r for r in run.metrics if _finite(r.get("masked_acc")) and _finite(r.get("flops"))]
         if acc:
-            ax_acc.plot(*zip(*acc), marker="." if len(acc) < 30 else None, label=run.name)
-    ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set(title="pretraining masked accuracy", xlabel="step", ylabel="accuracy")
-    for ax, what in ((ax_loss, "no logged steps"), (ax_acc, "no pretraining runs")):
+            ax_acc.plot(
+                [r["flops"] for r in acc], [r["masked_acc"] for r in acc], marker=marker, label=run.name
+            )
+    ax_step.set(title="training loss by step", xlabel="optimizer step", ylabel="loss")
+    ax_step.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_flops.set(title="training loss by compute", xlabel="training FLOPs", ylabel="loss")
+    ax_acc.set(title="pretraining masked accuracy", xlabel="training FLOPs", ylabel="accuracy")
+    for ax in (ax_flops, ax_acc):
+        _scientific_x(ax)
+    for ax, what in (
+        (ax_step, "no logged steps"),
+        (ax_flops, "no logged steps"),
+        (ax_acc, "no pretraining runs"),
+    ):
         if ax.lines:
             ax.legend(fontsize=8)
+            ax.grid(True, alpha=0.3)
         else:
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
     _save_png(fig, path)
 
 
+def _scientific_x(ax) -> None:
+    """At most five x ticks in a x10^k offset: FLOP counts never run into each other."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0), useMathText=True)
+
+
 def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path) -> None:
-    """WER against total training FLOPs (log x), one series per test set/method, CI as error bars."""
-    fig, (ax,) = _figure(7, 4.5)
+    """WER against total training FLOPs, one series per test set/method, 95% CI as error bars.
+
+    A log axis only when the runs span more than a decade of compute; runs at (nearly) the same
+    compute - the usual pretrained-vs-scratch comparison - are drawn side by side per run instead,
+    since a log axis over a few percent prints overlapping tick labels and stacks the points.
+    """
+    fig, (ax,) = _figure(7.5, 4.5)
+    series = []
     for key in keys:
         pts = [
             (r["total_flops"], r["wer"][key], r["name"])
             for r in rows
             if r["total_flops"] and key in r["wer"] and r["wer"][key].get("wer") is not None
         ]
-        if not pts:
-            continue
-        x = [p[0] for p in pts]
+        if pts:
+            series.append((key, pts))
+    xs = [p[0] for _, pts in series for p in pts]
+    same_compute = bool(xs) and max(xs) <= 1.05 * min(xs)
+    names = sorted({p[2] for _, pts in series for p in pts})
+    width = 0.8 / max(len(series), 1)
+    for i, (key, pts) in enumerate(series):
         y = [p[1]["wer"] for p in pts]
         ci = [p[1].get("ci95") or [p[1]["wer"]] * 2 for p in pts]
         yerr = [[max(w - c[0], 0.0) for w, c in zip(y, ci)], [max(c[1] - w, 0.0) for w, c in zip(y, ci)]]
+        if same_compute:
+            x = [names.index(p[2]) + (i - (len(series) - 1) / 2) * width for p in pts]
+        else:
+            x = [p[0] for p in pts]
         ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=4, label=key)
-        for xi, yi, (_, _, name) in zip(x, y, pts):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set(title="WER vs total compute (pretraining + fine-tuning)", xlabel="training FLOPs", ylabel="WER %")
+        if not same_compute:
+            for xi, yi, (_, _, name) in zip(x, y, pts):
+                ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if same_compute:
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set(xlabel=f"run (all at {min(xs):.3g} to {max(xs):.3g} training FLOPs)")
+    elif xs and max(xs) > 10 * min(xs):
+        ax.set_xscale("log")
+        ax.set(xlabel="training FLOPs (log scale)")
+    else:
+        ax.margins(x=0.15)
+        _scientific_x(ax)
+        ax.set(xlabel="training FLOPs")
+    ax.set(title="WER vs total compute (pretraining + fine-tuning)", ylabel="WER % (95% CI)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, axis="y", alpha=0.3)
     if ax.lines or ax.collections:
         ax.legend(fontsize=8)
     else:

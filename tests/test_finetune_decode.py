@@ -60,7 +60,7 @@ def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
     )
     assert out["steps"] == 3 and out["filtered"]["ctc_infeasible"] == 0
     card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
-    assert card["recipe"]["init"]["checkpoint"] == str(ck)
+    assert card["init"]["checkpoint"] == str(ck)
     test_cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
     g = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--json").out)
     b = json.loads(

@@ -201,7 +201,7 @@ def test_pretraining_compute_when_the_step_was_not_logged(exps, tmp_path):
     (pt / "metrics.jsonl").write_text(json.dumps(logged[-1]) + "\n")  # step 1 not logged
     (pt / "checkpoints").symlink_to(exps / "pt" / "checkpoints")
     card = json.loads((ft / "run_card.json").read_text())
-    card["recipe"]["init"]["checkpoint"] = str(pt / "checkpoints" / "checkpoint-00000001.pt")
+    card["init"]["checkpoint"] = str(pt / "checkpoints" / "checkpoint-00000001.pt")
     (ft / "run_card.json").write_text(json.dumps(card))
 
     (row, _) = build_report([ft], tmp_path / "r1")["rows"]

@@ -23,6 +23,11 @@ from speechbudget.errors import SpeechBudgetError
 TERA = 1e12
 
 
+def default_dtype(kind: str) -> str:
+    """What the trainer computes in on a device kind: bf16 autocast on CUDA, plain fp32 on the CPU."""
+    return "bf16" if kind == "gpu" else "fp32"
+
+
 def cache_dir() -> Path:
     """Where measurements are kept: $SPEECHBUDGET_CACHE_DIR, else ~/.cache/speechbudget."""
     return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()

@@ -50,9 +50,11 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) ->
 
 def check_and_convert(item_id: str, path: str, converted_dir: Path) -> CheckResult:
     """Read ``path``, reject it with a reason or return a 16 kHz mono :class:`Recording`."""
-    p = Path(path)
+    p = Path(path).absolute()  # manifests hold absolute paths: later stages may run from elsewhere
     if not p.is_file():
         return CheckResult(item_id, None, f"audio file not found: {path}")
+    if p.stat().st_size == 0:
+        return CheckResult(item_id, None, "empty file (0 bytes)")
     try:
         info = sf.info(str(p))
         samples, sr = sf.read(str(p), dtype="float32", always_2d=True)

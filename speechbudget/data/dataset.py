@@ -7,33 +7,16 @@ The sampler yields CutSets whose total duration stays under ``max_duration``; it
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
-import numpy as np
 import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler
 from lhotse.dataset.collation import collate_audio, collate_features
 
-from ..errors import SpeechBudgetError
+from .kmeans import read_labels
 
 IGNORE = -100
-
-
-def kmeans_labels(cut) -> np.ndarray:
-    custom = cut.custom or {}
-    if "kmeans" not in custom:
-        raise SpeechBudgetError(
-            f"cut {cut.id} has no k-means labels (custom['kmeans']); make them with "
-            "`speechbudget kmeans CUTS --out DIR` and train on the labeled cuts it writes"
-        )
-    return np.asarray([int(x) for x in custom["kmeans"].split()], dtype=np.int64)
-
-
-def check_kmeans(cuts: CutSet) -> None:
-    """Fail before training starts, not at batch 900, when a cut lacks labels."""
-    for c in cuts:
-        kmeans_labels(c)
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -78,7 +61,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             "seconds": float(sum(c.duration for c in cuts)),
         }
         if self.with_kmeans:
-            labels = [torch.from_numpy(kmeans_labels(c)) for c in cuts]
+            labels = [torch.from_numpy(read_labels(c)) for c in cuts]
             batch["kmeans"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
         if self.with_text:
             batch["texts"] = [" ".join(s.text or "" for s in c.supervisions) for c in cuts]
@@ -134,7 +117,3 @@ def make_loader(dataset: SpeechDataset, sampler, num_workers: int = 0) -> torch.
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers, persistent_workers=False
     )
-
-
-def list_of(paths: str) -> List[str]:
-    return [p.strip() for p in paths.split(",") if p.strip()]

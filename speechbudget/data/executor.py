@@ -35,7 +35,7 @@ def open_executor(
     if kind not in EXECUTORS:
         raise SpeechBudgetError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
     if num_jobs < 1:
-        raise SpeechBudgetError(f"--num-jobs must be at least 1 (got {num_jobs})")
+        raise SpeechBudgetError(f"num_jobs (--num-jobs) must be at least 1 (got {num_jobs})")
     if kind == "local":
         if num_jobs == 1:
             yield None
@@ -44,7 +44,9 @@ def open_executor(
                 yield ex
         return
     if not scheduler:
-        raise SpeechBudgetError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        raise SpeechBudgetError(
+            "executor dask needs a scheduler address (--scheduler, recipe key scheduler; e.g. tcp://127.0.0.1:8786)"
+        )
     from distributed import Client
 
     try:

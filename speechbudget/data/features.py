@@ -19,16 +19,22 @@ def fbank_extractor() -> Fbank:
     return Fbank(FbankConfig(num_filters=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, sampling_rate=16000))
 
 
-def compute_fbank(
-    cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None
-) -> CutSet:
-    """Extract and store features; a half-written storage folder from a killed run is discarded."""
+def remove_storage(storage: Path) -> None:
+    """Delete a feature storage folder (LilcomChunkyWriter may add ".lca" to its name)."""
     storage = Path(storage)
-    for stale in (storage, storage.with_name(storage.name + ".lca")):  # LilcomChunkyWriter adds ".lca"
+    for stale in (storage, storage.with_name(storage.name + ".lca")):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
+
+
+def compute_fbank(
+    cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None
+) -> CutSet:
+    """Extract and store features into ``storage``; a half-written folder of that name is discarded."""
+    storage = Path(storage)
+    remove_storage(storage)
     return cuts.compute_and_store_features(
         extractor=fbank_extractor(),
         storage_path=storage,

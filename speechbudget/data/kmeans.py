@@ -439,9 +439,12 @@ def labels_to_string(labels: np.ndarray) -> str:
 
 
 def read_labels(cut) -> np.ndarray:
-    """The cluster ids stored by :func:`write_labels` (int64)."""
+    """The cluster ids stored by :func:`write_labels` (int64): the one parser of ``custom["kmeans"]``."""
     if not cut.custom or "kmeans" not in cut.custom:
-        raise SpeechBudgetError(f"cut {cut.id} has no k-means labels; run `speechbudget kmeans` first")
+        raise SpeechBudgetError(
+            f"cut {cut.id} has no k-means labels (custom['kmeans']); make them with "
+            "`speechbudget kmeans CUTS --out DIR` and train on the labeled cuts it writes"
+        )
     return np.array(cut.custom["kmeans"].split(), dtype=np.int64)
 
 

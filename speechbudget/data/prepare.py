@@ -7,7 +7,11 @@ A split whose ``cuts_<split>.jsonl.gz`` exists is complete and is skipped unless
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import shutil
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from ..config import from_dict
 from ..errors import SpeechBudgetError
 from .audio import check_and_convert
 from .executor import open_executor, run_map
-from .features import compute_fbank
+from .features import compute_fbank, remove_storage
 from .manifests import cuts_path, save_manifest, write_jsonl
 from .sources import FindContext, SourceItem, get_source, option, option_names
 
@@ -58,6 +62,8 @@ class PrepareSummary:
 
 
 def _text_problem(item: SourceItem) -> Optional[str]:
+    if item.problem:
+        return item.problem
     if not item.labeled:
         return None
     if item.text is None:
@@ -75,6 +81,8 @@ def prepare_split(
     items: List[SourceItem], split: str, corpus_dir: Path, features: bool, num_jobs: int, executor
 ) -> SplitSummary:
     summary = SplitSummary(split)
+    cuts_path(corpus_dir, split).unlink(missing_ok=True)  # from here on the split is absent, not stale
+    old_storages = _feature_storages(corpus_dir, split)
     rejected: List[Dict[str, Any]] = []
     seen: Dict[str, str] = {}
     todo: List[SourceItem] = []
@@ -120,6 +128,8 @@ def prepare_split(
     summary.hours = sum(r.duration for r in recordings) / 3600
     write_jsonl(rejected, corpus_dir / f"rejected_{split}.jsonl")
     if not recordings:
+        for old in old_storages:
+            remove_storage(old)
         return summary
     recs, sups = RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions)
     save_manifest(recs, corpus_dir / f"recordings_{split}.jsonl.gz")
@@ -130,8 +140,12 @@ def prepare_split(
         for r, s in zip(recordings, supervisions)
     )
     if features:
-        cuts = compute_fbank(cuts, corpus_dir / f"feats_{split}", num_jobs=num_jobs, executor=executor)
+        # a fresh folder beside the old one: the old features go only after the new cuts point elsewhere
+        storage = corpus_dir / f"feats_{split}-{uuid.uuid4().hex[:8]}"
+        cuts = compute_fbank(cuts, storage, num_jobs=num_jobs, executor=executor)
     save_manifest(cuts, cuts_path(corpus_dir, split))  # written last: its presence means "complete"
+    for old in old_storages:
+        remove_storage(old)
     return summary
 
 
@@ -199,29 +213,97 @@ class CorpusSpec:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
 
+#: options that change what a corpus contains (the rest only change how fast it is made)
+_HOW_ONLY = ("force", "num_jobs", "executor", "scheduler", "name")
+
+
+def _content_options(options: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in _HOW_ONLY}
+
+
+def _check_same_options(spec: CorpusSpec, corpus_dir: Path) -> None:
+    """A re-run with other options must not mix old and new splits: stop, or with force redo all."""
+    stored_path = corpus_dir / "prepare.json"
+    if spec.common.force or not stored_path.is_file() or not prepared_splits(corpus_dir):
+        return
+    try:
+        stored = json.loads(stored_path.read_text()).get("options") or {}
+    except (OSError, ValueError):
+        return
+    old, new = _content_options(stored), _content_options(spec.to_dict())
+    diffs = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    if diffs:
+        raise SpeechBudgetError(
+            f"{corpus_dir} was prepared with other options ({'; '.join(diffs)}); add --force (recipe: force: true) "
+            "to redo every split with the new ones, or prepare into another name"
+        )
+
+
+def prepared_splits(corpus_dir: Path) -> List[str]:
+    """Splits whose cut manifest exists: the complete ones."""
+    return sorted(p.name[len("cuts_") : -len(".jsonl.gz")] for p in Path(corpus_dir).glob("cuts_*.jsonl.gz"))
+
+
+def _remove_split(corpus_dir: Path, split: str) -> None:
+    """Drop a split, its completion marker first, so it is never half there and looking complete."""
+    cuts_path(corpus_dir, split).unlink(missing_ok=True)
+    for name in (f"recordings_{split}.jsonl.gz", f"supervisions_{split}.jsonl.gz", f"rejected_{split}.jsonl"):
+        (corpus_dir / name).unlink(missing_ok=True)
+    for storage in _feature_storages(corpus_dir, split):
+        remove_storage(storage)
+
+
+def _feature_storages(corpus_dir: Path, split: str) -> List[Path]:
+    """``feats_<split>`` (older versions) and ``feats_<split>-<8 hex>``, with or without ".lca"."""
+    pattern = re.compile(rf"feats_{re.escape(split)}(-[0-9a-f]{{8}})?(\.lca)?")
+    return [p for p in Path(corpus_dir).glob(f"feats_{split}*") if pattern.fullmatch(p.name)]
+
+
 def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
     """Run the spec's source and prepare every split it yields into ``OUT/<name>/``."""
     start = time.time()
     src, common = get_source(spec.source), spec.common
     # absolute paths in manifests: stages may run from elsewhere
     corpus_dir = Path(out_dir).resolve() / spec.name
-    corpus_dir.mkdir(parents=True, exist_ok=True)
-    with open_executor(common.executor, common.num_jobs, common.scheduler) as executor:
-        items = src.find_items(spec.options, FindContext(corpus_dir, executor))
-        if not items:
-            raise SpeechBudgetError(f"the {spec.source} source found no audio")
-        by_split: Dict[str, List[SourceItem]] = defaultdict(list)
-        for it in items:
-            by_split[it.split].append(it)
-        splits = []
-        order = ("train", "dev", "test")
-        for split in sorted(by_split, key=lambda s: order.index(s) if s in order else 9):
-            if cuts_path(corpus_dir, split).exists() and not common.force:
-                splits.append(_existing_summary(corpus_dir, split))
-                continue
-            splits.append(
-                prepare_split(by_split[split], split, corpus_dir, common.features, common.num_jobs, executor)
-            )
+    created = not corpus_dir.exists()
+    try:
+        corpus_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
+        raise SpeechBudgetError(
+            f"cannot create the corpus folder {corpus_dir} ({e.strerror}); choose another --out"
+        ) from None
+    _check_same_options(spec, corpus_dir)
+    try:
+        with open_executor(common.executor, common.num_jobs, common.scheduler) as executor:
+            items = src.find_items(spec.options, FindContext(corpus_dir, executor))
+            if not items:
+                raise SpeechBudgetError(f"the {spec.source} source found no audio")
+            by_split: Dict[str, List[SourceItem]] = defaultdict(list)
+            for it in items:
+                by_split[it.split].append(it)
+            if common.force:  # splits this source no longer yields would otherwise linger beside the new ones
+                for split in prepared_splits(corpus_dir):
+                    if split not in by_split:
+                        _remove_split(corpus_dir, split)
+            splits = []
+            order = ("train", "dev", "test")
+            for split in sorted(by_split, key=lambda s: order.index(s) if s in order else 9):
+                if cuts_path(corpus_dir, split).exists() and not common.force:
+                    splits.append(_existing_summary(corpus_dir, split))
+                    continue
+                splits.append(
+                    prepare_split(
+                        by_split[split], split, corpus_dir, common.features, common.num_jobs, executor
+                    )
+                )
+    except BaseException:
+        if created and not any(p.is_file() for p in corpus_dir.rglob("*")):
+            shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
+        raise
     summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start)
     atomic.write_json(
         corpus_dir / "prepare.json",

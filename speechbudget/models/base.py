@@ -36,7 +36,9 @@ class Encoder(nn.Module):
 
 
 def make_pad_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
-    """``True`` at padded positions: ``(B, T)``."""
-    max_len = int(max_len if max_len is not None else lengths.max().item())
+    """``True`` at padded positions: ``(B, T)``. A ``max_len`` taken from ``x.size(1)`` is used as is
+    (no ``int()``), so ``torch.jit.trace`` records it without warnings."""
+    if max_len is None:
+        max_len = int(lengths.max().item())
     idx = torch.arange(max_len, device=lengths.device)
     return idx.unsqueeze(0) >= lengths.unsqueeze(1)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import SpeechBudgetError
-from .base import Encoder, EncoderOutput
+from .base import Encoder, EncoderOutput, make_pad_mask
 from .frontends import build_frontend
 from .zipformer_layers import (
     Bypass,
@@ -39,7 +39,6 @@ from .zipformer_layers import (
     ZipformerBlock,
     compact_rel_positions,
     fit_channels,
-    padding_mask,
     upsample,
 )
 
@@ -85,7 +84,7 @@ class ZipformerStack(nn.Module):
         if self.factor > 1:
             x = self.downsample(x, lengths)
             lengths = self.downsample.output_lengths(lengths)
-        pad = padding_mask(lengths, x.size(1))
+        pad = make_pad_mask(lengths, x.size(1))
         pos_emb = compact_rel_positions(x.size(1), self.pos_dim, x.device, x.dtype)
         per_layer = []
         for block in self.blocks:
@@ -206,7 +205,7 @@ class Zipformer(Encoder):
                 f"zipformer expects {self.input_dim}-dim features, got {features.size(-1)}; set input_dim"
             )
         x, lengths = self.frontend(features, lengths)
-        x = x.masked_fill(padding_mask(lengths, x.size(1)).unsqueeze(-1), 0.0)
+        x = x.masked_fill(make_pad_mask(lengths, x.size(1)).unsqueeze(-1), 0.0)
 
         stack_outputs, layers = [], []
         for prev_dim, dim, stack in zip(self.dims[:1] + self.dims, self.dims, self.stacks):
@@ -218,7 +217,7 @@ class Zipformer(Encoder):
         out_lengths = (
             lengths if self.output_downsampling == 1 else self.output_downsample.output_lengths(lengths)
         )
-        out_pad = padding_mask(out_lengths, hidden.size(1)).unsqueeze(-1)
+        out_pad = make_pad_mask(out_lengths, hidden.size(1)).unsqueeze(-1)
         hidden = hidden.masked_fill(out_pad, 0.0)
         if not return_layers:
             return ZipformerOutput(hidden, out_lengths)

@@ -311,9 +311,3 @@ def fit_channels(x: torch.Tensor, from_dim: int, to_dim: int) -> torch.Tensor:
     if to_dim <= from_dim:
         return x[..., :to_dim]
     return F.pad(x, (0, to_dim - from_dim))
-
-
-def padding_mask(lengths: torch.Tensor, seq_len) -> torch.Tensor:
-    """``True`` at padded frames, ``(B, T)``. Takes ``x.size(1)`` as is (no ``int()``), so
-    ``torch.jit.trace`` records it without warnings."""
-    return torch.arange(seq_len, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)

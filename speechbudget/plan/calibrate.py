@@ -25,6 +25,7 @@ from .. import atomic
 from ..cost.devices import (
     DEVICES,
     cache_dir,
+    default_dtype,
     get_device,
     measure_cpu_peak,
     normalise_dtype,
@@ -106,7 +107,7 @@ def predict_step_seconds(
     path: Optional[Path] = None,
 ) -> float:
     """Step time the calibration predicts: accounted FLOPs / (peak x utilisation)."""
-    dtype = dtype or _default_dtype(get_device(device).kind)
+    dtype = dtype or default_dtype(get_device(device).kind)
     data = load_calibration(path)
     util, _ = calibrated_utilisation(device, dtype, preset, data=data)
     if util is None:
@@ -157,7 +158,7 @@ def time_training_steps(
     if steps < 1 or batch_size < 1 or not seconds > 0:
         raise SpeechBudgetError("calibration needs steps >= 1, batch size >= 1 and seconds > 0")
     dev = torch.device(device)
-    dtype = normalise_dtype(dtype or _default_dtype("gpu" if dev.type == "cuda" else "cpu"))
+    dtype = normalise_dtype(dtype or default_dtype("gpu" if dev.type == "cuda" else "cpu"))
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(0)
@@ -180,11 +181,6 @@ def time_training_steps(
             step()
         times = [step() for _ in range(steps)]
     return {"step_seconds": statistics.median(times), "times": times, "dtype": dtype}
-
-
-def _default_dtype(kind: str) -> str:
-    """What the trainer uses: bf16 autocast on CUDA, plain fp32 on the CPU."""
-    return "bf16" if kind == "gpu" else "fp32"
 
 
 def _device_key(name: str) -> str:
@@ -249,7 +245,7 @@ def calibrate(
         raise SpeechBudgetError("--device cuda but no CUDA GPU is visible")
     dev = torch.device(device)
     name = _device_key(device_name) if device_name else _detect_device_name(dev)
-    dtype = normalise_dtype(dtype or _default_dtype(get_device(name).kind))
+    dtype = normalise_dtype(dtype or default_dtype(get_device(name).kind))
     peak = _peak(name, dtype)
     path = Path(path) if path is not None else default_calibration_path()
 

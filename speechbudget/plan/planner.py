@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..cost.devices import (
-    Device,
+    default_dtype,
     get_device,
     measure_cpu_peak,
     normalise_dtype,
@@ -206,14 +206,10 @@ class BudgetSpec:
             float(self.amount),
             self.unit,
             dev.name,
-            normalise_dtype(self.dtype or _default_dtype(dev)),
+            normalise_dtype(self.dtype or default_dtype(dev.kind)),
             self.utilisation,
             int(self.num_devices),
         )
-
-
-def _default_dtype(dev: Device) -> str:
-    return "bf16" if dev.kind == "gpu" else "fp32"
 
 
 def _peak(budget: BudgetSpec, calibration: Dict[str, Any]) -> float:

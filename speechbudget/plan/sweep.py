@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .. import atomic
+from ..config import split_csv
 from ..errors import SpeechBudgetError
 from ..train.metrics_log import read_metrics
-from .scaling import DEFAULT_R_STAR, ScalingLaw, fit_law
+from .scaling import DEFAULT_R_STAR, fit_law
 
 LAST_STEPS = 3  # logged steps averaged into a run's final loss: one step's loss is noisy
 MIN_STEPS = 100  # shorter runs are still in their initial transient: left out of the fit
@@ -25,7 +26,7 @@ _OTHER_LIMITS = ("gpu_hours", "wall_hours", "audio_hours", "steps")
 
 
 def parse_list(text: str, what: str) -> List[str]:
-    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    items = split_csv(text)
     if not items:
         raise SpeechBudgetError(f"give at least one {what} (comma-separated)")
     return items
@@ -272,7 +273,3 @@ def pilot_settings(run_dirs: Sequence[Path]) -> Optional[Dict[str, Any]]:
         config = _read_json(Path(d) / "run_card.json").get("config") or {}
         seen.append({"schedule": config.get("schedule"), "max_duration": config.get("max_duration")})
     return seen[0] if seen and all(s == seen[0] for s in seen) and seen[0]["schedule"] else None
-
-
-def load_law(path: Path) -> ScalingLaw:
-    return ScalingLaw.from_json(path)

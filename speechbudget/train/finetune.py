@@ -137,19 +137,19 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         trainer = Trainer(
             cfg,
             model,
-            loader,
-            sampler,
-            dist,
-            cost,
-            hours * 3600,
-            "finetune",
-            {**(recipe or {}), "init": init, "filtered": dropped_counts},
+            loader=loader,
+            sampler=sampler,
+            dist=dist,
+            cost=cost,
+            epoch_seconds=hours * 3600,
+            stage="finetune",
+            recipe=recipe,
             before_step=before_step,
             find_unused_parameters=freeze > 0,
             valid_loader=dev_loader(
                 cfg, SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
             ),
-            card_extra={"labeled_hours": hours},
+            card_extra={"labeled_hours": hours, "init": init, "filtered": dropped_counts},
         )
         out = trainer.fit()
         out["filtered"] = dropped_counts

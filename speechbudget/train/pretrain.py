@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ..config import TrainConfig
-from ..data.dataset import SpeechDataset, kmeans_labels
+from ..data.dataset import SpeechDataset
+from ..data.kmeans import read_labels
 from ..errors import SpeechBudgetError
 from ..objectives.hubert import HubertModel
 from . import distributed
@@ -25,7 +26,7 @@ def count_clusters(cuts) -> int:
     """Checks every cut has labels (clear error otherwise) and returns max label + 1."""
     k = 0
     for c in cuts:
-        labels = kmeans_labels(c)
+        labels = read_labels(c)
         if labels.size:
             k = max(k, int(labels.max()) + 1)
     return k
@@ -60,13 +61,13 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         trainer = Trainer(
             cfg,
             model,
-            loader,
-            sampler,
-            dist,
-            cost,
-            seconds,
-            "pretrain",
-            recipe,
+            loader=loader,
+            sampler=sampler,
+            dist=dist,
+            cost=cost,
+            epoch_seconds=seconds,
+            stage="pretrain",
+            recipe=recipe,
             valid_loader=dev_loader(cfg, dataset),
             card_extra={"unique_hours": seconds / 3600},
         )

@@ -11,8 +11,8 @@ import torch
 from lhotse import CutSet
 
 from .. import atomic
-from ..config import TrainConfig
-from ..data.dataset import SpeechDataset, list_of, make_loader, make_sampler
+from ..config import TrainConfig, split_csv
+from ..data.dataset import SpeechDataset, make_loader, make_sampler
 from ..data.manifests import load_cuts, save_manifest
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
@@ -21,7 +21,7 @@ from .distributed import DistInfo
 
 
 def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
-    paths = list_of(spec or "")
+    paths = split_csv(spec)
     if not paths:
         raise SpeechBudgetError(
             f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)"

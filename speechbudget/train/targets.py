@@ -39,12 +39,20 @@ def make_targets(
     """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
     length rule decide how many labels each cut gets)."""
     if features not in FEATURES:
-        raise SpeechBudgetError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
+        raise SpeechBudgetError(
+            f"unknown k-means features {features!r} (--features, recipe kmeans.features); "
+            f"choose one of {', '.join(FEATURES)}"
+        )
     if num_clusters < 2:
-        raise SpeechBudgetError(f"--num-clusters must be at least 2 (got {num_clusters})")
+        raise SpeechBudgetError(
+            f"k-means needs at least 2 clusters (--num-clusters, recipe kmeans.num_clusters), got {num_clusters}"
+        )
     if features == "layer":
         if checkpoint is None or layer is None:
-            raise SpeechBudgetError("--features layer needs --checkpoint (a pretraining run) and --layer N")
+            raise SpeechBudgetError(
+                "k-means on layer features needs a pretraining checkpoint and a layer "
+                "(--checkpoint and --layer; recipe kmeans.checkpoint and kmeans.layer)"
+            )
         enc = pretrained_encoder(checkpoint)
     else:
         torch.manual_seed(0)

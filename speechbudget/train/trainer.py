@@ -56,6 +56,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         model: nn.Module,
+        *,
         loader: torch.utils.data.DataLoader,
         sampler: Any,
         dist: DistInfo,
@@ -69,7 +70,9 @@ class Trainer:
         card_extra: Optional[Dict[str, Any]] = None,
     ):
         """``cost``: ``macs_per_input_second`` of the encoder and ``head_macs_per_frame``, ``frame_rate_hz``
-        and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set."""
+        and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set. ``recipe``
+        is the recipe as the user wrote it (provenance, kept in the run card as is); facts about this
+        run that later stages read (e.g. which checkpoint it started from) go in ``card_extra``."""
         self.cfg, self.dist, self.stage, self.recipe = cfg, dist, stage, recipe or {}
         self.exp_dir = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -290,7 +293,8 @@ class Trainer:
         valid = self.validate()
         if valid:
             self._log({"step": self.counters.step, **valid})
-        return self.summary(resumed, final=final, last=last, valid=valid)
+        averaged = self.average_checkpoints()
+        return self.finish(self.summary(resumed, final=final, last=last, valid=valid, averaged=averaged))
 
     def _already_done(self, resumed: Optional[Path]) -> Dict[str, Any]:
         """A run whose budget was spent: what it reported when it ended. Nothing is rewritten, so
@@ -299,7 +303,7 @@ class Trainer:
         stored = json.loads(path.read_text()) if path.is_file() else None
         valid = {} if stored and stored.get("valid") else self._logged_valid()
         if stored is None:  # killed between its last checkpoint and its summary
-            stored = self.summary(resumed, already_done=True, valid=valid)
+            stored = self.finish(self.summary(resumed, already_done=True, valid=valid))
         elif valid and self.dist.is_main:  # emptied by an older version: the log still has them
             stored["valid"] = valid
             atomic.write_json(path, stored)
@@ -401,7 +405,9 @@ class Trainer:
         last: Optional[Dict] = None,
         already_done: bool = False,
         valid: Optional[Dict] = None,
+        averaged: Optional[Path] = None,
     ) -> Dict[str, Any]:
+        """What the run did, as the CLI shows it and summary.json keeps it (no side effects)."""
         c = self.counters
         out = {
             "stage": self.stage,
@@ -421,17 +427,24 @@ class Trainer:
             "final": last or {},
             "valid": valid or {},
         }
-        if self.dist.is_main:
-            if self.cfg.average_last > 1 and not already_done:
-                paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last :]
-                ckpt.atomic_save(
-                    {"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]},
-                    self.exp_dir / "averaged.pt",
-                )
-                out["averaged"] = str(self.exp_dir / "averaged.pt")
+        if averaged is not None:
+            out["averaged"] = str(averaged)
+        return out
 
-            atomic.write_json(self.exp_dir / "summary.json", out)
+    def average_checkpoints(self) -> Optional[Path]:
+        """``averaged.pt``: the mean of the last ``average_last`` checkpoints, when asked for."""
+        if not self.dist.is_main or self.cfg.average_last <= 1:
+            return None
+        paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last :]
+        path = self.exp_dir / "averaged.pt"
+        ckpt.atomic_save({"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]}, path)
+        return path
+
+    def finish(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+        """Write summary.json (the file `report` and `plan fit` read) and close the logs."""
+        if self.dist.is_main:
+            atomic.write_json(self.exp_dir / "summary.json", summary)
             if self.writer is not None:
                 self.writer.close()
                 self.metrics.close()
-        return out
+        return summary

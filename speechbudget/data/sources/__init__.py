@@ -36,6 +36,8 @@ class SourceItem:
     custom: Dict[str, Any] = field(default_factory=dict)
     #: whether this source promises a transcript; a labeled item with no text is rejected
     labeled: bool = True
+    #: why the source cannot use this file (reported in rejected_<split>.jsonl, never dropped silently)
+    problem: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,13 @@ def get_source(name: str) -> Source:
     if found is None:
         raise SpeechBudgetError(f"unknown source {name!r}; choose one of {', '.join(registry())}")
     return found
+
+
+def path_id(prefix: str, relative: Path) -> str:
+    """An utterance id unique by construction: the file's path below the corpus root, extension
+    included, with "%" and "/" escaped - so ``a-b/c.wav``, ``a/b-c.wav`` and ``a/b-c.flac`` never meet."""
+    escaped = relative.as_posix().replace("%", "%25").replace("/", "%2F")
+    return f"{prefix}-{escaped}"
 
 
 def option_names(source: Source) -> List[str]:

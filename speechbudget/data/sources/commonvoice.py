@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import FindContext, Source, SourceItem, option
+from . import FindContext, Source, SourceItem, option, path_id
 
 REQUIRED = ("client_id", "path", "sentence")
 
@@ -20,7 +20,9 @@ def _table(root: Path, table: Optional[Path]) -> Path:
     for name in ("validated.tsv", "validated.csv", "train.tsv"):
         if (root / name).is_file():
             return root / name
-    raise SpeechBudgetError(f"no validated.tsv (or .csv) in {root}; pass --table PATH")
+    raise SpeechBudgetError(
+        f"no validated.tsv (or .csv) in {root}; give the table (--table PATH, recipe key table)"
+    )
 
 
 def _split_for(speaker: str, dev_fraction: float, test_fraction: float) -> str:
@@ -63,7 +65,7 @@ def find_items(opts: CommonVoiceOptions, ctx: FindContext) -> List[SourceItem]:
         name = row.get("path") or ""
         items.append(
             SourceItem(
-                id=f"cv-{Path(name).stem}",
+                id=path_id("cv", Path(name)),
                 audio=str(clips / name),
                 split=_split_for(speaker, dev_fraction, test_fraction),
                 text=row.get("sentence"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ...errors import SpeechBudgetError
-from . import FindContext, Source, SourceItem, option
+from . import FindContext, Source, SourceItem, option, path_id
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
 
@@ -44,8 +44,8 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
     texts = read_transcripts(transcripts, root) if transcripts else None
     items = []
     for f in files:
-        rel = f.relative_to(root).with_suffix("")
-        item_id = "dir-" + "-".join(rel.parts)
+        rel = f.relative_to(root)
+        item_id = path_id("dir", rel)
         speaker = rel.parts[0] if len(rel.parts) > 1 else None
         if texts is None:
             items.append(SourceItem(id=item_id, audio=str(f), split=split, speaker=speaker, labeled=False))

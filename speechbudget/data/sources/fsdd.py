@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import FindContext, Source, SourceItem, option
+from . import FindContext, Source, SourceItem, option, path_id
+from .folder import AUDIO_SUFFIXES
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -26,22 +27,32 @@ def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
     root, test_speakers, dev_speakers = Path(opts.path), opts.test_speakers, opts.dev_speakers
     if (root / "recordings").is_dir():
         root = root / "recordings"
-    files = sorted(root.glob("*.wav"))
-    if not files:
+    # subfolders and any case of ".wav" too: a file this source cannot use is reported, never skipped
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not any(f.suffix.lower() == ".wav" for f in files):
         raise SpeechBudgetError(f"no FSDD wav files ({{digit}}_{{speaker}}_{{index}}.wav) under {root}")
     items, speakers = [], set()
     for f in files:
+        rel = f.relative_to(root)
+        canonical = rel.parent == Path(".") and f.suffix == ".wav"
+        item_id = None if canonical else path_id("fsdd", rel)  # unique even beside a same-named file
         parts = f.stem.split("_")
-        if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) > 9:
-            # an unexpected name still goes through validation so it is reported, not dropped silently
-            items.append(SourceItem(id=f"fsdd-{f.stem}", audio=str(f), split="train", text=None))
+        problem = None
+        if f.suffix.lower() != ".wav":
+            problem = f"not an FSDD recording (FSDD is .wav; got {f.suffix})"
+        elif len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) > 9:
+            problem = "name is not {digit}_{speaker}_{index}.wav"
+        if problem:
+            items.append(
+                SourceItem(id=item_id or path_id("fsdd", rel), audio=str(f), split="train", problem=problem)
+            )
             continue
         digit, speaker, index = parts
         speakers.add(speaker)
         split = "test" if speaker in test_speakers else "dev" if speaker in dev_speakers else "train"
         items.append(
             SourceItem(
-                id=f"fsdd-{speaker}-{digit}-{index}",
+                id=item_id or f"fsdd-{speaker}-{digit}-{index}",
                 audio=str(f),
                 split=split,
                 text=DIGIT_WORDS[int(digit)],
