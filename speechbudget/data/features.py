@@ -1,4 +1,4 @@
-"""80-dim log-mel fbank (10 ms shift) through lhotse, stored with lilcom compression."""
+"""Log-mel fbank (10 ms shift; 80 bins for speech, 128 for AuM/AST) through lhotse, lilcom-compressed."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from .. import progress
 
 NUM_MEL_BINS = 80
+CLASSIFIER_MEL_BINS = 128  # AuM and AST patch 128-bin spectrograms
 FRAME_SHIFT = 0.01
 
 
-def fbank_extractor() -> Fbank:
-    return Fbank(FbankConfig(num_filters=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, sampling_rate=16000))
+def fbank_extractor(num_mel_bins: int = NUM_MEL_BINS) -> Fbank:
+    return Fbank(FbankConfig(num_filters=num_mel_bins, frame_shift=FRAME_SHIFT, sampling_rate=16000))
 
 
 def compute_fbank(
-    cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None
+    cuts: CutSet,
+    storage: Path,
+    num_jobs: int = 1,
+    executor: Optional[Executor] = None,
+    num_mel_bins: int = NUM_MEL_BINS,
 ) -> CutSet:
     """Extract and store features; a half-written storage folder from a killed run is discarded."""
     storage = Path(storage)
@@ -30,7 +35,7 @@ def compute_fbank(
         elif stale.exists():
             stale.unlink()
     return cuts.compute_and_store_features(
-        extractor=fbank_extractor(),
+        extractor=fbank_extractor(num_mel_bins),
         storage_path=storage,
         num_jobs=num_jobs if executor is not None or num_jobs > 1 else 1,
         storage_type=LilcomChunkyWriter,
