@@ -175,7 +175,7 @@ def plot_confusion_matrix(
     cm = np.asarray(confusion)
     n = len(classes)
     acc = np.trace(cm) / max(cm.sum(), 1)
-    size = min(max(4.0, 0.5 * n + 2.0), 20.0)
+    size = min(max(5.5, 0.5 * n + 2.0), 20.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
     im = ax.imshow(cm, cmap="Blues", vmin=0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="clips")
