@@ -6,16 +6,17 @@ import pytest
 import torch
 from fsdd_clips import fsdd_cuts
 
-from speechbudget.data.dataset import SpeechDataset
+from speechbudget.data.dataset import SpeechDataset, make_loader, make_sampler
 from speechbudget.data.feature_stats import compute_feature_stats
 from speechbudget.data.labels import LabelVocabulary, label_transform
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.evaluation.classification import classification_report, plot_confusion_matrix
 from speechbudget.models.audio_mamba import AudioMamba
 from speechbudget.models.bimamba import BiMambaEncoder
 from speechbudget.models.spectrogram_transformer import AudioSpectrogramTransformer
 from speechbudget.models.transformer import TransformerEncoder
 from speechbudget.models.zipformer import build as build_zipformer
-from speechbudget.objectives.classify import ClassifierModel, roll_valid
+from speechbudget.objectives.classify import ClassifierModel, collect_predictions, roll_valid
 
 torch.set_num_threads(1)
 
@@ -130,7 +131,8 @@ def test_aum_learns_real_fsdd_digits(tmp_path):
     cuts = fsdd_cuts(tmp_path / "feats", digits=(0, 1, 2), speakers=("george", "jackson"), per=2)
     vocab = LabelVocabulary.from_cuts(cuts)
     assert vocab.classes == ["0", "1", "2"]
-    batch = SpeechDataset(transform=label_transform(cuts, vocab))[cuts]
+    dataset = SpeechDataset(transform=label_transform(cuts, vocab))
+    batch = dataset[cuts]
     assert batch["features"].shape[-1] == 128 and batch["labels"].shape == (12,)
     stats = compute_feature_stats(cuts)
     encoder = AudioMamba(dim=32, layers=2, d_state=8, feature_mean=stats["mean"], feature_std=stats["std"])
@@ -144,7 +146,12 @@ def test_aum_learns_real_fsdd_digits(tmp_path):
         opt.step()
         losses.append(stats["loss"])
     assert losses[-1] < 0.3 * losses[0], losses
-    model.eval()
-    with torch.no_grad():
-        predicted = model.logits(batch["features"], batch["lengths"]).argmax(-1)
-    assert (predicted == batch["labels"]).float().mean() >= 0.9
+    # evaluation path: lhotse batches -> scores -> report and confusion PNG
+    loader = make_loader(dataset, make_sampler(cuts, max_duration=3.0, num_buckets=2, seed=0, shuffle=False))
+    preds = collect_predictions(model, loader)
+    assert model.training  # restored
+    assert sorted(preds["ids"]) == sorted(c.id for c in cuts) and preds["scores"].shape == (12, 3)
+    report = classification_report(preds["scores"], preds["labels"], vocab.classes, bootstrap=100)
+    assert report["accuracy"] >= 0.9
+    png = plot_confusion_matrix(report["confusion"], vocab.classes, tmp_path / "confusion.png", title="FSDD")
+    assert png.stat().st_size > 5000

@@ -171,6 +171,7 @@ def plot_confusion_matrix(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cm = np.asarray(confusion)
     n = len(classes)
@@ -178,7 +179,9 @@ def plot_confusion_matrix(
     size = min(max(5.5, 0.5 * n + 2.0), 20.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=120)
     im = ax.imshow(cm, cmap="Blues", vmin=0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="clips")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="clips")
+    bar.locator = matplotlib.ticker.MaxNLocator(integer=True)  # counts: no 0.5 ticks
+    bar.update_ticks()
     ax.set_xticks(
         range(n), labels=list(classes), rotation=45 if max(map(len, classes)) > 3 else 0, ha="right"
     )

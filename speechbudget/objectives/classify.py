@@ -20,7 +20,7 @@ returns ``(loss, stats)`` like :class:`~.ctc.CtcModel`.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +151,12 @@ class ClassifierModel(nn.Module):
         out = self.encoder(features, lengths)
         return self.head(self.dropout(self.pool(out.hidden, out.lengths))).float()
 
+    @torch.no_grad()
+    def probabilities(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C) softmax (single-label) or sigmoid (multi-label) scores, for evaluation and prediction."""
+        logits = self.logits(features, lengths)
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, C) float targets: one-hot (smoothed at loss time) or the multi-hot labels as given."""
         if self.multi_label:
@@ -198,3 +204,26 @@ class ClassifierModel(nn.Module):
         if not self.multi_label:  # accuracy against the unmixed labels
             stats["accuracy"] = float((logits.argmax(-1) == labels).float().mean())
         return loss, stats
+
+
+@torch.no_grad()
+def collect_predictions(model: ClassifierModel, batches: Iterable[Dict], device="cpu") -> Dict:
+    """Run ``model`` in eval mode over ``batches`` -> ``{"ids", "scores" (N, C), "labels"}`` as numpy
+    (``labels`` only when the batches carry them), ready for ``evaluation.classification``."""
+    was_training = model.training
+    model.eval()
+    ids: List[str] = []
+    scores, labels = [], []
+    try:
+        for batch in batches:
+            probs = model.probabilities(batch["features"].to(device), batch["lengths"].to(device))
+            scores.append(probs.cpu())
+            ids.extend(batch["ids"])
+            if "labels" in batch:
+                labels.append(batch["labels"].cpu())
+    finally:
+        model.train(was_training)
+    out = {"ids": ids, "scores": torch.cat(scores).numpy() if scores else None}
+    if labels:
+        out["labels"] = torch.cat(labels).numpy()
+    return out
