@@ -109,3 +109,15 @@ def test_feature_stats_errors(tmp_path):
     (tmp_path / "feature_stats.json").write_text('{"mean": 0, "std": 0}')
     with pytest.raises(SpeechBudgetError, match="positive std"):
         read_feature_stats(tmp_path)
+
+
+def test_on_the_fly_fbank_can_have_128_bins(tmp_path):
+    """Noise mixing recomputes fbank in the dataset: it must keep the classifiers' 128 bins."""
+    from speechbudget.data.dataset import SpeechDataset
+
+    cuts = fsdd_cuts(tmp_path / "feats", digits=(4,), speakers=("theo",), per=2)
+    stored = SpeechDataset()[cuts]["features"]
+    on_the_fly = SpeechDataset(cut_transform=lambda c: c, num_mel_bins=128)[cuts]["features"]
+    assert stored.shape == on_the_fly.shape and stored.shape[-1] == 128
+    diff = (stored - on_the_fly).abs()
+    assert float(diff.median()) < 0.05 and float(diff.mean()) < 0.2  # lilcom storage is lossy, slightly
