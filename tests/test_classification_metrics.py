@@ -7,8 +7,11 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
 from speechbudget.evaluation.classification import (
+    WeightedAP,
     accuracy,
+    average_precisions,
     bootstrap_interval,
+    bootstrap_map,
     classification_report,
     confusion_matrix,
     macro_f1,
@@ -52,6 +55,21 @@ def test_bootstrap_is_seeded_and_contains_the_estimate():
     assert lo < accuracy(y, pred) < hi and hi - lo < 0.2
     assert bootstrap_interval(accuracy, y, pred, samples=300, seed=5) == (lo, hi)
     assert bootstrap_interval(accuracy, y, pred, samples=300, seed=6) != (lo, hi)
+
+
+def test_weighted_ap_equals_sklearn_on_resampled_clips_with_ties():
+    rng = np.random.default_rng(2)
+    targets = (rng.random((120, 5)) < 0.25).astype(int)
+    targets[:, 4] = 0
+    scores = np.round(rng.random((120, 5)), 1)  # many tied scores
+    ap = WeightedAP(targets, scores)
+    assert np.allclose(ap(np.ones(120)), average_precisions(targets, scores), equal_nan=True)
+    for _ in range(3):
+        idx = rng.integers(0, 120, 120)
+        reference = average_precisions(targets[idx], scores[idx])  # scikit-learn on the resample
+        assert np.allclose(ap(np.bincount(idx, minlength=120)), reference, equal_nan=True)
+    lo, hi = bootstrap_map(targets, scores, samples=200, seed=0)
+    assert lo < mean_average_precision(targets, scores) < hi
 
 
 def test_single_and_multi_label_reports():

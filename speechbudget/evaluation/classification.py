@@ -4,7 +4,8 @@
 * Multi-label (AudioSet): mAP = the mean over classes of scikit-learn's ``average_precision_score``,
   over classes with at least one positive clip (AP is undefined without one), as AudioSet
   papers report it.
-* Intervals: percentile bootstrap over clips (resampled with replacement, seeded), 95% by default.
+* Intervals: percentile bootstrap over clips (resampled with replacement, seeded), 95% by default;
+  mAP's resamples reuse one sort per class (:class:`WeightedAP`), checked against scikit-learn.
 """
 
 from __future__ import annotations
@@ -68,6 +69,58 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
+def _percentile_interval(values: List[float], confidence: float) -> Tuple[float, float]:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+class WeightedAP:
+    """Per-class AP of a reweighted clip set, equal to scikit-learn's on the set with clip ``j``
+    repeated ``weights[j]`` times; the columns are sorted once, so each bootstrap resample costs a
+    few cumulative sums instead of a sort per class (AudioSet: 527 classes x 20k clips)."""
+
+    def __init__(self, targets: np.ndarray, scores: np.ndarray):
+        scores = np.asarray(scores, dtype=np.float64)
+        n = len(scores)
+        self.order = np.argsort(-scores, axis=0, kind="stable")
+        s = np.take_along_axis(scores, self.order, 0)
+        self.t = np.take_along_axis(np.asarray(targets, dtype=np.float64), self.order, 0)
+        # a threshold of the precision-recall curve ends each run of tied scores
+        is_end = np.ones(s.shape, dtype=bool)
+        is_end[:-1] = s[:-1] != s[1:]
+        last = np.where(is_end, np.arange(n)[:, None], n)
+        self.group_end = np.minimum.accumulate(last[::-1], axis=0)[::-1]
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)[self.order]
+        wt = w * self.t
+        tp, count = np.cumsum(wt, 0), np.cumsum(w, 0)
+        precision = np.divide(tp, count, out=np.zeros_like(tp), where=count > 0)
+        at_threshold = np.take_along_axis(precision, self.group_end, 0)
+        positives = wt.sum(0)
+        ap = np.full(positives.shape, np.nan)
+        np.divide((wt * at_threshold).sum(0), positives, out=ap, where=positives > 0)
+        return ap
+
+
+def bootstrap_map(
+    targets: np.ndarray, scores: np.ndarray, samples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Tuple[float, float]:
+    """Percentile bootstrap interval of mAP (clips resampled with replacement, seeded)."""
+    ap = WeightedAP(targets, scores)
+    n = len(scores)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        per_class = ap(np.bincount(rng.integers(0, n, n), minlength=n))
+        values.append(float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"))
+    return _percentile_interval(values, confidence)
+
+
 def bootstrap_interval(
     metric: Callable[..., float],
     *arrays: np.ndarray,
@@ -82,14 +135,8 @@ def bootstrap_interval(
     values = []
     for _ in range(samples):
         idx = rng.integers(0, n, n)
-        v = metric(*(a[idx] for a in arrays))
-        if np.isfinite(v):
-            values.append(v)
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1.0 - confidence) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
+        values.append(metric(*(a[idx] for a in arrays)))
+    return _percentile_interval(values, confidence)
 
 
 def classification_report(
@@ -112,9 +159,7 @@ def classification_report(
         ap = average_precisions(labels, scores)
         out["mAP"] = float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
         if bootstrap:
-            out["mAP_ci"] = bootstrap_interval(
-                mean_average_precision, labels, scores, samples=bootstrap, seed=seed
-            )
+            out["mAP_ci"] = bootstrap_map(labels, scores, samples=bootstrap, seed=seed)
         out["per_class"] = [
             {"class": c, "support": int(labels[:, i].sum()), "ap": None if np.isnan(ap[i]) else float(ap[i])}
             for i, c in enumerate(classes)
