@@ -122,6 +122,11 @@ def test_label_smoothing_and_multi_label_bce():
     assert torch.allclose(loss, expected) and "accuracy" not in stats
     with pytest.raises(SpeechBudgetError, match="multi-hot"):
         multi({"features": x, "lengths": lengths, "labels": torch.tensor([0, 1])})
+    one_hot_bce = ClassifierModel(enc, 3, loss="bce")  # AuM's Speech Commands recipe
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(one_hot_bce.loss_from_logits(logits, target), bce)
+    with pytest.raises(SpeechBudgetError, match="bce"):
+        ClassifierModel(enc, 3, multi_label=True, loss="ce")
 
 
 def test_aum_learns_real_fsdd_digits(tmp_path):

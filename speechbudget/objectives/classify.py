@@ -9,8 +9,8 @@ Pooling turns the encoder's frames into one vector per clip:
   Transformer or BiMamba encoders pretrained with HuBERT can be fine-tuned for classification.
 * ``"attention"``: a learned softmax weighting of valid frames.
 
-Single-label tasks use cross-entropy with label smoothing; multi-label tasks (AudioSet) use BCE on
-multi-hot targets. Training-time augmentation, as in AuM/AST: random time roll, SpecAugment masks,
+Single-label tasks use cross-entropy with label smoothing (or BCE on one-hot targets, as AuM/AST
+train Speech Commands); multi-label tasks (AudioSet) use BCE on multi-hot targets. Training-time augmentation, as in AuM/AST: random time roll, SpecAugment masks,
 mixup (features and targets mixed with the same weight). All of it is off in eval mode.
 
 Batches are the trainer's dicts: ``features``, ``lengths`` and ``labels`` ((B,) class indices
@@ -81,14 +81,23 @@ class ClassifierModel(nn.Module):
         time_roll: bool = True,
         encoder_lr_scale: float = 1.0,
         dropout: float = 0.0,
+        loss: Optional[str] = None,
     ):
         """``mixup``: probability that a batch is mixed; ``mixup_alpha``: Beta(a, a) of the weight
-        (AuM/AST use 0.6 and 10 on Speech Commands). Mask widths are AuM's for 128 frames."""
+        (AuM/AST use 0.6 and 10 on Speech Commands). Mask widths are AuM's for 128 frames.
+        ``loss``: ``"ce"`` (single-label default) or ``"bce"`` (multi-label; AuM/AST also train
+        Speech Commands with BCE on one-hot targets)."""
         super().__init__()
         if num_classes < 2 and not multi_label:
             raise SpeechBudgetError(
                 f"single-label classification needs at least 2 classes, got {num_classes}"
             )
+        loss = loss or ("bce" if multi_label else "ce")
+        if loss not in ("ce", "bce") or (multi_label and loss == "ce"):
+            raise SpeechBudgetError(
+                f"loss must be 'bce' for multi-label, 'ce' or 'bce' for single-label; got {loss!r}"
+            )
+        self.loss = loss
         if pooling not in POOLINGS:
             raise SpeechBudgetError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         has_cls = encoder_cls_index(encoder, torch.ones(1, dtype=torch.long)) is not None
@@ -181,7 +190,7 @@ class ClassifierModel(nn.Module):
         return x, lengths, target
 
     def loss_from_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.multi_label:
+        if self.loss == "bce":
             return F.binary_cross_entropy_with_logits(logits, target)
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
