@@ -64,6 +64,9 @@ class AttentionPool(nn.Module):
 
 
 class ClassifierModel(nn.Module):
+    """Encoder + pooling + linear head; ``forward(batch) -> (loss, stats)`` for the trainer,
+    :meth:`logits`/:meth:`probabilities` for evaluation and prediction."""
+
     def __init__(
         self,
         encoder: Encoder,
