@@ -29,8 +29,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         with_text: bool = False,
         transform: Optional[Callable[[Dict], Dict]] = None,
         cut_transform: Optional[Callable[[CutSet], CutSet]] = None,
+        num_mel_bins: int = 80,
     ):
-        """``cut_transform`` changes the audio (noise mixing); fbank is then computed on the fly."""
+        """``cut_transform`` changes the audio (noise mixing); fbank (``num_mel_bins``: 80 for speech,
+        128 for AuM/AST) is then computed on the fly."""
         self.input_kind, self.with_kmeans, self.with_text, self.transform = (
             input_kind,
             with_kmeans,
@@ -38,6 +40,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             transform,
         )
         self.cut_transform = cut_transform
+        self.num_mel_bins = num_mel_bins
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
@@ -51,7 +54,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
             from .features import fbank_extractor
 
-            features, lengths = OnTheFlyFeatures(fbank_extractor())(cuts)
+            features, lengths = OnTheFlyFeatures(fbank_extractor(self.num_mel_bins))(cuts)
         else:
             features, lengths = collate_features(cuts)
         batch: Dict = {

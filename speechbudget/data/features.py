@@ -1,4 +1,4 @@
-"""80-dim log-mel fbank (10 ms shift) through lhotse, stored with lilcom compression."""
+"""Log-mel fbank (10 ms shift; 80 bins for speech, 128 for AuM/AST) through lhotse, lilcom-compressed."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from .. import progress
 
 NUM_MEL_BINS = 80
+CLASSIFIER_MEL_BINS = 128  # AuM and AST patch 128-bin spectrograms
 FRAME_SHIFT = 0.01
 
 
-def fbank_extractor() -> Fbank:
-    return Fbank(FbankConfig(num_filters=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, sampling_rate=16000))
+def fbank_extractor(num_mel_bins: int = NUM_MEL_BINS) -> Fbank:
+    return Fbank(FbankConfig(num_filters=num_mel_bins, frame_shift=FRAME_SHIFT, sampling_rate=16000))
 
 
 def remove_storage(storage: Path) -> None:
@@ -30,13 +31,17 @@ def remove_storage(storage: Path) -> None:
 
 
 def compute_fbank(
-    cuts: CutSet, storage: Path, num_jobs: int = 1, executor: Optional[Executor] = None
+    cuts: CutSet,
+    storage: Path,
+    num_jobs: int = 1,
+    executor: Optional[Executor] = None,
+    num_mel_bins: int = NUM_MEL_BINS,
 ) -> CutSet:
     """Extract and store features into ``storage``; a half-written folder of that name is discarded."""
     storage = Path(storage)
     remove_storage(storage)
     return cuts.compute_and_store_features(
-        extractor=fbank_extractor(),
+        extractor=fbank_extractor(num_mel_bins),
         storage_path=storage,
         num_jobs=num_jobs if executor is not None or num_jobs > 1 else 1,
         storage_type=LilcomChunkyWriter,

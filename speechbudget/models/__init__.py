@@ -1,1 +1,1 @@
-"""Speech encoders (Zipformer, Transformer, bidirectional Mamba) behind one interface."""
+"""Speech and audio encoders (Zipformer, Transformer, bidirectional Mamba, AuM, AST) behind one interface."""

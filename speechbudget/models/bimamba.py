@@ -75,13 +75,17 @@ class MambaBranch(nn.Module):
         dt = dt.clamp(min=1e-4)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pad_mask: torch.Tensor, A_log: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``A_log`` replaces this branch's own decays: AuM's Fo-Bi runs the backward direction through
+        the same conv and projections with a separate A."""
         length = x.size(1)
         u = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # causal: frame t sees t-3..t
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, d_inner, T)
         delta = delta.masked_fill(pad_mask.unsqueeze(1), 0.0)  # padded frames: state unchanged
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp((self.A_log if A_log is None else A_log).float())
         y = self.scan(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D)
         return y.transpose(1, 2)
 

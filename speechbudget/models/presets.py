@@ -1,6 +1,7 @@
 """Registry of named encoder presets across families.
 
-Each family module (``zipformer``, ``transformer``, ``bimamba``) exposes ``PRESETS`` (name ->
+Each family module (``zipformer``, ``transformer``, ``bimamba``; ``aum`` and ``ast`` for audio
+classification, in ``audio_mamba`` and ``spectrogram_transformer``) exposes ``PRESETS`` (name ->
 config dict of keyword arguments) and ``build(**config) -> Encoder``. A preset or a config
 dict ``{"family": ..., **kwargs}`` builds an encoder; recipes use either.
 """
@@ -13,13 +14,14 @@ from typing import Any, Dict, List, Mapping, Union
 from ..errors import SpeechBudgetError
 from .base import Encoder
 
-FAMILIES = ("zipformer", "transformer", "bimamba")
+FAMILIES = ("zipformer", "transformer", "bimamba", "aum", "ast")
+MODULES = {"aum": "audio_mamba", "ast": "spectrogram_transformer"}  # family -> module, where they differ
 
 
 def _family_module(family: str):
     if family not in FAMILIES:
         raise SpeechBudgetError(f"unknown encoder family {family!r}; choose one of {', '.join(FAMILIES)}")
-    return importlib.import_module(f"speechbudget.models.{family}")
+    return importlib.import_module(f"speechbudget.models.{MODULES.get(family, family)}")
 
 
 def all_presets() -> Dict[str, Dict[str, Any]]:
@@ -51,7 +53,7 @@ def resolve(spec: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
         base.update(cfg)
         cfg = base
     if "family" not in cfg:
-        raise SpeechBudgetError("encoder config needs 'preset' or 'family' (zipformer, transformer, bimamba)")
+        raise SpeechBudgetError(f"encoder config needs 'preset' or 'family' ({', '.join(FAMILIES)})")
     return cfg
 
 

@@ -1,0 +1,66 @@
+"""Dataset-wide fbank mean and std for the AuM/AST normalisation ``(x - mean) / (2 std)``.
+
+Both papers use one scalar mean and std over every frame and bin of the training set (AudioSet:
+-4.27, 4.57). They are computed once from the training cuts and kept as ``feature_stats.json``
+beside the manifests, so fine-tuning, evaluation and prediction all normalise the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+from lhotse import CutSet
+
+from ..atomic import write_json
+from ..errors import SpeechBudgetError
+
+STATS_FILE = "feature_stats.json"
+
+
+def compute_feature_stats(cuts: CutSet, max_cuts: Optional[int] = None) -> Dict[str, float]:
+    """Mean and std over all frames and bins of ``cuts``' stored features (float64 sums)."""
+    total, total_sq, count, bins = 0.0, 0.0, 0, None
+    for i, cut in enumerate(cuts):
+        if max_cuts is not None and i >= max_cuts:
+            break
+        if not cut.has_features:
+            raise SpeechBudgetError(
+                f"cut {cut.id} has no stored features; compute fbank before feature stats"
+            )
+        feats = np.asarray(cut.load_features(), dtype=np.float64)
+        if bins is not None and feats.shape[1] != bins:
+            raise SpeechBudgetError(f"cut {cut.id} has {feats.shape[1]} bins, others {bins}")
+        bins = feats.shape[1]
+        total += feats.sum()
+        total_sq += np.square(feats).sum()
+        count += feats.size
+    if count == 0:
+        raise SpeechBudgetError("no feature frames to compute statistics from (empty cut set)")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    return {"mean": float(mean), "std": std, "values": int(count), "num_mel_bins": int(bins)}
+
+
+def stats_path(path: Union[str, Path]) -> Path:
+    """A manifest folder -> its ``feature_stats.json``; a file path is kept."""
+    path = Path(path)
+    return path / STATS_FILE if path.is_dir() or not path.suffix else path
+
+
+def write_feature_stats(path: Union[str, Path], stats: Dict[str, float]) -> Path:
+    out = stats_path(path)
+    write_json(out, stats)
+    return out
+
+
+def read_feature_stats(path: Union[str, Path]) -> Dict[str, float]:
+    src = stats_path(path)
+    if not src.is_file():
+        raise SpeechBudgetError(f"no feature statistics at {src}; compute them from the training cuts first")
+    stats = json.loads(src.read_text(encoding="utf-8"))
+    if not (isinstance(stats, dict) and {"mean", "std"} <= set(stats) and stats["std"] > 0):
+        raise SpeechBudgetError(f"{src} is not a feature statistics file (needs mean and a positive std)")
+    return stats

@@ -1,0 +1,1 @@
+"""Evaluation metrics beyond ASR scoring (audio classification)."""
