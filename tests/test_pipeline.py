@@ -271,3 +271,24 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
         code=2,
     ).err
     assert "labeled.path is required" in err
+
+
+def test_training_after_a_parallel_prepare_uses_every_core(tmp_path, capsys):
+    """`prepare` with num_jobs 2 used to leave the whole process on one thread for training."""
+    import torch
+
+    threads = torch.get_num_threads()
+    exp = tmp_path / "threads"
+    tiny = [t for t in TINY if not t.startswith("prepare.num_jobs")]
+    run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *tiny,
+        "prepare.num_jobs=2",
+        "--stop-stage",
+        "pretrain",
+    )
+    card = json.loads((exp / "pretrain" / "run_card.json").read_text())
+    assert card["device"]["cpu_threads"] == threads and torch.get_num_threads() == threads

@@ -197,6 +197,7 @@ class Trainer:
                 "type": self.dist.device.type,
                 "name": device_name(self.dist.device),
                 "world_size": self.dist.world_size,
+                "cpu_threads": torch.get_num_threads(),  # intra-op threads this process trains with
             },
             "budget": {**to_dict(self.cfg.budget), "flops_limit": self.budget.flops},
             "cost": self.cost,
