@@ -174,6 +174,15 @@ OVERRIDES = typer.Argument(
 )
 
 
+def _train_stage(run, recipe: Path, section: str, overrides: Optional[List[str]], as_json: bool) -> None:
+    """A recipe's training section (with overrides) through ``run``, rendered as a table or JSON."""
+    from .config import load_train_config, load_yaml
+
+    quiet_if_json(as_json)
+    cfg = load_train_config(recipe, section, overrides or [])
+    _render_train(run(cfg, load_yaml(recipe)), as_json)
+
+
 def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(summary)
@@ -271,12 +280,9 @@ def pretrain(
     as_json: bool = JSON_OPT,
 ) -> None:
     """HuBERT masked-prediction pretraining on k-means targets, stopping at the budget."""
-    from .config import load_train_config, load_yaml
     from .train.pretrain import pretrain as run
 
-    quiet_if_json(as_json)
-    cfg = load_train_config(recipe, "pretrain", overrides or [])
-    _render_train(run(cfg, load_yaml(recipe)), as_json)
+    _train_stage(run, recipe, "pretrain", overrides, as_json)
 
 
 @app.command(
@@ -290,12 +296,9 @@ def finetune(
     as_json: bool = JSON_OPT,
 ) -> None:
     """CTC fine-tuning (sentencepiece tokens) of a pretrained or fresh encoder, within a budget."""
-    from .config import load_train_config, load_yaml
     from .train.finetune import finetune as run
 
-    quiet_if_json(as_json)
-    cfg = load_train_config(recipe, "finetune", overrides or [])
-    _render_train(run(cfg, load_yaml(recipe)), as_json)
+    _train_stage(run, recipe, "finetune", overrides, as_json)
 
 
 @app.command(

@@ -24,6 +24,25 @@ def shared_data() -> Path:
     return SHARED
 
 
+#: recipe overrides that shrink any recipe to seconds on a CPU (stage wiring, not results)
+TINY = [
+    "prepare.hours=0.02",
+    "prepare.speakers=24",
+    "prepare.num_jobs=1",
+    "kmeans.num_clusters=16",
+    "kmeans.max_frames=20000",
+    "pretrain.max_duration=8",
+    "pretrain.budget.flops=null",
+    "pretrain.budget.steps=2",
+    "finetune.max_duration=8",
+    "finetune.budget.flops=null",
+    "finetune.budget.steps=2",
+    "finetune.train_hours=null",
+    "finetune.ctc.freeze_encoder_steps=1",
+    "device=cpu",
+]
+
+
 def copy_fsdd(dst: Path, per_speaker: int = 6, speakers=("george", "jackson", "nicolas", "theo")) -> Path:
     """A small FSDD folder: ``per_speaker`` recordings of each speaker, digits spread evenly."""
     dst.mkdir(parents=True, exist_ok=True)

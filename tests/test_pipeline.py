@@ -13,30 +13,13 @@ import time
 from pathlib import Path
 
 import soundfile as sf
-from conftest import FSDD
+from conftest import FSDD, TINY
 
 from speechbudget.cli import main
 from speechbudget.data.audio import resample
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-
-TINY = [
-    "prepare.hours=0.02",
-    "prepare.speakers=24",
-    "prepare.num_jobs=1",
-    "kmeans.num_clusters=16",
-    "kmeans.max_frames=20000",
-    "pretrain.max_duration=8",
-    "pretrain.budget.flops=null",
-    "pretrain.budget.steps=2",
-    "finetune.max_duration=8",
-    "finetune.budget.flops=null",
-    "finetune.budget.steps=2",
-    "finetune.train_hours=null",
-    "finetune.ctc.freeze_encoder_steps=1",
-    "device=cpu",
-]
 
 
 def run(capsys, *args, code=0):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from conftest import SHARED, cli_result, copy_fsdd
+from conftest import SHARED, TINY, cli_result, copy_fsdd
 
 from speechbudget import cli
 from speechbudget.cli_prepare import CLI_ONLY
@@ -121,17 +121,7 @@ def test_recipe_labeled_dir_with_transcripts_runs(tmp_path, capsys):
         "run",
         str(tmp_path / "r.yaml"),
         f"exp_dir={exp}",
-        "prepare.hours=0.02",
-        "prepare.num_jobs=1",
-        "kmeans.num_clusters=16",
-        "kmeans.max_frames=20000",
-        "pretrain.max_duration=8",
-        "pretrain.budget.flops=null",
-        "pretrain.budget.steps=2",
-        "finetune.max_duration=8",
-        "finetune.budget.flops=null",
-        "finetune.budget.steps=2",
-        "finetune.train_hours=null",
+        *[t for t in TINY if not t.startswith("prepare.speakers")],
         "finetune.train_speakers=null",
         "finetune.dev_cuts=null",
         "scratch_baseline=false",

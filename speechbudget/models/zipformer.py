@@ -235,69 +235,47 @@ _COMMON = dict(
     kernel_sizes=(31, 31, 15, 15, 15, 31),
 )
 
+
+def _preset(num_layers: tuple, dims: tuple, feedforward_dims: tuple) -> Dict:
+    return dict(_COMMON, num_layers=num_layers, dims=dims, feedforward_dims=feedforward_dims)
+
+
 #: name -> keyword arguments of :class:`Zipformer`. Sizes in comments are encoder-only
 #: parameters (frontend excluded), the number icefall reports for the same config.
 PRESETS: Dict[str, Dict] = {
+    # name: _preset(num_layers, dims, feedforward_dims)
     # k2SSL Base (89.87M in icefall)
-    "zipformer-base": dict(
-        _COMMON,
-        num_layers=(2, 2, 3, 4, 3, 2),
-        dims=(192, 256, 448, 768, 448, 192),
-        feedforward_dims=(512, 768, 1024, 1536, 1024, 768),
+    "zipformer-base": _preset(
+        (2, 2, 3, 4, 3, 2), (192, 256, 448, 768, 448, 192), (512, 768, 1024, 1536, 1024, 768)
     ),
     # k2SSL Large (301.09M)
-    "zipformer-large": dict(
-        _COMMON,
-        num_layers=(2, 2, 4, 5, 4, 2),
-        dims=(256, 512, 768, 1024, 768, 512),
-        feedforward_dims=(768, 1536, 2048, 3072, 2048, 1536),
+    "zipformer-large": _preset(
+        (2, 2, 4, 5, 4, 2), (256, 512, 768, 1024, 768, 512), (768, 1536, 2048, 3072, 2048, 1536)
     ),
     # icefall ASR "medium" (63.38M)
-    "zipformer-medium": dict(
-        _COMMON,
-        num_layers=(2, 2, 3, 4, 3, 2),
-        dims=(192, 256, 384, 512, 384, 256),
-        feedforward_dims=(512, 768, 1024, 1536, 1024, 768),
+    "zipformer-medium": _preset(
+        (2, 2, 3, 4, 3, 2), (192, 256, 384, 512, 384, 256), (512, 768, 1024, 1536, 1024, 768)
     ),
     # icefall ASR "small" (21.38M)
-    "zipformer-small": dict(
-        _COMMON,
-        num_layers=(2, 2, 2, 2, 2, 2),
-        dims=(192, 256, 256, 256, 256, 256),
-        feedforward_dims=(512, 768, 768, 768, 768, 768),
+    "zipformer-small": _preset(
+        (2, 2, 2, 2, 2, 2), (192, 256, 256, 256, 256, 256), (512, 768, 768, 768, 768, 768)
     ),
     # CPU-friendly planning sizes with about the same parameters, different depth/width:
     # tiny 12 blocks 4.62M, tiny-slim 21 blocks 4.70M, tiny-wide 6 blocks 4.62M
-    "zipformer-nano": dict(  # the smallest point of planning sweeps (~1.3M)
-        _COMMON,
-        num_layers=(1, 1, 1, 1, 1, 1),
-        dims=(48, 64, 96, 96, 96, 64),
-        feedforward_dims=(128, 192, 256, 256, 256, 192),
+    # the smallest point of planning sweeps (~1.3M)
+    "zipformer-nano": _preset((1, 1, 1, 1, 1, 1), (48, 64, 96, 96, 96, 64), (128, 192, 256, 256, 256, 192)),
+    "zipformer-tiny": _preset(
+        (2, 2, 2, 2, 2, 2), (64, 96, 128, 128, 128, 96), (192, 256, 384, 384, 384, 256)
     ),
-    "zipformer-tiny": dict(
-        _COMMON,
-        num_layers=(2, 2, 2, 2, 2, 2),
-        dims=(64, 96, 128, 128, 128, 96),
-        feedforward_dims=(192, 256, 384, 384, 384, 256),
+    "zipformer-tiny-slim": _preset(
+        (3, 3, 4, 4, 4, 3), (48, 64, 96, 96, 96, 64), (128, 192, 256, 256, 256, 192)
     ),
-    "zipformer-tiny-slim": dict(
-        _COMMON,
-        num_layers=(3, 3, 4, 4, 4, 3),
-        dims=(48, 64, 96, 96, 96, 64),
-        feedforward_dims=(128, 192, 256, 256, 256, 192),
-    ),
-    "zipformer-tiny-wide": dict(
-        _COMMON,
-        num_layers=(1, 1, 1, 1, 1, 1),
-        dims=(96, 128, 192, 192, 192, 128),
-        feedforward_dims=(256, 384, 512, 640, 512, 384),
+    "zipformer-tiny-wide": _preset(
+        (1, 1, 1, 1, 1, 1), (96, 128, 192, 192, 192, 128), (256, 384, 512, 640, 512, 384)
     ),
     # between tiny and small (13.0M)
-    "zipformer-xs": dict(
-        _COMMON,
-        num_layers=(2, 2, 2, 2, 2, 2),
-        dims=(128, 160, 192, 256, 192, 160),
-        feedforward_dims=(384, 512, 640, 768, 640, 512),
+    "zipformer-xs": _preset(
+        (2, 2, 2, 2, 2, 2), (128, 160, 192, 256, 192, 160), (384, 512, 640, 768, 640, 512)
     ),
 }
 

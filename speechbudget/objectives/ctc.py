@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import Encoder, make_pad_mask
+from .param_groups import encoder_head_groups
 
 
 def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
@@ -85,14 +86,7 @@ class CtcModel(nn.Module):
 
     def optimizer_groups(self, lr: float):
         """The head at ``lr``, the encoder at ``lr * encoder_lr_scale`` (one plain group when equal)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        if self.encoder_lr_scale == 1.0:
-            return params
-        encoder = {id(p) for p in self.encoder.parameters()}
-        return [
-            {"params": [p for p in params if id(p) not in encoder], "lr": lr},
-            {"params": [p for p in params if id(p) in encoder], "lr": lr * self.encoder_lr_scale},
-        ]
+        return encoder_head_groups(self, self.encoder, lr, self.encoder_lr_scale)
 
     def head_macs_per_frame(self) -> int:
         return self.output.in_features * self.output.out_features
