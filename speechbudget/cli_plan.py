@@ -55,7 +55,8 @@ def plan_main(
         None, help="Peak to use: bf16, fp16, tf32, fp32 (default: bf16 on GPUs, fp32 on cpu)."
     ),
     utilisation: Optional[float] = typer.Option(
-        None, help="Model-FLOPs utilisation (default: calibrated, else 0.35 GPU / 0.5 CPU)."
+        None,
+        help="Model-FLOPs utilisation (default: calibrated, else from published runs on this device class).",
     ),
     num_devices: int = typer.Option(1, help="Devices training at once, for --unit hours."),
     num_clusters: int = typer.Option(500, help="k-means clusters of your targets (the HuBERT head's size)."),

@@ -73,7 +73,32 @@ def test_gpu_hours_to_flops_uses_peak_and_utilisation():
     flops = gpu_hours_to_flops(1.0, "a100", "bf16", utilisation=0.5)
     assert flops == pytest.approx(3600 * 312e12 * 0.5)
     default = gpu_hours_to_flops(1.0, "a100", "bf16")
-    assert default == pytest.approx(3600 * 312e12 * devices.DEFAULT_UTILISATION["gpu"])
+    assert default == pytest.approx(3600 * 312e12 * get_device("a100").default_utilisation)
+
+
+def test_default_utilisation_comes_from_published_runs():
+    """HuBERT Base on 8 V100 in ~5.7 days: 6ND / (GPU-s x fp16 peak) = 0.065 (issue 19's arithmetic)."""
+    from speechbudget.cost.utilisation import OURS_PER_6ND, RUNS
+
+    fairseq = next(r for r in RUNS if r.name.startswith("fairseq"))
+    assert fairseq.mfu_6nd(125e12) == pytest.approx(0.065, abs=0.002)
+    for name in ("v100", "a100", "h100", "h200", "l4"):
+        util, source = get_device(name).default_utilisation_source
+        assert 0.04 < util < 0.15 and "published" in source, (name, util)  # not the 0.35 guess
+    assert get_device("h200").default_utilisation == get_device("h100").default_utilisation
+    util, source = get_device("a100").default_utilisation_source
+    assert util == pytest.approx(OURS_PER_6ND * 0.1025, rel=1e-6) and "a100" in source
+    assert get_device("cpu").default_utilisation == pytest.approx(0.13)
+
+
+def test_our_flop_count_per_6nd_matches_the_recorded_constant():
+    """The conversion of published 6ND figures into our FLOP units, recounted with fvcore."""
+    from speechbudget.cost.utilisation import FRAME_RATE_HZ, OURS_PER_6ND
+    from speechbudget.models.catalog import encoder_cost
+
+    cost = encoder_cost("transformer-base", seconds=10.0)
+    ratio = cost["macs_per_audio_second"] / (cost["params"] * FRAME_RATE_HZ)
+    assert ratio == pytest.approx(OURS_PER_6ND, abs=0.002)
 
 
 @pytest.mark.parametrize("device, dtype", [("v100", "fp16"), ("a100", "bf16"), ("h200", "tf32")])

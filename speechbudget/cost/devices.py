@@ -33,12 +33,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 
-# Model-FLOPs utilisation assumed when the caller gives none. Well-tuned bf16 transformer training
-# reaches 0.35-0.5 MFU on A100/H100 (PaLM reports 0.46, typical open recipes 0.3-0.4); speech
-# models with padding and short sequences sit at the low end, hence 0.35. On the CPU the peak is
-# a measured matmul rate, so it is already achievable; training still loses about half of it to
-# non-matmul ops (normalisation, activations, data loading), hence 0.5.
-DEFAULT_UTILISATION = {"gpu": 0.35, "cpu": 0.5}
+# Model-FLOPs utilisation assumed when the caller gives none: cost/utilisation.py derives it from
+# published speech SSL runs (0.06-0.12 on GPUs, not the 0.35-0.5 of tuned LLM training).
 
 _DTYPE_ALIASES = {
     "bf16": "bf16",
@@ -86,7 +82,15 @@ class Device:
 
     @property
     def default_utilisation(self) -> float:
-        return DEFAULT_UTILISATION[self.kind]
+        return self.default_utilisation_source[0]
+
+    @property
+    def default_utilisation_source(self) -> tuple[float, str]:
+        """``(utilisation, where it comes from)`` before ``calibrate`` measured this device: the
+        published runs on this device class (cost/utilisation.py), or our own CPU measurement."""
+        from .utilisation import default_utilisation
+
+        return default_utilisation(self.name, self.kind, lambda dev, dtype: DEVICES[dev].peak_flops(dtype))
 
 
 # Dense peaks in TFLOP/s from the NVIDIA datasheets. The datasheets print tensor-core numbers

@@ -1,7 +1,7 @@
 """Measured model-FLOPs utilisation: how much of the device's peak a real training step reaches.
 
 GPU-hours become FLOPs through ``hours x peak x utilisation``. The default utilisation is a guess
-(devices.DEFAULT_UTILISATION); this module replaces it with a measurement: it times a few real
+(cost/utilisation.py, from published runs); this module replaces it with a measurement: it times a few real
 HuBERT training steps (forward, backward, optimizer) of each preset on a fixed random batch and
 divides the FLOPs the trainer would account for that batch by the time and by the peak (measured
 matmul rate on the CPU, datasheet on a GPU). Results live in one JSON file per machine, keyed by

@@ -268,7 +268,8 @@ def _utilisation(budget: BudgetSpec, cand: CandidateCost, calibration: Dict[str,
     util, source = calibrate.calibrated_utilisation(budget.device, budget.dtype, cand.name, data=calibration)
     if util is not None:
         return util, source
-    return get_device(budget.device).default_utilisation, "default (uncalibrated)"
+    util, source = get_device(budget.device).default_utilisation_source
+    return util, f"default from {source}; `speechbudget calibrate` measures this device"
 
 
 def plan(
