@@ -16,6 +16,7 @@ from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, Supervisio
 
 from .. import __version__
 from ..errors import SpeechBudgetError
+from ..locks import lock_corpus
 from .audio import check_and_convert
 from .executor import open_executor, run_map
 from .features import compute_fbank
@@ -154,6 +155,7 @@ def prepare(
         Path(out_dir).resolve() / corpus
     )  # absolute paths in manifests: stages may run from elsewhere
     corpus_dir.mkdir(parents=True, exist_ok=True)
+    _lock = lock_corpus(corpus_dir)  # one writer per corpus folder; released when prepare() returns
     with open_executor(executor_kind, num_jobs, scheduler) as executor:
         items = find_items(executor)
         if not items:

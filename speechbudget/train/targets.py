@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import progress
+from ..atomic import check_writable
 from ..data.kmeans import run_kmeans
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
@@ -39,6 +40,7 @@ def make_targets(
         raise SpeechBudgetError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     if num_clusters < 2:
         raise SpeechBudgetError(f"--num-clusters must be at least 2 (got {num_clusters})")
+    check_writable(out_dir, "k-means output folder")
     if features == "layer":
         if checkpoint is None or layer is None:
             raise SpeechBudgetError("--features layer needs --checkpoint (a pretraining run) and --layer N")
