@@ -50,6 +50,31 @@ err = Console(stderr=True)
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables.")
 
 
+def print_table(t: Table, console: Optional[Console] = None) -> None:
+    """Every table the CLI prints: as it is when it fits the terminal, else one block of "column: value"
+    lines per row, so no header is ever cut to "spl..." in an 80-column terminal."""
+    console = console or out
+    from rich import box
+    from rich.measure import Measurement
+
+    def fits() -> bool:
+        return Measurement.get(console, console.options.update(max_width=100_000), t).maximum <= console.width
+
+    if not fits():  # first without the vertical rules and the padding at the edges
+        t.box, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, True
+    if fits():
+        console.print(t)
+        return
+    tall = Table(title=t.title, caption=t.caption, caption_justify=t.caption_justify, show_lines=False)
+    tall.add_column("field", no_wrap=True)
+    tall.add_column("value", overflow="fold")
+    cells = [list(c.cells) for c in t.columns]
+    for i in range(t.row_count):
+        for j, col in enumerate(t.columns):
+            tall.add_row(str(col.header), cells[j][i], end_section=j == len(t.columns) - 1)
+    console.print(tall)
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -182,7 +207,7 @@ def prepare(
         emit_json(summary.to_dict())
     else:
         t = Table(title=f"prepared {corpus} -> {summary.corpus_dir} ({summary.seconds:.1f} s)")
-        for col in ("split", "kept", "rejected", "converted", "hours", "status", "rejection reasons"):
+        for col in ("split", "kept", "rejected", "converted", "hours", "status", "reasons"):
             t.add_column(col)
         for s in summary.splits:
             t.add_row(
@@ -194,7 +219,7 @@ def prepare(
                 "already prepared (use --force)" if s.skipped else "done",
                 ", ".join(f"{k}: {v}" for k, v in s.reasons.items()),
             )
-        out.print(t)
+        print_table(t)
         if any(s.rejected for s in summary.splits):
             out.print(f"rejected items and reasons: {summary.corpus_dir}/rejected_<split>.jsonl")
     if summary.usable == 0:
@@ -219,19 +244,8 @@ def data_describe(
         emit_json(stats)
         return
     t = Table(title=str(path))
-    for col in (
-        "split",
-        "utterances",
-        "hours",
-        "speakers",
-        "labeled",
-        "features",
-        "mean s",
-        "p5 s",
-        "p50 s",
-        "p95 s",
-        "max s",
-    ):
+    t.caption = "utts: utterances; spkrs: speakers; fbank: with features; durations in seconds"
+    for col in ("split", "utts", "hours", "spkrs", "labeled", "fbank", "mean", "p5", "p50", "p95", "max"):
         t.add_column(col, justify="right")
     for split, s in stats.items():
         d = s["duration_s"]
@@ -244,7 +258,7 @@ def data_describe(
             str(s["with_features"]),
             *(f"{d.get(k, 0):.2f}" for k in ("mean", "p5", "p50", "p95", "p100")),
         )
-    out.print(t)
+    print_table(t)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -266,15 +280,17 @@ def models_list(
         emit_json(rows)
         return
     t = Table(title="encoder presets")
-    cols = ["name", "family", "params (M)", "frame rate Hz"] + (["GFLOPs / audio s"] if flops else [])
+    if flops:
+        t.caption = "GFLOP/s: forward GFLOPs per second of audio"
+    cols = ["name", "family", "params M", "frame Hz"] + (["GFLOP/s"] if flops else [])
     for col in cols:
-        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+        t.add_column(col, justify="left" if col in ("name", "family") else "right", no_wrap=col == "name")
     for r in rows:
         cells = [r["name"], r["family"], f"{r['params'] / 1e6:.2f}", f"{r['frame_rate_hz']:g}"]
         if flops:
             cells.append(f"{r['gflops_per_audio_second']:.3f}")
         t.add_row(*cells)
-    out.print(t)
+    print_table(t)
 
 
 @models_app.command(
@@ -305,7 +321,7 @@ def models_show(
     t.add_column("share", justify="right")
     for mod, g in d["by_module"].items():
         t.add_row(mod, f"{g:.4f}", f"{100 * g / max(d['gflops_per_audio_second'], 1e-12):.1f}%")
-    out.print(t)
+    print_table(t)
     if d.get("unsupported"):
         out.print(f"[yellow]not counted (fvcore has no handle):[/yellow] {d['unsupported']}")
 
@@ -338,7 +354,7 @@ def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in final.items()]
     for k, v in rows:
         t.add_row(k, str(v))
-    out.print(t)
+    print_table(t)
     if summary.get("already_done"):
         out.print("the budget was already spent: nothing to do (delete the exp_dir to start over)")
 
@@ -385,7 +401,7 @@ def kmeans(
         t.add_column(col)
     for split, s in summary["splits"].items():
         t.add_row(split, str(s["cuts"]), s["path"])
-    out.print(t)
+    print_table(t)
     out.print(
         f"cluster usage: entropy {u['entropy_bits']:.2f} of {u['max_entropy_bits']:.2f} bits, "
         f"perplexity {u['perplexity']:.1f}, empty clusters {u['empty_clusters']}"
@@ -455,7 +471,7 @@ def decode(
         emit_json(results if len(results) > 1 else results[0])
         return
     t = Table(title=f"WER ({method})")
-    for col in ("set", "utterances", "WER %", "95% CI", "CER %", "ins", "del", "sub", "ref words"):
+    for col in ("set", "utts", "WER %", "95% CI", "CER %", "ins", "del", "sub", "words"):
         t.add_column(col, justify="right")
     for r in results:
         if r["wer"] is None:
@@ -474,7 +490,7 @@ def decode(
             str(r["substitutions"]),
             str(r["ref_words"]),
         )
-    out.print(t)
+    print_table(t)
     out.print(f"result files: {results[0]['out_dir']}")
 
 
@@ -530,7 +546,7 @@ def report(
     if as_json:
         emit_json(rep)
         return
-    out.print(render_table(rep))
+    print_table(render_table(rep))
     out.print("files: " + ", ".join(str(f) for f in (rep.get("files") or {}).values()))
 
 
@@ -553,7 +569,7 @@ def recipes_list(as_json: bool = JSON_OPT) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r["description"], r["path"])
-    out.print(t)
+    print_table(t)
 
 
 @recipes_app.command(
@@ -625,7 +641,7 @@ def _render_wer_summary(results: Dict[str, Any]) -> None:
             ci,
             "-" if r.get("cer") is None else f"{r['cer']:.2f}",
         )
-    out.print(t)
+    print_table(t)
 
 
 _register_plan()  # plan, plan fit, sweep, calibrate live in cli_plan.py

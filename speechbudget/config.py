@@ -276,6 +276,10 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
             cfg.schedule.epoch_unit in ("epochs", "hours"),
             "must be 'epochs' or 'hours'",
         ),
+        ("ctc.tokenizer", cfg.ctc.tokenizer in ("bpe", "unigram", "char"), "must be bpe, unigram or char"),
+        ("ctc.vocab_size", cfg.ctc.vocab_size >= 2, "must be at least 2"),
+        ("optim.name", cfg.optim.name in ("scaled_adam", "adamw"), "must be scaled_adam or adamw"),
+        ("schedule.name", cfg.schedule.name in ("eden", "cosine"), "must be eden or cosine"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]
