@@ -252,6 +252,7 @@ def test_plan_warns_when_the_budget_buys_more_audio_than_exists(capsys, private_
     )  # fmt: skip
     assert code == 0, err
     assert "beyond any speech collection" in " ".join((out + err).split())
+    assert "…" not in out  # the plan table at 80 columns (capsys is no terminal: rich uses 80)
 
 
 def test_calibrate_says_what_it_runs_and_writes_before_it_starts(tmp_path, capsys, monkeypatch):
@@ -297,7 +298,7 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path, 
     root, recipe = exps
     marker = tmp_path / "pwned"
     good = sorted((root / "ft" / "checkpoints").glob("*.pt"))[-1]
-    state = torch.load(good, weights_only=True)
+    state = torch.load(good, weights_only=False)  # our own file: trusted
     state["counters"]["payload"] = Exploit(marker)
     evil_dir = tmp_path / "evil"
     (evil_dir / "checkpoints").mkdir(parents=True)
@@ -324,3 +325,31 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path, 
         code, _, err = cli_result(capsys, *args)
         one_line_error(code, err, "refusing to load it")
         assert not marker.exists(), "unpickling ran the checkpoint's code"
+
+
+def test_checkpoints_of_older_versions_still_load_and_resume_the_numpy_generator(tmp_path):
+    """Older checkpoints hold numpy's RNG state as an ndarray: exactly that stays allowed."""
+    import numpy as np
+
+    from speechbudget.train import checkpoint as ckpt
+
+    np.random.seed(7)
+    old = {
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": (3, (1,) * 625, None),
+        }
+    }
+    ckpt.atomic_save(old, tmp_path / "old.pt")
+    expected = np.random.rand()
+    np.random.set_state(ckpt.load(tmp_path / "old.pt")["rng"]["numpy"])
+    assert np.random.rand() == expected
+    np.random.seed(7)
+    ckpt.atomic_save({"rng": ckpt.rng_state()}, tmp_path / "new.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "new.pt") == []
+    expected = np.random.rand()
+    np.random.seed(0)
+    state = ckpt.load(tmp_path / "new.pt")["rng"]
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    assert np.random.rand() == expected
