@@ -192,6 +192,8 @@ def test_user_mistakes_are_one_line_errors_with_exit_code_2(tmp_path, capsys, ex
         (["kmeans", corpus, "--out", afile / "km"], f"is under the file {afile}"),
         (["kmeans", tmp_path / "no-corpus", "--out", tmp_path / "km"], "no-corpus does not exist"),
         (["report", root / "ft", "--out", afile / "rep"], f"is under the file {afile}"),
+        # not even root can create a folder in /proc: stands in for a read-only --out
+        (["report", root / "ft", "--out", "/proc/speechbudget/rep"], "cannot write to report output folder"),
         (["tokenizer", "train", test_cuts, "--out", afile / "tok", "--type", "char"], "is under the file"),
         (["tokenizer", "train", tmp_path / "none.jsonl.gz", "--out", tmp_path / "tok"], "does not exist"),
         (
