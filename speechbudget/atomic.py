@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
+
+from .errors import SpeechBudgetError
 
 PathLike = Union[str, Path]
 
@@ -47,3 +50,25 @@ def write_json(path: PathLike, obj: Any, sort_keys: bool = False) -> None:
     """The one JSON writer for files a later stage (or run) reads."""
     text = json.dumps(obj, indent=2, ensure_ascii=False, default=str, sort_keys=sort_keys)
     write_text(path, text + "\n")
+
+
+def check_writable(folder: PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` and prove a file can be written there, before any work starts: a read-only or
+    mistyped output folder must not surface hours later, at the first save, without its path."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == folder else f"is under the file {parent}"
+                raise SpeechBudgetError(f"{what} {folder} {where}; choose a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SpeechBudgetError(
+            f"cannot write to {what} {folder} ({e.strerror or e}); choose a writable folder"
+        ) from None
+    return folder

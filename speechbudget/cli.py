@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_common import JSON_OPT, emit_json, err, out, quiet_if_json
+from .cli_common import JSON_OPT, emit_json, err, out, print_table, quiet_if_json
 from .errors import SpeechBudgetError
 
 try:  # typer >= 0.20 vendors click
@@ -77,19 +77,8 @@ def data_describe(
         emit_json(stats)
         return
     t = Table(title=str(path))
-    for col in (
-        "split",
-        "utterances",
-        "hours",
-        "speakers",
-        "labeled",
-        "features",
-        "mean s",
-        "p5 s",
-        "p50 s",
-        "p95 s",
-        "max s",
-    ):
+    t.caption = "utts: utterances; spkrs: speakers; fbank: with features; durations in seconds"
+    for col in ("split", "utts", "hours", "spkrs", "labeled", "fbank", "mean", "p5", "p50", "p95", "max"):
         t.add_column(col, justify="right")
     for split, s in stats.items():
         d = s["duration_s"]
@@ -102,7 +91,7 @@ def data_describe(
             str(s["with_features"]),
             *(f"{d.get(k, 0):.2f}" for k in ("mean", "p5", "p50", "p95", "p100")),
         )
-    out.print(t)
+    print_table(t)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -124,15 +113,17 @@ def models_list(
         emit_json(rows)
         return
     t = Table(title="encoder presets")
-    cols = ["name", "family", "params (M)", "frame rate Hz"] + (["GFLOPs / audio s"] if flops else [])
+    if flops:
+        t.caption = "GFLOP/s: forward GFLOPs per second of audio"
+    cols = ["name", "family", "params M", "frame Hz"] + (["GFLOP/s"] if flops else [])
     for col in cols:
-        t.add_column(col, justify="left" if col in ("name", "family") else "right")
+        t.add_column(col, justify="left" if col in ("name", "family") else "right", no_wrap=col == "name")
     for r in rows:
         cells = [r["name"], r["family"], f"{r['params'] / 1e6:.2f}", f"{r['frame_rate_hz']:g}"]
         if flops:
             cells.append(f"{r['gflops_per_audio_second']:.3f}")
         t.add_row(*cells)
-    out.print(t)
+    print_table(t)
 
 
 @models_app.command(
@@ -163,7 +154,7 @@ def models_show(
     t.add_column("share", justify="right")
     for mod, g in d["by_module"].items():
         t.add_row(mod, f"{g:.4f}", f"{100 * g / max(d['gflops_per_audio_second'], 1e-12):.1f}%")
-    out.print(t)
+    print_table(t)
     if d.get("unsupported"):
         out.print(f"[yellow]not counted (fvcore has no handle):[/yellow] {d['unsupported']}")
 
@@ -205,7 +196,7 @@ def _render_train(summary: Dict[str, Any], as_json: bool) -> None:
     rows += [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in final.items()]
     for k, v in rows:
         t.add_row(k, str(v))
-    out.print(t)
+    print_table(t)
     if summary.get("already_done"):
         out.print("the budget was already spent: nothing to do (delete the exp_dir to start over)")
 
@@ -260,7 +251,7 @@ def kmeans(
         t.add_column(col)
     for split, s in summary["splits"].items():
         t.add_row(split, str(s["cuts"]), s["path"])
-    out.print(t)
+    print_table(t)
     out.print(
         f"cluster usage: entropy {u['entropy_bits']:.2f} of {u['max_entropy_bits']:.2f} bits, "
         f"perplexity {u['perplexity']:.1f}, empty clusters {u['empty_clusters']}"
@@ -324,7 +315,7 @@ def decode(
         emit_json(results if len(results) > 1 else results[0])
         return
     t = Table(title=f"WER ({method})")
-    for col in ("set", "utterances", "WER %", "95% CI", "CER %", "ins", "del", "sub", "ref words"):
+    for col in ("set", "utts", "WER %", "95% CI", "CER %", "ins", "del", "sub", "words"):
         t.add_column(col, justify="right")
     for r in results:
         if r["wer"] is None:
@@ -343,7 +334,7 @@ def decode(
             str(r["substitutions"]),
             str(r["ref_words"]),
         )
-    out.print(t)
+    print_table(t)
     out.print(f"result files: {results[0]['out_dir']}")
 
 
@@ -399,7 +390,7 @@ def report(
     if as_json:
         emit_json(rep)
         return
-    out.print(render_table(rep))
+    print_table(render_table(rep))
     out.print("files: " + ", ".join(str(f) for f in (rep.get("files") or {}).values()))
 
 
@@ -422,7 +413,7 @@ def recipes_list(as_json: bool = JSON_OPT) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r["description"], r["path"])
-    out.print(t)
+    print_table(t)
 
 
 @recipes_app.command(
@@ -494,7 +485,7 @@ def _render_wer_summary(results: Dict[str, Any]) -> None:
             ci,
             "-" if r.get("cer") is None else f"{r['cer']:.2f}",
         )
-    out.print(t)
+    print_table(t)
 
 
 _register_subcommands()

@@ -153,7 +153,7 @@ def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
             f"{r['predicted_loss']:.3f}",
             style="bold green" if r["best"] else None,
         )
-    out.print(t)
+    ui.print_table(t)
     for line in result.notes:
         out.print(line, highlight=False)
     for line in result.warnings:
@@ -203,7 +203,7 @@ def plan_fit(
     for name in ("E", "A", "alpha", "B", "beta"):
         ci = law.ci.get(name) if law.ci else None
         t.add_row(name, f"{getattr(law, name):.4g}", f"{ci[0]:.4g} - {ci[1]:.4g}" if ci else "-")
-    ui.out.print(t)
+    ui.print_table(t)
     if res["left_out"]:
         ui.out.print(
             f"left out ({len(res['left_out'])} runs under {min_steps} optimizer steps): "
@@ -267,7 +267,7 @@ def sweep(
             str(r["steps"]),
             f"{r['final_loss']:.4f}",
         )
-    ui.out.print(t)
+    ui.print_table(t)
     ui.out.print(f"next: speechbudget plan fit {out_dir} --out {out_dir / 'law.json'}")
 
 
@@ -317,6 +317,7 @@ def calibrate_cmd(
         dtype,
         path=out_path,
         progress=lambda items: progress.track(items, description="timing steps"),
+        announce=lambda msg: ui.err.print(msg, highlight=False, soft_wrap=True),
     )
     if as_json:
         ui.emit_json(res)
@@ -335,7 +336,7 @@ def calibrate_cmd(
             f"{r['flops_per_step'] / r['step_seconds'] / 1e12:.4f}",
             f"{r['utilisation']:.3f}",
         )
-    ui.out.print(t)
+    ui.print_table(t)
 
 
 # -------------------------------------------------------------------------------------- register

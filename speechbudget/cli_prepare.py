@@ -97,7 +97,7 @@ def _run(spec: CorpusSpec, out_dir: Path, as_json: bool) -> None:
         ui.emit_json(summary.to_dict())
     else:
         t = Table(title=f"prepared {spec.name} -> {summary.corpus_dir} ({summary.seconds:.1f} s)")
-        for col in ("split", "kept", "rejected", "converted", "hours", "status", "rejection reasons"):
+        for col in ("split", "kept", "rejected", "converted", "hours", "status", "reasons"):
             t.add_column(col)
         for s in summary.splits:
             t.add_row(
@@ -106,10 +106,10 @@ def _run(spec: CorpusSpec, out_dir: Path, as_json: bool) -> None:
                 str(s.rejected),
                 str(s.converted),
                 f"{s.hours:.3f}",
-                "already prepared (use --force)" if s.skipped else "done",
+                "kept (--force redoes)" if s.skipped else "done",
                 ", ".join(f"{k}: {v}" for k, v in s.reasons.items()),
             )
-        ui.out.print(t)
+        ui.print_table(t)
         if any(s.rejected for s in summary.splits):
             ui.out.print(f"rejected items and reasons: {summary.corpus_dir}/rejected_<split>.jsonl")
     if summary.usable == 0:

@@ -8,6 +8,7 @@ one line naming the key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,18 +166,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             )
         return from_dict(tp, value, prefix=key + ".")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), key)
     if tp is float and isinstance(value, str):
         try:
-            return float(value)  # YAML reads 1e18 as a string
+            number = float(value)  # YAML reads 1e18 as a string
         except ValueError:
             pass
+        else:
+            return _finite(number, key)
     if tp is str and isinstance(value, bool):  # YAML 1.1 reads `off`/`on`/`no`/`yes` as booleans
         return "on" if value else "off"
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
         raise SpeechBudgetError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _finite(value: float, key: str) -> float:
+    """NaN slips through every ``<= 0`` range check (a NaN budget never ends), inf is never reached."""
+    if not math.isfinite(value):
+        raise SpeechBudgetError(f"config key '{key}' must be a finite number, got {value!r}")
     return value
 
 
@@ -285,6 +295,10 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
             cfg.schedule.epoch_unit in ("epochs", "hours"),
             "must be 'epochs' or 'hours'",
         ),
+        ("ctc.tokenizer", cfg.ctc.tokenizer in ("bpe", "unigram", "char"), "must be bpe, unigram or char"),
+        ("ctc.vocab_size", cfg.ctc.vocab_size >= 2, "must be at least 2"),
+        ("optim.name", cfg.optim.name in ("scaled_adam", "adamw"), "must be scaled_adam or adamw"),
+        ("schedule.name", cfg.schedule.name in ("eden", "cosine"), "must be eden or cosine"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]

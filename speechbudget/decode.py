@@ -20,6 +20,7 @@ from .errors import SpeechBudgetError
 from .models.presets import build_encoder
 from .objectives.ctc import CtcModel
 from .train import checkpoint as ckpt
+from .train.distributed import pick_device
 
 METHODS = ("greedy", "beam")
 
@@ -65,11 +66,16 @@ def decode(
 ) -> Dict[str, Any]:
     if method not in METHODS:
         raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {' or '.join(METHODS)}")
-    dev = torch.device(device)
+    if method == "beam" and beam_size < 1:
+        raise SpeechBudgetError(f"--beam-size must be at least 1, got {beam_size}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpeechBudgetError(f"--device must be cpu or cuda, got {device!r}")
+    dev = pick_device(device, torch.device(device).index or 0)
     model, tokenizer, info = load_ctc_model(model_path, dev)
     cuts = load_cuts(cuts_path).to_eager()
     set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
     out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"decode-{method}"
+    atomic.check_writable(out_dir, "decode output folder")
     dataset = SpeechDataset("waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True)
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     results: List[Tuple[str, str, str]] = []

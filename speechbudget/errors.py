@@ -7,3 +7,20 @@ Anything raised as a :class:`SpeechBudgetError` is printed by the CLI as a singl
 
 class SpeechBudgetError(Exception):
     """An error caused by the user's input (bad path, bad config, missing stage output)."""
+
+
+class OptionError(SpeechBudgetError):
+    """A bad value of one named setting: the CLI calls it ``--data-hours``, a recipe ``plan.data_hours``.
+
+    The library names the setting once; whoever reads it from the user words the message
+    (:meth:`as_key` for recipes), so an error inside ``speechbudget run`` names the recipe key.
+    """
+
+    def __init__(self, option: str, problem: str):
+        self.option, self.problem = option, problem
+        super().__init__(f"--{option} {problem}")
+
+    def as_key(self, section: str) -> str:
+        return (
+            f"{section}.{self.option.replace('-', '_')} {self.problem} (set in the recipe or as an override)"
+        )

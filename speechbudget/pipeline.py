@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 from . import atomic
 from .config import KmeansConfig, deep_merge, from_dict, load_train_config, load_yaml, parse_overrides
 from .data.prepare import CorpusSpec
-from .errors import SpeechBudgetError
+from .errors import OptionError, SpeechBudgetError
+from .locks import lock_experiment
 
 STAGES = (
     "prepare",
@@ -81,10 +82,16 @@ class RunRecipe:
 
 
 def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
+    """The recipe with its overrides, every section validated now: a typo in ``finetune`` must not
+    wait hours for the pretraining stage to end before it is reported."""
     data = deep_merge(load_yaml(path), parse_overrides(overrides))
     from_dict(RunRecipe, data)  # validates every section, names unknown keys
     if not data.get("exp_dir"):
         raise SpeechBudgetError(f"recipe {path} needs exp_dir")
+    top = {k: data[k] for k in ("seed", "device") if k in data}
+    for section in ("pretrain", "finetune"):  # the stages fill in exp_dir and train_cuts themselves
+        sec = {**(data.get(section) or {}), "exp_dir": str(Path(data["exp_dir"]) / section)}
+        load_train_config({**top, section: sec}, section)
     return data
 
 
@@ -156,9 +163,16 @@ class Pipeline:
         unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
         cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None)
         law = ScalingLaw.from_json(Path(p.law)) if p.law else None
-        return plan(
-            BudgetSpec(p.budget, unit=p.unit, device=p.device), unique_hours, cands, law=law, law_source=p.law
-        ).to_json()
+        try:
+            return plan(
+                BudgetSpec(p.budget, unit=p.unit, device=p.device),
+                unique_hours,
+                cands,
+                law=law,
+                law_source=p.law,
+            ).to_json()
+        except OptionError as e:  # the planner names its command-line flag; here it is a recipe key
+            raise SpeechBudgetError(e.as_key("plan")) from None
 
     def stage_kmeans(self, which: str = "kmeans") -> Dict[str, Any]:
         from .train.targets import make_targets
@@ -276,6 +290,10 @@ class Pipeline:
         for s in (start, stop):
             if s is not None and s not in STAGES:
                 raise SpeechBudgetError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+        with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
+            return self._run(start, stop)
+
+    def _run(self, start: Optional[str], stop: Optional[str]) -> Dict[str, Any]:
         i0 = STAGES.index(start) if start else 0
         i1 = STAGES.index(stop) if stop else len(STAGES) - 1
         results: Dict[str, Any] = {}

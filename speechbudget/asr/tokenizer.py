@@ -94,6 +94,7 @@ def train_tokenizer(
             "no text to train the tokenizer on (all transcripts are empty after normalization)"
         )
 
+    atomic.check_writable(out_dir, "tokenizer output folder")
     num_chars = len(_distinct_chars(sentences))
     min_size = num_chars + 1 + _NUM_META_PIECES  # every char, the word-start '▁', <blk>, <unk>
     train_size = min_size if model_type == "char" else max(vocab_size, min_size)

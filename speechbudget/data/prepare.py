@@ -22,6 +22,7 @@ from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, Supervisio
 from .. import __version__, atomic
 from ..config import from_dict
 from ..errors import SpeechBudgetError
+from ..locks import lock_corpus
 from .audio import check_and_convert
 from .executor import open_executor, run_map
 from .features import compute_fbank, remove_storage
@@ -276,6 +277,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
         raise SpeechBudgetError(
             f"cannot create the corpus folder {corpus_dir} ({e.strerror}); choose another --out"
         ) from None
+    _lock = lock_corpus(corpus_dir)  # one writer per corpus folder; released when prepare() returns
     _check_same_options(spec, corpus_dir)
     try:
         with open_executor(common.executor, common.num_jobs, common.scheduler) as executor:
@@ -301,7 +303,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                     )
                 )
     except BaseException:
-        if created and not any(p.is_file() for p in corpus_dir.rglob("*")):
+        if created and not any(p.is_file() and p.name != ".lock" for p in corpus_dir.rglob("*")):
             shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
         raise
     summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start)

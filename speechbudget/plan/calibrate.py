@@ -17,7 +17,7 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
@@ -228,8 +228,13 @@ def calibrate(
     num_clusters: int = DEFAULT_CLUSTERS,
     path: Optional[Path] = None,
     progress=None,
+    announce: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
-    """Time each preset, store its utilisation under ``device_name`` in ``path``; returns the record."""
+    """Time each preset, store its utilisation under ``device_name`` in ``path``; returns the record.
+
+    ``announce`` hears, before any timing starts, what will run and which files will be written:
+    a bare ``speechbudget calibrate`` takes minutes and writes to the user's cache.
+    """
     from ..models.presets import resolve
 
     presets = list(presets)
@@ -246,8 +251,20 @@ def calibrate(
     dev = torch.device(device)
     name = _device_key(device_name) if device_name else _detect_device_name(dev)
     dtype = normalise_dtype(dtype or default_dtype(get_device(name).kind))
-    peak = _peak(name, dtype)
     path = Path(path) if path is not None else default_calibration_path()
+    from ..atomic import check_writable
+
+    check_writable(path.parent, "calibration folder")
+    if announce:
+        peak_note = (
+            f" and the CPU peak ({cpu_peak_cache()}, measured once)" if get_device(name).kind == "cpu" else ""
+        )
+        announce(
+            f"calibrate: timing {steps} training steps (after 1 warm-up) of {', '.join(presets)} on {device} "
+            f"({batch_size} x {seconds:g} s batches); writes {path}{peak_note}. "
+            "--presets, --steps and --out change this"
+        )
+    peak = _peak(name, dtype)
 
     results = {}
     for preset in progress(presets) if progress else presets:

@@ -22,7 +22,7 @@ from ..cost.devices import (
     measure_cpu_peak,
     normalise_dtype,
 )
-from ..errors import SpeechBudgetError
+from ..errors import OptionError, SpeechBudgetError
 from . import calibrate
 from .costs import DEFAULT_CLUSTERS, CandidateCost, CostCache, count_configs, jsonable_config, make_candidate
 from .scaling import DEFAULT_LAW, ScalingLaw, optimal_allocation
@@ -32,6 +32,8 @@ GRIDS = ("none", "small", "full")
 MIN_AUDIO_HOURS = 0.01  # below this a pilot learns nothing and the law has no meaning
 #: Liu et al. (arXiv 2409.16295) find that looping many epochs over limited data hurts SSL
 EPOCH_WARNING = 4.0
+#: hours no corpus has: all public speech together is well under this; a budget that buys more is a typo
+ANY_DATA_HOURS = 1e7
 #: max_duration (seconds of audio per batch) written into the recipe: the trainer's default on a
 #: CPU; on a GPU k2SSL's 87.5 s x 4 accumulation steps per device
 MAX_DURATION = {"cpu": 60.0, "gpu": 350.0}
@@ -196,11 +198,11 @@ class BudgetSpec:
         if self.unit not in UNITS:
             raise SpeechBudgetError(f"unknown budget unit {self.unit!r}; choose one of {', '.join(UNITS)}")
         if not (isinstance(self.amount, (int, float)) and math.isfinite(self.amount) and self.amount > 0):
-            raise SpeechBudgetError(f"--budget must be a positive number of {self.unit}, got {self.amount}")
+            raise OptionError("budget", f"must be a positive number of {self.unit}, got {self.amount}")
         if self.num_devices < 1:
-            raise SpeechBudgetError(f"--num-devices must be at least 1, got {self.num_devices}")
+            raise OptionError("num-devices", f"must be at least 1, got {self.num_devices}")
         if self.utilisation is not None and not 0 < self.utilisation <= 1:
-            raise SpeechBudgetError(f"--utilisation must be in (0, 1], got {self.utilisation}")
+            raise OptionError("utilisation", f"must be in (0, 1], got {self.utilisation}")
         dev = get_device(self.device)
         return BudgetSpec(
             float(self.amount),
@@ -354,11 +356,11 @@ def check_inputs(
             "give --data-hours: the hours of unlabeled audio you have (inf for unlimited)"
         )
     if math.isnan(data_hours) or data_hours <= 0:
-        raise SpeechBudgetError(f"--data-hours must be positive, got {data_hours}")
+        raise OptionError("data-hours", f"must be positive, got {data_hours}")
     if num_clusters < 2:
-        raise SpeechBudgetError(f"--num-clusters must be at least 2, got {num_clusters}")
+        raise OptionError("num-clusters", f"must be at least 2, got {num_clusters}")
     if max_duration is not None and not max_duration > 0:
-        raise SpeechBudgetError(f"--max-duration must be positive, got {max_duration}")
+        raise OptionError("max-duration", f"must be positive, got {max_duration}")
     return None if math.isinf(data_hours) else float(data_hours)
 
 
@@ -408,6 +410,11 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
             f"Data-bound: the budget buys {epochs:.1f}x your audio. Repeated hours are discounted "
             f"(R* = {p.law.r_star:g}), so each extra epoch is worth less than the last and compute shifts "
             "towards parameters."
+        )
+    if hours > ANY_DATA_HOURS:
+        warnings.append(
+            f"The budget buys {hours:.3g} h of audio, beyond any speech collection (~{ANY_DATA_HOURS:.0e} h "
+            "at most): check --budget and --unit."
         )
     if epochs is not None and epochs > EPOCH_WARNING:
         warnings.append(

@@ -6,6 +6,7 @@ optimizer, scheduler, sampler position, RNG states and the budget counters.
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -65,7 +66,13 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain values, so a checkpoint loads with weights_only."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -73,18 +80,48 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: the only non-plain types a checkpoint may hold: numpy's RNG state as older versions stored it
+#: (array reconstruction only; any other class or function is refused)
+NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.dtype(np.uint32).__class__]
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+NUMPY_ARRAY_GLOBALS.append(_reconstruct)
+
+
 def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
+    """A checkpoint's tensors and plain values, never its code: checkpoints come from other people
+    (decode, ``ctc.init_checkpoint``, ``kmeans --checkpoint``), and unpickling arbitrary objects runs
+    whatever they carry. A file that holds anything else is refused."""
     path = Path(path)
     if not path.is_file():
         raise SpeechBudgetError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            unsafe = []
+        if not unsafe:
+            raise SpeechBudgetError(
+                f"checkpoint {path} is unreadable or holds more than tensors and plain values; "
+                "delete it (or resume from the previous one)"
+            ) from None
+        raise SpeechBudgetError(
+            f"checkpoint {path} holds code or objects, not only tensors ({', '.join(unsafe[:3])}); refusing "
+            "to load it: use a checkpoint written by speechbudget"
+        ) from None
     except Exception as e:
         raise SpeechBudgetError(
             f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume from the previous one"

@@ -31,7 +31,9 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         from ..errors import SpeechBudgetError
 
-        raise SpeechBudgetError("device=cuda was requested but no CUDA device is visible; use device=cpu")
+        raise SpeechBudgetError(
+            "device cuda was requested but no CUDA device is visible; use cpu (device=cpu, --device cpu)"
+        )
     return torch.device("cuda", local_rank)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -19,22 +22,64 @@ from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
 from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, total_seconds, training_cuts
-from .trainer import Trainer
+from .trainer import Trainer, claim_exp_dir
+
+log = logging.getLogger(__name__)
 
 
 def cut_text(cut) -> str:
     return " ".join(s.text or "" for s in cut.supervisions).strip()
 
 
-def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tokenizer:
-    """Train the tokenizer on the training transcripts once per experiment; reuse it after."""
+def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tuple[Tokenizer, Optional[Path]]:
+    """The experiment's tokenizer, trained once on the training transcripts and reused after.
+
+    A new one is trained into a temporary folder and returned with that folder: the caller moves it
+    to EXP/tokenizer (:func:`commit_tokenizer`) only once the run really starts, so a run that fails
+    before training leaves no tokenizer that a later run (with other settings) would silently reuse.
+    """
     out = Path(cfg.exp_dir) / "tokenizer"
-    if not (out / "tokenizer.model").is_file():
-        texts = [t for t in (cut_text(c) for c in cuts) if t]
-        if not texts:
-            raise SpeechBudgetError("the fine-tuning cuts have no transcripts; prepare a labeled corpus")
-        train_tokenizer(texts, out, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size)
+    if (out / "tokenizer.model").is_file():
+        return Tokenizer(out / "tokenizer.model"), None
+    texts = [t for t in (cut_text(c) for c in cuts) if t]
+    if not texts:
+        raise SpeechBudgetError("the fine-tuning cuts have no transcripts; prepare a labeled corpus")
+    tmp = Path(cfg.exp_dir) / f".tmp{os.getpid()}.tokenizer"
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_tokenizer(texts, tmp, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size)
+    return Tokenizer(tmp / "tokenizer.model"), tmp
+
+
+def commit_tokenizer(cfg: TrainConfig, tmp: Optional[Path]) -> Tokenizer:
+    """Move a newly trained tokenizer to EXP/tokenizer (one rename) and load it from there."""
+    out = Path(cfg.exp_dir) / "tokenizer"
+    if tmp is not None:
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another rank (DDP) committed first: same texts, same settings, same model
+            if not (out / "tokenizer.model").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return Tokenizer(out / "tokenizer.model")
+
+
+def check_encoder(cfg: TrainConfig, spec: Any, path: Path) -> None:
+    """The init checkpoint decides the architecture. An explicit other encoder is a contradiction
+    (refused); the default one is replaced, and the log says so."""
+    if cfg.encoder == spec:
+        return
+    if cfg.encoder != TrainConfig.encoder:
+        raise SpeechBudgetError(
+            f"encoder={_spec_name(cfg.encoder)} but ctc.init_checkpoint {path} holds a {_spec_name(spec)} "
+            "encoder: drop the encoder setting (the checkpoint decides) or use a matching checkpoint"
+        )
+    log.warning("finetune: using the checkpoint's encoder %s (from %s)", _spec_name(spec), path)
+
+
+def _spec_name(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("preset") or spec.get("family") or spec)
+    return str(spec)
 
 
 def filter_cuts(
@@ -81,6 +126,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     init = None
     if cfg.ctc.init_checkpoint:
         spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint))
+        check_encoder(cfg, spec, path)
         cfg.encoder = spec
         encoder = build_encoder(spec)
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
@@ -107,17 +153,21 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
 
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
+    lock = tok_tmp = None
     try:
+        lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
         cuts = training_cuts(cfg, dist.is_main).to_eager()
-        tokenizer = tokenizer_for(cfg, cuts)
+        tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
+        if len(cuts) == 0:
+            raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
+        # the run really starts: only now do the tokenizer and the filtering record land in EXP
+        tokenizer, tok_tmp = commit_tokenizer(cfg, tok_tmp), None
         if dist.is_main:
             atomic.write_json(
                 Path(cfg.exp_dir) / "filtered_train.json", {"counts": dropped_counts, "dropped": dropped}
             )
-        if len(cuts) == 0:
-            raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
         mixer = (
             NoiseMixer(Path(cfg.ctc.noise_dir), cfg.ctc.noise_snr_db, cfg.ctc.noise_prob)
@@ -157,4 +207,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         out["tokenizer"] = str(Path(cfg.exp_dir) / "tokenizer" / "tokenizer.model")
         return out
     finally:
+        if tok_tmp is not None:
+            shutil.rmtree(tok_tmp, ignore_errors=True)
+        if lock is not None:
+            lock.release()
         distributed.teardown(dist)

@@ -19,7 +19,7 @@ from .setup import (
     total_seconds,
     training_cuts,
 )
-from .trainer import Trainer
+from .trainer import Trainer, claim_exp_dir
 
 
 def count_clusters(cuts) -> int:
@@ -47,7 +47,9 @@ def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
 
 def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
+    lock = None
     try:
+        lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
         cuts = training_cuts(cfg, dist.is_main)  # lazy unless cut down: 60k hours need not fit in memory
         seen = count_clusters(cuts)
         num_clusters = cfg.hubert.num_clusters or seen
@@ -73,4 +75,6 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         )
         return trainer.fit()
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(dist)

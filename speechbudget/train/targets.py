@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 
 from .. import progress
+from ..atomic import check_writable
 from ..data.kmeans import run_kmeans
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
@@ -47,6 +48,7 @@ def make_targets(
         raise SpeechBudgetError(
             f"k-means needs at least 2 clusters (--num-clusters, recipe kmeans.num_clusters), got {num_clusters}"
         )
+    check_writable(out_dir, "k-means output folder")
     if features == "layer":
         if checkpoint is None or layer is None:
             raise SpeechBudgetError(

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .. import __version__, atomic, progress
+from .. import __version__, atomic, locks, progress
 from ..config import TrainConfig, to_dict
 from ..cost.flops import training_flops
 from ..errors import SpeechBudgetError
@@ -45,10 +45,31 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+def _name(spec: Any) -> str:
+    return str(spec.get("preset") or spec) if isinstance(spec, dict) else str(spec)
+
+
+def _paths(spec: str) -> list:
+    """A comma-separated list of manifests, as absolute paths (the same files however written)."""
+    return [str(Path(p.strip()).absolute()) for p in str(spec or "").split(",") if p.strip()]
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
+
+
+def claim_exp_dir(exp_dir: Path) -> locks.FolderLock:
+    """Before any work: the exp_dir and its checkpoints/ folder are writable (checked now, not at the
+    first save hours later) and no other run writes into them (an exclusive lock, rank 0 only)."""
+    lock = locks.lock_experiment(exp_dir)
+    try:
+        atomic.check_writable(Path(exp_dir) / "checkpoints", "checkpoint folder")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class Trainer:
@@ -148,13 +169,35 @@ class Trainer:
                 f"{path} belongs to stage {state.get('stage')!r}, not {self.stage!r}; "
                 "use a separate exp_dir per stage"
             )
-        self.model.load_state_dict(state["model"])
+        self._check_same_run(state.get("config") or {})
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:  # shapes differ: another head size (clusters, vocabulary) or encoder kwargs
+            raise SpeechBudgetError(
+                f"{self.exp_dir} holds a model of another shape than this run builds (encoder, "
+                "hubert.num_clusters or tokenizer changed): use another exp_dir or the same settings"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.counters = Counters(**state["counters"])
         ckpt.set_rng_state(state["rng"])
         return path
+
+    def _check_same_run(self, saved: Dict[str, Any]) -> None:
+        """Resuming continues one run: its encoder and its data must be this run's (another encoder
+        fails on the weights, other cuts on the sampler position), said in one line."""
+        exp, cfg = self.exp_dir, self.cfg
+        if "encoder" in saved and saved["encoder"] != cfg.encoder:
+            raise SpeechBudgetError(
+                f"{exp} was trained with encoder {_name(saved['encoder'])}; this run asks for "
+                f"{_name(cfg.encoder)}: use another exp_dir or the same encoder"
+            )
+        if "train_cuts" in saved and _paths(saved["train_cuts"]) != _paths(cfg.train_cuts):
+            raise SpeechBudgetError(
+                f"{exp} was trained on train_cuts {saved['train_cuts']}; this run asks for "
+                f"{cfg.train_cuts}: use another exp_dir or the same train_cuts"
+            )
 
     # --------------------------------------------------------------------------- logging
     def _open_logs(self) -> None:
@@ -247,6 +290,10 @@ class Trainer:
             self.counters.epoch += 1
 
     def fit(self) -> Dict[str, Any]:
+        with claim_exp_dir(self.exp_dir):
+            return self._fit()
+
+    def _fit(self) -> Dict[str, Any]:
         resumed = self.resume()
         if self.budget.exhausted(self.counters):
             return self._already_done(resumed)
