@@ -118,6 +118,14 @@ def einsum_macs(equation: str, shapes: List[List[int]]) -> int:
     return macs
 
 
+def _selective_scan_handle(inputs, outputs) -> int:
+    """Our selective scan's autograd Function (inputs u, delta, A, B, C): its elementwise
+    recurrence, by the formula kept next to the kernel (skip and gate run outside it)."""
+    from ..models.selective_scan import selective_scan_macs
+
+    return selective_scan_macs(_shape(inputs[0]), _shape(inputs[2])[-1], skip=False, gate=False)
+
+
 def _native_mha_handle(inputs, outputs) -> int:
     """nn.MultiheadAttention's inference fast path: in-projections, dense attention, out-projection."""
     q, k = _shape(inputs[0]), _shape(inputs[1])
@@ -141,6 +149,7 @@ _HANDLES = {
     "aten::_convolution": _conv_handle,
     "aten::scaled_dot_product_attention": _sdpa_handle,
     "aten::_native_multi_head_attention": _native_mha_handle,
+    "prim::PythonOp.SelectiveScanFn": _selective_scan_handle,
 }
 
 # Elementwise math, activations, norms, softmax, reductions, pooling and data movement:

@@ -233,7 +233,10 @@ _FLAGS = [
     "-ffp-contract=fast",
     "-fno-trapping-math",
     "-fno-math-errno",
-    "-std=c++17", "-shared", "-fPIC"]
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+]
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
