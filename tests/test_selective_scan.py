@@ -142,7 +142,9 @@ def test_falls_back_to_pytorch_with_one_warning_when_the_build_fails(tmp_path):
         "    y = selective_scan(u, dl, A, B, C, z=z)\n"
         "print(scan_backend(u), float((y - selective_scan_reference(u, dl, A, B, C, z=z)).abs().max()))\n"
     )
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), SPEECHBUDGET_CACHE=str(tmp_path / "cache"))
+    env = dict(
+        os.environ, CXX=str(tmp_path / "no-such-compiler"), SPEECHBUDGET_CACHE_DIR=str(tmp_path / "cache")
+    )
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120

@@ -9,7 +9,7 @@ BENCHMARKS.md section 7.
 
 The library is plain C (no torch headers, so it compiles in about a second), is called through
 ``ctypes`` on raw pointers (``ctypes`` drops the GIL), and is cached per source hash under
-``$SPEECHBUDGET_CACHE`` or ``~/.cache/speechbudget``. When it cannot be built or loaded,
+``$SPEECHBUDGET_CACHE_DIR`` or ``~/.cache/speechbudget`` (as calibrations). When it cannot be built or loaded,
 :func:`load` returns None and callers use the PyTorch path (a one-line warning, once).
 
 Layout: ``u``, ``delta``, ``y``: (B, D, L); ``A``: (D, N); ``Bt``, ``Ct``: (B, L, N) (time-major so
@@ -244,7 +244,7 @@ _failed: Optional[str] = None
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPEECHBUDGET_CACHE") or Path.home() / ".cache" / "speechbudget")
+    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 
 def _build(target: Path) -> None:
