@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from common import default_out, fmt_load, machine_info, machine_markdown, markdown_table, save_results
 from encoders import forward_flops, report_progress, spawn
 
@@ -92,6 +93,7 @@ def main() -> None:
     p.add_argument("--max-memory-gb", type=float, default=8.0)
     p.add_argument("--out", type=Path, default=default_out("mamba_step"))
     args = p.parse_args()
+    torch.set_num_threads(1)  # as in every child, so the machine record says 1 thread
     started = time.perf_counter()
     info = machine_info()
     rows = []

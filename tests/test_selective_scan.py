@@ -103,6 +103,19 @@ def test_compiled_scan_very_fast_decays(delta_scale, a_scale):
 
 
 @needs_compiler
+def test_views_with_odd_offsets_and_strides():
+    """Inputs that are views (offset storage, transposed) give the same result as fresh tensors."""
+    inputs = make_inputs(2, 3, 16, 11)
+    views = []
+    for t in inputs:
+        big = torch.zeros(t.numel() + 3)
+        big[3:] = t.reshape(-1)
+        views.append(big[3:].view_as(t))  # contiguous, storage offset of 12 bytes
+    views[3] = inputs[3].transpose(1, 2).contiguous().transpose(1, 2)  # B: non-contiguous
+    assert torch.equal(selective_scan(*views), selective_scan(*inputs))
+
+
+@needs_compiler
 def test_threads_split_rows_without_changing_results():
     u, delta, A, B, C, _, _ = make_inputs(3, 5, 16, 40)
     gy = torch.randn_like(u)

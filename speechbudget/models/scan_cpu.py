@@ -313,8 +313,14 @@ def supports(*tensors: torch.Tensor) -> bool:
 
 
 def _ptr(t: torch.Tensor) -> int:
-    assert t.data_ptr() % 64 == 0, "the kernel loads whole 64-byte vectors"
     return t.data_ptr()
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 64-byte aligned: the kernel loads A, B, C (and stores their gradients) as
+    whole vectors. Fresh CPU allocations are aligned; a view with an offset is copied."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
 def _suffix(dtype: torch.dtype) -> str:
@@ -334,9 +340,9 @@ def _padded(A, B, C):
     state = A.size(1)
     nv = -(-state // width)
     extra = nv * width - state
-    a = torch.nn.functional.pad(A, (0, extra)).contiguous()
-    bt = torch.nn.functional.pad(B.transpose(1, 2), (0, extra)).contiguous()
-    ct = torch.nn.functional.pad(C.transpose(1, 2), (0, extra)).contiguous()
+    a = _aligned(torch.nn.functional.pad(A, (0, extra)))
+    bt = _aligned(torch.nn.functional.pad(B.transpose(1, 2), (0, extra)))
+    ct = _aligned(torch.nn.functional.pad(C.transpose(1, 2), (0, extra)))
     return a, bt, ct, nv
 
 
