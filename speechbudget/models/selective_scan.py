@@ -38,6 +38,7 @@ The scan always runs in float32 (or float64) even under autocast: a bf16 recurre
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -150,8 +151,10 @@ def _use_compiled(*tensors: torch.Tensor) -> bool:
     return scan_cpu.supports(*tensors) and scan_cpu.available()
 
 
+@functools.cache
 def _mamba_ssm_scan():
-    """``mamba_ssm``'s fused CUDA ``selective_scan_fn``, or None when the package is missing/broken."""
+    """``mamba_ssm``'s fused CUDA ``selective_scan_fn``, or None when the package is missing/broken
+    (looked up once: a failing import is slow to repeat every call)."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception:  # ImportError, or a build that does not match this torch/CUDA
