@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -247,6 +248,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 
+def _cpu_signature() -> str:
+    """Built with -march=native: a cache shared between machines (NFS home) must not mix CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
 def _build(target: Path) -> None:
     """Compile to a temporary file, then rename: concurrent processes never load a half-written .so."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -283,7 +295,8 @@ def load() -> Optional[ctypes.CDLL]:
         if os.environ.get("SPEECHBUDGET_SCAN", "").lower() == "torch":
             _failed = "disabled by SPEECHBUDGET_SCAN=torch"
             return None
-        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:16]
+        blob = "\n".join([_SOURCE, " ".join(_FLAGS), _cpu_signature()])
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         target = cache_dir() / f"selective_scan_{key}.so"
         try:
             if not target.exists():
