@@ -1,4 +1,4 @@
-"""Pure-PyTorch selective scan (the S6 layer of Mamba), so BiMamba runs without CUDA kernels.
+"""Selective scan (the S6 layer of Mamba), so BiMamba runs anywhere, fast where it can.
 
 The recurrence, per batch ``b``, channel ``d`` and state ``n``::
 
@@ -13,7 +13,7 @@ dispatches (see :func:`scan_backend`):
 * CUDA tensors and ``mamba-ssm`` importable (extra ``[cuda]``): its fused ``selective_scan_fn``.
 * CPU, fp32/fp64: the compiled kernel of :mod:`.scan_cpu` (the time loop inside, the 16 states of
   a (batch, channel) row in one AVX-512 register, backward as the reverse scan recomputing the
-  states). 20-30x faster than the chunked scan below (BENCHMARKS.md section 7).
+  states). 13-20x faster than the chunked scan below (BENCHMARKS.md section 7).
 * Otherwise (no compiler, other devices): the chunked pure-PyTorch scan, with a one-line warning
   when the compiled kernel could not be built.
 
