@@ -16,6 +16,7 @@ from speechbudget.models.presets import build_encoder, preset_names
 from speechbudget.models.selective_scan import (
     SelectiveScan,
     SelectiveScanFn,
+    scan_flops,
     selective_scan,
     selective_scan_macs,
     selective_scan_reference,
@@ -91,10 +92,12 @@ def test_half_precision_is_scanned_in_float32():
 
 
 def test_macs_formula():
-    # per (b, d, t): 4 per state (delta*A, *B, a*h+b, C*h) + delta*u + D skip (+ z gate)
-    assert selective_scan_macs((2, 8, 10), 16) == 2 * 8 * 10 * (4 * 16 + 2)
-    assert SelectiveScan().macs((2, 8, 10), 16, gate=True) == 2 * 8 * 10 * (4 * 16 + 3)
-    assert SelectiveScan().macs((1, 1, 1), 1, skip=False) == 5
+    # FLOPs per (b, d, t): 7 per state (delta*A, exp, *B, a*h+b, C*h) + delta*u + D skip (+ z gate)
+    assert scan_flops(2, 8, 16, 10) == 2 * 8 * 10 * (7 * 16 + 3)
+    assert selective_scan_macs((2, 8, 10), 16) == 2 * 8 * 10 * (7 * 16 + 3) // 2
+    assert SelectiveScan().macs((2, 8, 10), 16, gate=True) == 2 * 8 * 10 * (7 * 16 + 4) // 2
+    assert SelectiveScan().macs((1, 1, 1), 1, skip=False) == 4  # 8 FLOPs
+    assert selective_scan_macs((1, 1, 1), 1) == 5  # 10 FLOPs
 
 
 # ---------------------------------------------------------------- BiMamba encoder

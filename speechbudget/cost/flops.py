@@ -124,6 +124,15 @@ def _native_mha_handle(inputs, outputs) -> int:
     return batch * (lq * dim * dim + 2 * lk * dim * dim + lq * lk * 2 * dim + lq * dim * dim)
 
 
+_REGISTERED: Dict[str, Any] = {}
+
+
+def register_op_handle(op_name: str, handle) -> None:
+    """Count an op this module cannot know, e.g. a model's own autograd Function, which fvcore
+    traces as ``prim::PythonOp.<Name>``. The model module registers it, so cost stays below models."""
+    _REGISTERED[op_name] = handle
+
+
 _HANDLES = {
     "aten::linear": _contraction(0),
     "aten::matmul": _contraction(0),
@@ -286,7 +295,7 @@ def _analysis(wrapper: _Traceable):
     from fvcore.nn import FlopCountAnalysis
 
     fa = FlopCountAnalysis(wrapper, wrapper.tensor_inputs())
-    fa.set_op_handle(**_HANDLES)
+    fa.set_op_handle(**_HANDLES, **_REGISTERED)
     # a zero handle rather than None: fvcore's own norm handles would otherwise take precedence
     fa.set_op_handle(**{name: _zero for name in _IGNORED})
     fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")

@@ -1,4 +1,4 @@
-"""Pure-PyTorch selective scan (the S6 layer of Mamba), so BiMamba runs without CUDA kernels.
+"""Selective scan (the S6 layer of Mamba), so BiMamba runs anywhere, fast where it can.
 
 The recurrence, per batch ``b``, channel ``d`` and state ``n``::
 
@@ -8,7 +8,16 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n``::
 Shapes: ``u``, ``delta``, ``z``: (B, D, L); ``A``: (D, N); ``B``, ``C``: (B, N, L); ``D``: (D,).
 
 :func:`selective_scan_reference` is the plain time loop (the test oracle). :func:`selective_scan`
-is the fast version used by default:
+dispatches (see :func:`scan_backend`):
+
+* CUDA tensors and ``mamba-ssm`` importable (extra ``[cuda]``): its fused ``selective_scan_fn``.
+* CPU, fp32/fp64: the compiled kernel of :mod:`.scan_cpu` (the time loop inside, the 16 states of
+  a (batch, channel) row in one AVX-512 register, backward as the reverse scan recomputing the
+  states). 13-20x faster than the chunked scan below (BENCHMARKS.md section 7).
+* Otherwise (no compiler, other devices): the chunked pure-PyTorch scan, with a one-line warning
+  when the compiled kernel could not be built.
+
+The chunked PyTorch scan:
 
 * Time is cut into chunks of ``T`` frames. Pass 1 runs all chunks *at once*, each from a zero
   state, in ``T`` vectorised steps; a loop over the ``L / T`` chunks then carries the true state
@@ -29,12 +38,16 @@ The scan always runs in float32 (or float64) even under autocast: a bf16 recurre
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..cost.flops import register_op_handle
+from . import scan_cpu
 
 
 def selective_scan_reference(
@@ -116,8 +129,12 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk):
+        ctx.compiled = _use_compiled(u, delta, A, B, C)
         with torch.autocast(u.device.type, enabled=False):
-            y = _scan_forward(u, delta, A, B, C, chunk)
+            if ctx.compiled:
+                y = scan_cpu.scan_forward(u, delta, A, B, C)
+            else:
+                y = _scan_forward(u, delta, A, B, C, chunk)
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.chunk = chunk
         return y
@@ -126,7 +143,42 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         u, delta, A, B, C = ctx.saved_tensors
         with torch.autocast(u.device.type, enabled=False):
+            if ctx.compiled:
+                return scan_cpu.scan_backward(u, delta, A, B, C, grad_y) + (None,)
             return _scan_backward(u, delta, A, B, C, grad_y, ctx.chunk) + (None,)
+
+
+def _use_compiled(*tensors: torch.Tensor) -> bool:
+    return scan_cpu.supports(*tensors) and scan_cpu.available()
+
+
+@functools.cache
+def _mamba_ssm_scan():
+    """``mamba_ssm``'s fused CUDA ``selective_scan_fn``, or None when the package is missing/broken
+    (looked up once: a failing import is slow to repeat every call)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a build that does not match this torch/CUDA
+        return None
+    return selective_scan_fn
+
+
+def scan_backend(u: torch.Tensor, dtype: Optional[torch.dtype] = None) -> str:
+    """Which implementation :func:`selective_scan` uses for ``u``: "mamba_ssm", "cpp" or "torch".
+
+    ``dtype`` is the working precision (float32 for half inputs); mamba_ssm takes float32 only here.
+    """
+    dtype = dtype or _work_dtype(u.dtype)
+    if u.is_cuda and dtype == torch.float32 and _mamba_ssm_scan() is not None:
+        return "mamba_ssm"
+    probe = u.new_empty(0, dtype=dtype)
+    if scan_cpu.supports(probe, probe, probe.new_empty(1, 1)) and scan_cpu.available():
+        return "cpp"
+    return "torch"
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _scan_forward(u, delta, A, B, C, chunk) -> torch.Tensor:
@@ -204,31 +256,45 @@ def selective_scan(
 ) -> torch.Tensor:
     """Fast selective scan; same result as :func:`selective_scan_reference`. Returns (B, D, L).
 
-    ``delta`` is used as given (apply softplus and bias before). ``chunk_size`` defaults to
-    ``ceil(sqrt(L / 2))``. Half-precision inputs are scanned in float32 and the result cast back.
+    ``delta`` is used as given (apply softplus and bias before). ``chunk_size`` (chunked PyTorch
+    path only) defaults to ``ceil(sqrt(L / 2))``. Half-precision inputs are scanned in float32 and
+    the result cast back, autocast or not.
     """
     out_dtype = u.dtype
-    work = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    work = _work_dtype(out_dtype)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
+    if scan_backend(u, work) == "mamba_ssm":
+        D, z = (None if t is None else t.to(work) for t in (D, z))
+        with torch.autocast("cuda", enabled=False):
+            y = _mamba_ssm_scan()(u, delta, A, B, C, D=D, z=z)
+        return y.to(out_dtype)
     chunk = int(chunk_size) if chunk_size else default_chunk_size(u.size(-1))
     y = SelectiveScanFn.apply(u, delta, A, B, C, chunk)
     y = _skip_and_gate(y, u, None if D is None else D.to(work), None if z is None else z.to(work))
     return y.to(out_dtype)
 
 
+def scan_flops(batch: int, dim: int, state: int, length: int, skip: bool = True, gate: bool = False) -> int:
+    """Elementwise floating-point operations of one selective scan: the one place for its formula.
+
+    Per (b, d, t) and state n: ``delta*A`` (1), its ``exp`` (1, counted as one operation),
+    ``(delta*u)*B`` (1), the update ``a*h + drive`` (2) and the readout ``C*h`` accumulated (2)
+    = 7; per (b, d, t): ``delta*u`` (1), the skip ``y + D*u`` (2, if ``skip``) and the gate
+    product ``y * silu(z)`` (1, if ``gate``; SiLU itself is not counted, as elsewhere)::
+
+        FLOPs = B * D * L * (7 * N + 1 + 2 * skip + gate)
+    """
+    per_frame = 7 * int(state) + 1 + 2 * int(skip) + int(gate)
+    return int(batch) * int(dim) * int(length) * per_frame
+
+
 def selective_scan_macs(u_shape: Sequence[int], d_state: int, skip: bool = True, gate: bool = False) -> int:
-    """Multiply-accumulates of one selective scan over ``u`` of shape (B, D, L).
+    """The scan's cost in the budget's currency, MACs = FLOPs / 2 (rounded up): see :func:`scan_flops`.
 
-    Per (b, d, t) and state n: ``delta*A`` (1), ``(delta*u)*B`` (1), ``a*h + b`` (1),
-    ``C*h`` accumulated (1) = 4 N; plus ``delta*u`` once (1), ``D*u`` (1, if ``skip``) and the
-    ``silu(z)`` gate product (1, if ``gate``)::
-
-        MACs = B * D * L * (4 * N + 1 + skip + gate)
-
-    ``exp``, softplus and SiLU are not multiply-accumulates and are not counted (as in fvcore).
+    ``u_shape`` is (B, D, L).
     """
     batch, dim, length = (int(s) for s in u_shape)
-    return batch * dim * length * (4 * int(d_state) + 1 + int(skip) + int(gate))
+    return -(-scan_flops(batch, dim, d_state, length, skip=skip, gate=gate) // 2)
 
 
 class SelectiveScan(nn.Module):
@@ -253,3 +319,14 @@ class SelectiveScan(nn.Module):
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size or 'sqrt(L/2)'}"
+
+
+def _scan_op_macs(inputs, outputs) -> int:
+    """fvcore handle for :class:`SelectiveScanFn` (inputs u, delta, A, B, C): its elementwise
+    recurrence, by the formula above (skip and gate run outside the Function)."""
+    u_shape = inputs[0].type().sizes()
+    d_state = inputs[2].type().sizes()[-1]
+    return selective_scan_macs(u_shape, d_state, skip=False, gate=False)
+
+
+register_op_handle("prim::PythonOp.SelectiveScanFn", _scan_op_macs)

@@ -1,0 +1,397 @@
+"""Compiled CPU selective scan: a small C++ kernel built on first use with the system ``g++``.
+
+Why C++ and not numba/torch.compile: the scan is a time loop over (batch, channel) rows whose
+work per frame is 16 states, i.e. one AVX-512 vector. Only a compiled loop with the states in
+registers gets near the elementwise floor, and only a vectorised ``exp`` keeps it there: ours is
+a short polynomial (Cody-Waite range reduction), so ``g++`` vectorises it without fast-math (which
+would flip the process's denormal mode) and without libmvec. Measured against numba in
+BENCHMARKS.md section 7.
+
+The library is plain C (no torch headers, so it compiles in about a second), is called through
+``ctypes`` on raw pointers (``ctypes`` drops the GIL), and is cached per source hash under
+``$SPEECHBUDGET_CACHE_DIR`` or ``~/.cache/speechbudget`` (as calibrations). When it cannot be built or loaded,
+:func:`load` returns None and callers use the PyTorch path (a one-line warning, once).
+
+Layout: ``u``, ``delta``, ``y``: (B, D, L); ``A``: (D, N); ``Bt``, ``Ct``: (B, L, N) (time-major so
+a frame's states are contiguous). Rows (b, d) are split across ``threads`` std::threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAX_STATE = 256  # state sizes above this use the PyTorch path (states live in registers / on the stack)
+
+_SOURCE = r"""
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// One 64-byte vector of T (16 floats / 8 doubles); the state dimension is padded to whole vectors.
+template <typename T> struct V;
+template <> struct V<float> {
+  typedef float v __attribute__((vector_size(64)));
+  typedef int32_t vi __attribute__((vector_size(64)));
+  static constexpr int W = 16;
+  static inline v exp(v x) {  // 2^k p(r), r = x - k ln2, |r| <= ln2/2, degree-7 Taylor: < 2 ulp
+    const float lo = -87.3f, hi = 88.7f, magic = 12582912.f;  // 1.5 * 2^23 rounds to nearest
+    v xc = x < lo ? lo : (x > hi ? hi : x);
+    v k = (xc * 1.44269504088896341f + magic) - magic;
+    v r = xc - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
+    v p = r * (1.f / 5040) + 1.f / 720;
+    p = p * r + 1.f / 120; p = p * r + 1.f / 24; p = p * r + 1.f / 6; p = p * r + 0.5f;
+    p = p * r + 1.f; p = p * r + 1.f;
+    vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
+    v out = p * (v)bits;
+    return x < lo ? 0.f : out;
+  }
+  static inline float sum(v x) {
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));
+    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+  }
+};
+template <> struct V<double> {
+  typedef double v __attribute__((vector_size(64)));
+  typedef int64_t vi __attribute__((vector_size(64)));
+  static constexpr int W = 8;
+  static inline v exp(v x) {  // as above, degree-12 Taylor: ~1e-15 relative
+    const double lo = -708.0, hi = 709.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+    v xc = x < lo ? lo : (x > hi ? hi : x);
+    v k = (xc * 1.4426950408889634074 + magic) - magic;
+    v r = xc - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10;
+    v p = r * (1.0 / 479001600) + 1.0 / 39916800;
+    p = p * r + 1.0 / 3628800; p = p * r + 1.0 / 362880; p = p * r + 1.0 / 40320;
+    p = p * r + 1.0 / 5040; p = p * r + 1.0 / 720; p = p * r + 1.0 / 120; p = p * r + 1.0 / 24;
+    p = p * r + 1.0 / 6; p = p * r + 0.5; p = p * r + 1.0; p = p * r + 1.0;
+    vi bits = (__builtin_convertvector(k, vi) + 1023) << 52;
+    v out = p * (v)bits;
+    return x < lo ? 0.0 : out;
+  }
+  static inline double sum(v x) {
+    typedef double v4 __attribute__((vector_size(32)));
+    v4 a = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    return (a[0] + a[2]) + (a[1] + a[3]);
+  }
+};
+
+constexpr int MAXV = 32;  // vectors of state per row (MAX_STATE on the Python side)
+
+template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
+  if (threads <= 1 || rows < 2) { fn(0, 0, rows); return; }
+  if (threads > rows) threads = (int)rows;
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i)
+    pool.emplace_back(fn, i, rows * i / threads, rows * (i + 1) / threads);
+  fn(0, 0, rows / threads);
+  for (auto& th : pool) th.join();
+}
+
+// Forward of one row: h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  y_t = C_t . h_t.
+// NV vectors of state (0: runtime nv); A, Bt, Ct rows are nv vectors long, 64-byte aligned.
+template <typename T, int NV>
+void fwd_row(int64_t L, int nvr, const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, T* y) {
+  typedef typename V<T>::v v;
+  const int nv = NV ? NV : nvr;
+  const v* a = (const v*)A;
+  const v* bv = (const v*)Bt;
+  const v* cv = (const v*)Ct;
+  v h[NV ? NV : MAXV];
+  for (int i = 0; i < nv; ++i) h[i] = v{} ;
+  for (int64_t t = 0; t < L; ++t) {
+    const T d = dt[t], du = d * u[t];
+    v acc = v{};
+    for (int i = 0; i < nv; ++i) {
+      h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[t * nv + i];
+      acc += h[i] * cv[t * nv + i];
+    }
+    y[t] = V<T>::sum(acc);
+  }
+}
+
+// Backward of one row: recompute and keep h_t (row 0 of hs is h_{-1} = 0), then run the adjoint
+// g_t = a_{t+1} g_{t+1} + gy_t C_t backwards. dB, dC accumulate into this thread's (L, nv) slices.
+template <typename T, int NV>
+void bwd_row(int64_t L, int nvr, const T* u, const T* dt, const T* A, const T* Bt, const T* Ct,
+             const T* gy, T* hsp, T* du_out, T* ddt_out, T* dA_row, T* dBp, T* dCp) {
+  typedef typename V<T>::v v;
+  const int nv = NV ? NV : nvr;
+  const v* a = (const v*)A;
+  const v* bv = (const v*)Bt;
+  const v* cv = (const v*)Ct;
+  v* hs = (v*)hsp;
+  v* dB = (v*)dBp;
+  v* dC = (v*)dCp;
+  v h[NV ? NV : MAXV], g[NV ? NV : MAXV], ga[NV ? NV : MAXV];
+  for (int i = 0; i < nv; ++i) { h[i] = v{}; g[i] = v{}; ga[i] = v{}; hs[i] = v{}; }
+  for (int64_t t = 0; t < L; ++t) {
+    const T d = dt[t], du = d * u[t];
+    for (int i = 0; i < nv; ++i) {
+      h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[t * nv + i];
+      hs[(t + 1) * nv + i] = h[i];
+    }
+  }
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const T d = dt[t], ut = u[t], du = d * ut, gyt = gy[t];
+    v sgb = v{}, sgla = v{};
+    for (int i = 0; i < nv; ++i) {
+      const int64_t j = t * nv + i;
+      v gn = g[i] + gyt * cv[j];
+      dC[j] += gyt * hs[j + nv];
+      v dec = V<T>::exp(d * a[i]);
+      v gla = gn * dec * hs[j];
+      sgla += gla * a[i];
+      ga[i] += gla * d;
+      sgb += gn * bv[j];
+      dB[j] += gn * du;
+      g[i] = gn * dec;
+    }
+    const T sb = V<T>::sum(sgb);
+    ddt_out[t] = V<T>::sum(sgla) + sb * ut;
+    du_out[t] = sb * d;
+  }
+  for (int i = 0; i < nv; ++i) ((v*)dA_row)[i] = ga[i];
+}
+
+template <typename T, int NV>
+void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
+         const T* Ct, T* y, int threads) {
+  const int64_t n = (int64_t)nv * V<T>::W;
+  parallel_rows(Bsz * D, threads, [=](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / D, d = r % D;
+      fwd_row<T, NV>(L, nv, u + r * L, dt + r * L, A + d * n, Bt + b * L * n, Ct + b * L * n, y + r * L);
+    }
+  });
+}
+
+// dB, dC: (threads, Bsz, L, n) zeroed by the caller, summed over threads by the caller.
+template <typename T, int NV>
+void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
+         const T* Ct, const T* gy, T* du, T* ddt, T* dA, T* dB, T* dC, int threads) {
+  const int64_t n = (int64_t)nv * V<T>::W;
+  parallel_rows(Bsz * D, threads, [=](int tid, int64_t r0, int64_t r1) {
+    typedef typename V<T>::v v;
+    std::vector<v> hs((L + 1) * nv);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / D, d = r % D;
+      const int64_t off = b * L * n;
+      const int64_t slice = (int64_t)tid * Bsz * L * n + off;
+      bwd_row<T, NV>(L, nv, u + r * L, dt + r * L, A + d * n, Bt + off, Ct + off, gy + r * L,
+                     (T*)hs.data(), du + r * L, ddt + r * L, dA + r * n, dB + slice, dC + slice);
+    }
+  });
+}
+
+}  // namespace
+
+// nv = padded state size / vector width. Specialised for one and two vectors (N = 16 in fp32/fp64).
+#define SB_EXPORT(T, SUF)                                                                          \
+  extern "C" void sb_scan_fwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
+                                     const T* dt, const T* A, const T* Bt, const T* Ct, T* y,     \
+                                     int threads) {                                               \
+    if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads);                           \
+    else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads);                      \
+    else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads);                                   \
+  }                                                                                                \
+  extern "C" void sb_scan_bwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
+                                     const T* dt, const T* A, const T* Bt, const T* Ct,           \
+                                     const T* gy, T* du, T* ddt, T* dA, T* dB, T* dC,             \
+                                     int threads) {                                               \
+    if (nv == 1) bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads);     \
+    else if (nv == 2) bwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads);\
+    else bwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads);             \
+  }
+
+SB_EXPORT(float, f32)
+SB_EXPORT(double, f64)
+"""
+
+_FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fopenmp-simd",
+    "-ffp-contract=fast",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+]
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_failed: Optional[str] = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
+
+
+def _cpu_signature() -> str:
+    """Built with -march=native: a cache shared between machines (NFS home) must not mix CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _build(target: Path) -> None:
+    """Compile to a temporary file, then rename: concurrent processes never load a half-written .so."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, out = Path(tmp) / "scan.cpp", Path(tmp) / "scan.so"
+        src.write_text(_SOURCE)
+        proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[:300]}")
+        os.replace(out, target)
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"sb_scan_fwd_{suffix}").argtypes = [i64, i64, i64, i32] + [ptr] * 6 + [i32]
+        getattr(lib, f"sb_scan_bwd_{suffix}").argtypes = [i64, i64, i64, i32] + [ptr] * 11 + [i32]
+
+
+def load() -> Optional[ctypes.CDLL]:
+    """The compiled library, building it on first use; None (warned once) when that fails.
+
+    ``SPEECHBUDGET_SCAN=torch`` skips it (the PyTorch path), e.g. to compare the two.
+    """
+    global _lib, _failed
+    if _lib is not None or _failed is not None:
+        return _lib
+    with _lock:
+        if _lib is not None or _failed is not None:
+            return _lib
+        if os.environ.get("SPEECHBUDGET_SCAN", "").lower() == "torch":
+            _failed = "disabled by SPEECHBUDGET_SCAN=torch"
+            return None
+        blob = "\n".join([_SOURCE, " ".join(_FLAGS), _cpu_signature()])
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        target = cache_dir() / f"selective_scan_{key}.so"
+        try:
+            if not target.exists():
+                _build(target)
+            lib = ctypes.CDLL(str(target))
+            _bind(lib)
+            _lib = lib
+        except Exception as err:  # any failure means: use the PyTorch scan
+            _failed = str(err).splitlines()[0] if str(err) else type(err).__name__
+            log.warning("compiled CPU selective scan unavailable (%s); using the PyTorch scan", _failed)
+    return _lib
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """The kernel handles contiguous-able fp32/fp64 CPU tensors with at most MAX_STATE states."""
+    t0 = tensors[0]
+    return (
+        t0.device.type == "cpu"
+        and t0.dtype in (torch.float32, torch.float64)
+        and all(t.device.type == "cpu" and t.dtype == t0.dtype for t in tensors)
+        and tensors[2].size(-1) <= MAX_STATE
+    )
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 64-byte aligned: the kernel loads A, B, C (and stores their gradients) as
+    whole vectors. Fresh CPU allocations are aligned; a view with an offset is copied."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    return "f32" if dtype == torch.float32 else "f64"
+
+
+def _threads(threads: Optional[int]) -> int:
+    return max(1, int(threads or torch.get_num_threads()))
+
+
+def _padded(A, B, C):
+    """States padded to whole 64-byte vectors: A (D, n), B and C time-major (B, L, n), n = nv * width.
+
+    Padded states have A = B = C = 0: decay 1, no drive, no readout, so they stay 0 and change nothing.
+    """
+    width = 64 // A.element_size()
+    state = A.size(1)
+    nv = -(-state // width)
+    extra = nv * width - state
+    a = _aligned(torch.nn.functional.pad(A, (0, extra)))
+    bt = _aligned(torch.nn.functional.pad(B.transpose(1, 2), (0, extra)))
+    ct = _aligned(torch.nn.functional.pad(C.transpose(1, 2), (0, extra)))
+    return a, bt, ct, nv
+
+
+def scan_forward(u, delta, A, B, C, threads: Optional[int] = None) -> torch.Tensor:
+    """``y`` (B, D, L) of the recurrence (no skip, no gate). ``B``, ``C``: (B, N, L)."""
+    lib = load()
+    u, delta = u.contiguous(), delta.contiguous()
+    a, bt, ct, nv = _padded(A, B, C)
+    batch, dim, length = u.shape
+    y = torch.empty_like(u)
+    getattr(lib, f"sb_scan_fwd_{_suffix(u.dtype)}")(
+        batch, dim, length, nv, *map(_ptr, (u, delta, a, bt, ct, y)), _threads(threads)
+    )
+    return y
+
+
+def scan_backward(u, delta, A, B, C, grad_y, threads: Optional[int] = None):
+    """Gradients (u, delta, A, B, C) of ``sum(grad_y * y)``; states recomputed, O(L N) scratch per thread."""
+    lib = load()
+    u, delta, gy = u.contiguous(), delta.contiguous(), grad_y.contiguous().to(u.dtype)
+    a, bt, ct, nv = _padded(A, B, C)
+    batch, dim, length = u.shape
+    state, padded = A.size(1), a.size(1)
+    nthreads = max(1, min(_threads(threads), batch * dim))
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    da_rows = u.new_empty(batch, dim, padded)
+    db = u.new_zeros(nthreads, batch, length, padded)
+    dc = u.new_zeros(nthreads, batch, length, padded)
+    getattr(lib, f"sb_scan_bwd_{_suffix(u.dtype)}")(
+        batch,
+        dim,
+        length,
+        nv,
+        *map(_ptr, (u, delta, a, bt, ct, gy, du, ddelta, da_rows, db, dc)),
+        nthreads,
+    )
+    grad_b = db.sum(0)[..., :state].transpose(1, 2)
+    grad_c = dc.sum(0)[..., :state].transpose(1, 2)
+    return du, ddelta, da_rows.sum(0)[:, :state], grad_b, grad_c
