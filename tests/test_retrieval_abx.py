@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import FSDD
-from lhotse import Recording
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 
-from speechbudget.data.features import fbank_extractor
-from speechbudget.evaluation.abx import abx_error, abx_per_layer, dtw_distance
+from speechbudget.data.features import compute_fbank, fbank_extractor
+from speechbudget.evaluation.abx import abx_error, abx_per_layer, cut_items, dtw_distance
 from speechbudget.evaluation.retrieval import index_images, retrieval_from_similarity, retrieval_report
 from speechbudget.models.presets import build_encoder
 
@@ -105,6 +105,20 @@ def _fsdd_fbank(digits, speakers, per):
                 labels.append(str(d))
                 spk.append(s)
     return feats, labels, spk
+
+
+def test_abx_reads_prepared_cuts(tmp_path, shared_data):
+    cuts = []
+    for d, s in ((0, "george"), (1, "george"), (0, "jackson"), (1, "jackson")):
+        rec = Recording.from_file(FSDD / f"{d}_{s}_0.wav").resample(16000)
+        sup = SupervisionSegment(rec.id, rec.id, 0.0, rec.duration, text=["zero", "one"][d], speaker=s)
+        cuts.append(MonoCut(rec.id, 0.0, rec.duration, 0, recording=rec, supervisions=[sup]))
+    cuts = compute_fbank(CutSet.from_cuts(cuts), tmp_path / "feats")
+    feats, labels, speakers = cut_items(cuts)
+    assert labels == ["zero", "one", "zero", "one"] and speakers == ["george", "george", "jackson", "jackson"]
+    assert feats[0].shape[1] == 80
+    assert cut_items(cuts, label_of=lambda c: c.supervisions[0].speaker)[1][0] == "george"
+    assert abx_error([f.numpy() for f in feats], labels, speakers)["triplets"] == 4
 
 
 def test_abx_on_real_fsdd_digits_across_speakers(shared_data):

@@ -33,9 +33,9 @@ def test_scene_splits_are_disjoint_in_scenes_and_voices_and_twins_differ_in_one_
     assert len(scenes) == 60 and len({s.id for s in scenes}) == 60
     by_id = {s.id: s for s in scenes}
     assert {s.split for s in scenes} == {"train", "dev", "test"}
+    splits = ("train", "dev", "test")
     voices = {
-        split: {c.utterance.speaker for c in captions if c.utterance.split == split}
-        for split in by_id and ("train", "dev", "test")
+        split: {c.utterance.speaker for c in captions if c.utterance.split == split} for split in splits
     }
     assert all(voices.values())
     assert (
@@ -45,10 +45,14 @@ def test_scene_splits_are_disjoint_in_scenes_and_voices_and_twins_differ_in_one_
     )
     twins = [s for s in scenes if s.twin]
     assert len(twins) >= 20  # half the scenes come in pairs
+    changed = set()
     for s in twins:
         other = by_id[s.twin]
         assert other.twin == s.id and other.split == s.split
-        assert _differences(s, other) == [(s.focus, _differences(s, other)[0][1])]
+        diffs = _differences(s, other)
+        assert len(diffs) == 1 and diffs[0][0] == s.focus  # exactly one attribute of one object
+        changed.add(diffs[0][1])
+    assert changed == set(ATTRIBUTES)
     for c in captions:
         scene = by_id[c.scene_id]
         assert c.utterance.split == scene.split

@@ -10,9 +10,11 @@ import torch
 
 from speechbudget.data.dataset import make_sampler
 from speechbudget.data.image_batches import ImageSpeechDataset
+from speechbudget.data.images import cut_image
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.prepare import CorpusSpec, prepare
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.evaluation.retrieval import embed_pairs, retrieval_report
 from speechbudget.models.image_encoder import ImageCNN, PrecomputedImageFeatures, load_feature_table
 from speechbudget.models.presets import build_encoder
 from speechbudget.objectives.vgs import VGSModel, margin_info_nce
@@ -145,3 +147,12 @@ def test_twenty_steps_of_vgs_training_on_scenes_lower_the_loss(scenes_corpus):
         sampler.set_epoch(steps)
     after = full_loss()
     assert after < before - 0.2, (before, after)
+    # the trained dual encoder, evaluated the way `evaluate` will: each image embedded once
+    out = embed_pairs(model, (dataset[c] for c in make_sampler(cuts, 20.0, 2, seed=1, shuffle=False)))
+    assert sorted(out["ids"]) == sorted(c.id for c in cuts) and len(out["images"]) == len(
+        set(out["image_ids"])
+    )
+    assert [out["image_ids"][k] for k in out["caption_image"]] == [cut_image(cuts[i])[1] for i in out["ids"]]
+    report = retrieval_report(out["speech"], out["images"], out["caption_image"], bootstrap=100)
+    chance_r5 = 5 / len(out["images"])
+    assert report["speech_to_image"]["r@5"] > 1.3 * chance_r5  # above chance after 20 steps

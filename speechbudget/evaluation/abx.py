@@ -12,7 +12,7 @@ weigh more. :func:`abx_per_layer` runs an encoder and scores every layer.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -120,3 +120,17 @@ def abx_per_layer(
     }
     finite = {k: v["error"] for k, v in per_layer.items() if np.isfinite(v["error"])}
     return {"mode": mode, "layers": per_layer, "best_layer": min(finite, key=finite.get) if finite else None}
+
+
+def cut_items(
+    cuts: Iterable, label_of: Optional[Callable] = None
+) -> Tuple[List[torch.Tensor], List[str], List[str]]:
+    """(features, labels, speakers) of prepared cuts: the label is the transcript unless ``label_of(cut)``
+    says otherwise (on FSDD the transcript is the digit's word), the speaker the supervision's."""
+    feats, labels, speakers = [], [], []
+    for cut in cuts:
+        sup = cut.supervisions[0]
+        feats.append(torch.from_numpy(cut.load_features()))
+        labels.append(str(label_of(cut) if label_of else sup.text))
+        speakers.append(str(sup.speaker))
+    return feats, labels, speakers

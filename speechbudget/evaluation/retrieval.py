@@ -10,9 +10,10 @@ model's way; with float similarities ties are rare. Intervals: percentile bootst
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Iterable, Sequence
 
 import numpy as np
+import torch
 
 KS = (1, 5, 10)
 
@@ -97,3 +98,47 @@ def index_images(image_ids: Sequence[str]) -> tuple:
     order = list(dict.fromkeys(image_ids))
     where = {k: i for i, k in enumerate(order)}
     return order, np.array([where[k] for k in image_ids], dtype=np.int64)
+
+
+@torch.no_grad()
+def embed_pairs(model, batches: Iterable[Dict]) -> Dict:
+    """Run a dual encoder over paired batches (``ImageSpeechDataset``'s), each image once.
+
+    ``model`` needs ``embed_speech(features, lengths)`` and ``embed_images(batch)`` (``VGSModel``
+    has both; duck-typed so metrics stay below objectives). Returns ``speech`` (N, E), ``images``
+    (M, E), ``caption_image`` (N,), ``ids`` and ``image_ids``: the arguments of :func:`retrieval_report`.
+    """
+    was_training = model.training
+    model.eval()
+    speech, images, caption_image, ids, image_ids = [], [], [], [], []
+    where: Dict[str, int] = {}
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            speech.append(
+                model.embed_speech(batch["features"].to(device), batch["lengths"].to(device)).float().cpu()
+            )
+            new = [
+                i
+                for i, k in enumerate(batch["image_ids"])
+                if k not in where and batch["image_ids"].index(k) == i
+            ]
+            if new:
+                sub = {"image_ids": [batch["image_ids"][i] for i in new]}
+                if "images" in batch:
+                    sub["images"] = batch["images"][new].to(device)
+                images.append(model.embed_images(sub).float().cpu())
+                for i in new:
+                    where[batch["image_ids"][i]] = len(where)
+                image_ids += sub["image_ids"]
+            caption_image += [where[k] for k in batch["image_ids"]]
+            ids += list(batch["ids"])
+    finally:
+        model.train(was_training)
+    return {
+        "speech": torch.cat(speech).numpy(),
+        "images": torch.cat(images).numpy(),
+        "caption_image": np.array(caption_image, dtype=np.int64),
+        "ids": ids,
+        "image_ids": image_ids,
+    }
