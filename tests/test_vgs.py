@@ -76,6 +76,25 @@ def test_image_cnn_macs_are_the_analytic_conv_count_and_enter_the_pair_cost():
     assert model.macs_per_pair(8) == 32 * 16 + expected + 32 * 16 + 8 * 16
 
 
+def test_vgs_can_pool_an_inner_layer_of_any_encoder():
+    torch.manual_seed(0)
+    encoder = build_encoder(TINY_ENCODER)
+    model = VGSModel(encoder, ImageCNN((8, 16)), dim=16, image_size=32, layer=1)
+    batch = {
+        "features": torch.randn(3, 80, 80),
+        "lengths": torch.tensor([80, 70, 60]),
+        "images": torch.randn(3, 3, 32, 32),
+        "image_ids": ["x", "y", "z"],
+    }
+    model(batch)[0].backward()
+    assert all(p.grad is None for p in encoder.blocks[1].parameters())  # above the pooled layer
+    assert any(p.grad is not None for p in encoder.blocks[0].parameters())
+    nano = build_encoder("zipformer-nano")
+    assert VGSModel(nano, ImageCNN((8,)), dim=8, layer=2).speech_proj.in_features == 64  # stack 2 is 64 wide
+    with pytest.raises(SpeechBudgetError, match="between 1 and 2"):
+        VGSModel(encoder, ImageCNN((8,)), layer=3)
+
+
 def test_precomputed_features_from_npy_and_npz(tmp_path):
     feats = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.save(tmp_path / "f.npy", feats)

@@ -55,32 +55,41 @@ def abx_error(
     labels, speakers = list(map(str, labels)), list(map(str, speakers))
     dist = np.full((n, n), np.nan)
 
-    def d(i: int, j: int) -> float:
-        if np.isnan(dist[i, j]):
-            dist[i, j] = dist[j, i] = dtw_distance(features[i], features[j])
-        return dist[i, j]
+    def distances(rows: List[int], cols: List[int]) -> np.ndarray:
+        for i in rows:
+            for j in cols:
+                if np.isnan(dist[i, j]):
+                    dist[i, j] = dist[j, i] = dtw_distance(features[i], features[j])
+        return dist[np.ix_(rows, cols)]
 
-    cells: Dict[tuple, List[float]] = defaultdict(list)
-    for a in range(n):
-        for b in range(n):
-            if speakers[b] != speakers[a] or labels[b] == labels[a]:
+    groups: Dict[tuple, List[int]] = defaultdict(list)  # (label, speaker) -> items
+    for i in range(n):
+        groups[(labels[i], speakers[i])].append(i)
+    cells: Dict[tuple, float] = {}
+    triplets = 0
+    for (la, s), a_items in groups.items():
+        for (lb, sb), b_items in groups.items():
+            if sb != s or lb == la:
                 continue
-            for x in range(n):
-                if labels[x] != labels[a] or x == a:
+            for (lx, sx), x_items in groups.items():
+                if lx != la or (sx == s) != (mode == "within"):
                     continue
-                if (speakers[x] == speakers[a]) != (mode == "within"):
-                    continue
-                dax, dbx = d(a, x), d(b, x)
-                cells[(labels[a], labels[b], speakers[a], speakers[x])].append(
-                    1.0 if dbx < dax else 0.5 if dbx == dax else 0.0
-                )
+                d_ax = distances(a_items, x_items)[:, None, :]  # (A, 1, X)
+                d_bx = distances(b_items, x_items)[None, :, :]  # (1, B, X)
+                errors = (d_bx < d_ax) + 0.5 * (d_bx == d_ax)  # (A, B, X)
+                valid = np.broadcast_to(
+                    (np.array(a_items)[:, None] != np.array(x_items)[None, :])[:, None, :], errors.shape
+                )  # X is never A itself
+                if valid.any():
+                    cells[(la, lb, s, sx)] = float(errors[valid].mean())
+                    triplets += int(valid.sum())
     by_pair: Dict[tuple, List[float]] = defaultdict(list)
-    for (la, lb, _, _), errors in cells.items():
-        by_pair[(la, lb)].append(float(np.mean(errors)))
+    for (la, lb, _, _), cell_error in cells.items():
+        by_pair[(la, lb)].append(cell_error)
     error = float(np.mean([np.mean(v) for v in by_pair.values()])) if by_pair else float("nan")
     return {
         "error": error,
-        "triplets": int(sum(len(v) for v in cells.values())),
+        "triplets": triplets,
         "cells": len(cells),
         "mode": mode,
     }

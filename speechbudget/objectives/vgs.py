@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SpeechBudgetError
 from ..models.base import Encoder, make_pad_mask
 from ..models.image_encoder import PrecomputedImageFeatures
 
@@ -78,6 +79,24 @@ def mean_pool(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (hidden * v).sum(1) / v.sum(1).clamp(min=1.0)
 
 
+@torch.no_grad()
+def layer_dim(encoder: Encoder, layer: int) -> int:
+    """Width of encoder layer ``layer`` (1-based; Zipformer stacks differ), from one second of zeros."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        device = next(encoder.parameters()).device
+        x = torch.zeros(1, int(encoder.input_rate_hz), encoder.input_dim, device=device)
+        layers = encoder(x, torch.tensor([x.size(1)], device=device), return_layers=True).layers
+    finally:
+        encoder.train(was_training)
+    if not 1 <= layer <= len(layers):
+        raise SpeechBudgetError(
+            f"vgs layer must be between 1 and {len(layers)} for this encoder, got {layer}"
+        )
+    return int(layers[layer - 1].size(-1))
+
+
 class VGSModel(nn.Module):
     """Dual encoder: speech encoder + pooling + projection, image encoder + projection."""
 
@@ -90,21 +109,26 @@ class VGSModel(nn.Module):
         margin: float = MARGIN,
         temperature: float = 0.1,
         image_size: int = 64,
+        layer: Optional[int] = None,
     ):
+        """``layer`` (1-based): pool that encoder layer instead of the output, as the paper's VGS reads
+        wav2vec2 layer 7 while the SSL loss reads the top."""
         super().__init__()
         if pooling not in ("attention", "mean"):
             raise ValueError(f"pooling must be attention or mean, got {pooling!r}")
-        self.encoder, self.image_encoder = encoder, image_encoder
-        self.pool = AttentionPool(encoder.output_dim) if pooling == "attention" else None
-        self.speech_proj = nn.Linear(encoder.output_dim, dim)
+        self.encoder, self.image_encoder, self.layer = encoder, image_encoder, layer
+        speech_dim = encoder.output_dim if layer is None else layer_dim(encoder, layer)
+        self.pool = AttentionPool(speech_dim) if pooling == "attention" else None
+        self.speech_proj = nn.Linear(speech_dim, dim)
         self.image_proj = nn.Linear(image_encoder.output_dim, dim)
         self.margin, self.scale, self.image_size = margin, 1.0 / temperature, image_size
 
     def embed_speech(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, dim) unit vectors, one per caption."""
-        out = self.encoder(features, lengths)
-        valid = ~make_pad_mask(out.lengths, out.hidden.size(1))
-        pooled = self.pool(out.hidden, valid) if self.pool is not None else mean_pool(out.hidden, valid)
+        out = self.encoder(features, lengths, return_layers=self.layer is not None)
+        hidden = out.hidden if self.layer is None else out.layers[self.layer - 1]
+        valid = ~make_pad_mask(out.lengths, hidden.size(1))
+        pooled = self.pool(hidden, valid) if self.pool is not None else mean_pool(hidden, valid)
         return F.normalize(self.speech_proj(pooled), dim=-1)
 
     def embed_images(self, batch: Dict) -> torch.Tensor:
