@@ -74,6 +74,7 @@ def test_image_cnn_macs_are_the_analytic_conv_count_and_enter_the_pair_cost():
     model = VGSModel(build_encoder(TINY_ENCODER), cnn, dim=16, image_size=48)
     assert model.head_macs_per_frame() == 2 * 32
     assert model.macs_per_pair(8) == 32 * 16 + expected + 32 * 16 + 8 * 16
+    assert model.batch_training_flops(8) == 6 * 8 * model.macs_per_pair(8)
 
 
 def test_vgs_can_pool_an_inner_layer_of_any_encoder():

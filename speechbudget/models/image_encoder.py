@@ -35,19 +35,23 @@ class ImageCNN(nn.Module):
             cin = cout
         self.body = nn.Sequential(*blocks)
         self.output_dim = cin
+        self._macs: Dict[int, int] = {}  # per image size: a trace costs far more than a training step
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images).mean(dim=(2, 3))
 
     def macs_per_image(self, size: int) -> int:
-        """Forward multiply-adds for one ``size`` x ``size`` image (fvcore count)."""
+        """Forward multiply-adds for one ``size`` x ``size`` image (fvcore count, once per size)."""
+        if size in self._macs:
+            return self._macs[size]
         probe = torch.zeros(1, 3, size, size, device=next(self.parameters()).device)
         was_training = self.training
         self.eval()  # batch norm of one image must not update the running statistics
         try:
-            return count_macs(self, (probe,)).macs
+            self._macs[size] = count_macs(self, (probe,)).macs
         finally:
             self.train(was_training)
+        return self._macs[size]
 
 
 def load_feature_table(path: Path) -> Dict[str, np.ndarray]:

@@ -172,3 +172,8 @@ class VGSModel(nn.Module):
         d, e = self.speech_proj.in_features, self.speech_proj.out_features
         image = self.image_encoder.macs_per_image(self.image_size)
         return d * e + image + self.image_proj.in_features * e + batch_size * e
+
+    def batch_training_flops(self, batch_size: int) -> float:
+        """Training FLOPs of one batch that the trainer's per-second charge (encoder + per-frame head)
+        leaves out: ``macs_per_pair`` for each pair, x2 FLOPs per MAC, x3 forward + backward."""
+        return 6.0 * batch_size * self.macs_per_pair(batch_size)
