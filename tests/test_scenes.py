@@ -107,7 +107,7 @@ def _rejected(corpus: Path, split: str):
     return [json.loads(line) for line in (corpus / f"rejected_{split}.jsonl").read_text().splitlines()]
 
 
-def test_flickr8k_layout_with_a_broken_image_is_reported_not_fatal(tmp_path, shared_data):
+def test_flickr8k_layout_with_a_broken_image_is_reported_not_fatal(tmp_path, shared_data, monkeypatch):
     root = tmp_path / "flickr8k"
     (root / "flickr_audio" / "wavs").mkdir(parents=True)
     names = ["1000_a.jpg", "2000_b.jpg", "3000_c.jpg"]
@@ -126,7 +126,8 @@ def test_flickr8k_layout_with_a_broken_image_is_reported_not_fatal(tmp_path, sha
     (root / "flickr_audio" / "wav2spk.txt").write_text("\n".join(spk) + "\n")
     (root / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
     (root / "Flickr_8k.testImages.txt").write_text(names[1] + "\n")
-    spec = CorpusSpec.build("flickr8k-audio", {"path": str(root), "features": False})
+    monkeypatch.chdir(tmp_path)  # a relative corpus path still gives absolute image paths
+    spec = CorpusSpec.build("flickr8k-audio", {"path": "flickr8k", "features": False})
     summary = prepare(spec, tmp_path / "out")
     corpus = tmp_path / "out" / "flickr8k-audio"
     kept = {s.split: s.kept for s in summary.splits}
@@ -135,6 +136,7 @@ def test_flickr8k_layout_with_a_broken_image_is_reported_not_fatal(tmp_path, sha
     assert len(rejected) == 2 and all("unreadable image" in r["reason"] for r in rejected)
     test = load_cuts(corpus / "cuts_test.jsonl.gz")
     assert {cut_image(c)[1] for c in test} == {"2000_b"}
+    assert all(Path(cut_image(c)[0]).is_absolute() for c in test)
     assert {c.supervisions[0].text for c in test} == {"a caption number 2", "a caption number 3"}
     assert {c.supervisions[0].speaker for c in test} == {"spk2", "spk0"}
 

@@ -148,12 +148,12 @@ class CaptionSpec:
     scene_id: str
 
 
-def _split_names(n: int, dev_fraction: float, test_fraction: float, what: str) -> List[str]:
+def _split_names(n: int, dev_fraction: float, test_fraction: float, what: str, hint: str) -> List[str]:
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     n_dev = max(1, round(n * dev_fraction)) if dev_fraction > 0 else 0
     if n - n_test - n_dev < 1:
         raise SpeechBudgetError(
-            f"{n} {what} leave none for training after {n_dev} dev and {n_test} test: raise the number of {what}"
+            f"{n} {what} leave none for training after {n_dev} dev and {n_test} test: {hint}"
         )
     return ["test"] * n_test + ["dev"] * n_dev + ["train"] * (n - n_test - n_dev)
 
@@ -184,7 +184,13 @@ def plan_scenes(
         made += len(group)
     order = list(range(len(groups)))
     random.Random(f"scene-splits:{seed}").shuffle(order)
-    names = _split_names(len(groups), dev_fraction, test_fraction, "scene groups")
+    names = _split_names(
+        len(groups),
+        dev_fraction,
+        test_fraction,
+        "scene groups",
+        "raise scenes (--scenes; a twin pair is one group)",
+    )
     split_of = {g: s for g, s in zip(order, names)}
     return [replace(s, split=split_of[g]) for g, group in enumerate(groups) for s in group]
 
@@ -202,7 +208,7 @@ def plan_captions(
     speakers = make_speakers(num_voices, seed, voices)
     order = list(range(len(speakers)))
     random.Random(f"voice-splits:{seed}").shuffle(order)
-    names = _split_names(len(speakers), 0.1, 0.1, "voices")
+    names = _split_names(len(speakers), 0.1, 0.1, "voices", "raise voices (--voices)")
     by_split: Dict[str, list] = {"train": [], "dev": [], "test": []}
     for i, split in zip(order, names):
         by_split[split].append(speakers[i])

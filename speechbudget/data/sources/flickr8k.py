@@ -54,7 +54,7 @@ def _official_splits(root: Path) -> Dict[str, str]:
 
 
 def find_items(opts: Flickr8kOptions, ctx: FindContext) -> List[SourceItem]:
-    root = Path(opts.path)
+    root = Path(opts.path).resolve()  # manifests hold absolute paths (image paths included)
     if not root.is_dir():
         raise SpeechBudgetError(f"Flickr8k Audio folder {root} does not exist")
     index = _find(root, "wav2capt.txt")

@@ -39,8 +39,8 @@ def _entries(path: Path) -> list:
 
 
 def find_items(opts: SpokenCocoOptions, ctx: FindContext) -> List[SourceItem]:
-    root = Path(opts.path)
-    image_root = Path(opts.image_dir) if opts.image_dir else root
+    root = Path(opts.path).resolve()  # manifests hold absolute paths (image paths included)
+    image_root = Path(opts.image_dir).resolve() if opts.image_dir else root
     files = {s: root / f"SpokenCOCO_{s}.json" for s in ("train", "val")}
     if not any(p.is_file() for p in files.values()):
         raise SpeechBudgetError(f"no SpokenCOCO_train.json or SpokenCOCO_val.json in {root}")
