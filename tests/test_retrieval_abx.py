@@ -126,6 +126,9 @@ def test_abx_on_real_fsdd_digits_across_speakers(shared_data):
     result = abx_error(feats, labels, speakers, mode="across")
     assert result["triplets"] > 500
     assert result["error"] < 0.3, result
+    subset = abx_error(feats, labels, speakers, mode="across", max_per_group=1)
+    assert subset["triplets"] == (5 * 4) * 3 * 2  # ordered label pairs x A/B speaker x X speaker
+    assert subset["error"] < 0.4
     within = abx_error(feats, labels, speakers, mode="within")
     assert within["error"] <= result["error"]
     encoder = build_encoder(

@@ -44,10 +44,14 @@ def abx_error(
     labels: Sequence[str],
     speakers: Sequence[str],
     mode: str = "across",
+    max_per_group: Optional[int] = None,
+    seed: int = 0,
 ) -> Dict:
     """ABX error of items ``features[i]`` (T_i, D) with ``labels[i]`` and ``speakers[i]``.
 
     ``mode`` across: A, B one speaker, X another; within: all three one speaker (X is not A).
+    ``max_per_group`` keeps at most that many items (a seeded choice) of each (label, speaker): the
+    DTW pairs grow with the square of the items, the cells only with labels and speakers.
     Returns ``{"error", "triplets", "cells", "mode"}``; error is NaN when no triplet exists."""
     if mode not in ("across", "within"):
         raise ValueError(f"mode must be across or within, got {mode!r}")
@@ -65,6 +69,9 @@ def abx_error(
     groups: Dict[tuple, List[int]] = defaultdict(list)  # (label, speaker) -> items
     for i in range(n):
         groups[(labels[i], speakers[i])].append(i)
+    if max_per_group is not None:
+        rng = np.random.default_rng(seed)
+        groups = {k: sorted(rng.permutation(v)[:max_per_group].tolist()) for k, v in groups.items()}
     cells: Dict[tuple, float] = {}
     triplets = 0
     for (la, s), a_items in groups.items():
@@ -121,10 +128,11 @@ def abx_per_layer(
     labels: Sequence[str],
     speakers: Sequence[str],
     mode: str = "across",
+    max_per_group: Optional[int] = None,
 ) -> Dict:
     """``{"mode", "layers": {name: abx_error(...)}, "best_layer"}`` for ``layer_features(encoder, ..)``."""
     per_layer = {
-        name: abx_error(feats, labels, speakers, mode)
+        name: abx_error(feats, labels, speakers, mode, max_per_group)
         for name, feats in layer_features(encoder, features).items()
     }
     finite = {k: v["error"] for k, v in per_layer.items() if np.isfinite(v["error"])}
