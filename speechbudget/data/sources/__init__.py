@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ...errors import SpeechBudgetError
 
-_MODULES = ("synthetic", "fsdd", "commonvoice", "librispeech", "folder")
+_MODULES = ("synthetic", "fsdd", "commonvoice", "librispeech", "folder", "scenes", "flickr8k", "spokencoco")
 
 
 @dataclass
