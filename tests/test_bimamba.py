@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import HiddenOnly
+from encoder_checks import assert_padding_invariant, make_batch
 
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
@@ -109,37 +110,6 @@ def test_flip_valid_reverses_only_real_frames():
     assert out[0, :, 0].tolist() == [5, 4, 3, 2, 1, 0]
     assert out[1, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
     assert torch.equal(flip_valid(out, torch.tensor([6, 4])), x)
-
-
-def make_batch(frontend: str, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    if frontend == "fbank":
-        return torch.randn(2, 121, 80, generator=g), torch.tensor([121, 87])
-    return torch.randn(2, 8000, 1, generator=g), torch.tensor([8000, 5777])
-
-
-def with_junk_padding(x: torch.Tensor, lengths: torch.Tensor, extra: int) -> torch.Tensor:
-    x = torch.cat([x, torch.zeros(x.size(0), extra, x.size(2))], dim=1)
-    for b, n in enumerate(lengths.tolist()):
-        x[b, n:] = 10 * torch.randn_like(x[b, n:])
-    return x
-
-
-def assert_padding_invariant(model, frontend: str) -> None:
-    x, lengths = make_batch(frontend)
-    with torch.no_grad():
-        ref = model(x, lengths, return_layers=True)
-        junk = model(
-            with_junk_padding(x, lengths, 3000 if frontend == "waveform" else 40), lengths, return_layers=True
-        )
-        alone = model(x[1:, : lengths[1]], lengths[1:])
-    assert torch.equal(ref.lengths, junk.lengths)
-    for b, n in enumerate(ref.lengths.tolist()):
-        assert (ref.hidden[b, :n] - junk.hidden[b, :n]).abs().max() < 1e-5
-        for la, lb in zip(ref.layers, junk.layers):
-            assert (la[b, :n] - lb[b, :n]).abs().max() < 1e-5
-    n = int(ref.lengths[1])
-    assert (alone.hidden[0, :n] - ref.hidden[1, :n]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("frontend", ["fbank", "waveform"])

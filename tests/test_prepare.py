@@ -114,23 +114,23 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_rest_kept(tmp_path, shared
         json.loads(line)["id"]: json.loads(line)["reason"] for line in open(corpus / "rejected_train.jsonl")
     }
     assert set(rejected) == {
-        "dir-corrupt",
-        "dir-truncated",
-        "dir-empty",
-        "dir-zerolen",
-        "dir-silent",
-        "dir-nan",
-        "dir-notext",
-        "dir-emptytext",
+        "dir-corrupt.wav",
+        "dir-truncated.wav",
+        "dir-empty.wav",
+        "dir-zerolen.wav",
+        "dir-silent.wav",
+        "dir-nan.wav",
+        "dir-notext.wav",
+        "dir-emptytext.wav",
     }
-    assert "unreadable" in rejected["dir-corrupt"]
-    assert "unreadable" in rejected["dir-empty"] or "empty" in rejected["dir-empty"]
-    assert "silent" in rejected["dir-silent"]
-    assert "NaN" in rejected["dir-nan"]
-    assert rejected["dir-notext"] == "missing transcript"
-    assert rejected["dir-emptytext"] == "empty transcript"
+    assert "unreadable" in rejected["dir-corrupt.wav"]
+    assert "unreadable" in rejected["dir-empty.wav"] or "empty" in rejected["dir-empty.wav"]
+    assert "silent" in rejected["dir-silent.wav"]
+    assert "NaN" in rejected["dir-nan.wav"]
+    assert rejected["dir-notext.wav"] == "missing transcript"
+    assert rejected["dir-emptytext.wav"] == "empty transcript"
     cuts = {c.id: c for c in load_cuts(corpus / "cuts_train.jsonl.gz")}
-    assert set(cuts) == {"dir-good", "dir-stereo", "dir-rate44k"}
+    assert set(cuts) == {"dir-good.wav", "dir-stereo.wav", "dir-rate44k.wav"}
     for c in cuts.values():
         assert c.sampling_rate == 16000 and c.num_channels == 1
         assert c.load_features().shape[1] == 80

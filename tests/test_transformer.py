@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from conftest import HiddenOnly
+from encoder_checks import assert_padding_invariant, make_batch, with_junk_padding
 
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
@@ -16,43 +17,6 @@ from speechbudget.models.transformer import PRESETS, ConvPositionEmbedding, Tran
 torch.set_num_threads(1)
 
 TINY = ["transformer-tiny", "transformer-tiny-slim", "transformer-tiny-wide"]
-
-
-def make_batch(frontend: str, seed: int = 0):
-    """Two utterances of different lengths (about 1.2 s and 0.9 s of audio)."""
-    g = torch.Generator().manual_seed(seed)
-    if frontend == "fbank":
-        lengths = torch.tensor([121, 87])
-        return torch.randn(2, 121, 80, generator=g), lengths
-    lengths = torch.tensor([8000, 5777])
-    return torch.randn(2, 8000, 1, generator=g), lengths
-
-
-def with_junk_padding(x: torch.Tensor, lengths: torch.Tensor, extra: int) -> torch.Tensor:
-    """Append ``extra`` frames and overwrite every padded frame with loud random junk."""
-    x = torch.cat([x, torch.zeros(x.size(0), extra, x.size(2))], dim=1)
-    for b, n in enumerate(lengths.tolist()):
-        x[b, n:] = 10 * torch.randn_like(x[b, n:])
-    return x
-
-
-def assert_padding_invariant(model, frontend: str) -> None:
-    x, lengths = make_batch(frontend)
-    with torch.no_grad():
-        ref = model(x, lengths, return_layers=True)
-        junk = model(
-            with_junk_padding(x, lengths, 3000 if frontend == "waveform" else 40), lengths, return_layers=True
-        )
-        alone = model(x[1:, : lengths[1]], lengths[1:])  # the short one with no padding at all
-    assert torch.equal(ref.lengths, junk.lengths)
-    for b, n in enumerate(ref.lengths.tolist()):
-        assert n > 0
-        assert (ref.hidden[b, :n] - junk.hidden[b, :n]).abs().max() < 1e-5
-        for la, lb in zip(ref.layers, junk.layers):
-            assert (la[b, :n] - lb[b, :n]).abs().max() < 1e-5
-    n = int(ref.lengths[1])
-    assert alone.lengths.tolist() == [n]
-    assert (alone.hidden[0, :n] - ref.hidden[1, :n]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("frontend", ["fbank", "waveform"])
