@@ -118,13 +118,8 @@ class TokenMerger:
         dst = 2 * match.gather(1, a_idx) + 1  # the B positions they merge into
 
         size = self.size[:, :t]
-        moved = size.gather(1, src) * chosen
+        moved = size.gather(1, src) * chosen  # 0 for pairs of utterances with a smaller r
         new_size = size.scatter_add(1, dst, moved)
-        weighted = x.float() * size.unsqueeze(-1)
-        add = weighted.gather(1, src.unsqueeze(-1).expand(-1, -1, d)) * chosen.unsqueeze(-1)
-        merged = weighted.scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, d), add)
-        received = new_size != size  # (not a scatter of ``chosen``: destinations repeat)
-        x = torch.where(received.unsqueeze(-1), (merged / new_size.unsqueeze(-1)).to(x.dtype), x)
 
         # pack the survivors in front, in their original order
         removed = torch.zeros(b, t, dtype=torch.bool, device=x.device).scatter(1, src, chosen)
@@ -133,12 +128,20 @@ class TokenMerger:
         width = int(new_lengths.max())
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
         new_pos = keep.long().cumsum(1) - 1  # where each kept token lands
-        new_pos = new_pos.scatter(1, src, torch.where(chosen, new_pos.gather(1, dst), new_pos.gather(1, src)))
+        out = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+
+        # size-weighted average, touching only the destination rows (several sources may share one):
+        # x_dst + sum_i s_i (x_i - x_dst) / S_dst = (s_dst x_dst + sum_i s_i x_i) / S_dst
+        rows = lambda idx: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # noqa: E731
+        share = (moved / new_size.gather(1, dst)).to(x.dtype).unsqueeze(-1)
+        dst_new = new_pos.gather(1, dst)
+        out = out.scatter_add(1, dst_new.unsqueeze(-1).expand(-1, -1, d), share * (rows(src) - rows(dst)))
+
+        new_pos = new_pos.scatter(1, src, torch.where(chosen, dst_new, new_pos.gather(1, src)))
         self.source = new_pos.clamp(0, width - 1).gather(1, self.source)
         self.lengths = new_lengths
-        pad = make_pad_mask(new_lengths, width)
-        self.size = new_size.gather(1, order).masked_fill(pad, 1.0)
-        return x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+        self.size = new_size.gather(1, order).masked_fill(make_pad_mask(new_lengths, width), 1.0)
+        return out
 
     def unmerge(self, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, merged T, D) -> (B, input T, D): every input frame gets its token's state.
