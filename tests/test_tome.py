@@ -147,7 +147,12 @@ def test_decreasing_schedule_has_the_constant_total():
 
 @pytest.mark.parametrize(
     "tome, message",
-    [({"r": -1}, "non-negative"), ({"r": 2, "schedule": "fast"}, "schedule"), ({"ratio": 2}, "unknown")],
+    [
+        ({"r": -1}, "non-negative"),
+        ({"r": 2, "schedule": "fast"}, "schedule"),
+        ({"ratio": 2}, "unknown"),
+        ({"r": 2, "unmerge": "yes"}, "true or false"),
+    ],
 )
 def test_bad_tome_configs_are_user_errors(tome, message):
     with pytest.raises(SpeechBudgetError, match=message):

@@ -67,7 +67,21 @@ def parse_tome(spec: Optional[Mapping[str, Any]]) -> Optional[ToMeConfig]:
         raise SpeechBudgetError(f"tome r must be a non-negative integer, got {cfg.r!r}")
     if cfg.schedule not in SCHEDULES:
         raise SpeechBudgetError(f"tome schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    for flag in ("proportional_attention", "unmerge"):
+        if not isinstance(getattr(cfg, flag), bool):
+            raise SpeechBudgetError(f"tome {flag} must be true or false, got {getattr(cfg, flag)!r}")
     return cfg if cfg.r > 0 else None
+
+
+def flat_rows(idx: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, K) row indices into (B, width, D) -> (B * K,) indices into its (B * width, D) view."""
+    return (idx + width * torch.arange(idx.size(0), device=idx.device)[:, None]).reshape(-1)
+
+
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b]]`` (B, K, D): whole-row copies (index_select), much faster than ``gather`` on CPU."""
+    b, t, d = x.shape
+    return x.reshape(b * t, d).index_select(0, flat_rows(idx, t)).view(b, idx.size(1), d)
 
 
 class TokenMerger:
@@ -97,6 +111,21 @@ class TokenMerger:
         bias = self.size[:, :width].log().masked_fill(~valid, float("-inf"))
         return bias.to(dtype)[:, None, None, :]
 
+    @torch.no_grad()
+    def match(self, keys: torch.Tensor, r_max: int):
+        """Bipartite soft matching (no gradient: it only decides) -> (B, r_max) source positions,
+        best first, and the position each merges into."""
+        b, _, t, _ = keys.shape
+        metric = sum(keys.unbind(1))  # the mean over heads, up to a scale the cosine ignores
+        metric = metric / metric.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # (B, |A|, |B|)
+        pos = torch.arange(t, device=keys.device)
+        frozen = (pos >= self.lengths[:, None]) | (pos < self.protected)  # padding and CLS/dist
+        scores.masked_fill_(frozen[:, 0::2, None] | frozen[:, None, 1::2], float("-inf"))
+        best, match = scores.max(dim=-1)
+        a_idx = best.argsort(dim=-1, descending=True, stable=True)[:, :r_max]
+        return 2 * a_idx, 2 * match.gather(1, a_idx) + 1
+
     def __call__(self, x: torch.Tensor, keys: torch.Tensor, r: int) -> torch.Tensor:
         """Merge up to ``r`` token pairs of each utterance; ``keys`` (B, heads, T, head_dim)."""
         b, t, d = x.shape
@@ -104,44 +133,34 @@ class TokenMerger:
         r_max = int(r_b.max())
         if r_max == 0:
             return x
-        metric = keys.mean(1)
-        metric = metric / metric.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # (B, |A|, |B|)
-        pos = torch.arange(t, device=x.device)
-        frozen = (pos >= self.lengths[:, None]) | (pos < self.protected)  # padding and CLS/dist
-        scores = scores.masked_fill(frozen[:, 0::2, None], float("-inf"))
-        scores = scores.masked_fill(frozen[:, None, 1::2], float("-inf"))
-        best, match = scores.max(dim=-1)
-        a_idx = best.argsort(dim=-1, descending=True, stable=True)[:, :r_max]  # (B, r_max)
-        chosen = torch.arange(r_max, device=x.device) < r_b[:, None]
-        src = 2 * a_idx  # positions merged away
-        dst = 2 * match.gather(1, a_idx) + 1  # the B positions they merge into
-
+        src, dst = self.match(keys, r_max)  # positions merged away, and where they go
+        chosen = torch.arange(r_max, device=x.device) < r_b[:, None]  # utterances with a smaller r
         size = self.size[:, :t]
-        moved = size.gather(1, src) * chosen  # 0 for pairs of utterances with a smaller r
+        moved = size.gather(1, src) * chosen
         new_size = size.scatter_add(1, dst, moved)
 
         # pack the survivors in front, in their original order
+        pos = torch.arange(t, device=x.device)
         removed = torch.zeros(b, t, dtype=torch.bool, device=x.device).scatter(1, src, chosen)
         keep = ~removed & (pos < self.lengths[:, None])
         new_lengths = self.lengths - r_b
         width = int(new_lengths.max())
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
         new_pos = keep.long().cumsum(1) - 1  # where each kept token lands
-        out = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+        out = take_rows(x, order)
 
         # size-weighted average, touching only the destination rows (several sources may share one):
         # x_dst + sum_i s_i (x_i - x_dst) / S_dst = (s_dst x_dst + sum_i s_i x_i) / S_dst
-        rows = lambda idx: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # noqa: E731
         share = (moved / new_size.gather(1, dst)).to(x.dtype).unsqueeze(-1)
         dst_new = new_pos.gather(1, dst)
-        out = out.scatter_add(1, dst_new.unsqueeze(-1).expand(-1, -1, d), share * (rows(src) - rows(dst)))
+        delta = share * (take_rows(x, src) - take_rows(x, dst))
+        out = out.reshape(b * width, d).index_add_(0, flat_rows(dst_new, width), delta.reshape(-1, d))
 
         new_pos = new_pos.scatter(1, src, torch.where(chosen, dst_new, new_pos.gather(1, src)))
         self.source = new_pos.clamp(0, width - 1).gather(1, self.source)
         self.lengths = new_lengths
         self.size = new_size.gather(1, order).masked_fill(make_pad_mask(new_lengths, width), 1.0)
-        return out
+        return out.view(b, width, d)
 
     def unmerge(self, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, merged T, D) -> (B, input T, D): every input frame gets its token's state.
