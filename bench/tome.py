@@ -4,7 +4,7 @@ One process, one thread, a fixed batch of random 128-bin fbank (``--batch`` clip
 Each (length, r) cell is timed ``--reps`` times, interleaved in rounds (r = 0, 2, 4, 8, 0, 2, ...) so
 that a change in machine load hits every r alike; the median is reported, by this process's CPU time
 (steady on a shared machine: with one thread it is compute time) and by wall time. Forward: eval mode,
-``no_grad``. Training step: a ClassifierModel (CLS + distillation-free head, BCE on 10 classes)
+``no_grad``. Training step: a ClassifierModel (CLS pooling, linear head, BCE on 10 classes)
 forward + backward + SGD step. FLOPs: ``encoder_cost`` (fvcore, merged token counts and matching
 included) per audio second at that clip length, forward only.
 
