@@ -185,3 +185,21 @@ def test_encoder_cost_shows_the_saving_of_merging():
     merged = encoder_cost({"preset": "ast-tiny", "tome": {"r": 8}}, seconds=1.0)
     assert merged["params"] == plain["params"] and not merged["unsupported"]
     assert merged["macs_per_audio_second"] < 0.8 * plain["macs_per_audio_second"]
+
+
+def test_a_merged_unmerged_encoder_trains_with_a_frame_level_loss():
+    """HuBERT needs one state per 50 Hz frame: with ``unmerge`` every labelled frame is scored."""
+    from speechbudget.objectives.hubert import HubertModel
+
+    torch.manual_seed(3)
+    spec = {"preset": "transformer-tiny", "layers": 2, "tome": {"r": 12, "unmerge": True}}
+    model = HubertModel(build_encoder(spec), num_clusters=8, mask_prob=0.5, mask_length=2)
+    x, lengths = torch.randn(2, 200, 80), torch.tensor([200, 140])
+    labels = torch.randint(0, 8, (2, 100))
+    labels[1, 70:] = -1
+    batch = {"features": x, "lengths": lengths, "kmeans": labels}
+    loss, stats = model(batch)
+    loss.backward()
+    plain = HubertModel(build_encoder({**spec, "tome": None}), num_clusters=8, mask_prob=0.5, mask_length=2)
+    assert torch.isfinite(loss) and stats["frames"] == plain(batch)[1]["frames"] > 150
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
