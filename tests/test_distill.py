@@ -126,3 +126,55 @@ def test_a_mobilenet_teacher_on_real_audio_feeds_a_distilled_ast_student(tmp_pat
     loss.backward()
     assert math.isfinite(loss.item()) and stats["teacher_clips"] == len(ids)
     assert student.encoder.prefix.grad.abs().sum() > 0
+
+
+def tiny_student(**kw) -> ClassifierModel:
+    torch.manual_seed(0)
+    spec = {"preset": "ast-tiny", "dim": 32, "heads": 4, "layers": 2, "tome": {"r": 4}}
+    return ClassifierModel(build_encoder(spec), num_classes=3, **kw)
+
+
+def test_distillation_model_is_the_student_without_teacher_rows_and_cmkd_with_them(tmp_path):
+    from speechbudget.objectives.distill import DistillationModel
+
+    student = tiny_student(loss="ce", label_smoothing=0.1).eval()
+    x, lengths = torch.randn(4, 60, 128), torch.tensor([60, 60, 45, 30])
+    batch = {"features": x, "lengths": lengths, "labels": torch.tensor([0, 1, 2, 1]), "ids": list("abcd")}
+    classes = ["x", "y", "z"]
+    save_teacher_logits(tmp_path / "none", {"zz": np.zeros(3)}, classes, {"preset": "mn-tiny"})
+    alone = DistillationModel(student, load_teacher_logits(tmp_path / "none", classes), lam=0.1).eval()
+    with torch.no_grad():
+        loss, stats = alone(batch)
+        assert loss.item() == pytest.approx(student(batch)[0].item(), rel=1e-5)
+        assert stats["no_teacher_clips"] == 4
+        teacher = {i: np.random.default_rng(k).normal(size=3) for k, i in enumerate("abc")}
+        save_teacher_logits(tmp_path / "t", teacher, classes, {"preset": "mn-tiny"})
+        table = load_teacher_logits(tmp_path / "t", classes)
+        model = DistillationModel(student, table, lam=0.3, temperature=2.0).eval()
+        loss, stats = model(batch)
+        t_logits, has = table.lookup(batch["ids"])
+        target = student.targets(batch["labels"]) * 0.9 + 0.1 / 3
+        ref, _ = distillation_loss(student.logits(x, lengths), target, t_logits, has, "ce", 0.3, 2.0)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5) and stats["teacher_clips"] == 3
+    with pytest.raises(SpeechBudgetError, match="classes"):
+        DistillationModel(ClassifierModel(build_encoder("mn-tiny"), num_classes=2), table)
+
+
+def test_distillation_model_trains_with_mixup():
+    from speechbudget.objectives.distill import DistillationModel
+    from speechbudget.objectives.teacher_logits import TeacherLogits
+
+    student = tiny_student(loss="bce", mixup=1.0).train()
+    table = TeacherLogits(["a", "b"], np.ones((2, 3), dtype=np.float32), ["x", "y", "z"], {})
+    model = DistillationModel(student, table)
+    batch = {
+        "features": torch.randn(4, 60, 128),
+        "lengths": torch.tensor([60, 50, 40, 30]),
+        "labels": torch.tensor([0, 1, 2, 1]),
+        "ids": list("abcd"),
+    }
+    loss, stats = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= stats["teacher_clips"] <= 4
+    assert stats["teacher_clips"] + stats["no_teacher_clips"] == pytest.approx(4)
+    assert student.head.weight.grad.abs().sum() > 0

@@ -10,12 +10,15 @@ nothing). A clip without teacher logits (``has_teacher`` False) gets its hard lo
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import SpeechBudgetError
+from .classify import ClassifierModel
+from .teacher_logits import TeacherLogits
 
 
 def per_clip_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -30,6 +33,39 @@ def per_clip_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torc
 def soft_targets(teacher_logits: torch.Tensor, loss: str, temperature: float = 1.0) -> torch.Tensor:
     scaled = teacher_logits.float() / temperature
     return torch.sigmoid(scaled) if loss == "bce" else torch.softmax(scaled, dim=-1)
+
+
+def check_settings(lam: float, temperature: float) -> None:
+    if not 0.0 <= lam <= 1.0:
+        raise SpeechBudgetError(f"distillation lambda must be in [0, 1], got {lam}")
+    if not temperature > 0:
+        raise SpeechBudgetError(f"distillation temperature must be positive, got {temperature}")
+
+
+def weighted_distillation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    soft: torch.Tensor,
+    weight: torch.Tensor,
+    loss: str = "bce",
+    lam: float = 0.1,
+    temperature: float = 1.0,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The loss from soft targets already made: ``weight`` (B,) in [0, 1] is how much of each clip has
+    a teacher (1 or 0; fractions after mixup mixes a clip with and one without)."""
+    logits = logits.float()
+    hard = per_clip_loss(logits, target.float(), loss)
+    soft_loss = per_clip_loss(logits / temperature, soft.float(), loss)
+    weight = weight.to(logits.dtype)
+    per_clip = weight * (lam * hard + (1 - lam) * soft_loss) + (1 - weight) * hard
+    n_teacher = float(weight.sum())
+    stats = {
+        "hard_loss": float(hard.detach().mean()),
+        "soft_loss": float((soft_loss.detach() * weight).sum()) / n_teacher if n_teacher else 0.0,
+        "teacher_clips": n_teacher,
+        "no_teacher_clips": float(logits.size(0)) - n_teacher,
+    }
+    return per_clip.mean(), stats
 
 
 def distillation_loss(
@@ -47,28 +83,67 @@ def distillation_loss(
     multi-hot, as :meth:`ClassifierModel.targets` makes them); ``teacher_logits`` (B, C), any value
     where ``has_teacher`` (B,) is False.
     """
-    if not 0.0 <= lam <= 1.0:
-        raise SpeechBudgetError(f"distillation lambda must be in [0, 1], got {lam}")
-    if not temperature > 0:
-        raise SpeechBudgetError(f"distillation temperature must be positive, got {temperature}")
+    check_settings(lam, temperature)
     if teacher_logits.shape != logits.shape:
         raise SpeechBudgetError(
             f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(logits.shape)}:"
             " were they made for the same class list?"
         )
-    logits = logits.float()
     if has_teacher is None:
         has_teacher = torch.ones(logits.size(0), dtype=torch.bool, device=logits.device)
     has_teacher = has_teacher.to(device=logits.device, dtype=torch.bool)
-    hard = per_clip_loss(logits, target.float(), loss)
-    teacher = torch.where(has_teacher[:, None], teacher_logits.float(), torch.zeros_like(logits))
-    soft = per_clip_loss(logits / temperature, soft_targets(teacher, loss, temperature), loss)
-    per_clip = torch.where(has_teacher, lam * hard + (1 - lam) * soft, hard)
-    n_teacher = int(has_teacher.sum())
-    stats = {
-        "hard_loss": float(hard.detach().mean()),
-        "soft_loss": float(soft.detach()[has_teacher].mean()) if n_teacher else 0.0,
-        "teacher_clips": float(n_teacher),
-        "no_teacher_clips": float(logits.size(0) - n_teacher),
-    }
-    return per_clip.mean(), stats
+    soft = torch.where(has_teacher[:, None], soft_targets(teacher_logits, loss, temperature), target.float())
+    return weighted_distillation_loss(logits, target, soft, has_teacher.float(), loss, lam, temperature)
+
+
+class DistillationModel(nn.Module):
+    """A :class:`ClassifierModel` student trained with CMKD from a precomputed teacher table.
+
+    ``forward(batch) -> (loss, stats)`` like the student's (batches need ``ids``); evaluation uses the
+    student itself. Mixup mixes the teacher's soft targets and the teacher mask with the same pairs
+    and weight as the labels, by mixing them as extra target columns.
+    """
+
+    def __init__(
+        self, student: ClassifierModel, teacher: TeacherLogits, lam: float = 0.1, temperature: float = 1.0
+    ):
+        super().__init__()
+        check_settings(lam, temperature)
+        if len(teacher.classes) != student.num_classes:
+            raise SpeechBudgetError(
+                f"the teacher has {len(teacher.classes)} classes, the student {student.num_classes}: load the "
+                "table with the student's class list"
+            )
+        self.student, self.teacher, self.lam, self.temperature = student, teacher, lam, temperature
+
+    def optimizer_groups(self, lr: float):
+        return self.student.optimizer_groups(lr)
+
+    def head_macs_per_frame(self) -> int:
+        return self.student.head_macs_per_frame()
+
+    def forward(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, float]]:
+        student = self.student
+        x, lengths = batch["features"], batch["lengths"]
+        labels = batch["labels"].to(x.device)
+        target = student.targets(labels)
+        if student.loss == "ce" and student.label_smoothing > 0:  # as the student's own cross-entropy
+            target = target * (1 - student.label_smoothing) + student.label_smoothing / student.num_classes
+        teacher_logits, has = self.teacher.lookup(batch["ids"])
+        teacher_logits, has = teacher_logits.to(x.device), has.to(x.device)
+        soft = torch.where(has[:, None], soft_targets(teacher_logits, student.loss, self.temperature), target)
+        packed = torch.cat([target, soft, has[:, None].float()], dim=1)
+        if self.training:
+            x, lengths, packed = student.augment_batch(x, lengths, packed)
+        c = student.num_classes
+        target, soft, weight = packed[:, :c], packed[:, c : 2 * c], packed[:, 2 * c]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not student.freeze_encoder):
+            out = student.encoder(x, lengths)
+        logits = student.head(student.dropout(student.pool(out.hidden, out.lengths))).float()
+        loss, stats = weighted_distillation_loss(
+            logits, target, soft, weight, student.loss, self.lam, self.temperature
+        )
+        stats.update(loss=float(loss.detach()), utterances=float(x.size(0)))
+        if not student.multi_label:
+            stats["accuracy"] = float((logits.argmax(-1) == labels).float().mean())
+        return loss, stats
