@@ -541,7 +541,9 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
         raise SpeechBudgetError(
             "no experiment folders given; pass exp_dirs of pretrain/finetune runs or a parent folder"
         )
-    runs: Dict[Path, Run] = {p: Run(p) for p in find_experiments(exp_dirs)}  # bad inputs first: no empty --out
+    runs: Dict[Path, Run] = {
+        p: Run(p) for p in find_experiments(exp_dirs)
+    }  # bad inputs first: no empty --out
     atomic.check_writable(out_dir, "report output folder")
     ft_rows = [finetune_row(r, runs) for r in list(runs.values()) if r.stage == "finetune"]
     pt_rows = [pretrain_row(r) for r in runs.values() if r.stage == "pretrain"]  # incl. linked ones

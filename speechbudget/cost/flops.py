@@ -13,7 +13,9 @@ matmul whose *second* operand carries the broadcast batch. Our contraction handl
 Ignored on purpose (negligible next to contractions, and not counted by ``FlopCounterMode``
 either): elementwise math and activations, norms (layer/group/batch/instance/RMS), softmax,
 reductions, pooling/upsampling, and pure data movement (views, indexing, cat, pad, flip...).
-Attention masks are not honoured: SDPA is counted dense, ``B*H*Lq*Lk*(Dk+Dv)``.
+Attention masks are not honoured: SDPA is counted dense, ``B*H*Lq*Lk*(Dk+Dv)``. Shapes are the
+traced ones, so an encoder that drops tokens on the way (token merging, ``models/tome.py``) is counted
+at each block's actual token count for the traced input length.
 Anything else fvcore sees but cannot count (e.g. ``aten::lstm``, custom autograd functions as
 ``prim::PythonOp.*``) is returned in ``unsupported`` so callers can warn.
 

@@ -1,7 +1,8 @@
 """Registry of named encoder presets across families.
 
 Each family module (``zipformer``, ``transformer``, ``bimamba``; ``aum`` and ``ast`` for audio
-classification, in ``audio_mamba`` and ``spectrogram_transformer``) exposes ``PRESETS`` (name ->
+classification, in ``audio_mamba`` and ``spectrogram_transformer``; ``mobilenet``, the CNN teacher of
+knowledge distillation) exposes ``PRESETS`` (name ->
 config dict of keyword arguments) and ``build(**config) -> Encoder``. A preset or a config
 dict ``{"family": ..., **kwargs}`` builds an encoder; recipes use either.
 """
@@ -14,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Union
 from ..errors import SpeechBudgetError
 from .base import Encoder
 
-FAMILIES = ("zipformer", "transformer", "bimamba", "aum", "ast")
+FAMILIES = ("zipformer", "transformer", "bimamba", "aum", "ast", "mobilenet")
 MODULES = {"aum": "audio_mamba", "ast": "spectrogram_transformer"}  # family -> module, where they differ
 
 

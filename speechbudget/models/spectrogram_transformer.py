@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import SpeechBudgetError
 from .base import Encoder, EncoderOutput, make_pad_mask
 from .patches import PatchEmbed
+from .tome import merged_output, parse_tome, run_merged
 from .transformer import TransformerBlock, key_mask
 
 
@@ -43,8 +44,12 @@ class AudioSpectrogramTransformer(Encoder):
         dist_token: bool = False,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
+        tome: Optional[Dict[str, Any]] = None,
     ):
+        """``tome``: token merging as in FastAST, e.g. ``{"r": 8}`` (:mod:`.tome`); CLS and the
+        distillation token are never merged and stay at :meth:`cls_index` / :meth:`dist_index`."""
         super().__init__()
+        self.tome = parse_tome(tome)
         if min(dim, layers, heads) < 1 or dim % heads:
             raise SpeechBudgetError(
                 f"ast needs positive dim/layers/heads with dim divisible by heads ({dim}, {heads})"
@@ -78,6 +83,9 @@ class AudioSpectrogramTransformer(Encoder):
         x = self.dropout(torch.cat([prefix, x], dim=1))
         lengths = lengths + self.num_prefix
         pad_mask = make_pad_mask(lengths, x.size(1))
+        if self.tome is not None:
+            x, state = run_merged(self.blocks, self.tome, x, lengths, self.num_prefix)
+            return merged_output(self.tome, self.norm, x, state, return_layers)
         attn_mask = key_mask(pad_mask)
         layers: List[torch.Tensor] = []
         for block in self.blocks:

@@ -14,7 +14,7 @@ parameters a deeper, narrower model beats the usual few-layer small one.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import SpeechBudgetError
 from .base import Encoder, EncoderOutput, make_pad_mask
 from .frontends import build_frontend
+from .tome import merged_output, parse_tome, run_merged
 
 FRONTENDS = {"fbank": (100.0, 80), "waveform": (16000.0, 1)}  # kind -> (input rate Hz, input dim)
 
@@ -80,13 +81,16 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, return_keys: bool = False):
+        """``attn_mask`` may also be additive floats (token merging's log-size bias). With
+        ``return_keys`` the keys (B, heads, T, head_dim) come back too: token merging matches on them."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        y = self.out(y.transpose(1, 2).reshape(b, t, d))
+        return (y, k) if return_keys else y
 
 
 class FeedForward(nn.Module):
@@ -121,11 +125,20 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor, merge: Optional[Callable] = None
+    ) -> torch.Tensor:
+        """``merge(x, keys) -> fewer tokens`` runs between attention and FFN (token merging)."""
         if self.norm_first:
-            x = x + self.dropout(self.attn(self.norm1(x), attn_mask))
+            y, keys = self.attn(self.norm1(x), attn_mask, return_keys=True)
+            x = x + self.dropout(y)
+            if merge is not None:
+                x = merge(x, keys)
             return x + self.dropout(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.dropout(self.attn(x, attn_mask)))
+        y, keys = self.attn(x, attn_mask, return_keys=True)
+        x = self.norm1(x + self.dropout(y))
+        if merge is not None:
+            x = merge(x, keys)
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
@@ -150,8 +163,12 @@ class TransformerEncoder(Encoder):
         pos_conv_kernel: int = 128,
         pos_conv_groups: int = 16,
         pos_conv_weight_norm: bool = True,
+        tome: Optional[Dict[str, Any]] = None,
     ):
+        """``tome``: token merging, e.g. ``{"r": 8}`` (see :mod:`.tome`); with ``"unmerge": True``
+        the output keeps one frame per input frame, for CTC and HuBERT."""
         super().__init__()
+        self.tome = parse_tome(tome)
         self.input_rate_hz, self.input_dim = check_frontend(frontend, input_dim)
         if layers < 1 or dim < 1 or ffn_dim < 1:
             raise SpeechBudgetError("transformer dim, layers and ffn_dim must be positive")
@@ -186,6 +203,8 @@ class TransformerEncoder(Encoder):
         if not self.norm_first:
             x = self.norm(x)
         x = self.input_dropout(x)
+        if self.tome is not None:
+            return self._merged_blocks(x, lengths, return_layers)
         attn_mask = key_mask(pad_mask)
         layers: List[torch.Tensor] = []
         for block in self.blocks:
@@ -196,6 +215,11 @@ class TransformerEncoder(Encoder):
         if self.norm_first:
             x = self.norm(x).masked_fill(pad_mask.unsqueeze(-1), 0.0)
         return EncoderOutput(hidden=x, lengths=lengths, layers=layers if return_layers else None)
+
+    def _merged_blocks(self, x: torch.Tensor, lengths: torch.Tensor, return_layers: bool) -> EncoderOutput:
+        """The block stack with token merging; a dropped layer (layer drop) merges nothing."""
+        x, layers = run_merged(self.blocks, self.tome, x, lengths, 0, self.layer_drop if self.training else 0)
+        return merged_output(self.tome, self.norm if self.norm_first else None, x, layers, return_layers)
 
 
 def key_mask(pad_mask: torch.Tensor) -> torch.Tensor:
