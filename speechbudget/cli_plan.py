@@ -144,14 +144,14 @@ def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
         t.add_column(col, justify="right", no_wrap=True)
     for r in result.candidates:
         t.add_row(
-            r["name"] + (" *" if r["best"] else ""),
-            f"{r['params'] / 1e6:.2f}",
-            f"{r['layers']} x {r['width']}",
-            f"{r['flops_per_hour'] / 3600 / 1e9:.3f}",
-            _num(r["audio_hours"]),
-            "-" if r["epochs"] is None else _num(r["epochs"]),
-            f"{r['predicted_loss']:.3f}",
-            style="bold green" if r["best"] else None,
+            r.name + (" *" if r.best else ""),
+            f"{r.params / 1e6:.2f}",
+            f"{r.layers} x {r.width}",
+            f"{r.flops_per_hour / 3600 / 1e9:.3f}",
+            _num(r.audio_hours),
+            "-" if r.epochs is None else _num(r.epochs),
+            f"{r.predicted_loss:.3f}",
+            style="bold green" if r.best else None,
         )
     ui.print_table(t)
     for line in result.notes:

@@ -57,31 +57,31 @@ def test_bigger_budgets_pick_bigger_models_with_unlimited_data():
         planner.plan(BudgetSpec(flops, "flops"), math.inf, LADDER, calibration={"devices": {}}).recommended
         for flops in (1e16, 1e17, 1e18, 1e19, 1e20, 1e21)
     ]
-    sizes = [p["params"] for p in picks]
+    sizes = [p.params for p in picks]
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
-    assert all(p["epochs"] is None for p in picks)
+    assert all(p.epochs is None for p in picks)
 
 
 def test_hours_follow_from_the_budget_and_the_cost_per_hour():
     p = planner.plan(BudgetSpec(1e18, "flops"), 1000.0, LADDER, calibration={"devices": {}})
     for row in p.candidates:
-        assert row["audio_hours"] * row["flops_per_hour"] == pytest.approx(1e18)
-        assert row["epochs"] == pytest.approx(row["audio_hours"] / 1000.0)
-        assert row["budget_flops"] == pytest.approx(1e18)
-    losses = [r["predicted_loss"] for r in p.candidates]
-    assert losses == sorted(losses) and p.candidates[0]["best"]
+        assert row.audio_hours * row.flops_per_hour == pytest.approx(1e18)
+        assert row.epochs == pytest.approx(row.audio_hours / 1000.0)
+        assert row.budget_flops == pytest.approx(1e18)
+    losses = [r.predicted_loss for r in p.candidates]
+    assert losses == sorted(losses) and p.candidates[0].best
 
 
 def test_scarce_data_is_data_bound_and_warns_about_epochs():
     p = planner.plan(BudgetSpec(1e19, "flops"), 1.0, LADDER, calibration={"devices": {}})
-    assert p.recommended["epochs"] > planner.EPOCH_WARNING
+    assert p.recommended.epochs > planner.EPOCH_WARNING
     assert any(n.startswith("Data-bound") for n in p.notes)
     assert any("epochs" in w and "2409.16295" in w for w in p.warnings)
 
 
 def test_plenty_of_data_is_compute_bound_without_epoch_warning():
     p = planner.plan(BudgetSpec(1e17, "flops"), 1e6, LADDER, calibration={"devices": {}})
-    assert p.recommended["epochs"] < 1
+    assert p.recommended.epochs < 1
     assert any(n.startswith("Compute-bound") for n in p.notes)
     assert not any("2409.16295" in w for w in p.warnings)
 
@@ -90,14 +90,14 @@ def test_gpu_hours_convert_with_peak_and_utilisation():
     p = planner.plan(
         BudgetSpec(10, "gpu-hours", "a100", utilisation=0.4), 1e6, LADDER, calibration={"devices": {}}
     )
-    assert p.recommended["budget_flops"] == pytest.approx(10 * 3600 * 312e12 * 0.4)
+    assert p.recommended.budget_flops == pytest.approx(10 * 3600 * 312e12 * 0.4)
     wall = planner.plan(
         BudgetSpec(10, "hours", "a100", utilisation=0.4, num_devices=8),
         1e6,
         LADDER,
         calibration={"devices": {}},
     )
-    assert wall.recommended["budget_flops"] == pytest.approx(8 * 10 * 3600 * 312e12 * 0.4)
+    assert wall.recommended.budget_flops == pytest.approx(8 * 10 * 3600 * 312e12 * 0.4)
 
 
 def test_calibrated_utilisation_is_used_per_preset():
@@ -111,15 +111,15 @@ def test_calibrated_utilisation_is_used_per_preset():
         }
     }
     p = planner.plan(BudgetSpec(10, "gpu-hours", "a100"), 1e6, LADDER, calibration=calibration)
-    rows = {r["name"]: r for r in p.candidates}
-    assert rows["m2"]["utilisation"] == 0.1 and rows["m2"]["utilisation_source"] == "calibrated"
-    assert rows["m2"]["budget_flops"] == pytest.approx(10 * 3600 * 312e12 * 0.1)
-    assert rows["m0"]["utilisation"] == pytest.approx(0.2) and "median" in rows["m0"]["utilisation_source"]
+    rows = {r.name: r for r in p.candidates}
+    assert rows["m2"].utilisation == 0.1 and rows["m2"].utilisation_source == "calibrated"
+    assert rows["m2"].budget_flops == pytest.approx(10 * 3600 * 312e12 * 0.1)
+    assert rows["m0"].utilisation == pytest.approx(0.2) and "median" in rows["m0"].utilisation_source
     # a calibration in another dtype does not apply
     fp16 = planner.plan(
         BudgetSpec(10, "gpu-hours", "a100", dtype="fp16"), 1e6, LADDER, calibration=calibration
     )
-    assert fp16.recommended["utilisation_source"].startswith("default")
+    assert fp16.recommended.utilisation_source.startswith("default")
 
 
 def test_too_small_a_budget_names_the_minimum():
@@ -131,7 +131,7 @@ def test_too_small_a_budget_names_the_minimum():
     ok = planner.plan(
         BudgetSpec(need * 1.01, "flops", "cpu"), 10.0, LADDER, max_duration=8.0, calibration={"devices": {}}
     )
-    assert ok.recommended["name"] == "m0" and ok.skipped  # only the smallest is affordable
+    assert ok.recommended.name == "m0" and ok.skipped  # only the smallest is affordable
 
 
 # ---------------------------------------------------------------------------------- FLOP counts

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -236,19 +236,19 @@ class Plan:
     data_hours: Optional[float]  # None: unlimited
     max_duration: float
     num_clusters: int
-    candidates: List[Dict[str, Any]]  # best first
+    candidates: List[PlanRow]  # best first
     skipped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
     @property
-    def recommended(self) -> Dict[str, Any]:
+    def recommended(self) -> PlanRow:
         return self.candidates[0]
 
     def to_json(self) -> Dict[str, Any]:
         return {
-            "recommended": self.recommended,
-            "candidates": self.candidates,
+            "recommended": self.recommended.to_json(),
+            "candidates": [r.to_json() for r in self.candidates],
             "calibrated": self.law.calibrated,
             "law": {
                 **{k: getattr(self.law, k) for k in ("E", "A", "alpha", "B", "beta", "r_star")},
@@ -364,40 +364,66 @@ def check_inputs(
     return None if math.isinf(data_hours) else float(data_hours)
 
 
-def _row(
-    c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float
-) -> Dict[str, Any]:
-    budget_flops = a.hours * c.flops_per_hour
-    return {
-        "name": c.name,
-        "kind": c.kind,
-        "family": c.family,
-        ("preset" if c.kind == "preset" else "config"): c.spec,
-        "params": c.params,
-        "layers": c.layers,
-        "width": c.width,
-        "flops_per_hour": c.flops_per_hour,
-        "budget_flops": budget_flops,
-        "utilisation": util[0],
-        "utilisation_source": util[1],
-        "audio_hours": a.hours,
-        "epochs": a.epochs,
-        "effective_hours": a.effective_hours,
-        "predicted_loss": a.loss,
-        "steps": int(a.hours * 3600 / max_duration),
-        "best": a.best,
-    }
+@dataclass
+class PlanRow:
+    """One candidate of a plan: what the budget buys it and the loss the law predicts."""
+
+    name: str
+    kind: str  # "preset" or "grid"/"config"
+    family: str
+    spec: Union[str, Dict[str, Any]]  # a preset name, or a config dict for a recipe's encoder
+    params: int
+    layers: int
+    width: int
+    flops_per_hour: float
+    budget_flops: float
+    utilisation: float
+    utilisation_source: str
+    audio_hours: float
+    epochs: Optional[float]
+    effective_hours: float
+    predicted_loss: float
+    steps: int
+    best: bool
+
+    def to_json(self) -> Dict[str, Any]:
+        """The row as `plan --json` and the pipeline's plan stage have always written it."""
+        row = asdict(self)
+        spec = row.pop("spec")
+        return {**row, ("preset" if self.kind == "preset" else "config"): spec}
+
+
+def _row(c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float) -> PlanRow:
+    return PlanRow(
+        name=c.name,
+        kind=c.kind,
+        family=c.family,
+        spec=c.spec,
+        params=c.params,
+        layers=c.layers,
+        width=c.width,
+        flops_per_hour=c.flops_per_hour,
+        budget_flops=a.hours * c.flops_per_hour,
+        utilisation=util[0],
+        utilisation_source=util[1],
+        audio_hours=a.hours,
+        epochs=a.epochs,
+        effective_hours=a.effective_hours,
+        predicted_loss=a.loss,
+        steps=int(a.hours * 3600 / max_duration),
+        best=a.best,
+    )
 
 
 def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], List[str]]:
     """A few lines on why the winner wins, and warnings the user should act on."""
     best, notes, warnings = p.recommended, [], []
-    hours, epochs = best["audio_hours"], best["epochs"]
+    hours, epochs = best.audio_hours, best.epochs
     data = "unlimited data" if p.data_hours is None else f"your {p.data_hours:g} h"
     over = "" if epochs is None else f" = {epochs:.2f} epochs over {data}"
     notes.append(
-        f"{best['name']} ({best['params'] / 1e6:.1f} M parameters, {best['layers']} layers, width "
-        f"{best['width']}) trains on {hours:,.1f} h of audio{over}; predicted loss {best['predicted_loss']:.3f}."
+        f"{best.name} ({best.params / 1e6:.1f} M parameters, {best.layers} layers, width "
+        f"{best.width}) trains on {hours:,.1f} h of audio{over}; predicted loss {best.predicted_loss:.3f}."
     )
     if epochs is None or epochs <= 1:
         have = "with unlimited data" if epochs is None else "the budget buys no more audio than you have"
@@ -424,12 +450,12 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
     if len(p.candidates) > 1:
         second = p.candidates[1]
         notes.append(
-            f"Runner-up {second['name']} ({second['params'] / 1e6:.1f} M) predicts "
-            f"{second['predicted_loss']:.3f} with {second['audio_hours']:,.1f} h."
+            f"Runner-up {second.name} ({second.params / 1e6:.1f} M) predicts "
+            f"{second.predicted_loss:.3f} with {second.audio_hours:,.1f} h."
         )
     sizes = sorted(c.params for c in affordable)
-    if len(sizes) > 2 and best["params"] in (sizes[0], sizes[-1]):
-        edge = "largest" if best["params"] == sizes[-1] else "smallest"
+    if len(sizes) > 2 and best.params in (sizes[0], sizes[-1]):
+        edge = "largest" if best.params == sizes[-1] else "smallest"
         warnings.append(
             f"The optimum is the {edge} candidate: try --grid full or another family to look beyond it."
         )
@@ -449,8 +475,8 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
     if p.peak_flops is not None:
         notes.append(
             f"{p.budget.amount:g} {p.budget.unit} on {p.budget.device} ({p.budget.dtype} peak "
-            f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best['utilisation']:.2f}, "
-            f"{best['utilisation_source']}) = {best['budget_flops']:.3g} training FLOPs for {best['name']}."
+            f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best.utilisation:.2f}, "
+            f"{best.utilisation_source}) = {best.budget_flops:.3g} training FLOPs for {best.name}."
         )
     if p.skipped:
         notes.append(
@@ -489,13 +515,13 @@ def recipe(p: Plan, train_cuts: Optional[str] = None, exp_dir: Optional[str] = N
     """A pretraining recipe for the recommended candidate (the planned budget in FLOPs)."""
     best = p.recommended
     section = {
-        "encoder": best.get("preset") or best["config"],
+        "encoder": best.spec,
         "train_cuts": train_cuts or "CHANGE-ME/km/cuts_train.jsonl.gz",
         "max_duration": p.max_duration,
-        "budget": {"flops": _sig(best["budget_flops"], 4)},
-        "schedule": pilot_schedule(p.law) or eden_schedule(best["audio_hours"], best["steps"]),
+        "budget": {"flops": _sig(best.budget_flops, 4)},
+        "schedule": pilot_schedule(p.law) or eden_schedule(best.audio_hours, best.steps),
     }
-    return {"exp_dir": exp_dir or f"exp/pretrain-{best['name']}", "pretrain": section}
+    return {"exp_dir": exp_dir or f"exp/pretrain-{best.name}", "pretrain": section}
 
 
 def write_recipe(
@@ -504,15 +530,13 @@ def write_recipe(
     import yaml
 
     best = p.recommended
-    epochs = (
-        "unlimited data" if best["epochs"] is None else f"{best['epochs']:.2f} epochs over {p.data_hours:g} h"
-    )
+    epochs = "unlimited data" if best.epochs is None else f"{best.epochs:.2f} epochs over {p.data_hours:g} h"
     law = "fitted" if p.law.calibrated else "uncalibrated default"
     header = [
-        f"# written by `speechbudget plan`: {p.budget.amount:g} {p.budget.unit} on {p.budget.device} -> {best['name']}",
+        f"# written by `speechbudget plan`: {p.budget.amount:g} {p.budget.unit} on {p.budget.device} -> {best.name}",
         (
-            f"# {best['params'] / 1e6:.1f} M parameters, {best['audio_hours']:,.1f} h of audio ({epochs}), "
-            f"~{best['steps']} steps, predicted loss {best['predicted_loss']:.3f} ({law} law; "
+            f"# {best.params / 1e6:.1f} M parameters, {best.audio_hours:,.1f} h of audio ({epochs}), "
+            f"~{best.steps} steps, predicted loss {best.predicted_loss:.3f} ({law} law; "
             f"{p.num_clusters} k-means clusters assumed)"
         ),
     ]
@@ -528,10 +552,10 @@ def write_recipe(
     return path
 
 
-def _cost_curve(candidates: Sequence[Dict[str, Any]]):
+def _cost_curve(candidates: Sequence[PlanRow]):
     """flops_per_hour as a power law of params, fitted on the candidates, for smooth curves."""
-    n = np.log([c["params"] for c in candidates])
-    f = np.log([c["flops_per_hour"] for c in candidates])
+    n = np.log([c.params for c in candidates])
+    f = np.log([c.flops_per_hour for c in candidates])
     if len(set(n.round(6))) < 2:
         slope, intercept = 1.0, float(f.mean() - n.mean())
     else:
@@ -549,26 +573,26 @@ def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (1e-3, 1e-2, 0
 
     best, rows = p.recommended, p.candidates
     cost = _cost_curve(rows)
-    params = np.array([r["params"] for r in rows], dtype=float)
+    params = np.array([r.params for r in rows], dtype=float)
     grid = np.geomspace(params.min() / 3, params.max() * 3, 200)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, len(factors)))
     for factor, color in zip(factors, colors):
-        flops = best["budget_flops"] * factor
+        flops = best.budget_flops * factor
         loss = p.law.predict(grid, flops / cost(grid), p.data_hours)
         ax.plot(grid, loss, color=color, label=f"{flops:.2g} FLOPs")
         i = int(np.argmin(loss))
         if 0 < i < len(grid) - 1:  # a minimum at the edge is the plot's range, not an optimum
             ax.plot(grid[i], loss[i], "o", color=color, markersize=5)
-    ax.scatter(params, [r["predicted_loss"] for r in rows], s=14, color="grey", zorder=3, label="candidates")
+    ax.scatter(params, [r.predicted_loss for r in rows], s=14, color="grey", zorder=3, label="candidates")
     ax.plot(
-        best["params"],
-        best["predicted_loss"],
+        best.params,
+        best.predicted_loss,
         "*",
         color="crimson",
         markersize=14,
         zorder=4,
-        label=f"recommended: {best['name']}",
+        label=f"recommended: {best.name}",
     )
     ax.set_xscale("log")
     ax.set_xlabel("encoder parameters")
