@@ -126,6 +126,27 @@ class TrainConfig:
     ctc: CtcConfig = field(default_factory=CtcConfig)
 
 
+@dataclass
+class TrainSection:
+    """A recipe's ``pretrain:`` or ``finetune:`` section as written: partial, since ``speechbudget run``
+    fills in ``exp_dir`` and ``train_cuts`` (and the plan may pick ``encoder`` and the budget). Every key
+    and type is checked against :class:`TrainConfig` when the recipe is read."""
+
+    values: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> TrainSection:
+        if isinstance(value, TrainSection):
+            return value
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            names = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+            raise SpeechBudgetError(f"config key '{key}' must be a mapping of {names}")
+        from_dict(TrainConfig, value, prefix=f"{key}.")
+        return cls(dict(value))
+
+
 # ----------------------------------------------------------------------------------- machinery
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from . import atomic
-from .config import KmeansConfig, deep_merge, from_dict, load_train_config, load_yaml, parse_overrides
+from .config import (
+    KmeansConfig,
+    TrainSection,
+    deep_merge,
+    from_dict,
+    load_train_config,
+    load_yaml,
+    parse_overrides,
+)
 from .data.prepare import CorpusSpec
 from .errors import OptionError, SpeechBudgetError
 from .locks import lock_experiment
@@ -75,8 +83,8 @@ class RunRecipe:
     plan: Optional[PlanSection] = None
     kmeans: KmeansConfig = field(default_factory=KmeansConfig)
     kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
-    pretrain: Dict[str, Any] = field(default_factory=dict)
-    finetune: Dict[str, Any] = field(default_factory=dict)
+    pretrain: TrainSection = field(default_factory=TrainSection)  # TrainConfig keys, checked on load
+    finetune: TrainSection = field(default_factory=TrainSection)
     scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
     decode: DecodeSection = field(default_factory=DecodeSection)
 
