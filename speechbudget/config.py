@@ -97,7 +97,7 @@ class CtcConfig:
 class TrainConfig:
     """Everything one training run needs; pretraining and fine-tuning share it."""
 
-    encoder: Any = "zipformer-tiny"  # preset name or {preset|family: ..., **kwargs}
+    encoder: Union[str, Dict[str, Any]] = "zipformer-tiny"  # preset name or {preset|family: ..., **kwargs}
     train_cuts: str = ""  # cut manifest(s), comma-separated
     dev_cuts: Optional[str] = None
     exp_dir: str = ""
@@ -179,7 +179,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        if len(args) == 1:
+            return _coerce(value, args[0], key)
+        for arg in args:  # the first type the value fits, e.g. a preset name or a config mapping
+            try:
+                return _coerce(value, arg, key)
+            except SpeechBudgetError:
+                continue
+        names = " or ".join("mapping" if typing.get_origin(a) is dict else _type_name(a) for a in args)
+        raise SpeechBudgetError(f"config key '{key}' must be a {names}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise SpeechBudgetError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise SpeechBudgetError(
