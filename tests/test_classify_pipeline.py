@@ -133,3 +133,54 @@ def test_classify_resume_is_exact(keywords_run, tmp_path, capsys):
             assert code == 0, err
         finals[name] = json.loads(out)["final"]["loss"]
     assert finals["resumed"] == pytest.approx(finals["straight"], abs=1e-6)
+
+
+def test_init_checkpoint_loads_the_encoder(keywords_run, tmp_path):
+    """classify.init_checkpoint (an SSL or classifier run) gives the new classifier that encoder."""
+    import torch
+
+    from speechbudget.config import load_train_config
+    from speechbudget.data.manifests import load_cuts
+    from speechbudget.train import checkpoint as ckpt
+    from speechbudget.train.classify import build_model, vocabulary_for
+
+    src = keywords_run / "finetune"
+    corpus = keywords_run / "data" / "fsdd"
+    cfg = load_train_config(
+        {
+            "exp_dir": str(tmp_path / "x"),
+            "finetune": {"task": "classify", "train_cuts": str(corpus / "cuts_train.jsonl.gz")},
+        },
+        "finetune",
+        [f"classify.init_checkpoint={src}"],
+    )
+    cuts = load_cuts(cfg.train_cuts).to_eager()
+    model, init, stats = build_model(cfg, vocabulary_for(cfg, cuts), cuts, True)
+    _, weights, path = ckpt.encoder_state(src)
+    assert init["checkpoint"] == str(path) and stats is None
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("encoder", ["zipformer-nano"])
+def test_speech_encoders_classify_from_stored_fbank_with_noise(keywords_run, tmp_path, capsys, encoder):
+    """A HuBERT-style encoder (80-bin stored fbank, mean pooling) trains too, with noise mixing."""
+    corpus = keywords_run / "data" / "fsdd"
+    code, out, err = cli_result(
+        capsys,
+        "finetune",
+        RECIPES / "fsdd-keywords.yaml",
+        f"exp_dir={tmp_path / 'z'}",
+        f"train_cuts={corpus / 'cuts_train.jsonl.gz'}",
+        f"encoder={encoder}",
+        "budget.steps=2",
+        "max_duration=4",
+        f"classify.noise_dir={NOISE}",
+        "classify.noise_prob=1.0",
+        "--json",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["steps"] == 2 and summary["task"] == "classify"
+    card = json.loads((tmp_path / "z" / "run_card.json").read_text())
+    assert card["feature_stats"] is None  # only patch encoders normalise with dataset statistics
