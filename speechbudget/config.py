@@ -122,6 +122,7 @@ class ClassifyConfig:
     mixup: MixupConfig = field(default_factory=MixupConfig)
     time_roll: bool = True
     dropout: float = 0.0
+    gain_db: float = 0.0  # random gain per clip, +-dB, before features (level robustness)
     noise_dir: Optional[str] = None  # mix noise from this folder (data/augment.py NoiseMixer)
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5
@@ -326,6 +327,7 @@ def classify_rules(c: ClassifyConfig) -> List[tuple]:
         ("classify.freq_masks.count", c.freq_masks.count >= 0, "must be >= 0"),
         ("classify.time_masks.width", c.time_masks.width >= 1, "must be at least 1"),
         ("classify.freq_masks.width", c.freq_masks.width >= 1, "must be at least 1"),
+        ("classify.gain_db", 0 <= c.gain_db <= 40, "must be between 0 and 40"),
         ("classify.dropout", 0 <= c.dropout < 1, "must be in [0, 1)"),
         ("classify.noise_prob", 0 <= c.noise_prob <= 1, "must be between 0 and 1"),
         ("classify.encoder_lr_scale", 0 < c.encoder_lr_scale <= 1, "must be in (0, 1]"),
