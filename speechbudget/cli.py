@@ -283,14 +283,16 @@ def pretrain(
 @app.command(
     epilog="Examples:\n\n"
     "  speechbudget finetune recipes/quickstart.yaml\n\n"
-    "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch"
+    "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch\n\n"
+    "  speechbudget finetune recipes/fsdd-keywords.yaml task=classify train_cuts=data/fsdd/cuts_train.jsonl.gz"
 )
 def finetune(
     recipe: Path = typer.Argument(..., help="Recipe YAML; its `finetune:` section is used."),
     overrides: Optional[List[str]] = OVERRIDES,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """CTC fine-tuning (sentencepiece tokens) of a pretrained or fresh encoder, within a budget."""
+    """CTC fine-tuning (sentencepiece tokens), or with task=classify a clip classifier (`classify:`
+    section), of a pretrained or fresh encoder, within a budget."""
     from .config import load_train_config, load_yaml
     from .train.finetune import finetune as run
 
