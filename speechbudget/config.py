@@ -122,7 +122,7 @@ class ClassifyConfig:
     mixup: MixupConfig = field(default_factory=MixupConfig)
     time_roll: bool = True
     dropout: float = 0.0
-    gain_db: float = 0.0  # random gain per clip, +-dB, before features (level robustness)
+    gain_db: float = 0.0  # random gain per clip, +-dB (an offset on log-mel fbank; with spec_augment)
     noise_dir: Optional[str] = None  # mix noise from this folder (data/augment.py NoiseMixer)
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder, make_pad_mask
-from .ctc import spec_augment
+from .ctc import random_gain, spec_augment
 
 POOLINGS = ("auto", "cls", "mean", "attention")
 
@@ -85,6 +85,7 @@ class ClassifierModel(nn.Module):
         encoder_lr_scale: float = 1.0,
         dropout: float = 0.0,
         loss: Optional[str] = None,
+        gain_db: float = 0.0,
     ):
         """``mixup``: probability that a batch is mixed; ``mixup_alpha``: Beta(a, a) of the weight
         (AuM/AST use 0.6 and 10 on Speech Commands). Mask widths are AuM's for 128 frames.
@@ -123,6 +124,7 @@ class ClassifierModel(nn.Module):
         )
         self.mixup, self.mixup_alpha, self.time_roll = mixup, mixup_alpha, time_roll
         self.encoder_lr_scale = encoder_lr_scale
+        self.gain_db = gain_db  # random gain per clip (an offset on log-mel), as CtcModel's
         self.freeze_encoder = False
 
     def optimizer_groups(self, lr: float):
@@ -182,6 +184,8 @@ class ClassifierModel(nn.Module):
         if self.time_roll:
             shifts = (torch.rand(x.size(0), device=x.device) * lengths.clamp(min=1)).long()
             x = roll_valid(x, lengths, shifts)
+        if self.augment and self.gain_db > 0:
+            x = random_gain(x, lengths, self.gain_db)
         if self.augment:
             x = spec_augment(x, lengths, **self.aug)
         if self.mixup > 0 and x.size(0) > 1 and float(torch.rand(())) < self.mixup:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from lhotse import CutSet
@@ -41,22 +41,6 @@ from .setup import (
 from .trainer import Trainer
 
 STATS_FILE = "feature_stats.json"
-
-
-class RandomGain:
-    """Cut transform: each clip louder or quieter by up to ``db`` dB (uniform), so a speaker recorded at
-    another level is not outside everything the model saw (FSDD's theo is ~15 dB quieter)."""
-
-    def __init__(self, db: float, then: Optional[Callable[[CutSet], CutSet]] = None):
-        self.db, self.then = db, then
-
-    def __call__(self, cuts: CutSet) -> CutSet:
-        gains = (torch.rand(len(cuts)) * 2 - 1) * self.db
-        cuts = CutSet.from_cuts(
-            c.drop_features().perturb_volume(float(10 ** (g / 20)), affix_id=False)
-            for c, g in zip(cuts, gains.tolist())
-        )
-        return self.then(cuts) if self.then is not None else cuts
 
 
 def is_patch_encoder(encoder: Encoder) -> bool:
@@ -103,6 +87,7 @@ def build_classifier(
         encoder_lr_scale=c.encoder_lr_scale,
         dropout=c.dropout,
         loss=c.loss,
+        gain_db=c.gain_db,
     )
 
 
@@ -155,8 +140,6 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         }
         c = cfg.classify
         mixer = NoiseMixer(Path(c.noise_dir), c.noise_snr_db, c.noise_prob) if c.noise_dir else None
-        if c.gain_db > 0:
-            mixer = RandomGain(c.gain_db, then=mixer)
         dataset = dataset_for(model.encoder, label_transform(cuts, vocab), mixer)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         valid = None
