@@ -45,3 +45,21 @@ def test_step_schedule_decays_by_epoch_after_warmup():
     assert s2.get_last_lr() == s.get_last_lr()
     with pytest.raises(SpeechBudgetError, match="decay must be in"):
         build_scheduler("step", opt, decay=1.5)
+
+
+def test_masks_fill_with_the_patch_encoders_feature_mean():
+    """On raw log-mel a zero mask is a loud band; masks and mixup work around the dataset mean."""
+    from speechbudget.models.presets import build_encoder
+    from speechbudget.objectives.classify import ClassifierModel
+
+    enc = build_encoder(
+        {"preset": "ast-tiny", "dim": 32, "layers": 1, "heads": 2, "feature_mean": -8.0, "feature_std": 4.0}
+    )
+    model = ClassifierModel(enc, 3, time_roll=False, freq_masks=1, freq_mask_width=40, time_masks=0)
+    x = torch.full((2, 50, 128), -3.0)
+    torch.manual_seed(0)
+    out, _, _ = model.augment_batch(x, torch.tensor([50, 50]), torch.eye(3)[:2])
+    masked = out != -3.0
+    assert masked.any() and torch.all(out[masked] == -8.0)
+    speech = ClassifierModel(build_encoder("zipformer-nano"), 3, time_roll=False, freq_masks=1, time_masks=0)
+    assert float(speech.feature_fill()) == 0.0

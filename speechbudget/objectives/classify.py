@@ -179,8 +179,20 @@ class ClassifierModel(nn.Module):
             return labels.float()
         return F.one_hot(labels.long(), self.num_classes).float()
 
+    def feature_fill(self) -> torch.Tensor:
+        """The raw feature value that is "nothing": a patch encoder's dataset mean (it normalises
+        inside), else 0. Masks and mixup work relative to it, as AuM/AST do on normalised features;
+        a zero mask on raw log-mel would be a loud band, and mixing with zero padding would rescale."""
+        mean = getattr(getattr(self.encoder, "patches", None), "feature_mean", None)
+        return mean if torch.is_tensor(mean) else torch.zeros(())
+
     def augment_batch(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor):
         """Time roll, SpecAugment and mixup (training only)."""
+        fill = self.feature_fill().to(x.device, x.dtype)
+        x, lengths, target = self._augment(x - fill, lengths, target)
+        return x + fill, lengths, target
+
+    def _augment(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor):
         if self.time_roll:
             shifts = (torch.rand(x.size(0), device=x.device) * lengths.clamp(min=1)).long()
             x = roll_valid(x, lengths, shifts)
