@@ -63,3 +63,18 @@ def test_masks_fill_with_the_patch_encoders_feature_mean():
     assert masked.any() and torch.all(out[masked] == -8.0)
     speech = ClassifierModel(build_encoder("zipformer-nano"), 3, time_roll=False, freq_masks=1, time_masks=0)
     assert float(speech.feature_fill()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["fsdd-keywords", "speechcommands-aum-base"])
+def test_classification_recipes_parse_and_skip_ssl_stages(name):
+    from pathlib import Path
+
+    from speechbudget.pipeline import Pipeline, load_run_recipe
+    from speechbudget.recipes import list_recipes
+
+    assert name in {r["name"] for r in list_recipes()}
+    recipe = load_run_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml", [])
+    pipe = Pipeline(recipe)
+    assert not pipe.enabled("kmeans") and not pipe.enabled("pretrain") and pipe.classifies
+    cfg = load_train_config({"exp_dir": "/tmp/x", "finetune": recipe["finetune"]}, "finetune")
+    assert cfg.task == "classify" and cfg.schedule.name == "step"
