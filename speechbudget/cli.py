@@ -33,10 +33,11 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from . import cli_plan, cli_prepare
+    from . import cli_classify, cli_plan, cli_prepare
 
     cli_prepare.register(app)  # prepare <source>, one per registered source
     cli_plan.register(app)  # plan, plan fit, sweep, calibrate
+    cli_classify.register(app)  # evaluate, predict
 
 
 data_app = typer.Typer(help="Inspect prepared data.", no_args_is_help=True)
@@ -279,14 +280,16 @@ def pretrain(
 @app.command(
     epilog="Examples:\n\n"
     "  speechbudget finetune recipes/quickstart.yaml\n\n"
-    "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch"
+    "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch\n\n"
+    "  speechbudget finetune recipes/fsdd-keywords.yaml task=classify train_cuts=data/fsdd/cuts_train.jsonl.gz"
 )
 def finetune(
     recipe: Path = typer.Argument(..., help="Recipe YAML; its `finetune:` section is used."),
     overrides: Optional[List[str]] = OVERRIDES,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """CTC fine-tuning (sentencepiece tokens) of a pretrained or fresh encoder, within a budget."""
+    """CTC fine-tuning (sentencepiece tokens), or with task=classify a clip classifier (`classify:`
+    section), of a pretrained or fresh encoder, within a budget."""
     from .train.finetune import finetune as run
 
     _train_stage(run, recipe, "finetune", overrides, as_json)

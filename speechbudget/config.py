@@ -44,13 +44,16 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "eden"  # eden | cosine
+    name: str = "eden"  # eden | cosine | step
     lr_batches: float = 7500.0  # Eden B
     lr_epochs: float = 10.5  # Eden E
     warmup_batches: int = 500
     #: what Eden's "epoch" counts: "epochs" over the training set, or "hours" of audio processed
     epoch_unit: str = "epochs"
     min_lr_ratio: float = 0.0  # cosine
+    #: step: lr x decay after each epoch from decay_start_epoch on (AuM/AST Speech Commands: 0.85 from 5)
+    decay_start_epoch: int = 5
+    decay: float = 0.85
 
 
 @dataclass
@@ -94,6 +97,44 @@ class CtcConfig:
 
 
 @dataclass
+class MaskConfig:
+    """SpecAugment masks of one axis: how many, and the widest (in input frames or bins)."""
+
+    count: int = 1
+    width: int = 48
+
+
+@dataclass
+class MixupConfig:
+    prob: float = 0.0  # probability that a batch is mixed (AuM/AST Speech Commands: 0.6)
+    alpha: float = 10.0  # Beta(alpha, alpha) of the mixing weight
+
+
+@dataclass
+class ClassifyConfig:
+    """``task: classify``: a clip classifier (AuM, AST, or any encoder with mean/attention pooling)."""
+
+    pooling: str = "auto"  # auto (CLS when the encoder has one, else mean) | cls | mean | attention
+    loss: Optional[str] = None  # ce | bce; None = ce single-label, bce multi-label
+    label_smoothing: float = 0.0
+    spec_augment: bool = True
+    time_masks: MaskConfig = field(default_factory=MaskConfig)
+    freq_masks: MaskConfig = field(default_factory=MaskConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    time_roll: bool = True
+    dropout: float = 0.0
+    gain_db: float = 0.0  # random gain per clip, +-dB (an offset on log-mel fbank; with spec_augment)
+    noise_dir: Optional[str] = None  # mix noise from this folder (data/augment.py NoiseMixer)
+    noise_snr_db: float = 15.0
+    noise_prob: float = 0.5
+    #: the encoder learns at optim.lr x this, the head at optim.lr (a pretrained encoder wants less)
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_steps: int = 0
+    init_checkpoint: Optional[str] = None  # an SSL-pretrained (or classifier) encoder; None = from scratch
+    max_stats_cuts: int = 2000  # training cuts the feature mean/std of patch encoders is computed from
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs; pretraining and fine-tuning share it."""
 
@@ -124,6 +165,9 @@ class TrainConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     hubert: HubertConfig = field(default_factory=HubertConfig)
     ctc: CtcConfig = field(default_factory=CtcConfig)
+    #: what `finetune` trains: a CTC recognizer, or a clip classifier (the `classify:` section)
+    task: str = "ctc"
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
 
 
 @dataclass
@@ -307,6 +351,33 @@ def load_train_config(
     return cfg
 
 
+TASKS = ("ctc", "classify")
+
+
+def classify_rules(c: ClassifyConfig) -> List[tuple]:
+    """Range rules of the ``classify:`` section, checked with the others by :func:`check_ranges`."""
+    return [
+        (
+            "classify.pooling",
+            c.pooling in ("auto", "cls", "mean", "attention"),
+            "must be auto, cls, mean or attention",
+        ),
+        ("classify.loss", c.loss in (None, "ce", "bce"), "must be ce or bce"),
+        ("classify.label_smoothing", 0 <= c.label_smoothing < 1, "must be in [0, 1)"),
+        ("classify.mixup.prob", 0 <= c.mixup.prob <= 1, "must be between 0 and 1"),
+        ("classify.mixup.alpha", c.mixup.alpha > 0, "must be positive"),
+        ("classify.time_masks.count", c.time_masks.count >= 0, "must be >= 0"),
+        ("classify.freq_masks.count", c.freq_masks.count >= 0, "must be >= 0"),
+        ("classify.time_masks.width", c.time_masks.width >= 1, "must be at least 1"),
+        ("classify.freq_masks.width", c.freq_masks.width >= 1, "must be at least 1"),
+        ("classify.gain_db", 0 <= c.gain_db <= 40, "must be between 0 and 40"),
+        ("classify.dropout", 0 <= c.dropout < 1, "must be in [0, 1)"),
+        ("classify.noise_prob", 0 <= c.noise_prob <= 1, "must be between 0 and 1"),
+        ("classify.encoder_lr_scale", 0 < c.encoder_lr_scale <= 1, "must be in (0, 1]"),
+        ("classify.max_stats_cuts", c.max_stats_cuts >= 1, "must be at least 1"),
+    ]
+
+
 def check_ranges(cfg: TrainConfig, section: str) -> None:
     """Values that parse but make no sense stop here, with the key named."""
     rules = [
@@ -333,6 +404,8 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("optim.name", cfg.optim.name in ("scaled_adam", "adamw"), "must be scaled_adam or adamw"),
         ("schedule.name", cfg.schedule.name in ("eden", "cosine"), "must be eden or cosine"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+        ("task", cfg.task in TASKS, f"must be {' or '.join(TASKS)}"),
+        *classify_rules(cfg.classify),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]
     for key, ok, msg in rules:

@@ -136,7 +136,19 @@ class Pipeline:
             "kmeans2": r.kmeans2 is not None,
             "pretrain2": r.kmeans2 is not None,
             "scratch": r.scratch_baseline,
+            # a classifier trained from scratch (no `pretrain:` section) needs no targets, no pretraining
+            "kmeans": not self.classify_from_scratch,
+            "pretrain": not self.classify_from_scratch,
         }.get(stage, True)
+
+    @property
+    def classifies(self) -> bool:
+        """``finetune.task: classify``: fine-tuning trains a clip classifier, decode evaluates it."""
+        return (self.raw.get("finetune") or {}).get("task") == "classify"
+
+    @property
+    def classify_from_scratch(self) -> bool:
+        return self.classifies and "pretrain" not in self.raw
 
     # -------------------------------------------------------------------------- stages
     def stage_prepare(self) -> Dict[str, Any]:
@@ -249,6 +261,8 @@ class Pipeline:
         if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
             sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
+        if self.classifies:
+            sec["classify"] = {**sec.get("classify", {}), "init_checkpoint": init}
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
         return sec
@@ -256,7 +270,8 @@ class Pipeline:
     def stage_finetune(self) -> Dict[str, Any]:
         from .train.finetune import finetune
 
-        sec = self._finetune_section("finetune", str(self._latest_pretrain()))
+        init = None if self.classify_from_scratch else str(self._latest_pretrain())
+        sec = self._finetune_section("finetune", init)
         return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
 
     def stage_scratch(self) -> Dict[str, Any]:
@@ -283,6 +298,12 @@ class Pipeline:
                     raise SpeechBudgetError(
                         f"decode manifest {cuts} does not exist; choose prepared splits in decode.sets"
                     )
+                if self.classifies:  # accuracy, macro-F1/mAP, confusion matrix instead of WER
+                    from .evaluate import evaluate
+
+                    res = evaluate(self.exp / run, cuts)
+                    results[f"{run}/{res['set']}"] = {k: v for k, v in res.items() if k != "per_class"}
+                    continue
                 res = decode(self.exp / run, cuts, method=d.method, beam_size=d.beam_size)
                 results[f"{run}/{res['set']}"] = res
         return results

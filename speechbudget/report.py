@@ -224,6 +224,15 @@ def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def evaluate_results(run: Run) -> Dict[str, Dict[str, Any]]:
+    """Classification runs: set -> the metrics ``speechbudget evaluate`` wrote under the run folder."""
+    out = {}
+    for path in sorted(run.exp.glob("evaluate-*/metrics-*.json")):
+        d = _read_json(path)
+        out[str(d.get("set", path.stem[len("metrics-") :]))] = {k: v for k, v in d.items() if k != "report"}
+    return out
+
+
 # ------------------------------------------------------------------------------------- rows
 def _budget(run: Run) -> Dict[str, Any]:
     s = run.summary
@@ -276,7 +285,11 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
         total_flops=pc["flops"] + ft if pc["flops"] is not None and ft is not None else None,
     )
     row["wer"] = decode_results(run)
-    if not row["wer"]:
+    row["accuracy"] = evaluate_results(run)
+    if run.card.get("task") == "classify":
+        if not row["accuracy"]:
+            row["notes"].append("no evaluation results: run `speechbudget evaluate` on this folder")
+    elif not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
     final = Path(run.summary.get("checkpoint") or "").name
     for key, d in row["wer"].items():
@@ -300,6 +313,7 @@ def pretrain_row(run: Run) -> Dict[str, Any]:
         labeled_hours_source=None,
         total_flops=s.get("flops"),
         wer={},
+        accuracy={},
         final_masked_acc=(s.get("final") or {}).get("masked_acc"),
     )
     return row
@@ -307,6 +321,20 @@ def pretrain_row(run: Run) -> Dict[str, Any]:
 
 def wer_keys(rows: List[Dict[str, Any]]) -> List[str]:
     return sorted({k for r in rows for k in r["wer"]})
+
+
+def accuracy_keys(rows: List[Dict[str, Any]]) -> List[str]:
+    return sorted({k for r in rows for k in r.get("accuracy") or {}})
+
+
+def _accuracy_cell(d: Optional[Dict[str, Any]]) -> str:
+    """Accuracy in % (mAP for multi-label) with its 95% interval."""
+    key = "accuracy" if d and d.get("accuracy") is not None else "mAP"
+    if not d or d.get(key) is None:
+        return "-"
+    ci = d.get(f"{key}_ci")
+    cell = f"{100 * d[key]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    return cell if key == "accuracy" else f"mAP {cell}"
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -338,6 +366,7 @@ def _budget_cell(b: Dict[str, Any]) -> str:
 def table_rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     """Header and cells shared by the Markdown file and the terminal table."""
     keys = report["wer_keys"]
+    acc_keys = report.get("accuracy_keys") or []
     header = [
         "run",
         "stage",
@@ -349,6 +378,7 @@ def table_rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
         "labeled h",
         "total FLOPs",
         *[f"WER {k} [95% CI]" for k in keys],
+        *[f"acc % {k} [95% CI]" for k in acc_keys],
         "FLOPs used / limit; budget (binding)",
     ]
     cells = []
@@ -365,6 +395,7 @@ def table_rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
                 _num(r["labeled_hours"], ".4g"),
                 _flops(r["total_flops"]),
                 *[_wer_cell(r["wer"].get(k)) if r["stage"] == "finetune" else "" for k in keys],
+                *[_accuracy_cell((r.get("accuracy") or {}).get(k)) for k in acc_keys],
                 _budget_cell(r["budget"]),
             ]
         )
@@ -558,6 +589,7 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     report = {
         "rows": rows,
         "wer_keys": wer_keys(rows),
+        "accuracy_keys": accuracy_keys(rows),
         "files": {k: str(out_dir / v) for k, v in FILES.items()},
         "notes": [
             "FLOPs are training FLOPs counted on the real batches (2 x 3 x forward multiply-adds).",
@@ -566,6 +598,7 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
             "PT audio h = hours of audio processed by pretraining (with repeats); labeled h = unique hours of "
             "fine-tuning audio after filtering (source in report.json: labeled_hours_source).",
             "WER in %, 95% CI from a bootstrap over utterances; '-' = not decoded.",
+            "acc % = classification accuracy (mAP for multi-label) from `evaluate`, 95% bootstrap CI over clips.",
             "budget: FLOPs used / FLOP limit of the row's own run; budget used = share of the binding limit.",
             *skipped,
         ],

@@ -353,7 +353,7 @@ def test_factories_reject_bad_input():
     with pytest.raises(SpeechBudgetError, match="scaled_adam, adamw"):
         build_optimizer("sgd", model, lr=0.1)
     with pytest.raises(SpeechBudgetError, match="eden, cosine"):
-        build_scheduler("step", build_optimizer("adamw", model, lr=0.1))
+        build_scheduler("linear", build_optimizer("adamw", model, lr=0.1))
     with pytest.raises(SpeechBudgetError, match="weight_decay"):
         build_optimizer("scaled_adam", model, lr=0.1, weight_decay=0.01)
     with pytest.raises(SpeechBudgetError, match="valid: "):

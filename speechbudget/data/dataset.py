@@ -30,6 +30,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         transform: Optional[Callable[[Dict], Dict]] = None,
         cut_transform: Optional[Callable[[CutSet], CutSet]] = None,
         num_mel_bins: int = 80,
+        on_the_fly: bool = False,
     ):
         """``cut_transform`` changes the audio (noise mixing); fbank (``num_mel_bins``: 80 for speech,
         128 for AuM/AST) is then computed on the fly."""
@@ -41,6 +42,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         )
         self.cut_transform = cut_transform
         self.num_mel_bins = num_mel_bins
+        self.on_the_fly = on_the_fly or num_mel_bins != 80  # stored fbank is 80-bin
 
     def __getitem__(self, cuts: CutSet) -> Dict:
         cuts = cuts.sort_by_duration(ascending=False)
@@ -49,7 +51,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         if self.input_kind == "waveform":
             audio, lengths = collate_audio(cuts)
             features = audio.unsqueeze(-1)
-        elif self.cut_transform is not None:
+        elif self.cut_transform is not None or self.on_the_fly:
             from lhotse.dataset.input_strategies import OnTheFlyFeatures
 
             from .features import fbank_extractor

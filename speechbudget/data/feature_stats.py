@@ -64,3 +64,26 @@ def read_feature_stats(path: Union[str, Path]) -> Dict[str, float]:
     if not (isinstance(stats, dict) and {"mean", "std"} <= set(stats) and stats["std"] > 0):
         raise SpeechBudgetError(f"{src} is not a feature statistics file (needs mean and a positive std)")
     return stats
+
+
+def compute_feature_stats_on_the_fly(
+    cuts: CutSet, num_mel_bins: int, max_cuts: Optional[int] = None
+) -> Dict[str, float]:
+    """As :func:`compute_feature_stats`, for features computed from the audio (128-bin fbank for
+    AuM/AST, where the stored features are 80-bin speech fbank)."""
+    from .features import fbank_extractor
+
+    extractor = fbank_extractor(num_mel_bins)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, cut in enumerate(cuts):
+        if max_cuts is not None and i >= max_cuts:
+            break
+        feats = np.asarray(extractor.extract(cut.load_audio(), cut.sampling_rate), dtype=np.float64)
+        total += feats.sum()
+        total_sq += np.square(feats).sum()
+        count += feats.size
+    if count == 0:
+        raise SpeechBudgetError("no audio to compute feature statistics from (empty cut set)")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    return {"mean": float(mean), "std": std, "values": int(count), "num_mel_bins": int(num_mel_bins)}

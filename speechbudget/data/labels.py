@@ -92,6 +92,13 @@ class LabelVocabulary:
         classes = sorted(seen, key=(lambda s: (int(s), s)) if numeric else None)
         return cls(classes, many if multi_label is None else multi_label)
 
+    @classmethod
+    def from_label_lists(cls, lists: Iterable[Sequence[str]], multi_label: bool = False) -> LabelVocabulary:
+        """Every class named in ``lists`` (one list of names per clip), sorted as :meth:`from_cuts`."""
+        seen = {str(x) for labels in lists for x in labels}
+        numeric = all(s.lstrip("-").isdigit() for s in seen)
+        return cls(sorted(seen, key=(lambda s: (int(s), s)) if numeric else None), multi_label)
+
     def unknown(self, cuts: Iterable) -> List[str]:
         return sorted({name for cut in cuts for name in cut_labels(cut) if name not in self._index})
 

@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Set
 
 from lhotse import CutSet, MonoCut, RecordingSet, SupervisionSegment, SupervisionSet
 
@@ -26,6 +26,7 @@ from ..locks import lock_corpus
 from .audio import check_and_convert
 from .executor import open_executor, run_map
 from .features import compute_fbank, remove_storage
+from .labels import LABELS_KEY, LabelVocabulary, write_vocabulary
 from .manifests import cuts_path, save_manifest, write_jsonl
 from .sources import FindContext, SourceItem, get_source, option, option_names
 
@@ -47,6 +48,8 @@ class PrepareSummary:
     corpus_dir: str
     splits: List[SplitSummary]
     seconds: float
+    #: classification corpora: the classes in labels.json and whether clips carry several
+    labels: Optional[Dict[str, Any]] = None
 
     @property
     def usable(self) -> int:
@@ -59,6 +62,7 @@ class PrepareSummary:
             "seconds": round(self.seconds, 2),
             "usable": self.usable,
             "splits": [asdict(s) for s in self.splits],
+            **({"labels": self.labels} if self.labels else {}),
         }
 
 
@@ -74,13 +78,31 @@ def _text_problem(item: SourceItem) -> Optional[str]:
     return None
 
 
+def _label_problem(item: SourceItem, known_classes: Optional[Set[str]]) -> Optional[str]:
+    """A classification item with no class, or (dev/test) a class the training split never has:
+    no model trained on train can predict it, so it would only distort the scores."""
+    if item.labels is None:
+        return None
+    if not [x for x in item.labels if str(x).strip()]:
+        return "missing class label"
+    unseen = sorted({str(x) for x in item.labels} - known_classes) if known_classes is not None else []
+    return f"class not in train: {', '.join(unseen)}" if unseen else None
+
+
 def _reason_key(reason: str) -> str:
     return reason.split(" (")[0].split(":")[0]
 
 
 def prepare_split(
-    items: List[SourceItem], split: str, corpus_dir: Path, features: bool, num_jobs: int, executor
+    items: List[SourceItem],
+    split: str,
+    corpus_dir: Path,
+    features: bool,
+    num_jobs: int,
+    executor,
+    known_classes: Optional[Set[str]] = None,
 ) -> SplitSummary:
+    """``known_classes``: the training split's classes; items of other classes are rejected."""
     summary = SplitSummary(split)
     cuts_path(corpus_dir, split).unlink(missing_ok=True)  # from here on the split is absent, not stale
     old_storages = _feature_storages(corpus_dir, split)
@@ -88,7 +110,7 @@ def prepare_split(
     seen: Dict[str, str] = {}
     todo: List[SourceItem] = []
     for it in items:
-        problem = _text_problem(it)
+        problem = _text_problem(it) or _label_problem(it, known_classes)
         if it.id in seen:
             problem = f"duplicate id (first: {seen[it.id]})"
         if problem:
@@ -136,8 +158,17 @@ def prepare_split(
     save_manifest(recs, corpus_dir / f"recordings_{split}.jsonl.gz")
     save_manifest(sups, corpus_dir / f"supervisions_{split}.jsonl.gz")
     # one cut per recording, with the utterance id as cut id (lhotse would append "-<channel>")
+    labels = {it.id: [str(x) for x in it.labels] for it in todo if it.labels}
     cuts = CutSet.from_cuts(
-        MonoCut(id=r.id, start=0.0, duration=r.duration, channel=0, recording=r, supervisions=[s])
+        MonoCut(
+            id=r.id,
+            start=0.0,
+            duration=r.duration,
+            channel=0,
+            recording=r,
+            supervisions=[s],
+            custom={LABELS_KEY: labels[r.id]} if r.id in labels else None,
+        )
         for r, s in zip(recordings, supervisions)
     )
     if features:
@@ -292,6 +323,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                     if split not in by_split:
                         _remove_split(corpus_dir, split)
             splits = []
+            known = _train_classes(by_split)
             order = ("train", "dev", "test")
             for split in sorted(by_split, key=lambda s: order.index(s) if s in order else 9):
                 if cuts_path(corpus_dir, split).exists() and not common.force:
@@ -299,14 +331,21 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                     continue
                 splits.append(
                     prepare_split(
-                        by_split[split], split, corpus_dir, common.features, common.num_jobs, executor
+                        by_split[split],
+                        split,
+                        corpus_dir,
+                        common.features,
+                        common.num_jobs,
+                        executor,
+                        known_classes=None if split == "train" else known,
                     )
                 )
+            vocabulary = _write_label_vocabulary(corpus_dir, items)
     except BaseException:
         if created and not any(p.is_file() and p.name != ".lock" for p in corpus_dir.rglob("*")):
             shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
         raise
-    summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start)
+    summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start, vocabulary)
     atomic.write_json(
         corpus_dir / "prepare.json",
         {
@@ -318,6 +357,34 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
         },
     )
     return summary
+
+
+def _train_classes(by_split: Mapping[str, List[SourceItem]]) -> Optional[Set[str]]:
+    """The classes of the training items (None: no labeled training split, nothing to check against)."""
+    train = [it for it in by_split.get("train", []) if it.labels and not it.problem]
+    return {str(x) for it in train for x in it.labels} if train else None
+
+
+def _write_label_vocabulary(corpus_dir: Path, items: List[SourceItem]) -> Optional[Dict[str, Any]]:
+    """``labels.json`` from the classes of the prepared training cuts (every split's when there is
+    no training split), when the source gives labels; None otherwise."""
+    if not any(it.labels for it in items):
+        return None
+    from .manifests import load_cuts
+
+    splits = prepared_splits(corpus_dir)
+    names = ["train"] if "train" in splits else splits
+    lists = [
+        list(c.custom[LABELS_KEY])
+        for split in names
+        for c in load_cuts(cuts_path(corpus_dir, split))
+        if c.custom and c.custom.get(LABELS_KEY)
+    ]
+    if not lists:
+        return None
+    vocab = LabelVocabulary.from_label_lists(lists, multi_label=any(len(x) > 1 for x in lists))
+    path = write_vocabulary(corpus_dir, vocab)
+    return {"classes": len(vocab), "multi_label": vocab.multi_label, "path": str(path)}
 
 
 def _existing_summary(corpus_dir: Path, split: str) -> SplitSummary:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder, make_pad_mask
-from .ctc import spec_augment
+from .ctc import random_gain, spec_augment
 from .param_groups import encoder_head_groups
 
 POOLINGS = ("auto", "cls", "mean", "attention")
@@ -86,6 +86,7 @@ class ClassifierModel(nn.Module):
         encoder_lr_scale: float = 1.0,
         dropout: float = 0.0,
         loss: Optional[str] = None,
+        gain_db: float = 0.0,
     ):
         """``mixup``: probability that a batch is mixed; ``mixup_alpha``: Beta(a, a) of the weight
         (AuM/AST use 0.6 and 10 on Speech Commands). Mask widths are AuM's for 128 frames.
@@ -124,6 +125,7 @@ class ClassifierModel(nn.Module):
         )
         self.mixup, self.mixup_alpha, self.time_roll = mixup, mixup_alpha, time_roll
         self.encoder_lr_scale = encoder_lr_scale
+        self.gain_db = gain_db  # random gain per clip (an offset on log-mel), as CtcModel's
         self.freeze_encoder = False
 
     def optimizer_groups(self, lr: float):
@@ -171,11 +173,25 @@ class ClassifierModel(nn.Module):
             return labels.float()
         return F.one_hot(labels.long(), self.num_classes).float()
 
+    def feature_fill(self) -> torch.Tensor:
+        """The raw feature value that is "nothing": a patch encoder's dataset mean (it normalises
+        inside), else 0. Masks and mixup work relative to it, as AuM/AST do on normalised features;
+        a zero mask on raw log-mel would be a loud band, and mixing with zero padding would rescale."""
+        mean = getattr(getattr(self.encoder, "patches", None), "feature_mean", None)
+        return mean if torch.is_tensor(mean) else torch.zeros(())
+
     def augment_batch(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor):
         """Time roll, SpecAugment and mixup (training only)."""
+        fill = self.feature_fill().to(x.device, x.dtype)
+        x, lengths, target = self._augment(x - fill, lengths, target)
+        return x + fill, lengths, target
+
+    def _augment(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor):
         if self.time_roll:
             shifts = (torch.rand(x.size(0), device=x.device) * lengths.clamp(min=1)).long()
             x = roll_valid(x, lengths, shifts)
+        if self.augment and self.gain_db > 0:
+            x = random_gain(x, lengths, self.gain_db)
         if self.augment:
             x = spec_augment(x, lengths, **self.aug)
         if self.mixup > 0 and x.size(0) > 1 and float(torch.rand(())) < self.mixup:

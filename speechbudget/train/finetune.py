@@ -152,6 +152,11 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
 
 
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``task: ctc`` (here) or ``task: classify`` (:mod:`.classify`)."""
+    if cfg.task == "classify":
+        from .classify import classify
+
+        return classify(cfg, recipe)
     dist = distributed.setup(cfg.device)
     lock = tok_tmp = None
     try:

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("scaled_adam", "adamw")
-SCHEDULERS = ("eden", "cosine")
+SCHEDULERS = ("eden", "cosine", "step")
 
 
 # ------------------------------------------------------------------------------------ ScaledAdam
@@ -379,6 +379,35 @@ class WarmupCosine(_Schedule):
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
 
 
+class WarmupStepDecay(_Schedule):
+    """Linear warmup over ``warmup_steps``, then ``decay`` per completed epoch from
+    ``decay_start_epoch`` on: AST's and AuM's Speech Commands schedule (lr x 0.85 after each epoch
+    from epoch 5; their MultiStepLR with milestones 5, 6, ...). Epochs are the trainer's (fractional)
+    passes over the data, so a resumed run decays exactly as an uninterrupted one."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        decay_start_epoch: int = 5,
+        decay: float = 0.85,
+    ):
+        _check(warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}")
+        _check(decay_start_epoch >= 1, f"decay_start_epoch must be >= 1, got {decay_start_epoch}")
+        _check(0 < decay <= 1, f"decay must be in (0, 1], got {decay}")
+        self.warmup_steps, self.decay_start_epoch, self.decay = (
+            int(warmup_steps),
+            int(decay_start_epoch),
+            decay,
+        )
+        super().__init__(optimizer)
+
+    def factor(self) -> float:
+        warmup = min(1.0, (self.batch + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        decays = max(0, math.floor(self.epoch) - self.decay_start_epoch + 1)
+        return warmup * self.decay**decays
+
+
 # ------------------------------------------------------------------------------------ factories
 _SCALED_ADAM_OPTIONS = (
     "betas",
@@ -394,6 +423,7 @@ _ADAMW_OPTIONS = ("betas", "eps", "amsgrad", "foreach", "fused")
 _SCHEDULE_OPTIONS = {
     "eden": ("lr_batches", "lr_epochs", "warmup_batches", "warmup_start"),
     "cosine": ("warmup_steps", "total_steps", "min_lr_ratio"),
+    "step": ("warmup_steps", "decay_start_epoch", "decay"),
 }
 
 
@@ -430,6 +460,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, **kw) -> _Sched
     _check_options(name, kw, _SCHEDULE_OPTIONS[name])
     if name == "eden":
         return Eden(optimizer, **kw)
+    if name == "step":
+        return WarmupStepDecay(optimizer, **kw)
     if "total_steps" not in kw:
         raise SpeechBudgetError(
             "the cosine schedule needs total_steps (set a budget in steps, "

@@ -127,6 +127,12 @@ class Trainer:
                 "min_lr_ratio": s.min_lr_ratio,
             }
         )
+        if s.name == "step":  # AuM/AST: x decay per epoch from decay_start_epoch
+            sched_kw = {
+                "warmup_steps": s.warmup_batches,
+                "decay_start_epoch": s.decay_start_epoch,
+                "decay": s.decay,
+            }
         self.scheduler = build_scheduler(s.name, self.optimizer, **sched_kw)
         self.counters = Counters()
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dist.device.type == "cuda")
@@ -258,7 +264,9 @@ class Trainer:
         b, t = batch["features"].shape[:2]
         c = self.cost
         seconds = b * t / c["input_rate_hz"]
-        return training_flops(
+        # a classifier's linear head runs once per clip: 2 FLOPs per MAC, x3 forward + backward
+        per_clip = 2.0 * 3.0 * b * c.get("head_macs_per_clip", 0.0)
+        return per_clip + training_flops(
             seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
         )
 

@@ -21,7 +21,18 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ...errors import SpeechBudgetError
 
-_MODULES = ("synthetic", "fsdd", "commonvoice", "librispeech", "folder", "scenes", "flickr8k", "spokencoco")
+_MODULES = (
+    "synthetic",
+    "fsdd",
+    "commonvoice",
+    "librispeech",
+    "folder",
+    "speechcommands",
+    "esc50",
+    "scenes",
+    "flickr8k",
+    "spokencoco",
+)
 
 
 @dataclass
@@ -38,6 +49,8 @@ class SourceItem:
     labeled: bool = True
     #: why the source cannot use this file (reported in rejected_<split>.jsonl, never dropped silently)
     problem: Optional[str] = None
+    #: class names of the whole clip (classification corpora); stored in ``cut.custom["labels"]``
+    labels: Optional[List[str]] = None
 
 
 @dataclass(frozen=True)

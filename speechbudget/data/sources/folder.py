@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ...errors import SpeechBudgetError
 from . import FindContext, Source, SourceItem, option, path_id
@@ -27,11 +28,43 @@ def read_transcripts(path: Path, root: Path) -> Dict[str, str]:
     return out
 
 
+def read_label_csv(path: Path, root: Path) -> Dict[str, List[str]]:
+    """``path,labels`` rows (an optional header row ``path,labels``), several labels separated by ";";
+    paths relative to the audio folder or absolute -> {resolved path: [labels]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechBudgetError(f"labels file {path} does not exist (a CSV path,labels or 'folders')")
+    out: Dict[str, List[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if (
+                not row
+                or not row[0].strip()
+                or (i == 0 and [c.strip() for c in row[:2]] == ["path", "labels"])
+            ):
+                continue
+            names = [x.strip() for x in (row[1] if len(row) > 1 else "").split(";") if x.strip()]
+            full = Path(row[0].strip()) if Path(row[0].strip()).is_absolute() else root / row[0].strip()
+            out[str(full.resolve())] = names
+    return out
+
+
+def _folder_label(rel: Path) -> Tuple[Optional[List[str]], Optional[str]]:
+    """``labels: folders``: the first folder below the root is the class."""
+    if len(rel.parts) < 2:
+        return None, "not in a class folder (labels: folders)"
+    return [rel.parts[0]], None
+
+
 @dataclass
 class FolderOptions:
     path: Optional[Path] = option(help="The audio folder (searched recursively).", argument=True)
     transcripts: Optional[Path] = option(help="A path<TAB>text file; none = unlabeled audio.")
     split: str = option("train", help="Split name for the folder's audio.")
+    labels: Optional[str] = option(
+        help="Class labels: 'folders' (the first folder is the class) or a CSV path,labels "
+        "(several labels separated by ';' = multi-label)."
+    )
 
 
 def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
@@ -42,19 +75,53 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
     if not files:
         raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {root}")
     texts = read_transcripts(transcripts, root) if transcripts else None
+    by_folder = opts.labels == "folders"
+    table = read_label_csv(Path(opts.labels), root) if opts.labels and not by_folder else None
     items = []
     for f in files:
         rel = f.relative_to(root)
         item_id = path_id("dir", rel)
-        speaker = rel.parts[0] if len(rel.parts) > 1 else None
+        speaker = rel.parts[0] if len(rel.parts) > 1 and not by_folder else None
+        labels, problem = None, None
+        if by_folder:
+            labels, problem = _folder_label(rel)
+        elif table is not None:
+            labels = table.pop(str(f.resolve()), None)
+            problem = "no row in the labels CSV" if labels is None else None
         if texts is None:
-            items.append(SourceItem(id=item_id, audio=str(f), split=split, speaker=speaker, labeled=False))
+            items.append(
+                SourceItem(
+                    id=item_id,
+                    audio=str(f),
+                    split=split,
+                    speaker=speaker,
+                    labeled=False,
+                    labels=labels,
+                    problem=problem,
+                )
+            )
         else:
             items.append(
                 SourceItem(
-                    id=item_id, audio=str(f), split=split, speaker=speaker, text=texts.get(str(f.resolve()))
+                    id=item_id,
+                    audio=str(f),
+                    split=split,
+                    speaker=speaker,
+                    text=texts.get(str(f.resolve())),
+                    labels=labels,
+                    problem=problem,
                 )
             )
+    for missing in sorted(table or {}):  # rows naming no audio file here: reported, not dropped
+        items.append(
+            SourceItem(
+                id=path_id("dir-missing", Path(missing)),  # unique even for two missing files of one name
+                audio=missing,
+                split=split,
+                labeled=False,
+                problem="in the labels CSV but no such audio file",
+            )
+        )
     return items
 
 
@@ -66,5 +133,7 @@ SOURCE = Source(
     (
         "speechbudget prepare dir /audio/unlabeled --out data/ --name mycorpus",
         "speechbudget prepare dir /audio --transcripts text.tsv --num-jobs 8 --out data/",
+        "speechbudget prepare dir /audio/by-class --labels folders --out data/ --name sounds",
+        "speechbudget prepare dir /audio --labels tags.csv --out data/   # path,labels (a;b = multi-label)",
     ),
 )

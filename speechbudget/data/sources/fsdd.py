@@ -57,6 +57,7 @@ def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
                 split=split,
                 text=DIGIT_WORDS[int(digit)],
                 speaker=speaker,
+                labels=[digit],  # the same clips are a 10-class keyword task
             )
         )
     unknown = [s for s in list(test_speakers) + list(dev_speakers) if s not in speakers]
@@ -69,7 +70,7 @@ def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
 
 SOURCE = Source(
     "fsdd",
-    "Free Spoken Digit Dataset ({digit}_{speaker}_{index}.wav): digit words, speaker-disjoint splits.",
+    "Free Spoken Digit Dataset ({digit}_{speaker}_{index}.wav): digit words and classes, speaker-disjoint splits.",
     FsddOptions,
     find_items,
     (

@@ -1,0 +1,180 @@
+"""``speechbudget evaluate`` and ``predict``: a trained classifier on cut sets, or on any audio files.
+
+``evaluate`` writes, atomically, into ``EXP/evaluate-<set>/``: ``metrics-<set>.json`` (accuracy,
+macro-F1 or mAP with bootstrap 95% intervals, per-class rows, confusion counts), ``per-class-<set>.txt``,
+``predictions-<set>.tsv`` (id, true classes, top class, its probability) and ``confusion-<set>.png``
+(single-label). ``report`` reads the metrics file; the classes are the experiment's ``labels.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from lhotse.dataset import SimpleCutSampler
+
+from . import atomic, progress
+from .config import ClassifyConfig, from_dict
+from .data.dataset import make_loader
+from .data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary
+from .data.manifests import load_cuts
+from .errors import SpeechBudgetError
+from .evaluation.classification import classification_report, per_class_lines, plot_confusion_matrix
+from .models.presets import build_encoder
+from .objectives.classify import ClassifierModel, collect_predictions
+from .train import checkpoint as ckpt
+from .train.classify import build_classifier, dataset_for
+
+
+def _exp_of(path: Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def load_classifier(
+    path: Path, device: torch.device
+) -> Tuple[ClassifierModel, LabelVocabulary, Dict[str, Any]]:
+    """A classification experiment folder (its newest checkpoint) or a checkpoint file -> eval-mode model."""
+    ck, exp = ckpt.resolve(Path(path)), _exp_of(path)
+    state = ckpt.load(ck)
+    config = state.get("config") or {}
+    if config.get("task") != "classify":
+        raise SpeechBudgetError(
+            f"{ck} is not a classifier (task {config.get('task', 'ctc')!r}); use `speechbudget decode` for CTC"
+        )
+    vocab = load_vocabulary(exp / VOCAB_FILE)
+    options = from_dict(ClassifyConfig, config.get("classify") or {}, prefix="classify.")
+    model = build_classifier(build_encoder(config["encoder"]), vocab, options, training=False)
+    model.load_state_dict(state["model"])
+    info = {"checkpoint": str(ck), "exp_dir": str(exp), "step": (state.get("counters") or {}).get("step")}
+    return model.to(device).eval(), vocab, info
+
+
+def evaluate(
+    model_path: Path,
+    cuts_path: Path,
+    out_dir: Optional[Path] = None,
+    set_name: Optional[str] = None,
+    bootstrap: int = 1000,
+    max_duration: float = 120.0,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    dev = torch.device(device)
+    model, vocab, info = load_classifier(model_path, dev)
+    cuts = load_cuts(cuts_path).to_eager()
+    if len(cuts) == 0:
+        raise SpeechBudgetError(f"{cuts_path} holds no cuts to evaluate")
+    vocab.check(cuts)
+    set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
+    out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"evaluate-{set_name}"
+    dataset = dataset_for(model.encoder, label_transform(cuts, vocab))
+    loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
+    batches = progress.track(loader, total=None, description=f"evaluating {set_name}")
+    pred = collect_predictions(model, batches, dev)
+    report = classification_report(
+        pred["scores"], pred["labels"], vocab.classes, vocab.multi_label, bootstrap=bootstrap
+    )
+    summary: Dict[str, Any] = {
+        "set": set_name,
+        "cuts": str(cuts_path),
+        **{
+            k: report[k]
+            for k in ("clips", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "mAP", "mAP_ci")
+            if k in report
+        },
+        "checkpoint": info["checkpoint"],
+        "step": info["step"],
+        "out_dir": str(out_dir),
+    }
+    atomic.write_json(out_dir / f"metrics-{set_name}.json", {**summary, "report": report})
+    atomic.write_text(out_dir / f"per-class-{set_name}.txt", "\n".join(per_class_lines(report)) + "\n")
+    _write_predictions(out_dir / f"predictions-{set_name}.tsv", pred, vocab)
+    if not vocab.multi_label:
+        png = plot_confusion_matrix(
+            report["confusion"], vocab.classes, out_dir / f"confusion-{set_name}.png", set_name
+        )
+        summary["confusion_png"] = str(png)
+    summary["per_class"] = report["per_class"]
+    return summary
+
+
+def _write_predictions(path: Path, pred: Dict[str, Any], vocab: LabelVocabulary) -> None:
+    lines = ["id\ttrue\tpredicted\tprobability"]
+    for cid, scores, label in zip(pred["ids"], pred["scores"], pred["labels"]):
+        true = (
+            [vocab.classes[i] for i in np.flatnonzero(label)]
+            if vocab.multi_label
+            else [vocab.classes[int(label)]]
+        )
+        top = int(np.argmax(scores))
+        lines.append(f"{cid}\t{';'.join(true)}\t{vocab.classes[top]}\t{scores[top]:.4f}")
+    atomic.write_text(path, "\n".join(lines) + "\n")
+
+
+def read_audio(path: Path) -> torch.Tensor:
+    """Any file soundfile reads -> 16 kHz mono float32 (resampled as ``prepare`` does)."""
+    import soundfile as sf
+
+    from .data.audio import SAMPLE_RATE, resample
+
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for missing or corrupt files
+        raise SpeechBudgetError(
+            f"cannot read audio {path} ({type(e).__name__}: {str(e).strip()[:100]})"
+        ) from None
+    if samples.shape[0] == 0:
+        raise SpeechBudgetError(f"{path} holds no samples")
+    return torch.from_numpy(resample(samples.mean(axis=1), sr, SAMPLE_RATE).astype(np.float32))
+
+
+def max_input_frames(encoder) -> Optional[int]:
+    """The longest input a patch encoder with learned positions takes (None: any length). Longer
+    audio is classified in windows of that length, their probabilities averaged."""
+    patches = getattr(encoder, "patches", None)
+    if patches is None or getattr(patches, "position", None) != "learned":
+        return None
+    return (patches.max_time_patches - 1) * patches.stride + patches.patch
+
+
+def predict(
+    model_path: Path, audio: Sequence[Path], top: int = 5, device: str = "cpu"
+) -> List[Dict[str, Any]]:
+    """The ``top`` classes with their probabilities for each audio file (long files: the mean over
+    windows the encoder accepts)."""
+    if top < 1:
+        raise SpeechBudgetError(f"--top must be at least 1 (got {top})")
+    dev = torch.device(device)
+    model, vocab, _ = load_classifier(model_path, dev)
+    from .data.features import fbank_extractor
+
+    waveform = model.encoder.input_dim == 1
+    extractor = None if waveform else fbank_extractor(model.encoder.input_dim)
+    results = []
+    for path in audio:
+        wave = read_audio(Path(path))
+        feats = wave.unsqueeze(-1) if waveform else torch.from_numpy(extractor.extract(wave.numpy(), 16000))
+        windows = list(feats.split(max_input_frames(model.encoder) or feats.size(0)))
+        probs = torch.stack(
+            [
+                model.probabilities(w.unsqueeze(0).to(dev), torch.tensor([w.size(0)], device=dev))[0]
+                for w in windows
+            ]
+        ).mean(0)
+        k = min(top, len(vocab))
+        values, idx = probs.cpu().topk(k)
+        results.append(
+            {
+                "audio": str(path),
+                "seconds": round(wave.numel() / 16000, 3),
+                "windows": len(windows),
+                "top": [
+                    {"class": vocab.classes[i], "probability": float(p)} for p, i in zip(values, idx.tolist())
+                ],
+            }
+        )
+    return results

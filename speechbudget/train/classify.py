@@ -1,0 +1,182 @@
+"""``speechbudget finetune`` with ``task: classify``: a clip classifier trained like CTC fine-tuning.
+
+The same Trainer (budgets, checkpoints, exact resume) runs a :class:`ClassifierModel` on an encoder
+from a preset or from a pretrained checkpoint (``classify.init_checkpoint``, as CTC's). Patch
+encoders (AuM, AST) read 128-bin fbank computed on the fly and normalised with the training set's
+mean and std, which go into the encoder config so every checkpoint carries them; the other
+encoders read the stored 80-bin fbank. The experiment folder keeps ``labels.json`` (the class
+order of the head) and ``feature_stats.json``; ``evaluate`` and ``predict`` read both from there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from lhotse import CutSet
+
+from .. import atomic
+from ..config import ClassifyConfig, TrainConfig, split_csv
+from ..data.augment import NoiseMixer
+from ..data.dataset import SpeechDataset
+from ..data.feature_stats import compute_feature_stats_on_the_fly
+from ..data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary, write_vocabulary
+from ..errors import SpeechBudgetError
+from ..models.base import Encoder
+from ..models.presets import build_encoder, resolve
+from ..objectives.classify import ClassifierModel
+from . import checkpoint as ckpt
+from . import distributed
+from .setup import (
+    dev_loader,
+    encoder_cost_cached,
+    input_kind,
+    load_train_cuts,
+    make_data,
+    total_seconds,
+    training_cuts,
+)
+from .trainer import Trainer
+
+STATS_FILE = "feature_stats.json"
+
+
+def is_patch_encoder(encoder: Encoder) -> bool:
+    """AuM and AST: spectrogram patches with the dataset mean/std as buffers."""
+    return hasattr(getattr(encoder, "patches", None), "set_feature_stats")
+
+
+def vocabulary_for(cfg: TrainConfig, cuts: CutSet) -> LabelVocabulary:
+    """EXP/labels.json when resuming; else the labels.json beside the training manifest (written by
+    ``prepare``), else the classes of the training cuts. Always checked against the cuts."""
+    kept = Path(cfg.exp_dir) / VOCAB_FILE
+    if kept.is_file():
+        return load_vocabulary(kept, cuts)
+    beside = Path(split_csv(cfg.train_cuts)[0]).parent / VOCAB_FILE
+    return load_vocabulary(beside, cuts) if beside.is_file() else LabelVocabulary.from_cuts(cuts)
+
+
+def feature_stats(cfg: TrainConfig, cuts: CutSet, num_mel_bins: int) -> Dict[str, float]:
+    """Mean/std of the training cuts' on-the-fly fbank, computed once per experiment."""
+    path = Path(cfg.exp_dir) / STATS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return compute_feature_stats_on_the_fly(cuts, num_mel_bins, cfg.classify.max_stats_cuts)
+
+
+def build_classifier(
+    encoder: Encoder, vocab: LabelVocabulary, c: ClassifyConfig, training: bool = True
+) -> ClassifierModel:
+    """The classifier of ``c``'s options; ``training=False`` for evaluation (no augmentation)."""
+    return ClassifierModel(
+        encoder,
+        len(vocab),
+        multi_label=vocab.multi_label,
+        pooling=c.pooling,
+        label_smoothing=c.label_smoothing,
+        spec_augment=c.spec_augment and training,
+        time_masks=c.time_masks.count,
+        time_mask_width=c.time_masks.width,
+        freq_masks=c.freq_masks.count,
+        freq_mask_width=c.freq_masks.width,
+        mixup=c.mixup.prob if training else 0.0,
+        mixup_alpha=c.mixup.alpha,
+        time_roll=c.time_roll and training,
+        encoder_lr_scale=c.encoder_lr_scale,
+        dropout=c.dropout,
+        loss=c.loss,
+        gain_db=c.gain_db,
+    )
+
+
+def build_model(
+    cfg: TrainConfig, vocab: LabelVocabulary, cuts: CutSet, is_main: bool
+) -> Tuple[ClassifierModel, Optional[Dict], Optional[Dict]]:
+    """(model, init, stats): from ``classify.init_checkpoint`` or a fresh ``cfg.encoder``; a fresh
+    patch encoder gets the training set's feature statistics in its config (``cfg.encoder``)."""
+    torch.manual_seed(cfg.seed)
+    init, stats = None, None
+    if cfg.classify.init_checkpoint:
+        spec, weights, path = ckpt.encoder_state(Path(cfg.classify.init_checkpoint))
+        cfg.encoder = spec
+        encoder = build_encoder(spec)
+        missing, _ = encoder.load_state_dict(weights, strict=False)
+        if missing:
+            raise SpeechBudgetError(f"{cfg.classify.init_checkpoint} lacks encoder weights {missing[:3]}...")
+        init = {"checkpoint": str(path), "encoder": spec}
+    else:
+        encoder = build_encoder(cfg.encoder)
+        if is_patch_encoder(encoder):
+            stats = feature_stats(cfg, cuts, encoder.input_dim)
+            cfg.encoder = {**resolve(cfg.encoder), "feature_mean": stats["mean"], "feature_std": stats["std"]}
+            torch.manual_seed(cfg.seed)  # same initial weights as without statistics
+            encoder = build_encoder(cfg.encoder)
+            if is_main:
+                atomic.write_json(Path(cfg.exp_dir) / STATS_FILE, stats)
+    return build_classifier(encoder, vocab, cfg.classify), init, stats
+
+
+def dataset_for(encoder: Encoder, transform, cut_transform=None) -> SpeechDataset:
+    """Waveform, stored 80-bin fbank, or on-the-fly fbank of the encoder's own bin count."""
+    kind = input_kind(encoder)
+    bins = encoder.input_dim if kind == "fbank" else 80
+    return SpeechDataset(kind, transform=transform, cut_transform=cut_transform, num_mel_bins=bins)
+
+
+def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    dist = distributed.setup(cfg.device)
+    try:
+        cuts = training_cuts(cfg, dist.is_main).to_eager()
+        vocab = vocabulary_for(cfg, cuts)
+        if dist.is_main:
+            Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
+            write_vocabulary(Path(cfg.exp_dir) / VOCAB_FILE, vocab)
+        model, init, stats = build_model(cfg, vocab, cuts, dist.is_main)
+        cost = {
+            **encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame()),
+            "head_macs_per_clip": float(model.head_macs_per_clip()),
+        }
+        c = cfg.classify
+        mixer = NoiseMixer(Path(c.noise_dir), c.noise_snr_db, c.noise_prob) if c.noise_dir else None
+        dataset = dataset_for(model.encoder, label_transform(cuts, vocab), mixer)
+        sampler, loader = make_data(cfg, cuts, dataset, dist)
+        valid = None
+        if cfg.dev_cuts:
+            dev = load_train_cuts(cfg.dev_cuts, "dev_cuts").to_eager()
+            vocab.check(dev)
+            valid = dev_loader(cfg, dataset_for(model.encoder, label_transform(dev, vocab)))
+        freeze = c.freeze_encoder_steps
+
+        def before_step(m, counters):
+            m.freeze_encoder = counters.step < freeze
+
+        hours = total_seconds(cuts) / 3600
+        trainer = Trainer(
+            cfg,
+            model,
+            loader=loader,
+            sampler=sampler,
+            dist=dist,
+            cost=cost,
+            epoch_seconds=hours * 3600,
+            stage="finetune",
+            recipe=recipe,
+            before_step=before_step,
+            find_unused_parameters=freeze > 0,
+            valid_loader=valid,
+            card_extra={
+                "task": "classify",
+                "labeled_hours": hours,
+                "init": init,
+                "classes": vocab.classes,
+                "multi_label": vocab.multi_label,
+                "feature_stats": stats,
+            },
+        )
+        out = trainer.fit()
+        out.update(task="classify", labeled_hours=hours, classes=len(vocab))
+        return out
+    finally:
+        distributed.teardown(dist)
