@@ -18,6 +18,10 @@ import yaml
 
 from .errors import SpeechBudgetError
 
+#: the optimizers and learning-rate schedules train/optim.py builds (checked here, before a run starts)
+OPTIMIZERS = ("scaled_adam", "adamw")
+SCHEDULES = ("eden", "cosine", "step")
+
 
 # ------------------------------------------------------------------------------------- sections
 @dataclass
@@ -401,8 +405,8 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ),
         ("ctc.tokenizer", cfg.ctc.tokenizer in ("bpe", "unigram", "char"), "must be bpe, unigram or char"),
         ("ctc.vocab_size", cfg.ctc.vocab_size >= 2, "must be at least 2"),
-        ("optim.name", cfg.optim.name in ("scaled_adam", "adamw"), "must be scaled_adam or adamw"),
-        ("schedule.name", cfg.schedule.name in ("eden", "cosine"), "must be eden or cosine"),
+        ("optim.name", cfg.optim.name in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+        ("schedule.name", cfg.schedule.name in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("task", cfg.task in TASKS, f"must be {' or '.join(TASKS)}"),
         *classify_rules(cfg.classify),

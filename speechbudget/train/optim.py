@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from ..config import OPTIMIZERS, SCHEDULES
 from ..errors import SpeechBudgetError
 
 __all__ = [
@@ -34,8 +35,7 @@ __all__ = [
     "SCHEDULERS",
 ]
 
-OPTIMIZERS = ("scaled_adam", "adamw")
-SCHEDULERS = ("eden", "cosine", "step")
+SCHEDULERS = SCHEDULES
 
 
 # ------------------------------------------------------------------------------------ ScaledAdam
