@@ -157,6 +157,8 @@ def test_plans_train_like_the_pilots_the_law_was_fitted_on(swept, tmp_path, caps
             "warmup_batches": 5,
             "epoch_unit": "epochs",
             "min_lr_ratio": 0.0,
+            "decay_start_epoch": 5,  # the step schedule's keys, at their defaults
+            "decay": 0.85,
         },
     }
     args = [
