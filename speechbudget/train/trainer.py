@@ -89,17 +89,20 @@ class Trainer:
         find_unused_parameters: bool = False,
         valid_loader: Optional[torch.utils.data.DataLoader] = None,
         card_extra: Optional[Dict[str, Any]] = None,
+        extra_flops: Optional[Callable[[Dict[str, Any]], float]] = None,
     ):
         """``cost``: ``macs_per_input_second`` of the encoder and ``head_macs_per_frame``, ``frame_rate_hz``
         and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set. ``recipe``
         is the recipe as the user wrote it (provenance, kept in the run card as is); facts about this
-        run that later stages read (e.g. which checkpoint it started from) go in ``card_extra``."""
+        run that later stages read (e.g. which checkpoint it started from) go in ``card_extra``.
+        ``extra_flops(batch)``: training FLOPs of a batch that are not per second of audio (per-pair
+        VGS heads and the image encoder), added to every micro-batch's charge."""
         self.cfg, self.dist, self.stage, self.recipe = cfg, dist, stage, recipe or {}
         self.exp_dir = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.budget = Budget(cfg.budget)
         self.cost, self.epoch_seconds = cost, epoch_seconds
-        self.before_step = before_step
+        self.before_step, self.extra_flops = before_step, extra_flops
         self.valid_loader, self.card_extra = valid_loader, card_extra or {}
         self.loader, self.sampler = loader, sampler
         self.model = model.to(dist.device)
@@ -258,9 +261,10 @@ class Trainer:
         b, t = batch["features"].shape[:2]
         c = self.cost
         seconds = b * t / c["input_rate_hz"]
-        return training_flops(
+        flops = training_flops(
             seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
         )
+        return flops + (self.extra_flops(batch) if self.extra_flops is not None else 0.0)
 
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {
