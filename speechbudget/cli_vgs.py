@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
     probe_app.command(
         "abx",
         epilog="Examples:\n\n"
-        "  speechbudget probe abx exp/scenes-ssl-vgs/sequential data/digits/cuts_test.jsonl.gz --layers all\n\n"
+        "  speechbudget probe abx exp/scenes-ssl-vgs/sequential data/fsdd/cuts_train.jsonl.gz --layers all\n\n"
         "  speechbudget probe abx exp/pt data/fsdd/cuts_test.jsonl.gz --layers input,2,4 --json",
     )(probe_abx_cmd)
     app.add_typer(probe_app, name="probe")
