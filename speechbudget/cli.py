@@ -33,11 +33,12 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from . import cli_classify, cli_plan, cli_prepare
+    from . import cli_classify, cli_plan, cli_prepare, cli_vgs
 
     cli_prepare.register(app)  # prepare <source>, one per registered source
     cli_plan.register(app)  # plan, plan fit, sweep, calibrate
     cli_classify.register(app)  # evaluate, predict
+    cli_vgs.register(app)  # train-multi, evaluate-retrieval, probe abx
 
 
 data_app = typer.Typer(help="Inspect prepared data.", no_args_is_help=True)

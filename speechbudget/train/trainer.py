@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__, atomic, locks, progress
 from ..config import TrainConfig, to_dict
-from ..cost.flops import training_flops
+from ..cost.flops import TRAIN_FACTOR, training_flops
 from ..errors import SpeechBudgetError
 from . import checkpoint as ckpt
 from .budget import Budget, Counters
@@ -89,17 +89,20 @@ class Trainer:
         find_unused_parameters: bool = False,
         valid_loader: Optional[torch.utils.data.DataLoader] = None,
         card_extra: Optional[Dict[str, Any]] = None,
+        extra_flops: Optional[Callable[[Dict[str, Any]], float]] = None,
     ):
         """``cost``: ``macs_per_input_second`` of the encoder and ``head_macs_per_frame``, ``frame_rate_hz``
         and ``input_rate_hz``; ``epoch_seconds``: audio in one pass over the training set. ``recipe``
         is the recipe as the user wrote it (provenance, kept in the run card as is); facts about this
-        run that later stages read (e.g. which checkpoint it started from) go in ``card_extra``."""
+        run that later stages read (e.g. which checkpoint it started from) go in ``card_extra``.
+        ``extra_flops(batch)``: training FLOPs of a batch that are not per second of audio (per-pair
+        VGS heads and the image encoder), added to every micro-batch's charge."""
         self.cfg, self.dist, self.stage, self.recipe = cfg, dist, stage, recipe or {}
         self.exp_dir = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.budget = Budget(cfg.budget)
         self.cost, self.epoch_seconds = cost, epoch_seconds
-        self.before_step = before_step
+        self.before_step, self.extra_flops = before_step, extra_flops
         self.valid_loader, self.card_extra = valid_loader, card_extra or {}
         self.loader, self.sampler = loader, sampler
         self.model = model.to(dist.device)
@@ -264,11 +267,12 @@ class Trainer:
         b, t = batch["features"].shape[:2]
         c = self.cost
         seconds = b * t / c["input_rate_hz"]
-        # a classifier's linear head runs once per clip: 2 FLOPs per MAC, x3 forward + backward
-        per_clip = 2.0 * 3.0 * b * c.get("head_macs_per_clip", 0.0)
-        return per_clip + training_flops(
+        # a classifier's linear head runs once per clip, forward + backward
+        per_clip = 2.0 * TRAIN_FACTOR * b * c.get("head_macs_per_clip", 0.0)
+        flops = per_clip + training_flops(
             seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
         )
+        return flops + (self.extra_flops(batch) if self.extra_flops is not None else 0.0)
 
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return {
