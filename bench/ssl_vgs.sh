@@ -1,5 +1,5 @@
 #!/bin/bash
-# SSL + VGS at toy scale (BENCHMARKS.md section 8): the scenes-ssl-vgs recipe's three schedules for
+# SSL + VGS at toy scale (BENCHMARKS.md section 10): the scenes-ssl-vgs recipe's three schedules for
 # seeds 0 and 1, retrieval on the held-out scenes (dev + test: unseen scenes and voices), ABX on FSDD.
 # Usage: bash bench/ssl_vgs.sh WORK   (then: python bench/ssl_vgs_summary.py WORK)
 set -euo pipefail
