@@ -76,7 +76,7 @@ def test_flops_include_the_head(keywords_run):
     from speechbudget.train.trainer import Trainer
 
     cost = json.loads((keywords_run / "finetune" / "cost.json").read_text())
-    fake = type("T", (), {"cost": {**cost, "head_macs_per_clip": 32 * 10}})()
+    fake = type("T", (), {"cost": {**cost, "head_macs_per_clip": 32 * 10}, "extra_flops": None})()
     import torch
 
     batch = {"features": torch.zeros(4, 100, 128)}
