@@ -38,7 +38,7 @@ from .setup import (
     total_seconds,
     training_cuts,
 )
-from .trainer import Trainer
+from .trainer import finetune_trainer
 
 STATS_FILE = "feature_stats.json"
 
@@ -147,28 +147,20 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             dev = load_train_cuts(cfg.dev_cuts, "dev_cuts").to_eager()
             vocab.check(dev)
             valid = dev_loader(cfg, dataset_for(model.encoder, label_transform(dev, vocab)))
-        freeze = c.freeze_encoder_steps
-
-        def before_step(m, counters):
-            m.freeze_encoder = counters.step < freeze
-
         hours = total_seconds(cuts) / 3600
-        trainer = Trainer(
+        trainer = finetune_trainer(
             cfg,
             model,
             loader=loader,
             sampler=sampler,
             dist=dist,
             cost=cost,
-            epoch_seconds=hours * 3600,
-            stage="finetune",
+            labeled_seconds=hours * 3600,
             recipe=recipe,
-            before_step=before_step,
-            find_unused_parameters=freeze > 0,
+            freeze_encoder_steps=c.freeze_encoder_steps,
             valid_loader=valid,
             card_extra={
                 "task": "classify",
-                "labeled_hours": hours,
                 "init": init,
                 "classes": vocab.classes,
                 "multi_label": vocab.multi_label,

@@ -22,7 +22,7 @@ from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
 from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, total_seconds, training_cuts
-from .trainer import Trainer, claim_exp_dir
+from .trainer import claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
 
@@ -183,28 +183,21 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer), cut_transform=mixer
         )
         sampler, loader = make_data(cfg, cuts, dataset, dist)
-        freeze = cfg.ctc.freeze_encoder_steps
-
-        def before_step(m, counters):
-            m.freeze_encoder = counters.step < freeze
-
         hours = total_seconds(cuts) / 3600
-        trainer = Trainer(
+        trainer = finetune_trainer(
             cfg,
             model,
             loader=loader,
             sampler=sampler,
             dist=dist,
             cost=cost,
-            epoch_seconds=hours * 3600,
-            stage="finetune",
+            labeled_seconds=hours * 3600,
             recipe=recipe,
-            before_step=before_step,
-            find_unused_parameters=freeze > 0,
+            freeze_encoder_steps=cfg.ctc.freeze_encoder_steps,
             valid_loader=dev_loader(
                 cfg, SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
             ),
-            card_extra={"labeled_hours": hours, "init": init, "filtered": dropped_counts},
+            card_extra={"init": init, "filtered": dropped_counts},
         )
         out = trainer.fit()
         out["filtered"] = dropped_counts

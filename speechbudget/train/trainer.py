@@ -508,3 +508,40 @@ class Trainer:
                 self.writer.close()
                 self.metrics.close()
         return summary
+
+
+def finetune_trainer(
+    cfg: TrainConfig,
+    model: nn.Module,
+    *,
+    loader: torch.utils.data.DataLoader,
+    sampler: Any,
+    dist: DistInfo,
+    cost: Dict[str, float],
+    labeled_seconds: float,
+    recipe: Optional[Dict[str, Any]],
+    freeze_encoder_steps: int,
+    valid_loader: Optional[torch.utils.data.DataLoader],
+    card_extra: Dict[str, Any],
+) -> Trainer:
+    """The fine-tuning stage's Trainer (CTC or classification): the task model's encoder is frozen
+    for its first ``freeze_encoder_steps`` steps, and the run card records the labeled hours."""
+
+    def before_step(m: nn.Module, counters: Counters) -> None:
+        m.freeze_encoder = counters.step < freeze_encoder_steps
+
+    return Trainer(
+        cfg,
+        model,
+        loader=loader,
+        sampler=sampler,
+        dist=dist,
+        cost=cost,
+        epoch_seconds=labeled_seconds,
+        stage="finetune",
+        recipe=recipe,
+        before_step=before_step,
+        find_unused_parameters=freeze_encoder_steps > 0,
+        valid_loader=valid_loader,
+        card_extra={"labeled_hours": labeled_seconds / 3600, **card_extra},
+    )
