@@ -301,7 +301,6 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
     src, common = get_source(spec.source), spec.common
     # absolute paths in manifests: stages may run from elsewhere
     corpus_dir = Path(out_dir).resolve() / spec.name
-    created = not corpus_dir.exists()
     try:
         corpus_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
@@ -342,7 +341,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                 )
             vocabulary = _write_label_vocabulary(corpus_dir, items)
     except BaseException:
-        if created and not any(p.is_file() and p.name != ".lock" for p in corpus_dir.rglob("*")):
+        if not any(p.is_file() and p.name != ".lock" for p in corpus_dir.rglob("*")):
             shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
         raise
     summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start, vocabulary)
