@@ -289,8 +289,7 @@ def finetune(
     overrides: Optional[List[str]] = OVERRIDES,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """CTC fine-tuning (sentencepiece tokens), or with task=classify a clip classifier (`classify:`
-    section), of a pretrained or fresh encoder, within a budget."""
+    """CTC fine-tuning of a pretrained or fresh encoder within a budget; task=classify trains a classifier."""
     from .train.finetune import finetune as run
 
     _train_stage(run, recipe, "finetune", overrides, as_json)
