@@ -28,6 +28,7 @@ FILES = {
     "json": "report.json",
     "curves": "curves.png",
     "wer_vs_compute": "wer_vs_compute.png",
+    "grounding": "grounding.png",
 }
 _TRAIN_STAGES = ("pretrain", "finetune")
 
@@ -416,6 +417,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"![WER vs compute]({FILES['wer_vs_compute']})",
         "",
     ]
+    if report.get("grounding"):
+        lines += [f"![speech-image retrieval and ABX]({FILES['grounding']})", ""]
     return "\n".join(lines)
 
 
@@ -553,6 +556,57 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     _save_png(fig, path)
 
 
+def grounding_results(exp_dirs: Iterable[Path]) -> Dict[str, Dict[str, Any]]:
+    """`evaluate-retrieval` and `probe abx` results below the given folders, by run name (the
+    folder's path below the one given, e.g. a train-multi schedule): what `plot_grounding` draws."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for root in map(Path, exp_dirs):
+        for name, key in (("retrieval.json", "retrieval"), ("abx.json", "abx")):
+            for f in sorted(root.rglob(name)) if root.is_dir() else []:
+                run = str(f.parent.relative_to(root)) if f.parent != root else root.name
+                found.setdefault(run, {})[key] = _read_json(f)
+    return found
+
+
+def plot_grounding(results: Dict[str, Dict[str, Any]], path: Path) -> None:
+    """Recall@K both ways (95% CI) and ABX error per encoder layer, one series per run."""
+    fig, (ax_r, ax_abx) = _figure(13, 4.5, ncols=2)
+    runs = [r for r in results if "retrieval" in results[r]]
+    width = 0.8 / max(len(runs), 1)
+    ticks: List[str] = []
+    for i, run in enumerate(runs):
+        ret, xs, ys, errs = results[run]["retrieval"], [], [], [[], []]
+        for direction, short in (("speech_to_image", "s->i"), ("image_to_speech", "i->s")):
+            for k in (1, 5, 10):
+                value = (ret.get(direction) or {}).get(f"r@{k}")
+                if value is None:
+                    continue
+                label = f"{short} R@{k}"
+                if label not in ticks:
+                    ticks.append(label)
+                lo, hi = (ret[direction].get(f"r@{k}_ci") or [value, value])[:2]
+                xs.append(ticks.index(label) + (i - (len(runs) - 1) / 2) * width)
+                ys.append(value)
+                errs[0].append(max(value - lo, 0.0))
+                errs[1].append(max(hi - value, 0.0))
+        ax_r.bar(xs, ys, width=width, yerr=errs, capsize=3, label=run)
+    ax_r.set_xticks(range(len(ticks)), ticks)
+    ax_r.set(title="speech-image retrieval (95% CI)", ylabel="recall", ylim=(0, 1.2))  # room for the legend
+    for run in results:
+        layers = (results[run].get("abx") or {}).get("layers") or {}
+        pts = [(name, v.get("error")) for name, v in layers.items() if _finite(v.get("error"))]
+        if pts:
+            ax_abx.plot([n for n, _ in pts], [100 * e for _, e in pts], marker="o", label=run)
+    ax_abx.set(title="ABX error per layer (lower is better)", xlabel="encoder layer", ylabel="ABX error %")
+    for ax, what in ((ax_r, "no evaluate-retrieval results"), (ax_abx, "no probe abx results")):
+        if ax.lines or ax.patches:
+            ax.legend(fontsize=8)
+            ax.grid(True, axis="y", alpha=0.3)
+        else:
+            ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
+    _save_png(fig, path)
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -605,6 +659,11 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     }
     plot_curves([r for r in runs.values() if r.stage in _TRAIN_STAGES], out_dir / FILES["curves"])
     plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
+    report["grounding"] = grounding_results(exp_dirs)
+    if report["grounding"]:
+        plot_grounding(report["grounding"], out_dir / FILES["grounding"])
+    else:
+        report["files"].pop("grounding")
     _write_text(markdown(report), out_dir / FILES["markdown"])
     _write_text(json.dumps(report, indent=2, default=str) + "\n", out_dir / FILES["json"])
     return report

@@ -217,3 +217,32 @@ def test_pretraining_compute_when_the_step_was_not_logged(exps, tmp_path):
     assert row["pretrain_flops"] is None and row["total_flops"] is None
     assert any("pretraining run of" in n and "not found" in n for n in row["notes"])
     assert "| ft |" in (tmp_path / "r3" / "report.md").read_text()
+
+
+def test_grounding_results_are_plotted_per_run(exps, tmp_path):
+    """`evaluate-retrieval` / `probe abx` outputs below a report's folders become grounding.png."""
+    import numpy as np
+
+    from speechbudget import atomic
+    from speechbudget.evaluation.retrieval import retrieval_report
+
+    root = tmp_path / "multi"
+    shutil.copytree(exps / "ft", root / "sequential")
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 8))
+    caption_image = [i // 2 for i in range(12)]
+    speech = images[caption_image] + 0.5 * rng.normal(size=(12, 8))
+    atomic.write_json(
+        root / "sequential" / "retrieval.json", retrieval_report(speech, images, caption_image, bootstrap=50)
+    )
+    atomic.write_json(
+        root / "sequential" / "abx.json", {"layers": {"input": {"error": 0.3}, "layer1": {"error": 0.2}}}
+    )
+    rep = build_report([root], tmp_path / "r")
+    assert set(rep["grounding"]) == {"sequential"} and rep["grounding"]["sequential"]["abx"]["layers"]
+    png = tmp_path / "r" / "grounding.png"
+    assert (
+        png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        and "grounding.png" in (tmp_path / "r" / "report.md").read_text()
+    )
+    assert "grounding" not in build_report([exps / "ft"], tmp_path / "r2")["files"]
