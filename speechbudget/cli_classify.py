@@ -1,4 +1,4 @@
-"""``speechbudget evaluate | predict``: the classification commands (training is ``finetune`` with
+"""``speechbudget evaluate | predict | distill-targets``: the classification commands (training is ``finetune`` with
 ``task=classify``). Thin: parse, call :mod:`speechbudget.evaluate`, render."""
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ PREDICT_EPILOG = (
     "Examples:\n\n"
     "  speechbudget predict exp/kws clip.wav\n\n"
     "  speechbudget predict exp/kws a.wav b.flac c.mp3 --top 3 --json"
+)
+
+DISTILL_EPILOG = (
+    "Examples:\n\n"
+    "  speechbudget distill-targets exp/teacher data/fsdd/cuts_train.jsonl.gz\n\n"
+    "  speechbudget distill-targets exp/teacher cuts_train.jsonl.gz --out data/logits-mn --json\n\n"
+    "then fine-tune a student with  distill.targets=data/fsdd/logits-teacher-train  (distill.lambda=0.1)"
 )
 
 MODEL_ARG = typer.Argument(..., help="Classification exp dir (newest checkpoint) or a checkpoint file.")
@@ -105,7 +112,31 @@ def predict(
     ui.out.print(t)
 
 
+def distill_targets(
+    teacher: Path = typer.Argument(..., help="The teacher: a classification exp dir or a checkpoint file."),
+    cuts: Path = typer.Argument(..., help="The cut manifest the students train on."),
+    out: Path = typer.Option(
+        None, "--out", help="Table path (NAME -> NAME.npz + NAME.json). Default: beside CUTS."
+    ),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run a trained classifier once over CUTS and store its logits for distillation (CMKD)."""
+    from .evaluate import distill_targets as run
+
+    ui.quiet_if_json(as_json)
+    r = run(teacher, cuts, out, device=device)
+    if as_json:
+        ui.emit_json(r)
+        return
+    ui.out.print(
+        f"teacher logits of {r['clips']} clips x {r['classes']} classes -> {r['npz']}\n"
+        f"fine-tune a student with  distill.targets={r['targets']}"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add evaluate and predict to ``app``."""
+    """Add evaluate, predict and distill-targets to ``app``."""
     app.command("evaluate", epilog=EVALUATE_EPILOG)(evaluate)
     app.command("predict", epilog=PREDICT_EPILOG)(predict)
+    app.command("distill-targets", epilog=DISTILL_EPILOG)(distill_targets)

@@ -23,6 +23,7 @@ PLAN_EPILOG = (
     "Examples:\n\n"
     "  speechbudget plan --budget 200 --unit gpu-hours --device a100 --data-hours 960 --out recipes/plan.yaml\n\n"
     "  speechbudget plan --budget 1e19 --unit flops --data-hours 100 --family transformer --json\n\n"
+    "  speechbudget plan --budget 1e19 --unit flops --data-hours 100 --family transformer --tome 4,16\n\n"
     "  speechbudget plan --budget 2 --unit hours --device cpu --data-hours 0.5 --presets zipformer-tiny,zipformer-xs\n\n"
     "  speechbudget plan --budget 200 --device h100 --data-hours 960 --law exp/sweep/law.json --grid full\n\n"
     "  speechbudget plan fit exp/sweep --out law.json   # fit the law on pilot runs first"
@@ -50,6 +51,11 @@ def plan_main(
     ),
     law: Optional[Path] = typer.Option(
         None, "--law", help="Scaling law fitted by `plan fit` (default: uncalibrated guess)."
+    ),
+    tome: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated r values: also plan each Transformer/AST preset with r tokens merged per "
+        "block (token merging, FastAST), e.g. 4,8.",
     ),
     dtype: Optional[str] = typer.Option(
         None, help="Peak to use: bf16, fp16, tf32, fp32 (default: bf16 on GPUs, fp32 on cpu)."
@@ -99,6 +105,7 @@ def plan_main(
         names,
         num_clusters,
         progress=lambda items, total=None: progress.track(items, total, "counting FLOPs"),
+        tome=_ints(tome, "--tome"),
     )
     result = planner.plan(
         spec,
@@ -120,6 +127,13 @@ def plan_main(
         ui.emit_json({**result.to_json(), **written})
         return
     _render_plan(result, written)
+
+
+def _ints(text: Optional[str], flag: str) -> List[int]:
+    try:
+        return [int(x) for x in split_csv(text)]
+    except ValueError:
+        raise SpeechBudgetError(f"{flag} takes comma-separated integers (e.g. 4,8), got {text!r}") from None
 
 
 def _num(x: float) -> str:

@@ -139,6 +139,32 @@ class ClassifyConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``distill:`` CMKD from precomputed teacher logits (``speechbudget distill-targets``): loss =
+    lambda x hard-label loss + (1 - lambda) x soft-target loss; clips without logits get the hard loss."""
+
+    targets: str = ""  # the teacher-logits table (NAME, NAME.npz or NAME.json); a run fills in its own
+    lam: float = 0.1  # written `lambda` in recipes (FastAST: 0.1 with a CNN teacher)
+    temperature: float = 1.0
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> DistillConfig:
+        if isinstance(value, DistillConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise SpeechBudgetError(f"config key '{key}' must be a mapping of targets, lambda, temperature")
+        data = dict(value)
+        if "lambda" in data:
+            data["lam"] = data.pop("lambda")
+        cfg = from_dict(cls, data, prefix=key + ".")
+        if not 0.0 <= cfg.lam <= 1.0:
+            raise SpeechBudgetError(f"config key '{key}.lambda' must be in [0, 1], got {cfg.lam}")
+        if not cfg.temperature > 0:
+            raise SpeechBudgetError(f"config key '{key}.temperature' must be positive, got {cfg.temperature}")
+        return cfg
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs; pretraining and fine-tuning share it."""
 
@@ -172,6 +198,8 @@ class TrainConfig:
     #: what `finetune` trains: a CTC recognizer, or a clip classifier (the `classify:` section)
     task: str = "ctc"
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    #: cross-model distillation from a teacher's logits (classification; see DistillConfig)
+    distill: Optional[DistillConfig] = None
 
 
 @dataclass

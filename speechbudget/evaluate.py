@@ -4,6 +4,9 @@
 macro-F1 or mAP with bootstrap 95% intervals, per-class rows, confusion counts), ``per-class-<set>.txt``,
 ``predictions-<set>.tsv`` (id, true classes, top class, its probability) and ``confusion-<set>.png``
 (single-label). ``report`` reads the metrics file; the classes are the experiment's ``labels.json``.
+
+``distill-targets`` runs a trained classifier (the CMKD teacher) once over a cut set and stores its
+logits beside the cuts, for students to read (``distill.targets``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .errors import SpeechBudgetError
 from .evaluation.classification import classification_report, per_class_lines, plot_confusion_matrix
 from .models.presets import build_encoder
 from .objectives.classify import ClassifierModel, collect_predictions
+from .objectives.teacher_logits import predict_logits, save_teacher_logits, table_paths
 from .train import checkpoint as ckpt
 from .train.classify import build_classifier, dataset_for
 
@@ -50,7 +54,12 @@ def load_classifier(
     options = from_dict(ClassifyConfig, config.get("classify") or {}, prefix="classify.")
     model = build_classifier(build_encoder(config["encoder"]), vocab, options, training=False)
     model.load_state_dict(state["model"])
-    info = {"checkpoint": str(ck), "exp_dir": str(exp), "step": (state.get("counters") or {}).get("step")}
+    info = {
+        "checkpoint": str(ck),
+        "exp_dir": str(exp),
+        "step": (state.get("counters") or {}).get("step"),
+        "encoder": config["encoder"],
+    }
     return model.to(device).eval(), vocab, info
 
 
@@ -178,3 +187,43 @@ def predict(
             }
         )
     return results
+
+
+def default_targets_path(teacher: Path, cuts_path: Path) -> Path:
+    """``<cuts folder>/logits-<teacher exp>-<set>``: beside the cuts, one table per teacher and set."""
+    set_name = Path(cuts_path).name.replace("cuts_", "").split(".")[0]
+    return Path(cuts_path).parent / f"logits-{_exp_of(Path(teacher)).name}-{set_name}"
+
+
+def distill_targets(
+    teacher: Path,
+    cuts_path: Path,
+    out: Optional[Path] = None,
+    max_duration: float = 120.0,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    """The teacher's logits for every cut (labelled or not), with its identity and class vocabulary
+    recorded; -> where they went and what was stored."""
+    dev = torch.device(device)
+    model, vocab, info = load_classifier(teacher, dev)
+    cuts = load_cuts(cuts_path).to_eager()
+    if len(cuts) == 0:
+        raise SpeechBudgetError(f"{cuts_path} holds no cuts to compute teacher logits for")
+    out = Path(out) if out else default_targets_path(teacher, cuts_path)
+    loader = make_loader(
+        dataset_for(model.encoder, None), SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    )
+    logits = predict_logits(model, progress.track(loader, total=None, description="teacher logits"), dev)
+    identity = {
+        **info,
+        "params": sum(p.numel() for p in model.parameters()),
+        "cuts": str(cuts_path),
+    }
+    npz = save_teacher_logits(out, logits, vocab.classes, identity)
+    return {
+        "targets": str(table_paths(npz)[0].with_suffix("")),
+        "npz": str(npz),
+        "clips": len(logits),
+        "classes": len(vocab),
+        "teacher": identity,
+    }

@@ -2,10 +2,13 @@
 
 Stages write into the run's experiment folder and read only what earlier stages wrote there:
 
-    prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> finetune -> [scratch] -> decode -> report
+    prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> [teacher -> distill] -> finetune
+    -> [scratch] -> decode -> report
 
 ``prepare`` is the pretraining corpus; an optional ``labeled`` corpus (prepared in the same stage)
-is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere.
+is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere. A
+``teacher:`` section (classification) trains a teacher classifier on the labelled training split,
+``distill`` stores its logits on that split, and ``finetune`` learns from them (CMKD, FastAST).
 
 A stage is done when ``EXP/.stages/<stage>.json`` exists; that marker is written (atomically)
 only after the stage succeeded, so a run killed anywhere resumes at the stage it was in, and
@@ -41,6 +44,8 @@ STAGES = (
     "pretrain",
     "kmeans2",
     "pretrain2",
+    "teacher",
+    "distill",
     "finetune",
     "scratch",
     "decode",
@@ -56,6 +61,7 @@ class PlanSection:
     family: str = "zipformer"
     presets: List[str] = field(default_factory=list)  # candidates (default: the family's presets + grid)
     grid: str = "none"  # none | small | full
+    tome: List[int] = field(default_factory=list)  # also Transformer presets with r tokens merged per block
     law: Optional[str] = None  # a fitted law.json (default: the documented, uncalibrated law)
     use_recommendation: bool = False  # replace pretrain.encoder and budget.flops with the plan's choice
 
@@ -85,6 +91,9 @@ class RunRecipe:
     kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
     pretrain: TrainSection = field(default_factory=TrainSection)  # TrainConfig keys, checked on load
     finetune: TrainSection = field(default_factory=TrainSection)
+    #: a CMKD teacher (finetune keys, `task: classify` implied) trained from scratch on the labelled
+    #: training split; fine-tuning then distils from its logits (`finetune.distill`)
+    teacher: Optional[TrainSection] = None
     scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
     decode: DecodeSection = field(default_factory=DecodeSection)
 
@@ -96,8 +105,18 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
     from_dict(RunRecipe, data)  # validates every section, names unknown keys
     if not data.get("exp_dir"):
         raise SpeechBudgetError(f"recipe {path} needs exp_dir")
+    if data.get("teacher") is not None and (data.get("finetune") or {}).get("task") != "classify":
+        raise SpeechBudgetError(
+            "a teacher: section needs finetune.task: classify (CMKD distils a classifier)"
+        )
     top = {k: data[k] for k in ("seed", "device") if k in data}
-    for section in ("pretrain", "finetune"):  # the stages fill in exp_dir and train_cuts themselves
+    for section in (
+        "pretrain",
+        "finetune",
+        "teacher",
+    ):  # the stages fill in exp_dir and train_cuts themselves
+        if section == "teacher" and data.get("teacher") is None:
+            continue
         sec = {**(data.get(section) or {}), "exp_dir": str(Path(data["exp_dir"]) / section)}
         load_train_config({**top, section: sec}, section)
     return data
@@ -136,6 +155,8 @@ class Pipeline:
             "kmeans2": r.kmeans2 is not None,
             "pretrain2": r.kmeans2 is not None,
             "scratch": r.scratch_baseline,
+            "teacher": r.teacher is not None,
+            "distill": r.teacher is not None,
             # a classifier trained from scratch (no `pretrain:` section) needs no targets, no pretraining
             "kmeans": not self.classify_from_scratch,
             "pretrain": not self.classify_from_scratch,
@@ -181,7 +202,7 @@ class Pipeline:
 
         p = self.r.plan
         unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
-        cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None)
+        cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None, tome=p.tome)
         law = ScalingLaw.from_json(Path(p.law)) if p.law else None
         try:
             return plan(
@@ -263,9 +284,39 @@ class Pipeline:
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if self.classifies:
             sec["classify"] = {**sec.get("classify", {}), "init_checkpoint": init}
+        if self.enabled("teacher"):  # learn from this run's teacher unless the recipe names a table
+            sec["distill"] = {"targets": str(self.teacher_targets), **(sec.get("distill") or {})}
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
         return sec
+
+    @property
+    def teacher_targets(self) -> Path:
+        return self.exp / "teacher" / "logits-train"
+
+    def stage_teacher(self) -> Dict[str, Any]:
+        """The CMKD teacher: a classifier trained from scratch on the labelled training split."""
+        from .train.finetune import finetune
+
+        labeled = self.labeled_dir
+        sec = {
+            "train_cuts": str(labeled / "cuts_train.jsonl.gz"),
+            "task": "classify",
+            **self.r.teacher.values,
+        }
+        sec["exp_dir"] = str(self.exp / "teacher")
+        if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
+            sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
+        if sec["task"] != "classify":
+            raise SpeechBudgetError("teacher.task must be classify: a CMKD teacher is a classifier")
+        return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
+
+    def stage_distill(self) -> Dict[str, Any]:
+        """The teacher's logits on the training split, once, for every student run to read."""
+        from .evaluate import distill_targets
+
+        cuts = self.labeled_dir / "cuts_train.jsonl.gz"
+        return distill_targets(self.exp / "teacher", cuts, out=self.teacher_targets)
 
     def stage_finetune(self) -> Dict[str, Any]:
         from .train.finetune import finetune
@@ -289,7 +340,7 @@ class Pipeline:
 
         d = self.r.decode
         results = {}
-        for run in ("finetune", "scratch"):
+        for run in ("teacher", "finetune", "scratch"):
             if not self.enabled(run):
                 continue
             manifests = [Path(c) for c in d.cuts] or [self.labeled_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
@@ -311,7 +362,7 @@ class Pipeline:
     def stage_report(self) -> Dict[str, Any]:
         from .report import build_report
 
-        runs = [self.exp / r for r in ("finetune", "scratch") if self.enabled(r)]
+        runs = [self.exp / r for r in ("teacher", "finetune", "scratch") if self.enabled(r)]
         return build_report(runs, self.exp / "report")
 
     # ----------------------------------------------------------------------------- run

@@ -65,7 +65,9 @@ def test_masks_fill_with_the_patch_encoders_feature_mean():
     assert float(speech.feature_fill()) == 0.0
 
 
-@pytest.mark.parametrize("name", ["fsdd-keywords", "speechcommands-aum-base"])
+@pytest.mark.parametrize(
+    "name", ["fsdd-keywords", "speechcommands-aum-base", "fsdd-keywords-fastast", "audioset-fastast"]
+)
 def test_classification_recipes_parse_and_skip_ssl_stages(name):
     from pathlib import Path
 
@@ -78,3 +80,6 @@ def test_classification_recipes_parse_and_skip_ssl_stages(name):
     assert not pipe.enabled("kmeans") and not pipe.enabled("pretrain") and pipe.classifies
     cfg = load_train_config({"exp_dir": "/tmp/x", "finetune": recipe["finetune"]}, "finetune")
     assert cfg.task == "classify" and cfg.schedule.name == "step"
+    from speechbudget.models.presets import build_encoder
+
+    build_encoder(cfg.encoder)  # the encoder's own keys (e.g. tome, dist_token) are right too

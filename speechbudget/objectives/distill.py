@@ -116,6 +116,25 @@ class DistillationModel(nn.Module):
             )
         self.student, self.teacher, self.lam, self.temperature = student, teacher, lam, temperature
 
+    # the student is what is trained, saved and evaluated: its checkpoints are plain classifier ones
+    @property
+    def encoder(self) -> nn.Module:
+        return self.student.encoder
+
+    @property
+    def freeze_encoder(self) -> bool:
+        return self.student.freeze_encoder
+
+    @freeze_encoder.setter
+    def freeze_encoder(self, value: bool) -> None:
+        self.student.freeze_encoder = value
+
+    def state_dict(self, *args, **kwargs):
+        return self.student.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+
     def optimizer_groups(self, lr: float):
         return self.student.optimizer_groups(lr)
 

@@ -142,6 +142,26 @@ def _grid_candidates(
     return out
 
 
+#: encoder families with token merging (``tome``); a frame-level loss (HuBERT) needs ``unmerge``
+TOME_FAMILIES = ("transformer", "ast")
+
+
+def tome_variants(
+    names: Sequence[str], cfgs: Sequence[Dict[str, Any]], rs: Sequence[int]
+) -> List[Tuple[str, Dict[str, Any]]]:
+    """``(name+tomeR, config)`` for each Transformer-family preset and r > 0."""
+    if any(not isinstance(r, int) or r < 0 for r in rs):
+        raise SpeechBudgetError(f"tome r values must be non-negative integers, got {list(rs)}")
+    out = []
+    for name, cfg in zip(names, cfgs):
+        if cfg["family"] not in TOME_FAMILIES:
+            continue
+        for r in (r for r in dict.fromkeys(rs) if r > 0):
+            spec = {"r": r, "unmerge": cfg["family"] == "transformer"}
+            out.append((f"{name}+tome{r}", {**cfg, "tome": spec}))
+    return out
+
+
 def candidate_costs(
     family: str = "zipformer",
     grid: str = "small",
@@ -149,8 +169,10 @@ def candidate_costs(
     num_clusters: int = DEFAULT_CLUSTERS,
     cache: Optional[CostCache] = None,
     progress=None,
+    tome: Sequence[int] = (),
 ) -> List[CandidateCost]:
-    """The family's presets (or the named ``presets``) plus its width x depth grid, with costs."""
+    """The family's presets (or the named ``presets``) plus its width x depth grid, with costs; with
+    ``tome`` (r values), each Transformer-family preset also with r tokens merged per block."""
     from ..models.presets import FAMILIES, all_presets
 
     known = all_presets()
@@ -168,9 +190,15 @@ def candidate_costs(
     shallow_keys = [(fam, w) for fam in families for w in sorted({w for w, _, _ in grid_configs(fam, grid)})]
     shallow_cfgs = [GRIDS_BY_FAMILY[fam].make(w, d) for fam, w in shallow_keys for d in (1, 2)]
     preset_cfgs = [jsonable_config(known[n]) for n in names]
-    counted = count_configs(preset_cfgs + shallow_cfgs, num_clusters, cache, progress)
+    merged = tome_variants(names, preset_cfgs, tome)
+    counted = count_configs(
+        preset_cfgs + [cfg for _, cfg in merged] + shallow_cfgs, num_clusters, cache, progress
+    )
     out = [make_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
-    shallow = counted[len(names) :]
+    out += [
+        make_candidate(cfg, cfg, c, "tome", name) for (name, cfg), c in zip(merged, counted[len(names) :])
+    ]
+    shallow = counted[len(names) + len(merged) :]
     for fam in families:
         by_width = {
             (w, d): shallow[2 * i + d - 1]
@@ -478,12 +506,31 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
             f"{p.peak_flops / 1e12:.3g} TFLOP/s, utilisation {best.utilisation:.2f}, "
             f"{best.utilisation_source}) = {best.budget_flops:.3g} training FLOPs for {best.name}."
         )
+    notes += tome_notes(p)
     if p.skipped:
         notes.append(
             f"Skipped {len(p.skipped)} candidates the budget cannot feed {MIN_AUDIO_HOURS:g} h of audio "
             f"or one batch: {', '.join(p.skipped)}."
         )
     return notes, warnings
+
+
+def tome_notes(p: Plan) -> List[str]:
+    """What each token-merging variant saves per audio second, and the caveat the law cannot see."""
+    rows = {r.name: r for r in p.candidates}
+    savings = [
+        f"{name} {1 - r.flops_per_hour / rows[name.split('+tome')[0]].flops_per_hour:.0%}"
+        for name, r in sorted(rows.items())
+        if "+tome" in name and name.split("+tome")[0] in rows
+    ]
+    if not savings:
+        return []
+    return [
+        "Token merging (+tomeR: R tokens merged per block) saves training FLOPs per audio second: "
+        + ", ".join(savings)
+        + ". Merged variants are predicted with the unmerged law (same parameters, more audio per FLOP); "
+        "merging's accuracy cost is not in it (BENCHMARKS.md section 8)."
+    ]
 
 
 # ------------------------------------------------------------------------------------- outputs

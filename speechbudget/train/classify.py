@@ -11,6 +11,7 @@ order of the head) and ``feature_stats.json``; ``evaluate`` and ``predict`` read
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -27,6 +28,8 @@ from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder, resolve
 from ..objectives.classify import ClassifierModel
+from ..objectives.distill import DistillationModel
+from ..objectives.teacher_logits import load_teacher_logits
 from . import checkpoint as ckpt
 from . import distributed
 from .setup import (
@@ -41,11 +44,15 @@ from .setup import (
 from .trainer import finetune_trainer
 
 STATS_FILE = "feature_stats.json"
+log = logging.getLogger(__name__)
 
 
-def is_patch_encoder(encoder: Encoder) -> bool:
-    """AuM and AST: spectrogram patches with the dataset mean/std as buffers."""
-    return hasattr(getattr(encoder, "patches", None), "set_feature_stats")
+def normalises_features(encoder: Encoder) -> bool:
+    """AuM, AST (their patch front end) and the MobileNet teacher keep the dataset's fbank mean/std
+    as buffers, set from the ``feature_mean``/``feature_std`` of their config."""
+    return hasattr(getattr(encoder, "patches", None), "set_feature_stats") or hasattr(
+        encoder, "feature_stats"
+    )
 
 
 def vocabulary_for(cfg: TrainConfig, cuts: CutSet) -> LabelVocabulary:
@@ -95,7 +102,7 @@ def build_model(
     cfg: TrainConfig, vocab: LabelVocabulary, cuts: CutSet, is_main: bool
 ) -> Tuple[ClassifierModel, Optional[Dict], Optional[Dict]]:
     """(model, init, stats): from ``classify.init_checkpoint`` or a fresh ``cfg.encoder``; a fresh
-    patch encoder gets the training set's feature statistics in its config (``cfg.encoder``)."""
+    encoder that normalises its fbank gets the training set's statistics in its config (``cfg.encoder``)."""
     torch.manual_seed(cfg.seed)
     init, stats = None, None
     if cfg.classify.init_checkpoint:
@@ -108,7 +115,7 @@ def build_model(
         init = {"checkpoint": str(path), "encoder": spec}
     else:
         encoder = build_encoder(cfg.encoder)
-        if is_patch_encoder(encoder):
+        if normalises_features(encoder):
             stats = feature_stats(cfg, cuts, encoder.input_dim)
             cfg.encoder = {**resolve(cfg.encoder), "feature_mean": stats["mean"], "feature_std": stats["std"]}
             torch.manual_seed(cfg.seed)  # same initial weights as without statistics
@@ -116,6 +123,38 @@ def build_model(
             if is_main:
                 atomic.write_json(Path(cfg.exp_dir) / STATS_FILE, stats)
     return build_classifier(encoder, vocab, cfg.classify), init, stats
+
+
+def with_teacher(model: ClassifierModel, cfg: TrainConfig, cuts: CutSet, vocab: LabelVocabulary):
+    """The student wrapped for CMKD when ``distill:`` is set -> (model, what the run card records).
+
+    Training clips the table lacks train on their labels alone; they are counted here, once, and
+    the run card and the log say how many."""
+    d = cfg.distill
+    if d is None:
+        return model, None
+    if not d.targets:
+        raise SpeechBudgetError("distill.targets is empty: give the teacher-logits table (distill-targets)")
+    table = load_teacher_logits(d.targets, vocab.classes)
+    missing = sum(1 for c in cuts if c.id not in table.row)
+    info = {
+        "targets": d.targets,
+        "teacher": table.teacher,
+        "lambda": d.lam,
+        "temperature": d.temperature,
+        "train_clips": len(cuts),
+        "train_clips_without_teacher": missing,
+    }
+    if missing == len(cuts):
+        raise SpeechBudgetError(
+            f"teacher logits {d.targets} cover none of the {len(cuts)} training clips: were they made for"
+            " another cut set?"
+        )
+    if missing:
+        log.warning(
+            "distillation: %d of %d training clips have no teacher logits (labels only)", missing, len(cuts)
+        )
+    return DistillationModel(model, table, d.lam, d.temperature), info
 
 
 def dataset_for(encoder: Encoder, transform, cut_transform=None) -> SpeechDataset:
@@ -138,6 +177,7 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             **encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame()),
             "head_macs_per_clip": float(model.head_macs_per_clip()),
         }
+        model, distill = with_teacher(model, cfg, cuts, vocab)
         c = cfg.classify
         mixer = NoiseMixer(Path(c.noise_dir), c.noise_snr_db, c.noise_prob) if c.noise_dir else None
         dataset = dataset_for(model.encoder, label_transform(cuts, vocab), mixer)
@@ -165,10 +205,13 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                 "classes": vocab.classes,
                 "multi_label": vocab.multi_label,
                 "feature_stats": stats,
+                "distill": distill,
             },
         )
         out = trainer.fit()
         out.update(task="classify", labeled_hours=hours, classes=len(vocab))
+        if distill:
+            out["distill"] = distill
         return out
     finally:
         distributed.teardown(dist)
