@@ -146,5 +146,7 @@ def test_plan_offers_token_merging_variants_with_their_saving(capsys, private_ca
     merged, plain = rows["transformer-tiny-slim+tome8"], rows["transformer-tiny-slim"]
     assert merged["params"] == plain["params"] and merged["flops_per_hour"] < 0.95 * plain["flops_per_hour"]
     assert any("transformer-tiny-slim+tome8" in n and "%" in n for n in res["explanation"])
-    code, _, err = cli_result(capsys, "plan", "--budget", "1e17", "--unit", "flops", "--data-hours", "1", "--tome", "x")
+    code, _, err = cli_result(
+        capsys, "plan", "--budget", "1e17", "--unit", "flops", "--data-hours", "1", "--tome", "x"
+    )
     assert code == 2 and "--tome" in err
