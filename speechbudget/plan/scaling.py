@@ -15,6 +15,12 @@ amount that saturates:
 
 so that looping forever is worth at most U * (1 + R*) fresh hours. R* is the characteristic
 number of repetitions after which extra epochs stop helping.
+
+Two ways to get the coefficients. ``fit_law`` fits losses of the user's own pilot runs. Without
+pilots, DEFAULT_LAW is a prior fitted by ``fit_prior`` to published runs (published_runs.csv), which
+publish no loss on a common scale: each run's model size is taken as near-optimal at its compute and
+data, and the law's optimum is fitted to those sizes (a compute-optimal-frontier fit). Both keep
+their bootstrap refits, from which a plan reports the range of its best model size.
 """
 
 from __future__ import annotations
