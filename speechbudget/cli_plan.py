@@ -148,23 +148,25 @@ def _render_plan(result, written: Dict[str, Optional[str]]) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
-        caption="shape: layers x width; GFLOP/s: training FLOPs per second of audio; loss: predicted, nats",
+        caption="shape: layers x width; GFLOP/s: training FLOPs per second of audio; loss: predicted, nats; "
+        "* best, ~ inside the best size's range; p best: share of the law's bootstrap refits picking it",
         title=f"{b.amount:g} {b.unit} on {b.device}, "
         f"{'unlimited data' if result.data_hours is None else f'{result.data_hours:g} h of data'}, "
         f"{'fitted' if result.law.calibrated else 'uncalibrated'} law",
     )
     t.add_column("candidate", no_wrap=True)
-    for col in ("params M", "shape", "GFLOP/s", "audio h", "epochs", "loss"):
+    for col in ("params M", "shape", "GFLOP/s", "audio h", "epochs", "loss", "p best"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in result.candidates:
         t.add_row(
-            r.name + (" *" if r.best else ""),
+            r.name + (" *" if r.best else " ~" if r.plausible else ""),
             f"{r.params / 1e6:.2f}",
             f"{r.layers} x {r.width}",
             f"{r.flops_per_hour / 3600 / 1e9:.3f}",
             _num(r.audio_hours),
             "-" if r.epochs is None else _num(r.epochs),
             f"{r.predicted_loss:.3f}",
+            "-" if r.p_best is None else f"{r.p_best:.2f}",
             style="bold green" if r.best else None,
         )
     ui.print_table(t)

@@ -11,6 +11,7 @@ from speechbudget.plan.scaling import (
     COEFFICIENTS,
     DEFAULT_LAW,
     DEFAULT_R_STAR,
+    GUESS_LAW,
     ScalingLaw,
     effective_hours,
     fit_law,
@@ -79,7 +80,8 @@ def test_predict_is_vectorised():
 
 
 def test_default_law_is_uncalibrated_and_plausible_for_hubert_targets():
-    assert DEFAULT_LAW.calibrated is False and DEFAULT_LAW.ci is None
+    # an uncalibrated prior: fitted to published runs' sizes, not to the user's pilots, with refits
+    assert DEFAULT_LAW.calibrated is False and DEFAULT_LAW.samples
     tiny = DEFAULT_LAW.predict(1e6, 10.0)
     hubert_base = DEFAULT_LAW.predict(95e6, 311e3, unique_hours=960.0)
     assert DEFAULT_LAW.E < hubert_base < tiny < math.log(500)
@@ -178,9 +180,11 @@ def test_allocation_spends_the_budget_and_sorts_by_loss():
         assert a.loss == pytest.approx(DEFAULT_LAW.predict(a.params, a.hours, 5e4))
 
 
+# The two mechanics below use the first default (R* = 15 makes looping expensive): the prior's R* of
+# 1,000 barely discounts 30 epochs, so it moves sizes less.
 def test_compute_optimal_model_grows_with_the_budget():
     sizes = [
-        best(optimal_allocation(DEFAULT_LAW, c, transformer_candidates())).params
+        best(optimal_allocation(GUESS_LAW, c, transformer_candidates())).params
         for c in (1e15, 1e17, 1e19, 1e21)
     ]
     assert sizes == sorted(sizes)
@@ -190,9 +194,9 @@ def test_compute_optimal_model_grows_with_the_budget():
 
 def test_scarce_data_favours_a_larger_model_that_loops_less():
     budget, candidates = 1e18, transformer_candidates()
-    plenty = best(optimal_allocation(DEFAULT_LAW, budget, candidates))
+    plenty = best(optimal_allocation(GUESS_LAW, budget, candidates))
     scarce_hours = plenty.hours / 30
-    scarce = optimal_allocation(DEFAULT_LAW, budget, candidates, unique_hours=scarce_hours)
+    scarce = optimal_allocation(GUESS_LAW, budget, candidates, unique_hours=scarce_hours)
     winner = best(scarce)
     same_as_plenty = next(a for a in scarce if a.name == plenty.name)
     assert winner.params > plenty.params

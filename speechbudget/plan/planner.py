@@ -25,7 +25,7 @@ from ..cost.devices import (
 from ..errors import OptionError, SpeechBudgetError
 from . import calibrate
 from .costs import DEFAULT_CLUSTERS, CandidateCost, CostCache, count_configs, jsonable_config, make_candidate
-from .scaling import DEFAULT_LAW, ScalingLaw, optimal_allocation
+from .scaling import DEFAULT_LAW, ScalingLaw, SizeInterval, best_size_interval, optimal_allocation
 
 UNITS = ("flops", "gpu-hours", "hours")
 GRIDS = ("none", "small", "full")
@@ -268,6 +268,7 @@ class Plan:
     skipped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    interval: Optional[SizeInterval] = None  # the best size across the law's bootstrap refits
 
     @property
     def recommended(self) -> PlanRow:
@@ -289,6 +290,15 @@ class Plan:
             "skipped": self.skipped,
             "explanation": self.notes,
             "warnings": self.warnings,
+            "best_size_interval": None
+            if self.interval is None
+            else {
+                "low_params": self.interval.low,
+                "high_params": self.interval.high,
+                "level": self.interval.level,
+                "samples": self.interval.samples,
+                "candidates": [r.name for r in self.candidates if r.plausible],
+            },
         }
 
 
@@ -349,11 +359,13 @@ def plan(
             f"({cheapest.name}); give at least {need:.3g} {budget.unit} ({min_hours:.3g} h of audio)"
         )
 
-    allocations = optimal_allocation(
-        law, budget.amount, [(c.name, c.params, units_per_hour[c.name]) for c in affordable], unique
-    )
+    specs = [(c.name, c.params, units_per_hour[c.name]) for c in affordable]
+    allocations = optimal_allocation(law, budget.amount, specs, unique)
+    interval = best_size_interval(law, budget.amount, specs, unique)
     by_name = {c.name: c for c in affordable}
-    rows = [_row(by_name[a.name], a, per_unit[a.name], utils[a.name], max_duration) for a in allocations]
+    rows = [
+        _row(by_name[a.name], a, per_unit[a.name], utils[a.name], max_duration, interval) for a in allocations
+    ]
     result = Plan(
         budget,
         peak,
@@ -364,6 +376,7 @@ def plan(
         num_clusters,
         rows,
         skipped=[c.name for c in candidates if c not in affordable],
+        interval=interval,
     )
     result.notes, result.warnings = explain(result, affordable)
     return result
@@ -413,6 +426,10 @@ class PlanRow:
     predicted_loss: float
     steps: int
     best: bool
+    #: inside the range of sizes the law's bootstrap refits pick as best (always the best itself)
+    plausible: bool = False
+    #: fraction of the law's bootstrap refits that pick this candidate; None without refits
+    p_best: Optional[float] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The row as `plan --json` and the pipeline's plan stage have always written it."""
@@ -421,7 +438,15 @@ class PlanRow:
         return {**row, ("preset" if self.kind == "preset" else "config"): spec}
 
 
-def _row(c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], max_duration: float) -> PlanRow:
+def _row(
+    c: CandidateCost,
+    a,
+    flops_per_unit: float,
+    util: Tuple[float, str],
+    max_duration: float,
+    interval: Optional[SizeInterval],
+) -> PlanRow:
+    inside = interval is not None and interval.low <= c.params <= interval.high
     return PlanRow(
         name=c.name,
         kind=c.kind,
@@ -440,6 +465,8 @@ def _row(c: CandidateCost, a, flops_per_unit: float, util: Tuple[float, str], ma
         predicted_loss=a.loss,
         steps=int(a.hours * 3600 / max_duration),
         best=a.best,
+        plausible=a.best or inside,
+        p_best=None if interval is None else interval.shares[c.name],
     )
 
 
@@ -497,9 +524,11 @@ def explain(p: Plan, affordable: Sequence[CandidateCost]) -> Tuple[List[str], Li
             )
     else:
         notes.append(
-            "Uncalibrated: the default scaling law is a guess with the right shape; run `speechbudget sweep` "
-            "and `speechbudget plan fit` to fit it on your data."
+            "Uncalibrated: the default law is a prior fitted to published SSL runs' model sizes "
+            "(speechbudget/plan/published_runs.csv), not to your data; run `speechbudget sweep` and "
+            "`speechbudget plan fit` to fit it on your data."
         )
+    notes.insert(1, interval_line(p))
     if p.peak_flops is not None:
         notes.append(
             f"{p.budget.amount:g} {p.budget.unit} on {p.budget.device} ({p.budget.dtype} peak "
@@ -531,6 +560,21 @@ def tome_notes(p: Plan) -> List[str]:
         + ". Merged variants are predicted with the unmerged law (same parameters, more audio per FLOP); "
         "merging's accuracy cost is not in it (BENCHMARKS.md section 8)."
     ]
+
+
+def interval_line(p: Plan) -> str:
+    """One line on how sure the recommendation is: the range of best sizes across the refits."""
+    which = "fitted law" if p.law.calibrated else "uncalibrated prior"
+    if p.interval is None:
+        return f"{which}: no bootstrap refits in this law, so no range for the best size; refit it with `plan fit`."
+    iv, n = p.interval, sum(r.plausible for r in p.candidates)
+    low, high = f"{iv.low / 1e6:.3g}M", f"{iv.high / 1e6:.3g}M"
+    span = low if iv.low == iv.high else f"{low}-{high}"
+    advice = "run pilots to narrow it" if not p.law.calibrated else "more pilots narrow it"
+    return (
+        f"{which}: the best size is {span} at {100 * iv.level:.0f}% ({n} candidate{'s' * (n != 1)} "
+        f"marked ~, over {iv.samples} bootstrap refits); {advice}."
+    )
 
 
 # ------------------------------------------------------------------------------------- outputs
