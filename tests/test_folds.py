@@ -21,7 +21,16 @@ def _speakers(path: Path) -> set:
 def test_folds_never_share_a_speaker_between_train_dev_and_test(tmp_path, capsys):
     fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=3)
     code, _, err = cli_result(
-        capsys, "prepare", "fsdd", fsdd, "--test-speakers", "theo", "--no-features", "--out", tmp_path, "--json"
+        capsys,
+        "prepare",
+        "fsdd",
+        fsdd,
+        "--test-speakers",
+        "theo",
+        "--no-features",
+        "--out",
+        tmp_path,
+        "--json",
     )
     assert code == 0, err
     corpus = tmp_path / "fsdd"
