@@ -110,6 +110,10 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
     data = deep_merge(load_yaml(path), parse_overrides(overrides))
     from_dict(RunRecipe, data)  # validates every section, names unknown keys
     check_kind(data.get("folds"))
+    if data.get("folds") and (data.get("finetune") or {}).get("task") == "classify":
+        raise SpeechBudgetError(
+            "folds: speakers scores WER of CTC recipes; drop it for finetune.task: classify"
+        )
     if not data.get("exp_dir"):
         raise SpeechBudgetError(f"recipe {path} needs exp_dir")
     top = {k: data[k] for k in ("seed", "device") if k in data}
@@ -344,8 +348,6 @@ class Pipeline:
         """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary after each fold."""
         from .folds import speaker_folds, summarize, summary_lines, write_fold, write_summary
 
-        if self.classifies:
-            raise SpeechBudgetError("folds: speakers is for CTC recipes (WER); drop it for task: classify")
         test = sorted({cut_speaker(c) for c in self._labeled_splits("test")})
         # every labelled speaker but the test speakers (also when a corpus has them in train or dev)
         cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()

@@ -85,3 +85,10 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     assert "mean dev WER" in out and "leave-one-speaker-out folds" in out
     code, out, err = cli_result(capsys, *args, "--folds", "words", "--stop-stage", "prepare")
     assert code == 2 and "folds must be speakers" in err
+
+
+def test_folds_refuse_a_classification_recipe_before_any_stage(tmp_path, capsys):
+    keywords = RECIPES / "fsdd-keywords.yaml"
+    code, _, err = cli_result(capsys, "run", keywords, f"exp_dir={tmp_path / 'kw'}", "--folds", "speakers")
+    assert code == 2 and "drop it for finetune.task: classify" in err
+    assert not (tmp_path / "kw").exists()
