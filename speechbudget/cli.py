@@ -387,13 +387,15 @@ def report(
     as_json: bool = JSON_OPT,
 ) -> None:
     """One table over runs: encoder, parameters, compute used vs planned, labeled hours, WER with 95% CI; plots."""
-    from .report import build_report, render_table
+    from .report import build_report, fold_table, render_table
 
     rep = build_report(exp_dirs, out_dir)
     if as_json:
         emit_json(rep)
         return
     print_table(render_table(rep))
+    for summary in (rep.get("folds") or {}).values():
+        print_table(fold_table(summary))
     out.print("files: " + ", ".join(str(f) for f in (rep.get("files") or {}).values()))
 
 
@@ -446,13 +448,16 @@ def run(
     overrides: Optional[List[str]] = OVERRIDES,
     stage: Optional[str] = typer.Option(None, "--stage", help="Start at this stage (and redo it)."),
     stop_stage: Optional[str] = typer.Option(None, "--stop-stage", help="Stop after this stage."),
+    folds: Optional[str] = typer.Option(
+        None, "--folds", help="speakers: leave-one-speaker-out folds before the final run (recipe key folds)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """All stages of a recipe in order, resumable, ending in a WER table."""
     from .pipeline import Pipeline, load_run_recipe
 
     quiet_if_json(as_json)
-    data = load_run_recipe(recipe, overrides or [])
+    data = load_run_recipe(recipe, [*(overrides or []), *([f"folds={folds}"] if folds else [])])
     from rich.markup import escape
 
     log = (
@@ -464,6 +469,10 @@ def run(
     if as_json:
         emit_json(results)
         return
+    if results.get("folds"):
+        from .report import fold_table
+
+        print_table(fold_table(results["folds"]))
     if "decode" in results:
         _render_wer_summary(results)
 

@@ -88,15 +88,22 @@ class CtcConfig:
     #: the encoder learns at optim.lr x this, the CTC head at optim.lr: a pretrained encoder needs a
     #: gentler rate than a fresh head (k2SSL fine-tunes at ~1/20 of its pretraining rate)
     encoder_lr_scale: float = 1.0
+    #: lhotse's SpecAugment in training (never at evaluation): frequency and time masks, time warp
     spec_augment: bool = True
     gain_db: float = 0.0  # random gain per utterance, +-dB (fbank only, with spec_augment): level robustness
-    time_masks: int = 2
-    time_mask_width: int = 40  # input frames
-    freq_masks: int = 2
-    freq_mask_width: int = 15
+    time_masks: int = 2  # lhotse num_frame_masks
+    time_mask_width: int = 40  # input frames (lhotse frames_mask_size)
+    time_mask_max_fraction: float = 0.15  # at most this share of an utterance masked in time, in all
+    freq_masks: int = 2  # lhotse num_feature_masks
+    freq_mask_width: int = 15  # fbank bins (lhotse features_mask_size)
+    time_warp: int = 0  # lhotse time_warp_factor in input frames; 0 = off
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
+    #: speed perturbation: the training set once per factor (e.g. [0.9, 1.0, 1.1]); [] = off
+    speed_perturb: List[float] = field(default_factory=list)
+    reverb_prob: float = 0.0  # share of training utterances reverberated (lhotse reverb_rir); 0 = off
+    rir_dir: Optional[str] = None  # measured RIR .wav files; default: simulated RIRs (data/augment.py)
     init_checkpoint: Optional[str] = None  # a pretrained encoder; None = from scratch
 
 
@@ -410,6 +417,25 @@ def classify_rules(c: ClassifyConfig) -> List[tuple]:
     ]
 
 
+def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
+    """Range rules of the CTC augmentation keys."""
+    return [
+        ("ctc.time_masks", c.time_masks >= 0, "must be >= 0"),
+        ("ctc.freq_masks", c.freq_masks >= 0, "must be >= 0"),
+        ("ctc.time_mask_width", c.time_mask_width >= 1, "must be at least 1"),
+        ("ctc.freq_mask_width", c.freq_mask_width >= 1, "must be at least 1"),
+        ("ctc.time_mask_max_fraction", 0 < c.time_mask_max_fraction < 1, "must be in (0, 1)"),
+        ("ctc.time_warp", c.time_warp >= 0, "must be >= 0 (0 = off)"),
+        (
+            "ctc.speed_perturb",
+            all(0.5 <= f <= 2.0 for f in c.speed_perturb)
+            and len(set(c.speed_perturb)) == len(c.speed_perturb),
+            "must be distinct factors between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]",
+        ),
+        ("ctc.reverb_prob", 0 <= c.reverb_prob <= 1, "must be between 0 and 1"),
+    ]
+
+
 def check_ranges(cfg: TrainConfig, section: str) -> None:
     """Values that parse but make no sense stop here, with the key named."""
     rules = [
@@ -426,6 +452,7 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("hubert.mask_length", cfg.hubert.mask_length >= 1, "must be at least 1"),
         ("ctc.encoder_lr_scale", 0 < cfg.ctc.encoder_lr_scale <= 1, "must be in (0, 1]"),
         ("ctc.gain_db", 0 <= cfg.ctc.gain_db <= 40, "must be between 0 and 40"),
+        *ctc_augment_rules(cfg.ctc),
         (
             "schedule.epoch_unit",
             cfg.schedule.epoch_unit in ("epochs", "hours"),

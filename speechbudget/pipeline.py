@@ -2,8 +2,8 @@
 
 Stages write into the run's experiment folder and read only what earlier stages wrote there:
 
-    prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> [teacher -> distill] -> finetune
-    -> [scratch] -> decode -> report
+    prepare -> plan -> kmeans -> pretrain -> [kmeans2 -> pretrain2] -> [teacher -> distill] -> [folds]
+    -> finetune -> [scratch] -> decode -> report
 
 ``prepare`` is the pretraining corpus; an optional ``labeled`` corpus (prepared in the same stage)
 is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere. A
@@ -13,6 +13,11 @@ is what fine-tuning and decoding read, when the transcribed audio comes from els
 A stage is done when ``EXP/.stages/<stage>.json`` exists; that marker is written (atomically)
 only after the stage succeeded, so a run killed anywhere resumes at the stage it was in, and
 the training stages resume from their own newest checkpoint.
+
+``folds: speakers`` (or ``run --folds speakers``) adds the ``folds`` stage: pretraining, which reads no
+labels, is shared; fine-tuning, the scratch baseline and decoding then run once per leave-one-speaker-out
+fold in ``EXP/folds/<speaker>/`` (each with its own stage markers, so a finished fold is not re-run),
+before the final all-speaker run that alone decodes the test speakers (:mod:`speechbudget.folds`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from lhotse import CutSet
 
 from . import atomic
 from .config import (
@@ -33,8 +40,10 @@ from .config import (
     load_yaml,
     parse_overrides,
 )
+from .data.manifests import cut_speaker, cuts_path
 from .data.prepare import CorpusSpec
 from .errors import OptionError, SpeechBudgetError
+from .folds import FOLDS_DIR, Fold, check_kind
 from .locks import lock_experiment
 
 STAGES = (
@@ -46,11 +55,14 @@ STAGES = (
     "pretrain2",
     "teacher",
     "distill",
+    "folds",
     "finetune",
     "scratch",
     "decode",
     "report",
 )
+#: the stages that run once per fold (in the fold's folder) as well as in the final run
+FOLD_STAGES = ("finetune", "scratch", "decode")
 
 
 @dataclass
@@ -96,6 +108,8 @@ class RunRecipe:
     teacher: Optional[TrainSection] = None
     scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
     decode: DecodeSection = field(default_factory=DecodeSection)
+    #: "speakers": leave-one-speaker-out folds over the labelled non-test speakers before the final run
+    folds: Optional[str] = None
 
 
 def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
@@ -103,6 +117,11 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
     wait hours for the pretraining stage to end before it is reported."""
     data = deep_merge(load_yaml(path), parse_overrides(overrides))
     from_dict(RunRecipe, data)  # validates every section, names unknown keys
+    check_kind(data.get("folds"))
+    if data.get("folds") and (data.get("finetune") or {}).get("task") == "classify":
+        raise SpeechBudgetError(
+            "folds: speakers scores WER of CTC recipes; drop it for finetune.task: classify"
+        )
     if not data.get("exp_dir"):
         raise SpeechBudgetError(f"recipe {path} needs exp_dir")
     if data.get("teacher") is not None and (data.get("finetune") or {}).get("task") != "classify":
@@ -123,11 +142,21 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
 
 
 class Pipeline:
-    def __init__(self, recipe: Dict[str, Any], log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        recipe: Dict[str, Any],
+        log: Callable[[str], None] = print,
+        fold: Optional[Fold] = None,
+    ):
+        """``fold``: this pipeline runs that fold's fine-tuning and decoding (in EXP/folds/<speaker>/)
+        on the shared pretraining of EXP."""
         self.raw = recipe
         self.r: RunRecipe = from_dict(RunRecipe, recipe)
         self.exp = Path(self.r.exp_dir)
         self.log = log
+        self.fold = fold
+        #: where fine-tuning, scratch and decoding write (and keep their stage markers)
+        self.runs_dir = self.exp / FOLDS_DIR / fold.name if fold else self.exp
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -142,7 +171,7 @@ class Pipeline:
         return self.exp / "data" / p.name if p else self.corpus_dir
 
     def marker(self, stage: str) -> Path:
-        return self.exp / ".stages" / f"{stage}.json"
+        return (self.runs_dir if stage in FOLD_STAGES else self.exp) / ".stages" / f"{stage}.json"
 
     def done(self, stage: str) -> Optional[Dict[str, Any]]:
         m = self.marker(stage)
@@ -153,6 +182,7 @@ class Pipeline:
         return {
             "plan": r.plan is not None,
             "kmeans2": r.kmeans2 is not None,
+            "folds": r.folds is not None,
             "pretrain2": r.kmeans2 is not None,
             "scratch": r.scratch_baseline,
             "teacher": r.teacher is not None,
@@ -277,8 +307,11 @@ class Pipeline:
         sec = {
             "train_cuts": str(labeled / "cuts_train.jsonl.gz"),
             **(self.raw.get("finetune") or {}),
-            "exp_dir": str(self.exp / exp_name),
+            "exp_dir": str(self.runs_dir / exp_name),
         }
+        if self.fold:  # the fold's own split, whatever the recipe names
+            sec["train_cuts"] = str(cuts_path(self.runs_dir, "train"))
+            sec["dev_cuts"] = str(cuts_path(self.runs_dir, "dev"))
         if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
             sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
@@ -344,6 +377,8 @@ class Pipeline:
             if not self.enabled(run):
                 continue
             manifests = [Path(c) for c in d.cuts] or [self.labeled_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
+            if self.fold:  # a fold is scored on its dev speaker only, never on the test speakers
+                manifests = [cuts_path(self.runs_dir, "dev")]
             for cuts in manifests:
                 if not cuts.is_file():
                     raise SpeechBudgetError(
@@ -352,12 +387,38 @@ class Pipeline:
                 if self.classifies:  # accuracy, macro-F1/mAP, confusion matrix instead of WER
                     from .evaluate import evaluate
 
-                    res = evaluate(self.exp / run, cuts)
+                    res = evaluate(self.runs_dir / run, cuts)
                     results[f"{run}/{res['set']}"] = {k: v for k, v in res.items() if k != "per_class"}
                     continue
-                res = decode(self.exp / run, cuts, method=d.method, beam_size=d.beam_size)
+                res = decode(self.runs_dir / run, cuts, method=d.method, beam_size=d.beam_size)
                 results[f"{run}/{res['set']}"] = res
         return results
+
+    def stage_folds(self) -> Dict[str, Any]:
+        """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary after each fold."""
+        from .folds import speaker_folds, summarize, summary_lines, write_fold, write_summary
+
+        test = sorted({cut_speaker(c) for c in self._labeled_splits("test")})
+        # every labelled speaker but the test speakers (also when a corpus has them in train or dev)
+        cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
+        rows: List[Dict[str, Any]] = []
+        for fold in speaker_folds(cuts):
+            sub = Pipeline(self.raw, self.log, fold=fold)
+            write_fold(cuts, fold, sub.runs_dir)
+            self.log(f"[folds] fold {fold.name}: dev {fold.name}, train {', '.join(fold.train_speakers)}")
+            decoded = sub._run_stages(FOLD_STAGES, redo=None)["decode"]
+            wer = {key.split("/")[0]: res.get("wer") for key, res in decoded.items()}
+            rows.append({"dev_speaker": fold.name, "train_speakers": list(fold.train_speakers), "wer": wer})
+            write_summary(self.exp, summarize(rows, test))
+        summary = summarize(rows, test)
+        for line in summary_lines(summary):
+            self.log(f"[folds] {line}")
+        return summary
+
+    def _labeled_splits(self, *splits: str) -> CutSet:
+        """The labelled corpus's cuts of those of ``splits`` that were prepared."""
+        paths = [cuts_path(self.labeled_dir, s) for s in splits]
+        return CutSet.from_cuts(c for p in paths if p.is_file() for c in _cuts(p)).to_eager()
 
     def stage_report(self) -> Dict[str, Any]:
         from .report import build_report
@@ -371,21 +432,23 @@ class Pipeline:
             if s is not None and s not in STAGES:
                 raise SpeechBudgetError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
-            return self._run(start, stop)
+            i0 = STAGES.index(start) if start else 0
+            i1 = STAGES.index(stop) if stop else len(STAGES) - 1
+            return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
 
-    def _run(self, start: Optional[str], stop: Optional[str]) -> Dict[str, Any]:
-        i0 = STAGES.index(start) if start else 0
-        i1 = STAGES.index(stop) if stop else len(STAGES) - 1
+    def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
+        """``stages`` in order, each skipped once done except ``redo``."""
         results: Dict[str, Any] = {}
-        for stage in STAGES[i0 : i1 + 1]:
+        where = f"fold {self.fold.name}: " if self.fold else ""
+        for stage in stages:
             if not self.enabled(stage):
                 continue
             prior = self.done(stage)
-            if prior is not None and stage != start:
-                self.log(f"[{stage}] done already (delete {self.marker(stage)} to redo)")
+            if prior is not None and stage != redo:
+                self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
-            self.log(f"[{stage}] running")
+            self.log(f"[{where}{stage}] running")
             fn = {
                 "kmeans2": lambda: self.stage_kmeans("kmeans2"),
                 "pretrain2": lambda: self.stage_pretrain("pretrain2"),

@@ -21,6 +21,7 @@ from . import atomic
 from .atomic import atomic_output
 from .config import split_csv
 from .errors import SpeechBudgetError
+from .folds import FOLDS_DIR, find_summaries
 from .train.metrics_log import read_metrics
 
 FILES = {
@@ -95,7 +96,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.exp.name
+        """``finetune``, or ``<speaker>/finetune`` for a leave-one-speaker-out fold's run."""
+        fold = self.exp.parent
+        return f"{fold.name}/{self.exp.name}" if fold.parent.name == FOLDS_DIR else self.exp.name
 
     def init_checkpoint(self) -> Optional[str]:
         # runs from before 0.2 kept it inside the recipe they recorded
@@ -419,7 +422,37 @@ def markdown(report: Dict[str, Any]) -> str:
     ]
     if report.get("grounding"):
         lines += [f"![speech-image retrieval and ABX]({FILES['grounding']})", ""]
+    for path, summary in (report.get("folds") or {}).items():
+        header, cells = fold_cells(summary)
+        lines += [f"## Leave-one-speaker-out folds ({path})", "", "| " + " | ".join(header) + " |"]
+        lines += ["|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in cells] + [""]
     return "\n".join(lines)
+
+
+def fold_cells(summary: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """Leave-one-speaker-out folds: one row per fold (dev WER per model), then mean, std, min-max."""
+    models = list(summary["mean"])
+    header = ["fold (dev speaker)", "train speakers", *[f"{m} dev WER %" for m in models]]
+    wer = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    cells = [
+        [r["dev_speaker"], ", ".join(r["train_speakers"]), *[wer(r["wer"].get(m)) for m in models]]
+        for r in summary["folds"]
+    ]
+    stats = [summary["mean"][m] for m in models]
+    cells.append(["mean", f"{stats[0]['n'] if stats else 0} folds", *[wer(s["mean"]) for s in stats]])
+    cells.append(["std (n-1)", "", *[wer(s["std"]) for s in stats]])
+    cells.append(["min-max", "", *[f"{wer(s['min'])}-{wer(s['max'])}" for s in stats]])
+    return header, cells
+
+
+def fold_table(summary: Dict[str, Any]) -> Table:
+    header, cells = fold_cells(summary)
+    t = Table(title="leave-one-speaker-out folds (test speakers only in the final run)")
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i < 2 else "right")
+    for row in cells:
+        t.add_row(*row)
+    return t
 
 
 def render_table(report: Dict[str, Any]) -> Table:
@@ -659,6 +692,7 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     }
     plot_curves([r for r in runs.values() if r.stage in _TRAIN_STAGES], out_dir / FILES["curves"])
     plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
+    report["folds"] = {str(p): _read_json(p) for p in find_summaries(exp_dirs)}
     report["grounding"] = grounding_results(exp_dirs)
     if report["grounding"]:
         plot_grounding(report["grounding"], out_dir / FILES["grounding"])

@@ -32,6 +32,12 @@ def write_json(obj: Any, path: Path) -> None:
     atomic.write_json(path, obj)
 
 
+def cut_speaker(cut: Any) -> str:
+    """The speaker of a cut (its first supervision's), '' when it has none: the one definition that
+    speaker subsets and speaker folds share."""
+    return (cut.supervisions[0].speaker or "") if cut.supervisions else ""
+
+
 def cuts_path(corpus_dir: Union[str, Path], split: str) -> Path:
     return Path(corpus_dir) / f"cuts_{split}.jsonl.gz"
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder, make_pad_mask
-from .ctc import random_gain, spec_augment
+from .ctc import random_gain
 from .param_groups import encoder_head_groups
 
 POOLINGS = ("auto", "cls", "mean", "attention")
@@ -49,6 +49,25 @@ def roll_valid(x: torch.Tensor, lengths: torch.Tensor, shifts: torch.Tensor) -> 
     n = lengths.clamp(min=1).unsqueeze(1)
     src = torch.where(idx < n, (idx - shifts.unsqueeze(1)) % n, idx)
     return torch.gather(x, 1, src.unsqueeze(-1).expand_as(x))
+
+
+def spec_augment(
+    x: torch.Tensor, lengths: torch.Tensor, time_masks: int, time_width: int, freq_masks: int, freq_width: int
+) -> torch.Tensor:
+    """Zero random time spans and frequency bands (Park et al. 2019), per utterance."""
+    x = x.clone()
+    b, t, f = x.shape
+    for i in range(b):
+        n = int(lengths[i])
+        for _ in range(freq_masks):
+            w = int(torch.randint(0, freq_width + 1, ()))
+            s = int(torch.randint(0, max(1, f - w), ()))
+            x[i, :, s : s + w] = 0.0
+        for _ in range(time_masks):
+            w = min(int(torch.randint(0, time_width + 1, ())), n // 5)
+            s = int(torch.randint(0, max(1, n - w), ()))
+            x[i, s : s + w, :] = 0.0
+    return x
 
 
 class AttentionPool(nn.Module):

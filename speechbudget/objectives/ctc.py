@@ -1,4 +1,4 @@
-"""CTC fine-tuning head (torch.nn.functional.ctc_loss) with SpecAugment.
+"""CTC fine-tuning head (torch.nn.functional.ctc_loss) with lhotse's SpecAugment in training.
 
 Utterances whose token sequence cannot fit the encoder output (CTC needs one frame per token
 plus one blank between repeated tokens) are dropped from the loss and counted, so they never
@@ -7,11 +7,15 @@ turn into an infinite or NaN loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 from typing import Dict, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lhotse.dataset import SpecAugment
 from torch import nn
 
 from ..models.base import Encoder, make_pad_mask
@@ -24,25 +28,6 @@ def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
     return int(length + (t[1:] == t[:-1]).sum()) if length > 1 else int(length)
 
 
-def spec_augment(
-    x: torch.Tensor, lengths: torch.Tensor, time_masks: int, time_width: int, freq_masks: int, freq_width: int
-) -> torch.Tensor:
-    """Zero random time spans and frequency bands (Park et al. 2019), per utterance."""
-    x = x.clone()
-    b, t, f = x.shape
-    for i in range(b):
-        n = int(lengths[i])
-        for _ in range(freq_masks):
-            w = int(torch.randint(0, freq_width + 1, ()))
-            s = int(torch.randint(0, max(1, f - w), ()))
-            x[i, :, s : s + w] = 0.0
-        for _ in range(time_masks):
-            w = min(int(torch.randint(0, time_width + 1, ())), n // 5)
-            s = int(torch.randint(0, max(1, n - w), ()))
-            x[i, s : s + w, :] = 0.0
-    return x
-
-
 def random_gain(x: torch.Tensor, lengths: torch.Tensor, max_db: float) -> torch.Tensor:
     """Each utterance louder or quieter by up to ``max_db`` (uniform in dB).
 
@@ -53,6 +38,38 @@ def random_gain(x: torch.Tensor, lengths: torch.Tensor, max_db: float) -> torch.
     db = (torch.rand(x.size(0), 1, 1, device=x.device) * 2 - 1) * max_db
     valid = ~make_pad_mask(lengths.to(x.device), x.size(1)).unsqueeze(-1)
     return x + valid * db * (math.log(10.0) / 10.0)
+
+
+def lhotse_spec_augment(
+    time_masks: int, time_width: int, max_fraction: float, freq_masks: int, freq_width: int, time_warp: int
+) -> SpecAugment:
+    """lhotse's SpecAugment, applied to every training utterance (p=1). lhotse divides by the number
+    of time masks, so no time masks is one mask of width 0 (lhotse draws widths in [0, width))."""
+    return SpecAugment(
+        time_warp_factor=time_warp or None,
+        num_feature_masks=freq_masks,
+        features_mask_size=freq_width,
+        num_frame_masks=time_masks or 1,
+        frames_mask_size=time_width if time_masks else 1,
+        max_frames_mask_fraction=max_fraction,
+        p=1.0,
+    )
+
+
+@contextlib.contextmanager
+def torch_seeded_python_numpy():
+    """lhotse's SpecAugment draws from ``random`` and ``numpy`` as well as torch: seed both from torch's
+    RNG (which the trainer seeds per batch and checkpoints) so a run is reproducible, and leave their
+    global states as they were."""
+    py, np_state = random.getstate(), np.random.get_state()
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
 
 
 class CtcModel(nn.Module):
@@ -68,6 +85,8 @@ class CtcModel(nn.Module):
         freq_mask_width: int = 15,
         encoder_lr_scale: float = 1.0,
         gain_db: float = 0.0,
+        time_warp: int = 0,
+        time_mask_max_fraction: float = 0.15,
     ):
         super().__init__()
         self.gain_db = gain_db
@@ -76,12 +95,11 @@ class CtcModel(nn.Module):
         self.output = nn.Linear(encoder.output_dim, vocab_size)
         self.blank_id = blank_id
         self.augment = spec_augment and encoder.input_dim > 1  # SpecAugment is for spectrograms
-        self.aug = dict(
-            time_masks=time_masks,
-            time_width=time_mask_width,
-            freq_masks=freq_masks,
-            freq_width=freq_mask_width,
+        self.spec_augment = lhotse_spec_augment(
+            time_masks, time_mask_width, time_mask_max_fraction, freq_masks, freq_mask_width, time_warp
         )
+        #: lhotse asks for at least one maskable frame: shorter utterances are left as they are
+        self.min_frames = math.ceil(1.0 / time_mask_max_fraction)
         self.freeze_encoder = False
 
     def optimizer_groups(self, lr: float):
@@ -95,12 +113,23 @@ class CtcModel(nn.Module):
         out = self.encoder(features, lengths)
         return F.log_softmax(self.output(out.hidden).float(), dim=-1), out.lengths
 
+    def augment_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """In training only: random gain, then SpecAugment on each utterance's own frames (so time
+        warp and the mask fraction never see the padding). ``model.eval()`` returns ``x`` as is."""
+        if not (self.training and self.augment):
+            return x
+        if self.gain_db > 0:
+            x = random_gain(x, lengths, self.gain_db)
+        x = x.clone()
+        with torch_seeded_python_numpy():
+            for i, n in enumerate(lengths.tolist()):
+                if n >= self.min_frames:
+                    x[i, :n] = self.spec_augment(x[i : i + 1, :n])[0]
+        return x
+
     def forward(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         x, lengths = batch["features"], batch["lengths"]
-        if self.training and self.augment:
-            if self.gain_db > 0:
-                x = random_gain(x, lengths, self.gain_db)
-            x = spec_augment(x, lengths, **self.aug)
+        x = self.augment_features(x, lengths)
         if self.freeze_encoder:
             with torch.no_grad():
                 out = self.encoder(x, lengths)

@@ -14,7 +14,7 @@ from lhotse import CutSet
 from .. import atomic
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
-from ..data.augment import NoiseMixer
+from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.dataset import SpeechDataset
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
@@ -147,8 +147,20 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
         freq_mask_width=a.freq_mask_width,
         encoder_lr_scale=a.encoder_lr_scale,
         gain_db=a.gain_db,
+        time_warp=a.time_warp,
+        time_mask_max_fraction=a.time_mask_max_fraction,
     )
     return model, init
+
+
+def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
+    """Reverberation, then noise (lhotse, on the audio of each training batch); None when both are off."""
+    a = cfg.ctc
+    reverb = (
+        Reverb(a.reverb_prob, Path(a.rir_dir) if a.rir_dir else None, cfg.seed) if a.reverb_prob else None
+    )
+    noise = NoiseMixer(Path(a.noise_dir), a.noise_snr_db, a.noise_prob) if a.noise_dir else None
+    return Chain(reverb, noise) if reverb or noise else None
 
 
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -164,6 +176,9 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
+        recorded_hours = total_seconds(cuts) / 3600
+        if cfg.ctc.speed_perturb:  # before filtering: a faster copy may no longer fit its tokens
+            cuts = speed_perturbed(cuts, cfg.ctc.speed_perturb)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
         if len(cuts) == 0:
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
@@ -174,15 +189,15 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                 Path(cfg.exp_dir) / "filtered_train.json", {"counts": dropped_counts, "dropped": dropped}
             )
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
-        mixer = (
-            NoiseMixer(Path(cfg.ctc.noise_dir), cfg.ctc.noise_snr_db, cfg.ctc.noise_prob)
-            if cfg.ctc.noise_dir
-            else None
-        )
         dataset = SpeechDataset(
-            input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer), cut_transform=mixer
+            input_kind(model.encoder),
+            with_text=True,
+            transform=Tokenize(tokenizer),
+            cut_transform=audio_augmentation(cfg),
+            on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
         )
         sampler, loader = make_data(cfg, cuts, dataset, dist)
+        # with speed perturbation: the hours of all copies, each at its own duration (an epoch is all of them)
         hours = total_seconds(cuts) / 3600
         trainer = finetune_trainer(
             cfg,
@@ -197,7 +212,12 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             valid_loader=dev_loader(
                 cfg, SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
             ),
-            card_extra={"init": init, "filtered": dropped_counts},
+            card_extra={
+                "init": init,
+                "filtered": dropped_counts,
+                "speed_perturb": cfg.ctc.speed_perturb,
+                "recorded_labeled_hours": recorded_hours,
+            },
         )
         out = trainer.fit()
         out["filtered"] = dropped_counts

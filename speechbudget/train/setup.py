@@ -13,7 +13,7 @@ from lhotse import CutSet
 from .. import atomic
 from ..config import TrainConfig, split_csv
 from ..data.dataset import SpeechDataset, make_loader, make_sampler
-from ..data.manifests import load_cuts, save_manifest
+from ..data.manifests import cut_speaker, load_cuts, save_manifest
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder
@@ -45,15 +45,14 @@ def subset_hours(cuts: CutSet, hours: float, seed: int) -> CutSet:
 
 def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
     """The cuts of ``n`` speakers drawn with ``seed`` (cuts without a speaker count as one, '')."""
-    speaker = lambda c: (c.supervisions[0].speaker or "") if c.supervisions else ""  # noqa: E731
     cuts = cuts.to_eager()
-    names = sorted({speaker(c) for c in cuts})
+    names = sorted({cut_speaker(c) for c in cuts})
     if n > len(names):
         raise SpeechBudgetError(
             f"train_speakers is {n} but the training cuts have only {len(names)} speakers"
         )
     chosen = set(random.Random(seed).sample(names, n))
-    return cuts.filter(lambda c: speaker(c) in chosen).to_eager()
+    return cuts.filter(lambda c: cut_speaker(c) in chosen).to_eager()
 
 
 def training_cuts(cfg: TrainConfig, is_main: bool) -> CutSet:

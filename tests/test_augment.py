@@ -1,0 +1,111 @@
+"""Fine-tuning augmentation from lhotse on real FSDD speech: speed perturbation (and what the budget
+counts of it), SpecAugment only in training, reverberation that keeps the length."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from conftest import cli_result, copy_fsdd
+from lhotse.utils import compute_num_frames
+
+from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
+from speechbudget.data.dataset import SpeechDataset
+from speechbudget.data.manifests import load_cuts
+from speechbudget.models.presets import build_encoder
+from speechbudget.objectives.ctc import CtcModel
+
+
+@pytest.fixture(scope="module")
+def fsdd_corpus(tmp_path_factory) -> Path:
+    """Real FSDD clips of two speakers, prepared with stored fbank (george: train, jackson: test)."""
+    root = tmp_path_factory.mktemp("aug")
+    src = copy_fsdd(root / "fsdd", per_speaker=6, speakers=("george", "jackson"))
+    from speechbudget.cli import main
+
+    try:
+        main(
+            ["prepare", "fsdd", str(src), "--test-speakers", "jackson", "--out", str(root / "data"), "--json"]
+        )
+    except SystemExit as e:
+        assert not e.code
+    return root / "data" / "fsdd"
+
+
+def test_speed_perturbation_changes_durations_and_the_budget_counts_them(fsdd_corpus, tmp_path, capsys):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    perturbed = speed_perturbed(cuts, [0.9, 1.0, 1.1])
+    assert len(perturbed) == 3 * len(cuts)
+    by_id = {c.id: c.duration for c in perturbed}
+    for c in cuts:
+        assert by_id[c.id] == c.duration
+        assert abs(by_id[f"{c.id}_sp0.9"] - c.duration / 0.9) < 1e-3
+        assert abs(by_id[f"{c.id}_sp1.1"] - c.duration / 1.1) < 1e-3
+    # what the trainer counts: padded feature frames (FLOPs) and the batch's seconds (audio hours)
+    fast = perturbed.filter(lambda c: c.id.endswith("_sp1.1")).to_eager()
+    batch = SpeechDataset("fbank", on_the_fly=True)[fast]
+    frames = sorted((compute_num_frames(c.duration, 0.01, 16000) for c in fast), reverse=True)
+    assert batch["lengths"].tolist() == frames  # 10 ms fbank frames of the perturbed audio
+    assert abs(batch["seconds"] - sum(c.duration for c in cuts) / 1.1) < 1e-2
+    original = SpeechDataset("fbank")[cuts]
+    assert int(batch["lengths"].sum()) < 0.95 * int(original["lengths"].sum())
+    # a fine-tuning run sees all three copies: its labeled hours (and epoch) are theirs
+    recipe = tmp_path / "r.yaml"
+    section = {
+        "encoder": "zipformer-nano",
+        "train_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
+        "max_duration": 4.0,
+        "num_buckets": 2,
+        "budget": {"steps": 2},
+        "ctc": {"tokenizer": "char", "vocab_size": 30, "speed_perturb": [0.9, 1.0, 1.1]},
+    }
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "device": "cpu", "finetune": section}))
+    code, out, err = cli_result(capsys, "finetune", recipe, "--json")
+    assert code == 0, err[-2000:]
+    card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
+    assert abs(card["labeled_hours"] * 3600 - sum(c.duration for c in perturbed)) < 1e-6
+    assert abs(card["recorded_labeled_hours"] * 3600 - sum(c.duration for c in cuts)) < 1e-6
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.speed_perturb=[1.0,3.0]")
+    assert code == 2 and "ctc.speed_perturb" in err
+
+
+def test_spec_augment_is_on_in_training_and_off_at_evaluation(fsdd_corpus):
+    batch = SpeechDataset("fbank")[load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()]
+    x, lengths = batch["features"], batch["lengths"]
+    model = CtcModel(build_encoder("zipformer-nano"), vocab_size=12, time_warp=5, gain_db=6)
+    model.eval()
+    assert torch.equal(model.augment_features(x, lengths), x)
+    model.train()
+    torch.manual_seed(0)
+    y = model.augment_features(x, lengths)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    pad = ~(torch.arange(x.size(1))[None, :] < lengths[:, None])
+    assert torch.equal(y[pad], x[pad])  # padding is never warped or masked
+    torch.manual_seed(0)
+    assert torch.equal(model.augment_features(x, lengths), y)  # torch's seed decides (resumable)
+    off = CtcModel(build_encoder("zipformer-nano"), vocab_size=12, spec_augment=False).train()
+    assert torch.equal(off.augment_features(x, lengths), x)
+
+
+def test_reverb_changes_the_audio_and_keeps_its_length(fsdd_corpus, tmp_path):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager().subset(first=3)
+    torch.manual_seed(0)
+    wet = Reverb(prob=1.0)(cuts)
+    for dry, rev in zip(cuts, wet):
+        a, b = dry.load_audio()[0], rev.load_audio()[0]
+        assert rev.id == dry.id and a.shape == b.shape and rev.duration == dry.duration
+        assert np.abs(a - b).max() > 0.01
+        assert abs(np.sum(b**2) / np.sum(a**2) - 1) < 0.05  # lhotse keeps the energy
+    assert all(c.load_audio().shape == d.load_audio().shape for c, d in zip(Reverb(prob=1e-9)(cuts), cuts))
+    # measured RIRs from a folder work the same way
+    rir_dir = tmp_path / "rirs"
+    rir_dir.mkdir()
+    for i, r in enumerate(simulated_rirs(count=2, seed=5)):
+        sf.write(rir_dir / f"rir{i}.wav", r.load_audio()[0], 16000)
+    wet = Reverb(prob=1.0, rir_dir=rir_dir)(cuts)
+    assert wet[0].load_audio().shape == cuts[0].load_audio().shape

@@ -1,0 +1,94 @@
+"""Leave-one-speaker-out folds: speaker-disjoint on real FSDD manifests, and `run --folds speakers`
+end to end (shared pretraining, one fine-tune + decode per fold, summary, resume, report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import TINY, cli_result, copy_fsdd
+
+from speechbudget.data.manifests import cut_speaker, load_cuts
+from speechbudget.folds import speaker_folds, spread, write_fold
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _speakers(path: Path) -> set:
+    return {cut_speaker(c) for c in load_cuts(path)}
+
+
+def test_folds_never_share_a_speaker_between_train_dev_and_test(tmp_path, capsys):
+    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=3)
+    code, _, err = cli_result(
+        capsys,
+        "prepare",
+        "fsdd",
+        fsdd,
+        "--test-speakers",
+        "theo",
+        "--no-features",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert code == 0, err
+    corpus = tmp_path / "fsdd"
+    train = load_cuts(corpus / "cuts_train.jsonl.gz").to_eager()
+    test_speakers = _speakers(corpus / "cuts_test.jsonl.gz")
+    folds = speaker_folds(train)
+    assert [f.dev_speaker for f in folds] == ["george", "jackson", "nicolas"]
+    for fold in folds:
+        train_path, dev_path = write_fold(train, fold, tmp_path / "folds" / fold.name)
+        tr, dev = _speakers(train_path), _speakers(dev_path)
+        assert dev == {fold.dev_speaker} and tr == set(fold.train_speakers)
+        assert not tr & dev and not (tr | dev) & test_speakers
+        assert len(load_cuts(train_path)) + len(load_cuts(dev_path)) == len(train)  # nothing lost
+
+
+def test_spread_is_mean_sample_std_and_range():
+    s = spread([10.0, 20.0, 30.0])
+    assert (s["mean"], s["std"], s["min"], s["max"], s["n"]) == (20.0, 10.0, 10.0, 30.0, 3)
+    assert spread([7.5])["std"] == 0.0
+
+
+def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path / "cache"))
+    fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=4, speakers=("george", "jackson", "theo"))
+    exp = tmp_path / "loso"
+    args = ["run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", f"labeled.path={fsdd.parent}"]
+    args += ["labeled.num_jobs=1", *TINY, "scratch_baseline=false"]
+    code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--json")
+    assert code == 0, err[-3000:]
+    results = json.loads(out)
+    folds = results["folds"]
+    assert [f["dev_speaker"] for f in folds["folds"]] == ["george", "jackson"]
+    assert folds["test_speakers_excluded"] == ["theo"]
+    wers = [f["wer"]["finetune"] for f in folds["folds"]]
+    assert folds["mean"]["finetune"]["mean"] == round(sum(wers) / 2, 2)
+    assert json.loads((exp / "folds" / "folds.json").read_text()) == folds  # the summary on disk
+    for f in folds["folds"]:
+        fold_dir = exp / "folds" / f["dev_speaker"]
+        card = json.loads((fold_dir / "finetune" / "run_card.json").read_text())
+        assert _speakers(Path(card["config"]["train_cuts"])) == set(f["train_speakers"])
+        assert list((fold_dir / "finetune").glob("decode-*/decode-summary-dev-*.json"))  # dev only
+        assert not list((fold_dir / "finetune").glob("decode-*/*test*"))
+    # pretraining ran once; the final run trains on both speakers and alone decodes theo
+    assert not list((exp / "folds").glob("*/pretrain"))
+    assert results["decode"]["finetune/test"]["utterances"] == 4
+    assert "Leave-one-speaker-out folds" in (exp / "report" / "report.md").read_text()
+    # resume: a finished fold is not re-run, even when the folds stage itself is redone
+    (exp / ".stages" / "folds.json").unlink()
+    code, out, err = cli_result(capsys, *args, "--folds", "speakers")
+    assert code == 0, err[-3000:]
+    assert "[fold george: finetune] done already" in out and "fold jackson: decode] done already" in out
+    assert "mean dev WER" in out and "leave-one-speaker-out folds" in out
+    code, out, err = cli_result(capsys, *args, "--folds", "words", "--stop-stage", "prepare")
+    assert code == 2 and "folds must be speakers" in err
+
+
+def test_folds_refuse_a_classification_recipe_before_any_stage(tmp_path, capsys):
+    keywords = RECIPES / "fsdd-keywords.yaml"
+    code, _, err = cli_result(capsys, "run", keywords, f"exp_dir={tmp_path / 'kw'}", "--folds", "speakers")
+    assert code == 2 and "drop it for finetune.task: classify" in err
+    assert not (tmp_path / "kw").exists()
