@@ -56,6 +56,7 @@ def cached_cli(path: Path, *args: str) -> dict:
         return json.loads(path.read_text())
     cpu0 = child_cpu_seconds()
     out = run_cli(*args)
+    out = out if isinstance(out, dict) else {"results": out}  # evaluate of several sets: a list
     out["_cpu_seconds"] = child_cpu_seconds() - cpu0
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
@@ -114,7 +115,7 @@ def main() -> None:
     )
     teacher_run = json.loads((base / ".stages" / "teacher.json").read_text())
     rows, results = [], {"machine": info, "teacher": {"run": teacher_run, "eval": teacher_eval}, "runs": []}
-    acc = {e["set"]: e for e in teacher_eval}
+    acc = {e["set"]: e for e in teacher_eval["results"]}
     rows.append(
         [
             "teacher mn-tiny",
@@ -158,7 +159,7 @@ def main() -> None:
                 "train_audio_s_per_cpu_s": audio_s / run["_cpu_seconds"],
                 "train_audio_s_per_wall_s": audio_s / run["wall_seconds"],
                 "infer_clips_per_cpu_s": inference_clips_per_cpu_second(exp, sets["test"], args.reps),
-                "eval": {e["set"]: e for e in ev},
+                "eval": {e["set"]: e for e in ev["results"]},
                 "load": [load0, loadavg()],
             }
             results["runs"].append(entry)

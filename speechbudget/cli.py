@@ -475,11 +475,45 @@ def run(
         print_table(fold_table(results["folds"]))
     if "decode" in results:
         _render_wer_summary(results)
+    _render_stage_times(results.get("stage_seconds") or {})
+
+
+def _render_stage_times(times: Dict[str, float]) -> None:
+    """Where the run's time went, stage by stage (an earlier, resumed run's stages included)."""
+    if not times:
+        return
+    t = Table(title="time per stage")
+    t.add_column("stage")
+    t.add_column("minutes", justify="right")
+    t.add_column("share", justify="right")
+    total = sum(times.values())
+    for stage, sec in times.items():
+        t.add_row(stage, f"{sec / 60:.1f}", f"{sec / total:.0%}" if total else "-")
+    t.add_row("total", f"{total / 60:.1f}", "100%")
+    print_table(t)
 
 
 def _render_wer_summary(results: Dict[str, Any]) -> None:
     """The run's last word: WER per fine-tuned model and test set, with the compute behind it."""
     rows = {r.get("name"): r for r in (results.get("report") or {}).get("rows", [])}
+    decoded = results["decode"].values()
+    if decoded and all("accuracy" in r for r in decoded):  # a classification run: accuracy, not WER
+        t = Table(title="accuracy (the full table: report/report.md)")
+        for col in ("model", "set", "total FLOPs", "accuracy %", "95% CI", "macro-F1"):
+            t.add_column(col, justify="left" if col in ("model", "set") else "right")
+        for key, r in results["decode"].items():
+            model, _ = key.split("/", 1)
+            ci = r.get("accuracy_ci")
+            t.add_row(
+                model,
+                r["set"],
+                _flops(rows.get(model, {}).get("total_flops")),
+                f"{100 * r['accuracy']:.1f}",
+                f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-",
+                "-" if r.get("macro_f1") is None else f"{r['macro_f1']:.3f}",
+            )
+        print_table(t)
+        return
     t = Table(title="WER (the full table: report/report.md)")
     for col in ("model", "set", "pretrain FLOPs", "total FLOPs", "WER %", "95% CI", "CER %"):
         t.add_column(col, justify="left" if col in ("model", "set") else "right")
@@ -487,17 +521,20 @@ def _render_wer_summary(results: Dict[str, Any]) -> None:
         model, _ = key.split("/", 1)
         rep = rows.get(model, {})
         ci = f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}" if r.get("ci95") else "-"
-        flops = lambda v: f"{v:.2e}" if isinstance(v, (int, float)) else "-"  # noqa: E731
         t.add_row(
             model,
             r["set"],
-            flops(rep.get("pretrain_flops")),
-            flops(rep.get("total_flops")),
+            _flops(rep.get("pretrain_flops")),
+            _flops(rep.get("total_flops")),
             "-" if r.get("wer") is None else f"{r['wer']:.2f}",
             ci,
             "-" if r.get("cer") is None else f"{r['cer']:.2f}",
         )
     print_table(t)
+
+
+def _flops(v: Any) -> str:
+    return f"{v:.2e}" if isinstance(v, (int, float)) else "-"
 
 
 _register_subcommands()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -46,6 +47,7 @@ from .errors import OptionError, SpeechBudgetError
 from .folds import FOLDS_DIR, Fold, check_kind
 from .locks import lock_experiment
 
+TIMES_FILE = "stage_seconds.json"  # beside the stage markers; not a stage
 STAGES = (
     "prepare",
     "plan",
@@ -434,7 +436,9 @@ class Pipeline:
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
             i0 = STAGES.index(start) if start else 0
             i1 = STAGES.index(stop) if stop else len(STAGES) - 1
-            return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
+            results = self._run_stages(STAGES[i0 : i1 + 1], redo=start)
+            results["stage_seconds"] = self.stage_times()
+            return results
 
     def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
         """``stages`` in order, each skipped once done except ``redo``."""
@@ -453,10 +457,23 @@ class Pipeline:
                 "kmeans2": lambda: self.stage_kmeans("kmeans2"),
                 "pretrain2": lambda: self.stage_pretrain("pretrain2"),
             }.get(stage) or getattr(self, f"stage_{stage}")
+            t0 = time.perf_counter()
             out = fn()
             atomic.write_json(self.marker(stage), out)
+            self.record_time(stage, time.perf_counter() - t0)
             results[stage] = out
         return results
+
+    def record_time(self, stage: str, seconds: float) -> None:
+        """Wall seconds of each stage, kept across resumed runs: where a run's time went."""
+        path = self.marker(stage).parent / TIMES_FILE
+        times = json.loads(path.read_text()) if path.is_file() else {}
+        times[stage] = round(seconds, 1)
+        atomic.write_json(path, times)
+
+    def stage_times(self) -> Dict[str, float]:
+        path = self.exp / ".stages" / TIMES_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _cuts(path: Path):

@@ -150,3 +150,15 @@ def test_plan_offers_token_merging_variants_with_their_saving(capsys, private_ca
         capsys, "plan", "--budget", "1e17", "--unit", "flops", "--data-hours", "1", "--tome", "x"
     )
     assert code == 2 and "--tome" in err
+
+
+def test_run_prints_accuracy_and_where_the_time_went(fastast_run, capsys):
+    """A classification run ends in an accuracy table (not WER dashes) and a time-per-stage table,
+    whose times were recorded by the run that did the work (here: an earlier one, resumed)."""
+    times = json.loads((fastast_run / ".stages" / "stage_seconds.json").read_text())
+    assert {"prepare", "teacher", "distill", "finetune", "decode"} <= set(times)
+    assert all(v >= 0 for v in times.values()) and times["teacher"] > 0
+    code, out, err = cli_result(capsys, "run", RECIPE, f"exp_dir={fastast_run}", *TINY)
+    assert code == 0, err
+    assert "accuracy" in out and "WER %" not in out
+    assert "time per stage" in out and "teacher" in out
