@@ -63,8 +63,10 @@ def cached_cli(path: Path, *args: str) -> dict:
     return out
 
 
-def inference_clips_per_cpu_second(exp: Path, cuts: Path, reps: int) -> float:
-    """Forward passes over the test set with batches built once: the encoder's speed, not fbank's."""
+def inference_rates(exps: dict, cuts: Path, reps: int) -> dict:
+    """Test clips per CPU second of each model's forward pass, batches built once (fbank excluded),
+    one thread; the models take turns in each of ``reps`` rounds so a change in machine load hits
+    them alike, and the median round counts."""
     from lhotse.dataset import SimpleCutSampler
 
     from speechbudget.data.dataset import make_loader
@@ -73,18 +75,24 @@ def inference_clips_per_cpu_second(exp: Path, cuts: Path, reps: int) -> float:
     from speechbudget.train.classify import dataset_for
 
     torch.set_num_threads(1)
-    model, _, _ = load_classifier(exp, torch.device("cpu"))
     test = load_cuts(cuts).to_eager()
-    loader = make_loader(dataset_for(model.encoder, None), SimpleCutSampler(test, max_duration=16))
-    batches = [(b["features"], b["lengths"]) for b in loader]
-    times = []
+    models, batches = {}, None
+    for name, exp in exps.items():
+        models[name], _, _ = load_classifier(exp, torch.device("cpu"))
+        if batches is None:  # every student reads the same 128-bin fbank
+            loader = make_loader(
+                dataset_for(models[name].encoder, None), SimpleCutSampler(test, max_duration=16)
+            )
+            batches = [(b["features"], b["lengths"]) for b in loader]
+    times = {name: [] for name in models}
     with torch.no_grad():
         for _ in range(reps):
-            t0 = time.process_time()
-            for x, lengths in batches:
-                model.logits(x, lengths)
-            times.append(time.process_time() - t0)
-    return len(test) / median(times)
+            for name, model in models.items():
+                t0 = time.process_time()
+                for x, lengths in batches:
+                    model.logits(x, lengths)
+                times[name].append(time.process_time() - t0)
+    return {name: len(test) / median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -119,9 +127,8 @@ def main() -> None:
     rows.append(
         [
             "teacher mn-tiny",
-            "-",
-            "-",
-            f"{teacher_run['flops'] / (teacher_run['audio_hours'] * 3600) / 1e9:.2f}",
+            "labels",
+            f"{teacher_run['flops'] / (teacher_run['audio_hours'] * 3600) / 1e9:.3f}",
             "-",
             "-",
             "-",
@@ -158,33 +165,34 @@ def main() -> None:
                 "gflops_per_audio_s": run["flops"] / audio_s / 1e9,
                 "train_audio_s_per_cpu_s": audio_s / run["_cpu_seconds"],
                 "train_audio_s_per_wall_s": audio_s / run["wall_seconds"],
-                "infer_clips_per_cpu_s": inference_clips_per_cpu_second(exp, sets["test"], args.reps),
                 "eval": {e["set"]: e for e in ev["results"]},
                 "load": [load0, loadavg()],
             }
             results["runs"].append(entry)
-            e = entry["eval"]
-            rows.append(
-                [
-                    f"AST r={r}",
-                    "CMKD 0.1" if cmkd else "labels",
-                    f"{r}",
-                    f"{entry['gflops_per_audio_s']:.3f}",
-                    f"{entry['train_audio_s_per_cpu_s']:.1f}",
-                    f"{entry['train_audio_s_per_wall_s']:.1f}",
-                    f"{entry['infer_clips_per_cpu_s']:.0f}",
-                ]
-                + [
-                    f"{100 * e[s]['accuracy']:.1f} [{100 * e[s]['accuracy_ci'][0]:.1f}, {100 * e[s]['accuracy_ci'][1]:.1f}]"
-                    for s in ("dev", "test")
-                ]
-            )
-            print(rows[-1], flush=True)
+    rates = inference_rates(
+        {e["name"]: args.work / e["name"] for e in results["runs"]}, sets["test"], args.reps
+    )
+    for entry in results["runs"]:
+        entry["infer_clips_per_cpu_s"] = rates[entry["name"]]
+        e = entry["eval"]
+        rows.append(
+            [
+                f"AST r={entry['r']}",
+                "CMKD 0.1" if entry["cmkd"] else "labels",
+                f"{entry['gflops_per_audio_s']:.3f}",
+                f"{entry['train_audio_s_per_cpu_s']:.1f}",
+                f"{entry['train_audio_s_per_wall_s']:.1f}",
+                f"{entry['infer_clips_per_cpu_s']:.0f}",
+            ]
+            + [
+                f"{100 * e[s]['accuracy']:.1f} [{100 * e[s]['accuracy_ci'][0]:.1f}, {100 * e[s]['accuracy_ci'][1]:.1f}]"
+                for s in ("dev", "test")
+            ]
+        )
     table = markdown_table(
         [
             "model",
-            "loss",
-            "r/layer",
+            "trained on",
             "train GFLOP/audio s",
             "train audio s/CPU s",
             "train audio s/wall s",

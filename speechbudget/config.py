@@ -197,6 +197,8 @@ class TrainConfig:
     #: audio usually comes from a few speakers, unlabeled audio from many
     train_speakers: Optional[int] = None
     valid_every: int = 0  # steps between validations on dev_cuts (0: only at the end)
+    #: record this many steps with torch.profiler into EXP/profile/ (trace.json, top_ops.txt); 0 = off
+    profile_steps: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -446,6 +448,7 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("checkpoint_every", cfg.checkpoint_every >= 1, "must be at least 1"),
         ("keep_last", cfg.keep_last >= 1, "must be at least 1"),
         ("log_every", cfg.log_every >= 1, "must be at least 1"),
+        ("profile_steps", cfg.profile_steps >= 0, "must be 0 (off) or more"),
         ("max_bad_steps", cfg.max_bad_steps >= 1, "must be at least 1"),
         ("optim.lr", cfg.optim.lr > 0, "must be positive"),
         ("hubert.mask_prob", 0 <= cfg.hubert.mask_prob <= 1, "must be between 0 and 1"),

@@ -184,3 +184,36 @@ def test_speech_encoders_classify_from_stored_fbank_with_noise(keywords_run, tmp
     assert summary["steps"] == 2 and summary["task"] == "classify"
     card = json.loads((tmp_path / "z" / "run_card.json").read_text())
     assert card["feature_stats"] is None  # only patch encoders normalise with dataset statistics
+
+
+def test_profile_steps_write_a_trace_and_the_top_operators(keywords_run, tmp_path, capsys):
+    """`profile_steps: N` records N ordinary training steps with torch.profiler into EXP/profile/."""
+    corpus = keywords_run / "data" / "fsdd"
+    exp = tmp_path / "prof"
+    common = ["task=classify", f"train_cuts={corpus / 'cuts_train.jsonl.gz'}"]
+    tiny = [t.replace("finetune.", "") for t in TINY]
+    code, _, err = cli_result(
+        capsys,
+        "finetune",
+        RECIPES / "fsdd-keywords.yaml",
+        f"exp_dir={exp}",
+        *common,
+        *tiny,
+        "budget.steps=4",
+        "profile_steps=2",
+        "--json",
+    )
+    assert code == 0, err
+    trace = json.loads((exp / "profile" / "trace.json").read_text())
+    assert trace["traceEvents"], "an empty trace"
+    top = (exp / "profile" / "top_ops.txt").read_text()
+    assert "aten::" in top and "Self CPU" in top
+    code, _, err = cli_result(
+        capsys,
+        "finetune",
+        RECIPES / "fsdd-keywords.yaml",
+        f"exp_dir={tmp_path / 'x'}",
+        *common,
+        "profile_steps=-1",
+    )
+    assert code == 2 and "profile_steps" in err

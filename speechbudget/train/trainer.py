@@ -27,6 +27,7 @@ from .budget import Budget, Counters
 from .distributed import DistInfo, all_sum, barrier
 from .metrics_log import FILE, read_metrics
 from .optim import build_optimizer, build_scheduler
+from .profiling import StepProfiler
 
 
 def _git_commit() -> Optional[str]:
@@ -314,11 +315,15 @@ class Trainer:
         stream = self._batches()
         last: Dict[str, float] = {}
         t_prev = time.time()
-        with progress.make_progress() as bar:
+        profiler = StepProfiler(
+            self.exp_dir, self.cfg.profile_steps if self.dist.is_main else 0, self.dist.device.type == "cuda"
+        )
+        with progress.make_progress() as bar, contextlib.closing(profiler):
             task = bar.add_task(self.stage, total=1000, info="")
             bar.update(task, completed=min(1000, 1000 * self.budget.used(self.counters)))
             while not self.budget.exhausted(self.counters):
                 stats = self.train_step(stream)
+                profiler.step()
                 now = time.time()
                 self.counters.wall_seconds += now - t_prev
                 t_prev = now
