@@ -117,3 +117,18 @@ def test_test_speakers_and_clashing_ids_never_enter_the_pool(tmp_path, capsys):
         not (exp / "pool" / "cuts_train.jsonl.gz").exists()
         and not (exp / ".stages" / "prepare.json").exists()
     )
+
+
+def test_the_realpool_recipe_is_fsdd_with_a_pool_and_nothing_else():
+    """The evidence compares the two recipes: they must differ only in what pretraining hears."""
+    from speechbudget.pipeline import load_run_recipe
+
+    base = load_run_recipe(RECIPES / "fsdd.yaml", [])
+    pooled = load_run_recipe(RECIPES / "fsdd-realpool.yaml", [])
+    differ = {k for k in base.keys() | pooled.keys() if base.get(k) != pooled.get(k)}
+    assert differ == {"name", "description", "exp_dir", "pool"}
+    assert [(e["source"], e.get("splits", ["train"])) for e in pooled["pool"]] == [
+        ("fsdd", ["train"]),
+        ("commonvoice", ["train"]),
+    ]
+    assert pooled["pool"][0]["test_speakers"] == pooled["labeled"]["test_speakers"] == "theo"
