@@ -6,7 +6,9 @@ Stages write into the run's experiment folder and read only what earlier stages 
     -> finetune -> [scratch] -> decode -> report
 
 ``prepare`` is the pretraining corpus; an optional ``labeled`` corpus (prepared in the same stage)
-is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere. A
+is what fine-tuning and decoding read, when the transcribed audio comes from elsewhere. An optional
+``pool:`` lists more unlabeled corpora (prepared in the same stage) that k-means and pretraining read
+together with ``prepare``'s, from the union in ``EXP/pool/`` (:mod:`speechbudget.data.pool`). A
 ``teacher:`` section (classification) trains a teacher classifier on the labelled training split,
 ``distill`` stores its logits on that split, and ``finetune`` learns from them (CMKD, FastAST).
 
@@ -42,6 +44,7 @@ from .config import (
     parse_overrides,
 )
 from .data.manifests import cut_speaker, cuts_path
+from .data.pool import PoolEntry, PoolMember, Scored, check_names
 from .data.prepare import CorpusSpec
 from .errors import OptionError, SpeechBudgetError
 from .folds import FOLDS_DIR, Fold, check_kind
@@ -100,6 +103,8 @@ class RunRecipe:
     #: the transcribed corpus, when it is not the pretraining corpus (fine-tuning, dev and decoding
     #: read it; k-means, pretraining and the plan stay on `prepare`)
     labeled: Optional[CorpusSpec] = None
+    #: more unlabeled corpora for k-means and pretraining, beside `prepare` (splits: [train] unless said)
+    pool: List[PoolEntry] = field(default_factory=list)
     plan: Optional[PlanSection] = None
     kmeans: KmeansConfig = field(default_factory=KmeansConfig)
     kmeans2: Optional[KmeansConfig] = None  # HuBERT iteration 2: labels from a layer of the first model
@@ -118,7 +123,12 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
     """The recipe with its overrides, every section validated now: a typo in ``finetune`` must not
     wait hours for the pretraining stage to end before it is reported."""
     data = deep_merge(load_yaml(path), parse_overrides(overrides))
-    from_dict(RunRecipe, data)  # validates every section, names unknown keys
+    r = from_dict(RunRecipe, data)  # validates every section, names unknown keys
+    if r.pool:
+        check_names(
+            [("prepare", r.prepare.name), ("labeled", r.labeled and r.labeled.name)]
+            + [(f"pool[{i}]", e.name) for i, e in enumerate(r.pool)]
+        )
     check_kind(data.get("folds"))
     if data.get("folds") and (data.get("finetune") or {}).get("task") == "classify":
         raise SpeechBudgetError(
@@ -167,6 +177,11 @@ class Pipeline:
         return self.exp / "data" / self.r.prepare.name
 
     @property
+    def pretrain_dir(self) -> Path:
+        """What k-means and pretraining read: the pool's union when the recipe has a pool."""
+        return self.exp / "pool" if self.r.pool else self.corpus_dir
+
+    @property
     def labeled_dir(self) -> Path:
         """The corpus fine-tuning and decoding read: ``labeled`` when the recipe has one."""
         p = self.r.labeled
@@ -206,11 +221,35 @@ class Pipeline:
     # -------------------------------------------------------------------------- stages
     def stage_prepare(self) -> Dict[str, Any]:
         out = self._prepare(self.r.prepare)
-        if self.r.labeled is None:
-            return out
-        if self.labeled_dir == self.corpus_dir:
-            raise SpeechBudgetError("prepare and labeled name the same corpus folder; give labeled a name")
-        return {**out, "labeled": self._prepare(self.r.labeled, "labeled")}
+        if self.r.labeled is not None:
+            if self.labeled_dir == self.corpus_dir:
+                raise SpeechBudgetError(
+                    "prepare and labeled name the same corpus folder; give labeled a name"
+                )
+            out = {**out, "labeled": self._prepare(self.r.labeled, "labeled")}
+        if self.r.pool:
+            out = {**out, "pool": self._write_pool()}
+        return out
+
+    def _write_pool(self) -> Dict[str, Any]:
+        """Prepare each pool corpus, then write the union with ``prepare``'s train (and dev) cuts."""
+        from .data.pool import write_pool
+
+        base = self.r.prepare
+        members = [PoolMember(base.name, self.corpus_dir, base.source)]
+        for i, e in enumerate(self.r.pool):
+            self._prepare(e.corpus, f"pool[{i}]")
+            members.append(
+                PoolMember(e.name, self.exp / "data" / e.name, e.corpus.source, tuple(e.splits), e.max_hours)
+            )
+        d = self.r.decode
+        scored = [Path(c) for c in d.cuts] or [cuts_path(self.labeled_dir, s) for s in d.sets]
+        cuts = tuple(c for p in scored if p.is_file() for c in _cuts(p))
+        source = None if d.cuts else (self.r.labeled or self.r.prepare).source
+        summary = write_pool(members, self.pretrain_dir, Scored(cuts, source), self.r.seed)
+        for name, c in summary["corpora"].items():
+            self.log(f"[prepare] pool: {name} {c['hours']:.3f} h ({c['cuts']} cuts, {'+'.join(c['splits'])})")
+        return summary
 
     def _prepare(self, spec: CorpusSpec, key: str = "prepare") -> Dict[str, Any]:
         from .data.prepare import prepare
@@ -233,7 +272,7 @@ class Pipeline:
         from .plan.scaling import ScalingLaw
 
         p = self.r.plan
-        unique_hours = sum(c.duration for c in _cuts(self.corpus_dir / "cuts_train.jsonl.gz")) / 3600
+        unique_hours = sum(c.duration for c in _cuts(self.pretrain_dir / "cuts_train.jsonl.gz")) / 3600
         cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None, tome=p.tome)
         law = ScalingLaw.from_json(Path(p.law)) if p.law else None
         try:
@@ -255,7 +294,7 @@ class Pipeline:
             Path(k.checkpoint) if k.checkpoint else (self.exp / "pretrain" if which == "kmeans2" else None)
         )
         return make_targets(
-            [self.corpus_dir],
+            [self.pretrain_dir],
             self.exp / which,
             features=k.features,
             num_clusters=k.num_clusters,

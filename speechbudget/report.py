@@ -319,7 +319,11 @@ def pretrain_row(run: Run) -> Dict[str, Any]:
         wer={},
         accuracy={},
         final_masked_acc=(s.get("final") or {}).get("masked_acc"),
+        pool_hours=run.card.get("pool_hours"),  # a recipe's pool: unique hours of each corpus
     )
+    if row["pool_hours"]:
+        parts = ", ".join(f"{name} {h:.3g} h" for name, h in row["pool_hours"].items())
+        row["notes"].append(f"pretraining pool: {parts}")
     return row
 
 

@@ -9,6 +9,7 @@ the last one written, so its presence means the split is complete), ``rejected_<
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
@@ -56,3 +57,16 @@ def load_cuts(path: Union[str, Path]) -> CutSet:
         return load_manifest_lazy(path)
     except Exception as e:
         raise SpeechBudgetError(f"{path} is not a lhotse cut manifest ({type(e).__name__}: {e})") from None
+
+
+def subset_hours(cuts: CutSet, hours: float, seed: int, key: str = "train_hours") -> CutSet:
+    """A seeded random subset of about ``hours`` of audio (the first cuts of a seeded shuffle)."""
+    if hours <= 0:
+        raise SpeechBudgetError(f"{key} must be positive (got {hours})")
+    picked, total = [], 0.0
+    for c in cuts.to_eager().shuffle(rng=random.Random(seed)):
+        if total >= hours * 3600:
+            break
+        picked.append(c)
+        total += c.duration
+    return CutSet.from_cuts(picked).to_eager()

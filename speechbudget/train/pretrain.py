@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 from ..config import TrainConfig
 from ..data.dataset import SpeechDataset
 from ..data.kmeans import read_labels
+from ..data.pool import seconds_by_corpus
 from ..errors import SpeechBudgetError
 from ..objectives.hubert import HubertModel
 from . import distributed
@@ -16,7 +17,6 @@ from .setup import (
     input_kind,
     make_data,
     new_encoder,
-    total_seconds,
     training_cuts,
 )
 from .trainer import Trainer, claim_exp_dir
@@ -59,7 +59,9 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
         dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
-        seconds = total_seconds(cuts)
+        by_corpus = seconds_by_corpus(cuts)  # a recipe's pool: hours of each corpus in the run card
+        seconds = sum(by_corpus.values())
+        pool = {k: round(v / 3600, 4) for k, v in by_corpus.items() if k}
         trainer = Trainer(
             cfg,
             model,
@@ -71,7 +73,7 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             stage="pretrain",
             recipe=recipe,
             valid_loader=dev_loader(cfg, dataset),
-            card_extra={"unique_hours": seconds / 3600},
+            card_extra={"unique_hours": seconds / 3600, **({"pool_hours": pool} if pool else {})},
         )
         return trainer.fit()
     finally:

@@ -13,7 +13,7 @@ from lhotse import CutSet
 from .. import atomic
 from ..config import TrainConfig, split_csv
 from ..data.dataset import SpeechDataset, make_loader, make_sampler
-from ..data.manifests import cut_speaker, load_cuts, save_manifest
+from ..data.manifests import cut_speaker, load_cuts, save_manifest, subset_hours
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder
@@ -28,19 +28,6 @@ def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
         )
     cuts = [load_cuts(p) for p in paths]
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
-
-
-def subset_hours(cuts: CutSet, hours: float, seed: int) -> CutSet:
-    """A seeded random subset of about ``hours`` of audio (the first cuts of a seeded shuffle)."""
-    if hours <= 0:
-        raise SpeechBudgetError(f"train_hours must be positive (got {hours})")
-    picked, total = [], 0.0
-    for c in cuts.to_eager().shuffle(rng=random.Random(seed)):
-        if total >= hours * 3600:
-            break
-        picked.append(c)
-        total += c.duration
-    return CutSet.from_cuts(picked).to_eager()
 
 
 def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
