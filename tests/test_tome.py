@@ -187,6 +187,33 @@ def test_encoder_cost_shows_the_saving_of_merging():
     assert merged["macs_per_audio_second"] < 0.8 * plain["macs_per_audio_second"]
 
 
+def test_a_merged_encoder_is_charged_what_it_computes_at_each_length(tmp_path):
+    """Merging saves a larger share on short clips: a Transformer's budget is charged from a curve
+    counted at several lengths (exact at them, interpolated between), not from one 10-s rate."""
+    from speechbudget.cost.flops import LENGTH_GRID, macs_rate, module_cost
+    from speechbudget.train.setup import encoder_cost_cached
+
+    spec = {"preset": "ast-tiny", "dim": 32, "heads": 2, "layers": 2, "stride": 16}
+    enc = build_encoder({**spec, "tome": {"r": 4}})
+    cost = encoder_cost_cached(enc, tmp_path, 0)
+    assert [s for s, _ in cost["macs_by_length"]] == list(LENGTH_GRID)
+    for s in (0.5, 2.0):
+        assert macs_rate(cost, s) == pytest.approx(module_cost(enc, seconds=s)["macs_per_audio_second"])
+    short, long = macs_rate(cost, 0.5), macs_rate(cost, 10.0)
+    assert short < 0.9 * long  # at 0.5 s, 2 x 4 merges remove a large share of the tokens
+    between = macs_rate(cost, 0.75) * 0.75
+    assert macs_rate(cost, 0.5) * 0.5 < between < macs_rate(cost, 1.0) * 1.0
+    plain = encoder_cost_cached(build_encoder(spec), tmp_path / "plain", 0)
+    # the unmerged Transformer is charged by length too (attention), so r = 0 vs r = 4 compares alike
+    assert macs_rate(plain, 0.5) == pytest.approx(
+        module_cost(build_encoder(spec), seconds=0.5)["macs_per_audio_second"]
+    )
+    assert short < macs_rate(plain, 0.5)
+    zipformer = encoder_cost_cached(build_encoder("zipformer-nano"), tmp_path / "zip", 0)
+    assert "macs_by_length" not in zipformer  # other families keep the one 10-s rate, as before
+    assert macs_rate(zipformer, 0.5) == zipformer["macs_per_input_second"]
+
+
 def test_a_merged_unmerged_encoder_trains_with_a_frame_level_loss():
     """HuBERT needs one state per 50 Hz frame: with ``unmerge`` every labelled frame is scored."""
     from speechbudget.objectives.hubert import HubertModel

@@ -33,7 +33,7 @@ import math
 import numbers
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -396,6 +396,32 @@ def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> di
     if callable(getattr(encoder, "encoder_params", None)):
         out["encoder_params"] = int(encoder.encoder_params())
     return out
+
+
+#: clip lengths (s) an encoder whose cost per second depends strongly on length (token merging: a
+#: short clip loses a larger share of its tokens) is counted at; batches are charged by interpolation
+LENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
+
+
+def length_curve(encoder: nn.Module, grid: Sequence[float] = LENGTH_GRID) -> List[List[float]]:
+    """``[[seconds, MACs per second at that length], ...]``: the encoder counted at each length."""
+    return [[float(sec), float(module_cost(encoder, seconds=sec)["macs_per_audio_second"])] for sec in grid]
+
+
+def macs_rate(cost: Dict[str, Any], seconds: float) -> float:
+    """MACs per input second charged for a (padded) clip of ``seconds``: the experiment's single
+    10-second rate, or, when it has a ``macs_by_length`` curve, its total MACs interpolated linearly
+    between the counted lengths (the first length's rate below it, the last one's above)."""
+    curve = cost.get("macs_by_length")
+    if not curve or seconds <= 0:
+        return float(cost["macs_per_input_second"])
+    if seconds <= curve[0][0]:
+        return float(curve[0][1])
+    for (s0, r0), (s1, r1) in zip(curve, curve[1:]):
+        if seconds <= s1:
+            w = (seconds - s0) / (s1 - s0)
+            return ((1 - w) * s0 * r0 + w * s1 * r1) / seconds
+    return float(curve[-1][1])
 
 
 #: training = forward + backward; the backward pass costs about twice the forward (gradients

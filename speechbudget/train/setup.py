@@ -74,7 +74,9 @@ def new_encoder(cfg: TrainConfig) -> Encoder:
 
 def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: int) -> Dict[str, float]:
     """Forward multiply-adds per second of input, counted once per experiment and kept in cost.json
-    so a resumed run accounts its budget exactly as the first one did."""
+    so a resumed run accounts its budget exactly as the first one did. Transformer-family encoders
+    (attention quadratic in length, token merging saving more on short clips) are also counted at
+    several lengths, and batches are charged at their own length (``cost.flops.macs_rate``)."""
     path = Path(exp_dir) / "cost.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -88,6 +90,10 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
         "input_rate_hz": float(encoder.input_rate_hz),
         "params": int(c["params"]),
     }
+    if hasattr(encoder, "tome"):  # Transformers: attention, and merging, make the cost depend on length
+        from ..cost.flops import length_curve
+
+        cost["macs_by_length"] = length_curve(encoder)
     atomic.write_json(path, cost)
     return cost
 

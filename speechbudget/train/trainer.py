@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__, atomic, locks, progress
 from ..config import TrainConfig, to_dict
-from ..cost.flops import TRAIN_FACTOR, training_flops
+from ..cost.flops import TRAIN_FACTOR, macs_rate, training_flops
 from ..errors import SpeechBudgetError
 from . import checkpoint as ckpt
 from .budget import Budget, Counters
@@ -270,9 +270,8 @@ class Trainer:
         seconds = b * t / c["input_rate_hz"]
         # a classifier's linear head runs once per clip, forward + backward
         per_clip = 2.0 * TRAIN_FACTOR * b * c.get("head_macs_per_clip", 0.0)
-        flops = per_clip + training_flops(
-            seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
-        )
+        rate = macs_rate(c, t / c["input_rate_hz"])  # per second at this padded length
+        flops = per_clip + training_flops(seconds, rate, c["head_macs_per_frame"], c["frame_rate_hz"])
         return flops + (self.extra_flops(batch) if self.extra_flops is not None else 0.0)
 
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
