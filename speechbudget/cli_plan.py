@@ -323,12 +323,12 @@ def sweep(
         raise SpeechBudgetError(
             "give --presets and --budgets together, or neither (the recipe's sweep.pilots)"
         )
+    pilots = (
+        grid_pilots(parse_list(presets, "preset"), parse_budgets(budgets)) if presets is not None else None
+    )
     if not recipe.is_file():
         raise SpeechBudgetError(f"recipe {recipe} does not exist")
-    if presets is not None:
-        pilots = grid_pilots(parse_list(presets, "preset"), parse_budgets(budgets))
-    else:
-        pilots = recipe_pilots(load_yaml(recipe), str(recipe))
+    pilots = pilots or recipe_pilots(load_yaml(recipe), str(recipe))
     report = (
         None
         if as_json

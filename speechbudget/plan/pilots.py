@@ -297,6 +297,12 @@ def plan_with_pilots(
     log(
         f"pilots: {len(design.pilots)} runs, {design.cost:.4g} {spec.unit} ({100 * fraction:g}% of the budget)"
     )
+    schedule = (recipe.get("pretrain") or {}).get("schedule") or {}
+    if schedule.get("name", "eden") != "cosine":
+        log(
+            f"note: the pilots train with the recipe's {schedule.get('name', 'eden')} schedule, as the planned "
+            "run will; with pretrain.schedule.name cosine each pilot would end its own decay (Chinchilla's practice)"
+        )
     swept = run_sweep(
         recipe,
         design.specs(),
