@@ -26,7 +26,8 @@ PLAN_EPILOG = (
     "  speechbudget plan --budget 1e19 --unit flops --data-hours 100 --family transformer --tome 4,16\n\n"
     "  speechbudget plan --budget 2 --unit hours --device cpu --data-hours 0.5 --presets zipformer-tiny,zipformer-xs\n\n"
     "  speechbudget plan --budget 200 --device h100 --data-hours 960 --law exp/sweep/law.json --grid full\n\n"
-    "  speechbudget plan fit exp/sweep --out law.json   # fit the law on pilot runs first"
+    "  speechbudget plan fit exp/sweep --out law.json   # fit the law on pilot runs first\n\n"
+    "  speechbudget plan --budget 200 --device a100 --data-hours 960 --pilot-fraction 0.05 --out pilots.yaml"
 )
 
 
@@ -80,9 +81,24 @@ def plan_main(
         None, help="Fill the recipe's train_cuts (k-means labeled cuts)."
     ),
     exp_dir: Optional[str] = typer.Option(None, help="Fill the recipe's exp_dir."),
+    pilot_fraction: Optional[float] = typer.Option(
+        None,
+        "--pilot-fraction",
+        help="Design pilots for this budget instead: sizes x budgets costing this share of it "
+        "(0 < F < 0.5); --out writes them for `speechbudget sweep --recipe`.",
+    ),
+    pilot_sizes: int = typer.Option(4, help="With --pilot-fraction: model sizes in the design (>= 3)."),
+    pilot_budgets: int = typer.Option(
+        3, help="With --pilot-fraction: pilot budgets per size, geometric over a decade (>= 2)."
+    ),
+    min_steps: int = typer.Option(
+        100,
+        help="With --pilot-fraction: drop pilots under this many optimizer steps (`plan fit` leaves them out).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Budget -> model size vs hours of audio: predicted loss per candidate, a recommendation, a recipe."""
+    """Budget -> model size vs hours of audio: predicted loss per candidate, a recommendation, a recipe;
+    with --pilot-fraction, the pilot sweep that fits the law for this budget."""
     if ctx.invoked_subcommand is not None:
         return
     from . import progress
@@ -95,6 +111,10 @@ def plan_main(
             "give --budget (e.g. --budget 200 --unit gpu-hours), or run `speechbudget plan fit`"
         )
     spec = planner.BudgetSpec(budget, unit, device, dtype, utilisation, num_devices).validated()
+    if pilot_fraction is not None:
+        from .plan.pilots import check_fraction
+
+        check_fraction(pilot_fraction)  # before seconds of counting
     planner.check_inputs(data_hours, num_clusters, max_duration)  # fail before seconds of counting
     names = split_csv(presets) or None
     fitted = ScalingLaw.from_json(law) if law else None
@@ -117,6 +137,19 @@ def plan_main(
         num_clusters=num_clusters,
         calibration=cal,
     )
+    if pilot_fraction is not None:
+        _design(
+            result,
+            pilot_fraction,
+            pilot_sizes,
+            pilot_budgets,
+            min_steps,
+            out_path,
+            train_cuts,
+            exp_dir,
+            as_json,
+        )
+        return
     written: Dict[str, Optional[str]] = {"recipe": None, "plot": None}
     if out_path is not None:
         written["recipe"] = str(planner.write_recipe(result, out_path, train_cuts, exp_dir))
@@ -127,6 +160,38 @@ def plan_main(
         ui.emit_json({**result.to_json(), **written})
         return
     _render_plan(result, written)
+
+
+def _design(result, fraction, sizes, budgets, min_steps, out_path, train_cuts, exp_dir, as_json) -> None:
+    """`plan --pilot-fraction`: the pilots for ``result``'s budget, printed and written."""
+    from .plan.pilots import design_pilots, write_design
+
+    design = design_pilots(result, fraction, sizes, budgets, min_steps)
+    written = str(write_design(design, out_path, train_cuts, exp_dir)) if out_path is not None else None
+    if as_json:
+        ui.emit_json({**design.to_json(), "prior_plan": result.to_json(), "recipe": written})
+        return
+    b = design.budget
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        title=f"pilots: {100 * fraction:g}% of {b.amount:g} {b.unit} on {b.device}",
+        caption=f"steps: estimated at {design.max_duration:g} s batches; schedule: cosine to a tenth over "
+        "each pilot's own budget",
+    )
+    t.add_column("pilot", no_wrap=True)
+    for col in ("params M", b.unit, "FLOPs", "audio h", "steps"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for p in design.pilots:
+        t.add_row(
+            p.name, f"{p.params / 1e6:.2f}", _num(p.cost), f"{p.flops:.3g}", _num(p.audio_hours), str(p.steps)
+        )
+    ui.print_table(t)
+    for line in design.notes:
+        ui.out.print(line, highlight=False)
+    if written:
+        ui.out.print(f"pilots -> {written}; run them: speechbudget sweep --recipe {written} --out exp/pilots")
 
 
 def _ints(text: Optional[str], flag: str) -> List[int]:
@@ -237,21 +302,33 @@ def sweep(
     recipe: Path = typer.Option(
         ..., "--recipe", help="Recipe YAML whose `pretrain:` section every pilot uses."
     ),
-    presets: str = typer.Option(..., help="Comma-separated encoder presets."),
-    budgets: str = typer.Option(..., help="Comma-separated FLOP budgets, e.g. 1e11,2e11,4e11."),
+    presets: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated encoder presets (default: the recipe's sweep.pilots, from `plan --pilot-fraction`).",
+    ),
+    budgets: Optional[str] = typer.Option(None, help="Comma-separated FLOP budgets, e.g. 1e11,2e11,4e11."),
     out_dir: Path = typer.Option(
         ..., "--out", help="Pilots go to OUT/<preset>-<budget>/, the points to OUT/sweep.json."
     ),
     last: int = typer.Option(3, help="Logged steps averaged into each run's final loss."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Pilot pretrainings over presets x budgets, the points a scaling law is fitted on. Resumable."""
-    from .plan.sweep import parse_budgets, parse_list, run_sweep
+    """Pilot pretrainings over presets x budgets (or a designed list), the points a scaling law is
+    fitted on. Resumable."""
+    from .config import load_yaml
+    from .plan.sweep import grid_pilots, parse_budgets, parse_list, recipe_pilots, run_sweep
 
     ui.quiet_if_json(as_json)
-    names, flops = parse_list(presets, "preset"), parse_budgets(budgets)
+    if (presets is None) != (budgets is None):
+        raise SpeechBudgetError(
+            "give --presets and --budgets together, or neither (the recipe's sweep.pilots)"
+        )
+    pilots = (
+        grid_pilots(parse_list(presets, "preset"), parse_budgets(budgets)) if presets is not None else None
+    )
     if not recipe.is_file():
         raise SpeechBudgetError(f"recipe {recipe} does not exist")
+    pilots = pilots or recipe_pilots(load_yaml(recipe), str(recipe))
     report = (
         None
         if as_json
@@ -263,7 +340,7 @@ def sweep(
             )
         )
     )
-    res = run_sweep(recipe, names, flops, out_dir, last, on_run=report)
+    res = run_sweep(recipe, pilots, out_dir, last, on_run=report)
     if as_json:
         ui.emit_json(res)
         return
@@ -372,8 +449,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(plan_app, name="plan")
     app.command(
         "sweep",
-        epilog="Example:\n\n  speechbudget sweep --recipe recipes/quickstart.yaml "
-        "--presets zipformer-tiny,zipformer-xs --budgets 1e13,2e13,4e13 --out exp/sweep",
+        epilog="Examples:\n\n  speechbudget sweep --recipe recipes/quickstart.yaml "
+        "--presets zipformer-tiny,zipformer-xs --budgets 1e13,2e13,4e13 --out exp/sweep\n\n"
+        "  speechbudget plan --budget 2e14 --unit flops --device cpu --data-hours 1.7 --pilot-fraction 0.1 "
+        "--train-cuts exp/km/cuts_train.jsonl.gz --out pilots.yaml\n\n"
+        "  speechbudget sweep --recipe pilots.yaml --out exp/sweep   # the designed pilots",
     )(sweep)
     app.command(
         "calibrate",

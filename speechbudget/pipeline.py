@@ -81,6 +81,13 @@ class PlanSection:
     tome: List[int] = field(default_factory=list)  # also Transformer presets with r tokens merged per block
     law: Optional[str] = None  # a fitted law.json (default: the documented, uncalibrated law)
     use_recommendation: bool = False  # replace pretrain.encoder and budget.flops with the plan's choice
+    #: run pilots first (this share of the budget, 0 < F < 0.5), fit the law on them, and plan what
+    #: is left with it (plan/pilots.py); the pilots train like `pretrain:` and go to EXP/pilots/
+    pilot_fraction: Optional[float] = None
+    pilot_sizes: int = 4
+    pilot_budgets: int = 3
+    min_steps: int = 100  # pilots with fewer optimizer steps are not designed, nor fitted on
+    bootstrap: int = 200  # refits of the pilots' law, for the best-size range
 
 
 @dataclass
@@ -267,24 +274,51 @@ class Pipeline:
         return s.to_dict()
 
     def stage_plan(self) -> Dict[str, Any]:
-        """The planner's recommendation for this corpus; with use_recommendation it drives pretraining."""
+        """The planner's recommendation for this corpus; with use_recommendation it drives pretraining.
+        With ``pilot_fraction``: pilots -> fit -> plan of the budget the pilots left."""
         from .plan.planner import BudgetSpec, candidate_costs, plan
         from .plan.scaling import ScalingLaw
 
         p = self.r.plan
         unique_hours = sum(c.duration for c in _cuts(self.pretrain_dir / "cuts_train.jsonl.gz")) / 3600
-        cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None, tome=p.tome)
         law = ScalingLaw.from_json(Path(p.law)) if p.law else None
+        spec = BudgetSpec(p.budget, unit=p.unit, device=p.device)
         try:
-            return plan(
-                BudgetSpec(p.budget, unit=p.unit, device=p.device),
-                unique_hours,
-                cands,
-                law=law,
-                law_source=p.law,
-            ).to_json()
+            if p.pilot_fraction is not None:
+                return self._plan_with_pilots(spec, unique_hours, law)
+            cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None, tome=p.tome)
+            return plan(spec, unique_hours, cands, law=law, law_source=p.law).to_json()
         except OptionError as e:  # the planner names its command-line flag; here it is a recipe key
             raise SpeechBudgetError(e.as_key("plan")) from None
+
+    def _plan_with_pilots(self, spec, unique_hours: float, law) -> Dict[str, Any]:
+        """Pilots on this run's k-means labels (made now if not yet), so candidates must share the
+        labels' frame rate; the pilots' spend comes out of the budget the plan gets."""
+        from .plan.costs import count_cost
+        from .plan.pilots import PILOTS_DIR, check_fraction, plan_with_pilots
+        from .plan.planner import candidate_costs
+
+        p = self.r.plan
+        check_fraction(p.pilot_fraction)  # before the k-means stage runs
+        self._run_stages(("kmeans",), redo=None)
+        cands = candidate_costs(family=p.family, grid=p.grid, presets=p.presets or None, tome=p.tome)
+        rate = count_cost((self.raw.get("pretrain") or {}).get("encoder", "zipformer-tiny")).frame_rate_hz
+        cands = [c for c in cands if abs(c.frame_rate_hz - rate) < 1e-9]
+        return plan_with_pilots(
+            spec,
+            unique_hours,
+            cands,
+            {**self.raw, "pretrain": self._pretrain_inputs(self.raw.get("pretrain") or {}, "kmeans")},
+            self.exp / PILOTS_DIR,
+            p.pilot_fraction,
+            prior_law=law,
+            prior_source=p.law,
+            sizes=p.pilot_sizes,
+            budgets=p.pilot_budgets,
+            min_steps=p.min_steps,
+            bootstrap=p.bootstrap,
+            log=lambda line: self.log(f"[plan] {line}"),
+        )
 
     def stage_kmeans(self, which: str = "kmeans") -> Dict[str, Any]:
         from .train.targets import make_targets
@@ -319,16 +353,16 @@ class Pipeline:
         from .train.pretrain import pretrain
 
         labels = "kmeans2" if which == "pretrain2" else "kmeans"
-        # the run owns the paths: each stage reads what the previous one wrote
-        sec = {
-            **self._pretrain_section(),
-            "exp_dir": str(self.exp / which),
-            "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz"),
-        }
-        if (self.exp / labels / "cuts_dev.jsonl.gz").is_file():  # held-out masked-prediction loss
-            sec.setdefault("dev_cuts", str(self.exp / labels / "cuts_dev.jsonl.gz"))
+        sec = {**self._pretrain_inputs(self._pretrain_section(), labels), "exp_dir": str(self.exp / which)}
         cfg = load_train_config({**self._top(), "pretrain": sec}, "pretrain")
         return pretrain(cfg, self.raw)
+
+    def _pretrain_inputs(self, sec: Dict[str, Any], labels: str) -> Dict[str, Any]:
+        """``sec`` reading this run's labels: each stage reads what the previous one wrote."""
+        sec = {**sec, "train_cuts": str(self.exp / labels / "cuts_train.jsonl.gz")}
+        if (self.exp / labels / "cuts_dev.jsonl.gz").is_file():  # held-out masked-prediction loss
+            sec.setdefault("dev_cuts", str(self.exp / labels / "cuts_dev.jsonl.gz"))
+        return sec
 
     def _top(self) -> Dict[str, Any]:
         return {k: self.raw[k] for k in ("seed", "device") if k in self.raw}

@@ -426,6 +426,21 @@ def markdown(report: Dict[str, Any]) -> str:
     ]
     if report.get("grounding"):
         lines += [f"![speech-image retrieval and ABX]({FILES['grounding']})", ""]
+    for path, rec in (report.get("pilots") or {}).items():
+        from .plan.pilots import summary_line
+
+        lines += [
+            f"## Pilots that planned this run ({path})",
+            "",
+            "| pilot | params M | FLOPs | steps | loss |",
+        ]
+        lines += ["|---|---|---|---|---|"] + [
+            f"| {r['preset']} | {r['params'] / 1e6:.2f} | {r['flops']:.3g} | {r['steps']} | {r['final_loss']:.3f} |"
+            for r in rec["runs"]
+        ]
+        lines += ["", summary_line(rec), ""] + (
+            [f"warning: {rec['fallback']}", ""] if rec.get("fallback") else []
+        )
     for path, summary in (report.get("folds") or {}).items():
         header, cells = fold_cells(summary)
         lines += [f"## Leave-one-speaker-out folds ({path})", "", "| " + " | ".join(header) + " |"]
@@ -697,6 +712,10 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     plot_curves([r for r in runs.values() if r.stage in _TRAIN_STAGES], out_dir / FILES["curves"])
     plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
     report["folds"] = {str(p): _read_json(p) for p in find_summaries(exp_dirs)}
+    from .plan.pilots import find_pilot_summaries, summary_line
+
+    report["pilots"] = {str(p): _read_json(p) for p in find_pilot_summaries(exp_dirs)}
+    report["notes"] += [summary_line(rec) for rec in report["pilots"].values()]
     report["grounding"] = grounding_results(exp_dirs)
     if report["grounding"]:
         plot_grounding(report["grounding"], out_dir / FILES["grounding"])

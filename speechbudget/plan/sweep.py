@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from .. import atomic
 from ..config import split_csv
@@ -51,63 +52,121 @@ def run_name(preset: str, budget: float) -> str:
     return f"{preset}-{budget:.3g}".replace("e+", "e")
 
 
-def pilot_recipe(recipe: Dict[str, Any], preset: str, budget: float, exp_dir: Path) -> Dict[str, Any]:
+# --------------------------------------------------------------------------- the pilots to run
+@dataclass(frozen=True)
+class PilotSpec:
+    """One pilot: an encoder (a preset name or a config dict) pretrained on ``flops`` FLOPs."""
+
+    name: str  # the candidate's name: a preset, or the planner's ``zipformer-w192-l6``
+    encoder: Union[str, Dict[str, Any]]
+    flops: float
+
+    @property
+    def run_name(self) -> str:
+        return run_name(self.name, self.flops)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "encoder": self.encoder, "flops": self.flops}
+
+
+def grid_pilots(presets: Sequence[str], budgets: Sequence[float]) -> List[PilotSpec]:
+    """Every preset at every budget (``sweep --presets --budgets``)."""
+    return [PilotSpec(p, p, float(b)) for p in presets for b in budgets]
+
+
+#: the recipe section that lists a designed sweep's pilots (``plan --pilot-fraction --out``)
+SWEEP_KEY = "sweep"
+
+
+def recipe_pilots(recipe: Dict[str, Any], where: str = "recipe") -> List[PilotSpec]:
+    """The pilots a recipe's ``sweep: {pilots: [{name, encoder, flops}, ...]}`` lists."""
+    rows = (recipe.get(SWEEP_KEY) or {}).get("pilots")
+    if not rows:
+        raise SpeechBudgetError(
+            f"{where} lists no pilots (sweep.pilots); give --presets and --budgets, "
+            "or write a design with `speechbudget plan --pilot-fraction F --out FILE`"
+        )
+    try:
+        pilots = [PilotSpec(str(r["name"]), r.get("encoder") or r["name"], float(r["flops"])) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        raise SpeechBudgetError(f"{where}: each sweep.pilots entry needs name, encoder and flops") from None
+    if any(not (math.isfinite(p.flops) and p.flops > 0) for p in pilots):
+        raise SpeechBudgetError(f"{where}: pilot flops must be positive")
+    return pilots
+
+
+def sweep_section(pilots: Sequence[PilotSpec]) -> Dict[str, Any]:
+    """What :func:`recipe_pilots` reads back: the one format a designed sweep is stored in."""
+    return {"pilots": [p.to_json() for p in pilots]}
+
+
+def pilot_recipe(
+    recipe: Dict[str, Any], encoder: Union[str, Dict[str, Any]], budget: float, exp_dir: Path
+) -> Dict[str, Any]:
     """The recipe with this pilot's encoder, exp_dir and a FLOP budget as its only limit (another
     limit would stop some pilots early and put them off the budget grid)."""
     section = dict(recipe.get("pretrain") or {})
-    section.update(encoder=preset, exp_dir=str(exp_dir))
+    section.update(encoder=encoder, exp_dir=str(exp_dir))
     budget_cfg = dict(section.get("budget") or {})
     budget_cfg.update({k: None for k in _OTHER_LIMITS}, flops=float(budget))
     section["budget"] = budget_cfg
-    return {**recipe, "pretrain": section}
+    return {k: v for k, v in recipe.items() if k != SWEEP_KEY} | {"pretrain": section}
 
 
 def run_sweep(
-    recipe_path: Path,
-    presets: Sequence[str],
-    budgets: Sequence[float],
+    recipe: Union[Path, Dict[str, Any]],
+    pilots: Sequence[PilotSpec],
     out_dir: Path,
     last: int = LAST_STEPS,
     on_run=None,
 ) -> Dict[str, Any]:
-    """Run every (preset, budget) pilot in turn and collect their points into OUT/sweep.json."""
+    """Run every pilot in turn and collect their points into OUT/sweep.json.
+
+    A pilot whose run already finished returns at once (the trainer sees its summary), so a
+    killed sweep resumes by running it again.
+    """
     from ..config import load_train_config, load_yaml
     from ..models.presets import resolve
     from ..train.pretrain import pretrain
 
-    recipe = load_yaml(recipe_path)
-    for p in presets:
-        resolve(p)  # fail on a typo before hours of pilots
+    data = load_yaml(recipe) if isinstance(recipe, (str, Path)) else dict(recipe)
+    for p in pilots:
+        resolve(p.encoder)  # fail on a typo before hours of pilots
     out_dir = Path(out_dir)
     runs: List[Dict[str, Any]] = []
-    result = {"recipe": str(recipe_path), "presets": list(presets), "budgets": list(budgets), "runs": runs}
-    for preset in presets:
-        counted: Optional[Path] = None
-        for budget in budgets:
-            exp_dir = out_dir / run_name(preset, budget)
-            data = pilot_recipe(recipe, preset, budget, exp_dir)
-            cfg = load_train_config(data, "pretrain")
-            _share_cost(counted, exp_dir)
-            summary = pretrain(cfg, data)
-            counted = exp_dir / "cost.json"
-            point = run_point(exp_dir, last)
-            runs.append(
-                {
-                    "preset": preset,
-                    "budget_flops": budget,
-                    "already_done": bool(summary.get("already_done")),
-                    **point,
-                }
-            )
-            # after every pilot: a killed sweep keeps its points
-            atomic.write_json(out_dir / "sweep.json", result, sort_keys=True)
-            if on_run is not None:
-                on_run(runs[-1])
+    result = {
+        "recipe": str(recipe) if isinstance(recipe, (str, Path)) else None,
+        "presets": list(dict.fromkeys(p.name for p in pilots)),
+        "budgets": sorted({p.flops for p in pilots}),
+        "pilots": [p.to_json() for p in pilots],
+        "runs": runs,
+    }
+    counted: Dict[str, Path] = {}
+    for pilot in pilots:
+        exp_dir = out_dir / pilot.run_name
+        run = pilot_recipe(data, pilot.encoder, pilot.flops, exp_dir)
+        cfg = load_train_config(run, "pretrain")
+        _share_cost(counted.get(pilot.name), exp_dir)
+        summary = pretrain(cfg, run)
+        counted[pilot.name] = exp_dir / "cost.json"
+        point = run_point(exp_dir, last)
+        runs.append(
+            {
+                "preset": pilot.name,
+                "budget_flops": pilot.flops,
+                "already_done": bool(summary.get("already_done")),
+                **point,
+            }
+        )
+        # after every pilot: a killed sweep keeps its points
+        atomic.write_json(out_dir / "sweep.json", result, sort_keys=True)
+        if on_run is not None:
+            on_run(runs[-1])
     return result
 
 
 def _share_cost(source: Optional[Path], exp_dir: Path) -> None:
-    """Give a new pilot the cost.json of an earlier pilot of the same preset and recipe.
+    """Give a new pilot the cost.json of an earlier pilot of the same encoder and recipe.
 
     The trainer counts an encoder's FLOPs once per exp_dir (seconds of tracing) and reuses a
     cost.json it finds there; pilots that differ only in budget have identical costs.
