@@ -255,7 +255,11 @@ def summarize(runs: dict, impls: list) -> dict:
                 "cpu_s": statistics.median(r["cpu_s"] for r in rs),
                 "params": rs[0]["params"],
                 "loads": [[r["load_before"][0], r["load_after"][0]] for r in rs],
-                **({"fwd_flops_per_10s_utt": rs[0]["fwd_flops_per_10s_utt"]} if "fwd_flops_per_10s_utt" in rs[0] else {}),
+                **(
+                    {"fwd_flops_per_10s_utt": rs[0]["fwd_flops_per_10s_utt"]}
+                    if "fwd_flops_per_10s_utt" in rs[0]
+                    else {}
+                ),
             }
     return out
 
@@ -331,7 +335,9 @@ def markdown(data: dict) -> str:
                     f"{flops / b['cpu_s'] / 1e9:.1f}",
                     f"{flops / n['cpu_s'] / 1e9:.1f}",
                     f"{b['cpu_s'] / n['cpu_s']:.2f}x",
-                    " ".join(f"{x:.1f}->{y:.1f}" for i in ("ours-before", "ours") for x, y in per[i]["loads"]),
+                    " ".join(
+                        f"{x:.1f}->{y:.1f}" for i in ("ours-before", "ours") for x, y in per[i]["loads"]
+                    ),
                 ]
             )
         lines += [markdown_table(headers, rows), ""]
