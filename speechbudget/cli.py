@@ -465,7 +465,8 @@ def run(
         if as_json
         else (lambda m: out.print(f"[bold cyan]{escape(m)}[/bold cyan]", highlight=False))
     )
-    results = Pipeline(data, log=log).run(stage, stop_stage)
+    pipe = Pipeline(data, log=log)
+    results = pipe.run(stage, stop_stage)
     if as_json:
         emit_json(results)
         return
@@ -475,7 +476,7 @@ def run(
         print_table(fold_table(results["folds"]))
     if "decode" in results:
         _render_wer_summary(results)
-    _render_stage_times(results.get("stage_seconds") or {})
+    _render_stage_times(pipe.stage_times())
 
 
 def _render_stage_times(times: Dict[str, float]) -> None:

@@ -509,9 +509,7 @@ class Pipeline:
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
             i0 = STAGES.index(start) if start else 0
             i1 = STAGES.index(stop) if stop else len(STAGES) - 1
-            results = self._run_stages(STAGES[i0 : i1 + 1], redo=start)
-            results["stage_seconds"] = self.stage_times()
-            return results
+            return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
 
     def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
         """``stages`` in order, each skipped once done except ``redo``."""
