@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     timed,
 )
 
+from speechbudget import atomic  # noqa: E402
 from speechbudget.data.manifests import load_cuts  # noqa: E402
 from speechbudget.models.catalog import encoder_cost  # noqa: E402
 from speechbudget.train import checkpoint as ckpt  # noqa: E402
@@ -63,6 +64,7 @@ from speechbudget.train import checkpoint as ckpt  # noqa: E402
 KEYWORDS = "recipes/fsdd-keywords.yaml"
 PRETRAIN = "recipes/fsdd.yaml"
 SETS = ("dev", "test")
+TIMING_FILE = "bench-timing.json"  # the fine-tuning command's wall/CPU time and load, beside its run
 
 #: model key -> label and encoder; None = the recipe's own encoder; "pretrained" = the fsdd pretraining
 MODELS: Dict[str, Dict[str, Any]] = {
@@ -179,7 +181,11 @@ def run_one(
         if init:
             overrides.append(f"classify.init_checkpoint={init}")
         _, timing = timed(lambda: run_cli("finetune", str(recipe), *overrides))
+        atomic.write_json(d / TIMING_FILE, timing.to_dict())  # read back when the script is re-run
     summary, card = read_json(d / "summary.json"), read_json(d / "run_card.json")
+    started_from = (card.get("init") or {}).get("checkpoint")
+    if started_from != init:  # a finished run is read back only if it started where this one would
+        sys.exit(f"{d} was fine-tuned from {started_from}, not {init}; use another --exp")
     row: Dict[str, Any] = {
         "model": key,
         "seed": seed,
@@ -193,7 +199,8 @@ def run_one(
         "params": card["params"],
         "encoder": card["config"]["encoder"],
         "cost": card["cost"],
-        "timing": timing.to_dict() if timing else None,
+        "timing": read_json(d / TIMING_FILE) if (d / TIMING_FILE).is_file() else None,
+        "trained_now": timing is not None,
     }
     for s in SETS:
         out = d / f"evaluate-{s}"
@@ -294,8 +301,13 @@ def ci(c: Sequence[float]) -> str:
 def markdown(res: Dict[str, Any]) -> str:
     summ, rows, pt = res["summary"], res["runs"], res["pretraining"]
     md = [
-        f"Fine-tuning budget {res['args']['flops']} training FLOPs per run (as the trainer counts them); "
-        f"{len(rows)} runs. Accuracy of each run's final checkpoint; chance 10%.",
+        f"Fine-tuning budget {float(res['args']['flops']):.3g} training FLOPs per run ("
+        + (
+            "counted at the mean clip length"
+            if res["args"]["count_at"] == "clip"
+            else "as the trainer counts them"
+        )
+        + f"); {len(rows)} runs. Accuracy of each run's final checkpoint; chance 10%.",
     ]
     head = [
         "model",
@@ -397,11 +409,35 @@ def markdown(res: Dict[str, Any]) -> str:
     )
     md.append(
         f"Pretraining (shared by the Zipformer runs): {pt['checkpoint']}, {pt['flops']:.3g} training FLOPs, "
-        f"{pt['steps']} steps, {pt['audio_hours']:.2f} h of audio seen."
+        f"{pt['steps']} steps, {pt['audio_hours']:.2f} h of audio seen, "
+        f"{pt.get('wall_seconds') or float('nan'):.0f} s of training wall time."
     )
     md.append(machine_markdown(res["machine"]) + f" Load at end {res['loadavg_at_end']}.")
-    md.append(f"Whole script: {res['wall_minutes']:.0f} min (finished runs are read back, not re-run).")
+    trained = sum(r["trained_now"] for r in rows)
+    md.append(
+        f"This invocation: {res['wall_minutes']:.0f} min, {trained} of {len(rows)} runs trained in it "
+        "(finished runs are read back, not re-run)."
+    )
     return "\n\n".join(md) + "\n"
+
+
+def compact(res: Dict[str, Any]) -> Dict[str, Any]:
+    """The per-clip results as one 0/1 string per run and set, clips in the order of ``clip_ids``."""
+    ids = {s: sorted(res["runs"][0][s]["correct"]) for s in SETS}
+    runs = [
+        {
+            **r,
+            **{
+                s: {
+                    **{k: v for k, v in r[s].items() if k != "correct"},
+                    "correct_bits": "".join(str(r[s]["correct"][i]) for i in ids[s]),
+                }
+                for s in SETS
+            },
+        }
+        for r in res["runs"]
+    ]
+    return {**res, "runs": runs, "clip_ids": ids}
 
 
 def main() -> None:
@@ -480,7 +516,7 @@ def main() -> None:
         "wall_minutes": (time.time() - t0) / 60,
     }
     md = markdown(res)
-    save_results(args.out, res, md)
+    save_results(args.out, compact(res), md)
     print(md)
 
 
