@@ -134,10 +134,18 @@ def encoder_spec(recipe: Path, init: Optional[str]) -> Any:
 
 
 def clip_factor(spec: Any, mean_seconds: float) -> float:
-    """Forward FLOPs per second as the trainer charges them (counted on 10 s of input, as in
-    ``train/setup.encoder_cost_cached``) over the same at the corpus's mean clip length. Attention
-    grows with length, so 10 s over-charges a Transformer on 0.5 s clips; a Mamba barely changes."""
-    charged = encoder_cost(spec, seconds=10.0)["macs_per_audio_second"]
+    """Forward FLOPs per second as the trainer charges them (``cost.flops.macs_rate`` on the cost
+    ``train/setup.encoder_cost_cached`` stores: the 10-s rate, or for Transformers a curve over
+    lengths) over the same counted at the corpus's mean clip length. Attention grows with length, so
+    the 10-s rate over-charges e.g. a Zipformer on 0.5 s clips; a Mamba barely changes."""
+    import tempfile
+
+    from speechbudget.cost.flops import macs_rate
+    from speechbudget.models.presets import build_encoder
+    from speechbudget.train.setup import encoder_cost_cached
+
+    with tempfile.TemporaryDirectory() as tmp:
+        charged = macs_rate(encoder_cost_cached(build_encoder(spec), Path(tmp), 0), mean_seconds)
     return charged / encoder_cost(spec, seconds=mean_seconds)["macs_per_audio_second"]
 
 
