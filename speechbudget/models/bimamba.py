@@ -76,18 +76,47 @@ class MambaBranch(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
 
     def forward(
-        self, x: torch.Tensor, pad_mask: torch.Tensor, A_log: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
+        A_log: Optional[torch.Tensor] = None,
+        reverse: bool = False,
     ) -> torch.Tensor:
-        """``A_log`` replaces this branch's own decays: AuM's Fo-Bi runs the backward direction through
-        the same conv and projections with a separate A."""
-        length = x.size(1)
-        u = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # causal: frame t sees t-3..t
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, d_inner, T)
-        delta = delta.masked_fill(pad_mask.unsqueeze(1), 0.0)  # padded frames: state unchanged
+        """``x`` (B, T, d_inner), zero on padded frames. ``reverse``: the backward direction, run on
+        ``x`` as it is (no flipped copy): the conv looks ahead (frame t sees t..t+3, the causal conv
+        of the flipped utterance) and the scan runs from the last frame to the first; the state is 0
+        until the first real frame because delta is 0 on the trailing padding. ``A_log`` replaces
+        this branch's own decays: AuM's Fo-Bi runs the backward direction through the same conv and
+        projections with a separate A."""
+        u = F.silu(self._depthwise(x, reverse))
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # padded frames: delta 0, the state passes unchanged
+        delta = F.softplus(self.dt_proj(dt)).masked_fill(pad_mask.unsqueeze(-1), 0.0)
         A = -torch.exp((self.A_log if A_log is None else A_log).float())
-        y = self.scan(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D)
-        return y.transpose(1, 2)
+        return self.scan(u, delta, A, B, C, D=self.D, time_major=True, reverse=reverse)
+
+    def _depthwise(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The depthwise conv over time on (B, T, D), causal or (``reverse``) looking ahead.
+
+        (B, T, D) seen as (B, D, 1, T) is the channels-last layout, where oneDNN's depthwise
+        convolution is many times faster than on the (B, D, T) layout Conv1d would get (as in
+        Zipformer). Looking ahead = the causal conv of the flipped sequence: the kernel flipped and
+        the last T outputs of the zero-padded convolution instead of the first T.
+        """
+        conv, length = self.conv, x.size(1)
+        weight = conv.weight.flip(-1) if reverse else conv.weight
+        keep = slice(conv.padding[0], None) if reverse else slice(0, length)
+        if torch.jit.is_tracing():  # FLOP counting sees the plain Conv1d
+            y = F.conv1d(x.transpose(1, 2), weight, conv.bias, padding=conv.padding, groups=conv.groups)
+            return y[..., keep].transpose(1, 2)
+        y = F.conv2d(
+            x.transpose(1, 2).unsqueeze(2),
+            weight.unsqueeze(2),
+            conv.bias,
+            padding=(0, conv.padding[0]),
+            groups=conv.groups,
+        )
+        return y.squeeze(2)[..., keep].transpose(1, 2)
 
 
 class BiMambaBlock(nn.Module):
@@ -117,7 +146,7 @@ class BiMambaBlock(nn.Module):
         x, z = self.in_proj(self.norm(h)).chunk(2, dim=-1)
         x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
         y_fwd = self.forward_branch(x, pad_mask)
-        y_bwd = flip_valid(self.backward_branch(flip_valid(x, lengths), pad_mask), lengths)
+        y_bwd = self.backward_branch(x, pad_mask, reverse=True)
         y = 0.5 * (y_fwd + y_bwd) * F.silu(z)  # mean keeps the scale of a one-direction block
         return h + self.dropout(self.out_proj(y))
 

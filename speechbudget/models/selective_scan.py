@@ -72,9 +72,9 @@ def selective_scan_reference(
     return _skip_and_gate(y, u, D, z)
 
 
-def _skip_and_gate(y, u, D, z):
+def _skip_and_gate(y, u, D, z, time_major: bool = False):
     if D is not None:
-        y = y + D[:, None] * u
+        y = y + (D if time_major else D[:, None]) * u
     if z is not None:
         y = y * F.silu(z)
     return y
@@ -125,27 +125,52 @@ def _chunk_starts(dl, x, m, A) -> torch.Tensor:
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """``y = C . h`` of the S6 recurrence with a memory-light hand-written backward."""
+    """``y = C . h`` of the S6 recurrence with a memory-light hand-written backward.
+
+    ``time_major``: ``u``, ``delta``, ``y`` are (B, L, D) and ``B``, ``C`` (B, L, N); ``reverse``:
+    the recurrence runs from the last frame to the first. The compiled kernel reads both directly;
+    the PyTorch path transposes and flips around the (B, D, L) scan.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk):
+    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False):
         ctx.compiled = _use_compiled(u, delta, A, B, C)
+        ctx.chunk, ctx.time_major, ctx.reverse = chunk, time_major, reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                y = scan_cpu.scan_forward(u, delta, A, B, C)
+                y = scan_cpu.scan_forward(u, delta, A, B, C, time_major=time_major, reverse=reverse)
             else:
-                y = _scan_forward(u, delta, A, B, C, chunk)
+                to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
+                back = functools.partial(_uncanonical, time_major=time_major, reverse=reverse)
+                y = back(_scan_forward(to(u), to(delta), A, to(B), to(C), chunk))
         ctx.save_for_backward(u, delta, A, B, C)
-        ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         u, delta, A, B, C = ctx.saved_tensors
+        tm, rev = ctx.time_major, ctx.reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                return scan_cpu.scan_backward(u, delta, A, B, C, grad_y) + (None,)
-            return _scan_backward(u, delta, A, B, C, grad_y, ctx.chunk) + (None,)
+                grads = scan_cpu.scan_backward(u, delta, A, B, C, grad_y, time_major=tm, reverse=rev)
+            else:
+                to = functools.partial(_canonical, time_major=tm, reverse=rev)
+                back = functools.partial(_uncanonical, time_major=tm, reverse=rev)
+                du, dd, da, db, dc = _scan_backward(to(u), to(delta), A, to(B), to(C), to(grad_y), ctx.chunk)
+                grads = (back(du), back(dd), da, back(db), back(dc))
+        return tuple(grads) + (None, None, None)
+
+
+def _canonical(x: torch.Tensor, time_major: bool, reverse: bool) -> torch.Tensor:
+    """(B, L, C) -> (B, C, L) when ``time_major``, then time flipped when ``reverse``."""
+    x = x.transpose(1, 2) if time_major else x
+    return x.flip(2) if reverse else x
+
+
+def _uncanonical(x: torch.Tensor, time_major: bool, reverse: bool) -> torch.Tensor:
+    """Inverse of :func:`_canonical`."""
+    x = x.flip(2) if reverse else x
+    return x.transpose(1, 2) if time_major else x
 
 
 def _use_compiled(*tensors: torch.Tensor) -> bool:
@@ -253,24 +278,33 @@ def selective_scan(
     D: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    time_major: bool = False,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """Fast selective scan; same result as :func:`selective_scan_reference`. Returns (B, D, L).
 
     ``delta`` is used as given (apply softplus and bias before). ``chunk_size`` (chunked PyTorch
     path only) defaults to ``ceil(sqrt(L / 2))``. Half-precision inputs are scanned in float32 and
-    the result cast back, autocast or not.
+    the result cast back, autocast or not. ``time_major``: ``u``, ``delta``, ``z`` and the result
+    are (B, L, D), ``B`` and ``C`` (B, L, N) (a Linear's layout: no transposed copies on CPU).
+    ``reverse``: the recurrence runs from the last frame to the first, as if time were flipped
+    before and after (zero ``delta`` on trailing padding keeps the state at 0 until real frames).
     """
     out_dtype = u.dtype
     work = _work_dtype(out_dtype)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     if scan_backend(u, work) == "mamba_ssm":
-        D, z = (None if t is None else t.to(work) for t in (D, z))
+        to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
+        D = None if D is None else D.to(work)
+        z = None if z is None else to(z.to(work))
         with torch.autocast("cuda", enabled=False):
-            y = _mamba_ssm_scan()(u, delta, A, B, C, D=D, z=z)
-        return y.to(out_dtype)
-    chunk = int(chunk_size) if chunk_size else default_chunk_size(u.size(-1))
-    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk)
-    y = _skip_and_gate(y, u, None if D is None else D.to(work), None if z is None else z.to(work))
+            y = _mamba_ssm_scan()(to(u), to(delta), A, to(B), to(C), D=D, z=z)
+        return _uncanonical(y, time_major, reverse).to(out_dtype)
+    length = u.size(1 if time_major else -1)
+    chunk = int(chunk_size) if chunk_size else default_chunk_size(length)
+    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse)
+    D, z = (None if t is None else t.to(work) for t in (D, z))
+    y = _skip_and_gate(y, u, D, z, time_major)
     return y.to(out_dtype)
 
 
@@ -304,8 +338,10 @@ class SelectiveScan(nn.Module):
         super().__init__()
         self.chunk_size = chunk_size
 
-    def forward(self, u, delta, A, B, C, D=None, z=None) -> torch.Tensor:
-        return selective_scan(u, delta, A, B, C, D=D, z=z, chunk_size=self.chunk_size)
+    def forward(self, u, delta, A, B, C, D=None, z=None, time_major=False, reverse=False) -> torch.Tensor:
+        return selective_scan(
+            u, delta, A, B, C, D=D, z=z, chunk_size=self.chunk_size, time_major=time_major, reverse=reverse
+        )
 
     def macs(self, u_shape: Sequence[int], d_state: int, skip: bool = True, gate: bool = False) -> int:
         """See :func:`selective_scan_macs` for the formula."""
@@ -314,7 +350,7 @@ class SelectiveScan(nn.Module):
     def flop_macs(self, inputs: tuple, output) -> int:
         """Hook for :func:`speechbudget.cost.flops.count_macs`: fvcore cannot see the scan's
         elementwise arithmetic, so the whole module is counted analytically."""
-        u, delta, A, B, C, D, z = inputs
+        u, delta, A, B, C, D, z = inputs[:7]
         return self.macs(tuple(u.shape), A.shape[-1], skip=D is not None, gate=z is not None)
 
     def extra_repr(self) -> str:
