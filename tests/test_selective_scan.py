@@ -119,8 +119,8 @@ def test_views_with_odd_offsets_and_strides():
 def test_threads_split_rows_without_changing_results():
     u, delta, A, B, C, _, _ = make_inputs(3, 5, 16, 40)
     gy = torch.randn_like(u)
-    one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1)
-    three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3)
+    one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1)[:5]
+    three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3)[:5]
     for a, b in zip(one, three):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(
@@ -182,9 +182,9 @@ def test_time_major_and_reverse_on_the_pytorch_path(reverse):
 
 @needs_compiler
 def test_time_major_reverse_threads_split_rows_without_changing_results():
-    u, delta, A, B, C, _, _ = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 5, 16, 40))
+    u, delta, A, B, C, D, _ = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 5, 16, 40))
     gy = torch.randn_like(u)
-    kw = {"time_major": True, "reverse": True}
+    kw = {"time_major": True, "reverse": True, "D": D}
     one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1, **kw)
     three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3, **kw)
     for a, b in zip(one, three):
@@ -238,8 +238,8 @@ def test_falls_back_to_pytorch_with_one_warning_when_the_build_fails(tmp_path):
 class FunctionalScan(nn.Module):
     """Calls the scan as a function (no SelectiveScan module): the op handle must count it."""
 
-    def forward(self, u, delta, A, B, C):
-        return selective_scan(u, delta, A, B, C)
+    def forward(self, u, delta, A, B, C, D=None):
+        return selective_scan(u, delta, A, B, C, D=D)
 
 
 def test_flop_counter_counts_the_scan_op():
@@ -247,6 +247,13 @@ def test_flop_counter_counts_the_scan_op():
     report = count_macs(FunctionalScan(), (u, delta, A, B, C))
     assert report.macs == selective_scan_macs(u.shape, 16, skip=False)
     assert not any("SelectiveScan" in op for op in report.unsupported)
+
+
+def test_flop_counter_counts_the_skip_inside_the_scan_op():
+    """The D skip runs inside the Function (in the compiled kernel's loop): counted there."""
+    u, delta, A, B, C, D, _ = make_inputs(2, 6, 16, 25)
+    report = count_macs(FunctionalScan(), (u, delta, A, B, C, D))
+    assert report.macs == selective_scan_macs(u.shape, 16, skip=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -96,27 +96,72 @@ class MambaBranch(nn.Module):
         return self.scan(u, delta, A, B, C, D=self.D, time_major=True, reverse=reverse)
 
     def _depthwise(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
-        """The depthwise conv over time on (B, T, D), causal or (``reverse``) looking ahead.
-
-        (B, T, D) seen as (B, D, 1, T) is the channels-last layout, where oneDNN's depthwise
-        convolution is many times faster than on the (B, D, T) layout Conv1d would get (as in
-        Zipformer). Looking ahead = the causal conv of the flipped sequence: the kernel flipped and
-        the last T outputs of the zero-padded convolution instead of the first T.
-        """
-        conv, length = self.conv, x.size(1)
-        weight = conv.weight.flip(-1) if reverse else conv.weight
-        keep = slice(conv.padding[0], None) if reverse else slice(0, length)
+        """The depthwise conv over time on (B, T, D), causal or (``reverse``) looking ahead."""
+        conv = self.conv
         if torch.jit.is_tracing():  # FLOP counting sees the plain Conv1d
+            weight = conv.weight.flip(-1) if reverse else conv.weight
             y = F.conv1d(x.transpose(1, 2), weight, conv.bias, padding=conv.padding, groups=conv.groups)
-            return y[..., keep].transpose(1, 2)
-        y = F.conv2d(
-            x.transpose(1, 2).unsqueeze(2),
-            weight.unsqueeze(2),
-            conv.bias,
-            padding=(0, conv.padding[0]),
-            groups=conv.groups,
-        )
-        return y.squeeze(2)[..., keep].transpose(1, 2)
+            y = y[..., conv.padding[0] :] if reverse else y[..., : x.size(1)]
+            return y.transpose(1, 2)
+        return DepthwiseConvTime.apply(x, conv.weight, conv.bias, reverse)
+
+
+def _conv_time(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], reverse: bool):
+    """Depthwise conv of ``x`` (B, T, D) with ``weight`` (D, 1, K): causal, frame t sees t-K+1..t
+    (``weight[:, 0, K-1]`` on frame t), or with ``reverse`` the causal conv of the flipped sequence
+    (frame t sees t..t+K-1, ``weight[:, 0, K-1]`` on frame t).
+
+    (B, T, D) seen as (B, D, 1, T) is the channels-last layout, where oneDNN's depthwise
+    convolution is many times faster than on the (B, D, T) layout Conv1d would get (as in
+    Zipformer). Looking ahead = the kernel flipped and the last T outputs of the zero-padded
+    convolution instead of the first T. The result is a (B, T, D) view.
+    """
+    k, length = weight.size(-1), x.size(1)
+    y = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2),
+        (weight.flip(-1) if reverse else weight).unsqueeze(2),
+        bias,
+        padding=(0, k - 1),
+        groups=weight.size(0),
+    ).squeeze(2)
+    return (y[..., k - 1 :] if reverse else y[..., :length]).transpose(1, 2)
+
+
+class DepthwiseConvTime(torch.autograd.Function):
+    """:func:`_conv_time` with a hand-written backward: oneDNN's depthwise convolution backward on
+    this layout is several times slower than its forward, while the input gradient of a causal
+    conv is the look-ahead conv of the gradient with the same kernel (and vice versa), and the
+    weight gradient is K shifted dot products over (batch, time)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse):
+        x = x.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.reverse, ctx.has_bias = reverse, bias is not None
+        return _conv_time(x, weight, bias, reverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        k, length = weight.size(-1), x.size(1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _conv_time(grad, weight, None, not ctx.reverse)
+        if ctx.needs_input_grad[1]:
+            taps = []
+            for j in range(k):  # tap j meets frame t + j - (K-1) (causal) or t + (K-1) - j (reverse)
+                s = k - 1 - j
+                if s >= length:
+                    taps.append(grad.new_zeros(grad.size(-1)))
+                elif ctx.reverse:
+                    taps.append((grad[:, : length - s] * x[:, s:]).sum((0, 1)))
+                else:
+                    taps.append((grad[:, s:] * x[:, : length - s]).sum((0, 1)))
+            grad_w = torch.stack(taps, -1).unsqueeze(1).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 1))
+        return grad_x, grad_w, grad_b, None
 
 
 class BiMambaBlock(nn.Module):

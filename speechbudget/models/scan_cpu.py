@@ -113,7 +113,7 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
 // a reverse scan, the pointers then at the last frame). NV vectors of state (0: runtime nv).
 template <typename T, int NV>
 void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
-             const T* Ct, int64_t sv, T* y) {
+             const T* Ct, int64_t sv, T skip, T* y) {
   typedef typename V<T>::v v;
   const int nv = NV ? NV : nvr;
   const v* a = (const v*)A;
@@ -128,7 +128,7 @@ void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
       h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[s * sv + i];
       acc += h[i] * cv[s * sv + i];
     }
-    y[s * st] = V<T>::sum(acc);
+    y[s * st] = V<T>::sum(acc) + skip * u[s * st];
   }
 }
 
@@ -137,8 +137,8 @@ void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
 // which step like Bt, Ct.
 template <typename T, int NV>
 void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
-             const T* Ct, int64_t sv, const T* gy, T* hsp, T* du_out, T* ddt_out, T* dA_row, T* dBp,
-             T* dCp) {
+             const T* Ct, int64_t sv, T skip, const T* gy, T* hsp, T* du_out, T* ddt_out, T* dA_row,
+             T* dskip, T* dBp, T* dCp) {
   typedef typename V<T>::v v;
   const int nv = NV ? NV : nvr;
   const v* a = (const v*)A;
@@ -149,6 +149,7 @@ void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
   v* dC = (v*)dCp;
   v h[NV ? NV : MAXV], g[NV ? NV : MAXV], ga[NV ? NV : MAXV];
   for (int i = 0; i < nv; ++i) { h[i] = v{}; g[i] = v{}; ga[i] = v{}; hs[i] = v{}; }
+  T gskip = 0;
   for (int64_t s = 0; s < L; ++s) {
     const T d = dt[s * st], du = d * u[s * st];
     for (int i = 0; i < nv; ++i) {
@@ -173,9 +174,11 @@ void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
     }
     const T sb = V<T>::sum(sgb);
     ddt_out[s * st] = V<T>::sum(sgla) + sb * ut;
-    du_out[s * st] = sb * d;
+    du_out[s * st] = sb * d + skip * gyt;
+    gskip += gyt * ut;
   }
   for (int i = 0; i < nv; ++i) ((v*)dA_row)[i] = ga[i];
+  *dskip = gskip;
 }
 
 // Row tensors (u, dt, y, gy, du, ddt) share element strides (sb, sd, st) over (batch, channel,
@@ -188,7 +191,7 @@ struct Layout {
 
 template <typename T, int NV>
 void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
-         const T* Ct, T* y, int threads, Layout lay) {
+         const T* Ct, const T* skip, T* y, int threads, Layout lay) {
   const int64_t n = (int64_t)nv * V<T>::W;
   const int64_t first = lay.reverse ? (L - 1) * lay.st : 0, st = lay.reverse ? -lay.st : lay.st;
   const int64_t bfirst = lay.reverse ? (L - 1) * n : 0, sv = lay.reverse ? -nv : nv;
@@ -196,7 +199,7 @@ void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
       const int64_t ob = b * L * n + bfirst;
-      fwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, y + o);
+      fwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], y + o);
     }
   });
 }
@@ -204,7 +207,8 @@ void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
 // dB, dC: (threads, Bsz, L, n) zeroed by the caller, summed over threads by the caller.
 template <typename T, int NV>
 void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
-         const T* Ct, const T* gy, T* du, T* ddt, T* dA, T* dB, T* dC, int threads, Layout lay) {
+         const T* Ct, const T* skip, const T* gy, T* du, T* ddt, T* dA, T* dskip, T* dB, T* dC,
+         int threads, Layout lay) {
   const int64_t n = (int64_t)nv * V<T>::W;
   const int64_t first = lay.reverse ? (L - 1) * lay.st : 0, st = lay.reverse ? -lay.st : lay.st;
   const int64_t bfirst = lay.reverse ? (L - 1) * n : 0, sv = lay.reverse ? -nv : nv;
@@ -215,8 +219,8 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
       const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
       const int64_t ob = b * L * n + bfirst;
       const int64_t slice = (int64_t)tid * Bsz * L * n + ob;
-      bwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, gy + o, (T*)hs.data(),
-                     du + o, ddt + o, dA + r * n, dB + slice, dC + slice);
+      bwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], gy + o,
+                     (T*)hs.data(), du + o, ddt + o, dA + r * n, dskip + r, dB + slice, dC + slice);
     }
   });
 }
@@ -224,24 +228,29 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
 }  // namespace
 
 // nv = padded state size / vector width. Specialised for one and two vectors (N = 16 in fp32/fp64).
+// skip: the D skip (y += D u), one value per channel; dskip: its gradient per row (b, d).
 #define SB_EXPORT(T, SUF)                                                                          \
   extern "C" void sb_scan_fwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
-                                     const T* dt, const T* A, const T* Bt, const T* Ct, T* y,     \
-                                     int threads, int64_t sb, int64_t sd, int64_t st, int rev) {  \
+                                     const T* dt, const T* A, const T* Bt, const T* Ct,           \
+                                     const T* skip, T* y, int threads, int64_t sb, int64_t sd,    \
+                                     int64_t st, int rev) {                                       \
     const Layout lay{sb, sd, st, rev};                                                             \
-    if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads, lay);                      \
-    else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads, lay);                 \
-    else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, y, threads, lay);                              \
+    if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                \
+    else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);           \
+    else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                        \
   }                                                                                                \
   extern "C" void sb_scan_bwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
                                      const T* dt, const T* A, const T* Bt, const T* Ct,           \
-                                     const T* gy, T* du, T* ddt, T* dA, T* dB, T* dC,             \
-                                     int threads, int64_t sb, int64_t sd, int64_t st, int rev) {  \
+                                     const T* skip, const T* gy, T* du, T* ddt, T* dA, T* dskip,  \
+                                     T* dB, T* dC, int threads, int64_t sb, int64_t sd,           \
+                                     int64_t st, int rev) {                                       \
     const Layout lay{sb, sd, st, rev};                                                             \
-    if (nv == 1) bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads, lay);\
+    if (nv == 1)                                                                                   \
+      bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
     else if (nv == 2)                                                                              \
-      bwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads, lay);           \
-    else bwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, threads, lay);        \
+      bwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
+    else                                                                                           \
+      bwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
   }
 
 SB_EXPORT(float, f32)
@@ -299,10 +308,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     for suffix in ("f32", "f64"):
         getattr(lib, f"sb_scan_fwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 6 + [i32, i64, i64, i64, i32]
+            [i64, i64, i64, i32] + [ptr] * 7 + [i32, i64, i64, i64, i32]
         )
         getattr(lib, f"sb_scan_bwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 11 + [i32, i64, i64, i64, i32]
+            [i64, i64, i64, i32] + [ptr] * 13 + [i32, i64, i64, i64, i32]
         )
 
 
@@ -397,9 +406,17 @@ def _layout(u: torch.Tensor, time_major: bool):
 
 
 def scan_forward(
-    u, delta, A, B, C, threads: Optional[int] = None, time_major: bool = False, reverse: bool = False
+    u,
+    delta,
+    A,
+    B,
+    C,
+    threads: Optional[int] = None,
+    time_major: bool = False,
+    reverse: bool = False,
+    D: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``y`` of the recurrence (no skip, no gate), in ``u``'s layout.
+    """``y`` of the recurrence plus the skip ``D * u`` when ``D`` (D,) is given (no gate), in ``u``'s layout.
 
     ``u``, ``delta``: (B, D, L) and ``B``, ``C``: (B, N, L); with ``time_major`` (B, L, D) and
     (B, L, N), the layout of a Linear's output, so no transposed copies are needed. ``reverse``
@@ -409,13 +426,14 @@ def scan_forward(
     u, delta = u.contiguous(), delta.contiguous()
     a, bt, ct, nv = _padded(A, B, C, time_major)
     (batch, dim, length), strides = _layout(u, time_major)
+    skip = _skip(D, u, dim)
     y = torch.empty_like(u)
     getattr(lib, f"sb_scan_fwd_{_suffix(u.dtype)}")(
         batch,
         dim,
         length,
         nv,
-        *map(_ptr, (u, delta, a, bt, ct, y)),
+        *map(_ptr, (u, delta, a, bt, ct, skip, y)),
         _threads(threads),
         *strides,
         int(reverse),
@@ -424,18 +442,30 @@ def scan_forward(
 
 
 def scan_backward(
-    u, delta, A, B, C, grad_y, threads: Optional[int] = None, time_major: bool = False, reverse: bool = False
+    u,
+    delta,
+    A,
+    B,
+    C,
+    grad_y,
+    threads: Optional[int] = None,
+    time_major: bool = False,
+    reverse: bool = False,
+    D: Optional[torch.Tensor] = None,
 ):
-    """Gradients (u, delta, A, B, C) of ``sum(grad_y * y)``, each in its input's layout (see
-    :func:`scan_forward`); states recomputed, O(L N) scratch per thread."""
+    """Gradients (u, delta, A, B, C, D) of ``sum(grad_y * y)``, each in its input's layout (see
+    :func:`scan_forward`; that of ``D`` is None without ``D``); states recomputed, O(L N) scratch
+    per thread."""
     lib = load()
     u, delta, gy = u.contiguous(), delta.contiguous(), grad_y.contiguous().to(u.dtype)
     a, bt, ct, nv = _padded(A, B, C, time_major)
     (batch, dim, length), strides = _layout(u, time_major)
     state, padded = A.size(1), a.size(1)
     nthreads = max(1, min(_threads(threads), batch * dim))
+    skip = _skip(D, u, dim)
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     da_rows = u.new_empty(batch, dim, padded)
+    dskip_rows = u.new_empty(batch, dim)
     db = u.new_zeros(nthreads, batch, length, padded)
     dc = u.new_zeros(nthreads, batch, length, padded)
     getattr(lib, f"sb_scan_bwd_{_suffix(u.dtype)}")(
@@ -443,7 +473,7 @@ def scan_backward(
         dim,
         length,
         nv,
-        *map(_ptr, (u, delta, a, bt, ct, gy, du, ddelta, da_rows, db, dc)),
+        *map(_ptr, (u, delta, a, bt, ct, skip, gy, du, ddelta, da_rows, dskip_rows, db, dc)),
         nthreads,
         *strides,
         int(reverse),
@@ -452,4 +482,10 @@ def scan_backward(
     grad_c = (dc[0] if nthreads == 1 else dc.sum(0))[..., :state]
     if not time_major:
         grad_b, grad_c = grad_b.transpose(1, 2), grad_c.transpose(1, 2)
-    return du, ddelta, da_rows.sum(0)[:, :state], grad_b, grad_c
+    grad_d = None if D is None else dskip_rows.sum(0).to(D.dtype)
+    return du, ddelta, da_rows.sum(0)[:, :state], grad_b, grad_c, grad_d
+
+
+def _skip(D: Optional[torch.Tensor], u: torch.Tensor, dim: int) -> torch.Tensor:
+    """The skip weights the kernel reads: ``D`` in ``u``'s dtype, or zeros (no skip)."""
+    return u.new_zeros(dim) if D is None else D.detach().to(u.dtype).contiguous()

@@ -74,7 +74,7 @@ def selective_scan_reference(
 
 def _skip_and_gate(y, u, D, z, time_major: bool = False):
     if D is not None:
-        y = y + (D if time_major else D[:, None]) * u
+        y = y + _per_channel(D, time_major) * u
     if z is not None:
         y = y * F.silu(z)
     return y
@@ -125,40 +125,54 @@ def _chunk_starts(dl, x, m, A) -> torch.Tensor:
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """``y = C . h`` of the S6 recurrence with a memory-light hand-written backward.
+    """``y = C . h`` of the S6 recurrence, plus the skip ``D * u`` when ``D`` is given, with a
+    memory-light hand-written backward.
 
     ``time_major``: ``u``, ``delta``, ``y`` are (B, L, D) and ``B``, ``C`` (B, L, N); ``reverse``:
-    the recurrence runs from the last frame to the first. The compiled kernel reads both directly;
-    the PyTorch path transposes and flips around the (B, D, L) scan.
+    the recurrence runs from the last frame to the first. The compiled kernel reads both directly
+    and adds the skip inside its time loop; the PyTorch path transposes and flips around the
+    (B, D, L) scan.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False):
+    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False, D=None):
         ctx.compiled = _use_compiled(u, delta, A, B, C)
         ctx.chunk, ctx.time_major, ctx.reverse = chunk, time_major, reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                y = scan_cpu.scan_forward(u, delta, A, B, C, time_major=time_major, reverse=reverse)
+                y = scan_cpu.scan_forward(u, delta, A, B, C, time_major=time_major, reverse=reverse, D=D)
             else:
                 to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
                 back = functools.partial(_uncanonical, time_major=time_major, reverse=reverse)
                 y = back(_scan_forward(to(u), to(delta), A, to(B), to(C), chunk))
-        ctx.save_for_backward(u, delta, A, B, C)
+                if D is not None:
+                    y = y + _per_channel(D.to(y.dtype), time_major) * u
+        ctx.save_for_backward(u, delta, A, B, C, D)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, D = ctx.saved_tensors
         tm, rev = ctx.time_major, ctx.reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                grads = scan_cpu.scan_backward(u, delta, A, B, C, grad_y, time_major=tm, reverse=rev)
+                grads = scan_cpu.scan_backward(u, delta, A, B, C, grad_y, time_major=tm, reverse=rev, D=D)
             else:
                 to = functools.partial(_canonical, time_major=tm, reverse=rev)
                 back = functools.partial(_uncanonical, time_major=tm, reverse=rev)
                 du, dd, da, db, dc = _scan_backward(to(u), to(delta), A, to(B), to(C), to(grad_y), ctx.chunk)
-                grads = (back(du), back(dd), da, back(db), back(dc))
-        return tuple(grads) + (None, None, None)
+                du, grad_d = back(du), None
+                if D is not None:
+                    du = du + _per_channel(D.to(du.dtype), tm) * grad_y
+                    grad_d = (grad_y * u).sum((0, 1) if tm else (0, 2)).to(D.dtype)
+                grads = (du, back(dd), da, back(db), back(dc), grad_d)
+        du, dd, da, db, dc, grad_d = grads
+        return du, dd, da, db, dc, None, None, None, grad_d
+
+
+def _per_channel(D: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """``D`` (D,) shaped to broadcast over (B, L, D) or (B, D, L)."""
+    return D if time_major else D[:, None]
 
 
 def _canonical(x: torch.Tensor, time_major: bool, reverse: bool) -> torch.Tensor:
@@ -302,9 +316,9 @@ def selective_scan(
         return _uncanonical(y, time_major, reverse).to(out_dtype)
     length = u.size(1 if time_major else -1)
     chunk = int(chunk_size) if chunk_size else default_chunk_size(length)
-    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse)
     D, z = (None if t is None else t.to(work) for t in (D, z))
-    y = _skip_and_gate(y, u, D, z, time_major)
+    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse, D)
+    y = _skip_and_gate(y, u, None, z, time_major)
     return y.to(out_dtype)
 
 
@@ -358,11 +372,11 @@ class SelectiveScan(nn.Module):
 
 
 def _scan_op_macs(inputs, outputs) -> int:
-    """fvcore handle for :class:`SelectiveScanFn` (inputs u, delta, A, B, C): its elementwise
-    recurrence, by the formula above (skip and gate run outside the Function)."""
+    """fvcore handle for :class:`SelectiveScanFn` (tensor inputs u, delta, A, B, C and, for the
+    skip, D): its elementwise recurrence, by the formula above (the gate runs outside)."""
     u_shape = inputs[0].type().sizes()
     d_state = inputs[2].type().sizes()[-1]
-    return selective_scan_macs(u_shape, d_state, skip=False, gate=False)
+    return selective_scan_macs(u_shape, d_state, skip=len(inputs) > 5, gate=False)
 
 
 register_op_handle("prim::PythonOp.SelectiveScanFn", _scan_op_macs)
