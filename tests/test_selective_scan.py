@@ -180,6 +180,32 @@ def test_time_major_and_reverse_on_the_pytorch_path(reverse):
     assert_time_major_matches_oracle(inputs, reverse, 1e-10)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("state", [16, scan_cpu.MAX_STATE + 1])  # compiled kernel, PyTorch path
+def test_lengths_act_as_zero_delta_on_padding(reverse, state):
+    """``lengths``: frames past each length behave as if their delta were 0 (values and all
+    gradients, delta's being 0 there), without the caller masking delta."""
+    u, delta, A, B, C, D, z = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 4, state, 30))
+    lengths = torch.tensor([30, 17, 1])
+    pad = (torch.arange(30).unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1)
+    weights = torch.randn(u.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    inputs = [u, delta, A, B, C, D]
+
+    def masked(u, delta, A, B, C, D):
+        delta = delta.masked_fill(pad, 0.0)
+        return selective_scan(u, delta, A, B, C, D=D, time_major=True, reverse=reverse)
+
+    def ours(u, delta, A, B, C, D):
+        return selective_scan(u, delta, A, B, C, D=D, time_major=True, reverse=reverse, lengths=lengths)
+
+    y_ref, g_ref = value_and_grads(masked, inputs, weights)
+    y, g = value_and_grads(ours, inputs, weights)
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip("u delta A B C D".split(), g_ref, g):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
+    assert g[1][pad.expand_as(g[1])].abs().max() == 0
+
+
 @needs_compiler
 def test_time_major_reverse_threads_split_rows_without_changing_results():
     u, delta, A, B, C, D, _ = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 5, 16, 40))

@@ -82,7 +82,8 @@ class MambaBranch(nn.Module):
         A_log: Optional[torch.Tensor] = None,
         reverse: bool = False,
     ) -> torch.Tensor:
-        """``x`` (B, T, d_inner), zero on padded frames. ``reverse``: the backward direction, run on
+        """``x`` (B, T, d_inner), zero on padded frames; ``pad_mask`` (B, T) true on them (at the
+        end of each utterance, as :func:`~.base.make_pad_mask` makes it). ``reverse``: the backward direction, run on
         ``x`` as it is (no flipped copy): the conv looks ahead (frame t sees t..t+3, the causal conv
         of the flipped utterance) and the scan runs from the last frame to the first; the state is 0
         until the first real frame because delta is 0 on the trailing padding. ``A_log`` replaces
@@ -90,10 +91,10 @@ class MambaBranch(nn.Module):
         projections with a separate A."""
         u = F.silu(self._depthwise(x, reverse))
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # padded frames: delta 0, the state passes unchanged
-        delta = F.softplus(self.dt_proj(dt)).masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        delta = F.softplus(self.dt_proj(dt))
         A = -torch.exp((self.A_log if A_log is None else A_log).float())
-        return self.scan(u, delta, A, B, C, D=self.D, time_major=True, reverse=reverse)
+        lengths = (~pad_mask).sum(1)  # padded frames (at the end): delta 0, the state passes unchanged
+        return self.scan(u, delta, A, B, C, D=self.D, time_major=True, reverse=reverse, lengths=lengths)
 
     def _depthwise(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
         """The depthwise conv over time on (B, T, D), causal or (``reverse``) looking ahead."""

@@ -112,8 +112,8 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
 // s = 0 .. L-1. u, dt, y step by st elements per frame; Bt, Ct by sv vectors (both negative for
 // a reverse scan, the pointers then at the last frame). NV vectors of state (0: runtime nv).
 template <typename T, int NV>
-void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
-             const T* Ct, int64_t sv, T skip, T* y) {
+void fwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt, int64_t st,
+             const T* A, const T* Bt, const T* Ct, int64_t sv, T skip, T* y) {
   typedef typename V<T>::v v;
   const int nv = NV ? NV : nvr;
   const v* a = (const v*)A;
@@ -122,7 +122,7 @@ void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
   v h[NV ? NV : MAXV];
   for (int i = 0; i < nv; ++i) h[i] = v{} ;
   for (int64_t s = 0; s < L; ++s) {
-    const T d = dt[s * st], du = d * u[s * st];
+    const T d = (s >= s0 && s < s1) ? dt[s * st] : T(0), du = d * u[s * st];
     v acc = v{};
     for (int i = 0; i < nv; ++i) {
       h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[s * sv + i];
@@ -136,7 +136,7 @@ void fwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
 // g_s = a_{s+1} g_{s+1} + gy_s C_s backwards. dB, dC accumulate into this thread's (L, nv) slices,
 // which step like Bt, Ct.
 template <typename T, int NV>
-void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
+void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
              const T* Ct, int64_t sv, T skip, const T* gy, T* hsp, T* du_out, T* ddt_out, T* dA_row,
              T* dskip, T* dBp, T* dCp) {
   typedef typename V<T>::v v;
@@ -151,14 +151,15 @@ void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
   for (int i = 0; i < nv; ++i) { h[i] = v{}; g[i] = v{}; ga[i] = v{}; hs[i] = v{}; }
   T gskip = 0;
   for (int64_t s = 0; s < L; ++s) {
-    const T d = dt[s * st], du = d * u[s * st];
+    const T d = (s >= s0 && s < s1) ? dt[s * st] : T(0), du = d * u[s * st];
     for (int i = 0; i < nv; ++i) {
       h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[s * sv + i];
       hs[(s + 1) * nv + i] = h[i];
     }
   }
   for (int64_t s = L - 1; s >= 0; --s) {
-    const T d = dt[s * st], ut = u[s * st], du = d * ut, gyt = gy[s * st];
+    const bool valid = s >= s0 && s < s1;
+    const T d = valid ? dt[s * st] : T(0), ut = u[s * st], du = d * ut, gyt = gy[s * st];
     v sgb = v{}, sgla = v{};
     for (int i = 0; i < nv; ++i) {
       const int64_t j = s * sv + i, k = s * nv + i;
@@ -173,7 +174,7 @@ void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
       g[i] = gn * dec;
     }
     const T sb = V<T>::sum(sgb);
-    ddt_out[s * st] = V<T>::sum(sgla) + sb * ut;
+    ddt_out[s * st] = valid ? V<T>::sum(sgla) + sb * ut : T(0);
     du_out[s * st] = sb * d + skip * gyt;
     gskip += gyt * ut;
   }
@@ -187,7 +188,16 @@ void bwd_row(int64_t L, int nvr, const T* u, const T* dt, int64_t st, const T* A
 struct Layout {
   int64_t sb, sd, st;
   int reverse;
+  const int64_t* lengths;  // per batch item, frames from lengths[b] on have delta 0; null: none
 };
+
+// The steps [s0, s1) whose delta is used: frames < lengths[b], in scan order.
+inline void valid_steps(const Layout& lay, int64_t b, int64_t L, int64_t& s0, int64_t& s1) {
+  int64_t n = lay.lengths ? lay.lengths[b] : L;
+  n = n < 0 ? 0 : (n > L ? L : n);
+  s0 = lay.reverse ? L - n : 0;
+  s1 = lay.reverse ? L : n;
+}
 
 template <typename T, int NV>
 void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
@@ -199,7 +209,9 @@ void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
       const int64_t ob = b * L * n + bfirst;
-      fwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], y + o);
+      int64_t s0, s1;
+      valid_steps(lay, b, L, s0, s1);
+      fwd_row<T, NV>(L, s0, s1, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], y + o);
     }
   });
 }
@@ -219,7 +231,9 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
       const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
       const int64_t ob = b * L * n + bfirst;
       const int64_t slice = (int64_t)tid * Bsz * L * n + ob;
-      bwd_row<T, NV>(L, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], gy + o,
+      int64_t s0, s1;
+      valid_steps(lay, b, L, s0, s1);
+      bwd_row<T, NV>(L, s0, s1, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], gy + o,
                      (T*)hs.data(), du + o, ddt + o, dA + r * n, dskip + r, dB + slice, dC + slice);
     }
   });
@@ -233,8 +247,8 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
   extern "C" void sb_scan_fwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
                                      const T* dt, const T* A, const T* Bt, const T* Ct,           \
                                      const T* skip, T* y, int threads, int64_t sb, int64_t sd,    \
-                                     int64_t st, int rev) {                                       \
-    const Layout lay{sb, sd, st, rev};                                                             \
+                                     int64_t st, int rev, const int64_t* lens) {                                       \
+    const Layout lay{sb, sd, st, rev, lens};                                                             \
     if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                \
     else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);           \
     else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                        \
@@ -243,8 +257,8 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
                                      const T* dt, const T* A, const T* Bt, const T* Ct,           \
                                      const T* skip, const T* gy, T* du, T* ddt, T* dA, T* dskip,  \
                                      T* dB, T* dC, int threads, int64_t sb, int64_t sd,           \
-                                     int64_t st, int rev) {                                       \
-    const Layout lay{sb, sd, st, rev};                                                             \
+                                     int64_t st, int rev, const int64_t* lens) {                                       \
+    const Layout lay{sb, sd, st, rev, lens};                                                             \
     if (nv == 1)                                                                                   \
       bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
     else if (nv == 2)                                                                              \
@@ -308,10 +322,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     for suffix in ("f32", "f64"):
         getattr(lib, f"sb_scan_fwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 7 + [i32, i64, i64, i64, i32]
+            [i64, i64, i64, i32] + [ptr] * 7 + [i32, i64, i64, i64, i32, ptr]
         )
         getattr(lib, f"sb_scan_bwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 13 + [i32, i64, i64, i64, i32]
+            [i64, i64, i64, i32] + [ptr] * 13 + [i32, i64, i64, i64, i32, ptr]
         )
 
 
@@ -415,8 +429,12 @@ def scan_forward(
     time_major: bool = False,
     reverse: bool = False,
     D: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``y`` of the recurrence plus the skip ``D * u`` when ``D`` (D,) is given (no gate), in ``u``'s layout.
+
+    ``lengths`` (B,): frames from ``lengths[b]`` on count as padding, their ``delta`` as 0 (the
+    state passes through unchanged; their ``delta`` gets gradient 0).
 
     ``u``, ``delta``: (B, D, L) and ``B``, ``C``: (B, N, L); with ``time_major`` (B, L, D) and
     (B, L, N), the layout of a Linear's output, so no transposed copies are needed. ``reverse``
@@ -426,7 +444,7 @@ def scan_forward(
     u, delta = u.contiguous(), delta.contiguous()
     a, bt, ct, nv = _padded(A, B, C, time_major)
     (batch, dim, length), strides = _layout(u, time_major)
-    skip = _skip(D, u, dim)
+    skip, lens = _skip(D, u, dim), _lengths(lengths)
     y = torch.empty_like(u)
     getattr(lib, f"sb_scan_fwd_{_suffix(u.dtype)}")(
         batch,
@@ -437,6 +455,7 @@ def scan_forward(
         _threads(threads),
         *strides,
         int(reverse),
+        None if lens is None else _ptr(lens),
     )
     return y
 
@@ -452,6 +471,7 @@ def scan_backward(
     time_major: bool = False,
     reverse: bool = False,
     D: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ):
     """Gradients (u, delta, A, B, C, D) of ``sum(grad_y * y)``, each in its input's layout (see
     :func:`scan_forward`; that of ``D`` is None without ``D``); states recomputed, O(L N) scratch
@@ -462,7 +482,7 @@ def scan_backward(
     (batch, dim, length), strides = _layout(u, time_major)
     state, padded = A.size(1), a.size(1)
     nthreads = max(1, min(_threads(threads), batch * dim))
-    skip = _skip(D, u, dim)
+    skip, lens = _skip(D, u, dim), _lengths(lengths)
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     da_rows = u.new_empty(batch, dim, padded)
     dskip_rows = u.new_empty(batch, dim)
@@ -477,6 +497,7 @@ def scan_backward(
         nthreads,
         *strides,
         int(reverse),
+        None if lens is None else _ptr(lens),
     )
     grad_b = (db[0] if nthreads == 1 else db.sum(0))[..., :state]
     grad_c = (dc[0] if nthreads == 1 else dc.sum(0))[..., :state]
@@ -484,6 +505,10 @@ def scan_backward(
         grad_b, grad_c = grad_b.transpose(1, 2), grad_c.transpose(1, 2)
     grad_d = None if D is None else dskip_rows.sum(0).to(D.dtype)
     return du, ddelta, da_rows.sum(0)[:, :state], grad_b, grad_c, grad_d
+
+
+def _lengths(lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64).contiguous()
 
 
 def _skip(D: Optional[torch.Tensor], u: torch.Tensor, dim: int) -> torch.Tensor:

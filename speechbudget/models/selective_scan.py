@@ -129,19 +129,26 @@ class SelectiveScanFn(torch.autograd.Function):
     memory-light hand-written backward.
 
     ``time_major``: ``u``, ``delta``, ``y`` are (B, L, D) and ``B``, ``C`` (B, L, N); ``reverse``:
-    the recurrence runs from the last frame to the first. The compiled kernel reads both directly
-    and adds the skip inside its time loop; the PyTorch path transposes and flips around the
-    (B, D, L) scan.
+    the recurrence runs from the last frame to the first; ``lengths`` (B,): frames from
+    ``lengths[b]`` on are padding, their ``delta`` taken as 0 (and given gradient 0). The compiled
+    kernel reads all of these directly and adds the skip inside its time loop; the PyTorch path
+    masks, transposes and flips around the (B, D, L) scan.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False, D=None):
+    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False, D=None, lengths=None):
         ctx.compiled = _use_compiled(u, delta, A, B, C)
         ctx.chunk, ctx.time_major, ctx.reverse = chunk, time_major, reverse
+        ctx.pad = None if ctx.compiled else _pad_mask(lengths, u, time_major)
+        ctx.lengths = lengths
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                y = scan_cpu.scan_forward(u, delta, A, B, C, time_major=time_major, reverse=reverse, D=D)
+                y = scan_cpu.scan_forward(
+                    u, delta, A, B, C, time_major=time_major, reverse=reverse, D=D, lengths=lengths
+                )
             else:
+                if ctx.pad is not None:
+                    delta = delta.masked_fill(ctx.pad, 0.0)
                 to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
                 back = functools.partial(_uncanonical, time_major=time_major, reverse=reverse)
                 y = back(_scan_forward(to(u), to(delta), A, to(B), to(C), chunk))
@@ -156,7 +163,9 @@ class SelectiveScanFn(torch.autograd.Function):
         tm, rev = ctx.time_major, ctx.reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                grads = scan_cpu.scan_backward(u, delta, A, B, C, grad_y, time_major=tm, reverse=rev, D=D)
+                grads = scan_cpu.scan_backward(
+                    u, delta, A, B, C, grad_y, time_major=tm, reverse=rev, D=D, lengths=ctx.lengths
+                )
             else:
                 to = functools.partial(_canonical, time_major=tm, reverse=rev)
                 back = functools.partial(_uncanonical, time_major=tm, reverse=rev)
@@ -165,9 +174,21 @@ class SelectiveScanFn(torch.autograd.Function):
                 if D is not None:
                     du = du + _per_channel(D.to(du.dtype), tm) * grad_y
                     grad_d = (grad_y * u).sum((0, 1) if tm else (0, 2)).to(D.dtype)
-                grads = (du, back(dd), da, back(db), back(dc), grad_d)
+                dd = back(dd)
+                if ctx.pad is not None:
+                    dd = dd.masked_fill(ctx.pad, 0.0)
+                grads = (du, dd, da, back(db), back(dc), grad_d)
         du, dd, da, db, dc, grad_d = grads
-        return du, dd, da, db, dc, None, None, None, grad_d
+        return du, dd, da, db, dc, None, None, None, grad_d, None
+
+
+def _pad_mask(lengths: Optional[torch.Tensor], u: torch.Tensor, time_major: bool) -> Optional[torch.Tensor]:
+    """True on padded frames, shaped to broadcast over ``u`` ((B, L, 1) or (B, 1, L)); None without lengths."""
+    if lengths is None:
+        return None
+    length = u.size(1 if time_major else 2)
+    pad = torch.arange(length, device=u.device).unsqueeze(0) >= lengths.to(u.device).unsqueeze(1)
+    return pad.unsqueeze(-1) if time_major else pad.unsqueeze(1)
 
 
 def _per_channel(D: torch.Tensor, time_major: bool) -> torch.Tensor:
@@ -294,6 +315,7 @@ def selective_scan(
     chunk_size: Optional[int] = None,
     time_major: bool = False,
     reverse: bool = False,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Fast selective scan; same result as :func:`selective_scan_reference`. Returns (B, D, L).
 
@@ -303,11 +325,15 @@ def selective_scan(
     are (B, L, D), ``B`` and ``C`` (B, L, N) (a Linear's layout: no transposed copies on CPU).
     ``reverse``: the recurrence runs from the last frame to the first, as if time were flipped
     before and after (zero ``delta`` on trailing padding keeps the state at 0 until real frames).
+    ``lengths`` (B,): frames from ``lengths[b]`` on are padding, their ``delta`` taken as 0 (as
+    ``delta.masked_fill(padding, 0)`` before the call, without the masked copy on CPU).
     """
     out_dtype = u.dtype
     work = _work_dtype(out_dtype)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     if scan_backend(u, work) == "mamba_ssm":
+        pad = _pad_mask(lengths, u, time_major)
+        delta = delta if pad is None else delta.masked_fill(pad, 0.0)
         to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
         D = None if D is None else D.to(work)
         z = None if z is None else to(z.to(work))
@@ -317,7 +343,7 @@ def selective_scan(
     length = u.size(1 if time_major else -1)
     chunk = int(chunk_size) if chunk_size else default_chunk_size(length)
     D, z = (None if t is None else t.to(work) for t in (D, z))
-    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse, D)
+    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse, D, lengths)
     y = _skip_and_gate(y, u, None, z, time_major)
     return y.to(out_dtype)
 
@@ -352,9 +378,21 @@ class SelectiveScan(nn.Module):
         super().__init__()
         self.chunk_size = chunk_size
 
-    def forward(self, u, delta, A, B, C, D=None, z=None, time_major=False, reverse=False) -> torch.Tensor:
+    def forward(
+        self, u, delta, A, B, C, D=None, z=None, time_major=False, reverse=False, lengths=None
+    ) -> torch.Tensor:
         return selective_scan(
-            u, delta, A, B, C, D=D, z=z, chunk_size=self.chunk_size, time_major=time_major, reverse=reverse
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D=D,
+            z=z,
+            chunk_size=self.chunk_size,
+            time_major=time_major,
+            reverse=reverse,
+            lengths=lengths,
         )
 
     def macs(self, u_shape: Sequence[int], d_state: int, skip: bool = True, gate: bool = False) -> int:
@@ -376,7 +414,8 @@ def _scan_op_macs(inputs, outputs) -> int:
     skip, D): its elementwise recurrence, by the formula above (the gate runs outside)."""
     u_shape = inputs[0].type().sizes()
     d_state = inputs[2].type().sizes()[-1]
-    return selective_scan_macs(u_shape, d_state, skip=len(inputs) > 5, gate=False)
+    skip = len(inputs) > 5 and inputs[5].type().scalarType() != "Long"  # D, not lengths
+    return selective_scan_macs(u_shape, d_state, skip=skip, gate=False)
 
 
 register_op_handle("prim::PythonOp.SelectiveScanFn", _scan_op_macs)
