@@ -4,10 +4,11 @@ Each block: RMSNorm -> in_proj to (x, z) -> a forward and a backward selective-S
 each with its own causal depthwise conv, x_proj, dt_proj, A and D -> mean of the two -> gate with
 SiLU(z) -> out_proj -> residual. Cost is linear in length, unlike attention.
 
-Padding never reaches real frames: the backward branch reverses each utterance *within its own
-length* (padding stays at the end), both branches are causal in their own direction, and delta is
-0 on padded frames so the state passes through them unchanged. No position embedding: the conv and
-the recurrence already know order, and any length works.
+Padding never reaches real frames: the backward branch runs each utterance from its last real
+frame to its first (its conv looks ahead, its scan runs in reverse over the (B, T, D) data, so
+nothing is flipped or copied; padding stays at the end), both branches are causal in their own
+direction, and delta is 0 on padded frames so the state passes through them unchanged. No
+position embedding: the conv and the recurrence already know order, and any length works.
 
 With ``cls_token=True`` (classification) a learned token is inserted in the middle of each
 utterance, as in AuM; the output then carries the CLS state at frame 0, followed by the frames in

@@ -145,6 +145,7 @@ void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt
   const v* bv = (const v*)Bt;
   const v* cv = (const v*)Ct;
   v* hs = (v*)hsp;
+  v* ds = hs + (L + 1) * nv;  // the decays exp(dt_s A), kept from the recomputation
   v* dB = (v*)dBp;
   v* dC = (v*)dCp;
   v h[NV ? NV : MAXV], g[NV ? NV : MAXV], ga[NV ? NV : MAXV];
@@ -153,7 +154,9 @@ void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt
   for (int64_t s = 0; s < L; ++s) {
     const T d = (s >= s0 && s < s1) ? dt[s * st] : T(0), du = d * u[s * st];
     for (int i = 0; i < nv; ++i) {
-      h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[s * sv + i];
+      const v e = V<T>::exp(d * a[i]);
+      ds[s * nv + i] = e;
+      h[i] = e * h[i] + du * bv[s * sv + i];
       hs[(s + 1) * nv + i] = h[i];
     }
   }
@@ -165,7 +168,7 @@ void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt
       const int64_t j = s * sv + i, k = s * nv + i;
       v gn = g[i] + gyt * cv[j];
       dC[j] += gyt * hs[k + nv];
-      v dec = V<T>::exp(d * a[i]);
+      const v dec = ds[k];
       v gla = gn * dec * hs[k];
       sgla += gla * a[i];
       ga[i] += gla * d;
@@ -226,7 +229,7 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
   const int64_t bfirst = lay.reverse ? (L - 1) * n : 0, sv = lay.reverse ? -nv : nv;
   parallel_rows(Bsz * D, threads, [=](int tid, int64_t r0, int64_t r1) {
     typedef typename V<T>::v v;
-    std::vector<v> hs((L + 1) * nv);
+    std::vector<v> hs((2 * L + 1) * nv);  // states h_{-1..L-1}, then decays
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
       const int64_t ob = b * L * n + bfirst;
