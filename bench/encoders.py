@@ -143,6 +143,10 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     encoder = build_encoder(job["spec"])
+    if job.get("block_before"):  # bench/mamba_step.py: the BiMamba block before issue 15's speed-up
+        from bimamba_before import use_before
+
+        use_before(encoder)
     step = make_step(encoder, job["mode"])
     x, lengths = make_input(encoder, job["batch"], job["frames"])
     baseline = current_rss_mb()

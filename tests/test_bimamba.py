@@ -12,7 +12,7 @@ from encoder_checks import assert_padding_invariant, make_batch
 
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.base import make_pad_mask
-from speechbudget.models.bimamba import PRESETS, BiMambaEncoder, flip_valid
+from speechbudget.models.bimamba import PRESETS, BiMambaEncoder, DepthwiseConvTime, flip_valid
 from speechbudget.models.presets import build_encoder, preset_names
 from speechbudget.models.selective_scan import (
     SelectiveScan,
@@ -227,3 +227,20 @@ def test_bad_configs_raise_user_errors():
         BiMambaEncoder(dim=16, layers=0)
     with pytest.raises(SpeechBudgetError, match="expects features"):
         BiMambaEncoder(dim=16, layers=1)(torch.randn(1, 30, 40), torch.tensor([30]))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 3, 9])
+def test_depthwise_conv_over_time_values_and_gradients(reverse, length):
+    """The (B, T, D) depthwise conv with its hand-written backward: values equal Conv1d on the
+    (flipped, if ``reverse``) sequence, gradients pass gradcheck, including T shorter than the kernel."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3).double()
+    x = torch.randn(2, length, 5, dtype=torch.float64, requires_grad=True)
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    expected = flip(conv(flip(x).transpose(1, 2))[..., :length].transpose(1, 2))
+    got = DepthwiseConvTime.apply(x, conv.weight, conv.bias, reverse)
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: DepthwiseConvTime.apply(x, w, b, reverse), (x, conv.weight, conv.bias)
+    )

@@ -119,12 +119,104 @@ def test_views_with_odd_offsets_and_strides():
 def test_threads_split_rows_without_changing_results():
     u, delta, A, B, C, _, _ = make_inputs(3, 5, 16, 40)
     gy = torch.randn_like(u)
-    one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1)
-    three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3)
+    one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1)[:5]
+    three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3)[:5]
     for a, b in zip(one, three):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(
         scan_cpu.scan_forward(u, delta, A, B, C, 1), scan_cpu.scan_forward(u, delta, A, B, C, 3)
+    )
+
+
+def _time_major(t):
+    return t.transpose(1, 2).contiguous()
+
+
+def assert_time_major_matches_oracle(inputs, reverse, tol):
+    """``time_major`` (B, L, D) inputs, ``reverse`` time: forward and every input gradient equal the
+    oracle run on the (B, D, L) inputs with time flipped before and after."""
+    u, delta, A, B, C, D, z = inputs
+    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
+
+    def oracle(u, delta, A, B, C, D, z):
+        y = selective_scan_reference(*map(flip, (u, delta)), A, *map(flip, (B, C)), D=D, z=flip(z))
+        return flip(y)
+
+    def ours(u, delta, A, B, C, D, z):
+        tm = [_time_major(t) for t in (u, delta, B, C, z)]
+        y = selective_scan(tm[0], tm[1], A, tm[2], tm[3], D=D, z=tm[4], time_major=True, reverse=reverse)
+        return y.transpose(1, 2)
+
+    weights = torch.randn(u.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y_ref, g_ref = value_and_grads(oracle, [t.double() for t in inputs], weights)
+    y, g = value_and_grads(ours, inputs, weights)
+    assert (y - y_ref).abs().max() <= tol * max(1.0, y_ref.abs().max().item())
+    for name, a, b in zip("u delta A B C D z".split(), g_ref, g):
+        assert (a - b).abs().max() <= tol * max(1.0, a.abs().max().item()), name
+
+
+@needs_compiler
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(
+    "batch, dim, state, length, pad, dtype, tol",
+    [
+        (2, 5, 16, 37, 0, torch.float32, 1e-5),
+        (3, 7, 5, 64, 20, torch.float32, 1e-5),
+        (2, 4, 17, 50, 49, torch.float64, 1e-10),
+        (1, 3, 40, 9, 0, torch.float64, 1e-10),
+    ],
+)
+def test_time_major_and_reverse_match_oracle(batch, dim, state, length, pad, dtype, tol, reverse):
+    """The layout BiMamba uses: (B, L, D) rows read with a stride, the backward direction scanned
+    from the last frame (trailing padding has delta 0, so the state is 0 until real frames)."""
+    inputs = make_inputs(batch, dim, state, length, seed=length, pad=pad, dtype=dtype)
+    assert_time_major_matches_oracle(inputs, reverse, tol)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_time_major_and_reverse_on_the_pytorch_path(reverse):
+    """More states than the kernel takes (MAX_STATE) run the chunked PyTorch scan: same contract."""
+    inputs = make_inputs(2, 3, scan_cpu.MAX_STATE + 1, 23, pad=5, dtype=torch.float64)
+    assert_time_major_matches_oracle(inputs, reverse, 1e-10)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("state", [16, scan_cpu.MAX_STATE + 1])  # compiled kernel, PyTorch path
+def test_lengths_act_as_zero_delta_on_padding(reverse, state):
+    """``lengths``: frames past each length behave as if their delta were 0 (values and all
+    gradients, delta's being 0 there), without the caller masking delta."""
+    u, delta, A, B, C, D, z = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 4, state, 30))
+    lengths = torch.tensor([30, 17, 1])
+    pad = (torch.arange(30).unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1)
+    weights = torch.randn(u.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    inputs = [u, delta, A, B, C, D]
+
+    def masked(u, delta, A, B, C, D):
+        delta = delta.masked_fill(pad, 0.0)
+        return selective_scan(u, delta, A, B, C, D=D, time_major=True, reverse=reverse)
+
+    def ours(u, delta, A, B, C, D):
+        return selective_scan(u, delta, A, B, C, D=D, time_major=True, reverse=reverse, lengths=lengths)
+
+    y_ref, g_ref = value_and_grads(masked, inputs, weights)
+    y, g = value_and_grads(ours, inputs, weights)
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip("u delta A B C D".split(), g_ref, g):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
+    assert g[1][pad.expand_as(g[1])].abs().max() == 0
+
+
+@needs_compiler
+def test_time_major_reverse_threads_split_rows_without_changing_results():
+    u, delta, A, B, C, D, _ = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 5, 16, 40))
+    gy = torch.randn_like(u)
+    kw = {"time_major": True, "reverse": True, "D": D}
+    one = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=1, **kw)
+    three = scan_cpu.scan_backward(u, delta, A, B, C, gy, threads=3, **kw)
+    for a, b in zip(one, three):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(
+        scan_cpu.scan_forward(u, delta, A, B, C, 1, **kw), scan_cpu.scan_forward(u, delta, A, B, C, 3, **kw)
     )
 
 
@@ -172,8 +264,8 @@ def test_falls_back_to_pytorch_with_one_warning_when_the_build_fails(tmp_path):
 class FunctionalScan(nn.Module):
     """Calls the scan as a function (no SelectiveScan module): the op handle must count it."""
 
-    def forward(self, u, delta, A, B, C):
-        return selective_scan(u, delta, A, B, C)
+    def forward(self, u, delta, A, B, C, D=None):
+        return selective_scan(u, delta, A, B, C, D=D)
 
 
 def test_flop_counter_counts_the_scan_op():
@@ -181,6 +273,13 @@ def test_flop_counter_counts_the_scan_op():
     report = count_macs(FunctionalScan(), (u, delta, A, B, C))
     assert report.macs == selective_scan_macs(u.shape, 16, skip=False)
     assert not any("SelectiveScan" in op for op in report.unsupported)
+
+
+def test_flop_counter_counts_the_skip_inside_the_scan_op():
+    """The D skip runs inside the Function (in the compiled kernel's loop): counted there."""
+    u, delta, A, B, C, D, _ = make_inputs(2, 6, 16, 25)
+    report = count_macs(FunctionalScan(), (u, delta, A, B, C, D))
+    assert report.macs == selective_scan_macs(u.shape, 16, skip=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import SpeechBudgetError
 from .base import Encoder, EncoderOutput, make_pad_mask
-from .bimamba import BiMambaBlock, MambaBranch, flip_valid
+from .bimamba import BiMambaBlock, MambaBranch
 from .patches import PatchEmbed
 
 AUM_TYPES = ("Fo-Fo", "Fo-Bi", "Bi-Bi")
@@ -63,8 +63,7 @@ class SharedBranchBlock(nn.Module):
         x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
         y = self.branch(x, pad_mask)
         if self.A_b_log is not None:
-            backward = self.branch(flip_valid(x, lengths), pad_mask, A_log=self.A_b_log)
-            y = y + flip_valid(backward, lengths)
+            y = y + self.branch(x, pad_mask, A_log=self.A_b_log, reverse=True)
         return h + self.dropout(self.out_proj(y * F.silu(z)))
 
 

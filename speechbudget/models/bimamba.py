@@ -4,10 +4,11 @@ Each block: RMSNorm -> in_proj to (x, z) -> a forward and a backward selective-S
 each with its own causal depthwise conv, x_proj, dt_proj, A and D -> mean of the two -> gate with
 SiLU(z) -> out_proj -> residual. Cost is linear in length, unlike attention.
 
-Padding never reaches real frames: the backward branch reverses each utterance *within its own
-length* (padding stays at the end), both branches are causal in their own direction, and delta is
-0 on padded frames so the state passes through them unchanged. No position embedding: the conv and
-the recurrence already know order, and any length works.
+Padding never reaches real frames: the backward branch runs each utterance from its last real
+frame to its first (its conv looks ahead, its scan runs in reverse over the (B, T, D) data, so
+nothing is flipped or copied; padding stays at the end), both branches are causal in their own
+direction, and delta is 0 on padded frames so the state passes through them unchanged. No
+position embedding: the conv and the recurrence already know order, and any length works.
 
 With ``cls_token=True`` (classification) a learned token is inserted in the middle of each
 utterance, as in AuM; the output then carries the CLS state at frame 0, followed by the frames in
@@ -76,18 +77,93 @@ class MambaBranch(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) == dt
 
     def forward(
-        self, x: torch.Tensor, pad_mask: torch.Tensor, A_log: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
+        A_log: Optional[torch.Tensor] = None,
+        reverse: bool = False,
     ) -> torch.Tensor:
-        """``A_log`` replaces this branch's own decays: AuM's Fo-Bi runs the backward direction through
-        the same conv and projections with a separate A."""
-        length = x.size(1)
-        u = F.silu(self.conv(x.transpose(1, 2))[..., :length])  # causal: frame t sees t-3..t
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, d_inner, T)
-        delta = delta.masked_fill(pad_mask.unsqueeze(1), 0.0)  # padded frames: state unchanged
+        """``x`` (B, T, d_inner), zero on padded frames; ``pad_mask`` (B, T) true on them (at the
+        end of each utterance, as :func:`~.base.make_pad_mask` makes it). ``reverse``: the backward direction, run on
+        ``x`` as it is (no flipped copy): the conv looks ahead (frame t sees t..t+3, the causal conv
+        of the flipped utterance) and the scan runs from the last frame to the first; the state is 0
+        until the first real frame because delta is 0 on the trailing padding. ``A_log`` replaces
+        this branch's own decays: AuM's Fo-Bi runs the backward direction through the same conv and
+        projections with a separate A."""
+        u = F.silu(self._depthwise(x, reverse))
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))
         A = -torch.exp((self.A_log if A_log is None else A_log).float())
-        y = self.scan(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D)
-        return y.transpose(1, 2)
+        lengths = (~pad_mask).sum(1)  # padded frames (at the end): delta 0, the state passes unchanged
+        return self.scan(u, delta, A, B, C, D=self.D, time_major=True, reverse=reverse, lengths=lengths)
+
+    def _depthwise(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The depthwise conv over time on (B, T, D), causal or (``reverse``) looking ahead."""
+        conv = self.conv
+        if torch.jit.is_tracing():  # FLOP counting sees the plain Conv1d
+            weight = conv.weight.flip(-1) if reverse else conv.weight
+            y = F.conv1d(x.transpose(1, 2), weight, conv.bias, padding=conv.padding, groups=conv.groups)
+            y = y[..., conv.padding[0] :] if reverse else y[..., : x.size(1)]
+            return y.transpose(1, 2)
+        return DepthwiseConvTime.apply(x, conv.weight, conv.bias, reverse)
+
+
+def _conv_time(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], reverse: bool):
+    """Depthwise conv of ``x`` (B, T, D) with ``weight`` (D, 1, K): causal, frame t sees t-K+1..t
+    (``weight[:, 0, K-1]`` on frame t), or with ``reverse`` the causal conv of the flipped sequence
+    (frame t sees t..t+K-1, ``weight[:, 0, K-1]`` on frame t).
+
+    (B, T, D) seen as (B, D, 1, T) is the channels-last layout, where oneDNN's depthwise
+    convolution is many times faster than on the (B, D, T) layout Conv1d would get (as in
+    Zipformer). Looking ahead = the kernel flipped and the last T outputs of the zero-padded
+    convolution instead of the first T. The result is a (B, T, D) view.
+    """
+    k, length = weight.size(-1), x.size(1)
+    y = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2),
+        (weight.flip(-1) if reverse else weight).unsqueeze(2),
+        bias,
+        padding=(0, k - 1),
+        groups=weight.size(0),
+    ).squeeze(2)
+    return (y[..., k - 1 :] if reverse else y[..., :length]).transpose(1, 2)
+
+
+class DepthwiseConvTime(torch.autograd.Function):
+    """:func:`_conv_time` with a hand-written backward: oneDNN's depthwise convolution backward on
+    this layout is several times slower than its forward, while the input gradient of a causal
+    conv is the look-ahead conv of the gradient with the same kernel (and vice versa), and the
+    weight gradient is K shifted dot products over (batch, time)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse):
+        x = x.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.reverse, ctx.has_bias = reverse, bias is not None
+        return _conv_time(x, weight, bias, reverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        k, length = weight.size(-1), x.size(1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _conv_time(grad, weight, None, not ctx.reverse)
+        if ctx.needs_input_grad[1]:
+            taps = []
+            for j in range(k):  # tap j meets frame t + j - (K-1) (causal) or t + (K-1) - j (reverse)
+                s = k - 1 - j
+                if s >= length:
+                    taps.append(grad.new_zeros(grad.size(-1)))
+                elif ctx.reverse:
+                    taps.append((grad[:, : length - s] * x[:, s:]).sum((0, 1)))
+                else:
+                    taps.append((grad[:, s:] * x[:, : length - s]).sum((0, 1)))
+            grad_w = torch.stack(taps, -1).unsqueeze(1).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 1))
+        return grad_x, grad_w, grad_b, None
 
 
 class BiMambaBlock(nn.Module):
@@ -117,7 +193,7 @@ class BiMambaBlock(nn.Module):
         x, z = self.in_proj(self.norm(h)).chunk(2, dim=-1)
         x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
         y_fwd = self.forward_branch(x, pad_mask)
-        y_bwd = flip_valid(self.backward_branch(flip_valid(x, lengths), pad_mask), lengths)
+        y_bwd = self.backward_branch(x, pad_mask, reverse=True)
         y = 0.5 * (y_fwd + y_bwd) * F.silu(z)  # mean keeps the scale of a one-direction block
         return h + self.dropout(self.out_proj(y))
 

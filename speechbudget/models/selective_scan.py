@@ -72,9 +72,9 @@ def selective_scan_reference(
     return _skip_and_gate(y, u, D, z)
 
 
-def _skip_and_gate(y, u, D, z):
+def _skip_and_gate(y, u, D, z, time_major: bool = False):
     if D is not None:
-        y = y + D[:, None] * u
+        y = y + _per_channel(D, time_major) * u
     if z is not None:
         y = y * F.silu(z)
     return y
@@ -125,27 +125,87 @@ def _chunk_starts(dl, x, m, A) -> torch.Tensor:
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """``y = C . h`` of the S6 recurrence with a memory-light hand-written backward."""
+    """``y = C . h`` of the S6 recurrence, plus the skip ``D * u`` when ``D`` is given, with a
+    memory-light hand-written backward.
+
+    ``time_major``: ``u``, ``delta``, ``y`` are (B, L, D) and ``B``, ``C`` (B, L, N); ``reverse``:
+    the recurrence runs from the last frame to the first; ``lengths`` (B,): frames from
+    ``lengths[b]`` on are padding, their ``delta`` taken as 0 (and given gradient 0). The compiled
+    kernel reads all of these directly and adds the skip inside its time loop; the PyTorch path
+    masks, transposes and flips around the (B, D, L) scan.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk):
+    def forward(ctx, u, delta, A, B, C, chunk, time_major=False, reverse=False, D=None, lengths=None):
         ctx.compiled = _use_compiled(u, delta, A, B, C)
+        ctx.chunk, ctx.time_major, ctx.reverse = chunk, time_major, reverse
+        ctx.pad = None if ctx.compiled else _pad_mask(lengths, u, time_major)
+        ctx.lengths = lengths
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                y = scan_cpu.scan_forward(u, delta, A, B, C)
+                y = scan_cpu.scan_forward(
+                    u, delta, A, B, C, time_major=time_major, reverse=reverse, D=D, lengths=lengths
+                )
             else:
-                y = _scan_forward(u, delta, A, B, C, chunk)
-        ctx.save_for_backward(u, delta, A, B, C)
-        ctx.chunk = chunk
+                if ctx.pad is not None:
+                    delta = delta.masked_fill(ctx.pad, 0.0)
+                to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
+                back = functools.partial(_uncanonical, time_major=time_major, reverse=reverse)
+                y = back(_scan_forward(to(u), to(delta), A, to(B), to(C), chunk))
+                if D is not None:
+                    y = y + _per_channel(D.to(y.dtype), time_major) * u
+        ctx.save_for_backward(u, delta, A, B, C, D)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, D = ctx.saved_tensors
+        tm, rev = ctx.time_major, ctx.reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                return scan_cpu.scan_backward(u, delta, A, B, C, grad_y) + (None,)
-            return _scan_backward(u, delta, A, B, C, grad_y, ctx.chunk) + (None,)
+                grads = scan_cpu.scan_backward(
+                    u, delta, A, B, C, grad_y, time_major=tm, reverse=rev, D=D, lengths=ctx.lengths
+                )
+            else:
+                to = functools.partial(_canonical, time_major=tm, reverse=rev)
+                back = functools.partial(_uncanonical, time_major=tm, reverse=rev)
+                du, dd, da, db, dc = _scan_backward(to(u), to(delta), A, to(B), to(C), to(grad_y), ctx.chunk)
+                du, grad_d = back(du), None
+                if D is not None:
+                    du = du + _per_channel(D.to(du.dtype), tm) * grad_y
+                    grad_d = (grad_y * u).sum((0, 1) if tm else (0, 2)).to(D.dtype)
+                dd = back(dd)
+                if ctx.pad is not None:
+                    dd = dd.masked_fill(ctx.pad, 0.0)
+                grads = (du, dd, da, back(db), back(dc), grad_d)
+        du, dd, da, db, dc, grad_d = grads
+        return du, dd, da, db, dc, None, None, None, grad_d, None
+
+
+def _pad_mask(lengths: Optional[torch.Tensor], u: torch.Tensor, time_major: bool) -> Optional[torch.Tensor]:
+    """True on padded frames, shaped to broadcast over ``u`` ((B, L, 1) or (B, 1, L)); None without lengths."""
+    if lengths is None:
+        return None
+    length = u.size(1 if time_major else 2)
+    pad = torch.arange(length, device=u.device).unsqueeze(0) >= lengths.to(u.device).unsqueeze(1)
+    return pad.unsqueeze(-1) if time_major else pad.unsqueeze(1)
+
+
+def _per_channel(D: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """``D`` (D,) shaped to broadcast over (B, L, D) or (B, D, L)."""
+    return D if time_major else D[:, None]
+
+
+def _canonical(x: torch.Tensor, time_major: bool, reverse: bool) -> torch.Tensor:
+    """(B, L, C) -> (B, C, L) when ``time_major``, then time flipped when ``reverse``."""
+    x = x.transpose(1, 2) if time_major else x
+    return x.flip(2) if reverse else x
+
+
+def _uncanonical(x: torch.Tensor, time_major: bool, reverse: bool) -> torch.Tensor:
+    """Inverse of :func:`_canonical`."""
+    x = x.flip(2) if reverse else x
+    return x.transpose(1, 2) if time_major else x
 
 
 def _use_compiled(*tensors: torch.Tensor) -> bool:
@@ -253,24 +313,38 @@ def selective_scan(
     D: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    time_major: bool = False,
+    reverse: bool = False,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Fast selective scan; same result as :func:`selective_scan_reference`. Returns (B, D, L).
 
     ``delta`` is used as given (apply softplus and bias before). ``chunk_size`` (chunked PyTorch
     path only) defaults to ``ceil(sqrt(L / 2))``. Half-precision inputs are scanned in float32 and
-    the result cast back, autocast or not.
+    the result cast back, autocast or not. ``time_major``: ``u``, ``delta``, ``z`` and the result
+    are (B, L, D), ``B`` and ``C`` (B, L, N) (a Linear's layout: no transposed copies on CPU).
+    ``reverse``: the recurrence runs from the last frame to the first, as if time were flipped
+    before and after (zero ``delta`` on trailing padding keeps the state at 0 until real frames).
+    ``lengths`` (B,): frames from ``lengths[b]`` on are padding, their ``delta`` taken as 0 (as
+    ``delta.masked_fill(padding, 0)`` before the call, without the masked copy on CPU).
     """
     out_dtype = u.dtype
     work = _work_dtype(out_dtype)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     if scan_backend(u, work) == "mamba_ssm":
-        D, z = (None if t is None else t.to(work) for t in (D, z))
+        pad = _pad_mask(lengths, u, time_major)
+        delta = delta if pad is None else delta.masked_fill(pad, 0.0)
+        to = functools.partial(_canonical, time_major=time_major, reverse=reverse)
+        D = None if D is None else D.to(work)
+        z = None if z is None else to(z.to(work))
         with torch.autocast("cuda", enabled=False):
-            y = _mamba_ssm_scan()(u, delta, A, B, C, D=D, z=z)
-        return y.to(out_dtype)
-    chunk = int(chunk_size) if chunk_size else default_chunk_size(u.size(-1))
-    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk)
-    y = _skip_and_gate(y, u, None if D is None else D.to(work), None if z is None else z.to(work))
+            y = _mamba_ssm_scan()(to(u), to(delta), A, to(B), to(C), D=D, z=z)
+        return _uncanonical(y, time_major, reverse).to(out_dtype)
+    length = u.size(1 if time_major else -1)
+    chunk = int(chunk_size) if chunk_size else default_chunk_size(length)
+    D, z = (None if t is None else t.to(work) for t in (D, z))
+    y = SelectiveScanFn.apply(u, delta, A, B, C, chunk, time_major, reverse, D, lengths)
+    y = _skip_and_gate(y, u, None, z, time_major)
     return y.to(out_dtype)
 
 
@@ -304,8 +378,22 @@ class SelectiveScan(nn.Module):
         super().__init__()
         self.chunk_size = chunk_size
 
-    def forward(self, u, delta, A, B, C, D=None, z=None) -> torch.Tensor:
-        return selective_scan(u, delta, A, B, C, D=D, z=z, chunk_size=self.chunk_size)
+    def forward(
+        self, u, delta, A, B, C, D=None, z=None, time_major=False, reverse=False, lengths=None
+    ) -> torch.Tensor:
+        return selective_scan(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D=D,
+            z=z,
+            chunk_size=self.chunk_size,
+            time_major=time_major,
+            reverse=reverse,
+            lengths=lengths,
+        )
 
     def macs(self, u_shape: Sequence[int], d_state: int, skip: bool = True, gate: bool = False) -> int:
         """See :func:`selective_scan_macs` for the formula."""
@@ -314,7 +402,7 @@ class SelectiveScan(nn.Module):
     def flop_macs(self, inputs: tuple, output) -> int:
         """Hook for :func:`speechbudget.cost.flops.count_macs`: fvcore cannot see the scan's
         elementwise arithmetic, so the whole module is counted analytically."""
-        u, delta, A, B, C, D, z = inputs
+        u, delta, A, B, C, D, z = inputs[:7]
         return self.macs(tuple(u.shape), A.shape[-1], skip=D is not None, gate=z is not None)
 
     def extra_repr(self) -> str:
@@ -322,11 +410,12 @@ class SelectiveScan(nn.Module):
 
 
 def _scan_op_macs(inputs, outputs) -> int:
-    """fvcore handle for :class:`SelectiveScanFn` (inputs u, delta, A, B, C): its elementwise
-    recurrence, by the formula above (skip and gate run outside the Function)."""
+    """fvcore handle for :class:`SelectiveScanFn` (tensor inputs u, delta, A, B, C and, for the
+    skip, D): its elementwise recurrence, by the formula above (the gate runs outside)."""
     u_shape = inputs[0].type().sizes()
     d_state = inputs[2].type().sizes()[-1]
-    return selective_scan_macs(u_shape, d_state, skip=False, gate=False)
+    skip = len(inputs) > 5 and inputs[5].type().scalarType() != "Long"  # D, not lengths
+    return selective_scan_macs(u_shape, d_state, skip=skip, gate=False)
 
 
 register_op_handle("prim::PythonOp.SelectiveScanFn", _scan_op_macs)
