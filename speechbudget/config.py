@@ -21,7 +21,6 @@ from .errors import SpeechBudgetError
 #: the optimizers and learning-rate schedules train/optim.py builds (checked here, before a run starts)
 OPTIMIZERS = ("scaled_adam", "adamw")
 SCHEDULES = ("eden", "cosine", "step")
-AMP_MODES = ("auto", "native", "bf16", "off")
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -185,7 +184,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | native (bf16 on CUDA and bf16 CPUs) | bf16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
     num_workers: int = 0
     checkpoint_every: int = 100  # steps
     keep_last: int = 3
@@ -469,7 +468,7 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
         ("task", cfg.task in TASKS, f"must be {' or '.join(TASKS)}"),
         *classify_rules(cfg.classify),
-        ("amp", cfg.amp in AMP_MODES, f"must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}"),
+        ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]
     for key, ok, msg in rules:
         if not ok:

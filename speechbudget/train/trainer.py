@@ -61,25 +61,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as torch reports it.
-
-    Without it torch emulates bf16 matmuls and autocast makes training slower, not faster."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
-def uses_bf16(amp: str, device_type: str) -> bool:
-    """Whether the forward pass runs under bf16 autocast: ``bf16`` always, ``auto`` on CUDA,
-    ``native`` on CUDA and on CPUs with native bf16 (:func:`cpu_has_native_bf16`), ``off`` never."""
-    if amp == "bf16":
-        return True
-    if amp == "native" and device_type == "cpu":
-        return cpu_has_native_bf16()
-    return amp in ("auto", "native") and device_type == "cuda"
-
-
 def claim_exp_dir(exp_dir: Path) -> locks.FolderLock:
     """Before any work: the exp_dir and its checkpoints/ folder are writable (checked now, not at the
     first save hours later) and no other run writes into them (an exclusive lock, rank 0 only)."""
@@ -158,7 +139,7 @@ class Trainer:
             }
         self.scheduler = build_scheduler(s.name, self.optimizer, **sched_kw)
         self.counters = Counters()
-        use_bf16 = uses_bf16(cfg.amp, dist.device.type)
+        use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dist.device.type == "cuda")
         self.autocast = (
             (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16))
             if use_bf16
