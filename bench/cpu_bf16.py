@@ -8,12 +8,15 @@ does -- for fp32 and bf16 autocast at 1 and 2 torch threads, in one process, in 
 machine falls on all configurations alike. Medians over rounds of CPU time (this process, all its
 threads) and wall time; the bf16/fp32 ratios are computed per round and their median reported.
 
+With ``--vary`` every round draws a new batch (other lengths, so another padded shape), as the
+trainer's bucketing sampler does; without it every step sees the same batch.
+
 Steps:
 - ``hubert``: the quickstart's pretraining step, ``HubertModel`` on 100 k-means clusters;
 - ``ctc``: the quickstart's fine-tuning step, ``CtcModel`` (40 tokens, SpecAugment on), tokens of
   8 characters per second.
 Batches: the quickstart's ``max_duration: 40``, i.e. about 40 s of 80-dim fbank per batch, split
-into utterances of 2-5 s (the synthetic connected-digit corpus; lengths drawn with a fixed seed,
+into utterances of 1.0-3.6 s (the synthetic connected-digit corpus; lengths drawn with a fixed seed,
 zero-padded to the longest as the collater does). Feature values are random: the step's cost
 depends on shapes, not on values.
 
@@ -53,12 +56,15 @@ from speechbudget.train.optim import build_optimizer
 MODES = ("fp32", "bf16")
 
 
-def make_batch(seconds: float, seed: int, num_clusters: int, vocab: int) -> dict[str, Any]:
-    """About ``seconds`` of fbank in utterances of 2-5 s, padded to the longest (100 frames/s)."""
+def make_batch(
+    seconds: float, seed: int, num_clusters: int, vocab: int, utt: tuple[float, float] = (1.0, 3.6)
+) -> dict[str, Any]:
+    """About ``seconds`` of fbank in utterances of ``utt`` seconds (uniform), padded to the longest
+    (100 frames/s). The default 1.0-3.6 s is the range of the quickstart corpus (mean 2.0 s)."""
     rng = random.Random(seed)
     lens: list[int] = []
     while sum(lens) < seconds * 100:
-        lens.append(rng.randint(200, 500))
+        lens.append(rng.randint(int(utt[0] * 100), int(utt[1] * 100)))
     t = max(lens)
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(len(lens), t, 80, generator=g)
@@ -116,7 +122,7 @@ def timed(fn, *args) -> tuple[float, float]:
 
 
 def bench_steps(args) -> list[dict[str, Any]]:
-    batch = make_batch(args.seconds, 0, args.clusters, args.vocab)
+    batch = make_batch(args.seconds, 0, args.clusters, args.vocab, tuple(args.utt))
     print(
         f"batch: {batch['features'].shape[0]} utterances, {batch['seconds']:.1f} s of audio, "
         f"padded to {batch['features'].shape[1]} frames",
@@ -134,6 +140,8 @@ def bench_steps(args) -> list[dict[str, Any]]:
         for _, step in configs:
             step(batch)
     for r in range(args.rounds):
+        if args.vary:  # a new batch shape each round, as the bucketing sampler gives the trainer
+            batch = make_batch(args.seconds, r + 1, args.clusters, args.vocab, tuple(args.utt))
         order = list(args.threads) if r % 2 == 0 else list(reversed(args.threads))
         for threads in order:
             torch.set_num_threads(threads)
@@ -256,7 +264,13 @@ def render(data: dict[str, Any]) -> str:
             "### bf16 autocast on this CPU: training-step time (issue 14 item 2)",
             "",
             f"`python bench/cpu_bf16.py` -- {a['rounds']} interleaved rounds in one process, medians; "
-            f"batch {data['batch']}; ScaledAdam step included. Ratio < 1 means bf16 is faster.",
+            f"batch {data['batch']}"
+            + (
+                "; a new batch shape each round (`--vary`)"
+                if a.get("vary")
+                else "; the same batch every step"
+            )
+            + "; ScaledAdam step included. Ratio < 1 means bf16 is faster.",
             "",
             speed,
             "",
@@ -279,9 +293,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=40.0, help="audio per batch (max_duration)")
+    p.add_argument(
+        "--utt",
+        nargs=2,
+        type=float,
+        default=[1.0, 3.6],
+        metavar=("MIN_S", "MAX_S"),
+        help="utterance lengths (the quickstart corpus: 1.0-3.6 s)",
+    )
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--vocab", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.045)
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="a new batch (other utterance lengths, other padded shape) each round instead of one fixed batch",
+    )
     p.add_argument("--matmul-rounds", type=int, default=3)
     p.add_argument("--matmul-seconds", type=float, default=1.0)
     p.add_argument("--out", default=str(default_out("cpu_bf16")))
@@ -294,7 +321,7 @@ def main() -> None:
     t0 = time.perf_counter()
     matmul = bench_matmul(args)
     print("matmul:", [(r["threads"], r["fp32_gflops"], r["bf16_gflops"]) for r in matmul], flush=True)
-    batch = make_batch(args.seconds, 0, args.clusters, args.vocab)
+    batch = make_batch(args.seconds, 0, args.clusters, args.vocab, tuple(args.utt))
     rows = bench_steps(args)
     rat = ratios(rows)
     data = {
@@ -306,7 +333,7 @@ def main() -> None:
         "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
         "amx": torch.cpu._is_amx_tile_supported(),
         "batch": (
-            f"{batch['features'].shape[0]} utterances of 2-5 s, {batch['seconds']:.1f} s of audio, "
+            f"{batch['features'].shape[0]} utterances of {args.utt[0]:g}-{args.utt[1]:g} s, {batch['seconds']:.1f} s of audio, "
             f"padded to {batch['features'].shape[1]} frames x 80"
         ),
         "matmul": matmul,
