@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
+
+REFERENCE_DATA = Path(__file__).parent / "data"
+
+
+def reference_maker(name: str):
+    """``tests/data/make_<name>_reference.py`` as a module: the script that made a reference file
+    with the code before a speed-up, whose builders the reference tests reuse."""
+    spec = importlib.util.spec_from_file_location(
+        f"make_{name}_ref", REFERENCE_DATA / f"make_{name}_reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def close_to(a: torch.Tensor, b: torch.Tensor, rtol: float, atol_scale: float) -> bool:
+    """``allclose`` in float64 with the absolute tolerance relative to the reference's largest value."""
+    a, b = a.double(), b.double()
+    return torch.allclose(a, b, rtol=rtol, atol=atol_scale * b.abs().max().item())
 
 
 def make_batch(frontend: str, seed: int = 0):

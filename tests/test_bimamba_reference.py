@@ -2,26 +2,19 @@
 parameter names, same outputs and gradients for fixed weights and a padded batch (reference made
 by the old code with ``tests/data/make_bimamba_reference.py``)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from encoder_checks import REFERENCE_DATA, close_to, reference_maker
 
-DATA = Path(__file__).parent / "data"
-_spec = importlib.util.spec_from_file_location("make_ref", DATA / "make_bimamba_reference.py")
-make_ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_ref)
+make_ref = reference_maker("bimamba")
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(DATA / "bimamba_reference.pt")
+    return torch.load(REFERENCE_DATA / "bimamba_reference.pt")
 
 
-def _close(a, b, rtol, atol_scale):
-    a, b = a.double(), b.double()
-    return torch.allclose(a, b, rtol=rtol, atol=atol_scale * b.abs().max().item())
+_close = close_to
 
 
 @pytest.mark.parametrize("name", sorted(make_ref.SPECS))
