@@ -440,7 +440,9 @@ def recipes_copy(
     "  speechbudget run recipes/quickstart.yaml\n\n"
     "  speechbudget run recipes/quickstart.yaml --stage finetune --stop-stage decode\n\n"
     "  speechbudget run recipes/fsdd.yaml pretrain.budget.flops=1e12\n\n"
-    "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, finetune, scratch, decode, report. "
+    "  speechbudget run recipes/fsdd.yaml --folds speakers   # leave-one-speaker-out dev WER first\n\n"
+    "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, teacher, distill, folds, finetune, "
+    "scratch, decode, report (a recipe runs those its sections ask for). "
     "A finished stage is skipped; a killed run resumes where it stopped."
 )
 def run(

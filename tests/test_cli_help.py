@@ -1,0 +1,38 @@
+"""Every command's --help: exits 0 and shows at least one example, as the brief asks of the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from conftest import cli_result
+
+
+def _command_paths():
+    from speechbudget.cli import app
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs is None:
+            yield path
+            return
+        for name, sub in sorted(subs.items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p))
+def test_help_has_examples(path, capsys):
+    code, out, err = cli_result(capsys, *path, "--help")
+    assert code == 0, err
+    assert "Example" in out, f"`speechbudget {' '.join(path)} --help` shows no example"
+
+
+def test_run_help_names_every_stage(capsys):
+    from speechbudget.pipeline import STAGES
+
+    _, out, _ = cli_result(capsys, "run", "--help")
+    text = " ".join(out.split())
+    missing = [s for s in STAGES if s not in text]
+    assert not missing, f"run --help does not name the stages {missing}"
