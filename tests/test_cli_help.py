@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import typer
-
 from conftest import cli_result
 
 
