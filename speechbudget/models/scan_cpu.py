@@ -20,20 +20,11 @@ a frame's states are contiguous). Rows (b, d) are split across ``threads`` std::
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-log = logging.getLogger(__name__)
+from ..native import Kernel
 
 MAX_STATE = 256  # state sizes above this use the PyTorch path (states live in registers / on the stack)
 
@@ -274,52 +265,6 @@ SB_EXPORT(float, f32)
 SB_EXPORT(double, f64)
 """
 
-_FLAGS = [
-    "-O3",
-    "-march=native",
-    "-fopenmp-simd",
-    "-ffp-contract=fast",
-    "-fno-trapping-math",
-    "-fno-math-errno",
-    "-std=c++17",
-    "-shared",
-    "-fPIC",
-]
-
-_lock = threading.Lock()
-_lib: Optional[ctypes.CDLL] = None
-_failed: Optional[str] = None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
-
-
-def _cpu_signature() -> str:
-    """Built with -march=native: a cache shared between machines (NFS home) must not mix CPUs."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.machine() + platform.processor()
-
-
-def _build(target: Path) -> None:
-    """Compile to a temporary file, then rename: concurrent processes never load a half-written .so."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, out = Path(tmp) / "scan.cpp", Path(tmp) / "scan.so"
-        src.write_text(_SOURCE)
-        proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[:300]}")
-        os.replace(out, target)
-
 
 def _bind(lib: ctypes.CDLL) -> None:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -332,33 +277,15 @@ def _bind(lib: ctypes.CDLL) -> None:
         )
 
 
+_KERNEL = Kernel("selective_scan", "SPEECHBUDGET_SCAN", _SOURCE, _bind, "using the PyTorch scan")
+
+
 def load() -> Optional[ctypes.CDLL]:
     """The compiled library, building it on first use; None (warned once) when that fails.
 
     ``SPEECHBUDGET_SCAN=torch`` skips it (the PyTorch path), e.g. to compare the two.
     """
-    global _lib, _failed
-    if _lib is not None or _failed is not None:
-        return _lib
-    with _lock:
-        if _lib is not None or _failed is not None:
-            return _lib
-        if os.environ.get("SPEECHBUDGET_SCAN", "").lower() == "torch":
-            _failed = "disabled by SPEECHBUDGET_SCAN=torch"
-            return None
-        blob = "\n".join([_SOURCE, " ".join(_FLAGS), _cpu_signature()])
-        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        target = cache_dir() / f"selective_scan_{key}.so"
-        try:
-            if not target.exists():
-                _build(target)
-            lib = ctypes.CDLL(str(target))
-            _bind(lib)
-            _lib = lib
-        except Exception as err:  # any failure means: use the PyTorch scan
-            _failed = str(err).splitlines()[0] if str(err) else type(err).__name__
-            log.warning("compiled CPU selective scan unavailable (%s); using the PyTorch scan", _failed)
-    return _lib
+    return _KERNEL.load()
 
 
 def available() -> bool:

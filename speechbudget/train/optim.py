@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import OPTIMIZERS, SCHEDULES
 from ..errors import SpeechBudgetError
+from . import scaled_adam_cpu
 
 __all__ = [
     "ScaledAdam",
@@ -82,6 +83,9 @@ class ScaledAdam(torch.optim.Optimizer):
 
     ``size_update_period``: ``rms(p)`` changes slowly, so it is recomputed only every that many
     steps of the parameter (and cached in the state, so resuming is exact).
+
+    ``fused`` (default): fp32 CPU tensors are updated by two compiled passes (:mod:`.scaled_adam_cpu`;
+    same update, float rounding aside), everything else per tensor in PyTorch.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class ScaledAdam(torch.optim.Optimizer):
         clipping_scale: Optional[float] = 2.0,
         clipping_update_period: int = 100,
         size_update_period: int = 4,
+        fused: bool = True,
     ):
         _check(lr > 0, f"learning rate must be > 0, got {lr}")
         _check(all(0.0 <= b < 1.0 for b in betas), f"betas must be in [0, 1), got {tuple(betas)}")
@@ -120,6 +125,7 @@ class ScaledAdam(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.clipping_scale = clipping_scale
+        self.fused = fused  # the compiled CPU passes for fp32 CPU tensors, when they can be built
         self.clipping_update_period = clipping_update_period
         self._norm_history: deque = deque(maxlen=clipping_update_period)
         self.last_grad_norm: float = 0.0
@@ -139,21 +145,28 @@ class ScaledAdam(torch.optim.Optimizer):
         factor = self._clip_factor(params)
         if factor is None:
             return loss
+        lib = scaled_adam_cpu.load() if self.fused else None
         for group in self.param_groups:
+            by_step: Dict[int, List[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("ScaledAdam does not support sparse gradients")
-                grad = p.grad if factor == 1.0 else p.grad * factor
                 state = self.state[p]
                 if not state:
                     self._init_state(p, state)
                 state["step"] += 1
                 if p.numel() == 1:
+                    grad = p.grad if factor == 1.0 else p.grad * factor
                     p.add_(self._scalar_delta(group, state, grad))
-                else:
+                elif lib is None or not scaled_adam_cpu.supports([p]):
+                    grad = p.grad if factor == 1.0 else p.grad * factor
                     p.add_(self._tensor_delta(group, p, state, grad))
+                else:  # tensors frozen for a while (no grad) lag behind: one pass per step count
+                    by_step.setdefault(state["step"], []).append(p)
+            for step, tensors in by_step.items():
+                self._fused_update(lib, group, step, tensors, factor)
         return loss
 
     def _clip_factor(self, params: List[torch.Tensor]) -> Optional[float]:
@@ -213,6 +226,34 @@ class ScaledAdam(torch.optim.Optimizer):
 
         lr = group["lr"]
         return -lr * (rms.clamp(min=min_rms) * direction + group["scalar_lr_scale"] * scale_dir * p)
+
+    def _fused_update(self, lib, group, step: int, ps: List[torch.Tensor], factor: float) -> None:
+        """:meth:`_tensor_delta` for all of ``ps`` at once (:mod:`.scaled_adam_cpu`): the same
+        update, the per-element work in two compiled passes."""
+        betas, eps, lr = group["betas"], group["eps"], group["lr"]
+        states = [self.state[p] for p in ps]
+        run = scaled_adam_cpu.Pass(
+            lib,
+            ps,
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            torch.get_num_threads(),
+        )
+        h, sum_sq = run.reduce(factor)
+        if (step - 1) % group["size_update_period"] == 0:
+            fresh = (sum_sq / run.numel).sqrt().float()
+            torch._foreach_copy_([st["param_rms"] for st in states], list(fresh.unbind()))
+        rms = torch.stack([st["param_rms"] for st in states])
+        scale = {k: torch.stack([st[k] for st in states]) for k in ("scale_exp_avg", "scale_exp_avg_sq")}
+        _update_moments(scale, "scale_", h.float(), betas)
+        for k, moment in scale.items():
+            torch._foreach_copy_([st[k] for st in states], list(moment.unbind()))
+        scale_dir = _adam_direction(scale["scale_exp_avg"], scale["scale_exp_avg_sq"], step, betas, eps)
+        scale_dir = torch.where(rms < group["param_min_rms"], -torch.ones_like(scale_dir), scale_dir)
+        scale_dir = torch.where(rms > group["param_max_rms"], torch.ones_like(scale_dir), scale_dir)
+        a = -lr * rms.clamp(min=group["param_min_rms"])
+        c = -lr * group["scalar_lr_scale"] * scale_dir
+        run.update(a, c, factor, betas, 1.0 - betas[0] ** step, 1.0 - betas[1] ** step, eps)
 
     # ---------------------------------------------------------------------------- state dict
     def state_dict(self) -> Dict[str, Any]:
