@@ -20,6 +20,12 @@ the training stages resume from their own newest checkpoint.
 labels, is shared; fine-tuning, the scratch baseline and decoding then run once per leave-one-speaker-out
 fold in ``EXP/folds/<speaker>/`` (each with its own stage markers, so a finished fold is not re-run),
 before the final all-speaker run that alone decodes the test speakers (:mod:`speechbudget.folds`).
+
+On a CPU with two or more threads the scratch baseline trains in a second process beside
+``kmeans -> pretrain -> finetune``, the threads split between them (``scratch_alongside``; two 1-thread
+runs do more per second than one 2-thread run). It needs only the prepared data and its budget, the
+FLOPs pretraining and fine-tuning spend: it trains to their planned budgets (a lower bound: runs stop
+at most one step past a budget) and, once they are done, resumes to exactly what they spent.
 """
 
 from __future__ import annotations
@@ -121,6 +127,10 @@ class RunRecipe:
     #: training split; fine-tuning then distils from its logits (`finetune.distill`)
     teacher: Optional[TrainSection] = None
     scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
+    #: train the scratch baseline in a second process beside kmeans -> pretrain -> finetune, the cores
+    #: split between them (two 1-thread runs outdo one 2-thread run on a CPU). None = when it can:
+    #: a CPU with >= 2 threads, FLOP budgets, no folds/teacher/kmeans2; false = after fine-tuning
+    scratch_alongside: Optional[bool] = None
     decode: DecodeSection = field(default_factory=DecodeSection)
     #: "speakers": leave-one-speaker-out folds over the labelled non-test speakers before the final run
     folds: Optional[str] = None
@@ -176,6 +186,8 @@ class Pipeline:
         self.fold = fold
         #: where fine-tuning, scratch and decoding write (and keep their stage markers)
         self.runs_dir = self.exp / FOLDS_DIR / fold.name if fold else self.exp
+        self._sidecar: Optional[Any] = None  # the scratch baseline's process, while it runs alongside
+        self._threads: Optional[int] = None  # this process's torch threads before it shared them
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -433,13 +445,14 @@ class Pipeline:
         sec = self._finetune_section("finetune", init)
         return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
 
-    def stage_scratch(self) -> Dict[str, Any]:
-        """From scratch with the compute the pretrained model had in total (pretraining + fine-tuning)."""
+    def stage_scratch(self, budget: Optional[float] = None) -> Dict[str, Any]:
+        """From scratch with the compute the pretrained model had in total (pretraining + fine-tuning);
+        ``budget``: a lower bound of it, for a run beside them (topped up when they are done)."""
         from .train.finetune import finetune
 
         spent = sum((self.done(s) or {}).get("flops", 0.0) for s in ("pretrain", "pretrain2", "finetune"))
         sec = self._finetune_section("scratch", None)
-        sec["budget"] = {"flops": spent}
+        sec["budget"] = {"flops": budget if budget is not None else spent}
         sec["ctc"]["freeze_encoder_steps"] = 0
         return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
 
@@ -501,6 +514,78 @@ class Pipeline:
         runs = [self.exp / r for r in ("teacher", "finetune", "scratch") if self.enabled(r)]
         return build_report(runs, self.exp / "report")
 
+    # ---------------------------------------------------------------- scratch alongside
+    def _scratch_alongside_budget(self, stages: Tuple[str, ...]) -> Optional[float]:
+        """The scratch baseline's FLOPs, known before pretraining ends, when it may run alongside:
+        the planned FLOP budgets of pretraining (or what it spent, once done) and fine-tuning. Runs stop
+        at most one step past a budget, so this is at most what they spend; the top-up after them
+        (``stage_scratch`` resuming the checkpoint) makes it exact. None: the scratch waits its turn."""
+        r = self.r
+        if r.scratch_alongside is False or not self.enabled("scratch") or "scratch" not in stages:
+            return None
+        if self.fold or r.folds or r.teacher is not None or r.kmeans2 is not None or self.classifies:
+            return None
+        if self.done("scratch") or self.done("finetune"):
+            return None
+        if r.scratch_alongside is None:  # auto: only where two processes have cores to share
+            import torch
+
+            if (
+                torch.get_num_threads() < 2
+                or r.device.startswith("cuda")
+                or (r.device == "auto" and torch.cuda.is_available())
+            ):
+                return None
+        pretrained = self.done("pretrain")
+        budgets = [
+            pretrained["flops"] if pretrained else _flops_budget(self._pretrain_section()),
+            _flops_budget(self.raw.get("finetune") or {}),
+        ]
+        return None if None in budgets else float(sum(budgets))
+
+    def _start_scratch_alongside(self, stages: Tuple[str, ...]) -> None:
+        import torch
+
+        from . import sidecar
+
+        budget = self._scratch_alongside_budget(stages)
+        if budget is None:
+            return
+        self._threads = torch.get_num_threads()
+        theirs = self._threads // 2
+        torch.set_num_threads(self._threads - theirs)
+        log = self.exp / "scratch" / "alongside.log"
+        self._sidecar = sidecar.start(_scratch_in_sidecar, (self.raw, budget), theirs, log)
+        self.log(
+            f"[scratch] training alongside ({theirs} of {self._threads} threads, this run keeps "
+            f"{self._threads - theirs}) on {budget:.4g} FLOPs, topped up to the exact total later; log: {log}"
+        )
+
+    def _wait_for_sidecar(self) -> None:
+        proc, self._sidecar = self._sidecar, None
+        self.log("[scratch] waiting for the run alongside to finish")
+        proc.join()
+        self._restore_threads()
+        if proc.exitcode != 0:
+            self.log(
+                f"[scratch] the run alongside stopped (exit {proc.exitcode}; see "
+                f"{self.exp / 'scratch' / 'alongside.log'}); continuing it here"
+            )
+
+    def _stop_sidecar(self) -> None:
+        proc, self._sidecar = self._sidecar, None
+        if proc is not None and proc.is_alive():
+            proc.terminate()  # it resumes from its checkpoint in the next `run`
+            proc.join()
+        self._restore_threads()
+
+    def _restore_threads(self) -> None:
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
+
     # ----------------------------------------------------------------------------- run
     def run(self, start: Optional[str] = None, stop: Optional[str] = None) -> Dict[str, Any]:
         for s in (start, stop):
@@ -509,7 +594,10 @@ class Pipeline:
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
             i0 = STAGES.index(start) if start else 0
             i1 = STAGES.index(stop) if stop else len(STAGES) - 1
-            return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
+            try:
+                return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
+            finally:
+                self._stop_sidecar()
 
     def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
         """``stages`` in order, each skipped once done except ``redo``."""
@@ -523,6 +611,10 @@ class Pipeline:
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
+            if stage in ("kmeans", "pretrain", "finetune") and self._sidecar is None:
+                self._start_scratch_alongside(stages)
+            if stage == "scratch" and self._sidecar is not None:
+                self._wait_for_sidecar()
             self.log(f"[{where}{stage}] running")
             fn = {
                 "kmeans2": lambda: self.stage_kmeans("kmeans2"),
@@ -551,3 +643,15 @@ def _cuts(path: Path):
     from .data.manifests import load_cuts
 
     return load_cuts(path)
+
+
+def _flops_budget(section: Dict[str, Any]) -> Optional[float]:
+    """A training section's budget when it is FLOPs and nothing else (then its spend is known ahead)."""
+    budget = {k: v for k, v in (section.get("budget") or {}).items() if v is not None}
+    given = set(budget) - {"device", "dtype", "utilisation"}
+    return float(budget["flops"]) if given == {"flops"} else None
+
+
+def _scratch_in_sidecar(recipe: Dict[str, Any], budget: float) -> None:
+    """The scratch baseline in its own process (:mod:`speechbudget.sidecar`), up to ``budget``."""
+    Pipeline(recipe).stage_scratch(budget)
