@@ -188,6 +188,7 @@ class Pipeline:
         self.runs_dir = self.exp / FOLDS_DIR / fold.name if fold else self.exp
         self._sidecar: Optional[Any] = None  # the scratch baseline's process, while it runs alongside
         self._threads: Optional[int] = None  # this process's torch threads before it shared them
+        self._sidecar_t0 = 0.0
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -556,6 +557,7 @@ class Pipeline:
         torch.set_num_threads(self._threads - theirs)
         log = self.exp / "scratch" / "alongside.log"
         self._sidecar = sidecar.start(_scratch_in_sidecar, (self.raw, budget), theirs, log)
+        self._sidecar_t0 = time.perf_counter()
         self.log(
             f"[scratch] training alongside ({theirs} of {self._threads} threads, this run keeps "
             f"{self._threads - theirs}) on {budget:.4g} FLOPs, topped up to the exact total later; log: {log}"
@@ -566,6 +568,8 @@ class Pipeline:
         self.log("[scratch] waiting for the run alongside to finish")
         proc.join()
         self._restore_threads()
+        minutes = (time.perf_counter() - self._sidecar_t0) / 60
+        self.log(f"[scratch] the run alongside trained for {minutes:.1f} min (overlapping the stages before)")
         if proc.exitcode != 0:
             self.log(
                 f"[scratch] the run alongside stopped (exit {proc.exitcode}; see "
