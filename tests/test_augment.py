@@ -109,3 +109,17 @@ def test_reverb_changes_the_audio_and_keeps_its_length(fsdd_corpus, tmp_path):
         sf.write(rir_dir / f"rir{i}.wav", r.load_audio()[0], 16000)
     wet = Reverb(prob=1.0, rir_dir=rir_dir)(cuts)
     assert wet[0].load_audio().shape == cuts[0].load_audio().shape
+
+
+def test_a_time_warp_wider_than_the_clips_is_reported_not_silently_skipped(fsdd_corpus, caplog):
+    """lhotse leaves utterances of <= 2 x factor + 1 frames unwarped: FSDD digits (~0.4 s, ~40 frames)
+    with the usual factor 80 are all of them; factor 10 reaches them."""
+    from speechbudget.train.finetune import warn_unwarped
+
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    with caplog.at_level("WARNING"):
+        assert warn_unwarped(80, cuts, 100.0) == len(cuts)
+    assert f"leaves {len(cuts)} of {len(cuts)} training utterances unwarped" in caplog.text
+    longest = max(c.duration for c in cuts)
+    assert warn_unwarped(int(longest * 100) // 4, cuts, 100.0) < len(cuts)
+    assert warn_unwarped(0, cuts, 100.0) == 0

@@ -163,6 +163,27 @@ def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
     return Chain(reverb, noise) if reverb or noise else None
 
 
+def warn_unwarped(factor: int, cuts, input_rate_hz: float) -> int:
+    """lhotse's time warp leaves an utterance of at most 2 x factor + 1 frames as it is, silently: say
+    how many training utterances ``ctc.time_warp`` cannot reach (FSDD's 0.4 s digits and the usual
+    factor 80 make it a no-op). Returns that number."""
+    if factor <= 0:
+        return 0
+    longest_unwarped = 2 * factor + 1
+    short = sum(1 for c in cuts if round(c.duration * input_rate_hz) <= longest_unwarped)
+    if short:
+        log.warning(
+            "ctc.time_warp %d leaves %d of %d training utterances unwarped: lhotse warps only utterances "
+            "longer than %d frames (%.2f s); a smaller factor reaches them",
+            factor,
+            short,
+            len(cuts),
+            longest_unwarped,
+            longest_unwarped / input_rate_hz,
+        )
+    return short
+
+
 def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``task: ctc`` (here) or ``task: classify`` (:mod:`.classify`)."""
     if cfg.task == "classify":
@@ -182,6 +203,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
         if len(cuts) == 0:
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
+        if model.augment:
+            warn_unwarped(cfg.ctc.time_warp, cuts, model.encoder.input_rate_hz)
         # the run really starts: only now do the tokenizer and the filtering record land in EXP
         tokenizer, tok_tmp = commit_tokenizer(cfg, tok_tmp), None
         if dist.is_main:
