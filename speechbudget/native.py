@@ -38,6 +38,8 @@ FLAGS = [
 
 
 def cache_dir() -> Path:
+    """Where built kernels, counted costs and calibrations are kept: $SPEECHBUDGET_CACHE_DIR, else
+    ~/.cache/speechbudget."""
     return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 

@@ -12,13 +12,13 @@ large matmuls (and cached, because a measurement costs seconds).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechbudget import atomic
 from speechbudget.errors import SpeechBudgetError
+from speechbudget.native import cache_dir  # noqa: F401  (one cache folder: kernels, costs, calibrations)
 
 TERA = 1e12
 
@@ -26,11 +26,6 @@ TERA = 1e12
 def default_dtype(kind: str) -> str:
     """What the trainer computes in on a device kind: bf16 autocast on CUDA, plain fp32 on the CPU."""
     return "bf16" if kind == "gpu" else "fp32"
-
-
-def cache_dir() -> Path:
-    """Where measurements are kept: $SPEECHBUDGET_CACHE_DIR, else ~/.cache/speechbudget."""
-    return Path(os.environ.get("SPEECHBUDGET_CACHE_DIR") or "~/.cache/speechbudget").expanduser()
 
 
 # Model-FLOPs utilisation assumed when the caller gives none: cost/utilisation.py derives it from

@@ -56,6 +56,18 @@ def _update_moments(state: Dict[str, Any], prefix: str, grad: torch.Tensor, beta
     state[prefix + "exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
 
 
+def _scale_direction(
+    group, moments: Dict[str, Any], h: torch.Tensor, rms: torch.Tensor, step: int
+) -> torch.Tensor:
+    """Adam's direction for the log-scale gradient ``h`` (its moments updated in ``moments``), pushed
+    back (negative = grow) wherever ``rms`` is outside the group's bounds, whatever ``h`` says."""
+    betas, eps = group["betas"], group["eps"]
+    _update_moments(moments, "scale_", h, betas)
+    d = _adam_direction(moments["scale_exp_avg"], moments["scale_exp_avg_sq"], step, betas, eps)
+    d = torch.where(rms < group["param_min_rms"], -torch.ones_like(d), d)
+    return torch.where(rms > group["param_max_rms"], torch.ones_like(d), d)
+
+
 class ScaledAdam(torch.optim.Optimizer):
     """Adam with updates proportional to each parameter's RMS, and a learned parameter scale.
 
@@ -209,7 +221,7 @@ class ScaledAdam(torch.optim.Optimizer):
     @staticmethod
     def _tensor_delta(group, p: torch.Tensor, state, grad: torch.Tensor) -> torch.Tensor:
         betas, eps, step = group["betas"], group["eps"], state["step"]
-        min_rms, max_rms = group["param_min_rms"], group["param_max_rms"]
+        min_rms = group["param_min_rms"]
         if (step - 1) % group["size_update_period"] == 0:
             state["param_rms"].copy_(p.pow(2).mean().sqrt())
         rms = state["param_rms"]
@@ -218,11 +230,7 @@ class ScaledAdam(torch.optim.Optimizer):
         direction = _adam_direction(state["exp_avg"], state["exp_avg_sq"], step, betas, eps)
 
         # Gradient with respect to the log of p's overall scale: d/dlog(c) L(c * p) = sum(g * p).
-        _update_moments(state, "scale_", (grad * p).sum(), betas)
-        scale_dir = _adam_direction(state["scale_exp_avg"], state["scale_exp_avg_sq"], step, betas, eps)
-        # Out of bounds: push the scale back (negative direction = grow) whatever the gradient says.
-        scale_dir = torch.where(rms < min_rms, -torch.ones_like(scale_dir), scale_dir)
-        scale_dir = torch.where(rms > max_rms, torch.ones_like(scale_dir), scale_dir)
+        scale_dir = _scale_direction(group, state, (grad * p).sum(), rms, step)
 
         lr = group["lr"]
         return -lr * (rms.clamp(min=min_rms) * direction + group["scalar_lr_scale"] * scale_dir * p)
@@ -245,12 +253,9 @@ class ScaledAdam(torch.optim.Optimizer):
             torch._foreach_copy_([st["param_rms"] for st in states], list(fresh.unbind()))
         rms = torch.stack([st["param_rms"] for st in states])
         scale = {k: torch.stack([st[k] for st in states]) for k in ("scale_exp_avg", "scale_exp_avg_sq")}
-        _update_moments(scale, "scale_", h.float(), betas)
+        scale_dir = _scale_direction(group, scale, h.float(), rms, step)
         for k, moment in scale.items():
             torch._foreach_copy_([st[k] for st in states], list(moment.unbind()))
-        scale_dir = _adam_direction(scale["scale_exp_avg"], scale["scale_exp_avg_sq"], step, betas, eps)
-        scale_dir = torch.where(rms < group["param_min_rms"], -torch.ones_like(scale_dir), scale_dir)
-        scale_dir = torch.where(rms > group["param_max_rms"], torch.ones_like(scale_dir), scale_dir)
         a = -lr * rms.clamp(min=group["param_min_rms"])
         c = -lr * group["scalar_lr_scale"] * scale_dir
         run.update(a, c, factor, betas, 1.0 - betas[0] ** step, 1.0 - betas[1] ** step, eps)
