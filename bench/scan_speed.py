@@ -6,6 +6,8 @@ and the peak memory above the process's RSS after building the inputs (``VmHWM``
 /proc/self/status; torch's allocations are invisible to tracemalloc). Implementations:
 
 * ``ours``: :func:`speechbudget.models.selective_scan.selective_scan` (dispatches to the C++ kernel);
+* ``rows``: ours with one time block per row (``scan_cpu.TIME_BLOCK`` = the length): the kernel's
+  schedule before time blocks, each row scanned whole before the next;
 * ``baseline``: today's chunked PyTorch scan, frozen in ``bench/scan_baseline.py``;
 * ``loop``: ``selective_scan_reference`` (plain time loop, autograd through it);
 * ``mambapy``: ``mambapy.pscan`` (Blelloch parallel scan over all (B, L, D, N) states, autograd).
@@ -14,6 +16,9 @@ and the peak memory above the process's RSS after building the inputs (``VmHWM``
 It also measures the elementwise peak of this machine (``torch.addcmul`` = one multiply-add per
 element, one thread; in cache and streaming) and the scan's achieved elementwise throughput, by
 ``scan_flops`` (forward: 7N+1 per (b, d, t)) and by the kernel's own count for forward+backward.
+
+``--time-major`` (ours and rows only): u, delta (B, L, D) and B, C (B, L, N), BiMamba's layout,
+where a row's frames are D floats apart.
 
 Run: ``python bench/scan_speed.py [--lengths 512 4096 16384]`` -> bench/results/scan_speed.{json,md}.
 """
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from common import default_out, loadavg, machine_info, machine_markdown, markdown_table, median, save_results
 
 RESULT_TAG = "RESULT "
-IMPLS = ["ours", "baseline", "loop", "mambapy", "numba"]
+IMPLS = ["ours", "rows", "baseline", "loop", "mambapy", "numba"]
 # ops per (b, d, t) per state of our kernel: forward 7 (scan_flops); backward recomputes the
 # forward (7) and runs the adjoint (17): 31 for an autograd forward+backward step
 FWD_OPS, TRAIN_OPS = 7, 31
@@ -55,11 +60,11 @@ def _mambapy(u, delta, A, B, C, D):
     return (y + D * x).transpose(1, 2)
 
 
-def implementation(name: str):
-    if name == "ours":
+def implementation(name: str, time_major: bool = False):
+    if name in ("ours", "rows"):
         from speechbudget.models.selective_scan import selective_scan
 
-        return lambda u, dl, A, B, C, D: selective_scan(u, dl, A, B, C, D=D)
+        return lambda u, dl, A, B, C, D: selective_scan(u, dl, A, B, C, D=D, time_major=time_major)
     if name == "baseline":
         from scan_baseline import selective_scan as baseline
 
@@ -97,23 +102,30 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def make_inputs(batch: int, dim: int, state: int, length: int, train: bool):
+def make_inputs(batch: int, dim: int, state: int, length: int, train: bool, time_major: bool = False):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(batch, dim, length, generator=g)
     delta = F.softplus(torch.randn(batch, dim, length, generator=g) - 2.0)  # ~ Mamba's dt range
     A = -torch.arange(1, state + 1, dtype=torch.float32).repeat(dim, 1)
     B, C = torch.randn(batch, state, length, generator=g), torch.randn(batch, state, length, generator=g)
     D = torch.ones(dim)
+    if time_major:
+        u, delta, B, C = (t.transpose(1, 2).contiguous() for t in (u, delta, B, C))
     xs = [u, delta, A, B, C, D]
     return [t.requires_grad_() for t in xs] if train else xs
 
 
 def run_child(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
-    fn = implementation(job["impl"])
+    tm = job.get("time_major", False)
+    if job["impl"] == "rows" or job.get("time_block"):
+        from speechbudget.models import scan_cpu
+
+        scan_cpu.TIME_BLOCK = job["length"] if job["impl"] == "rows" else job["time_block"]
+    fn = implementation(job["impl"], tm)
     train = job["mode"] == "train"
-    xs = make_inputs(job["batch"], job["dim"], job["state"], job["length"], train)
-    gy = torch.randn(job["batch"], job["dim"], job["length"])
+    xs = make_inputs(job["batch"], job["dim"], job["state"], job["length"], train, tm)
+    gy = torch.randn_like(xs[0])
 
     def once():
         if train:
@@ -126,7 +138,7 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
                 fn(*xs)
 
     # warm up (compiles / JITs) on a short input, so the full-size peak is the case's own
-    short = make_inputs(job["batch"], job["dim"], job["state"], 64, train)
+    short = make_inputs(job["batch"], job["dim"], job["state"], 64, train, tm)
     y = fn(*short)
     if train:
         y.sum().backward()
@@ -244,6 +256,10 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 16384])
     p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--time-major", action="store_true", help="BiMamba's (B, L, D) layout (ours, rows only)")
+    p.add_argument(
+        "--time-block", type=int, default=None, help="ours: steps per time block (default: the library's)"
+    )
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--state", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
@@ -255,6 +271,8 @@ def main() -> None:
     if args.child:
         print(RESULT_TAG + json.dumps(run_child(json.loads(args.child))), flush=True)
         return
+    if args.time_major and set(args.impls) - {"ours", "rows"}:
+        p.error("--time-major runs ours and rows only")
     torch.set_num_threads(1)  # as in every child, so the machine record says 1 thread
     started = time.perf_counter()
     info = machine_info()
@@ -264,7 +282,8 @@ def main() -> None:
         for mode in ("forward", "train"):
             for impl in args.impls:  # side by side: the cases of one length and mode back to back
                 job = vars(args) | {"impl": impl, "length": length, "mode": mode}
-                job = {k: job[k] for k in ("impl", "length", "mode", "batch", "dim", "state", "reps")}
+                keys = ("impl", "length", "mode", "batch", "dim", "state", "reps", "time_major", "time_block")
+                job = {k: job[k] for k in keys}
                 job["budget_s"] = args.budget
                 r = spawn(job, args.timeout)
                 print(

@@ -124,7 +124,7 @@ def test_threads_split_rows_without_changing_results():
     for a, b in zip(one, three):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(
-        scan_cpu.scan_forward(u, delta, A, B, C, 1), scan_cpu.scan_forward(u, delta, A, B, C, 3)
+        scan_cpu.scan_forward(u, delta, A, B, C, 1)[0], scan_cpu.scan_forward(u, delta, A, B, C, 3)[0]
     )
 
 
@@ -216,7 +216,8 @@ def test_time_major_reverse_threads_split_rows_without_changing_results():
     for a, b in zip(one, three):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(
-        scan_cpu.scan_forward(u, delta, A, B, C, 1, **kw), scan_cpu.scan_forward(u, delta, A, B, C, 3, **kw)
+        scan_cpu.scan_forward(u, delta, A, B, C, 1, **kw)[0],
+        scan_cpu.scan_forward(u, delta, A, B, C, 3, **kw)[0],
     )
 
 
@@ -296,3 +297,27 @@ def test_cuda_dispatch_matches_oracle():
     assert (y.cpu() - y_ref).abs().max() <= 1e-4 * max(1.0, y_ref.abs().max().item())
     for name, a, b in zip("u delta A B C D z".split(), g_ref, g):
         assert (a - b.cpu()).abs().max() <= 1e-4 * max(1.0, a.abs().max().item()), name
+
+
+@needs_compiler
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_time_blocks_do_not_change_results(reverse, block):
+    """The kernel scans all of a thread's rows over one block of steps before the next (cache
+    reuse); block edges must carry each row's state and adjoint exactly: the same values as one
+    block over the whole length, with padding inside a block and lengths not a multiple of it,
+    whether the backward recomputes the block starts or takes the forward's."""
+    u, delta, A, B, C, D, _ = (_time_major(t) if t.dim() == 3 else t for t in make_inputs(3, 5, 16, 41))
+    lengths = torch.tensor([41, 23, 2])
+    gy = torch.randn(u.shape, generator=torch.Generator().manual_seed(3))
+    kw = {"time_major": True, "reverse": reverse, "D": D, "lengths": lengths, "threads": 2}
+    y_whole, _ = scan_cpu.scan_forward(u, delta, A, B, C, time_block=10**6, **kw)
+    y, starts = scan_cpu.scan_forward(u, delta, A, B, C, time_block=block, keep_starts=True, **kw)
+    assert torch.equal(y, y_whole)
+    whole = scan_cpu.scan_backward(u, delta, A, B, C, gy, time_block=10**6, **kw)
+    for given in (None, starts):
+        blocks = scan_cpu.scan_backward(u, delta, A, B, C, gy, time_block=block, starts=given, **kw)
+        for name, a, b in zip("u delta A B C".split(), whole, blocks):  # same sums in the same order
+            assert torch.equal(a, b), name
+        # D's gradient sums a row's blocks separately: rounding only
+        assert (whole[5] - blocks[5]).abs().max() <= 1e-6 * whole[5].abs().max()

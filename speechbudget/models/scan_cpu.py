@@ -27,6 +27,9 @@ import torch
 from ..native import Kernel
 
 MAX_STATE = 256  # state sizes above this use the PyTorch path (states live in registers / on the stack)
+#: steps per time block: a thread scans all its rows over one block before the next (see ``fwd``
+#: in the C source); results do not depend on it (tests run small blocks)
+TIME_BLOCK = 64
 
 _SOURCE = r"""
 #include <cstddef>
@@ -99,64 +102,71 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
-// Forward of one row: h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  y_t = C_t . h_t, for steps
-// s = 0 .. L-1. u, dt, y step by st elements per frame; Bt, Ct by sv vectors (both negative for
-// a reverse scan, the pointers then at the last frame). NV vectors of state (0: runtime nv).
+// Steps [c0, c1) of one row's forward, from the state h (updated in place):
+// h_s = exp(dt_s A) h_{s-1} + dt_s u_s B_s;  y_s = C_s . h_s + skip u_s (y written only when non-null).
+// u, dt, y step by st elements per step; Bt, Ct by sv vectors (both negative for a reverse scan,
+// the pointers then at the last frame). Steps outside [s0, s1) are padding: delta 0.
+// NV vectors of state (0: runtime nv).
 template <typename T, int NV>
-void fwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt, int64_t st,
-             const T* A, const T* Bt, const T* Ct, int64_t sv, T skip, T* y) {
+inline void fwd_steps(int64_t c0, int64_t c1, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt,
+                      int64_t st, const T* A, const T* Bt, const T* Ct, int64_t sv, T skip, T* y,
+                      typename V<T>::v* h) {
   typedef typename V<T>::v v;
   const int nv = NV ? NV : nvr;
   const v* a = (const v*)A;
   const v* bv = (const v*)Bt;
   const v* cv = (const v*)Ct;
-  v h[NV ? NV : MAXV];
-  for (int i = 0; i < nv; ++i) h[i] = v{} ;
-  for (int64_t s = 0; s < L; ++s) {
+  v hr[NV ? NV : MAXV];
+  for (int i = 0; i < nv; ++i) hr[i] = h[i];
+  for (int64_t s = c0; s < c1; ++s) {
     const T d = (s >= s0 && s < s1) ? dt[s * st] : T(0), du = d * u[s * st];
     v acc = v{};
     for (int i = 0; i < nv; ++i) {
-      h[i] = V<T>::exp(d * a[i]) * h[i] + du * bv[s * sv + i];
-      acc += h[i] * cv[s * sv + i];
+      hr[i] = V<T>::exp(d * a[i]) * hr[i] + du * bv[s * sv + i];
+      if (y) acc += hr[i] * cv[s * sv + i];
     }
-    y[s * st] = V<T>::sum(acc) + skip * u[s * st];
+    if (y) y[s * st] = V<T>::sum(acc) + skip * u[s * st];
   }
+  for (int i = 0; i < nv; ++i) h[i] = hr[i];
 }
 
-// Backward of one row: recompute and keep h_s (row 0 of hs is h_{-1} = 0), then run the adjoint
-// g_s = a_{s+1} g_{s+1} + gy_s C_s backwards. dB, dC accumulate into this thread's (L, nv) slices,
-// which step like Bt, Ct.
+// Backward of steps [c0, c1) of one row, from the state before c0 (h0) and the adjoint g after
+// c1 - 1 (updated in place to the adjoint before c0): recompute and keep the chunk's states
+// (scratch row 0 = h0) and decays, then run g_s = a_{s+1} g_{s+1} + gy_s C_s backwards.
+// ga (dA), gskip and dB, dC (this thread's (L, nv) slice, stepping like Bt, Ct) accumulate.
 template <typename T, int NV>
-void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt, int64_t st, const T* A, const T* Bt,
-             const T* Ct, int64_t sv, T skip, const T* gy, T* hsp, T* du_out, T* ddt_out, T* dA_row,
-             T* dskip, T* dBp, T* dCp) {
+inline void bwd_steps(int64_t c0, int64_t c1, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt,
+                      int64_t st, const T* A, const T* Bt, const T* Ct, int64_t sv, T skip, const T* gy,
+                      const typename V<T>::v* h0, typename V<T>::v* hs, T* du_out, T* ddt_out,
+                      typename V<T>::v* gio, typename V<T>::v* gaio, T* gskip, T* dBp, T* dCp) {
   typedef typename V<T>::v v;
   const int nv = NV ? NV : nvr;
+  const int64_t n = c1 - c0;
   const v* a = (const v*)A;
   const v* bv = (const v*)Bt;
   const v* cv = (const v*)Ct;
-  v* hs = (v*)hsp;
-  v* ds = hs + (L + 1) * nv;  // the decays exp(dt_s A), kept from the recomputation
+  v* ds = hs + (n + 1) * nv;  // the decays exp(dt_s A), kept from the recomputation
   v* dB = (v*)dBp;
   v* dC = (v*)dCp;
   v h[NV ? NV : MAXV], g[NV ? NV : MAXV], ga[NV ? NV : MAXV];
-  for (int i = 0; i < nv; ++i) { h[i] = v{}; g[i] = v{}; ga[i] = v{}; hs[i] = v{}; }
-  T gskip = 0;
-  for (int64_t s = 0; s < L; ++s) {
+  for (int i = 0; i < nv; ++i) { h[i] = h0[i]; hs[i] = h0[i]; g[i] = gio[i]; ga[i] = gaio[i]; }
+  for (int64_t s = c0; s < c1; ++s) {
+    const int64_t k = (s - c0) * nv;
     const T d = (s >= s0 && s < s1) ? dt[s * st] : T(0), du = d * u[s * st];
     for (int i = 0; i < nv; ++i) {
       const v e = V<T>::exp(d * a[i]);
-      ds[s * nv + i] = e;
+      ds[k + i] = e;
       h[i] = e * h[i] + du * bv[s * sv + i];
-      hs[(s + 1) * nv + i] = h[i];
+      hs[k + nv + i] = h[i];
     }
   }
-  for (int64_t s = L - 1; s >= 0; --s) {
+  T gsk = 0;
+  for (int64_t s = c1 - 1; s >= c0; --s) {
     const bool valid = s >= s0 && s < s1;
     const T d = valid ? dt[s * st] : T(0), ut = u[s * st], du = d * ut, gyt = gy[s * st];
     v sgb = v{}, sgla = v{};
     for (int i = 0; i < nv; ++i) {
-      const int64_t j = s * sv + i, k = s * nv + i;
+      const int64_t j = s * sv + i, k = (s - c0) * nv + i;
       v gn = g[i] + gyt * cv[j];
       dC[j] += gyt * hs[k + nv];
       const v dec = ds[k];
@@ -170,19 +180,20 @@ void bwd_row(int64_t L, int64_t s0, int64_t s1, int nvr, const T* u, const T* dt
     const T sb = V<T>::sum(sgb);
     ddt_out[s * st] = valid ? V<T>::sum(sgla) + sb * ut : T(0);
     du_out[s * st] = sb * d + skip * gyt;
-    gskip += gyt * ut;
+    gsk += gyt * ut;
   }
-  for (int i = 0; i < nv; ++i) ((v*)dA_row)[i] = ga[i];
-  *dskip = gskip;
+  for (int i = 0; i < nv; ++i) { gio[i] = g[i]; gaio[i] = ga[i]; }
+  *gskip += gsk;
 }
 
 // Row tensors (u, dt, y, gy, du, ddt) share element strides (sb, sd, st) over (batch, channel,
 // time); Bt, Ct (and the dB, dC slices) are contiguous (Bsz, L, n). reverse: scan from the last
-// frame to the first.
+// frame to the first. chunk: steps per time block (below).
 struct Layout {
   int64_t sb, sd, st;
   int reverse;
   const int64_t* lengths;  // per batch item, frames from lengths[b] on have delta 0; null: none
+  int64_t chunk;
 };
 
 // The steps [s0, s1) whose delta is used: frames < lengths[b], in scan order.
@@ -193,42 +204,97 @@ inline void valid_steps(const Layout& lay, int64_t b, int64_t L, int64_t& s0, in
   s1 = lay.reverse ? L : n;
 }
 
+// One row (b, d)'s pointers, positioned at its first step in scan order.
+struct Row {
+  int64_t o, ob, s0, s1, d;
+};
+
+inline Row row_at(const Layout& lay, int64_t r, int64_t D, int64_t L, int64_t n) {
+  Row w;
+  const int64_t b = r / D;
+  w.d = r % D;
+  w.o = b * lay.sb + w.d * lay.sd + (lay.reverse ? (L - 1) * lay.st : 0);
+  w.ob = b * L * n + (lay.reverse ? (L - 1) * n : 0);
+  valid_steps(lay, b, L, w.s0, w.s1);
+  return w;
+}
+
+// Time blocks outside, rows inside: a thread runs steps [c0, c0 + chunk) of all its rows before
+// the next block, carrying each row's state. Rows (b, d) and (b, d + 1) read neighbouring floats
+// of the same cache lines, so a block's lines are loaded once for 16 rows and stay in L1/L2 at
+// any length; a whole row at a time re-read them from memory once the row outgrew the cache.
 template <typename T, int NV>
+// starts (optional, (blocks, Bsz * D, n)): each row's state before each block, for the backward.
 void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
-         const T* Ct, const T* skip, T* y, int threads, Layout lay) {
+         const T* Ct, const T* skip, T* y, T* starts, int threads, Layout lay) {
+  typedef typename V<T>::v v;
   const int64_t n = (int64_t)nv * V<T>::W;
-  const int64_t first = lay.reverse ? (L - 1) * lay.st : 0, st = lay.reverse ? -lay.st : lay.st;
-  const int64_t bfirst = lay.reverse ? (L - 1) * n : 0, sv = lay.reverse ? -nv : nv;
+  const int64_t st = lay.reverse ? -lay.st : lay.st, sv = lay.reverse ? -nv : nv;
   parallel_rows(Bsz * D, threads, [=](int, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
-      const int64_t ob = b * L * n + bfirst;
-      int64_t s0, s1;
-      valid_steps(lay, b, L, s0, s1);
-      fwd_row<T, NV>(L, s0, s1, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], y + o);
+    std::vector<v> h((r1 - r0) * nv, v{});
+    for (int64_t c0 = 0, c = 0; c0 < L; c0 += lay.chunk, ++c) {
+      const int64_t c1 = c0 + lay.chunk < L ? c0 + lay.chunk : L;
+      for (int64_t r = r0; r < r1; ++r) {
+        const Row w = row_at(lay, r, D, L, n);
+        v* hr = h.data() + (r - r0) * nv;
+        if (starts)
+          for (int i = 0; i < nv; ++i) ((v*)starts)[(c * Bsz * D + r) * nv + i] = hr[i];
+        fwd_steps<T, NV>(c0, c1, w.s0, w.s1, nv, u + w.o, dt + w.o, st, A + w.d * n, Bt + w.ob,
+                         Ct + w.ob, sv, skip[w.d], y + w.o, hr);
+      }
     }
   });
 }
 
 // dB, dC: (threads, Bsz, L, n) zeroed by the caller, summed over threads by the caller.
+// The blocks run from the last to the first, each recomputing its own states from the row's state
+// at its start (``starts`` kept by the forward, or first recomputed here without output):
+// O(chunk N) scratch per row besides the block starts.
 template <typename T, int NV>
 void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
-         const T* Ct, const T* skip, const T* gy, T* du, T* ddt, T* dA, T* dskip, T* dB, T* dC,
-         int threads, Layout lay) {
+         const T* Ct, const T* skip, const T* gy, const T* starts_in, T* du, T* ddt, T* dA, T* dskip,
+         T* dB, T* dC, int threads, Layout lay) {
   const int64_t n = (int64_t)nv * V<T>::W;
-  const int64_t first = lay.reverse ? (L - 1) * lay.st : 0, st = lay.reverse ? -lay.st : lay.st;
-  const int64_t bfirst = lay.reverse ? (L - 1) * n : 0, sv = lay.reverse ? -nv : nv;
+  const int64_t st = lay.reverse ? -lay.st : lay.st, sv = lay.reverse ? -nv : nv;
+  const int64_t blocks = L > 0 ? (L + lay.chunk - 1) / lay.chunk : 0;
   parallel_rows(Bsz * D, threads, [=](int tid, int64_t r0, int64_t r1) {
     typedef typename V<T>::v v;
-    std::vector<v> hs((2 * L + 1) * nv);  // states h_{-1..L-1}, then decays
+    const int64_t rows = r1 - r0;
+    std::vector<v> own(starts_in ? 0 : blocks * rows * nv), g(rows * nv, v{}), ga(rows * nv, v{});
+    const int64_t span = lay.chunk < L ? lay.chunk : L;
+    std::vector<v> hs((2 * span + 1) * nv);  // one block's states h_{c0-1..c1-1}, then decays
+    std::vector<T> gskip(rows, T(0));
+    // block c's start of row r: kept by the forward ((blocks, Bsz * D) rows) or recomputed here
+    const v* starts = starts_in ? (const v*)starts_in : own.data();
+    const int64_t per_block = starts_in ? Bsz * D : rows, first = starts_in ? 0 : r0;
+    if (!starts_in) {
+      std::vector<v> h(rows * nv, v{});
+      for (int64_t c = 0; c < blocks; ++c) {
+        const int64_t c0 = c * lay.chunk, c1 = c0 + lay.chunk < L ? c0 + lay.chunk : L;
+        for (int64_t r = r0; r < r1; ++r) {
+          const Row w = row_at(lay, r, D, L, n);
+          v* hr = h.data() + (r - r0) * nv;
+          for (int i = 0; i < nv; ++i) own[(c * rows + r - r0) * nv + i] = hr[i];
+          fwd_steps<T, NV>(c0, c1, w.s0, w.s1, nv, u + w.o, dt + w.o, st, A + w.d * n, Bt + w.ob,
+                           Ct + w.ob, sv, skip[w.d], (T*)nullptr, hr);
+        }
+      }
+    }
+    const int64_t slice = (int64_t)tid * Bsz * L * n;
+    for (int64_t c = blocks - 1; c >= 0; --c) {
+      const int64_t c0 = c * lay.chunk, c1 = c0 + lay.chunk < L ? c0 + lay.chunk : L;
+      for (int64_t r = r0; r < r1; ++r) {
+        const Row w = row_at(lay, r, D, L, n);
+        const int64_t q = (r - r0) * nv;
+        bwd_steps<T, NV>(c0, c1, w.s0, w.s1, nv, u + w.o, dt + w.o, st, A + w.d * n, Bt + w.ob,
+                         Ct + w.ob, sv, skip[w.d], gy + w.o, starts + (c * per_block + r - first) * nv,
+                         hs.data(), du + w.o, ddt + w.o, g.data() + q, ga.data() + q,
+                         gskip.data() + (r - r0), dB + slice + w.ob, dC + slice + w.ob);
+      }
+    }
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / D, d = r % D, o = b * lay.sb + d * lay.sd + first;
-      const int64_t ob = b * L * n + bfirst;
-      const int64_t slice = (int64_t)tid * Bsz * L * n + ob;
-      int64_t s0, s1;
-      valid_steps(lay, b, L, s0, s1);
-      bwd_row<T, NV>(L, s0, s1, nv, u + o, dt + o, st, A + d * n, Bt + ob, Ct + ob, sv, skip[d], gy + o,
-                     (T*)hs.data(), du + o, ddt + o, dA + r * n, dskip + r, dB + slice, dC + slice);
+      for (int i = 0; i < nv; ++i) ((v*)(dA + r * n))[i] = ga[(r - r0) * nv + i];
+      dskip[r] = gskip[r - r0];
     }
   });
 }
@@ -240,25 +306,27 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
 #define SB_EXPORT(T, SUF)                                                                          \
   extern "C" void sb_scan_fwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
                                      const T* dt, const T* A, const T* Bt, const T* Ct,           \
-                                     const T* skip, T* y, int threads, int64_t sb, int64_t sd,    \
-                                     int64_t st, int rev, const int64_t* lens) {                                       \
-    const Layout lay{sb, sd, st, rev, lens};                                                             \
-    if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                \
-    else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);           \
-    else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, threads, lay);                        \
+                                     const T* skip, T* y, T* starts, int threads, int64_t sb,     \
+                                     int64_t sd,                                                  \
+                                     int64_t st, int rev, const int64_t* lens, int64_t chunk) {                        \
+    const Layout lay{sb, sd, st, rev, lens, chunk < 1 ? 1 : chunk};                                                             \
+    if (nv == 1) fwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, starts, threads, lay);                \
+    else if (nv == 2) fwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, starts, threads, lay);           \
+    else fwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, y, starts, threads, lay);                        \
   }                                                                                                \
   extern "C" void sb_scan_bwd_##SUF(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u,        \
                                      const T* dt, const T* A, const T* Bt, const T* Ct,           \
-                                     const T* skip, const T* gy, T* du, T* ddt, T* dA, T* dskip,  \
+                                     const T* skip, const T* gy, const T* starts, T* du, T* ddt,  \
+                                     T* dA, T* dskip,                                             \
                                      T* dB, T* dC, int threads, int64_t sb, int64_t sd,           \
-                                     int64_t st, int rev, const int64_t* lens) {                                       \
-    const Layout lay{sb, sd, st, rev, lens};                                                             \
+                                     int64_t st, int rev, const int64_t* lens, int64_t chunk) {                        \
+    const Layout lay{sb, sd, st, rev, lens, chunk < 1 ? 1 : chunk};                                                             \
     if (nv == 1)                                                                                   \
-      bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
+      bwd<T, 1>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, starts, du, ddt, dA, dskip, dB, dC, threads, lay); \
     else if (nv == 2)                                                                              \
-      bwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
+      bwd<T, 2>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, starts, du, ddt, dA, dskip, dB, dC, threads, lay); \
     else                                                                                           \
-      bwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, du, ddt, dA, dskip, dB, dC, threads, lay); \
+      bwd<T, 0>(Bsz, D, L, nv, u, dt, A, Bt, Ct, skip, gy, starts, du, ddt, dA, dskip, dB, dC, threads, lay); \
   }
 
 SB_EXPORT(float, f32)
@@ -270,10 +338,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     for suffix in ("f32", "f64"):
         getattr(lib, f"sb_scan_fwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 7 + [i32, i64, i64, i64, i32, ptr]
+            [i64, i64, i64, i32] + [ptr] * 8 + [i32, i64, i64, i64, i32, ptr, i64]
         )
         getattr(lib, f"sb_scan_bwd_{suffix}").argtypes = (
-            [i64, i64, i64, i32] + [ptr] * 13 + [i32, i64, i64, i64, i32, ptr]
+            [i64, i64, i64, i32] + [ptr] * 14 + [i32, i64, i64, i64, i32, ptr, i64]
         )
 
 
@@ -360,7 +428,9 @@ def scan_forward(
     reverse: bool = False,
     D: Optional[torch.Tensor] = None,
     lengths: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+    time_block: Optional[int] = None,
+    keep_starts: bool = False,
+):
     """``y`` of the recurrence plus the skip ``D * u`` when ``D`` (D,) is given (no gate), in ``u``'s layout.
 
     ``lengths`` (B,): frames from ``lengths[b]`` on count as padding, their ``delta`` as 0 (the
@@ -369,6 +439,10 @@ def scan_forward(
     ``u``, ``delta``: (B, D, L) and ``B``, ``C``: (B, N, L); with ``time_major`` (B, L, D) and
     (B, L, N), the layout of a Linear's output, so no transposed copies are needed. ``reverse``
     scans from the last frame to the first (as flipping time, scanning and flipping back).
+    ``time_block``: steps per time block of the kernel's loop (speed only; default :data:`TIME_BLOCK`).
+    Returns ``(y, starts)``; with ``keep_starts`` ``starts`` holds every row's state at the start of
+    every block, which spares :func:`scan_backward` (given the same ``time_block``) one
+    recomputation of the states, else it is None.
     """
     lib = load()
     u, delta = u.contiguous(), delta.contiguous()
@@ -376,18 +450,23 @@ def scan_forward(
     (batch, dim, length), strides = _layout(u, time_major)
     skip, lens = _skip(D, u, dim), _lengths(lengths)
     y = torch.empty_like(u)
+    time_block = _time_block(time_block)
+    blocks = -(-length // time_block)
+    starts = u.new_empty(blocks, batch * dim, a.size(1)) if keep_starts else None
     getattr(lib, f"sb_scan_fwd_{_suffix(u.dtype)}")(
         batch,
         dim,
         length,
         nv,
         *map(_ptr, (u, delta, a, bt, ct, skip, y)),
+        None if starts is None else _ptr(starts),
         _threads(threads),
         *strides,
         int(reverse),
         None if lens is None else _ptr(lens),
+        time_block,
     )
-    return y
+    return y, starts
 
 
 def scan_backward(
@@ -402,10 +481,13 @@ def scan_backward(
     reverse: bool = False,
     D: Optional[torch.Tensor] = None,
     lengths: Optional[torch.Tensor] = None,
+    time_block: Optional[int] = None,
+    starts: Optional[torch.Tensor] = None,
 ):
     """Gradients (u, delta, A, B, C, D) of ``sum(grad_y * y)``, each in its input's layout (see
-    :func:`scan_forward`; that of ``D`` is None without ``D``); states recomputed, O(L N) scratch
-    per thread."""
+    :func:`scan_forward`; that of ``D`` is None without ``D``); states recomputed block by block
+    from ``starts`` (:func:`scan_forward`'s, same ``time_block``) or, without them, from a first
+    pass; O(time_block N) scratch per thread besides the block starts."""
     lib = load()
     u, delta, gy = u.contiguous(), delta.contiguous(), grad_y.contiguous().to(u.dtype)
     a, bt, ct, nv = _padded(A, B, C, time_major)
@@ -413,6 +495,9 @@ def scan_backward(
     state, padded = A.size(1), a.size(1)
     nthreads = max(1, min(_threads(threads), batch * dim))
     skip, lens = _skip(D, u, dim), _lengths(lengths)
+    block = _time_block(time_block)
+    if starts is not None and tuple(starts.shape) != (-(-length // block), batch * dim, padded):
+        raise ValueError(f"starts {tuple(starts.shape)} were not kept by a forward with time_block {block}")
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     da_rows = u.new_empty(batch, dim, padded)
     dskip_rows = u.new_empty(batch, dim)
@@ -423,11 +508,14 @@ def scan_backward(
         dim,
         length,
         nv,
-        *map(_ptr, (u, delta, a, bt, ct, skip, gy, du, ddelta, da_rows, dskip_rows, db, dc)),
+        *map(_ptr, (u, delta, a, bt, ct, skip, gy)),
+        None if starts is None else _ptr(_aligned(starts)),
+        *map(_ptr, (du, ddelta, da_rows, dskip_rows, db, dc)),
         nthreads,
         *strides,
         int(reverse),
         None if lens is None else _ptr(lens),
+        block,
     )
     grad_b = (db[0] if nthreads == 1 else db.sum(0))[..., :state]
     grad_c = (dc[0] if nthreads == 1 else dc.sum(0))[..., :state]
@@ -435,6 +523,11 @@ def scan_backward(
         grad_b, grad_c = grad_b.transpose(1, 2), grad_c.transpose(1, 2)
     grad_d = None if D is None else dskip_rows.sum(0).to(D.dtype)
     return du, ddelta, da_rows.sum(0)[:, :state], grad_b, grad_c, grad_d
+
+
+def _time_block(time_block: Optional[int]) -> int:
+    """Steps per block: the argument, or :data:`TIME_BLOCK` read at call time (a bench may set it)."""
+    return max(1, int(TIME_BLOCK if time_block is None else time_block))
 
 
 def _lengths(lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -143,9 +143,10 @@ class SelectiveScanFn(torch.autograd.Function):
         ctx.lengths = lengths
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                y = scan_cpu.scan_forward(
-                    u, delta, A, B, C, time_major=time_major, reverse=reverse, D=D, lengths=lengths
-                )
+                # the state at each time block's start spares the backward one recomputation
+                kw = {"time_major": time_major, "reverse": reverse, "D": D, "lengths": lengths}
+                keep = any(ctx.needs_input_grad)
+                y, ctx.starts = scan_cpu.scan_forward(u, delta, A, B, C, keep_starts=keep, **kw)
             else:
                 if ctx.pad is not None:
                     delta = delta.masked_fill(ctx.pad, 0.0)
@@ -163,9 +164,9 @@ class SelectiveScanFn(torch.autograd.Function):
         tm, rev = ctx.time_major, ctx.reverse
         with torch.autocast(u.device.type, enabled=False):
             if ctx.compiled:
-                grads = scan_cpu.scan_backward(
-                    u, delta, A, B, C, grad_y, time_major=tm, reverse=rev, D=D, lengths=ctx.lengths
-                )
+                kw = {"time_major": tm, "reverse": rev, "D": D, "lengths": ctx.lengths, "starts": ctx.starts}
+                grads = scan_cpu.scan_backward(u, delta, A, B, C, grad_y, **kw)
+                ctx.starts = None
             else:
                 to = functools.partial(_canonical, time_major=tm, reverse=rev)
                 back = functools.partial(_uncanonical, time_major=tm, reverse=rev)
