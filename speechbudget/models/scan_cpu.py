@@ -103,7 +103,7 @@ template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
 }
 
 // Steps [c0, c1) of one row's forward, from the state h (updated in place):
-// h_s = exp(dt_s A) h_{s-1} + dt_s u_s B_s;  y_s = C_s . h_s + skip u_s (y written only when non-null).
+// h_s = exp(dt_s A) h_{s-1} + dt_s u_s B_s;  y_s = C_s . h_s + skip u_s.
 // u, dt, y step by st elements per step; Bt, Ct by sv vectors (both negative for a reverse scan,
 // the pointers then at the last frame). Steps outside [s0, s1) are padding: delta 0.
 // NV vectors of state (0: runtime nv).
@@ -123,9 +123,9 @@ inline void fwd_steps(int64_t c0, int64_t c1, int64_t s0, int64_t s1, int nvr, c
     v acc = v{};
     for (int i = 0; i < nv; ++i) {
       hr[i] = V<T>::exp(d * a[i]) * hr[i] + du * bv[s * sv + i];
-      if (y) acc += hr[i] * cv[s * sv + i];
+      acc += hr[i] * cv[s * sv + i];
     }
-    if (y) y[s * st] = V<T>::sum(acc) + skip * u[s * st];
+    y[s * st] = V<T>::sum(acc) + skip * u[s * st];
   }
   for (int i = 0; i < nv; ++i) h[i] = hr[i];
 }
@@ -223,8 +223,8 @@ inline Row row_at(const Layout& lay, int64_t r, int64_t D, int64_t L, int64_t n)
 // the next block, carrying each row's state. Rows (b, d) and (b, d + 1) read neighbouring floats
 // of the same cache lines, so a block's lines are loaded once for 16 rows and stay in L1/L2 at
 // any length; a whole row at a time re-read them from memory once the row outgrew the cache.
-template <typename T, int NV>
 // starts (optional, (blocks, Bsz * D, n)): each row's state before each block, for the backward.
+template <typename T, int NV>
 void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
          const T* Ct, const T* skip, T* y, T* starts, int threads, Layout lay) {
   typedef typename V<T>::v v;
@@ -248,11 +248,10 @@ void fwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
 
 // dB, dC: (threads, Bsz, L, n) zeroed by the caller, summed over threads by the caller.
 // The blocks run from the last to the first, each recomputing its own states from the row's state
-// at its start (``starts`` kept by the forward, or first recomputed here without output):
-// O(chunk N) scratch per row besides the block starts.
+// at its start (``starts``, kept by the forward): O(chunk N) scratch per thread besides them.
 template <typename T, int NV>
 void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, const T* A, const T* Bt,
-         const T* Ct, const T* skip, const T* gy, const T* starts_in, T* du, T* ddt, T* dA, T* dskip,
+         const T* Ct, const T* skip, const T* gy, const T* starts, T* du, T* ddt, T* dA, T* dskip,
          T* dB, T* dC, int threads, Layout lay) {
   const int64_t n = (int64_t)nv * V<T>::W;
   const int64_t st = lay.reverse ? -lay.st : lay.st, sv = lay.reverse ? -nv : nv;
@@ -260,26 +259,10 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
   parallel_rows(Bsz * D, threads, [=](int tid, int64_t r0, int64_t r1) {
     typedef typename V<T>::v v;
     const int64_t rows = r1 - r0;
-    std::vector<v> own(starts_in ? 0 : blocks * rows * nv), g(rows * nv, v{}), ga(rows * nv, v{});
+    std::vector<v> g(rows * nv, v{}), ga(rows * nv, v{});
     const int64_t span = lay.chunk < L ? lay.chunk : L;
     std::vector<v> hs((2 * span + 1) * nv);  // one block's states h_{c0-1..c1-1}, then decays
     std::vector<T> gskip(rows, T(0));
-    // block c's start of row r: kept by the forward ((blocks, Bsz * D) rows) or recomputed here
-    const v* starts = starts_in ? (const v*)starts_in : own.data();
-    const int64_t per_block = starts_in ? Bsz * D : rows, first = starts_in ? 0 : r0;
-    if (!starts_in) {
-      std::vector<v> h(rows * nv, v{});
-      for (int64_t c = 0; c < blocks; ++c) {
-        const int64_t c0 = c * lay.chunk, c1 = c0 + lay.chunk < L ? c0 + lay.chunk : L;
-        for (int64_t r = r0; r < r1; ++r) {
-          const Row w = row_at(lay, r, D, L, n);
-          v* hr = h.data() + (r - r0) * nv;
-          for (int i = 0; i < nv; ++i) own[(c * rows + r - r0) * nv + i] = hr[i];
-          fwd_steps<T, NV>(c0, c1, w.s0, w.s1, nv, u + w.o, dt + w.o, st, A + w.d * n, Bt + w.ob,
-                           Ct + w.ob, sv, skip[w.d], (T*)nullptr, hr);
-        }
-      }
-    }
     const int64_t slice = (int64_t)tid * Bsz * L * n;
     for (int64_t c = blocks - 1; c >= 0; --c) {
       const int64_t c0 = c * lay.chunk, c1 = c0 + lay.chunk < L ? c0 + lay.chunk : L;
@@ -287,7 +270,7 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
         const Row w = row_at(lay, r, D, L, n);
         const int64_t q = (r - r0) * nv;
         bwd_steps<T, NV>(c0, c1, w.s0, w.s1, nv, u + w.o, dt + w.o, st, A + w.d * n, Bt + w.ob,
-                         Ct + w.ob, sv, skip[w.d], gy + w.o, starts + (c * per_block + r - first) * nv,
+                         Ct + w.ob, sv, skip[w.d], gy + w.o, (const v*)starts + (c * Bsz * D + r) * nv,
                          hs.data(), du + w.o, ddt + w.o, g.data() + q, ga.data() + q,
                          gskip.data() + (r - r0), dB + slice + w.ob, dC + slice + w.ob);
       }
@@ -486,8 +469,8 @@ def scan_backward(
 ):
     """Gradients (u, delta, A, B, C, D) of ``sum(grad_y * y)``, each in its input's layout (see
     :func:`scan_forward`; that of ``D`` is None without ``D``); states recomputed block by block
-    from ``starts`` (:func:`scan_forward`'s, same ``time_block``) or, without them, from a first
-    pass; O(time_block N) scratch per thread besides the block starts."""
+    from ``starts`` (:func:`scan_forward`'s, same ``time_block``; without them a forward pass makes
+    them first); O(time_block N) scratch per thread besides the block starts."""
     lib = load()
     u, delta, gy = u.contiguous(), delta.contiguous(), grad_y.contiguous().to(u.dtype)
     a, bt, ct, nv = _padded(A, B, C, time_major)
@@ -496,7 +479,10 @@ def scan_backward(
     nthreads = max(1, min(_threads(threads), batch * dim))
     skip, lens = _skip(D, u, dim), _lengths(lengths)
     block = _time_block(time_block)
-    if starts is not None and tuple(starts.shape) != (-(-length // block), batch * dim, padded):
+    if starts is None:
+        kw = {"time_major": time_major, "reverse": reverse, "D": D, "lengths": lengths}
+        starts = scan_forward(u, delta, A, B, C, threads, time_block=block, keep_starts=True, **kw)[1]
+    elif tuple(starts.shape) != (-(-length // block), batch * dim, padded):
         raise ValueError(f"starts {tuple(starts.shape)} were not kept by a forward with time_block {block}")
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     da_rows = u.new_empty(batch, dim, padded)
@@ -509,7 +495,7 @@ def scan_backward(
         length,
         nv,
         *map(_ptr, (u, delta, a, bt, ct, skip, gy)),
-        None if starts is None else _ptr(_aligned(starts)),
+        _ptr(_aligned(starts)),
         *map(_ptr, (du, ddelta, da_rows, dskip_rows, db, dc)),
         nthreads,
         *strides,
