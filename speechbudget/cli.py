@@ -298,13 +298,21 @@ def finetune(
 @app.command(
     epilog="Examples:\n\n"
     "  speechbudget decode exp/ft data/synthetic/cuts_test.jsonl.gz\n\n"
-    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json"
+    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json\n\n"
+    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method lexicon   # known words only"
 )
 def decode(
     model: Path = typer.Argument(..., help="Fine-tuning exp dir (newest checkpoint) or a checkpoint file."),
     cuts: List[Path] = typer.Argument(..., help="One or more cut manifests to decode."),
-    method: str = typer.Option("greedy", help="greedy | beam (CTC prefix beam search)."),
-    beam_size: int = typer.Option(8, help="Beam size for --method beam."),
+    method: str = typer.Option(
+        "greedy",
+        help="greedy | beam (CTC prefix beam search) | lexicon (beam search that only spells known words).",
+    ),
+    beam_size: int = typer.Option(8, help="Beam size for --method beam and lexicon."),
+    lexicon: Optional[Path] = typer.Option(
+        None,
+        help="Word list (one per line) for --method lexicon. Default: the fine-tuning transcripts' words.",
+    ),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: EXP/decode-<method>."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPT,
@@ -313,7 +321,7 @@ def decode(
     from .decode import decode as run
 
     quiet_if_json(as_json)
-    results = [run(model, c, out_dir, method, beam_size, device=device) for c in cuts]
+    results = [run(model, c, out_dir, method, beam_size, device=device, lexicon=lexicon) for c in cuts]
     if as_json:
         emit_json(results if len(results) > 1 else results[0])
         return
@@ -360,9 +368,9 @@ def tokenizer_train(
 ) -> None:
     """Train a sentencepiece model (blank = id 0) on normalised transcripts."""
     from .asr.tokenizer import Tokenizer, train_tokenizer
-    from .data.manifests import load_cuts
+    from .data.manifests import cut_text, load_cuts
 
-    texts = [" ".join(s.text or "" for s in c.supervisions) for c in load_cuts(cuts)]
+    texts = [cut_text(c) for c in load_cuts(cuts)]
     path = train_tokenizer(
         [t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size
     )

@@ -196,6 +196,10 @@ class TrainConfig:
     #: train only on the cuts of this many speakers (seeded choice), before train_hours: transcribed
     #: audio usually comes from a few speakers, unlabeled audio from many
     train_speakers: Optional[int] = None
+    #: more transcribed cut manifests (comma-separated) that join the training set after
+    #: train_speakers/train_hours: e.g. synthetic speech with its text beside a few real speakers.
+    #: In a recipe, ``prepare`` names the prepared unlabeled corpus's train split.
+    extra_train_cuts: str = ""
     valid_every: int = 0  # steps between validations on dev_cuts (0: only at the end)
     #: record this many steps with torch.profiler into EXP/profile/ (trace.json, top_ops.txt); 0 = off
     profile_steps: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,18 +12,19 @@ from lhotse.dataset import SimpleCutSampler
 
 from . import atomic, progress
 from .asr.decoding import beam_search_batch, greedy_decode
+from .asr.lexicon import LEXICON_NAME, LexiconTrie, lexicon_words, read_lexicon
 from .asr.scoring import write_icefall_style
 from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
 from .data.dataset import SpeechDataset, make_loader
-from .data.manifests import load_cuts
+from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
 from .models.presets import build_encoder
 from .objectives.ctc import CtcModel
 from .train import checkpoint as ckpt
 from .train.distributed import pick_device
 
-METHODS = ("greedy", "beam")
+METHODS = ("greedy", "beam", "lexicon")
 
 
 def resolve_checkpoint(path: Path) -> Tuple[Path, Path]:
@@ -54,6 +56,26 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     )
 
 
+def lexicon_for(exp: Path, tokenizer: Tokenizer, path: Optional[Path] = None) -> Tuple[LexiconTrie, str]:
+    """The words a lexicon decode may output, and where they came from: ``path``; else the
+    fine-tuning run's ``tokenizer/lexicon.txt``; else (runs fine-tuned before lexicons were kept)
+    the words of the training transcripts its run card names."""
+    if path is not None:
+        words, source = read_lexicon(path), str(path)
+    elif (exp / "tokenizer" / LEXICON_NAME).is_file():
+        words, source = read_lexicon(exp / "tokenizer" / LEXICON_NAME), str(exp / "tokenizer" / LEXICON_NAME)
+    else:
+        card = exp / "run_card.json"
+        train = json.loads(card.read_text()).get("config", {}).get("train_cuts") if card.is_file() else None
+        if not train or not Path(train).is_file():
+            raise SpeechBudgetError(
+                f"{exp} keeps no lexicon and its training cuts are gone: pass --lexicon FILE (one word per line)"
+            )
+        words = lexicon_words((cut_text(c) for c in load_cuts(train)), tokenizer)
+        source = f"words of {train}"
+    return LexiconTrie.from_words(words, tokenizer), source
+
+
 def decode(
     model_path: Path,
     cuts_path: Path,
@@ -63,15 +85,21 @@ def decode(
     set_name: Optional[str] = None,
     max_duration: float = 120.0,
     device: str = "cpu",
+    lexicon: Optional[Path] = None,
 ) -> Dict[str, Any]:
     if method not in METHODS:
-        raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {' or '.join(METHODS)}")
-    if method == "beam" and beam_size < 1:
+        raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {', '.join(METHODS)}")
+    if method != "greedy" and beam_size < 1:
         raise SpeechBudgetError(f"--beam-size must be at least 1, got {beam_size}")
+    if lexicon is not None and method != "lexicon":
+        raise SpeechBudgetError("--lexicon is for --method lexicon; add it, or leave --lexicon out")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise SpeechBudgetError(f"--device must be cpu or cuda, got {device!r}")
     dev = pick_device(device, torch.device(device).index or 0)
     model, tokenizer, info = load_ctc_model(model_path, dev)
+    trie, lexicon_source = (
+        lexicon_for(Path(info["exp_dir"]), tokenizer, lexicon) if method == "lexicon" else (None, None)
+    )
     cuts = load_cuts(cuts_path).to_eager()
     set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
     out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"decode-{method}"
@@ -86,13 +114,17 @@ def decode(
                 hyps = greedy_decode(log_probs.cpu(), lengths.cpu(), blank=tokenizer.blank_id)
             else:
                 hyps = beam_search_batch(
-                    log_probs.cpu(), lengths.cpu(), beam_size=beam_size, blank=tokenizer.blank_id
+                    log_probs.cpu(),
+                    lengths.cpu(),
+                    beam_size=beam_size,
+                    blank=tokenizer.blank_id,
+                    lexicon=trie,
                 )
             for cid, ref, hyp in zip(batch["ids"], batch["texts"], hyps):
                 results.append((cid, normalize_text(ref), tokenizer.decode(hyp)))
     if not results:
         raise SpeechBudgetError(f"{cuts_path} holds no cuts to decode")
-    suffix = f"{method}" + (f"-beam{beam_size}" if method == "beam" else "")
+    suffix = method if method == "greedy" else f"{method}-beam{beam_size}"
     summary: Dict[str, Any] = {
         "set": set_name,
         "method": method,
@@ -100,6 +132,8 @@ def decode(
         "checkpoint": info["checkpoint"],
         "out_dir": str(out_dir),
     }
+    if lexicon_source is not None:
+        summary.update(lexicon=lexicon_source, beam_size=beam_size)
     if not any(ref for _, ref, _ in results):
         _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
         summary.update(

@@ -48,6 +48,7 @@ from .config import (
     load_train_config,
     load_yaml,
     parse_overrides,
+    split_csv,
 )
 from .data.manifests import cut_speaker, cuts_path
 from .data.pool import PoolEntry, PoolMember, Scored, check_names
@@ -147,6 +148,10 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
             + [(f"pool[{i}]", e.name) for i, e in enumerate(r.pool)]
         )
     check_kind(data.get("folds"))
+    from .decode import METHODS
+
+    if r.decode.method not in METHODS:
+        raise SpeechBudgetError(f"decode.method is {r.decode.method!r}; choose {', '.join(METHODS)}")
     if data.get("folds") and (data.get("finetune") or {}).get("task") == "classify":
         raise SpeechBudgetError(
             "folds: speakers scores WER of CTC recipes; drop it for finetune.task: classify"
@@ -402,6 +407,8 @@ class Pipeline:
             sec["dev_cuts"] = str(cuts_path(self.runs_dir, "dev"))
         if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
             sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
+        if sec.get("extra_train_cuts"):
+            sec["extra_train_cuts"] = self._extra_train_cuts(sec["extra_train_cuts"])
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if self.classifies:
             sec["classify"] = {**sec.get("classify", {}), "init_checkpoint": init}
@@ -410,6 +417,24 @@ class Pipeline:
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
         return sec
+
+    def _extra_train_cuts(self, spec: Any) -> str:
+        """``prepare`` -> the prepared unlabeled corpus's train manifest; refused when a manifest holds
+        a cut that is scored here (a test cut, or a fold's dev cut): it would be trained on."""
+        paths = [
+            str(cuts_path(self.corpus_dir, "train")) if p == "prepare" else p
+            for p in (split_csv(spec) if isinstance(spec, str) else [str(x) for x in spec])
+        ]
+        scored = set(_cuts(cuts_path(self.runs_dir, "dev")).ids) if self.fold else set()
+        test = cuts_path(self.labeled_dir, "test")
+        scored |= set(_cuts(test).ids) if test.is_file() else set()
+        for p in paths:
+            if Path(p).is_file() and not scored.isdisjoint(_cuts(Path(p)).ids):
+                raise SpeechBudgetError(
+                    f"finetune.extra_train_cuts: {p} holds cuts that are scored (test or a fold's dev "
+                    "speaker); name a manifest without them"
+                )
+        return ",".join(paths)
 
     @property
     def teacher_targets(self) -> Path:

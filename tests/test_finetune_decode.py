@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import FSDD, copy_fsdd
 
+from speechbudget.asr.text import normalize_text
 from speechbudget.asr.tokenizer import Tokenizer, train_tokenizer
 from speechbudget.cli import main
-from speechbudget.data.manifests import load_cuts
+from speechbudget.data.manifests import cut_text, load_cuts
 from speechbudget.train.finetune import filter_cuts
 
 
@@ -75,6 +78,43 @@ def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
             res["wer"] == round(100 * res["errors"] / res["ref_words"], 2)
             or abs(res["wer"] - 100 * res["errors"] / res["ref_words"]) < 1e-6
         )
+    # lexicon: every hypothesis word is a word of the fine-tuning transcripts (kept beside the tokenizer)
+    lex_file = tmp_path / "ft" / "tokenizer" / "lexicon.txt"
+    words = set(lex_file.read_text().split())
+    train_text = " ".join(
+        cut_text(c) for c in load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz")
+    )
+    assert words == set(normalize_text(train_text).split())
+    lex = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--method", "lexicon", "--json").out)
+    assert lex["lexicon"] == str(lex_file) and lex["utterances"] == g["utterances"]
+    recogs = (tmp_path / "ft" / "decode-lexicon" / "recogs-test-lexicon-beam8.txt").read_text()
+    hyp_words = {
+        w for line in recogs.splitlines() if "hyp=" in line for w in ast.literal_eval(line.split("hyp=")[1])
+    }
+    assert hyp_words <= words
+    assert hyp_words, "the 3-step model spells some word: the check above is not vacuous"
+    # a run fine-tuned before lexicons were kept: the words of the training cuts its run card names
+    lex_file.rename(tmp_path / "words.txt")
+    again = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--method", "lexicon", "--json").out)
+    assert again["lexicon"].startswith("words of ") and again["wer"] == lex["wer"]
+    # or the user's own word list; and --lexicon without --method lexicon is a one-line error
+    (tmp_path / "two.txt").write_text("two\n")
+    own = json.loads(
+        run(
+            capsys,
+            "decode",
+            tmp_path / "ft",
+            test_cuts,
+            "--method",
+            "lexicon",
+            "--lexicon",
+            tmp_path / "two.txt",
+            "--json",
+        ).out
+    )
+    assert own["lexicon"] == str(tmp_path / "two.txt")
+    err = run(capsys, "decode", tmp_path / "ft", test_cuts, "--lexicon", tmp_path / "two.txt", code=2).err
+    assert "--method lexicon" in err and "Traceback" not in err
     d = tmp_path / "ft" / "decode-greedy"
     errs = (d / "errs-test-greedy.txt").read_text()
     assert errs.startswith("%WER = ") and "reference words" in errs
@@ -278,3 +318,23 @@ def test_a_labeled_set_smaller_than_the_bucket_count_still_trains(tmp_path, synt
         sizes.append(len(load_cuts(exp / "train_cuts.jsonl.gz")))
         assert out["steps"] == 2
     assert sizes[0] == 1 and 2 <= sizes[1] < 10
+
+
+def test_extra_train_cuts_join_after_the_speaker_choice_and_never_repeat_a_cut(tmp_path, synthetic_corpus):
+    from speechbudget.config import TrainConfig
+    from speechbudget.errors import SpeechBudgetError
+    from speechbudget.train.setup import training_cuts
+
+    corpus = synthetic_corpus / "synthetic"
+    train, dev = corpus / "cuts_train.jsonl.gz", corpus / "cuts_dev.jsonl.gz"
+    cfg = TrainConfig(
+        train_cuts=str(train), extra_train_cuts=str(dev), train_speakers=1, exp_dir=str(tmp_path)
+    )
+    cuts = training_cuts(cfg, is_main=True)  # keeps the speaker subset in EXP/train_cuts.jsonl.gz
+    chosen = {c.supervisions[0].speaker for c in load_cuts(tmp_path / "train_cuts.jsonl.gz")}
+    dev_ids = set(load_cuts(dev).ids)
+    assert len(chosen) == 1 and dev_ids <= set(cuts.ids)  # the subset picks from train_cuts only
+    assert len(cuts) == len(load_cuts(tmp_path / "train_cuts.jsonl.gz")) + len(dev_ids)
+    cfg = TrainConfig(train_cuts=str(train), extra_train_cuts=f"{dev},{train}", exp_dir=str(tmp_path))
+    with pytest.raises(SpeechBudgetError, match="repeat"):
+        training_cuts(cfg, is_main=False)

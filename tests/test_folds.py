@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TINY, cli_result, copy_fsdd
 
 from speechbudget.data.manifests import cut_speaker, load_cuts
+from speechbudget.errors import SpeechBudgetError
 from speechbudget.folds import speaker_folds, spread, write_fold
+from speechbudget.pipeline import Pipeline, load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -58,6 +61,8 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     exp = tmp_path / "loso"
     args = ["run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", f"labeled.path={fsdd.parent}"]
     args += ["labeled.num_jobs=1", *TINY, "scratch_baseline=false"]
+    # the synthetic corpus's transcripts join each fold's fine-tuning; folds decode with the lexicon
+    args += ["finetune.extra_train_cuts=prepare", "decode.method=lexicon"]
     code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--json")
     assert code == 0, err[-3000:]
     results = json.loads(out)
@@ -71,7 +76,11 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
         fold_dir = exp / "folds" / f["dev_speaker"]
         card = json.loads((fold_dir / "finetune" / "run_card.json").read_text())
         assert _speakers(Path(card["config"]["train_cuts"])) == set(f["train_speakers"])
-        assert list((fold_dir / "finetune").glob("decode-*/decode-summary-dev-*.json"))  # dev only
+        extra = Path(card["config"]["extra_train_cuts"])
+        assert extra == exp / "data" / "synthetic" / "cuts_train.jsonl.gz"
+        assert not _speakers(extra) & {"george", "jackson", "theo"}
+        assert card["recorded_labeled_hours"] > sum(c.duration for c in load_cuts(extra)) / 3600
+        assert list((fold_dir / "finetune").glob("decode-lexicon/decode-summary-dev-*.json"))  # dev only
         assert not list((fold_dir / "finetune").glob("decode-*/*test*"))
     # pretraining ran once; the final run trains on both speakers and alone decodes theo
     assert not list((exp / "folds").glob("*/pretrain"))
@@ -85,6 +94,17 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     assert "mean dev WER" in out and "leave-one-speaker-out folds" in out
     code, out, err = cli_result(capsys, *args, "--folds", "words", "--stop-stage", "prepare")
     assert code == 2 and "folds must be speakers" in err
+    # a manifest with scored cuts (the test speaker, or a fold's dev speaker) cannot join fine-tuning
+    recipe = load_run_recipe(RECIPES / "fsdd.yaml", [str(a) for a in args[2:]])
+    first_fold = speaker_folds(load_cuts(exp / "data" / "fsdd" / "cuts_train.jsonl.gz"))[0]
+    for fold, scored in ((None, exp / "data" / "fsdd" / "cuts_test.jsonl.gz"), (first_fold, None)):
+        pipe = Pipeline(recipe, log=lambda _: None, fold=fold)
+        scored = scored or pipe.runs_dir / "cuts_dev.jsonl.gz"
+        with pytest.raises(SpeechBudgetError, match="scored"):
+            pipe._extra_train_cuts(["prepare", str(scored)])
+    assert Pipeline(recipe)._extra_train_cuts("prepare") == str(
+        exp / "data" / "synthetic" / "cuts_train.jsonl.gz"
+    )
 
 
 def test_folds_refuse_a_classification_recipe_before_any_stage(tmp_path, capsys):

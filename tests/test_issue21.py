@@ -109,6 +109,9 @@ def test_run_reports_a_finetune_typo_before_the_first_stage(tmp_path, capsys):
     assert not (exp / "data").exists()  # no stage ran
     code, _, err = cli_result(capsys, "run", recipe, "finetune.ctc.tokenizer=char", "pretrain.optim.lr=.nan")
     one_line_error(code, err, "pretrain.optim.lr' must be a finite number")
+    code, _, err = cli_result(capsys, "run", recipe, "finetune.ctc.tokenizer=char", "decode.method=lexicn")
+    one_line_error(code, err, "decode.method is 'lexicn'; choose greedy, beam, lexicon")
+    assert not (exp / "data").exists()
 
 
 # ------------------------------------------------------------------------- 6: one writer

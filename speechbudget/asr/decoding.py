@@ -1,17 +1,22 @@
-"""CTC decoding: greedy (best path) and prefix beam search (best labelling).
+"""CTC decoding: greedy (best path) and prefix beam search (best labelling), free or lexicon-bound.
 
 Both take log-probabilities (log-softmax outputs) and a valid length per utterance; frames past
 the length are padding and ignored. Greedy picks the most probable *path* and collapses it; the
 beam search approximates the most probable *labelling*, i.e. the one whose probability summed over
-all its alignments is largest, which can differ from the collapsed best path.
+all its alignments is largest, which can differ from the collapsed best path. Given a
+:class:`~speechbudget.asr.lexicon.LexiconTrie`, the beam only keeps labellings that spell words of
+the lexicon and ends on a whole word.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
+
+from .lexicon import LexiconTrie
 
 __all__ = ["greedy_decode", "prefix_beam_search", "prefix_beam_search_nbest", "beam_search_batch"]
 
@@ -62,12 +67,14 @@ def _step(
     frame: np.ndarray,
     beam_size: int,
     blank: int,
+    lexicon: Optional[LexiconTrie] = None,
 ):
     """Advance every prefix by one frame and keep the ``beam_size`` best.
 
     ``p_blank`` / ``p_nonblank`` are log-probabilities of the prefix with its alignment so far
     ending in a blank / in its last token. A repeated token only extends a prefix after a blank;
-    without one it merges into the same prefix.
+    without one it merges into the same prefix. With a lexicon a prefix only grows by the tokens
+    that keep it a spelling of lexicon words.
     """
     n = len(prefixes)
     p_total = np.logaddexp(p_blank, p_nonblank)
@@ -84,6 +91,11 @@ def _step(
     rows = np.nonzero(has_last)[0]
     ext[rows, last[rows]] = p_blank[rows] + frame[last[rows]]
     ext[:, blank] = _NEG_INF
+    if lexicon is not None:
+        allowed = np.zeros(ext.shape, dtype=bool)
+        for i, p in enumerate(prefixes):
+            allowed[i, list(lexicon.allowed(p))] = True
+        ext[~allowed] = _NEG_INF
 
     # An extension that equals a prefix already in the beam is merged into it.
     index = {p: i for i, p in enumerate(prefixes)}
@@ -114,10 +126,12 @@ def prefix_beam_search_nbest(
     beam_size: int = 8,
     blank: int = 0,
     token_topk: int | None = None,
+    lexicon: Optional[LexiconTrie] = None,
 ) -> list[tuple[list[int], float]]:
     """CTC prefix beam search on one (T, V) matrix; returns up to ``beam_size`` (labelling, log-prob)
     pairs, best first. The log-prob sums over the alignments that survived the beam, so it is
-    exact when nothing was pruned."""
+    exact when nothing was pruned. With ``lexicon`` only labellings that end on a whole word are
+    returned (none, if the beam kept no such labelling)."""
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be (T, V), got shape {tuple(log_probs.shape)}")
     if beam_size < 1:
@@ -133,9 +147,9 @@ def prefix_beam_search_nbest(
     p_blank, p_nonblank = np.zeros(1), np.full(1, _NEG_INF)
     for t in range(frames):
         frame = _frame_scores(scores[t], token_topk, blank)
-        prefixes, p_blank, p_nonblank = _step(prefixes, p_blank, p_nonblank, frame, beam_size, blank)
+        prefixes, p_blank, p_nonblank = _step(prefixes, p_blank, p_nonblank, frame, beam_size, blank, lexicon)
     total = np.logaddexp(p_blank, p_nonblank)
-    return [(list(p), float(s)) for p, s in zip(prefixes, total)]
+    return [(list(p), float(s)) for p, s in zip(prefixes, total) if lexicon is None or lexicon.complete(p)]
 
 
 def prefix_beam_search(
@@ -144,9 +158,12 @@ def prefix_beam_search(
     beam_size: int = 8,
     blank: int = 0,
     token_topk: int | None = None,
+    lexicon: Optional[LexiconTrie] = None,
 ) -> list[int]:
-    """Most probable labelling found by CTC prefix beam search on one (T, V) matrix."""
-    return prefix_beam_search_nbest(log_probs, length, beam_size, blank, token_topk)[0][0]
+    """Most probable labelling found by CTC prefix beam search on one (T, V) matrix; with a lexicon,
+    an empty labelling when no spelling of whole words survived the beam."""
+    found = prefix_beam_search_nbest(log_probs, length, beam_size, blank, token_topk, lexicon)
+    return found[0][0] if found else []
 
 
 def beam_search_batch(
@@ -155,9 +172,13 @@ def beam_search_batch(
     beam_size: int = 8,
     blank: int = 0,
     token_topk: int | None = None,
+    lexicon: Optional[LexiconTrie] = None,
 ) -> list[list[int]]:
     """:func:`prefix_beam_search` on each utterance of a (B, T, V) batch."""
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
     lengths = _as_lengths(lengths, log_probs.shape[0], log_probs.shape[1])
-    return [prefix_beam_search(lp, int(n), beam_size, blank, token_topk) for lp, n in zip(log_probs, lengths)]
+    return [
+        prefix_beam_search(lp, int(n), beam_size, blank, token_topk, lexicon)
+        for lp, n in zip(log_probs, lengths)
+    ]

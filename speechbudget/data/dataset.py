@@ -15,6 +15,7 @@ from lhotse.dataset import DynamicBucketingSampler
 from lhotse.dataset.collation import collate_audio, collate_features
 
 from .kmeans import read_labels
+from .manifests import cut_text
 
 IGNORE = -100
 
@@ -69,7 +70,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             labels = [torch.from_numpy(read_labels(c)) for c in cuts]
             batch["kmeans"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
         if self.with_text:
-            batch["texts"] = [" ".join(s.text or "" for s in c.supervisions) for c in cuts]
+            batch["texts"] = [cut_text(c) for c in cuts]
         if self.transform is not None:
             batch = self.transform(batch)
         return batch

@@ -39,6 +39,11 @@ def cut_speaker(cut: Any) -> str:
     return (cut.supervisions[0].speaker or "") if cut.supervisions else ""
 
 
+def cut_text(cut: Any) -> str:
+    """A cut's transcript: its supervisions' texts joined with spaces ("" when it has none)."""
+    return " ".join(s.text or "" for s in cut.supervisions).strip()
+
+
 def cuts_path(corpus_dir: Union[str, Path], split: str) -> Path:
     return Path(corpus_dir) / f"cuts_{split}.jsonl.gz"
 

@@ -12,10 +12,12 @@ import torch
 from lhotse import CutSet
 
 from .. import atomic
+from ..asr.lexicon import lexicon_words, write_lexicon
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.dataset import SpeechDataset
+from ..data.manifests import cut_text
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder
 from ..objectives.ctc import CtcModel
@@ -25,10 +27,6 @@ from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, total
 from .trainer import claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
-
-
-def cut_text(cut) -> str:
-    return " ".join(s.text or "" for s in cut.supervisions).strip()
 
 
 def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tuple[Tokenizer, Optional[Path]]:
@@ -47,7 +45,9 @@ def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tuple[Tokenizer, Optional[P
     tmp = Path(cfg.exp_dir) / f".tmp{os.getpid()}.tokenizer"
     shutil.rmtree(tmp, ignore_errors=True)
     train_tokenizer(texts, tmp, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size)
-    return Tokenizer(tmp / "tokenizer.model"), tmp
+    tokenizer = Tokenizer(tmp / "tokenizer.model")
+    write_lexicon(tmp, lexicon_words(texts, tokenizer))  # what `decode --method lexicon` may output
+    return tokenizer, tmp
 
 
 def commit_tokenizer(cfg: TrainConfig, tmp: Optional[Path]) -> Tokenizer:

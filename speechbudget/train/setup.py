@@ -44,17 +44,24 @@ def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
 
 def training_cuts(cfg: TrainConfig, is_main: bool) -> CutSet:
     """``train_cuts``, cut down to ``train_speakers`` and ``train_hours`` when asked (kept in
-    EXP/train_cuts.jsonl.gz)."""
+    EXP/train_cuts.jsonl.gz), then ``extra_train_cuts`` added whole."""
     cuts = load_train_cuts(cfg.train_cuts)
-    if cfg.train_hours is None and cfg.train_speakers is None:
+    if cfg.train_hours is not None or cfg.train_speakers is not None:
+        if cfg.train_speakers is not None:
+            cuts = subset_speakers(cuts, cfg.train_speakers, cfg.seed)
+        if cfg.train_hours is not None:
+            cuts = subset_hours(cuts, cfg.train_hours, cfg.seed)
+        if is_main:
+            save_manifest(cuts, Path(cfg.exp_dir) / "train_cuts.jsonl.gz")
+    if not split_csv(cfg.extra_train_cuts):
         return cuts
-    if cfg.train_speakers is not None:
-        cuts = subset_speakers(cuts, cfg.train_speakers, cfg.seed)
-    if cfg.train_hours is not None:
-        cuts = subset_hours(cuts, cfg.train_hours, cfg.seed)
-    if is_main:
-        save_manifest(cuts, Path(cfg.exp_dir) / "train_cuts.jsonl.gz")
-    return cuts
+    cuts, extra = cuts.to_eager(), load_train_cuts(cfg.extra_train_cuts, "extra_train_cuts").to_eager()
+    shared = sorted(set(cuts.ids) & set(extra.ids))
+    if shared:
+        raise SpeechBudgetError(
+            f"extra_train_cuts repeat {len(shared)} cut(s) of train_cuts (e.g. {shared[0]}): name other manifests"
+        )
+    return CutSet.from_cuts(list(cuts) + list(extra))
 
 
 def dev_loader(cfg: TrainConfig, dataset: SpeechDataset):
