@@ -16,6 +16,7 @@ from .asr.lexicon import LEXICON_NAME, LexiconTrie, lexicon_words, read_lexicon
 from .asr.scoring import write_icefall_style
 from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
+from .config import split_csv
 from .data.dataset import SpeechDataset, make_loader
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
@@ -66,13 +67,14 @@ def lexicon_for(exp: Path, tokenizer: Tokenizer, path: Optional[Path] = None) ->
         words, source = read_lexicon(exp / "tokenizer" / LEXICON_NAME), str(exp / "tokenizer" / LEXICON_NAME)
     else:
         card = exp / "run_card.json"
-        train = json.loads(card.read_text()).get("config", {}).get("train_cuts") if card.is_file() else None
-        if not train or not Path(train).is_file():
+        config = json.loads(card.read_text()).get("config", {}) if card.is_file() else {}
+        train = split_csv(config.get("train_cuts")) + split_csv(config.get("extra_train_cuts"))
+        if not train or not all(Path(p).is_file() for p in train):
             raise SpeechBudgetError(
                 f"{exp} keeps no lexicon and its training cuts are gone: pass --lexicon FILE (one word per line)"
             )
-        words = lexicon_words((cut_text(c) for c in load_cuts(train)), tokenizer)
-        source = f"words of {train}"
+        words = lexicon_words((cut_text(c) for p in train for c in load_cuts(p)), tokenizer)
+        source = f"words of {', '.join(train)}"
     return LexiconTrie.from_words(words, tokenizer), source
 
 

@@ -217,3 +217,18 @@ def test_bad_configs_raise_clear_errors(kwargs):
 def test_wrong_feature_dim_is_a_clear_error():
     with pytest.raises(SpeechBudgetError, match="input_dim"):
         _tiny()(torch.randn(1, 50, 40), torch.tensor([50]))
+
+
+def test_utterance_cmn_makes_a_constant_level_change_invisible_and_ignores_padding():
+    model, plain = _tiny(utterance_cmn=True).eval(), _tiny().eval()
+    x, lengths = torch.randn(2, 150, 80), torch.tensor([150, 97])
+    tilt = torch.linspace(-6.0, 3.0, 80)  # a quieter speaker through another microphone: per-bin offset
+    shifted = x + tilt
+    shifted[1, 97:] = 123.0  # padding holds anything: it must not enter the mean
+    with torch.no_grad():
+        a, b = model(x, lengths), model(shifted, lengths)
+        assert torch.allclose(a.hidden[1, : b.lengths[1]], b.hidden[1, : b.lengths[1]], atol=1e-4)
+        assert torch.allclose(a.hidden[0], b.hidden[0], atol=1e-4)
+        assert (plain(x, lengths).hidden - plain(shifted, lengths).hidden).abs().max() > 0.1
+    with pytest.raises(SpeechBudgetError, match="fbank"):
+        _tiny(utterance_cmn=True, frontend="waveform")

@@ -27,10 +27,21 @@ def conv_out_lengths(lengths: torch.Tensor, kernel: int, stride: int, padding: i
 
 
 class Conv2dSubsampling(nn.Module):
-    """(B, T, F) fbank -> (B, T', D) with T' = ((T - 2) - 3) // 2 + 1 (about T / 2)."""
+    """(B, T, F) fbank -> (B, T', D) with T' = ((T - 2) - 3) // 2 + 1 (about T / 2).
 
-    def __init__(self, in_dim: int = 80, out_dim: int = 256, channels: Tuple[int, int] = (8, 32)):
+    ``utterance_cmn``: subtract each utterance's mean log-mel (over its real frames, per bin) first,
+    so a level or microphone response that is constant over the utterance never reaches the model.
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 80,
+        out_dim: int = 256,
+        channels: Tuple[int, int] = (8, 32),
+        utterance_cmn: bool = False,
+    ):
         super().__init__()
+        self.utterance_cmn = utterance_cmn
         c1, c2 = channels
         # time: kernel 3 stride 1, then kernel 3 stride 2; frequency: stride 2 twice
         self.conv1 = nn.Conv2d(1, c1, kernel_size=3, stride=(1, 2), padding=(0, 1))
@@ -48,7 +59,11 @@ class Conv2dSubsampling(nn.Module):
         return conv_out_lengths(lengths, 3, 2).clamp(min=0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = x.masked_fill(make_pad_mask(lengths, x.size(1)).unsqueeze(-1), 0.0)
+        pad = make_pad_mask(lengths, x.size(1)).unsqueeze(-1)
+        x = x.masked_fill(pad, 0.0)
+        if self.utterance_cmn:
+            mean = x.sum(dim=1, keepdim=True) / lengths.clamp(min=1)[:, None, None].to(x.dtype)
+            x = (x - mean).masked_fill(pad, 0.0)
         x = self.act(self.conv1(x.unsqueeze(1)))  # (B, C, T, F)
         l1 = conv_out_lengths(lengths, 3, 1)
         x = x.masked_fill(make_pad_mask(l1, x.size(2))[:, None, :, None], 0.0)
@@ -99,10 +114,12 @@ class WaveformCNN(nn.Module):
         return x, lengths.clamp(min=0)
 
 
-def build_frontend(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+def build_frontend(kind: str, in_dim: int, out_dim: int, utterance_cmn: bool = False) -> nn.Module:
     """``fbank`` -> :class:`Conv2dSubsampling`; ``waveform`` -> :class:`WaveformCNN`."""
     if kind == "fbank":
-        return Conv2dSubsampling(in_dim=in_dim, out_dim=out_dim)
+        return Conv2dSubsampling(in_dim=in_dim, out_dim=out_dim, utterance_cmn=utterance_cmn)
+    if utterance_cmn:
+        raise ValueError("utterance_cmn is for the fbank frontend (log-mel features)")
     if kind == "waveform":
         return WaveformCNN(out_dim=out_dim)
     raise ValueError(f"unknown frontend {kind!r}; choose 'fbank' or 'waveform'")

@@ -123,6 +123,7 @@ class Zipformer(Encoder):
         output_downsampling: int = 1,
         frontend: str = "fbank",
         input_dim: Optional[int] = None,
+        utterance_cmn: bool = False,  # fbank: subtract each utterance's mean log-mel (Conv2dSubsampling)
     ):
         super().__init__()
         n = len(downsampling)
@@ -144,7 +145,9 @@ class Zipformer(Encoder):
         self.output_dim = max(self.dims)
         self.layer_dims = [d for d, n_l in zip(self.dims, self.num_layers) for _ in range(n_l)]
 
-        self.frontend = build_frontend(frontend, self.input_dim, self.dims[0])
+        if utterance_cmn and frontend != "fbank":
+            raise SpeechBudgetError("zipformer utterance_cmn needs the fbank frontend")
+        self.frontend = build_frontend(frontend, self.input_dim, self.dims[0], utterance_cmn)
         self.stacks = nn.ModuleList(
             ZipformerStack(
                 dim=self.dims[i],
