@@ -242,6 +242,7 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
     assert ft["config"]["train_cuts"] == str(exp / "data" / "fsdd" / "cuts_train.jsonl.gz")
     assert ft["config"]["ctc"]["gain_db"] == 15
     assert results["decode"]["finetune/test"]["utterances"] == 4  # theo's clips
+    assert results["decode"]["finetune/test"]["method"] == "lexicon"  # the recipe decodes known words only
     err = run(
         capsys,
         "run",
