@@ -92,7 +92,8 @@ def main() -> None:
     rows: List[Dict[str, Any]] = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         E = args.exp / f"seed{seed}"
-        run_cli("run", RECIPE, f"exp_dir={E}", f"seed={seed}")
+        # greedy, as every row of this table since it began (the recipe itself decodes with the lexicon)
+        run_cli("run", RECIPE, f"exp_dir={E}", f"seed={seed}", "decode.method=greedy")
         rows.append(
             pair(
                 f"seed {seed}",

@@ -63,7 +63,7 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
     rows = {r["name"]: r for r in results["report"]["rows"]}
     assert {"finetune", "scratch"} <= set(rows)
     assert (exp / "report" / "report.md").is_file()
-    assert (exp / "finetune" / "decode-greedy" / "errs-test-greedy.txt").is_file()
+    assert (exp / "finetune" / "decode-lexicon" / "errs-test-lexicon-beam8.txt").is_file()
     # again: nothing is redone
     again = run(capsys, "run", RECIPES / "quickstart.yaml", f"exp_dir={exp}", *TINY, *plan)
     assert again.out.count("done already") == 8
