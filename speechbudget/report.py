@@ -590,7 +590,8 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     if same_compute:
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
-        ax.set(xlabel=f"run (all at {min(xs):.3g} to {max(xs):.3g} training FLOPs)")
+        lo, hi = f"{min(xs):.3g}", f"{max(xs):.3g}"
+        ax.set(xlabel=f"run (all at {lo if lo == hi else f'{lo} to {hi}'} training FLOPs)")
     elif xs and max(xs) > 10 * min(xs):
         ax.set_xscale("log")
         ax.set(xlabel="training FLOPs (log scale)")
