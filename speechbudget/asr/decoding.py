@@ -94,7 +94,7 @@ def _step(
     if lexicon is not None:
         allowed = np.zeros(ext.shape, dtype=bool)
         for i, p in enumerate(prefixes):
-            allowed[i, list(lexicon.allowed(p))] = True
+            allowed[i, lexicon.allowed(p)] = True
         ext[~allowed] = _NEG_INF
 
     # An extension that equals a prefix already in the beam is merged into it.

@@ -73,15 +73,19 @@ class LexiconTrie:
         if not self.children[0]:
             raise SpeechBudgetError("the lexicon spells no word with this tokenizer")
         self._states: dict[tuple[int, ...], frozenset[int]] = {(): frozenset({0})}
+        self._allowed: dict[frozenset[int], list[int]] = {}
 
     @classmethod
     def from_words(cls, words: Iterable[str], tokenizer: Tokenizer) -> LexiconTrie:
         spellings = [tokenizer.encode(w) for w in words]
         return cls(s for s in spellings if s and tokenizer.unk_id not in s)
 
+    def _next_from(self, nodes: frozenset[int]) -> frozenset[int]:
+        """The nodes the next token may leave from: ``nodes``, and the root after a whole word."""
+        return nodes | {0} if any(self.word_end[n] for n in nodes) else nodes
+
     def _step(self, nodes: frozenset[int], tok: int) -> frozenset[int]:
-        starts = {0} if any(self.word_end[n] for n in nodes) else set()
-        return frozenset(c for n in nodes | starts if (c := self.children[n].get(tok)) is not None)
+        return frozenset(c for n in self._next_from(nodes) if (c := self.children[n].get(tok)) is not None)
 
     def state(self, prefix: tuple[int, ...]) -> frozenset[int]:
         """The nodes ``prefix`` can be in (empty: it spells no sequence of words). Memoised: a beam
@@ -97,11 +101,16 @@ class LexiconTrie:
             self._states[prefix[: i + 1]] = nodes
         return nodes
 
-    def allowed(self, prefix: tuple[int, ...]) -> set[int]:
+    def allowed(self, prefix: tuple[int, ...]) -> list[int]:
+        """The tokens that may follow ``prefix`` (computed once per set of nodes: the beam asks for
+        every prefix at every frame)."""
         nodes = self.state(prefix)
-        if any(self.word_end[n] for n in nodes) or not prefix:
-            nodes = nodes | {0}
-        return {tok for n in nodes for tok in self.children[n]}
+        found = self._allowed.get(nodes)
+        if found is None:
+            found = self._allowed[nodes] = sorted(
+                {t for n in self._next_from(nodes) for t in self.children[n]}
+            )
+        return found
 
     def complete(self, prefix: tuple[int, ...]) -> bool:
         return not prefix or any(self.word_end[n] for n in self.state(prefix))
