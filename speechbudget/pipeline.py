@@ -386,13 +386,11 @@ class Pipeline:
         return {k: self.raw[k] for k in ("seed", "device") if k in self.raw}
 
     def _latest_pretrain(self) -> Path:
-        from .train.checkpoint import latest_checkpoint
+        from .train.checkpoint import latest_checkpoint, resolve
 
         for which in ("pretrain2", "pretrain"):
-            if self.enabled(which):
-                ck = latest_checkpoint(self.exp / which / "checkpoints")
-                if ck is not None:
-                    return ck
+            if self.enabled(which) and latest_checkpoint(self.exp / which / "checkpoints") is not None:
+                return resolve(self.exp / which)  # its averaged.pt when the recipe averages
         raise SpeechBudgetError("no pretraining checkpoint; run the pretrain stage first")
 
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:

@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from speechbudget.cli import main
+from speechbudget.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +79,12 @@ def test_pretrain_writes_checkpoints_logs_and_run_card(tmp_path, synthetic_corpu
     ckpts = sorted(p.name for p in (exp / "checkpoints").glob("checkpoint-*.pt"))
     assert ckpts == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]  # keep_last=2
     assert (exp / "averaged.pt").is_file()
+    # the run folder stands for its averaged model: fine-tuning and k-means read it like a checkpoint
+    spec, weights, path = ckpt.encoder_state(exp)
+    assert path == exp / "averaged.pt" and spec == "zipformer-tiny"
+    four, six = (ckpt.load(exp / "checkpoints" / n)["model"] for n in ckpts)
+    key = next(k for k, v in six.items() if k.startswith("encoder.") and v.is_floating_point())
+    assert torch.allclose(weights[key[len("encoder.") :]], (four[key] + six[key]) / 2)
     card = json.loads((exp / "run_card.json").read_text())
     assert card["config"]["encoder"] == "zipformer-tiny" and card["versions"]["torch"]
     assert list((exp / "tensorboard").glob("events.*"))

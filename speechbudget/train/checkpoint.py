@@ -19,6 +19,7 @@ from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
 
 PATTERN = re.compile(r"checkpoint-(\d+)\.pt$")
+AVERAGED = "averaged.pt"  # a run's mean of its last ``average_last`` checkpoints
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -39,13 +40,18 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
 
 
 def resolve(path: Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run folder (or of its checkpoints/ folder)."""
+    """A checkpoint file, or what a run folder (or its checkpoints/ folder) trained: its averaged.pt
+    when the run averaged its last checkpoints and saved none since, else its newest checkpoint."""
     p = Path(path)
     if not p.is_dir():
         return p
-    found = latest_checkpoint(p if p.name == "checkpoints" else p / "checkpoints")
+    run = p.parent if p.name == "checkpoints" else p
+    found = latest_checkpoint(run / "checkpoints")
     if found is None:
         raise SpeechBudgetError(f"no checkpoint-*.pt in {p}; has the training stage run?")
+    averaged = run / AVERAGED
+    if averaged.is_file() and [Path(a).name for a in load(averaged).get("averaged", [])][-1:] == [found.name]:
+        return averaged
     return found
 
 
@@ -126,6 +132,14 @@ def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
         raise SpeechBudgetError(
             f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume from the previous one"
         ) from None
+
+
+def save_average(paths: List[Path], out: Path) -> None:
+    """``out``: the mean of the weights of ``paths``, with the newest one's config, stage and counters,
+    so decode, ``init_checkpoint`` and ``kmeans --checkpoint`` read it like any checkpoint."""
+    last = load(paths[-1])
+    meta = {k: last[k] for k in ("config", "stage", "cost", "counters") if k in last}
+    atomic_save({**meta, "model": average_models(paths), "averaged": [str(p) for p in paths]}, out)
 
 
 def average_models(paths: List[Path]) -> Dict[str, torch.Tensor]:

@@ -500,8 +500,8 @@ class Trainer:
         if not self.dist.is_main or self.cfg.average_last <= 1:
             return None
         paths = ckpt.list_checkpoints(self.ckpt_dir)[-self.cfg.average_last :]
-        path = self.exp_dir / "averaged.pt"
-        ckpt.atomic_save({"model": ckpt.average_models(paths), "averaged": [str(p) for p in paths]}, path)
+        path = self.exp_dir / ckpt.AVERAGED
+        ckpt.save_average(paths, path)
         return path
 
     def finish(self, summary: Dict[str, Any]) -> Dict[str, Any]:
