@@ -449,6 +449,7 @@ def recipes_copy(
     "  speechbudget run recipes/quickstart.yaml --stage finetune --stop-stage decode\n\n"
     "  speechbudget run recipes/fsdd.yaml pretrain.budget.flops=1e12\n\n"
     "  speechbudget run recipes/fsdd.yaml --folds speakers   # leave-one-speaker-out dev WER first\n\n"
+    "  speechbudget run recipes/fsdd.yaml --folds speakers --fold-seeds 3   # and each fold with 3 seeds\n\n"
     "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, teacher, distill, folds, finetune, "
     "scratch, decode, report (a recipe runs those its sections ask for). "
     "A finished stage is skipped; a killed run resumes where it stopped."
@@ -461,13 +462,22 @@ def run(
     folds: Optional[str] = typer.Option(
         None, "--folds", help="speakers: leave-one-speaker-out folds before the final run (recipe key folds)."
     ),
+    fold_seeds: Optional[int] = typer.Option(
+        None,
+        "--fold-seeds",
+        help="Fine-tune every fold with this many seeds; a fold's WER is their mean (recipe key fold_seeds).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """All stages of a recipe in order, resumable, ending in a WER table."""
     from .pipeline import Pipeline, load_run_recipe
 
     quiet_if_json(as_json)
-    data = load_run_recipe(recipe, [*(overrides or []), *([f"folds={folds}"] if folds else [])])
+    asked = [
+        *([f"folds={folds}"] if folds else []),
+        *([f"fold_seeds={fold_seeds}"] if fold_seeds is not None else []),
+    ]
+    data = load_run_recipe(recipe, [*(overrides or []), *asked])
     from rich.markup import escape
 
     log = (

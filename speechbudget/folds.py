@@ -5,7 +5,9 @@ speaker it happened to be checked on.
 ``speechbudget run --folds speakers`` writes ``EXP/folds/<speaker>/cuts_{train,dev}.jsonl.gz``, runs
 the recipe's fine-tuning and decoding there, and keeps each fold's dev WER with their mean and
 spread in ``EXP/folds/folds.json``. Test speakers are never in a fold: only the final, all-speaker
-run decodes them, once.
+run decodes them, once. ``fold_seeds: N`` fine-tunes every fold N times (seeds seed..seed+N-1, in
+``EXP/folds/<speaker>-seed+K/``): a speaker's WER is then the mean over its seeds, and the summary also
+gives the seed-to-seed spread within a fold, the noise a change must beat.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ SUMMARY_NAME = "folds.json"
 class Fold:
     dev_speaker: str
     train_speakers: Tuple[str, ...]
+    #: the fold fine-tuned again with the recipe's seed + ``repeat`` (``fold_seeds``): one run per
+    #: fold cannot rank recipes when two seeds of one fold differ by ten points (BENCHMARKS.md section 4)
+    repeat: int = 0
 
     @property
     def name(self) -> str:
-        return self.dev_speaker
+        return self.dev_speaker if not self.repeat else f"{self.dev_speaker}-seed+{self.repeat}"
 
 
 def check_kind(kind: Optional[str], key: str = "folds") -> None:
@@ -41,8 +46,9 @@ def check_kind(kind: Optional[str], key: str = "folds") -> None:
         raise SpeechBudgetError(f"{key} must be {' or '.join(KINDS)} (got {kind!r})")
 
 
-def speaker_folds(cuts: Iterable[Any]) -> List[Fold]:
-    """One fold per speaker of ``cuts`` (the labelled, non-test cuts), in name order."""
+def speaker_folds(cuts: Iterable[Any], seeds: int = 1) -> List[Fold]:
+    """One fold per speaker of ``cuts`` (the labelled, non-test cuts), in name order; with ``seeds``
+    > 1 the same folds again for each further fine-tuning seed."""
     speakers = sorted({cut_speaker(c) for c in cuts})
     if "" in speakers:
         raise SpeechBudgetError(
@@ -53,7 +59,7 @@ def speaker_folds(cuts: Iterable[Any]) -> List[Fold]:
             f"leave-one-speaker-out folds need at least 2 labelled speakers besides the test speakers "
             f"(found {speakers or 'none'})"
         )
-    return [Fold(s, tuple(x for x in speakers if x != s)) for s in speakers]
+    return [Fold(s, tuple(x for x in speakers if x != s), k) for k in range(seeds) for s in speakers]
 
 
 def write_fold(cuts: CutSet, fold: Fold, fold_dir: Path) -> Tuple[Path, Path]:
@@ -77,17 +83,40 @@ def spread(values: Sequence[float]) -> Dict[str, Any]:
     return {"n": n, "mean": round(mean, 2), "std": round(std, 2), "min": min(values), "max": max(values)}
 
 
+def _by_speaker(rows: List[Dict[str, Any]], model: str) -> List[List[float]]:
+    """Each dev speaker's WERs of ``model`` (one per seed), speakers in the order of ``rows``."""
+    groups: Dict[str, List[float]] = {}
+    for r in rows:
+        if r["wer"].get(model) is not None:
+            groups.setdefault(r["dev_speaker"], []).append(r["wer"][model])
+    return list(groups.values())
+
+
+def seed_spread(groups: List[List[float]]) -> Dict[str, Any]:
+    """The seed-to-seed standard deviation within a fold, pooled over the folds with two seeds or more."""
+    dof = sum(len(g) - 1 for g in groups)
+    if dof == 0:
+        return {"runs": sum(map(len, groups)), "std": None}
+    ss = sum((v - sum(g) / len(g)) ** 2 for g in groups for v in g)
+    return {"runs": sum(map(len, groups)), "std": round(math.sqrt(ss / dof), 2)}
+
+
 def summarize(rows: List[Dict[str, Any]], test_speakers: Sequence[str] = ()) -> Dict[str, Any]:
-    """``rows``: one per finished fold, ``{"dev_speaker", "train_speakers", "wer": {model: WER %}}``."""
+    """``rows``: one per finished fold run, ``{"dev_speaker", "train_speakers", ["seed",] "wer": {model:
+    WER %}}``. A speaker's WER is the mean over its seeds; the spread is over speakers."""
     models: List[str] = []
     for r in rows:
         models += [m for m in r["wer"] if m not in models]
-    return {
+    groups = {m: _by_speaker(rows, m) for m in models}
+    summary = {
         "protocol": "leave-one-speaker-out",
         "test_speakers_excluded": list(test_speakers),
         "folds": rows,
-        "mean": {m: spread([r["wer"][m] for r in rows if r["wer"].get(m) is not None]) for m in models},
+        "mean": {m: spread([round(sum(g) / len(g), 2) for g in groups[m]]) for m in models},
     }
+    if any("seed" in r for r in rows):
+        summary["seeds"] = {m: seed_spread(groups[m]) for m in models}
+    return summary
 
 
 def write_summary(exp: Path, summary: Dict[str, Any]) -> Path:
@@ -99,7 +128,7 @@ def write_summary(exp: Path, summary: Dict[str, Any]) -> Path:
 def summary_lines(summary: Dict[str, Any]) -> List[str]:
     """The fold table as plain lines (console log and report notes)."""
     lines = [
-        f"fold {r['dev_speaker']} (train: {', '.join(r['train_speakers'])}): "
+        f"fold {fold_label(r)} (train: {', '.join(r['train_speakers'])}): "
         + ", ".join(f"{m} dev WER {w:.2f}%" for m, w in r["wer"].items() if w is not None)
         for r in summary["folds"]
     ]
@@ -109,7 +138,15 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
                 f"{m}: mean dev WER {s['mean']:.2f}% over {s['n']} folds "
                 f"(std {s['std']:.2f}, min-max {s['min']:.2f}-{s['max']:.2f})"
             )
+        seeds = (summary.get("seeds") or {}).get(m)
+        if seeds and seeds["std"] is not None:
+            lines.append(f"{m}: seed-to-seed std within a fold {seeds['std']:.2f} ({seeds['runs']} runs)")
     return lines
+
+
+def fold_label(row: Dict[str, Any]) -> str:
+    """``george``, or ``george (seed 1)`` when the folds were run with several seeds."""
+    return row["dev_speaker"] + (f" (seed {row['seed']})" if "seed" in row else "")
 
 
 def find_summaries(paths: Iterable[Path]) -> List[Path]:

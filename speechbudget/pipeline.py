@@ -135,6 +135,7 @@ class RunRecipe:
     decode: DecodeSection = field(default_factory=DecodeSection)
     #: "speakers": leave-one-speaker-out folds over the labelled non-test speakers before the final run
     folds: Optional[str] = None
+    fold_seeds: int = 1  # fine-tune each fold with this many seeds (seed, seed + 1, ...)
 
 
 def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
@@ -148,6 +149,10 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
             + [(f"pool[{i}]", e.name) for i, e in enumerate(r.pool)]
         )
     check_kind(data.get("folds"))
+    if r.fold_seeds < 1 or (r.fold_seeds > 1 and not r.folds):
+        raise SpeechBudgetError(
+            f"fold_seeds is {r.fold_seeds}: give 1 or more, together with folds: speakers (or --folds speakers)"
+        )
     from .decode import METHODS
 
     if r.decode.method not in METHODS:
@@ -514,13 +519,22 @@ class Pipeline:
         # every labelled speaker but the test speakers (also when a corpus has them in train or dev)
         cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
         rows: List[Dict[str, Any]] = []
-        for fold in speaker_folds(cuts):
-            sub = Pipeline(self.raw, self.log, fold=fold)
+        seed = self.r.seed
+        for fold in speaker_folds(cuts, self.r.fold_seeds):
+            sub = Pipeline({**self.raw, "seed": seed + fold.repeat}, self.log, fold=fold)
             write_fold(cuts, fold, sub.runs_dir)
-            self.log(f"[folds] fold {fold.name}: dev {fold.name}, train {', '.join(fold.train_speakers)}")
+            self.log(
+                f"[folds] fold {fold.name}: dev {fold.dev_speaker}, train {', '.join(fold.train_speakers)}"
+                + (f", seed {seed + fold.repeat}" if self.r.fold_seeds > 1 else "")
+            )
             decoded = sub._run_stages(FOLD_STAGES, redo=None)["decode"]
-            wer = {key.split("/")[0]: res.get("wer") for key, res in decoded.items()}
-            rows.append({"dev_speaker": fold.name, "train_speakers": list(fold.train_speakers), "wer": wer})
+            row: Dict[str, Any] = {
+                "dev_speaker": fold.dev_speaker,
+                "train_speakers": list(fold.train_speakers),
+            }
+            if self.r.fold_seeds > 1:
+                row["seed"] = seed + fold.repeat
+            rows.append({**row, "wer": {key.split("/")[0]: res.get("wer") for key, res in decoded.items()}})
             write_summary(self.exp, summarize(rows, test))
         summary = summarize(rows, test)
         for line in summary_lines(summary):
@@ -634,7 +648,7 @@ class Pipeline:
             if not self.enabled(stage):
                 continue
             prior = self.done(stage)
-            if prior is not None and stage != redo:
+            if prior is not None and stage != redo and not self._asks_more(stage, prior):
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
@@ -653,6 +667,13 @@ class Pipeline:
             self.record_time(stage, time.perf_counter() - t0)
             results[stage] = out
         return results
+
+    def _asks_more(self, stage: str, prior: Dict[str, Any]) -> bool:
+        """A finished folds stage that the recipe now wants with another ``fold_seeds``: run it again
+        (its finished fold runs are kept, only the new seeds train)."""
+        if stage != "folds":
+            return False
+        return len({r.get("seed") for r in prior.get("folds", [])}) != self.r.fold_seeds
 
     def record_time(self, stage: str, seconds: float) -> None:
         """Wall seconds of each stage, kept across resumed runs: where a run's time went."""

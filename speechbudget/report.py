@@ -21,7 +21,7 @@ from . import atomic
 from .atomic import atomic_output
 from .config import split_csv
 from .errors import SpeechBudgetError
-from .folds import FOLDS_DIR, find_summaries
+from .folds import FOLDS_DIR, find_summaries, fold_label
 from .train.metrics_log import read_metrics
 
 FILES = {
@@ -454,13 +454,17 @@ def fold_cells(summary: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     header = ["fold (dev speaker)", "train speakers", *[f"{m} dev WER %" for m in models]]
     wer = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     cells = [
-        [r["dev_speaker"], ", ".join(r["train_speakers"]), *[wer(r["wer"].get(m)) for m in models]]
+        [fold_label(r), ", ".join(r["train_speakers"]), *[wer(r["wer"].get(m)) for m in models]]
         for r in summary["folds"]
     ]
     stats = [summary["mean"][m] for m in models]
-    cells.append(["mean", f"{stats[0]['n'] if stats else 0} folds", *[wer(s["mean"]) for s in stats]])
-    cells.append(["std (n-1)", "", *[wer(s["std"]) for s in stats]])
+    seeds = summary.get("seeds")
+    of = f"{stats[0]['n'] if stats else 0} folds" + (" (each: mean over seeds)" if seeds else "")
+    cells.append(["mean", of, *[wer(s["mean"]) for s in stats]])
+    cells.append(["std (n-1)", "over folds", *[wer(s["std"]) for s in stats]])
     cells.append(["min-max", "", *[f"{wer(s['min'])}-{wer(s['max'])}" for s in stats]])
+    if seeds:
+        cells.append(["seed std", "within a fold, pooled", *[wer(seeds[m]["std"]) for m in models]])
     return header, cells
 
 

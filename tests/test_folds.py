@@ -11,7 +11,7 @@ from conftest import TINY, cli_result, copy_fsdd
 
 from speechbudget.data.manifests import cut_speaker, load_cuts
 from speechbudget.errors import SpeechBudgetError
-from speechbudget.folds import speaker_folds, spread, write_fold
+from speechbudget.folds import seed_spread, speaker_folds, spread, summarize, write_fold
 from speechbudget.pipeline import Pipeline, load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -55,6 +55,21 @@ def test_spread_is_mean_sample_std_and_range():
     assert spread([7.5])["std"] == 0.0
 
 
+def test_a_fold_is_the_mean_of_its_seeds_and_the_seed_noise_is_pooled_within_folds():
+    rows = [
+        {"dev_speaker": s, "train_speakers": [], "seed": k, "wer": {"finetune": w}}
+        for k, s, w in ((0, "george", 20.0), (0, "jackson", 40.0), (1, "george", 30.0), (1, "jackson", 50.0))
+    ]
+    summary = summarize(rows)
+    assert summary["mean"]["finetune"] == spread([25.0, 45.0])  # over speakers, each the mean of its seeds
+    assert summary["seeds"]["finetune"] == {"runs": 4, "std": round(50**0.5, 2)}  # (5^2 * 4) / 2 dof
+    one_seed = [{k: v for k, v in r.items() if k != "seed"} for r in rows[:2]]
+    assert "seeds" not in summarize(one_seed) and summarize(one_seed)["mean"]["finetune"] == spread(
+        [20.0, 40.0]
+    )
+    assert seed_spread([[10.0], [20.0]]) == {"runs": 2, "std": None}  # one seed per fold: no estimate
+
+
 def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path / "cache"))
     fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=4, speakers=("george", "jackson", "theo"))
@@ -94,6 +109,26 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     assert "mean dev WER" in out and "leave-one-speaker-out folds" in out
     code, out, err = cli_result(capsys, *args, "--folds", "words", "--stop-stage", "prepare")
     assert code == 2 and "folds must be speakers" in err
+    # each fold with two seeds: the finished runs are kept, only seed 1 trains, in its own folders
+    code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--fold-seeds", "2", "--json")
+    assert code == 0, err[-3000:]
+    assert "[fold george: finetune] done already" in err and "[fold george-seed+1: finetune] running" in err
+    seeded = json.loads(out)["folds"]
+    runs = [(f["dev_speaker"], f["seed"], f["wer"]["finetune"]) for f in seeded["folds"]]
+    assert [r[:2] for r in runs] == [("george", 0), ("jackson", 0), ("george", 1), ("jackson", 1)]
+    assert [r[2] for r in runs[:2]] == wers
+    for speaker in ("george", "jackson"):
+        card = json.loads((exp / "folds" / f"{speaker}-seed+1" / "finetune" / "run_card.json").read_text())
+        assert card["config"]["seed"] == 1
+        assert _speakers(Path(card["config"]["train_cuts"])) == {"george", "jackson"} - {speaker}
+    per_speaker = [round((runs[i][2] + runs[i + 2][2]) / 2, 2) for i in (0, 1)]
+    assert seeded["mean"]["finetune"]["mean"] == round(sum(per_speaker) / 2, 2)
+    assert seeded["seeds"]["finetune"]["runs"] == 4
+    for bad in ("--folds speakers --fold-seeds 0", "--folds speakers fold_seeds=0"):
+        code, _, err = cli_result(capsys, *args, *bad.split(), "--stop-stage", "prepare")
+        assert code == 2 and "fold_seeds" in err and "Traceback" not in err
+    code, _, err = cli_result(capsys, *args, "--fold-seeds", "2", "--stop-stage", "prepare")
+    assert code == 2 and "folds: speakers" in err
     # a manifest with scored cuts (the test speaker, or a fold's dev speaker) cannot join fine-tuning
     recipe = load_run_recipe(RECIPES / "fsdd.yaml", [str(a) for a in args[2:]])
     first_fold = speaker_folds(load_cuts(exp / "data" / "fsdd" / "cuts_train.jsonl.gz"))[0]
