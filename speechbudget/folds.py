@@ -33,7 +33,7 @@ class Fold:
     dev_speaker: str
     train_speakers: Tuple[str, ...]
     #: the fold fine-tuned again with the recipe's seed + ``repeat`` (``fold_seeds``): one run per
-    #: fold cannot rank recipes when two seeds of one fold differ by ten points (BENCHMARKS.md section 4)
+    #: fold cannot rank recipes when two seeds of one fold differ by 18 points (BENCHMARKS.md section 4)
     repeat: int = 0
 
     @property

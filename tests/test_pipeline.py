@@ -243,6 +243,8 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
     assert ft["config"]["ctc"]["gain_db"] == 15
     assert results["decode"]["finetune/test"]["utterances"] == 4  # theo's clips
     assert results["decode"]["finetune/test"]["method"] == "lexicon"  # the recipe decodes known words only
+    # ...with the mean of its last checkpoints, which the run wrote with its config
+    assert results["decode"]["finetune/test"]["checkpoint"] == str(exp / "finetune" / "averaged.pt")
     err = run(
         capsys,
         "run",
