@@ -295,7 +295,8 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
             row["notes"].append("no evaluation results: run `speechbudget evaluate` on this folder")
     elif not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
-    final = Path(run.summary.get("checkpoint") or "").name
+    # the model the run stands for: its averaged.pt when it averaged its last checkpoints
+    final = Path(run.summary.get("averaged") or run.summary.get("checkpoint") or "").name
     for key, d in row["wer"].items():
         if d.get("wer") is None:
             row["notes"].append(f"{key}: no WER ({d.get('note', 'the decode summary has none')})")

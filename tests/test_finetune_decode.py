@@ -153,6 +153,10 @@ def test_a_run_that_averages_is_decoded_through_its_average_until_it_trains_on(
     # the averaged file alone, too (it was written without a config once: "internal error: 'config'")
     alone = json.loads(run(capsys, "decode", ft / "averaged.pt", test_cuts, "--json").out)
     assert alone["wer"] == avg["wer"]
+    # `report` takes the average for the run's final model: no "decoded averaged.pt, not the final ..." note
+    rep = json.loads(run(capsys, "report", ft, "--out", tmp_path / "rep", "--json").out)
+    notes = [n for row in rep["rows"] for n in row["notes"]]
+    assert not [n for n in notes if "not the final" in n], notes
     # trained on without averaging: the stale average is passed over for the newer checkpoint
     run(capsys, "finetune", r, "budget.steps=5", "average_last=0", "--json")
     newer = json.loads(run(capsys, "decode", ft, test_cuts, "--json").out)
