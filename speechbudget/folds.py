@@ -94,11 +94,11 @@ def _by_speaker(rows: List[Dict[str, Any]], model: str) -> List[List[float]]:
 
 def seed_spread(groups: List[List[float]]) -> Dict[str, Any]:
     """The seed-to-seed standard deviation within a fold, pooled over the folds with two seeds or more."""
-    dof = sum(len(g) - 1 for g in groups)
+    runs, dof = sum(map(len, groups)), sum(len(g) - 1 for g in groups)
     if dof == 0:
-        return {"runs": sum(map(len, groups)), "std": None}
-    ss = sum((v - sum(g) / len(g)) ** 2 for g in groups for v in g)
-    return {"runs": sum(map(len, groups)), "std": round(math.sqrt(ss / dof), 2)}
+        return {"runs": runs, "std": None}
+    ss = sum((v - m) ** 2 for g in groups for m in [sum(g) / len(g)] for v in g)
+    return {"runs": runs, "std": round(math.sqrt(ss / dof), 2)}
 
 
 def summarize(rows: List[Dict[str, Any]], test_speakers: Sequence[str] = ()) -> Dict[str, Any]:

@@ -391,11 +391,12 @@ class Pipeline:
         return {k: self.raw[k] for k in ("seed", "device") if k in self.raw}
 
     def _latest_pretrain(self) -> Path:
-        from .train.checkpoint import latest_checkpoint, resolve
+        from .train.checkpoint import final_model
 
         for which in ("pretrain2", "pretrain"):
-            if self.enabled(which) and latest_checkpoint(self.exp / which / "checkpoints") is not None:
-                return resolve(self.exp / which)  # its averaged.pt when the recipe averages
+            ck = final_model(self.exp / which) if self.enabled(which) else None
+            if ck is not None:
+                return ck  # its averaged.pt when the recipe averages
         raise SpeechBudgetError("no pretraining checkpoint; run the pretrain stage first")
 
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
@@ -519,13 +520,13 @@ class Pipeline:
         # every labelled speaker but the test speakers (also when a corpus has them in train or dev)
         cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
         rows: List[Dict[str, Any]] = []
-        seed = self.r.seed
         for fold in speaker_folds(cuts, self.r.fold_seeds):
-            sub = Pipeline({**self.raw, "seed": seed + fold.repeat}, self.log, fold=fold)
+            seed = self.r.seed + fold.repeat
+            sub = Pipeline({**self.raw, "seed": seed}, self.log, fold=fold)
             write_fold(cuts, fold, sub.runs_dir)
             self.log(
                 f"[folds] fold {fold.name}: dev {fold.dev_speaker}, train {', '.join(fold.train_speakers)}"
-                + (f", seed {seed + fold.repeat}" if self.r.fold_seeds > 1 else "")
+                + (f", seed {seed}" if self.r.fold_seeds > 1 else "")
             )
             decoded = sub._run_stages(FOLD_STAGES, redo=None)["decode"]
             row: Dict[str, Any] = {
@@ -533,7 +534,7 @@ class Pipeline:
                 "train_speakers": list(fold.train_speakers),
             }
             if self.r.fold_seeds > 1:
-                row["seed"] = seed + fold.repeat
+                row["seed"] = seed
             rows.append({**row, "wer": {key.split("/")[0]: res.get("wer") for key, res in decoded.items()}})
             write_summary(self.exp, summarize(rows, test))
         summary = summarize(rows, test)

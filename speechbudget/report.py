@@ -22,6 +22,7 @@ from .atomic import atomic_output
 from .config import split_csv
 from .errors import SpeechBudgetError
 from .folds import FOLDS_DIR, find_summaries, fold_label
+from .train.checkpoint import final_model
 from .train.metrics_log import read_metrics
 
 FILES = {
@@ -295,8 +296,8 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
             row["notes"].append("no evaluation results: run `speechbudget evaluate` on this folder")
     elif not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
-    # the model the run stands for: its averaged.pt when it averaged its last checkpoints
-    final = Path(run.summary.get("averaged") or run.summary.get("checkpoint") or "").name
+    # the model the run stands for, by the rule decode reads a run folder with (its averaged.pt, ...)
+    final = (final_model(run.exp) or Path(run.summary.get("checkpoint") or "")).name
     for key, d in row["wer"].items():
         if d.get("wer") is None:
             row["notes"].append(f"{key}: no WER ({d.get('note', 'the decode summary has none')})")

@@ -39,19 +39,26 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def final_model(run: Path) -> Optional[Path]:
+    """What a run folder trained: its averaged.pt when the run averaged its last checkpoints and saved
+    none since, else its newest checkpoint; None before its first checkpoint."""
+    found = latest_checkpoint(Path(run) / "checkpoints")
+    averaged = Path(run) / AVERAGED
+    if found is not None and averaged.is_file():
+        # memory-mapped: only the list of averaged files is read, not the weights
+        if [Path(a).name for a in load(averaged, mmap=True).get("averaged", [])][-1:] == [found.name]:
+            return averaged
+    return found
+
+
 def resolve(path: Path) -> Path:
-    """A checkpoint file, or what a run folder (or its checkpoints/ folder) trained: its averaged.pt
-    when the run averaged its last checkpoints and saved none since, else its newest checkpoint."""
+    """A checkpoint file, or what a run folder (or its checkpoints/ folder) trained (:func:`final_model`)."""
     p = Path(path)
     if not p.is_dir():
         return p
-    run = p.parent if p.name == "checkpoints" else p
-    found = latest_checkpoint(run / "checkpoints")
+    found = final_model(p.parent if p.name == "checkpoints" else p)
     if found is None:
         raise SpeechBudgetError(f"no checkpoint-*.pt in {p}; has the training stage run?")
-    averaged = run / AVERAGED
-    if averaged.is_file() and [Path(a).name for a in load(averaged).get("averaged", [])][-1:] == [found.name]:
-        return averaged
     return found
 
 
@@ -104,7 +111,7 @@ except ImportError:  # numpy < 2
 NUMPY_ARRAY_GLOBALS.append(_reconstruct)
 
 
-def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
+def load(path: Path, map_location: str = "cpu", mmap: bool = False) -> Dict[str, Any]:
     """A checkpoint's tensors and plain values, never its code: checkpoints come from other people
     (decode, ``ctc.init_checkpoint``, ``kmeans --checkpoint``), and unpickling arbitrary objects runs
     whatever they carry. A file that holds anything else is refused."""
@@ -113,7 +120,7 @@ def load(path: Path, map_location: str = "cpu") -> Dict[str, Any]:
         raise SpeechBudgetError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
