@@ -313,7 +313,12 @@ def decode(
         None,
         help="Word list (one per line) for --method lexicon. Default: the fine-tuning transcripts' words.",
     ),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default: EXP/decode-<method>."),
+    out_dir: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="Default: EXP/decode-<method>; EXP/decode-<method>-<checkpoint> for another checkpoint "
+        "than the run's final model.",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPT,
 ) -> None:

@@ -78,6 +78,16 @@ def lexicon_for(exp: Path, tokenizer: Tokenizer, path: Optional[Path] = None) ->
     return LexiconTrie.from_words(words, tokenizer), source
 
 
+def default_out_dir(exp: Path, checkpoint: Path, method: str) -> Path:
+    """``EXP/decode-<method>`` for the model the run stands for (:func:`final_model`); any other
+    checkpoint of the run gets ``EXP/decode-<method>-<checkpoint>``, so decoding it never overwrites
+    the final model's results (the file names inside are per set and method only)."""
+    final = ckpt.final_model(exp)
+    if final is None or final.resolve() == checkpoint.resolve():
+        return exp / f"decode-{method}"
+    return exp / f"decode-{method}-{checkpoint.stem}"
+
+
 def decode(
     model_path: Path,
     cuts_path: Path,
@@ -104,7 +114,9 @@ def decode(
     )
     cuts = load_cuts(cuts_path).to_eager()
     set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
-    out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"decode-{method}"
+    if out_dir is None:
+        out_dir = default_out_dir(Path(info["exp_dir"]), Path(info["checkpoint"]), method)
+    out_dir = Path(out_dir)
     atomic.check_writable(out_dir, "decode output folder")
     dataset = SpeechDataset("waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True)
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))

@@ -222,11 +222,21 @@ def cut_durations(path: Path) -> Iterable[Tuple[str, float]]:
 def decode_results(run: Run) -> Dict[str, Dict[str, Any]]:
     """``"<set>/<method suffix>"`` -> decode summary, for every decode summary under the run folder."""
     out = {}
+    final = _final_name(run)
     for path in sorted(run.exp.glob("*/decode-summary-*.json")):
         d = _read_json(path)
         suffix = path.stem[len(f"decode-summary-{d.get('set', '')}-") :] or d.get("method", "?")
-        out[f"{d.get('set', '?')}/{suffix}"] = d
+        key = f"{d.get('set', '?')}/{suffix}"
+        decoded = Path(d.get("checkpoint") or "")
+        if final and decoded.name and decoded.name != final:
+            key += f" ({decoded.stem})"  # another checkpoint than the run's final model: its own column
+        out[key] = d
     return out
+
+
+def _final_name(run: Run) -> str:
+    """File name of the model the run stands for, by the rule decode reads a run folder with."""
+    return (final_model(run.exp) or Path(run.summary.get("checkpoint") or "")).name
 
 
 def evaluate_results(run: Run) -> Dict[str, Dict[str, Any]]:
@@ -296,8 +306,7 @@ def finetune_row(run: Run, runs: Dict[Path, Run]) -> Dict[str, Any]:
             row["notes"].append("no evaluation results: run `speechbudget evaluate` on this folder")
     elif not row["wer"]:
         row["notes"].append("no decode results: run `speechbudget decode` on this folder")
-    # the model the run stands for, by the rule decode reads a run folder with (its averaged.pt, ...)
-    final = (final_model(run.exp) or Path(run.summary.get("checkpoint") or "")).name
+    final = _final_name(run)
     for key, d in row["wer"].items():
         if d.get("wer") is None:
             row["notes"].append(f"{key}: no WER ({d.get('note', 'the decode summary has none')})")

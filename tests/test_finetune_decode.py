@@ -153,10 +153,22 @@ def test_a_run_that_averages_is_decoded_through_its_average_until_it_trains_on(
     # the averaged file alone, too (it was written without a config once: "internal error: 'config'")
     alone = json.loads(run(capsys, "decode", ft / "averaged.pt", test_cuts, "--json").out)
     assert alone["wer"] == avg["wer"]
-    # `report` takes the average for the run's final model: no "decoded averaged.pt, not the final ..." note
+    # one of the averaged checkpoints: its own folder, so the final model's results are not overwritten
+    first = sorted((ft / "checkpoints").glob("checkpoint-*.pt"))[0]
+    one = json.loads(run(capsys, "decode", first, test_cuts, "--json").out)
+    assert one["out_dir"] == str(ft / f"decode-greedy-{first.stem}")
+    kept = json.loads((ft / "decode-greedy" / "decode-summary-test-greedy.json").read_text())
+    assert kept["checkpoint"] == str(ft / "averaged.pt")
+    # `report` takes the average for the run's final model: no "decoded averaged.pt, not the final ..." note;
+    # the other checkpoint is a column of its own, named, with a note
     rep = json.loads(run(capsys, "report", ft, "--out", tmp_path / "rep", "--json").out)
-    notes = [n for row in rep["rows"] for n in row["notes"]]
-    assert not [n for n in notes if "not the final" in n], notes
+    (row,) = [r for r in rep["rows"] if r["stage"] == "finetune"]
+    assert row["wer"]["test/greedy"]["checkpoint"] == str(ft / "averaged.pt")
+    assert row["wer"][f"test/greedy ({first.stem})"]["checkpoint"] == str(first)
+    notes = [n for r in rep["rows"] for n in r["notes"]]
+    assert [n for n in notes if "not the final" in n] == [
+        f"test/greedy ({first.stem}): decoded {first.name}, not the final averaged.pt"
+    ], notes
     # trained on without averaging: the stale average is passed over for the newer checkpoint
     run(capsys, "finetune", r, "budget.steps=5", "average_last=0", "--json")
     newer = json.loads(run(capsys, "decode", ft, test_cuts, "--json").out)
