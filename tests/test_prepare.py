@@ -258,3 +258,37 @@ def test_describe_json(tmp_path, shared_data, capsys):
     assert stats["train"]["hours"] == pytest.approx(
         sum(c.duration for c in load_cuts(tmp_path / "out" / "fsdd" / "cuts_train.jsonl.gz")) / 3600, rel=1e-3
     )
+
+
+def _band_energy(audio: np.ndarray, lo: float, hi: float, sr: int = 16000) -> float:
+    spec = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / sr)
+    return float(spec[(freqs >= lo) & (freqs < hi)].sum())
+
+
+def test_band_limit_keeps_the_low_band_and_removes_the_high(tmp_path, shared_data, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for p in sorted((COMMONVOICE / "clips").glob("*.mp3"))[:3]:  # real read speech, full band
+        shutil.copy(p, clips / p.name)
+    out = tmp_path / "out"
+    for name, extra in (("full", []), ("tel", ["--band-limit-hz", "4000"])):
+        args = ["prepare", "dir", clips, "--out", out, "--name", name, "--no-features", "--json", *extra]
+        assert run_cli(*args) == 0
+    capsys.readouterr()
+    full = {c.id: c.load_audio()[0] for c in load_cuts(out / "full" / "cuts_train.jsonl.gz")}
+    tel = {c.id: c.load_audio()[0] for c in load_cuts(out / "tel" / "cuts_train.jsonl.gz")}
+    assert full.keys() == tel.keys() and len(full) == 3
+    for cid, a in full.items():
+        b = tel[cid]
+        assert len(a) == len(b)
+        assert _band_energy(a, 4600, 8000) > 1e-4 * _band_energy(a, 0, 8000)  # the clip has a high band
+        assert _band_energy(b, 4600, 8000) < 1e-3 * _band_energy(a, 4600, 8000)  # ... and now it is gone
+        assert abs(_band_energy(b, 100, 3500) / _band_energy(a, 100, 3500) - 1) < 0.05  # speech band kept
+    stored = json.loads((out / "tel" / "prepare.json").read_text())["options"]
+    assert stored["band_limit_hz"] == 4000
+    # another band on the same corpus folder would mix two bands: refused, as any content option
+    assert run_cli("prepare", "dir", clips, "--out", out, "--name", "tel", "--band-limit-hz", "3000") == 2
+    assert run_cli("prepare", "dir", clips, "--out", out, "--name", "x", "--band-limit-hz", "8000") == 2
+    err = capsys.readouterr().err
+    assert "band_limit_hz: 4000 -> 3000" in err and "band_limit_hz must be between 1 and 7999" in err

@@ -48,8 +48,17 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) ->
     return resample_poly(samples, target_sr // g, orig_sr // g).astype(np.float32)
 
 
-def check_and_convert(item_id: str, path: str, converted_dir: Path) -> CheckResult:
-    """Read ``path``, reject it with a reason or return a 16 kHz mono :class:`Recording`."""
+def band_limit(samples: np.ndarray, cutoff_hz: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Remove everything above ``cutoff_hz``: down to twice the cutoff and back up (the polyphase
+    filter is the anti-aliasing low-pass), i.e. the audio as a recorder at that rate would hear it."""
+    return resample(resample(samples, sample_rate, 2 * cutoff_hz), 2 * cutoff_hz, sample_rate)[: len(samples)]
+
+
+def check_and_convert(
+    item_id: str, path: str, converted_dir: Path, band_limit_hz: Optional[int] = None
+) -> CheckResult:
+    """Read ``path``, reject it with a reason or return a 16 kHz mono :class:`Recording`;
+    ``band_limit_hz``: keep only frequencies below it (:func:`band_limit`)."""
     p = Path(path).absolute()  # manifests hold absolute paths: later stages may run from elsewhere
     if not p.is_file():
         return CheckResult(item_id, None, f"audio file not found: {path}")
@@ -77,6 +86,11 @@ def check_and_convert(item_id: str, path: str, converted_dir: Path) -> CheckResu
     if sr != SAMPLE_RATE:
         mono = resample(mono, sr)
         notes.append(f"{sr} Hz -> {SAMPLE_RATE} Hz")
+    if (
+        band_limit_hz is not None and sr > 2 * band_limit_hz
+    ):  # audio recorded at 2x the cutoff has nothing above it
+        mono = band_limit(mono, band_limit_hz)
+        notes.append(f"band-limited to {band_limit_hz} Hz")
     if info.format not in NATIVE_FORMATS:
         notes.append(f"{info.format} -> FLAC")
     if notes:

@@ -23,7 +23,7 @@ from .. import __version__, atomic
 from ..config import from_dict
 from ..errors import SpeechBudgetError
 from ..locks import lock_corpus
-from .audio import check_and_convert
+from .audio import SAMPLE_RATE, check_and_convert
 from .executor import open_executor, run_map
 from .features import compute_fbank, remove_storage
 from .labels import LABELS_KEY, LabelVocabulary, write_vocabulary
@@ -101,8 +101,10 @@ def prepare_split(
     num_jobs: int,
     executor,
     known_classes: Optional[Set[str]] = None,
+    band_limit_hz: Optional[int] = None,
 ) -> SplitSummary:
-    """``known_classes``: the training split's classes; items of other classes are rejected."""
+    """``known_classes``: the training split's classes; items of other classes are rejected.
+    ``band_limit_hz``: every item keeps only the frequencies below it (:func:`audio.band_limit`)."""
     summary = SplitSummary(split)
     cuts_path(corpus_dir, split).unlink(missing_ok=True)  # from here on the split is absent, not stale
     old_storages = _feature_storages(corpus_dir, split)
@@ -121,7 +123,7 @@ def prepare_split(
     checks = run_map(
         executor,
         check_and_convert,
-        [(it.id, it.audio, corpus_dir / "audio" / split) for it in todo],
+        [(it.id, it.audio, corpus_dir / "audio" / split, band_limit_hz) for it in todo],
         f"checking {split}",
     )
     recordings, supervisions = [], []
@@ -193,6 +195,10 @@ class PrepareOptions:
     num_jobs: int = option(1, help="Parallel worker processes.")
     executor: str = option("local", help="local (process pool) or dask.")
     scheduler: Optional[str] = option(help="Dask scheduler address for executor dask.")
+    band_limit_hz: Optional[int] = option(
+        help="Keep only frequencies below this (Hz): pretrain on the band the labelled audio has "
+        "(8 kHz recordings such as FSDD: 4000)."
+    )
 
 
 @dataclass
@@ -228,6 +234,11 @@ class CorpusSpec:
             )
         if common.num_jobs < 1:
             raise SpeechBudgetError(f"{key}.num_jobs must be at least 1 (got {common.num_jobs})")
+        if common.band_limit_hz is not None and not 0 < common.band_limit_hz < SAMPLE_RATE // 2:
+            raise SpeechBudgetError(
+                f"{key}.band_limit_hz must be between 1 and {SAMPLE_RATE // 2 - 1} Hz "
+                f"(got {common.band_limit_hz}): the audio is {SAMPLE_RATE} Hz"
+            )
         return cls(source, opts, common)
 
     @classmethod
@@ -337,6 +348,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                         common.num_jobs,
                         executor,
                         known_classes=None if split == "train" else known,
+                        band_limit_hz=common.band_limit_hz,
                     )
                 )
             vocabulary = _write_label_vocabulary(corpus_dir, items)
