@@ -35,7 +35,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from lhotse import CutSet
 
@@ -75,6 +75,8 @@ STAGES = (
 )
 #: the stages that run once per fold (in the fold's folder) as well as in the final run
 FOLD_STAGES = ("finetune", "scratch", "decode")
+#: the stages that train a model that decode and report read (each in EXP/<stage>/)
+MODEL_STAGES = ("teacher", "finetune", "scratch")
 
 
 @dataclass
@@ -491,7 +493,7 @@ class Pipeline:
 
         d = self.r.decode
         results = {}
-        for run in ("teacher", "finetune", "scratch"):
+        for run in MODEL_STAGES:
             if not self.enabled(run):
                 continue
             manifests = [Path(c) for c in d.cuts] or [self.labeled_dir / f"cuts_{s}.jsonl.gz" for s in d.sets]
@@ -550,7 +552,7 @@ class Pipeline:
     def stage_report(self) -> Dict[str, Any]:
         from .report import build_report
 
-        runs = [self.exp / r for r in ("teacher", "finetune", "scratch") if self.enabled(r)]
+        runs = [self.exp / r for r in MODEL_STAGES if self.enabled(r)]
         return build_report(runs, self.exp / "report")
 
     # ---------------------------------------------------------------- scratch alongside
@@ -644,12 +646,13 @@ class Pipeline:
     def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
         """``stages`` in order, each skipped once done except ``redo``."""
         results: Dict[str, Any] = {}
+        ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
         where = f"fold {self.fold.name}: " if self.fold else ""
         for stage in stages:
             if not self.enabled(stage):
                 continue
             prior = self.done(stage)
-            if prior is not None and stage != redo and not self._asks_more(stage, prior):
+            if prior is not None and stage != redo and not self._asks_more(stage, prior, ran):
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
@@ -667,14 +670,22 @@ class Pipeline:
             atomic.write_json(self.marker(stage), out)
             self.record_time(stage, time.perf_counter() - t0)
             results[stage] = out
+            ran.add(stage)
         return results
 
-    def _asks_more(self, stage: str, prior: Dict[str, Any]) -> bool:
-        """A finished folds stage that the recipe now wants with another ``fold_seeds``: run it again
-        (its finished fold runs are kept, only the new seeds train)."""
-        if stage != "folds":
-            return False
-        return len({r.get("seed") for r in prior.get("folds", [])}) != self.r.fold_seeds
+    def _asks_more(self, stage: str, prior: Dict[str, Any], ran: Set[str]) -> bool:
+        """A finished stage that must run again: folds the recipe now wants with another ``fold_seeds``
+        or with a model its folds lack (their finished runs are kept, only what is new trains); decode
+        when a model it reads was trained in this call or it lacks one the recipe now has (a scratch
+        baseline asked for after the run); report after either."""
+        models = {m for m in MODEL_STAGES if self.enabled(m)}
+        if stage == "folds":
+            rows = prior.get("folds", [])
+            lacking = any(m not in r.get("wer", {}) for r in rows for m in models & set(FOLD_STAGES))
+            return lacking or len({r.get("seed") for r in rows}) != self.r.fold_seeds
+        if stage == "decode":
+            return bool(ran & models) or not models <= {key.split("/")[0] for key in prior}
+        return stage == "report" and bool(ran & {"decode", "folds"})
 
     def record_time(self, stage: str, seconds: float) -> None:
         """Wall seconds of each stage, kept across resumed runs: where a run's time went."""

@@ -124,6 +124,17 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     per_speaker = [round((runs[i][2] + runs[i + 2][2]) / 2, 2) for i in (0, 1)]
     assert seeded["mean"]["finetune"]["mean"] == round(sum(per_speaker) / 2, 2)
     assert seeded["seeds"]["finetune"]["runs"] == 4
+    # a scratch baseline asked for after the folds ran: every fold trains and decodes it, the rest is kept
+    late = ["scratch_baseline=true", "scratch_alongside=false", "--folds", "speakers", "--fold-seeds", "2"]
+    code, out, err = cli_result(capsys, *args, *late, "--json")
+    assert code == 0, err[-3000:]
+    assert "[fold george: finetune] done already" in err and "[fold george: scratch] running" in err
+    assert "[fold george: decode] running" in err
+    with_scratch = json.loads(out)
+    assert [f["wer"]["finetune"] for f in with_scratch["folds"]["folds"]] == [r[2] for r in runs]
+    assert all(isinstance(f["wer"]["scratch"], float) for f in with_scratch["folds"]["folds"])
+    assert "scratch/test" in with_scratch["decode"] and "finetune/test" in with_scratch["decode"]
+    assert {r["name"] for r in with_scratch["report"]["rows"]} >= {"finetune", "scratch"}
     for bad in ("--folds speakers --fold-seeds 0", "--folds speakers fold_seeds=0"):
         code, _, err = cli_result(capsys, *args, *bad.split(), "--stop-stage", "prepare")
         assert code == 2 and "fold_seeds" in err and "Traceback" not in err
