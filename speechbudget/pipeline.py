@@ -79,6 +79,16 @@ FOLD_STAGES = ("finetune", "scratch", "decode")
 MODEL_STAGES = ("teacher", "finetune", "scratch")
 
 
+def _decode_key(run: str, split: str) -> str:
+    """The decode stage's result key: which model, on which set ("finetune/test")."""
+    return f"{run}/{split}"
+
+
+def _run_of(key: str) -> str:
+    """The model a decode result key names (the inverse of :func:`_decode_key`)."""
+    return key.split("/")[0]
+
+
 @dataclass
 class PlanSection:
     budget: float = 0.0  # in `unit`
@@ -508,10 +518,10 @@ class Pipeline:
                     from .evaluate import evaluate
 
                     res = evaluate(self.runs_dir / run, cuts)
-                    results[f"{run}/{res['set']}"] = {k: v for k, v in res.items() if k != "per_class"}
+                    results[_decode_key(run, res["set"])] = {k: v for k, v in res.items() if k != "per_class"}
                     continue
                 res = decode(self.runs_dir / run, cuts, method=d.method, beam_size=d.beam_size)
-                results[f"{run}/{res['set']}"] = res
+                results[_decode_key(run, res["set"])] = res
         return results
 
     def stage_folds(self) -> Dict[str, Any]:
@@ -537,7 +547,7 @@ class Pipeline:
             }
             if self.r.fold_seeds > 1:
                 row["seed"] = seed
-            rows.append({**row, "wer": {key.split("/")[0]: res.get("wer") for key, res in decoded.items()}})
+            rows.append({**row, "wer": {_run_of(key): res.get("wer") for key, res in decoded.items()}})
             write_summary(self.exp, summarize(rows, test))
         summary = summarize(rows, test)
         for line in summary_lines(summary):
@@ -684,7 +694,7 @@ class Pipeline:
             lacking = any(m not in r.get("wer", {}) for r in rows for m in models & set(FOLD_STAGES))
             return lacking or len({r.get("seed") for r in rows}) != self.r.fold_seeds
         if stage == "decode":
-            return bool(ran & models) or not models <= {key.split("/")[0] for key in prior}
+            return bool(ran & models) or not models <= {_run_of(key) for key in prior}
         return stage == "report" and bool(ran & {"decode", "folds"})
 
     def record_time(self, stage: str, seconds: float) -> None:
