@@ -105,6 +105,9 @@ class CtcConfig:
     reverb_prob: float = 0.0  # share of training utterances reverberated (lhotse reverb_rir); 0 = off
     rir_dir: Optional[str] = None  # measured RIR .wav files; default: simulated RIRs (data/augment.py)
     init_checkpoint: Optional[str] = None  # a pretrained encoder; None = from scratch
+    #: move each speaker's mean log-mel onto the training speakers' (fbank; decode does it too):
+    #: a recording chain's constant offset is not learned as speech (data/speaker_cmn.py)
+    speaker_cmn: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .asr.scoring import write_icefall_style
 from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
 from .config import split_csv
+from .data import speaker_cmn
 from .data.dataset import SpeechDataset, make_loader
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
@@ -118,7 +119,11 @@ def decode(
         out_dir = default_out_dir(Path(info["exp_dir"]), Path(info["checkpoint"]), method)
     out_dir = Path(out_dir)
     atomic.check_writable(out_dir, "decode output folder")
-    dataset = SpeechDataset("waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True)
+    cmn_target = speaker_cmn.read_target(Path(info["exp_dir"]))
+    cmn = speaker_cmn.for_cuts(cmn_target, cuts) if cmn_target is not None else None
+    dataset = SpeechDataset(
+        "waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True, transform=cmn
+    )
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     results: List[Tuple[str, str, str]] = []
     with torch.no_grad():
@@ -148,6 +153,8 @@ def decode(
     }
     if lexicon_source is not None:
         summary.update(lexicon=lexicon_source, beam_size=beam_size)
+    if cmn is not None:  # the run was fine-tuned with ctc.speaker_cmn: each speaker's own mean moved
+        summary.update(speaker_cmn_speakers=len(cmn.shift))
     if not any(ref for _, ref, _ in results):
         _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
         summary.update(

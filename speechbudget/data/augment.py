@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -120,12 +120,13 @@ class Reverb:
 
 
 class Chain:
-    """Cut transforms one after the other (reverberation before additive noise, as in a room)."""
+    """Transforms one after the other, None ones skipped: cut transforms (reverberation before
+    additive noise, as in a room) or batch transforms (speaker normalisation before tokenising)."""
 
-    def __init__(self, *transforms: Optional[Callable[[CutSet], CutSet]]):
+    def __init__(self, *transforms: Optional[Callable[[Any], Any]]):
         self.transforms = [t for t in transforms if t is not None]
 
-    def __call__(self, cuts: CutSet) -> CutSet:
+    def __call__(self, data: Any) -> Any:
         for t in self.transforms:
-            cuts = t(cuts)
-        return cuts
+            data = t(data)
+        return data

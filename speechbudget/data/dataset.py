@@ -16,12 +16,13 @@ from lhotse.dataset.collation import collate_audio, collate_features
 
 from .kmeans import read_labels
 from .manifests import cut_text
+from .speaker_cmn import cut_speaker
 
 IGNORE = -100
 
 
 class SpeechDataset(torch.utils.data.Dataset):
-    """CutSet -> {features (B,T,F), lengths, ids, [kmeans (B,T')], [texts]}."""
+    """CutSet -> {features (B,T,F), lengths, ids, speakers, [kmeans (B,T')], [texts]}."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             "features": features,
             "lengths": lengths.long(),
             "ids": [c.id for c in cuts],
+            "speakers": [cut_speaker(c) for c in cuts],
             "seconds": float(sum(c.duration for c in cuts)),
         }
         if self.with_kmeans:

@@ -15,6 +15,7 @@ from .. import atomic
 from ..asr.lexicon import lexicon_words, write_lexicon
 from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
+from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.dataset import SpeechDataset
 from ..data.manifests import cut_text
@@ -23,7 +24,15 @@ from ..models.presets import build_encoder
 from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
-from .setup import dev_loader, encoder_cost_cached, input_kind, make_data, total_seconds, training_cuts
+from .setup import (
+    dev_loader,
+    encoder_cost_cached,
+    input_kind,
+    load_train_cuts,
+    make_data,
+    total_seconds,
+    training_cuts,
+)
 from .trainer import claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
@@ -163,6 +172,22 @@ def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
     return Chain(reverb, noise) if reverb or noise else None
 
 
+def speaker_cmn_transforms(
+    cfg: TrainConfig, model: CtcModel, recorded: CutSet
+) -> Tuple[Optional[speaker_cmn.SpeakerCmn], Optional[speaker_cmn.SpeakerCmn]]:
+    """``ctc.speaker_cmn``: the training and dev batch transforms, both moving their speakers onto
+    the training speakers' mean (``target``, which the run keeps for decoding). Speakers' means come
+    from the ``recorded`` training cuts: a speed-perturbed copy keeps its speaker's."""
+    if not cfg.ctc.speaker_cmn:
+        return None, None
+    if input_kind(model.encoder) != "fbank":
+        raise SpeechBudgetError("ctc.speaker_cmn is for log-mel (fbank) encoders; set it to false")
+    means = speaker_cmn.speaker_means(recorded)
+    target = speaker_cmn.pooled_mean(means)
+    dev = speaker_cmn.for_cuts(target, load_train_cuts(cfg.dev_cuts, "dev_cuts")) if cfg.dev_cuts else None
+    return speaker_cmn.SpeakerCmn(target, means), dev
+
+
 def warn_unwarped(factor: int, cuts, input_rate_hz: float) -> int:
     """lhotse's time warp leaves an utterance of at most 2 x factor + 1 frames as it is, silently: say
     how many training utterances ``ctc.time_warp`` cannot reach (FSDD's 0.4 s digits and the usual
@@ -197,6 +222,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
+        train_cmn, dev_cmn = speaker_cmn_transforms(cfg, model, cuts)
         recorded_hours = total_seconds(cuts) / 3600
         if cfg.ctc.speed_perturb:  # before filtering: a faster copy may no longer fit its tokens
             cuts = speed_perturbed(cuts, cfg.ctc.speed_perturb)
@@ -211,11 +237,12 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             atomic.write_json(
                 Path(cfg.exp_dir) / "filtered_train.json", {"counts": dropped_counts, "dropped": dropped}
             )
+            speaker_cmn.keep_target(Path(cfg.exp_dir), train_cmn.target if train_cmn else None)
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
         dataset = SpeechDataset(
             input_kind(model.encoder),
             with_text=True,
-            transform=Tokenize(tokenizer),
+            transform=Chain(train_cmn, Tokenize(tokenizer)),
             cut_transform=audio_augmentation(cfg),
             on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
         )
@@ -233,7 +260,10 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             recipe=recipe,
             freeze_encoder_steps=cfg.ctc.freeze_encoder_steps,
             valid_loader=dev_loader(
-                cfg, SpeechDataset(input_kind(model.encoder), with_text=True, transform=Tokenize(tokenizer))
+                cfg,
+                SpeechDataset(
+                    input_kind(model.encoder), with_text=True, transform=Chain(dev_cmn, Tokenize(tokenizer))
+                ),
             ),
             card_extra={
                 "init": init,

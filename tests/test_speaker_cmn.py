@@ -1,0 +1,108 @@
+"""``ctc.speaker_cmn``: each speaker's mean log-mel moved onto the training speakers', in fine-tuning
+and in decoding, on real FSDD recordings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import copy_fsdd
+from lhotse import CutSet
+from test_finetune_decode import run
+
+from speechbudget.data import speaker_cmn
+from speechbudget.data.dataset import SpeechDataset
+from speechbudget.data.manifests import load_cuts
+
+
+@pytest.fixture
+def fsdd_data(tmp_path, shared_data, capsys):
+    src = copy_fsdd(tmp_path / "fsdd", per_speaker=10, speakers=("george", "jackson", "nicolas"))
+    run(capsys, "prepare", "fsdd", src, "--test-speakers", "nicolas", "--out", tmp_path / "data", "--json")
+    return tmp_path / "data" / "fsdd"
+
+
+def _normalised(cuts: CutSet, target: np.ndarray) -> dict:
+    """Each cut's real frames after speaker_cmn with the means of ``cuts`` itself, by cut id."""
+    dataset = SpeechDataset("fbank", transform=speaker_cmn.for_cuts(target, cuts), on_the_fly=True)
+    batch = dataset[cuts]
+    return {
+        cid: batch["features"][i, : int(n)] for i, (cid, n) in enumerate(zip(batch["ids"], batch["lengths"]))
+    }
+
+
+def test_every_speaker_lands_on_the_target_and_a_quieter_recording_chain_is_removed(fsdd_data):
+    cuts = load_cuts(fsdd_data / "cuts_train.jsonl.gz").to_eager()
+    means = speaker_cmn.speaker_means(cuts)
+    assert set(means) == {"george", "jackson"}
+    # real speakers differ by more than a rounding error in some bins
+    assert np.abs(means["george"] - means["jackson"]).max() > 0.5
+    target = speaker_cmn.pooled_mean(means)
+
+    loud = _normalised(cuts, target)
+    for spk in means:  # after the transform each speaker's mean over its frames is the target
+        frames = torch.cat([f for cid, f in loud.items() if cuts[cid].supervisions[0].speaker == spk])
+        assert np.allclose(frames.double().mean(dim=0).numpy(), target, atol=0.05), spk
+
+    # the same recordings 12 dB quieter (a different level in the recording chain): raw log-mel
+    # moves by ln(0.25) = -1.39 where there is energy; after speaker_cmn little is left of it (what
+    # is left: near-silent frames and FSDD's empty band above 4 kHz sit at the log floor and do not
+    # move with the level, so a constant shift cannot undo them exactly: 12% here)
+    quiet_cuts = CutSet.from_cuts(c.perturb_volume(0.25, affix_id=False) for c in cuts)
+    quiet = _normalised(quiet_cuts, target)
+    raw_loud = SpeechDataset("fbank", on_the_fly=True)[cuts]
+    raw_quiet = SpeechDataset("fbank", on_the_fly=True)[quiet_cuts]
+    raw_shift = (raw_loud["features"] - raw_quiet["features"]).abs().mean()
+    left = torch.stack([(loud[cid] - quiet[cid]).abs().mean() for cid in loud]).mean()
+    assert raw_shift > 1.0
+    assert left < 0.2 * raw_shift
+
+
+def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, capsys):
+    section = {
+        "encoder": "zipformer-tiny",
+        "train_cuts": str(fsdd_data / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        "checkpoint_every": 2,
+        "budget": {"steps": 2},
+        "ctc": {"tokenizer": "char", "vocab_size": 30, "speaker_cmn": True},
+    }
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    run(capsys, "finetune", recipe, "--json")
+    target = speaker_cmn.read_target(tmp_path / "ft")
+    assert target is not None and target.shape == (80,)
+    means = speaker_cmn.speaker_means(load_cuts(fsdd_data / "cuts_train.jsonl.gz"))
+    assert np.allclose(target, speaker_cmn.pooled_mean(means))
+
+    out = run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    assert json.loads(out)["speaker_cmn_speakers"] == 1  # nicolas, from his own test cuts
+
+    # the same run folder fine-tuned again without it: decoding must not normalise any more
+    section["ctc"]["speaker_cmn"] = False
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    run(capsys, "finetune", recipe, "--json")
+    assert speaker_cmn.read_target(tmp_path / "ft") is None
+    out = run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    assert "speaker_cmn_speakers" not in json.loads(out)
+
+    # a waveform encoder has no log-mel to normalise: one line, before anything is trained
+    section["ctc"]["speaker_cmn"] = True
+    section.update(
+        encoder={
+            "family": "transformer",
+            "frontend": "waveform",
+            "dim": 64,
+            "layers": 1,
+            "heads": 4,
+            "ffn_dim": 128,
+        }
+    )
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "wave"), "finetune": section}))
+    err = run(capsys, "finetune", recipe, code=2).err
+    assert "speaker_cmn is for log-mel" in err and "Traceback" not in err
+    assert not [p for p in (tmp_path / "wave").rglob("*") if p.is_file() and p.name != ".lock"]
