@@ -95,7 +95,10 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
         assert extra == exp / "data" / "synthetic" / "cuts_train.jsonl.gz"
         assert not _speakers(extra) & {"george", "jackson", "theo"}
         assert card["recorded_labeled_hours"] > sum(c.duration for c in load_cuts(extra)) / 3600
-        assert list((fold_dir / "finetune").glob("decode-lexicon/decode-summary-dev-*.json"))  # dev only
+        (dev_summary,) = (fold_dir / "finetune").glob("decode-lexicon/decode-summary-dev-*.json")  # dev only
+        # fsdd.yaml's speaker_cmn: the dev speaker decoded with his own mean moved onto the training mean
+        assert (fold_dir / "finetune" / "speaker_cmn.json").is_file()
+        assert json.loads(dev_summary.read_text())["speaker_cmn_speakers"] == 1
         assert not list((fold_dir / "finetune").glob("decode-*/*test*"))
     # pretraining ran once; the final run trains on both speakers and alone decodes theo
     assert not list((exp / "folds").glob("*/pretrain"))
