@@ -87,11 +87,16 @@ def test_bad_inputs_are_user_errors():
 
 def test_feature_stats_from_real_fsdd_normalise_to_half_std(tmp_path):
     cuts = fsdd_cuts(tmp_path / "feats")
-    stats = compute_feature_stats(cuts)
+    stats = compute_feature_stats(cuts, 128)  # the stored 128-bin fbank
     frames = torch.cat([torch.from_numpy(c.load_features()) for c in cuts]).double()
     assert stats["num_mel_bins"] == 128 and stats["values"] == frames.numel()
     assert stats["mean"] == pytest.approx(float(frames.mean()), rel=1e-6)
     assert stats["std"] == pytest.approx(float(frames.std(unbiased=False)), rel=1e-6)
+    # without stored features of that size they come from the audio: the same up to lilcom's rounding
+    again = compute_feature_stats(cuts.drop_features(), 128)
+    assert again["mean"] == pytest.approx(stats["mean"], abs=0.02)
+    assert again["std"] == pytest.approx(stats["std"], rel=0.01)
+    assert compute_feature_stats(cuts, 80)["num_mel_bins"] == 80  # other bins: computed, not the stored 128
     path = write_feature_stats(tmp_path, stats)
     assert path.name == "feature_stats.json" and json.loads(path.read_text())["std"] == stats["std"]
     back = read_feature_stats(tmp_path)

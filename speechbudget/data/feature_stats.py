@@ -2,7 +2,7 @@
 
 Both papers use one scalar mean and std over every frame and bin of the training set (AudioSet:
 -4.27, 4.57). They are computed once from the training cuts and kept as ``feature_stats.json``
-beside the manifests, so fine-tuning, evaluation and prediction all normalise the same way.
+in the run folder, so fine-tuning, evaluation and prediction all normalise the same way.
 """
 
 from __future__ import annotations
@@ -16,32 +16,29 @@ from lhotse import CutSet
 
 from ..atomic import write_json
 from ..errors import SpeechBudgetError
+from .features import NUM_MEL_BINS, cut_fbank
 
 STATS_FILE = "feature_stats.json"
 
 
-def compute_feature_stats(cuts: CutSet, max_cuts: Optional[int] = None) -> Dict[str, float]:
-    """Mean and std over all frames and bins of ``cuts``' stored features (float64 sums)."""
-    total, total_sq, count, bins = 0.0, 0.0, 0, None
+def compute_feature_stats(
+    cuts: CutSet, num_mel_bins: int = NUM_MEL_BINS, max_cuts: Optional[int] = None
+) -> Dict[str, float]:
+    """Mean and std over all frames and bins of ``cuts``' ``num_mel_bins``-bin fbank (stored when the
+    cuts have it at that size, else computed from the audio; float64 sums)."""
+    total, total_sq, count = 0.0, 0.0, 0
     for i, cut in enumerate(cuts):
         if max_cuts is not None and i >= max_cuts:
             break
-        if not cut.has_features:
-            raise SpeechBudgetError(
-                f"cut {cut.id} has no stored features; compute fbank before feature stats"
-            )
-        feats = np.asarray(cut.load_features(), dtype=np.float64)
-        if bins is not None and feats.shape[1] != bins:
-            raise SpeechBudgetError(f"cut {cut.id} has {feats.shape[1]} bins, others {bins}")
-        bins = feats.shape[1]
+        feats = cut_fbank(cut, num_mel_bins)
         total += feats.sum()
         total_sq += np.square(feats).sum()
         count += feats.size
     if count == 0:
-        raise SpeechBudgetError("no feature frames to compute statistics from (empty cut set)")
+        raise SpeechBudgetError("no audio to compute feature statistics from (empty cut set)")
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
-    return {"mean": float(mean), "std": std, "values": int(count), "num_mel_bins": int(bins)}
+    return {"mean": float(mean), "std": std, "values": int(count), "num_mel_bins": int(num_mel_bins)}
 
 
 def stats_path(path: Union[str, Path]) -> Path:
@@ -64,26 +61,3 @@ def read_feature_stats(path: Union[str, Path]) -> Dict[str, float]:
     if not (isinstance(stats, dict) and {"mean", "std"} <= set(stats) and stats["std"] > 0):
         raise SpeechBudgetError(f"{src} is not a feature statistics file (needs mean and a positive std)")
     return stats
-
-
-def compute_feature_stats_on_the_fly(
-    cuts: CutSet, num_mel_bins: int, max_cuts: Optional[int] = None
-) -> Dict[str, float]:
-    """As :func:`compute_feature_stats`, for features computed from the audio (128-bin fbank for
-    AuM/AST, where the stored features are 80-bin speech fbank)."""
-    from .features import fbank_extractor
-
-    extractor = fbank_extractor(num_mel_bins)
-    total, total_sq, count = 0.0, 0.0, 0
-    for i, cut in enumerate(cuts):
-        if max_cuts is not None and i >= max_cuts:
-            break
-        feats = np.asarray(extractor.extract(cut.load_audio(), cut.sampling_rate), dtype=np.float64)
-        total += feats.sum()
-        total_sq += np.square(feats).sum()
-        count += feats.size
-    if count == 0:
-        raise SpeechBudgetError("no audio to compute feature statistics from (empty cut set)")
-    mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
-    return {"mean": float(mean), "std": std, "values": int(count), "num_mel_bins": int(num_mel_bins)}

@@ -7,7 +7,9 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+from lhotse.cut import Cut
 
 from .. import progress
 
@@ -18,6 +20,16 @@ FRAME_SHIFT = 0.01
 
 def fbank_extractor(num_mel_bins: int = NUM_MEL_BINS) -> Fbank:
     return Fbank(FbankConfig(num_filters=num_mel_bins, frame_shift=FRAME_SHIFT, sampling_rate=16000))
+
+
+def cut_fbank(cut: Cut, num_mel_bins: int = NUM_MEL_BINS) -> np.ndarray:
+    """One cut's (T, bins) log-mel in float64, for statistics: its stored fbank when that has
+    ``num_mel_bins`` bins, else computed from its audio (128-bin AuM/AST input, unprepared cuts)."""
+    if cut.has_features and cut.num_features == num_mel_bins:
+        feats = cut.load_features()
+    else:
+        feats = fbank_extractor(num_mel_bins).extract(cut.load_audio(), cut.sampling_rate)
+    return np.asarray(feats, dtype=np.float64)
 
 
 def remove_storage(storage: Path) -> None:

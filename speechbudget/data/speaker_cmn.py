@@ -25,6 +25,7 @@ from lhotse.cut import Cut
 
 from ..atomic import write_json
 from ..errors import SpeechBudgetError
+from .features import cut_fbank
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,8 @@ UNKNOWN = "<unknown speaker>"
 
 
 def cut_speaker(cut: Cut) -> str:
-    sups = getattr(cut, "supervisions", None) or []
-    return (sups[0].speaker if sups and sups[0].speaker else None) or UNKNOWN
-
-
-def _features(cut: Cut) -> np.ndarray:
-    if cut.has_features:
-        return np.asarray(cut.load_features(), dtype=np.float64)
-    from .features import fbank_extractor
-
-    return np.asarray(fbank_extractor().extract(cut.load_audio(), cut.sampling_rate), dtype=np.float64)
+    sups = cut.supervisions
+    return (sups[0].speaker if sups else None) or UNKNOWN
 
 
 def speaker_means(cuts: Iterable[Cut]) -> Dict[str, np.ndarray]:
@@ -51,7 +44,7 @@ def speaker_means(cuts: Iterable[Cut]) -> Dict[str, np.ndarray]:
     sums: Dict[str, np.ndarray] = {}
     counts: Dict[str, int] = {}
     for cut in cuts:
-        feats = _features(cut)
+        feats = cut_fbank(cut)
         spk = cut_speaker(cut)
         sums[spk] = sums.get(spk, 0.0) + feats.sum(axis=0)
         counts[spk] = counts.get(spk, 0) + feats.shape[0]

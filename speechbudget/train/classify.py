@@ -10,7 +10,6 @@ order of the head) and ``feature_stats.json``; ``evaluate`` and ``predict`` read
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -18,11 +17,10 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from lhotse import CutSet
 
-from .. import atomic
 from ..config import ClassifyConfig, TrainConfig, split_csv
 from ..data.augment import NoiseMixer
 from ..data.dataset import SpeechDataset
-from ..data.feature_stats import compute_feature_stats_on_the_fly
+from ..data.feature_stats import compute_feature_stats, read_feature_stats, stats_path, write_feature_stats
 from ..data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary, write_vocabulary
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
@@ -43,7 +41,6 @@ from .setup import (
 )
 from .trainer import finetune_trainer
 
-STATS_FILE = "feature_stats.json"
 log = logging.getLogger(__name__)
 
 
@@ -67,10 +64,9 @@ def vocabulary_for(cfg: TrainConfig, cuts: CutSet) -> LabelVocabulary:
 
 def feature_stats(cfg: TrainConfig, cuts: CutSet, num_mel_bins: int) -> Dict[str, float]:
     """Mean/std of the training cuts' on-the-fly fbank, computed once per experiment."""
-    path = Path(cfg.exp_dir) / STATS_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    return compute_feature_stats_on_the_fly(cuts, num_mel_bins, cfg.classify.max_stats_cuts)
+    if stats_path(cfg.exp_dir).is_file():
+        return read_feature_stats(cfg.exp_dir)
+    return compute_feature_stats(cuts, num_mel_bins, cfg.classify.max_stats_cuts)
 
 
 def build_classifier(
@@ -121,7 +117,7 @@ def build_model(
             torch.manual_seed(cfg.seed)  # same initial weights as without statistics
             encoder = build_encoder(cfg.encoder)
             if is_main:
-                atomic.write_json(Path(cfg.exp_dir) / STATS_FILE, stats)
+                write_feature_stats(cfg.exp_dir, stats)
     return build_classifier(encoder, vocab, cfg.classify), init, stats
 
 
