@@ -108,6 +108,9 @@ class CtcConfig:
     #: move each speaker's mean log-mel onto the training speakers' (fbank; decode does it too):
     #: a recording chain's constant offset is not learned as speech (data/speaker_cmn.py)
     speaker_cmn: bool = False
+    #: with speaker_cmn, also scale each speaker's per-bin std onto the training speakers' (Kaldi's
+    #: --norm-vars)
+    speaker_cvn: bool = False
 
 
 @dataclass
@@ -442,6 +445,7 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
             "must be distinct factors between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]",
         ),
         ("ctc.reverb_prob", 0 <= c.reverb_prob <= 1, "must be between 0 and 1"),
+        ("ctc.speaker_cvn", c.speaker_cmn or not c.speaker_cvn, "needs ctc.speaker_cmn: true"),
     ]
 
 

@@ -154,7 +154,7 @@ def decode(
     if lexicon_source is not None:
         summary.update(lexicon=lexicon_source, beam_size=beam_size)
     if cmn is not None:  # the run was fine-tuned with ctc.speaker_cmn: each speaker's own mean moved
-        summary.update(speaker_cmn_speakers=len(cmn.shift))
+        summary.update(speaker_cmn_speakers=len(cmn.shift), speaker_cvn=cmn.target.std is not None)
     if not any(ref for _, ref, _ in results):
         _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
         summary.update(

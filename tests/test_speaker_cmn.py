@@ -25,8 +25,8 @@ def fsdd_data(tmp_path, shared_data, capsys):
     return tmp_path / "data" / "fsdd"
 
 
-def _normalised(cuts: CutSet, target: np.ndarray) -> dict:
-    """Each cut's real frames after speaker_cmn with the means of ``cuts`` itself, by cut id."""
+def _normalised(cuts: CutSet, target: speaker_cmn.Target) -> dict:
+    """Each cut's real frames after speaker_cmn with the statistics of ``cuts`` itself, by cut id."""
     dataset = SpeechDataset("fbank", transform=speaker_cmn.for_cuts(target, cuts), on_the_fly=True)
     batch = dataset[cuts]
     return {
@@ -40,12 +40,13 @@ def test_every_speaker_lands_on_the_target_and_a_quieter_recording_chain_is_remo
     assert set(means) == {"george", "jackson"}
     # real speakers differ by more than a rounding error in some bins
     assert np.abs(means["george"] - means["jackson"]).max() > 0.5
-    target = speaker_cmn.pooled_mean(means)
+    target = speaker_cmn.pooled(speaker_cmn.speaker_moments(cuts))
+    assert target.std is None and np.allclose(target.mean, (means["george"] + means["jackson"]) / 2)
 
     loud = _normalised(cuts, target)
     for spk in means:  # after the transform each speaker's mean over its frames is the target
         frames = torch.cat([f for cid, f in loud.items() if cuts[cid].supervisions[0].speaker == spk])
-        assert np.allclose(frames.double().mean(dim=0).numpy(), target, atol=0.05), spk
+        assert np.allclose(frames.double().mean(dim=0).numpy(), target.mean, atol=0.05), spk
 
     # the same recordings 12 dB quieter (a different level in the recording chain): raw log-mel
     # moves by ln(0.25) = -1.39 where there is energy; after speaker_cmn little is left of it (what
@@ -59,6 +60,20 @@ def test_every_speaker_lands_on_the_target_and_a_quieter_recording_chain_is_remo
     left = torch.stack([(loud[cid] - quiet[cid]).abs().mean() for cid in loud]).mean()
     assert raw_shift > 1.0
     assert left < 0.2 * raw_shift
+
+
+def test_speaker_cvn_also_moves_each_speakers_spread_onto_the_target(fsdd_data):
+    cuts = load_cuts(fsdd_data / "cuts_train.jsonl.gz").to_eager()
+    moments = speaker_cmn.speaker_moments(cuts)
+    # real speakers' spreads differ: some bins of one move far less than the other's
+    assert (moments["george"].std / moments["jackson"].std).max() > 1.2
+    target = speaker_cmn.pooled(moments, norm_vars=True)
+    assert np.allclose(target.std, (moments["george"].std + moments["jackson"].std) / 2)
+    out = _normalised(cuts, target)  # (statistics of the stored fbank, the dataset's computed: 5%)
+    for spk in moments:
+        frames = torch.cat([f for cid, f in out.items() if cuts[cid].supervisions[0].speaker == spk]).double()
+        assert np.allclose(frames.mean(dim=0).numpy(), target.mean, atol=0.05), spk
+        assert np.allclose(frames.std(dim=0, unbiased=False).numpy(), target.std, rtol=0.05, atol=0.05), spk
 
 
 def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, capsys):
@@ -75,12 +90,26 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
     recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
     run(capsys, "finetune", recipe, "--json")
     target = speaker_cmn.read_target(tmp_path / "ft")
-    assert target is not None and target.shape == (80,)
-    means = speaker_cmn.speaker_means(load_cuts(fsdd_data / "cuts_train.jsonl.gz"))
-    assert np.allclose(target, speaker_cmn.pooled_mean(means))
+    assert target is not None and target.mean.shape == (80,) and target.std is None
+    moments = speaker_cmn.speaker_moments(load_cuts(fsdd_data / "cuts_train.jsonl.gz"))
+    assert np.allclose(target.mean, speaker_cmn.pooled(moments).mean)
 
-    out = run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
-    assert json.loads(out)["speaker_cmn_speakers"] == 1  # nicolas, from his own test cuts
+    summary = json.loads(
+        run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    )
+    assert summary["speaker_cmn_speakers"] == 1 and not summary["speaker_cvn"]  # nicolas, his own test cuts
+
+    # with the spreads too: the target keeps them and decoding scales by them
+    section["ctc"]["speaker_cvn"] = True
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    run(capsys, "finetune", recipe, "--json")
+    target = speaker_cmn.read_target(tmp_path / "ft")
+    assert np.allclose(target.std, speaker_cmn.pooled(moments, norm_vars=True).std)
+    summary = json.loads(
+        run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    )
+    assert summary["speaker_cvn"]
+    del section["ctc"]["speaker_cvn"]
 
     # the same run folder fine-tuned again without it: decoding must not normalise any more
     section["ctc"]["speaker_cmn"] = False
@@ -89,6 +118,13 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
     assert speaker_cmn.read_target(tmp_path / "ft") is None
     out = run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
     assert "speaker_cmn_speakers" not in json.loads(out)
+
+    # spreads without means: one line naming the key
+    section["ctc"]["speaker_cvn"] = True
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    err = run(capsys, "finetune", recipe, code=2).err
+    assert "ctc.speaker_cvn" in err and "needs ctc.speaker_cmn" in err and "Traceback" not in err
+    del section["ctc"]["speaker_cvn"]
 
     # a waveform encoder has no log-mel to normalise: one line, before anything is trained
     section["ctc"]["speaker_cmn"] = True

@@ -5,7 +5,9 @@ A speaker's recording chain (level, microphone response, room) is a constant off
 log-mel that a model trained on two or three speakers learns as if it were speech. Over a whole
 speaker the mean keeps no word (unlike one short utterance's mean, which ``utterance_cmn`` removes
 with the word's own spectrum). Moving it onto the training mean, rather than to zero, keeps the
-features in the range a pretrained front end has seen. Kaldi's per-speaker CMVN, means only.
+features in the range a pretrained front end has seen. Kaldi's per-speaker CMVN: means only, or
+with ``ctc.speaker_cvn`` each speaker's per-bin spread scaled onto the training speakers' too (a
+recording chain that compresses a band, e.g. a noise floor that keeps it from ever going quiet).
 
 Fine-tuning writes the training mean as ``speaker_cmn.json`` beside its checkpoints; ``decode``
 finds it there and takes each speaker's mean from the cuts it decodes (unlabelled statistics of
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 FILE = "speaker_cmn.json"
 #: cuts without a speaker label share this one (the whole set's mean stands for their speaker)
 UNKNOWN = "<unknown speaker>"
+#: the smallest per-bin std a speaker is divided by (nats): a bin that never moves is not blown up
+STD_FLOOR = 0.1
 
 
 def cut_speaker(cut: Cut) -> str:
@@ -39,34 +44,71 @@ def cut_speaker(cut: Cut) -> str:
     return (sups[0].speaker if sups else None) or UNKNOWN
 
 
-def speaker_means(cuts: Iterable[Cut]) -> Dict[str, np.ndarray]:
-    """Mean log-mel per bin of each speaker's frames (80-bin fbank: stored, else computed)."""
+@dataclass
+class Moments:
+    """Per-bin mean and standard deviation of log-mel frames (one speaker's, or the target's)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class Target:
+    """What every speaker is moved onto; ``std`` is None when only means are normalised."""
+
+    mean: np.ndarray
+    std: Optional[np.ndarray] = None
+
+
+def speaker_moments(cuts: Iterable[Cut]) -> Dict[str, Moments]:
+    """Per-bin mean and std of each speaker's frames (80-bin fbank: stored, else computed)."""
     sums: Dict[str, np.ndarray] = {}
+    squares: Dict[str, np.ndarray] = {}
     counts: Dict[str, int] = {}
     for cut in cuts:
         feats = cut_fbank(cut)
         spk = cut_speaker(cut)
         sums[spk] = sums.get(spk, 0.0) + feats.sum(axis=0)
+        squares[spk] = squares.get(spk, 0.0) + np.square(feats).sum(axis=0)
         counts[spk] = counts.get(spk, 0) + feats.shape[0]
     if not counts:
         raise SpeechBudgetError("no cuts to compute speaker means from (empty cut set)")
     if UNKNOWN in counts and len(counts) == 1:
         log.warning("speaker_cmn: no cut has a speaker label; the set's own mean stands for its speaker")
-    return {spk: sums[spk] / max(counts[spk], 1) for spk in sums}
+    out = {}
+    for spk, n in counts.items():
+        mean = sums[spk] / max(n, 1)
+        out[spk] = Moments(mean, np.sqrt(np.maximum(squares[spk] / max(n, 1) - mean * mean, 0.0)))
+    return out
 
 
-def pooled_mean(means: Dict[str, np.ndarray]) -> np.ndarray:
-    """The target every speaker is moved onto: the mean of the speakers' means (each speaker
-    counts once, however much they recorded)."""
-    return np.mean(np.stack(list(means.values())), axis=0)
+def speaker_means(cuts: Iterable[Cut]) -> Dict[str, np.ndarray]:
+    """Mean log-mel per bin of each speaker's frames."""
+    return {spk: m.mean for spk, m in speaker_moments(cuts).items()}
+
+
+def pooled(moments: Dict[str, Moments], norm_vars: bool = False) -> Target:
+    """The target every speaker is moved onto: the mean of the speakers' means (and stds, with
+    ``norm_vars``); each speaker counts once, however much they recorded."""
+    mean = np.mean(np.stack([m.mean for m in moments.values()]), axis=0)
+    std = np.mean(np.stack([m.std for m in moments.values()]), axis=0) if norm_vars else None
+    return Target(mean, std)
 
 
 class SpeakerCmn:
-    """Batch transform: ``features[i] += target - mean[speaker of cut i]`` over the real frames."""
+    """Batch transform over the real frames of cut i of speaker s: ``x + target.mean - mean[s]``, or
+    with variances ``(x - mean[s]) * target.std / std[s] + target.mean``."""
 
-    def __init__(self, target: np.ndarray, means: Dict[str, np.ndarray]):
+    def __init__(self, target: Target, moments: Dict[str, Moments]):
         self.target = target
-        self.shift = {spk: torch.from_numpy(target - m).float() for spk, m in means.items()}
+        self.scale: Dict[str, Optional[torch.Tensor]] = {}
+        self.shift: Dict[str, torch.Tensor] = {}
+        for spk, m in moments.items():
+            scale = None if target.std is None else target.std / np.maximum(m.std, STD_FLOOR)
+            self.scale[spk] = None if scale is None else torch.from_numpy(scale).float()
+            self.shift[spk] = torch.from_numpy(
+                target.mean - m.mean * (1.0 if scale is None else scale)
+            ).float()
 
     def __call__(self, batch: Dict) -> Dict:
         feats, lengths = batch["features"], batch["lengths"]
@@ -74,33 +116,40 @@ class SpeakerCmn:
             shift = self.shift.get(spk)
             if shift is None:
                 raise SpeechBudgetError(f"speaker_cmn: no mean for speaker {spk!r} (not in the cut set)")
-            feats[i, : int(lengths[i])] += shift.to(feats.dtype)
+            frames = feats[i, : int(lengths[i])]
+            if self.scale[spk] is not None:
+                frames *= self.scale[spk].to(feats.dtype)
+            frames += shift.to(feats.dtype)
         return batch
 
 
-def for_cuts(target: np.ndarray, cuts: Iterable[Cut]) -> SpeakerCmn:
+def for_cuts(target: Target, cuts: Iterable[Cut]) -> SpeakerCmn:
     """The transform that moves every speaker of ``cuts`` onto ``target``."""
-    return SpeakerCmn(target, speaker_means(cuts))
+    return SpeakerCmn(target, speaker_moments(cuts))
 
 
-def keep_target(exp_dir: Path, target: Optional[np.ndarray]) -> None:
-    """Write the run's training mean for decoding; a run without speaker_cmn removes a stale one (a
+def keep_target(exp_dir: Path, target: Optional[Target]) -> None:
+    """Write the run's training target for decoding; a run without speaker_cmn removes a stale one (a
     decode must never normalise what the model was trained on raw)."""
     out = Path(exp_dir) / FILE
     if target is None:
         out.unlink(missing_ok=True)
-    else:
-        write_json(out, {"num_mel_bins": int(target.shape[0]), "target_mean": [float(v) for v in target]})
+        return
+    data = {"num_mel_bins": int(target.mean.shape[0]), "target_mean": [float(v) for v in target.mean]}
+    if target.std is not None:
+        data["target_std"] = [float(v) for v in target.std]
+    write_json(out, data)
 
 
-def read_target(exp_dir: Path) -> Optional[np.ndarray]:
-    """The training mean a run was fine-tuned with; None when it did not use speaker_cmn."""
+def read_target(exp_dir: Path) -> Optional[Target]:
+    """The target a run was fine-tuned with; None when it did not use speaker_cmn."""
     src = Path(exp_dir) / FILE
     if not src.is_file():
         return None
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
-        target = np.asarray(data["target_mean"], dtype=np.float64)
+        mean = np.asarray(data["target_mean"], dtype=np.float64)
+        std = np.asarray(data["target_std"], dtype=np.float64) if "target_std" in data else None
     except (ValueError, KeyError, TypeError) as e:
         raise SpeechBudgetError(f"{src} is not a speaker_cmn file ({e}); re-run fine-tuning") from None
-    return target
+    return Target(mean, std)

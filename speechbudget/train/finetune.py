@@ -176,16 +176,17 @@ def speaker_cmn_transforms(
     cfg: TrainConfig, model: CtcModel, recorded: CutSet
 ) -> Tuple[Optional[speaker_cmn.SpeakerCmn], Optional[speaker_cmn.SpeakerCmn]]:
     """``ctc.speaker_cmn``: the training and dev batch transforms, both moving their speakers onto
-    the training speakers' mean (``target``, which the run keeps for decoding). Speakers' means come
-    from the ``recorded`` training cuts: a speed-perturbed copy keeps its speaker's."""
+    the training speakers' mean (and spread, ``ctc.speaker_cvn``): the ``target``, which the run keeps
+    for decoding. Speakers' statistics come from the ``recorded`` training cuts: a speed-perturbed
+    copy keeps its speaker's."""
     if not cfg.ctc.speaker_cmn:
         return None, None
     if input_kind(model.encoder) != "fbank":
         raise SpeechBudgetError("ctc.speaker_cmn is for log-mel (fbank) encoders; set it to false")
-    means = speaker_cmn.speaker_means(recorded)
-    target = speaker_cmn.pooled_mean(means)
+    moments = speaker_cmn.speaker_moments(recorded)
+    target = speaker_cmn.pooled(moments, norm_vars=cfg.ctc.speaker_cvn)
     dev = speaker_cmn.for_cuts(target, load_train_cuts(cfg.dev_cuts, "dev_cuts")) if cfg.dev_cuts else None
-    return speaker_cmn.SpeakerCmn(target, means), dev
+    return speaker_cmn.SpeakerCmn(target, moments), dev
 
 
 def warn_unwarped(factor: int, cuts, input_rate_hz: float) -> int:
