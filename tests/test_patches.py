@@ -111,9 +111,10 @@ def test_feature_stats_from_real_fsdd_normalise_to_half_std(tmp_path):
 def test_feature_stats_errors(tmp_path):
     with pytest.raises(SpeechBudgetError, match="no feature statistics"):
         read_feature_stats(tmp_path)
-    (tmp_path / "feature_stats.json").write_text('{"mean": 0, "std": 0}')
-    with pytest.raises(SpeechBudgetError, match="positive std"):
-        read_feature_stats(tmp_path)
+    for damaged in ('{"mean": 0, "std": 0}', '{"mean": 0, "std": "1"}', '{"mean": 0, "st'):
+        (tmp_path / "feature_stats.json").write_text(damaged)
+        with pytest.raises(SpeechBudgetError, match="positive std"):
+            read_feature_stats(tmp_path)
 
 
 def test_on_the_fly_fbank_can_have_128_bins(tmp_path):

@@ -53,11 +53,18 @@ def write_feature_stats(path: Union[str, Path], stats: Dict[str, float]) -> Path
     return out
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
 def read_feature_stats(path: Union[str, Path]) -> Dict[str, float]:
     src = stats_path(path)
     if not src.is_file():
         raise SpeechBudgetError(f"no feature statistics at {src}; compute them from the training cuts first")
-    stats = json.loads(src.read_text(encoding="utf-8"))
-    if not (isinstance(stats, dict) and {"mean", "std"} <= set(stats) and stats["std"] > 0):
+    try:
+        stats = json.loads(src.read_text(encoding="utf-8"))
+    except ValueError:
+        stats = None
+    if not (isinstance(stats, dict) and {"mean", "std"} <= set(stats) and _positive(stats["std"])):
         raise SpeechBudgetError(f"{src} is not a feature statistics file (needs mean and a positive std)")
     return stats
