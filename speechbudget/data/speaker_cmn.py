@@ -82,11 +82,6 @@ def speaker_moments(cuts: Iterable[Cut]) -> Dict[str, Moments]:
     return out
 
 
-def speaker_means(cuts: Iterable[Cut]) -> Dict[str, np.ndarray]:
-    """Mean log-mel per bin of each speaker's frames."""
-    return {spk: m.mean for spk, m in speaker_moments(cuts).items()}
-
-
 def pooled(moments: Dict[str, Moments], norm_vars: bool = False) -> Target:
     """The target every speaker is moved onto: the mean of the speakers' means (and stds, with
     ``norm_vars``); each speaker counts once, however much they recorded."""
