@@ -25,7 +25,7 @@ def fsdd_data(tmp_path, shared_data, capsys):
     return tmp_path / "data" / "fsdd"
 
 
-def _normalised(cuts: CutSet, target: speaker_cmn.Target) -> dict:
+def _normalised(cuts: CutSet, target: speaker_cmn.Moments) -> dict:
     """Each cut's real frames after speaker_cmn with the statistics of ``cuts`` itself, by cut id."""
     dataset = SpeechDataset("fbank", transform=speaker_cmn.for_cuts(target, cuts), on_the_fly=True)
     batch = dataset[cuts]

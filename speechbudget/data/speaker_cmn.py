@@ -46,15 +46,8 @@ def cut_speaker(cut: Cut) -> str:
 
 @dataclass
 class Moments:
-    """Per-bin mean and standard deviation of log-mel frames (one speaker's, or the target's)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-
-@dataclass
-class Target:
-    """What every speaker is moved onto; ``std`` is None when only means are normalised."""
+    """Per-bin mean and standard deviation of log-mel frames: one speaker's, or the target every
+    speaker is moved onto (whose ``std`` is None when only means are normalised)."""
 
     mean: np.ndarray
     std: Optional[np.ndarray] = None
@@ -82,19 +75,19 @@ def speaker_moments(cuts: Iterable[Cut]) -> Dict[str, Moments]:
     return out
 
 
-def pooled(moments: Dict[str, Moments], norm_vars: bool = False) -> Target:
+def pooled(moments: Dict[str, Moments], norm_vars: bool = False) -> Moments:
     """The target every speaker is moved onto: the mean of the speakers' means (and stds, with
     ``norm_vars``); each speaker counts once, however much they recorded."""
     mean = np.mean(np.stack([m.mean for m in moments.values()]), axis=0)
     std = np.mean(np.stack([m.std for m in moments.values()]), axis=0) if norm_vars else None
-    return Target(mean, std)
+    return Moments(mean, std)
 
 
 class SpeakerCmn:
     """Batch transform over the real frames of cut i of speaker s: ``x + target.mean - mean[s]``, or
     with variances ``(x - mean[s]) * target.std / std[s] + target.mean``."""
 
-    def __init__(self, target: Target, moments: Dict[str, Moments]):
+    def __init__(self, target: Moments, moments: Dict[str, Moments]):
         self.target = target
         self.scale: Dict[str, Optional[torch.Tensor]] = {}
         self.shift: Dict[str, torch.Tensor] = {}
@@ -118,12 +111,12 @@ class SpeakerCmn:
         return batch
 
 
-def for_cuts(target: Target, cuts: Iterable[Cut]) -> SpeakerCmn:
+def for_cuts(target: Moments, cuts: Iterable[Cut]) -> SpeakerCmn:
     """The transform that moves every speaker of ``cuts`` onto ``target``."""
     return SpeakerCmn(target, speaker_moments(cuts))
 
 
-def keep_target(exp_dir: Path, target: Optional[Target]) -> None:
+def keep_target(exp_dir: Path, target: Optional[Moments]) -> None:
     """Write the run's training target for decoding; a run without speaker_cmn removes a stale one (a
     decode must never normalise what the model was trained on raw)."""
     out = Path(exp_dir) / FILE
@@ -136,7 +129,7 @@ def keep_target(exp_dir: Path, target: Optional[Target]) -> None:
     write_json(out, data)
 
 
-def read_target(exp_dir: Path) -> Optional[Target]:
+def read_target(exp_dir: Path) -> Optional[Moments]:
     """The target a run was fine-tuned with; None when it did not use speaker_cmn."""
     src = Path(exp_dir) / FILE
     if not src.is_file():
@@ -147,4 +140,4 @@ def read_target(exp_dir: Path) -> Optional[Target]:
         std = np.asarray(data["target_std"], dtype=np.float64) if "target_std" in data else None
     except (ValueError, KeyError, TypeError) as e:
         raise SpeechBudgetError(f"{src} is not a speaker_cmn file ({e}); re-run fine-tuning") from None
-    return Target(mean, std)
+    return Moments(mean, std)
