@@ -111,6 +111,9 @@ class CtcConfig:
     #: with speaker_cmn, also scale each speaker's per-bin std onto the training speakers' (Kaldi's
     #: --norm-vars)
     speaker_cvn: bool = False
+    #: dropout on the encoder's residual branches while fine-tuning (pretrained or fresh; the encoder
+    #: spec's ``dropout``, which has no parameters); None = the encoder's own (zipformer: 0)
+    encoder_dropout: Optional[float] = None
 
 
 @dataclass
@@ -446,6 +449,11 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ),
         ("ctc.reverb_prob", 0 <= c.reverb_prob <= 1, "must be between 0 and 1"),
         ("ctc.speaker_cvn", c.speaker_cmn or not c.speaker_cvn, "needs ctc.speaker_cmn: true"),
+        (
+            "ctc.encoder_dropout",
+            c.encoder_dropout is None or 0 <= c.encoder_dropout < 1,
+            "must be in [0, 1) (or null: the encoder's own)",
+        ),
     ]
 
 

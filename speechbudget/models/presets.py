@@ -58,6 +58,13 @@ def resolve(spec: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
     return cfg
 
 
+def with_overrides(spec: Union[str, Mapping[str, Any]], **overrides: Any) -> Dict[str, Any]:
+    """``spec`` with some keyword arguments replaced, kept as a spec (a checkpoint stores it)."""
+    out = {"preset": spec} if isinstance(spec, str) else dict(spec)
+    out.update(overrides)
+    return out
+
+
 def build_encoder(spec: Union[str, Mapping[str, Any]]) -> Encoder:
     cfg = resolve(spec)
     family = cfg.pop("family")

@@ -124,6 +124,7 @@ class Zipformer(Encoder):
         frontend: str = "fbank",
         input_dim: Optional[int] = None,
         utterance_cmn: bool = False,  # fbank: subtract each utterance's mean log-mel (Conv2dSubsampling)
+        dropout: float = 0.0,  # on every residual branch in training (no parameters: a fine-tuning knob)
     ):
         super().__init__()
         n = len(downsampling)
@@ -134,6 +135,8 @@ class Zipformer(Encoder):
         num_heads = _per_stack(num_heads, n, "num_heads")
         kernel_sizes = _per_stack(kernel_sizes, n, "kernel_sizes")
         self._check_config(kernel_sizes, output_downsampling, pos_dim, frontend)
+        if not 0.0 <= dropout < 1.0:
+            raise SpeechBudgetError(f"zipformer dropout must be in [0, 1), got {dropout}")
 
         self.frontend_kind = frontend
         self.input_dim = input_dim if input_dim is not None else (80 if frontend == "fbank" else 1)
@@ -160,6 +163,7 @@ class Zipformer(Encoder):
                 value_head_dim=value_head_dim,
                 pos_head_dim=pos_head_dim,
                 kernel_size=kernel_sizes[i],
+                dropout=dropout,
             )
             for i in range(n)
         )

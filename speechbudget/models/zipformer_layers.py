@@ -328,8 +328,10 @@ class ZipformerBlock(nn.Module):
         pos_head_dim: int,
         pos_dim: int,
         kernel_size: int,
+        dropout: float = 0.0,
     ):
         super().__init__()
+        self.dropout = dropout
         self.attn_weights = AttentionWeights(dim, num_heads, query_head_dim, pos_head_dim, pos_dim)
         self.ff1 = FeedForward(dim, feedforward_dim * 3 // 4)
         self.nonlin_attn = NonlinAttention(dim, 3 * dim // 4)
@@ -343,18 +345,24 @@ class ZipformerBlock(nn.Module):
         self.norm = BiasNorm(dim)
         self.bypass = Bypass(dim)
 
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        """Dropout on a residual branch before it is added (training only; a no-op at 0)."""
+        if self.dropout == 0.0 or not self.training:
+            return branch
+        return F.dropout(branch, self.dropout, training=True)
+
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         x_orig = x
         w = self.attn_weights(x, pos_emb, pad)
-        x = x + self.ff1(x)
-        x = x + self.nonlin_attn(x, w)
-        x = x + self.self_attn1(x, w)
-        x = x + self.conv1(x, pad)
-        x = x + self.ff2(x)
+        x = x + self._drop(self.ff1(x))
+        x = x + self._drop(self.nonlin_attn(x, w))
+        x = x + self._drop(self.self_attn1(x, w))
+        x = x + self._drop(self.conv1(x, pad))
+        x = x + self._drop(self.ff2(x))
         x = self.bypass_mid(x_orig, x)
-        x = x + self.self_attn2(x, w)
-        x = x + self.conv2(x, pad)
-        x = x + self.ff3(x)
+        x = x + self._drop(self.self_attn2(x, w))
+        x = x + self._drop(self.conv2(x, pad))
+        x = x + self._drop(self.ff3(x))
         x = self.bypass(x_orig, self.norm(x))
         # keep padded frames finite and quiet; real frames never read them anyway
         return x.masked_fill(pad.unsqueeze(-1), 0.0)

@@ -20,7 +20,7 @@ from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.dataset import SpeechDataset
 from ..data.manifests import cut_text
 from ..errors import SpeechBudgetError
-from ..models.presets import build_encoder
+from ..models.presets import build_encoder, with_overrides
 from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
@@ -130,19 +130,25 @@ class Tokenize:
         return batch
 
 
+def _with_dropout(spec: Any, dropout: Optional[float]) -> Any:
+    """The encoder spec with ``ctc.encoder_dropout`` in it (the spec the run's checkpoints keep)."""
+    return spec if dropout is None else with_overrides(spec, dropout=dropout)
+
+
 def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcModel, Optional[Dict]]:
     torch.manual_seed(cfg.seed)
     init = None
     if cfg.ctc.init_checkpoint:
         spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint))
         check_encoder(cfg, spec, path)
-        cfg.encoder = spec
-        encoder = build_encoder(spec)
+        init = {"checkpoint": str(path), "encoder": spec}
+        cfg.encoder = _with_dropout(spec, cfg.ctc.encoder_dropout)
+        encoder = build_encoder(cfg.encoder)
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
         if missing:
             raise SpeechBudgetError(f"{cfg.ctc.init_checkpoint} lacks encoder weights {missing[:3]}...")
-        init = {"checkpoint": str(path), "encoder": spec}
     else:
+        cfg.encoder = _with_dropout(cfg.encoder, cfg.ctc.encoder_dropout)
         encoder = build_encoder(cfg.encoder)
     a = cfg.ctc
     model = CtcModel(

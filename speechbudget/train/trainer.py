@@ -199,9 +199,12 @@ class Trainer:
         fails on the weights, other cuts on the sampler position), said in one line."""
         exp, cfg = self.exp_dir, self.cfg
         if "encoder" in saved and saved["encoder"] != cfg.encoder:
+            was, now = _name(saved["encoder"]), _name(cfg.encoder)
+            if was == now:  # same preset, other keyword arguments (e.g. ctc.encoder_dropout)
+                was, now = str(saved["encoder"]), str(cfg.encoder)
             raise SpeechBudgetError(
-                f"{exp} was trained with encoder {_name(saved['encoder'])}; this run asks for "
-                f"{_name(cfg.encoder)}: use another exp_dir or the same encoder"
+                f"{exp} was trained with encoder {was}; this run asks for {now}: "
+                "use another exp_dir or the same encoder"
             )
         if "train_cuts" in saved and _paths(saved["train_cuts"]) != _paths(cfg.train_cuts):
             raise SpeechBudgetError(
