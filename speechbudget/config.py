@@ -97,6 +97,9 @@ class CtcConfig:
     freq_masks: int = 2  # lhotse num_feature_masks
     freq_mask_width: int = 15  # fbank bins (lhotse features_mask_size)
     time_warp: int = 0  # lhotse time_warp_factor in input frames; 0 = off
+    #: vocal tract length perturbation (fbank, with spec_augment): each utterance's frequency axis
+    #: warped by a factor in [1 - vtlp, 1 + vtlp] (data/vtlp.py); 0 = off
+    vtlp: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
@@ -441,6 +444,7 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.freq_mask_width", c.freq_mask_width >= 1, "must be at least 1"),
         ("ctc.time_mask_max_fraction", 0 < c.time_mask_max_fraction < 1, "must be in (0, 1)"),
         ("ctc.time_warp", c.time_warp >= 0, "must be >= 0 (0 = off)"),
+        ("ctc.vtlp", 0 <= c.vtlp <= 0.3, "must be between 0 (off) and 0.3 (warp factors 0.7-1.3)"),
         (
             "ctc.speed_perturb",
             all(0.5 <= f <= 2.0 for f in c.speed_perturb)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lhotse.dataset import SpecAugment
 from torch import nn
 
+from ..data.vtlp import vtlp
 from ..models.base import Encoder, make_pad_mask
 from .param_groups import encoder_head_groups
 
@@ -87,9 +88,11 @@ class CtcModel(nn.Module):
         gain_db: float = 0.0,
         time_warp: int = 0,
         time_mask_max_fraction: float = 0.15,
+        vtlp_warp: float = 0.0,
     ):
         super().__init__()
         self.gain_db = gain_db
+        self.vtlp_warp = vtlp_warp
         self.encoder_lr_scale = encoder_lr_scale
         self.encoder = encoder
         self.output = nn.Linear(encoder.output_dim, vocab_size)
@@ -114,12 +117,14 @@ class CtcModel(nn.Module):
         return F.log_softmax(self.output(out.hidden).float(), dim=-1), out.lengths
 
     def augment_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """In training only: random gain, then SpecAugment on each utterance's own frames (so time
-        warp and the mask fraction never see the padding). ``model.eval()`` returns ``x`` as is."""
+        """In training only: random gain, vocal tract length perturbation, then SpecAugment on each
+        utterance's own frames (so time warp and the mask fraction never see the padding).
+        ``model.eval()`` returns ``x`` as is."""
         if not (self.training and self.augment):
             return x
         if self.gain_db > 0:
             x = random_gain(x, lengths, self.gain_db)
+        x = vtlp(x, self.vtlp_warp)
         x = x.clone()
         with torch_seeded_python_numpy():
             for i, n in enumerate(lengths.tolist()):

@@ -164,6 +164,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
         gain_db=a.gain_db,
         time_warp=a.time_warp,
         time_mask_max_fraction=a.time_mask_max_fraction,
+        vtlp_warp=a.vtlp,
     )
     return model, init
 

@@ -1,0 +1,46 @@
+"""``ctc.vtlp``: vocal tract length perturbation on log-mel, checked against real resampled speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+import torch
+from conftest import FSDD
+
+from speechbudget.data.audio import resample
+from speechbudget.data.features import fbank_extractor
+from speechbudget.data.vtlp import vtlp, warp
+
+
+def _mean_logmel(audio: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(fbank_extractor().extract(audio, 16000)).mean(dim=0)
+
+
+def test_warping_the_logmel_matches_speech_whose_frequencies_were_scaled(shared_data):
+    # a real recording played 10% faster (resampled: every frequency x 1.1, what a shorter vocal
+    # tract does to formants, and pitch too) has a mean log-mel that the warp of the original by
+    # 1 / 1.1 predicts much better than the original itself
+    audio, sr = sf.read(str(FSDD / "6_jackson_3.wav"), dtype="float32")
+    audio = resample(audio, sr).astype(np.float32)  # FSDD is 8 kHz: content below 4 kHz
+    faster = resample(audio, 16000, round(16000 / 1.1)).astype(np.float32)
+    original, target = _mean_logmel(audio), _mean_logmel(faster)
+    warped = warp(original[None, None], torch.tensor([1 / 1.1]))[0, 0]
+    band = slice(5, 60)  # below FSDD's 4 kHz edge, above the lowest bins
+    before = (original - target)[band].abs().mean()
+    after = (warped - target)[band].abs().mean()
+    assert before > 0.3 and after < 0.5 * before, (before, after)
+    # the other way (1.1 instead of 1 / 1.1) makes it worse: the direction is right
+    wrong = warp(original[None, None], torch.tensor([1.1]))[0, 0]
+    assert (wrong - target)[band].abs().mean() > before
+
+
+def test_vtlp_draws_one_factor_per_utterance_and_is_the_identity_at_one():
+    x = torch.randn(3, 20, 80)
+    assert torch.allclose(warp(x, torch.ones(3)), x, atol=1e-5)  # factor 1 reads every bin in place
+    assert vtlp(x, 0.0) is x
+    torch.manual_seed(0)
+    same = x[:1, :1].repeat(8, 20, 1)  # 8 utterances of 20 identical frames
+    y = vtlp(same, 0.1)
+    assert y.shape == same.shape and torch.isfinite(y).all()
+    assert not torch.allclose(y[0], y[1])  # each utterance its own factor...
+    assert torch.allclose(y, y[:, :1].expand_as(y))  # ...the same for all its frames
