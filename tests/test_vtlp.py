@@ -10,6 +10,8 @@ from conftest import FSDD
 from speechbudget.data.audio import resample
 from speechbudget.data.features import fbank_extractor
 from speechbudget.data.vtlp import vtlp, warp
+from speechbudget.models.presets import build_encoder
+from speechbudget.objectives.ctc import CtcModel
 
 
 def _mean_logmel(audio: np.ndarray) -> torch.Tensor:
@@ -44,3 +46,12 @@ def test_vtlp_draws_one_factor_per_utterance_and_is_the_identity_at_one():
     assert y.shape == same.shape and torch.isfinite(y).all()
     assert not torch.allclose(y[0], y[1])  # each utterance its own factor...
     assert torch.allclose(y, y[:, :1].expand_as(y))  # ...the same for all its frames
+
+
+def test_ctc_fine_tuning_warps_in_training_only():
+    model = CtcModel(build_encoder("zipformer-tiny"), vocab_size=8, time_masks=0, freq_masks=0, vtlp_warp=0.2)
+    x, lengths = torch.randn(4, 30, 80), torch.full((4,), 30)
+    model.eval()
+    assert model.augment_features(x, lengths) is x
+    model.train()
+    assert not torch.allclose(model.augment_features(x, lengths), x)

@@ -8,7 +8,8 @@ repeats each utterance's own last frame.
 
 The training aids of the reference implementation (balancers, whitening, dropout schedules,
 layer skipping) have no parameters and are left out; parameter shapes follow the reference so
-that model sizes match it.
+that model sizes match it. A plain dropout on every residual branch is there for fine-tuning on
+little data (``dropout``, off by default).
 """
 
 from __future__ import annotations
