@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_finetune_decode import recipe, run
+from test_finetune_decode import pretrained, run
 
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.presets import build_encoder, with_overrides
@@ -31,9 +31,7 @@ def test_dropout_acts_in_training_only():
 
 
 def test_finetuning_a_pretrained_encoder_with_dropout(tmp_path, synthetic_corpus, capsys):
-    r = recipe(tmp_path, synthetic_corpus)
-    run(capsys, "pretrain", r, "--json")
-    pre = sorted((tmp_path / "pt" / "checkpoints").glob("*.pt"))[-1]
+    r, pre = pretrained(tmp_path, synthetic_corpus, capsys)
     out = json.loads(
         run(capsys, "finetune", r, f"ctc.init_checkpoint={pre}", "ctc.encoder_dropout=0.1", "--json").out
     )

@@ -54,10 +54,15 @@ def recipe(tmp: Path, corpus: Path, **ft) -> Path:
     return path
 
 
-def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
-    r = recipe(tmp_path, synthetic_corpus)
+def pretrained(tmp: Path, corpus: Path, capsys) -> tuple:
+    """(the recipe of :func:`recipe`, its 2-step pretraining's last checkpoint)."""
+    r = recipe(tmp, corpus)
     run(capsys, "pretrain", r, "--json")
-    ck = sorted((tmp_path / "pt" / "checkpoints").glob("*.pt"))[-1]
+    return r, sorted((tmp / "pt" / "checkpoints").glob("*.pt"))[-1]
+
+
+def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
+    r, ck = pretrained(tmp_path, synthetic_corpus, capsys)
     out = json.loads(
         run(capsys, "finetune", r, f"ctc.init_checkpoint={ck}", "ctc.freeze_encoder_steps=1", "--json").out
     )
