@@ -12,6 +12,7 @@ leaves duration and pitch alone.
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,28 +25,39 @@ VTLN_LOW_HZ = 100.0
 VTLN_HIGH_BELOW_NYQUIST_HZ = 500.0
 
 
+class MelLayout(NamedTuple):
+    """Where our fbank front end's mel bins sit (lhotse's Kaldi layout: evenly spaced in mel)."""
+
+    centres: torch.Tensor  # (K,) bin centres, Hz
+    first_mel: float  # the first centre, mel
+    delta: float  # spacing of the centres, mel
+    low: float  # band edges, Hz
+    high: float
+    cut_high: float  # VTLN's upper cut-off for factor 1, Hz
+
+
 @cache
-def _mel_layout(num_bins: int) -> tuple:
-    """(bin centres in Hz, first centre's mel, mel spacing, low Hz, high Hz, Nyquist) of our fbank
-    front end: lhotse's Kaldi layout, bins evenly spaced in mel between low and high."""
+def _mel_layout(num_bins: int) -> MelLayout:
     cfg = fbank_extractor(num_bins).config
     nyquist = cfg.sampling_rate / 2
     high = cfg.high_freq + nyquist if cfg.high_freq <= 0 else cfg.high_freq
     mel_low, mel_high = float(lin2mel(cfg.low_freq)), float(lin2mel(high))
     delta = (mel_high - mel_low) / (num_bins + 1)
     centres = torch.from_numpy(mel2lin(mel_low + delta * np.arange(1, num_bins + 1, dtype=np.float64)))
-    return centres, mel_low + delta, delta, float(cfg.low_freq), high, nyquist
+    return MelLayout(
+        centres, mel_low + delta, delta, float(cfg.low_freq), high, nyquist - VTLN_HIGH_BELOW_NYQUIST_HZ
+    )
 
 
-def source_freqs(centres: torch.Tensor, factor: torch.Tensor, low: float, high: float, nyquist: float):
+def source_freqs(layout: MelLayout, factor: torch.Tensor) -> torch.Tensor:
     """For each warp factor (B,) and bin centre (K,): the frequency the bin is read from, (B, K).
 
-    ``factor x centre`` between the cut-offs, pinned to ``low`` and ``high`` at the ends."""
-    f = centres.unsqueeze(0)
+    ``factor x centre`` between the cut-offs, pinned to the band's ends outside them."""
+    f, low, high = layout.centres.unsqueeze(0), layout.low, layout.high
     a = factor.double().unsqueeze(1)
     inv = 1.0 / a  # Kaldi's warp factor maps frequency by 1 / factor; ours reads at factor x f
     cut_low = VTLN_LOW_HZ * torch.clamp(inv, min=1.0)
-    cut_high = (nyquist - VTLN_HIGH_BELOW_NYQUIST_HZ) * torch.clamp(inv, max=1.0)
+    cut_high = layout.cut_high * torch.clamp(inv, max=1.0)
     mid = a * f
     left = low + (a * cut_low - low) / (cut_low - low) * (f - low)
     right = high + (high - a * cut_high) / (high - cut_high) * (f - high)
@@ -54,10 +66,10 @@ def source_freqs(centres: torch.Tensor, factor: torch.Tensor, low: float, high: 
 
 def warp(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """A (B, T, bins) log-mel batch with utterance b's frequency axis read at ``factor[b]`` x f."""
-    b, _, k = x.shape
-    centres, first_mel, delta, low, high, nyquist = _mel_layout(k)
-    src = source_freqs(centres, factor, low, high, nyquist)
-    pos = ((torch.from_numpy(lin2mel(src.numpy())) - first_mel) / delta).clamp(0, k - 1)
+    k = x.size(2)
+    layout = _mel_layout(k)
+    src = source_freqs(layout, factor)
+    pos = ((torch.from_numpy(lin2mel(src.numpy())) - layout.first_mel) / layout.delta).clamp(0, k - 1)
     i0 = pos.floor().long().clamp(max=k - 2)
     w = (pos - i0).to(x.dtype).to(x.device).unsqueeze(1)  # (B, 1, K)
     i0 = i0.to(x.device).unsqueeze(1).expand(-1, x.size(1), -1)

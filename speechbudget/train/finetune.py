@@ -130,26 +130,21 @@ class Tokenize:
         return batch
 
 
-def _with_dropout(spec: Any, dropout: Optional[float]) -> Any:
-    """The encoder spec with ``ctc.encoder_dropout`` in it (the spec the run's checkpoints keep)."""
-    return spec if dropout is None else with_overrides(spec, dropout=dropout)
-
-
 def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcModel, Optional[Dict]]:
     torch.manual_seed(cfg.seed)
-    init = None
+    init, weights, spec = None, None, cfg.encoder
     if cfg.ctc.init_checkpoint:
         spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint))
         check_encoder(cfg, spec, path)
         init = {"checkpoint": str(path), "encoder": spec}
-        cfg.encoder = _with_dropout(spec, cfg.ctc.encoder_dropout)
-        encoder = build_encoder(cfg.encoder)
+    if cfg.ctc.encoder_dropout is not None:  # kept in the spec the run's checkpoints store
+        spec = with_overrides(spec, dropout=cfg.ctc.encoder_dropout)
+    cfg.encoder = spec
+    encoder = build_encoder(spec)
+    if weights is not None:
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
         if missing:
             raise SpeechBudgetError(f"{cfg.ctc.init_checkpoint} lacks encoder weights {missing[:3]}...")
-    else:
-        cfg.encoder = _with_dropout(cfg.encoder, cfg.ctc.encoder_dropout)
-        encoder = build_encoder(cfg.encoder)
     a = cfg.ctc
     model = CtcModel(
         encoder,
