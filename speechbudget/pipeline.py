@@ -117,6 +117,36 @@ class DecodeSection:
     beam_size: int = 8
 
 
+@dataclass(frozen=True)
+class TtsSection:
+    """``tts:``: the fine-tuning split's transcripts spoken by espeak-ng voices and added to its
+    training cuts (the ``tts`` source's options and the options every source shares; the pipeline
+    sets ``transcripts``: the fine-tuning split, a fold's own)."""
+
+    spec: CorpusSpec
+
+    @classmethod
+    def from_config(cls, value: Any, key: str) -> TtsSection:
+        if isinstance(value, TtsSection):
+            return value
+        if not isinstance(value, dict):
+            raise SpeechBudgetError(
+                f"config key '{key}' must be a mapping of the tts source's options "
+                "(copies, speakers, noise_dir, snr, band_limit_hz; {} for the defaults)"
+            )
+        if "transcripts" in value or "source" in value:
+            raise SpeechBudgetError(
+                f"{key}.{'transcripts' if 'transcripts' in value else 'source'}: set by the pipeline "
+                "(the fine-tuning split's transcripts, spoken by the tts source); drop it"
+            )
+        return cls(CorpusSpec.build("tts", {"name": "finetune-tts", **value}, key))
+
+    def speaking(self, transcripts: Path) -> CorpusSpec:
+        return dataclasses.replace(
+            self.spec, options=dataclasses.replace(self.spec.options, transcripts=transcripts)
+        )
+
+
 @dataclass
 class RunRecipe:
     exp_dir: str = ""
@@ -139,6 +169,8 @@ class RunRecipe:
     #: a CMKD teacher (finetune keys, `task: classify` implied) trained from scratch on the labelled
     #: training split; fine-tuning then distils from its logits (`finetune.distill`)
     teacher: Optional[TrainSection] = None
+    #: more voices for fine-tuning (and the scratch baseline): its transcripts spoken by espeak-ng voices
+    tts: Optional[TtsSection] = None
     scratch_baseline: bool = False  # also fine-tune from scratch with the same total compute
     #: train the scratch baseline in a second process beside kmeans -> pretrain -> finetune, the cores
     #: split between them (two 1-thread runs outdo one 2-thread run on a CPU). None = when it can:
@@ -161,6 +193,14 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
             + [(f"pool[{i}]", e.name) for i, e in enumerate(r.pool)]
         )
     check_kind(data.get("folds"))
+    if r.tts is not None:
+        if (data.get("finetune") or {}).get("task") == "classify":
+            raise SpeechBudgetError(
+                "tts: speaks transcripts for CTC fine-tuning; drop it for finetune.task: classify"
+            )
+        check_names(
+            [("prepare", r.prepare.name), ("labeled", r.labeled and r.labeled.name), ("tts", r.tts.spec.name)]
+        )
     if r.fold_seeds < 1 or (r.fold_seeds > 1 and not r.folds):
         raise SpeechBudgetError(
             f"fold_seeds is {r.fold_seeds}: give 1 or more, together with folds: speakers (or --folds speakers)"
@@ -293,14 +333,18 @@ class Pipeline:
             self.log(f"[prepare] pool: {name} {c['hours']:.3f} h ({c['cuts']} cuts, {'+'.join(c['splits'])})")
         return summary
 
-    def _prepare(self, spec: CorpusSpec, key: str = "prepare") -> Dict[str, Any]:
+    def _prepare(self, spec: CorpusSpec, key: str = "prepare", out: Optional[Path] = None) -> Dict[str, Any]:
         from .data.prepare import prepare
 
         opts = spec.options
-        if spec.source == "synthetic" and opts.noise_dir is not None and not Path(opts.noise_dir).is_dir():
+        if (
+            spec.source in ("synthetic", "tts")
+            and opts.noise_dir is not None
+            and not Path(opts.noise_dir).is_dir()
+        ):
             self.log(f"note: noise folder {opts.noise_dir} not found; synthesizing clean speech")
             spec = dataclasses.replace(spec, options=dataclasses.replace(opts, noise_dir=None))
-        out = self.exp / "data"
+        out = out or self.exp / "data"
         s = prepare(spec, out)
         if s.usable == 0:
             raise SpeechBudgetError(
@@ -414,17 +458,19 @@ class Pipeline:
     def _finetune_section(self, exp_name: str, init: Optional[str]) -> Dict[str, Any]:
         labeled = self.labeled_dir
         sec = {
-            "train_cuts": str(labeled / "cuts_train.jsonl.gz"),
             **(self.raw.get("finetune") or {}),
+            "train_cuts": self._finetune_train_cuts(),
             "exp_dir": str(self.runs_dir / exp_name),
         }
         if self.fold:  # the fold's own split, whatever the recipe names
-            sec["train_cuts"] = str(cuts_path(self.runs_dir, "train"))
             sec["dev_cuts"] = str(cuts_path(self.runs_dir, "dev"))
         if "dev_cuts" not in sec and (labeled / "cuts_dev.jsonl.gz").is_file():
             sec["dev_cuts"] = str(labeled / "cuts_dev.jsonl.gz")
         if sec.get("extra_train_cuts"):
             sec["extra_train_cuts"] = self._extra_train_cuts(sec["extra_train_cuts"])
+        if self.r.tts is not None:
+            tts = str(cuts_path(self.tts_dir, "train"))
+            sec["extra_train_cuts"] = ",".join(split_csv(sec.get("extra_train_cuts")) + [tts])
         sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if self.classifies:
             sec["classify"] = {**sec.get("classify", {}), "init_checkpoint": init}
@@ -433,6 +479,27 @@ class Pipeline:
         if init is None:
             sec["encoder"] = self._pretrain_section().get("encoder", sec.get("encoder", "zipformer-tiny"))
         return sec
+
+    def _finetune_train_cuts(self) -> str:
+        """What fine-tuning trains on: a fold's own split, else ``finetune.train_cuts`` or the
+        labelled corpus's train split."""
+        if self.fold:
+            return str(cuts_path(self.runs_dir, "train"))
+        return str((self.raw.get("finetune") or {}).get("train_cuts") or cuts_path(self.labeled_dir, "train"))
+
+    @property
+    def tts_dir(self) -> Path:
+        """``tts:``'s corpus: this run's (or fold's) fine-tuning transcripts, spoken."""
+        assert self.r.tts is not None
+        return self.runs_dir / "data" / self.r.tts.spec.name
+
+    def _prepare_tts(self) -> None:
+        """Speak the fine-tuning split's transcripts (done files are kept: a re-run only checks)."""
+        assert self.r.tts is not None
+        train = Path(self._finetune_train_cuts())
+        s = self._prepare(self.r.tts.speaking(train), "tts", out=self.tts_dir.parent)
+        hours = sum(split["hours"] for split in s["splits"])
+        self.log(f"[tts] the transcripts of {train} spoken: {hours:.3f} h in {self.tts_dir}")
 
     def _extra_train_cuts(self, spec: Any) -> str:
         """``prepare`` -> the prepared unlabeled corpus's train manifest; refused when a manifest holds
@@ -658,6 +725,7 @@ class Pipeline:
         results: Dict[str, Any] = {}
         ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
         where = f"fold {self.fold.name}: " if self.fold else ""
+        tts_ready = self.r.tts is None or not {"finetune", "scratch"} & set(stages)  # nothing to speak for
         for stage in stages:
             if not self.enabled(stage):
                 continue
@@ -666,6 +734,9 @@ class Pipeline:
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
+            if not tts_ready and stage in ("kmeans", "pretrain", "finetune", "scratch"):
+                self._prepare_tts()  # before the scratch baseline may start alongside, which reads it
+                tts_ready = True
             if stage in ("kmeans", "pretrain", "finetune") and self._sidecar is None:
                 self._start_scratch_alongside(stages)
             if stage == "scratch" and self._sidecar is not None:

@@ -372,6 +372,33 @@ def plan_corpus(
     return specs
 
 
+def plan_transcripts(
+    texts: list[str],
+    copies: int = 1,
+    seed: int = 0,
+    num_speakers: int = 64,
+    voices: list[str] | None = None,
+) -> list[UtteranceSpec]:
+    """Every transcript spoken `copies` times, each time by the next voice of a shuffled round robin,
+    all in the train split: a synthetic copy of a transcribed corpus (``prepare tts``)."""
+    if copies < 1:
+        raise SpeechBudgetError(f"copies must be at least 1, got {copies}")
+    if not texts:
+        raise SpeechBudgetError("no transcripts to speak")
+    speakers = make_speakers(num_speakers, seed, voices)
+    random.Random(f"tts-order:{seed}").shuffle(speakers)
+    specs = []
+    for i, text in enumerate(t for _ in range(copies) for t in texts):
+        s = speakers[i % len(speakers)]
+        uid = f"tts-{s.id}-{i:07d}"
+        specs.append(
+            UtteranceSpec(
+                uid, text, s.id, s.voice, s.variant, s.pitch, s.speed, "train", _stable_seed(seed, uid)
+            )
+        )
+    return specs
+
+
 # ---------------------------------------------------------------- synthesis
 
 

@@ -23,6 +23,7 @@ from ...errors import SpeechBudgetError
 
 _MODULES = (
     "synthetic",
+    "tts",
     "fsdd",
     "commonvoice",
     "librispeech",

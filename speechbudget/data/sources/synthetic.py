@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from ...errors import SpeechBudgetError
 from ..executor import run_map
-from ..synthetic import plan_corpus, synthesize
+from ..synthetic import UtteranceSpec, plan_corpus, synthesize
 from . import FindContext, Source, SourceItem, option
 
 
@@ -27,11 +27,18 @@ class SyntheticOptions:
 def find_items(opts: SyntheticOptions, ctx: FindContext) -> List[SourceItem]:
     if not opts.hours > 0:
         raise SpeechBudgetError(f"hours must be positive (got {opts.hours})")
-    if opts.noise_dir is not None and not Path(opts.noise_dir).is_dir():
-        raise SpeechBudgetError(f"noise folder {opts.noise_dir} does not exist")
-    snr_db = opts.snr if opts.noise_dir is not None else None
     specs = plan_corpus(opts.hours, seed=opts.seed, num_speakers=opts.speakers, grammar=opts.grammar)
-    args = [(s, Path(ctx.corpus_dir) / "synth", opts.noise_dir, snr_db) for s in specs]
+    return spoken_items(specs, opts.noise_dir, opts.snr, ctx)
+
+
+def spoken_items(
+    specs: List[UtteranceSpec], noise_dir: Optional[Path], snr: float, ctx: FindContext
+) -> List[SourceItem]:
+    """Synthesize every planned utterance (in the executor's workers) and list them as items."""
+    if noise_dir is not None and not Path(noise_dir).is_dir():
+        raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
+    snr_db = snr if noise_dir is not None else None
+    args = [(s, Path(ctx.corpus_dir) / "synth", noise_dir, snr_db) for s in specs]
     paths = run_map(ctx.executor, synthesize, args, "synthesizing")
     return [
         SourceItem(

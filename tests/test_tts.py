@@ -1,0 +1,116 @@
+"""Text-to-speech augmentation: a transcribed corpus's transcripts spoken by espeak-ng voices
+(`prepare tts`, a recipe's `tts:`), a fold's from its own training speakers only."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import TINY, cli_result, copy_fsdd
+
+from speechbudget.data.manifests import cut_speaker, load_cuts
+from speechbudget.data.synthetic import plan_transcripts
+from speechbudget.errors import SpeechBudgetError
+from speechbudget.pipeline import load_run_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _texts(path: Path) -> collections.Counter:
+    return collections.Counter(s.text for c in load_cuts(path) for s in c.supervisions)
+
+
+def test_every_transcript_is_spoken_copies_times_by_different_voices():
+    texts = ["zero", "one", "two", "three"]
+    specs = plan_transcripts(texts, copies=3, seed=0, num_speakers=5)
+    assert collections.Counter(s.text for s in specs) == collections.Counter(texts * 3)
+    assert {s.split for s in specs} == {"train"}
+    assert len({s.id for s in specs}) == len(specs)
+    # a transcript's copies are spoken by different voices; every voice speaks
+    for t in texts:
+        assert len({s.speaker for s in specs if s.text == t}) == 3
+    assert len({s.speaker for s in specs}) == 5
+    assert plan_transcripts(texts, copies=3, seed=0, num_speakers=5) == specs  # same seed, same plan
+    assert plan_transcripts(texts, copies=3, seed=1, num_speakers=5) != specs
+    for bad in ({"copies": 0}, {"texts": []}):
+        with pytest.raises(SpeechBudgetError):
+            plan_transcripts(**{"texts": texts, **bad})
+
+
+def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, capsys):
+    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=2, speakers=("george", "jackson", "theo"))
+    code, _, err = cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)
+    assert code == 0, err
+    real = tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+    args = ["prepare", "tts", "--transcripts", real, "--copies", "2", "--speakers", "3"]
+    code, out, err = cli_result(capsys, *args, "--band-limit-hz", "4000", "--out", tmp_path, "--json")
+    assert code == 0, err
+    assert json.loads(out)["splits"][0]["kept"] == 2 * len(load_cuts(real))
+    tts = tmp_path / "tts" / "cuts_train.jsonl.gz"
+    assert _texts(tts) == collections.Counter({t: 2 * n for t, n in _texts(real).items()})
+    cuts = load_cuts(tts).to_eager()
+    assert len({cut_speaker(c) for c in cuts}) == 3 and all(c.has_features for c in cuts)
+    # the voices are speech, band-limited like an 8 kHz recording: almost no energy above 4 kHz
+    audio, rate = sf.read(cuts[0].recording.sources[0].source)
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / rate)
+    assert rate == 16000 and 0.2 < len(audio) / rate < 3
+    assert spectrum[freqs > 4200].sum() < 1e-3 * spectrum.sum()
+    for bad, message in (
+        ([], "needs --transcripts"),
+        (["--transcripts", tmp_path / "missing.jsonl.gz"], "not found"),
+        (["--transcripts", fsdd / "0_george_0.wav"], "not a lhotse"),
+    ):
+        code, _, err = cli_result(capsys, "prepare", "tts", *bad, "--out", tmp_path, "--name", "bad")
+        assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_recipe_tts_section_is_checked_when_loaded(tmp_path):
+    base = [f"exp_dir={tmp_path / 'e'}"]
+    r = load_run_recipe(RECIPES / "fsdd.yaml", [*base, "tts.copies=2", "tts.band_limit_hz=4000"])
+    assert r["tts"] == {"copies": 2, "band_limit_hz": 4000}
+    for bad, message in (
+        ("tts.transcripts=x.jsonl.gz", "set by the pipeline"),
+        ("tts.copis=2", "unknown key 'tts.copis'"),
+        ("tts.copies=two", "tts.copies"),
+        ("tts=3", "must be a mapping"),
+    ):
+        with pytest.raises(SpeechBudgetError, match=message):
+            load_run_recipe(RECIPES / "fsdd.yaml", [*base, bad])
+    with pytest.raises(SpeechBudgetError, match="drop it for finetune.task: classify"):
+        load_run_recipe(RECIPES / "fsdd-keywords.yaml", [*base, "tts.copies=1"])
+
+
+def test_each_fold_speaks_only_its_own_training_transcripts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path / "cache"))
+    fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=3, speakers=("george", "jackson", "theo"))
+    exp = tmp_path / "loso"
+    args = ["run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", f"labeled.path={fsdd.parent}"]
+    args += [
+        "labeled.num_jobs=1",
+        *TINY,
+        "scratch_baseline=false",
+        "tts.speakers=4",
+        "tts.band_limit_hz=4000",
+    ]
+    code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--stop-stage", "folds")
+    assert code == 0, err[-3000:]
+    for speaker in ("george", "jackson"):
+        fold = exp / "folds" / speaker
+        card = json.loads((fold / "finetune" / "run_card.json").read_text())
+        train = Path(card["config"]["train_cuts"])
+        tts = fold / "data" / "finetune-tts" / "cuts_train.jsonl.gz"
+        assert card["config"]["extra_train_cuts"] == str(tts)
+        assert _texts(tts) == _texts(train)  # copies: 1, the fold's own transcripts
+        assert not {cut_speaker(c) for c in load_cuts(tts)} & {"george", "jackson", "theo"}
+        # the fold's transcripts come from the other speaker: the dev speaker's clips are never read
+        assert {c.id.split("-")[1] for c in load_cuts(train)} == {"george", "jackson"} - {speaker}
+    assert out.count("[tts] the transcripts of") == 2
+    # the folds again: a finished fold neither speaks nor trains again
+    (exp / ".stages" / "folds.json").unlink()
+    code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--stop-stage", "folds")
+    assert code == 0 and "[fold george: finetune] done already" in out and "[tts]" not in out
