@@ -36,7 +36,12 @@ def test_every_transcript_is_spoken_copies_times_by_different_voices():
     assert len({s.speaker for s in specs}) == 5
     assert plan_transcripts(texts, copies=3, seed=0, num_speakers=5) == specs  # same seed, same plan
     assert plan_transcripts(texts, copies=3, seed=1, num_speakers=5) != specs
-    for bad in ({"copies": 0}, {"texts": []}):
+    # a fraction: that share of the transcripts, each once, the same share for the same seed
+    half = plan_transcripts(texts * 5, copies=0.5, seed=0, num_speakers=5)
+    assert len(half) == 10 and collections.Counter(s.text for s in half) <= collections.Counter(texts * 5)
+    assert half == plan_transcripts(texts * 5, copies=0.5, seed=0, num_speakers=5)
+    assert len(plan_transcripts(texts, copies=1.5, num_speakers=5)) == 6
+    for bad in ({"copies": 0}, {"copies": 0.1}, {"texts": []}):
         with pytest.raises(SpeechBudgetError):
             plan_transcripts(**{"texts": texts, **bad})
 

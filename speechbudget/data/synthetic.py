@@ -374,21 +374,30 @@ def plan_corpus(
 
 def plan_transcripts(
     texts: list[str],
-    copies: int = 1,
+    copies: float = 1.0,
     seed: int = 0,
     num_speakers: int = 64,
     voices: list[str] | None = None,
 ) -> list[UtteranceSpec]:
-    """Every transcript spoken `copies` times, each time by the next voice of a shuffled round robin,
-    all in the train split: a synthetic copy of a transcribed corpus (``prepare tts``)."""
-    if copies < 1:
-        raise SpeechBudgetError(f"copies must be at least 1, got {copies}")
+    """Every transcript spoken `copies` times (a fraction: that share of them, chosen by `seed`), each
+    time by the next voice of a shuffled round robin, all in the train split: a synthetic copy of a
+    transcribed corpus (``prepare tts``)."""
+    if not copies > 0:
+        raise SpeechBudgetError(f"copies must be positive, got {copies}")
     if not texts:
         raise SpeechBudgetError("no transcripts to speak")
+    whole = int(copies)
+    spoken = list(texts) * whole + random.Random(f"tts-texts:{seed}").sample(
+        list(texts), round((copies - whole) * len(texts))
+    )
+    if not spoken:
+        raise SpeechBudgetError(
+            f"copies {copies} of {len(texts)} transcripts is no utterance: raise copies to at least {1 / len(texts):.2g}"
+        )
     speakers = make_speakers(num_speakers, seed, voices)
     random.Random(f"tts-order:{seed}").shuffle(speakers)
     specs = []
-    for i, text in enumerate(t for _ in range(copies) for t in texts):
+    for i, text in enumerate(spoken):
         s = speakers[i % len(speakers)]
         uid = f"tts-{s.id}-{i:07d}"
         specs.append(

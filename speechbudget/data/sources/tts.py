@@ -25,7 +25,9 @@ class TtsOptions:
         help="A cut or supervision manifest (.jsonl.gz) whose transcripts are spoken; recipes: the "
         "fine-tuning split, set by the pipeline."
     )
-    copies: int = option(1, help="Times each transcript is spoken, each time by another voice.")
+    copies: float = option(
+        1.0, help="Times each transcript is spoken, each time by another voice (0.5: a seeded half of them)."
+    )
     speakers: int = option(64, help="Number of voices (round robin over them).")
     seed: int = option(0, help="Random seed: the voices, their pitch and speed.")
     noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
