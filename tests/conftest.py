@@ -17,6 +17,15 @@ NOISE = SHARED / "noise"
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test (the suite runs on one): for what depends on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

@@ -259,11 +259,13 @@ def test_fsdd_recipe_pretrains_on_one_corpus_and_finetunes_on_another(tmp_path, 
     assert "labeled.path is required" in err
 
 
-def test_training_after_a_parallel_prepare_uses_every_core(tmp_path, capsys):
-    """`prepare` with num_jobs 2 used to leave the whole process on one thread for training."""
+def test_training_after_a_parallel_prepare_uses_every_core(tmp_path, capsys, caplog, two_threads):
+    """`prepare` with num_jobs 2 used to leave the whole process on one thread for training (and
+    lhotse's warning about threads beside jobs, a false alarm with one-thread workers, is not shown)."""
     import torch
 
     threads = torch.get_num_threads()
+    assert threads == 2
     exp = tmp_path / "threads"
     tiny = [t for t in TINY if not t.startswith("prepare.num_jobs")]
     run(
@@ -278,3 +280,4 @@ def test_training_after_a_parallel_prepare_uses_every_core(tmp_path, capsys):
     )
     card = json.loads((exp / "pretrain" / "run_card.json").read_text())
     assert card["device"]["cpu_threads"] == threads and torch.get_num_threads() == threads
+    assert "number of threads" not in caplog.text

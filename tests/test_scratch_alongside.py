@@ -21,14 +21,6 @@ FLOPS = [  # TINY with FLOP budgets: the only budgets whose spend is known befor
 ]
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_scratch_runs_alongside_and_ends_on_the_exact_total(tmp_path, capsys, two_threads):
     exp = tmp_path / "qs"
     code, out, err = cli_result(

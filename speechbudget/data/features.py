@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
@@ -59,11 +61,29 @@ def compute_fbank(
     """Extract and store features into ``storage``; a half-written folder of that name is discarded."""
     storage = Path(storage)
     remove_storage(storage)
-    return cuts.compute_and_store_features(
-        extractor=fbank_extractor(num_mel_bins),
-        storage_path=storage,
-        num_jobs=num_jobs if executor is not None or num_jobs > 1 else 1,
-        storage_type=LilcomChunkyWriter,
-        executor=executor,
-        progress_bar=progress.enabled(),
-    ).to_eager()
+    with _no_thread_warning():
+        return cuts.compute_and_store_features(
+            extractor=fbank_extractor(num_mel_bins),
+            storage_path=storage,
+            num_jobs=num_jobs if executor is not None or num_jobs > 1 else 1,
+            storage_type=LilcomChunkyWriter,
+            executor=executor,
+            progress_bar=progress.enabled(),
+        ).to_eager()
+
+
+class _ThreadWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch's number of threads is > 1" not in record.getMessage()
+
+
+@contextmanager
+def _no_thread_warning() -> Iterator[None]:
+    """lhotse warns when jobs run beside a multi-threaded parent; our pool workers each run one
+    thread (``executor._one_thread_per_worker``), so the warning, once per split, is a false alarm."""
+    f = _ThreadWarningFilter()
+    logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
