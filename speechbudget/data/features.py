@@ -72,18 +72,17 @@ def compute_fbank(
         ).to_eager()
 
 
-class _ThreadWarningFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "torch's number of threads is > 1" not in record.getMessage()
+def _not_the_thread_warning(record: logging.LogRecord) -> bool:
+    return "torch's number of threads is > 1" not in record.getMessage()
 
 
 @contextmanager
 def _no_thread_warning() -> Iterator[None]:
     """lhotse warns when jobs run beside a multi-threaded parent; our pool workers each run one
     thread (``executor._one_thread_per_worker``), so the warning, once per split, is a false alarm."""
-    f = _ThreadWarningFilter()
-    logging.getLogger().addFilter(f)
+    root = logging.getLogger()
+    root.addFilter(_not_the_thread_warning)  # a plain callable is a filter
     try:
         yield
     finally:
-        logging.getLogger().removeFilter(f)
+        root.removeFilter(_not_the_thread_warning)
