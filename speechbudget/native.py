@@ -37,6 +37,130 @@ FLAGS = [
 ]
 
 
+#: C++ shared by the kernels (prepended to their sources): ``V<float>`` / ``V<double>``, one
+#: 64-byte vector with a vectorised ``exp`` (Cody-Waite range reduction and a short polynomial, so
+#: ``g++`` vectorises it without fast-math, which would flip the process's denormal mode, and
+#: without libmvec) and a horizontal ``sum``; ``parallel_rows`` splits rows over std::threads.
+SIMD_PRELUDE = r"""
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+#include <cstring>
+#include <vector>
+
+namespace sb {
+
+// exp on a vector of floats or doubles (any GCC vector type): 2^k p(r), r = x - k ln2,
+// |r| <= ln2/2, a degree-7 (float: < 2 ulp) or degree-12 (double: ~1e-15 relative) Taylor
+// polynomial. k is read from the bits of x log2(e) + 1.5 * 2^23 (2^52) rather than by a
+// float-to-int conversion, so the template also compiles for dependent vector types.
+template <typename v, typename vi> inline v exp_f32(v x) {
+  const float lo = -87.3f, hi = 88.7f, magic = 12582912.f;  // 1.5 * 2^23 rounds to nearest
+  v xc = x < lo ? lo : (x > hi ? hi : x);
+  v t = xc * 1.44269504088896341f + magic;
+  v k = t - magic;
+  v r = xc - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
+  v p = r * (1.f / 5040) + 1.f / 720;
+  p = p * r + 1.f / 120; p = p * r + 1.f / 24; p = p * r + 1.f / 6; p = p * r + 0.5f;
+  p = p * r + 1.f; p = p * r + 1.f;
+  vi bits = ((vi)t - (vi)(v{} + magic) + 127) << 23;
+  v out = p * (v)bits;
+  return x < lo ? 0.f : out;
+}
+template <typename v, typename vi> inline v exp_f64(v x) {
+  const double lo = -708.0, hi = 709.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+  v xc = x < lo ? lo : (x > hi ? hi : x);
+  v t = xc * 1.4426950408889634074 + magic;
+  v k = t - magic;
+  v r = xc - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10;
+  v p = r * (1.0 / 479001600) + 1.0 / 39916800;
+  p = p * r + 1.0 / 3628800; p = p * r + 1.0 / 362880; p = p * r + 1.0 / 40320;
+  p = p * r + 1.0 / 5040; p = p * r + 1.0 / 720; p = p * r + 1.0 / 120; p = p * r + 1.0 / 24;
+  p = p * r + 1.0 / 6; p = p * r + 0.5; p = p * r + 1.0; p = p * r + 1.0;
+  vi bits = ((vi)t - (vi)(v{} + magic) + 1023) << 52;
+  v out = p * (v)bits;
+  return x < lo ? 0.0 : out;
+}
+
+// One 64-byte vector of T (16 floats / 8 doubles). Without AVX-512, GCC carries out a select
+// (``c ? a : b``) on a 64-byte vector lane by lane, ~6x slower: exp then works on two halves.
+template <typename T> struct V;
+template <> struct V<float> {
+  typedef float v __attribute__((vector_size(64)));
+  typedef int32_t vi __attribute__((vector_size(64)));
+  typedef float h __attribute__((vector_size(32)));
+  typedef int32_t hi __attribute__((vector_size(32)));
+  static constexpr int W = 16;
+  static inline v exp(v x) {
+#ifdef __AVX512F__
+    return exp_f32<v, vi>(x);
+#else
+    const h a = exp_f32<h, hi>(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7));
+    const h b = exp_f32<h, hi>(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15));
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
+  }
+  static inline float sum(v x) {
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));
+    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+  }
+};
+template <> struct V<double> {
+  typedef double v __attribute__((vector_size(64)));
+  typedef int64_t vi __attribute__((vector_size(64)));
+  typedef double h __attribute__((vector_size(32)));
+  typedef int64_t hi __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+  static inline v exp(v x) {
+#ifdef __AVX512F__
+    return exp_f64<v, vi>(x);
+#else
+    const h a = exp_f64<h, hi>(__builtin_shufflevector(x, x, 0, 1, 2, 3));
+    const h b = exp_f64<h, hi>(__builtin_shufflevector(x, x, 4, 5, 6, 7));
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+  }
+  static inline double sum(v x) {
+    typedef double v4 __attribute__((vector_size(32)));
+    v4 a = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    return (a[0] + a[2]) + (a[1] + a[3]);
+  }
+};
+
+// The machine's own vector width (64 bytes with AVX-512, else 32), for loops that need no fixed one.
+#ifdef __AVX512F__
+constexpr int NATIVE_BYTES = 64;
+#else
+constexpr int NATIVE_BYTES = 32;
+#endif
+typedef float vfn __attribute__((vector_size(NATIVE_BYTES)));
+typedef int32_t vin __attribute__((vector_size(NATIVE_BYTES)));
+constexpr int WN = NATIVE_BYTES / 4;  // floats per native vector
+
+template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
+  if (threads <= 1 || rows < 2) { fn(0, 0, rows); return; }
+  if (threads > rows) threads = (int)rows;
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i)
+    pool.emplace_back(fn, i, rows * i / threads, rows * (i + 1) / threads);
+  fn(0, 0, rows / threads);
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace sb
+using sb::V;
+using sb::vfn;
+using sb::vin;
+using sb::WN;
+using sb::exp_f32;
+using sb::parallel_rows;
+"""
+
+
 def cache_dir() -> Path:
     """Where built kernels, counted costs and calibrations are kept: $SPEECHBUDGET_CACHE_DIR, else
     ~/.cache/speechbudget."""

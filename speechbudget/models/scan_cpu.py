@@ -24,83 +24,19 @@ from typing import Optional
 
 import torch
 
-from ..native import Kernel
+from ..native import SIMD_PRELUDE, Kernel
 
 MAX_STATE = 256  # state sizes above this use the PyTorch path (states live in registers / on the stack)
 #: steps per time block: a thread scans all its rows over one block before the next (see ``fwd``
 #: in the C source); results do not depend on it (tests run small blocks)
 TIME_BLOCK = 64
 
-_SOURCE = r"""
-#include <cstddef>
-#include <cstdint>
-#include <thread>
-#include <vector>
-
+_SOURCE = (
+    SIMD_PRELUDE
+    + r"""
 namespace {
 
-// One 64-byte vector of T (16 floats / 8 doubles); the state dimension is padded to whole vectors.
-template <typename T> struct V;
-template <> struct V<float> {
-  typedef float v __attribute__((vector_size(64)));
-  typedef int32_t vi __attribute__((vector_size(64)));
-  static constexpr int W = 16;
-  static inline v exp(v x) {  // 2^k p(r), r = x - k ln2, |r| <= ln2/2, degree-7 Taylor: < 2 ulp
-    const float lo = -87.3f, hi = 88.7f, magic = 12582912.f;  // 1.5 * 2^23 rounds to nearest
-    v xc = x < lo ? lo : (x > hi ? hi : x);
-    v k = (xc * 1.44269504088896341f + magic) - magic;
-    v r = xc - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
-    v p = r * (1.f / 5040) + 1.f / 720;
-    p = p * r + 1.f / 120; p = p * r + 1.f / 24; p = p * r + 1.f / 6; p = p * r + 0.5f;
-    p = p * r + 1.f; p = p * r + 1.f;
-    vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
-    v out = p * (v)bits;
-    return x < lo ? 0.f : out;
-  }
-  static inline float sum(v x) {
-    typedef float v8 __attribute__((vector_size(32)));
-    typedef float v4 __attribute__((vector_size(16)));
-    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (b[0] + b[2]) + (b[1] + b[3]);
-  }
-};
-template <> struct V<double> {
-  typedef double v __attribute__((vector_size(64)));
-  typedef int64_t vi __attribute__((vector_size(64)));
-  static constexpr int W = 8;
-  static inline v exp(v x) {  // as above, degree-12 Taylor: ~1e-15 relative
-    const double lo = -708.0, hi = 709.0, magic = 6755399441055744.0;  // 1.5 * 2^52
-    v xc = x < lo ? lo : (x > hi ? hi : x);
-    v k = (xc * 1.4426950408889634074 + magic) - magic;
-    v r = xc - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10;
-    v p = r * (1.0 / 479001600) + 1.0 / 39916800;
-    p = p * r + 1.0 / 3628800; p = p * r + 1.0 / 362880; p = p * r + 1.0 / 40320;
-    p = p * r + 1.0 / 5040; p = p * r + 1.0 / 720; p = p * r + 1.0 / 120; p = p * r + 1.0 / 24;
-    p = p * r + 1.0 / 6; p = p * r + 0.5; p = p * r + 1.0; p = p * r + 1.0;
-    vi bits = (__builtin_convertvector(k, vi) + 1023) << 52;
-    v out = p * (v)bits;
-    return x < lo ? 0.0 : out;
-  }
-  static inline double sum(v x) {
-    typedef double v4 __attribute__((vector_size(32)));
-    v4 a = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
-    return (a[0] + a[2]) + (a[1] + a[3]);
-  }
-};
-
 constexpr int MAXV = 32;  // vectors of state per row (MAX_STATE on the Python side)
-
-template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
-  if (threads <= 1 || rows < 2) { fn(0, 0, rows); return; }
-  if (threads > rows) threads = (int)rows;
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i)
-    pool.emplace_back(fn, i, rows * i / threads, rows * (i + 1) / threads);
-  fn(0, 0, rows / threads);
-  for (auto& th : pool) th.join();
-}
 
 // Steps [c0, c1) of one row's forward, from the state h (updated in place):
 // h_s = exp(dt_s A) h_{s-1} + dt_s u_s B_s;  y_s = C_s . h_s + skip u_s.
@@ -315,6 +251,7 @@ void bwd(int64_t Bsz, int64_t D, int64_t L, int nv, const T* u, const T* dt, con
 SB_EXPORT(float, f32)
 SB_EXPORT(double, f64)
 """
+)
 
 
 def _bind(lib: ctypes.CDLL) -> None:

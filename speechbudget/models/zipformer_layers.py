@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import zipformer_cpu
+
 # Score given to padded keys. Finite (not -inf) so an all-padding row cannot produce NaN, and
 # far enough below any real score that exp() underflows to exactly 0 (also in fp16/bf16).
 MASKED_SCORE = -1000.0
@@ -46,13 +48,18 @@ class _Swoosh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift: float, offset: float):
-        ctx.save_for_backward(x)
         ctx.shift = shift
+        ctx.compiled = x.is_contiguous() and zipformer_cpu.supports(x)
+        ctx.save_for_backward(x)
+        if ctx.compiled:  # one pass (zipformer_cpu)
+            return zipformer_cpu.swoosh(x, shift, offset)
         return torch.add(F.softplus(x - shift), x, alpha=-0.08).sub_(offset)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
+        if ctx.compiled:
+            return zipformer_cpu.swoosh_backward(x, grad, ctx.shift), None, None
         return torch.sigmoid(x - ctx.shift).sub_(0.08).mul_(grad), None, None
 
 
@@ -211,6 +218,15 @@ class _RelPosAttentionWeights(torch.autograd.Function):
         # keep (B, 1, 1, T): 1.0 at real keys, 0.0 at padded ones
         b, h, t, dq = q.shape
         dp = p.size(-1)
+        ctx.compiled = zipformer_cpu.supports(q, k, p, pos, keep)
+        if ctx.compiled:  # one visit per query row (zipformer_cpu); same math
+            scores = torch.bmm(q.reshape(b * h, t, dq), k.reshape(b * h, dq, t))
+            p = p.reshape(b * h, t, dp).contiguous()
+            pos = pos.reshape(h, dp, 2 * t - 1).contiguous()
+            keep = keep.reshape(b, t).contiguous()
+            weights = zipformer_cpu.relpos_softmax_(scores, p, pos, keep, MASKED_SCORE).view(b, h, t, t)
+            ctx.save_for_backward(weights, q, k, p, pos, keep)
+            return weights
         pos = pos.expand(b, h, dp, 2 * t - 1).reshape(b * h, dp, 2 * t - 1)  # a view
         pos_scores = rel_to_abs(torch.bmm(p.reshape(b * h, t, dp), pos).view(b, h, t, 2 * t - 1))
         k = k.reshape(b * h, dq, t)
@@ -227,6 +243,14 @@ class _RelPosAttentionWeights(torch.autograd.Function):
         weights, q, k, p, pos, keep = ctx.saved_tensors
         b, h, t, dq = q.shape
         dp = p.size(-1)
+        if ctx.compiled:
+            gs, grad_p, grad_pos = zipformer_cpu.relpos_softmax_backward(
+                grad_weights.reshape(b * h, t, t), weights.view(b * h, t, t), keep, p, pos
+            )
+            k = k.reshape(b * h, dq, t)
+            grad_q = torch.bmm(gs, k.transpose(1, 2)).view(b, h, t, dq)
+            grad_k = torch.bmm(q.reshape(b * h, t, dq).transpose(1, 2), gs).view(b, h, dq, t)
+            return grad_q, grad_k, grad_p.view(b, h, t, dp), grad_pos.view(1, h, dp, 2 * t - 1), None
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
         grad_scores.mul_(keep)  # masked scores are constants
         gs = grad_scores.view(b * h, t, t)
