@@ -123,6 +123,66 @@ extern "C" void sb_swoosh_bwd_f32(const float* x, const float* g, float* gx, int
   });
 }
 
+// Depthwise convolution over time on channels-last (B, T, D) data, kernel K (odd), "same" zero
+// padding: y[b, t] = bias + sum_k w[k] * x[b, t + k - K/2] (w is (K, D): a channel's taps apart by D,
+// so every inner loop runs over contiguous channels). Threads split the (b, t) rows.
+extern "C" void sb_depthwise_f32(const float* x, const float* w, const float* bias, float* y, int64_t B,
+                                 int64_t T, int64_t D, int64_t K, int threads) {
+  const int64_t P = K / 2;
+  parallel_rows(B * T, threads, [=](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      float* __restrict out = y + r * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) out[d] = bias[d];
+      const int64_t k0 = std::max<int64_t>(0, P - t), k1 = std::min<int64_t>(K, T + P - t);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float* __restrict xr = x + (b * T + t + k - P) * D;
+        const float* __restrict wk = w + k * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) out[d] += wk[d] * xr[d];
+      }
+    }
+  });
+}
+
+// Its backward: gx (B, T, D); gw (threads, K, D) and gb (threads, D), zeroed by the caller, each
+// thread adding its rows' share to its own slice (the caller sums the slices).
+extern "C" void sb_depthwise_bwd_f32(const float* x, const float* w, const float* g, float* gx, float* gw,
+                                     float* gb, int64_t B, int64_t T, int64_t D, int64_t K, int threads) {
+  const int64_t P = K / 2;
+  parallel_rows(B * T, threads, [=](int tid, int64_t r0, int64_t r1) {
+    float* __restrict gwt = gw + tid * K * D;
+    float* __restrict gbt = gb + tid * D;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      float* __restrict out = gx + r * D;
+      const float* __restrict gr = g + r * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) {
+        out[d] = 0.f;
+        gbt[d] += gr[d];
+      }
+      // gx[t] = sum_k w[k] g[t + P - k] (frame t + P - k read frame t through tap k): a gather,
+      // so no other row is written
+      const int64_t j0 = std::max<int64_t>(0, t + P - (T - 1)), j1 = std::min<int64_t>(K, t + P + 1);
+      for (int64_t k = j0; k < j1; ++k) {
+        const float* __restrict wk = w + k * D;
+        const float* __restrict gs = g + (b * T + t + P - k) * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) out[d] += wk[d] * gs[d];
+      }
+      const int64_t k0 = std::max<int64_t>(0, P - t), k1 = std::min<int64_t>(K, T + P - t);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float* __restrict xr = x + (b * T + t + k - P) * D;
+        float* __restrict gwk = gwt + k * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) gwk[d] += gr[d] * xr[d];
+      }
+    }
+  });
+}
+
 // S (B*H, T, T): content scores in, attention weights out. P (B*H, T, dp) position queries,
 // POS (H, dp, 2T-1) projected offset embeddings (offset index j - i + T - 1), keep (B, T): 1 at
 // real keys, 0 at padded ones (their score becomes `masked`).
@@ -156,10 +216,11 @@ extern "C" void sb_relpos_softmax_f32(float* S, const float* P, const float* POS
   });
 }
 
-// The backward: G (B*H, T, T) the weights' gradient, Wt the weights -> GS the scores' gradient
+// The backward: G (B*H, T, T) the weights' gradient, plus G0 (B, T, T) the first head's (a copy
+// of it went to another consumer; null: none), Wt the weights -> GS the scores' gradient
 // (zero at padded keys), GP (B*H, T, dp), GPOS (H, dp, 2T-1) (accumulated: zeroed by the
 // caller). Threads split heads, so no two threads add to the same GPOS row.
-extern "C" void sb_relpos_softmax_bwd_f32(const float* G, const float* Wt, const float* keep,
+extern "C" void sb_relpos_softmax_bwd_f32(const float* G, const float* G0, const float* Wt, const float* keep,
                                           const float* P, const float* POS, float* GS, float* GP,
                                           float* GPOS, int64_t B, int64_t H, int64_t T, int64_t dp,
                                           int threads) {
@@ -174,11 +235,18 @@ extern "C" void sb_relpos_softmax_bwd_f32(const float* G, const float* Wt, const
           const float* __restrict g = G + o;
           const float* __restrict w = Wt + o;
           float* __restrict gs = GS + o;
+          if (G0 && h == 0) {
+            const float* __restrict g0 = G0 + (b * T + i) * T;
+#pragma omp simd
+            for (int64_t j = 0; j < T; ++j) gs[j] = g[j] + g0[j];
+          } else {
+            std::memcpy(gs, g, sizeof(float) * T);
+          }
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-          for (int64_t j = 0; j < T; ++j) dot += g[j] * w[j];
+          for (int64_t j = 0; j < T; ++j) dot += gs[j] * w[j];
 #pragma omp simd
-          for (int64_t j = 0; j < T; ++j) gs[j] = kp[j] * (w[j] * (g[j] - dot));
+          for (int64_t j = 0; j < T; ++j) gs[j] = kp[j] * (w[j] * (gs[j] - dot));
           const float* pi = P + (bh * T + i) * dp;
           float* gpi = GP + (bh * T + i) * dp;
           for (int64_t c = 0; c < dp; ++c) {
@@ -204,9 +272,11 @@ extern "C" void sb_relpos_softmax_bwd_f32(const float* G, const float* Wt, const
 def _bind(lib: ctypes.CDLL) -> None:
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
     lib.sb_relpos_softmax_f32.argtypes = [ptr] * 4 + [i64] * 4 + [f32, i32]
-    lib.sb_relpos_softmax_bwd_f32.argtypes = [ptr] * 8 + [i64] * 4 + [i32]
+    lib.sb_relpos_softmax_bwd_f32.argtypes = [ptr] * 9 + [i64] * 4 + [i32]
     lib.sb_swoosh_f32.argtypes = [ptr, ptr, i64, f32, f32, i32]
     lib.sb_swoosh_bwd_f32.argtypes = [ptr, ptr, ptr, i64, f32, i32]
+    lib.sb_depthwise_f32.argtypes = [ptr] * 4 + [i64] * 4 + [i32]
+    lib.sb_depthwise_bwd_f32.argtypes = [ptr] * 6 + [i64] * 4 + [i32]
 
 
 _KERNEL = Kernel("zipformer", "SPEECHBUDGET_ZIPFORMER", _SOURCE, _bind, "Zipformer runs its PyTorch ops")
@@ -254,10 +324,17 @@ def relpos_softmax_(
 
 
 def relpos_softmax_backward(
-    grad: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor, p: torch.Tensor, pos: torch.Tensor
+    grad: torch.Tensor,
+    grad_head0: Optional[torch.Tensor],
+    weights: torch.Tensor,
+    keep: torch.Tensor,
+    p: torch.Tensor,
+    pos: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the scores (B*H, T, T), of p (B*H, T, dp) and of pos (H, dp, 2T-1)."""
+    """Gradients of the scores (B*H, T, T), of p (B*H, T, dp) and of pos (H, dp, 2T-1), from the
+    weights' gradient ``grad`` plus ``grad_head0`` (B, T, T) on the first head (None: nothing)."""
     grad = grad.contiguous()
+    grad_head0 = None if grad_head0 is None else grad_head0.contiguous()
     bh, t, _ = weights.shape
     h, dp, _ = pos.shape
     grad_scores = torch.empty_like(weights)
@@ -265,6 +342,7 @@ def relpos_softmax_backward(
     grad_pos = torch.zeros_like(pos)
     load().sb_relpos_softmax_bwd_f32(
         grad.data_ptr(),
+        None if grad_head0 is None else grad_head0.data_ptr(),
         weights.data_ptr(),
         keep.data_ptr(),
         p.data_ptr(),
@@ -294,3 +372,38 @@ def swoosh_backward(x: torch.Tensor, grad: torch.Tensor, shift: float) -> torch.
     out = torch.empty_like(x)
     load().sb_swoosh_bwd_f32(x.data_ptr(), grad.data_ptr(), out.data_ptr(), x.numel(), shift, _threads())
     return out
+
+
+def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depthwise convolution over time of contiguous (B, T, D) ``x``; ``weight`` (K, D), ``bias`` (D,)."""
+    b, t, d = x.shape
+    y = torch.empty_like(x)
+    load().sb_depthwise_f32(
+        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(), b, t, d, weight.size(0), _threads()
+    )
+    return y
+
+
+def depthwise_backward(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor):
+    """Gradients of x (B, T, D), weight (K, D) and bias (D,)."""
+    grad = grad.contiguous()
+    b, t, d = x.shape
+    k = weight.size(0)
+    threads = max(1, min(_threads(), b * t))
+    grad_x = torch.empty_like(x)
+    grad_w = x.new_zeros(threads, k, d)
+    grad_b = x.new_zeros(threads, d)
+    load().sb_depthwise_bwd_f32(
+        x.data_ptr(),
+        weight.data_ptr(),
+        grad.data_ptr(),
+        grad_x.data_ptr(),
+        grad_w.data_ptr(),
+        grad_b.data_ptr(),
+        b,
+        t,
+        d,
+        k,
+        threads,
+    )
+    return grad_x, grad_w.sum(0), grad_b.sum(0)

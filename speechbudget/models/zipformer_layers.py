@@ -131,6 +131,23 @@ class FeedForward(nn.Module):
         return self.out_proj(swoosh_l(self.in_proj(x)))
 
 
+class _Depthwise(torch.autograd.Function):
+    """The depthwise convolution on (B, T, D) as one compiled loop each way (zipformer_cpu)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        taps = weight.reshape(weight.size(0), -1).t().contiguous()  # (D, 1, K) -> (K, D)
+        ctx.save_for_backward(x, taps)
+        ctx.weight_shape = weight.shape
+        return zipformer_cpu.depthwise(x, taps, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, taps = ctx.saved_tensors
+        grad_x, grad_taps, grad_bias = zipformer_cpu.depthwise_backward(x, taps, grad)
+        return grad_x, grad_taps.t().reshape(ctx.weight_shape), grad_bias
+
+
 class ConvModule(nn.Module):
     """Gated pointwise conv -> depthwise conv over time -> SwooshR -> pointwise conv.
 
@@ -161,6 +178,8 @@ class ConvModule(nn.Module):
         conv = self.depthwise
         if torch.jit.is_tracing():  # FLOP counting sees the plain Conv1d
             return conv(x.transpose(1, 2)).transpose(1, 2)
+        if x.is_contiguous() and zipformer_cpu.supports(x, conv.weight, conv.bias):
+            return _Depthwise.apply(x, conv.weight, conv.bias)
         y = F.conv2d(
             x.transpose(1, 2).unsqueeze(2),
             conv.weight.unsqueeze(2),
@@ -210,6 +229,10 @@ class _RelPosAttentionWeights(torch.autograd.Function):
     positional scores (no separate add), masking and softmax work in place, only the weights are
     saved, and the positional gradient is written straight into a band of a ``(B, H, T, 2T-1)``
     buffer instead of going through autograd's generic ``as_strided`` backward.
+
+    Returns the weights and a copy of the first head's, for the non-linear attention: its
+    gradient is added to the first head's inside this backward, where slicing the weights would
+    have autograd zero-fill and add a whole ``(B, H, T, T)`` gradient for it.
     """
 
     @staticmethod
@@ -226,7 +249,7 @@ class _RelPosAttentionWeights(torch.autograd.Function):
             keep = keep.reshape(b, t).contiguous()
             weights = zipformer_cpu.relpos_softmax_(scores, p, pos, keep, MASKED_SCORE).view(b, h, t, t)
             ctx.save_for_backward(weights, q, k, p, pos, keep)
-            return weights
+            return weights, weights[:, 0].clone()
         pos = pos.expand(b, h, dp, 2 * t - 1).reshape(b * h, dp, 2 * t - 1)  # a view
         pos_scores = rel_to_abs(torch.bmm(p.reshape(b * h, t, dp), pos).view(b, h, t, 2 * t - 1))
         k = k.reshape(b * h, dq, t)
@@ -236,21 +259,23 @@ class _RelPosAttentionWeights(torch.autograd.Function):
         scores.mul_(keep).add_((1.0 - keep) * MASKED_SCORE)
         weights = torch.softmax(scores, dim=-1)
         ctx.save_for_backward(weights, q, k, p, pos, keep)
-        return weights
+        return weights, weights[:, 0].clone()
 
     @staticmethod
-    def backward(ctx, grad_weights):
+    def backward(ctx, grad_weights, grad_head0):
         weights, q, k, p, pos, keep = ctx.saved_tensors
         b, h, t, dq = q.shape
         dp = p.size(-1)
         if ctx.compiled:
             gs, grad_p, grad_pos = zipformer_cpu.relpos_softmax_backward(
-                grad_weights.reshape(b * h, t, t), weights.view(b * h, t, t), keep, p, pos
+                grad_weights.reshape(b * h, t, t), grad_head0, weights.view(b * h, t, t), keep, p, pos
             )
             k = k.reshape(b * h, dq, t)
             grad_q = torch.bmm(gs, k.transpose(1, 2)).view(b, h, t, dq)
             grad_k = torch.bmm(q.reshape(b * h, t, dq).transpose(1, 2), gs).view(b, h, dq, t)
             return grad_q, grad_k, grad_p.view(b, h, t, dp), grad_pos.view(1, h, dp, 2 * t - 1), None
+        grad_weights = grad_weights.clone()
+        grad_weights[:, 0] += grad_head0
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
         grad_scores.mul_(keep)  # masked scores are constants
         gs = grad_scores.view(b * h, t, t)
@@ -282,8 +307,9 @@ class AttentionWeights(nn.Module):
         self.in_proj = scaled_linear(dim, in_dim, query_head_dim**-0.25)
         self.pos_proj = scaled_linear(pos_dim, num_heads * pos_head_dim, 0.05, bias=False)
 
-    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), pos_emb (2T-1, pos_dim), pad (B, T) -> weights (B, H, T, T)."""
+    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor):
+        """x (B, T, D), pos_emb (2T-1, pos_dim), pad (B, T) -> weights (B, H, T, T) and the first
+        head's (B, T, T)."""
         b, t, _ = x.shape
         h, dq, dp = self.num_heads, self.query_head_dim, self.pos_head_dim
         q, k, p = self.in_proj(x).split([h * dq, h * dq, h * dp], dim=-1)
@@ -294,7 +320,8 @@ class AttentionWeights(nn.Module):
         mask = pad[:, None, None, :]
         if torch.jit.is_tracing():  # FLOP counting traces the plain expression
             scores = torch.matmul(q, k) + rel_to_abs(torch.matmul(p, pos))
-            return scores.masked_fill(mask, MASKED_SCORE).softmax(dim=-1)
+            weights = scores.masked_fill(mask, MASKED_SCORE).softmax(dim=-1)
+            return weights, weights[:, 0]
         keep = (~mask).to(q.dtype)
         return _RelPosAttentionWeights.apply(q, k, p, pos, keep)
 
@@ -328,10 +355,11 @@ class NonlinAttention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * hidden)
         self.out_proj = scaled_linear(hidden, dim, 0.05)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head0: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), head0: the first head's attention weights (B, T, T)."""
         s, x, y = self.in_proj(x).chunk(3, dim=-1)
         x = x * torch.tanh(s)
-        x = torch.matmul(weights[:, 0], x)  # (B, T, T) @ (B, T, hidden)
+        x = torch.matmul(head0, x)  # (B, T, T) @ (B, T, hidden)
         return self.out_proj(x * y)
 
 
@@ -378,9 +406,9 @@ class ZipformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         x_orig = x
-        w = self.attn_weights(x, pos_emb, pad)
+        w, w0 = self.attn_weights(x, pos_emb, pad)
         x = x + self._drop(self.ff1(x))
-        x = x + self._drop(self.nonlin_attn(x, w))
+        x = x + self._drop(self.nonlin_attn(x, w0))
         x = x + self._drop(self.self_attn1(x, w))
         x = x + self._drop(self.conv1(x, pad))
         x = x + self._drop(self.ff2(x))
