@@ -1,19 +1,20 @@
-"""Zipformer's relative-position attention weights on a CPU: one pass per query row.
+"""Compiled CPU loops for the Zipformer's memory-bound work: attention weights, Swoosh, depthwise conv.
 
-PyTorch computes the positional scores ``p . pos`` as a ``(B, H, T, 2T-1)`` matmul with an inner
-dimension of 4 (memory-bound, and slow in oneDNN at that shape), views its band, then masks and
-softmaxes in further passes; the backward zero-fills another ``(B, H, T, 2T-1)`` buffer, copies the
-score gradient into its band and runs two more skinny matmuls over it. For a small model at 50 Hz
-those passes over ``(B, H, T, T)``-sized memory cost more than the attention's real matmuls.
+On a CPU a small Zipformer's step is not its matmuls alone: the ops between them pass over memory
+once each. The worst were the relative-position attention weights: PyTorch computes the positional
+scores ``p . pos`` as a ``(B, H, T, 2T-1)`` matmul with an inner dimension of 4 (memory-bound, and
+slow in oneDNN at that shape), views its band, then masks and softmaxes in further passes; the
+backward zero-fills another ``(B, H, T, 2T-1)`` buffer, copies the score gradient into its band and
+runs two more skinny matmuls over it. Here each query row (a few KB, in L1) is finished in one
+visit: the content scores ``q k^T`` come from ``torch.bmm``, then the kernel adds the row's band of
+positional scores, masks padded keys and softmaxes in place; the backward does the softmax
+gradient, the mask, ``grad p`` and ``grad pos`` in one visit of each row too. Swoosh (softplus and
+its derivative) is one pass each way, and the depthwise convolution one loop over (B, T, D) each way.
 
-Here each query row (a few KB, in L1) is finished in one visit: the content scores ``q k^T`` come
-from ``torch.bmm``, then the kernel adds the row's band of positional scores, masks padded keys,
-and softmaxes in place. Its backward does the softmax gradient, the mask, ``grad p`` and
-``grad pos`` in one visit of each row too. Same math as the PyTorch path in
-:mod:`.zipformer_layers` (rounding differs: the softmax uses the shared polynomial ``exp``).
-
-fp32 CPU tensors only; everything else, or a machine without a compiler, takes the PyTorch path
-(``SPEECHBUDGET_ZIPFORMER=torch`` forces it).
+Same math as the PyTorch ops in :mod:`.zipformer_layers`, to rounding (the shared polynomial
+``exp``, a series for ``log1p``). fp32 CPU tensors outside autocast only; everything else, or a
+machine without a compiler, takes the PyTorch ops (``SPEECHBUDGET_ZIPFORMER=torch`` forces them).
+Measured in BENCHMARKS.md section 2 (``bench/zipformer_cpu.py``).
 """
 
 from __future__ import annotations
@@ -100,9 +101,11 @@ inline void store(float* p, vfn v, int64_t len) {
   else std::memcpy(p, &v, len * sizeof(float));
 }
 
-// f(offset, len) over n elements in vectors (the last one partial). Threads split the array.
+// f(offset, len) over n elements in vectors (the last one partial). Threads split the array
+// (not a small one: starting a thread costs about as much as 32 K elements of Swoosh).
 template <typename F> void elementwise(int64_t n, int threads, F f) {
   const int64_t vecs = n / WN;
+  if (n < ((int64_t)1 << 15)) threads = 1;
   parallel_rows(vecs + 1, threads, [=](int, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) f(r * WN, r < vecs ? WN : n - vecs * WN);
   });
