@@ -46,6 +46,7 @@ SIMD_PRELUDE = r"""
 #include <cstdint>
 #include <thread>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace sb {
@@ -82,52 +83,46 @@ template <typename v, typename vi> inline v exp_f64(v x) {
   return x < lo ? 0.0 : out;
 }
 
-// One 64-byte vector of T (16 floats / 8 doubles). Without AVX-512, GCC carries out a select
-// (``c ? a : b``) on a 64-byte vector lane by lane, ~6x slower: exp then works on two halves.
-template <typename T> struct V;
-template <> struct V<float> {
-  typedef float v __attribute__((vector_size(64)));
-  typedef int32_t vi __attribute__((vector_size(64)));
-  typedef float h __attribute__((vector_size(32)));
-  typedef int32_t hi __attribute__((vector_size(32)));
-  static constexpr int W = 16;
+// One 64-byte vector of T (16 floats / 8 doubles), its exp and its sum. Without AVX-512, GCC
+// carries out a select (``c ? a : b``) on a 64-byte vector lane by lane, ~6x slower: exp then
+// works on two 32-byte halves.
+template <typename T> struct V {
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
+  typedef T v __attribute__((vector_size(64)));
+  typedef I vi __attribute__((vector_size(64)));
+  typedef T h __attribute__((vector_size(32)));
+  typedef I hi __attribute__((vector_size(32)));
+  static constexpr int W = 64 / sizeof(T);
+  template <typename X, typename XI> static inline X exp_of(X x) {
+    if constexpr (sizeof(T) == 4) return exp_f32<X, XI>(x);
+    else return exp_f64<X, XI>(x);
+  }
   static inline v exp(v x) {
 #ifdef __AVX512F__
-    return exp_f32<v, vi>(x);
+    return exp_of<v, vi>(x);
 #else
-    const h a = exp_f32<h, hi>(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7));
-    const h b = exp_f32<h, hi>(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15));
-    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    h lo, hi_;
+    std::memcpy(&lo, &x, sizeof lo);
+    std::memcpy(&hi_, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi_);
+    lo = exp_of<h, hi>(lo);
+    hi_ = exp_of<h, hi>(hi_);
+    v out;
+    std::memcpy(&out, &lo, sizeof lo);
+    std::memcpy(reinterpret_cast<char*>(&out) + sizeof lo, &hi_, sizeof hi_);
+    return out;
 #endif
   }
-  static inline float sum(v x) {
-    typedef float v8 __attribute__((vector_size(32)));
-    typedef float v4 __attribute__((vector_size(16)));
-    v8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (b[0] + b[2]) + (b[1] + b[3]);
-  }
-};
-template <> struct V<double> {
-  typedef double v __attribute__((vector_size(64)));
-  typedef int64_t vi __attribute__((vector_size(64)));
-  typedef double h __attribute__((vector_size(32)));
-  typedef int64_t hi __attribute__((vector_size(32)));
-  static constexpr int W = 8;
-  static inline v exp(v x) {
-#ifdef __AVX512F__
-    return exp_f64<v, vi>(x);
-#else
-    const h a = exp_f64<h, hi>(__builtin_shufflevector(x, x, 0, 1, 2, 3));
-    const h b = exp_f64<h, hi>(__builtin_shufflevector(x, x, 4, 5, 6, 7));
-    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
-#endif
-  }
-  static inline double sum(v x) {
-    typedef double v4 __attribute__((vector_size(32)));
-    v4 a = __builtin_shufflevector(x, x, 0, 1, 2, 3) + __builtin_shufflevector(x, x, 4, 5, 6, 7);
-    return (a[0] + a[2]) + (a[1] + a[3]);
+  // Lane i plus lane i + n/2, halving n down to one lane (the order every kernel's sums have had).
+  static inline T sum(v x) {
+    h lo, hi_;
+    std::memcpy(&lo, &x, sizeof lo);
+    std::memcpy(&hi_, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi_);
+    lo += hi_;
+    T lanes[W / 2];
+    std::memcpy(lanes, &lo, sizeof lo);
+    for (int n = W / 4; n >= 1; n /= 2)
+      for (int i = 0; i < n; ++i) lanes[i] += lanes[i + n];
+    return lanes[0];
   }
 };
 
