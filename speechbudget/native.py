@@ -97,29 +97,31 @@ template <typename T> struct V {
     if constexpr (sizeof(T) == 4) return exp_f32<X, XI>(x);
     else return exp_f64<X, XI>(x);
   }
+  // The halves (and back) by shuffles, which stay in registers; a memcpy split went through memory.
+  static inline h low(v x) {
+    if constexpr (W == 16) return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+    else return __builtin_shufflevector(x, x, 0, 1, 2, 3);
+  }
+  static inline h high(v x) {
+    if constexpr (W == 16) return __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    else return __builtin_shufflevector(x, x, 4, 5, 6, 7);
+  }
+  static inline v join(h a, h b) {
+    if constexpr (W == 16) return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    else return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+  }
   static inline v exp(v x) {
 #ifdef __AVX512F__
     return exp_of<v, vi>(x);
 #else
-    h lo, hi_;
-    std::memcpy(&lo, &x, sizeof lo);
-    std::memcpy(&hi_, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi_);
-    lo = exp_of<h, hi>(lo);
-    hi_ = exp_of<h, hi>(hi_);
-    v out;
-    std::memcpy(&out, &lo, sizeof lo);
-    std::memcpy(reinterpret_cast<char*>(&out) + sizeof lo, &hi_, sizeof hi_);
-    return out;
+    return join(exp_of<h, hi>(low(x)), exp_of<h, hi>(high(x)));
 #endif
   }
   // Lane i plus lane i + n/2, halving n down to one lane (the order every kernel's sums have had).
   static inline T sum(v x) {
-    h lo, hi_;
-    std::memcpy(&lo, &x, sizeof lo);
-    std::memcpy(&hi_, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi_);
-    lo += hi_;
+    const h s = low(x) + high(x);
     T lanes[W / 2];
-    std::memcpy(lanes, &lo, sizeof lo);
+    std::memcpy(lanes, &s, sizeof s);
     for (int n = W / 4; n >= 1; n /= 2)
       for (int i = 0; i < n; ++i) lanes[i] += lanes[i + n];
     return lanes[0];
