@@ -18,13 +18,14 @@ if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; t
   fi
 fi
 
-# g++ builds the compiled CPU kernels on first use (BiMamba's selective scan, ScaledAdam's update);
+# g++ builds the compiled CPU kernels on first use (BiMamba's selective scan, ScaledAdam's update,
+# the Zipformer's attention, Swoosh and depthwise convolution);
 # without it their slower PyTorch paths run
 if ! command -v g++ >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing g++ (the compiled CPU kernels) with apt-get"
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null \
-    || echo "[setup] g++ not installed: the slower PyTorch scan and optimizer will run" >&2
+    || echo "[setup] g++ not installed: the slower PyTorch scan, optimizer and Zipformer ops will run" >&2
 fi
 
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
@@ -32,3 +33,4 @@ fi
 echo "[setup] ok: $("$PY" -c 'import speechbudget, torch; print("speechbudget", speechbudget.__version__, "torch", torch.__version__)')"
 echo "[setup] selective scan on CPU: $("$PY" -c 'from speechbudget.models import scan_cpu; print("compiled" if scan_cpu.available() else "PyTorch (no compiler)")')"
 echo "[setup] ScaledAdam on CPU: $("$PY" -c 'from speechbudget.train import scaled_adam_cpu; print("compiled" if scaled_adam_cpu.load() else "PyTorch (no compiler)")')"
+echo "[setup] Zipformer on CPU: $("$PY" -c 'from speechbudget.models import zipformer_cpu; print("compiled" if zipformer_cpu.load() else "PyTorch (no compiler)")')"
