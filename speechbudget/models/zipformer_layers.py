@@ -274,9 +274,9 @@ class _RelPosAttentionWeights(torch.autograd.Function):
             grad_q = torch.bmm(gs, k.transpose(1, 2)).view(b, h, t, dq)
             grad_k = torch.bmm(q.reshape(b * h, t, dq).transpose(1, 2), gs).view(b, h, dq, t)
             return grad_q, grad_k, grad_p.view(b, h, t, dp), grad_pos.view(1, h, dp, 2 * t - 1), None
-        grad_weights = grad_weights.clone()
-        grad_weights[:, 0] += grad_head0
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        # the softmax gradient is linear in the incoming one: head 0's copy adds its own on that head
+        grad_scores[:, 0] += torch._softmax_backward_data(grad_head0, weights[:, 0], -1, weights.dtype)
         grad_scores.mul_(keep)  # masked scores are constants
         gs = grad_scores.view(b * h, t, t)
         grad_q = torch.bmm(gs, k.transpose(1, 2)).view(b, h, t, dq)
