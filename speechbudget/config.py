@@ -68,6 +68,10 @@ class HubertConfig:
     unmasked_weight: float = 0.0
     final_dim: int = 256
     num_clusters: Optional[int] = None  # None = max label in the training cuts + 1
+    #: in training, each utterance's input log-mel warped by a factor in [1 - vtlp, 1 + vtlp]
+    #: (data/vtlp.py) while its k-means targets stay those of the unwarped audio, so the encoder
+    #: learns to give other vocal tract lengths the same units (ContentVec's idea); 0 = off
+    vtlp: float = 0.0
 
 
 @dataclass
@@ -476,6 +480,11 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("optim.lr", cfg.optim.lr > 0, "must be positive"),
         ("hubert.mask_prob", 0 <= cfg.hubert.mask_prob <= 1, "must be between 0 and 1"),
         ("hubert.mask_length", cfg.hubert.mask_length >= 1, "must be at least 1"),
+        (
+            "hubert.vtlp",
+            0 <= cfg.hubert.vtlp <= 0.3,
+            "must be between 0 (off) and 0.3 (warp factors 0.7-1.3)",
+        ),
         ("ctc.encoder_lr_scale", 0 < cfg.ctc.encoder_lr_scale <= 1, "must be in (0, 1]"),
         ("ctc.gain_db", 0 <= cfg.ctc.gain_db <= 40, "must be between 0 and 40"),
         *ctc_augment_rules(cfg.ctc),

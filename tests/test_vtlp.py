@@ -1,17 +1,22 @@
-"""``ctc.vtlp``: vocal tract length perturbation on log-mel, checked against real resampled speech."""
+"""``ctc.vtlp`` and ``hubert.vtlp``: vocal tract length perturbation on log-mel, checked against real
+resampled speech."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from conftest import FSDD
 
+from speechbudget.config import load_train_config
 from speechbudget.data.audio import resample
 from speechbudget.data.features import fbank_extractor
 from speechbudget.data.vtlp import vtlp, warp
+from speechbudget.errors import SpeechBudgetError
 from speechbudget.models.presets import build_encoder
 from speechbudget.objectives.ctc import CtcModel
+from speechbudget.objectives.hubert import HubertModel
 
 
 def _mean_logmel(audio: np.ndarray) -> torch.Tensor:
@@ -55,3 +60,48 @@ def test_ctc_fine_tuning_warps_in_training_only():
     assert model.augment_features(x, lengths) is x
     model.train()
     assert not torch.allclose(model.augment_features(x, lengths), x)
+
+
+def test_hubert_pretraining_warps_the_encoder_input_in_training_only_and_keeps_the_targets():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        """Records what the encoder is given, then runs the real tiny Zipformer."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.inner = encoder
+            for name in ("input_dim", "output_dim", "input_rate_hz", "frame_rate_hz"):
+                setattr(self, name, getattr(encoder, name))
+
+        def forward(self, x, lengths):
+            seen.append(x.detach().clone())
+            return self.inner(x, lengths)
+
+    model = HubertModel(
+        Spy(build_encoder("zipformer-tiny")), num_clusters=5, mask_prob=0.0, mask_length=1, vtlp_warp=0.2
+    )
+    x = torch.randn(2, 40, 80)
+    labels = torch.randint(0, 5, (2, 20))
+    batch = {"features": x, "lengths": torch.full((2,), 40), "kmeans": labels}
+
+    def frames_as_given():  # per utterance; one masked span (2 input frames) is the mask vector
+        return (seen[-1] == x).all(dim=-1).sum(dim=1).tolist()
+
+    model.eval()
+    model(batch)
+    assert frames_as_given() == [38, 38]  # evaluation: the audio as it is
+    model.train()
+    model(batch)
+    assert frames_as_given() == [0, 0]  # training: another vocal tract length...
+    assert torch.equal(batch["kmeans"], labels)  # ...and the same targets
+    model.vtlp_warp = 0.0
+    model(batch)
+    assert frames_as_given() == [38, 38]
+
+
+def test_a_pretraining_warp_out_of_range_names_the_key():
+    recipe = {"exp_dir": "unused", "pretrain": {"hubert": {"vtlp": 0.5}}}
+    with pytest.raises(SpeechBudgetError, match=r"pretrain\.hubert\.vtlp.*between 0 \(off\) and 0\.3"):
+        load_train_config(recipe, "pretrain")
+    assert load_train_config(recipe, "pretrain", ["hubert.vtlp=0.15"]).hubert.vtlp == 0.15

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.vtlp import vtlp
 from ..models.base import Encoder, make_pad_mask
 from .masking import span_mask
 
@@ -29,12 +30,14 @@ class HubertModel(nn.Module):
         temperature: float = 0.1,
         final_dim: int = 256,
         unmasked_weight: float = 0.0,
+        vtlp_warp: float = 0.0,
     ):
         super().__init__()
         self.encoder = encoder
         self.num_clusters = num_clusters
         self.mask_prob, self.mask_length = mask_prob, mask_length
         self.temperature, self.unmasked_weight = temperature, unmasked_weight
+        self.vtlp_warp = vtlp_warp
         self.mask_embedding = nn.Parameter(torch.zeros(encoder.input_dim).uniform_(-0.1, 0.1))
         self.proj = nn.Linear(encoder.output_dim, final_dim)
         self.cluster_embeddings = nn.Parameter(torch.randn(num_clusters, final_dim) * 0.1)
@@ -68,6 +71,9 @@ class HubertModel(nn.Module):
             torch.div(lengths.float(), self.input_per_output, rounding_mode="floor").long().clamp(max=t_out)
         )
         mask = span_mask(out_len_est.cpu(), t_out, self.mask_prob, self.mask_length)
+        if self.training and self.vtlp_warp > 0 and features.dim() == 3 and features.size(-1) > 1:
+            # the targets stay the unwarped audio's: another vocal tract length, the same units
+            features = vtlp(features, self.vtlp_warp)
         out = self.encoder(self.mask_inputs(features, mask), lengths)
         t = min(out.hidden.size(1), t_out)
         hidden, labels, mask = out.hidden[:, :t], labels[:, :t], mask[:, :t].to(labels.device)

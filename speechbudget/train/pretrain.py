@@ -42,6 +42,7 @@ def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
         temperature=h.temperature,
         final_dim=h.final_dim,
         unmasked_weight=h.unmasked_weight,
+        vtlp_warp=h.vtlp,
     )
 
 
