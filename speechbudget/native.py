@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 FLAGS = [
     "-O3",
     "-march=native",
-    "-fopenmp-simd",
+    "-fopenmp",  # parallel_rows runs on the OpenMP threads PyTorch already has (its libgomp)
     "-ffp-contract=fast",
     "-fno-trapping-math",
     "-fno-math-errno",
@@ -40,11 +40,13 @@ FLAGS = [
 #: C++ shared by the kernels (prepended to their sources): ``V<float>`` / ``V<double>``, one
 #: 64-byte vector with a vectorised ``exp`` (Cody-Waite range reduction and a short polynomial, so
 #: ``g++`` vectorises it without fast-math, which would flip the process's denormal mode, and
-#: without libmvec) and a horizontal ``sum``; ``parallel_rows`` splits rows over std::threads.
+#: without libmvec) and a horizontal ``sum``; ``parallel_rows`` splits rows over the OpenMP threads
+#: PyTorch's own ops run on. (Starting std::threads per call cost more than it saved at 2 threads:
+#: PyTorch's OpenMP workers still spin for work after each op and took the cores from them.)
 SIMD_PRELUDE = r"""
 #include <cstddef>
 #include <cstdint>
-#include <thread>
+#include <omp.h>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -138,14 +140,17 @@ typedef float vfn __attribute__((vector_size(NATIVE_BYTES)));
 typedef int32_t vin __attribute__((vector_size(NATIVE_BYTES)));
 constexpr int WN = NATIVE_BYTES / 4;  // floats per native vector
 
+// fn(share, first row, end row) for `threads` even shares of the rows, in order, on the OpenMP
+// threads; `share` indexes per-share scratch. The shares do not depend on how many threads OpenMP
+// gives (a thread takes every n-th share), so results do not either.
 template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   if (threads <= 1 || rows < 2) { fn(0, 0, rows); return; }
   if (threads > rows) threads = (int)rows;
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i)
-    pool.emplace_back(fn, i, rows * i / threads, rows * (i + 1) / threads);
-  fn(0, 0, rows / threads);
-  for (auto& th : pool) th.join();
+#pragma omp parallel num_threads(threads)
+  {
+    const int n = omp_get_num_threads();
+    for (int i = omp_get_thread_num(); i < threads; i += n) fn(i, rows * i / threads, rows * (i + 1) / threads);
+  }
 }
 
 }  // namespace sb

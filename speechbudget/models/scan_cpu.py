@@ -14,7 +14,7 @@ The library is plain C (no torch headers, so it compiles in about a second), is 
 
 Layout: ``u``, ``delta``, ``y``: (B, D, L), or (B, L, D) ("time-major", strided rows); ``A``: (D, N);
 ``Bt``, ``Ct``: (B, L, N) (time-major so
-a frame's states are contiguous). Rows (b, d) are split across ``threads`` std::threads.
+a frame's states are contiguous). Rows (b, d) are split across ``threads`` OpenMP threads.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ _SOURCE = r"""
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <thread>
+#include <omp.h>
 #include <vector>
 
 namespace {
@@ -44,10 +44,13 @@ template <class F> void parallel(int n, const int64_t* numel, int threads, F f) 
       off += numel[i];
     }
   };
-  std::vector<std::thread> pool;
-  for (int k = 1; k < threads; ++k) pool.emplace_back(share, k);
-  share(0);
-  for (auto& t : pool) t.join();
+  if (threads <= 1) { share(0); return; }
+  // on PyTorch's OpenMP threads (native.FLAGS); a thread takes every n-th share if given fewer
+#pragma omp parallel num_threads(threads)
+  {
+    const int nth = omp_get_num_threads();
+    for (int k = omp_get_thread_num(); k < threads; k += nth) share(k);
+  }
 }
 }  // namespace
 
