@@ -226,6 +226,7 @@ def kmeans(
     ),
     layer: Optional[int] = typer.Option(None, help="features=layer: which encoder layer."),
     seed: int = typer.Option(0),
+    cmn: bool = typer.Option(False, "--cmn", help="Subtract each utterance's mean feature first."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """HuBERT targets: k-means labels at the encoder frame rate, written into the cuts as custom["kmeans"]."""
@@ -242,6 +243,7 @@ def kmeans(
         checkpoint=checkpoint,
         layer=layer,
         seed=seed,
+        cmn=cmn,
     )
     if as_json:
         emit_json(summary)

@@ -82,6 +82,9 @@ class KmeansConfig:
     layer: Optional[int] = None  # for features=layer (iteration 2)
     checkpoint: Optional[str] = None  # encoder checkpoint for features=layer
     seed: int = 0
+    #: subtract each utterance's mean feature before clustering (and labelling): the targets then
+    #: carry less of a voice's average spectrum and more of what changes within the utterance
+    cmn: bool = False
 
 
 @dataclass

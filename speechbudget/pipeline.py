@@ -417,6 +417,7 @@ class Pipeline:
             checkpoint=ckpt_path,
             layer=k.layer,
             seed=k.seed,
+            cmn=k.cmn,
         )
 
     def _pretrain_section(self) -> Dict[str, Any]:

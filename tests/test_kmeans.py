@@ -282,3 +282,21 @@ def test_layer_features_and_iteration_two(corpus, train_cuts, tmp_path):
     assert 0 < summary["usage"]["entropy_bits"] <= 3.0
     with pytest.raises(SpeechBudgetError, match="encoder and a layer"):
         km.run_kmeans(corpus, tmp_path, kind="layer", num_clusters=8, progress=False)
+
+
+def test_kmeans_cmn_from_the_cli_labels_mean_removed_features(corpus, tmp_path, capsys):
+    # recipe kmeans.cmn / `kmeans --cmn`: the model records it and labelling repeats it
+    out = tmp_path / "km_cmn"
+    args = ["kmeans", str(corpus / "cuts_train.jsonl.gz"), "--out", str(out), "--num-clusters", "8"]
+    try:
+        main([*args, "--cmn", "--json"])
+    except SystemExit as e:
+        assert not e.code, e.code
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cmn"] is True
+    model = km.KMeansModel.load(summary["model"])
+    cut = list(load_cuts(out / "cuts_train.jsonl.gz"))[0]
+    labels = km.read_labels(cut)  # trimmed to the encoder's output length
+    with_cmn = model.predict(km.frame_features(cut, "mfcc", cmn=True))[::2][: len(labels)]
+    np.testing.assert_array_equal(labels, with_cmn)
+    assert not np.array_equal(with_cmn, model.predict(km.frame_features(cut, "mfcc"))[::2][: len(labels)])

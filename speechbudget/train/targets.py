@@ -36,6 +36,7 @@ def make_targets(
     checkpoint: Optional[Path] = None,
     layer: Optional[int] = None,
     seed: int = 0,
+    cmn: bool = False,
 ) -> Dict[str, Any]:
     """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
     length rule decide how many labels each cut gets)."""
@@ -69,5 +70,6 @@ def make_targets(
         seed=seed,
         encoder=enc,
         layer=layer,
+        cmn=cmn,
         progress=progress.enabled(),
     )
