@@ -65,6 +65,22 @@ def test_attention_weights_match_float64(threads):
         assert torch.allclose(got.double(), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
+def test_attention_weights_of_scores_far_below_the_mask_value_are_finite(monkeypatch):
+    # a fine-tuning run (seed 2 of an FSDD fold) reached content scores below MASKED_SCORE
+    # (-1000) on an unpadded utterance: the row maximum must be the scores', not the mask value's,
+    # or every exp underflows to 0 and the weights are 0 / 0
+    inputs, keep, grad = _attention_inputs()
+    with torch.no_grad():
+        inputs[0].copy_(inputs[0].abs() * 400.0)  # q >= 0, k <= 0: content scores of -several thousand
+        inputs[1].copy_(-inputs[1].abs())
+    assert ((inputs[0] @ inputs[1])[0] < -1000).float().mean() > 0.9  # utterance 0 has no padding
+    weights, grads = _attention(inputs, keep, grad)
+    assert torch.isfinite(weights).all() and all(torch.isfinite(g).all() for g in grads)
+    monkeypatch.setattr(zipformer_cpu, "supports", lambda *tensors: False)
+    ref_weights, _ = _attention(inputs, keep, grad)  # the PyTorch ops, same precision
+    assert torch.allclose(weights, ref_weights, atol=1e-3)
+
+
 def test_attention_weights_thread_count_changes_nothing():
     inputs, keep, grad = _attention_inputs(t=50)
     results = []

@@ -206,7 +206,9 @@ extern "C" void sb_relpos_softmax_f32(float* S, const float* P, const float* POS
 #pragma omp simd
           for (int64_t j = 0; j < T; ++j) row[j] += pc * band[j];
         }
-        float m = masked;  // keep is 0 or 1: the PyTorch path's masking, as arithmetic
+        // the row's maximum after masking (keep is 0 or 1: the PyTorch path's masking, as
+        // arithmetic); not started at `masked`, which real scores can lie below
+        float m = -__builtin_inff();
 #pragma omp simd reduction(max : m)
         for (int64_t j = 0; j < T; ++j) {
           const float x = row[j] * kp[j] + (1.f - kp[j]) * masked;
