@@ -1,7 +1,10 @@
 """The compiled Zipformer CPU kernels compute what the PyTorch path computes (fp32 to rounding,
 checked against float64), for every thread count, and the model takes them on fp32 CPU input."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,3 +175,31 @@ def test_depthwise_convolution_matches_float64(threads, length, kernel):
         (conv.depthwise.bias.grad, b.grad),
     ]:
         assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+_SHARES = """
+import sys, torch
+from speechbudget.models import zipformer_layers as zl
+torch.manual_seed(0)
+conv = zl.ConvModule(24, 15)
+x = torch.randn(3, 41, 24, requires_grad=True)
+torch.set_num_threads(int(sys.argv[1]))
+conv._depthwise_over_time(x).backward(torch.randn(3, 41, 24))
+torch.save([x.grad, conv.depthwise.weight.grad, conv.depthwise.bias.grad], sys.argv[2])
+"""
+
+
+def test_every_share_runs_when_openmp_gives_fewer_threads(tmp_path):
+    # kernels split work into `threads` shares on PyTorch's OpenMP threads; with fewer threads than
+    # shares (OMP_THREAD_LIMIT, a busy pool) each thread must take several shares, and the per-share
+    # scratch (the depthwise backward's weight gradient) must come out the same
+    def grads(threads, **env):
+        out = tmp_path / f"g{threads}{len(env)}.pt"
+        subprocess.run(
+            [sys.executable, "-c", _SHARES, str(threads), str(out)], check=True, env={**os.environ, **env}
+        )
+        return torch.load(out)
+
+    full = grads(3)
+    limited = grads(3, OMP_THREAD_LIMIT="1")
+    assert all(torch.equal(a, b) for a, b in zip(full, limited))
