@@ -140,17 +140,24 @@ typedef float vfn __attribute__((vector_size(NATIVE_BYTES)));
 typedef int32_t vin __attribute__((vector_size(NATIVE_BYTES)));
 constexpr int WN = NATIVE_BYTES / 4;  // floats per native vector
 
-// fn(share, first row, end row) for `threads` even shares of the rows, in order, on the OpenMP
-// threads; `share` indexes per-share scratch. The shares do not depend on how many threads OpenMP
-// gives (a thread takes every n-th share), so results do not either.
+// fn(k) for every share k < shares, on up to `shares` of PyTorch's OpenMP threads. A thread takes
+// every n-th share when OpenMP gives n < shares threads, so what a share covers (and the per-share
+// scratch it fills) never depends on how many threads ran.
+template <typename F> void parallel_shares(int shares, F fn) {
+  if (shares <= 1) { fn(0); return; }
+#pragma omp parallel num_threads(shares)
+  {
+    const int n = omp_get_num_threads();
+    for (int k = omp_get_thread_num(); k < shares; k += n) fn(k);
+  }
+}
+
+// fn(share, first row, end row) for `threads` even shares of the rows, in order; `share` indexes
+// per-share scratch.
 template <typename F> void parallel_rows(int64_t rows, int threads, F fn) {
   if (threads <= 1 || rows < 2) { fn(0, 0, rows); return; }
   if (threads > rows) threads = (int)rows;
-#pragma omp parallel num_threads(threads)
-  {
-    const int n = omp_get_num_threads();
-    for (int i = omp_get_thread_num(); i < threads; i += n) fn(i, rows * i / threads, rows * (i + 1) / threads);
-  }
+  parallel_shares(threads, [&](int k) { fn(k, rows * k / threads, rows * (k + 1) / threads); });
 }
 
 }  // namespace sb
@@ -160,6 +167,7 @@ using sb::vin;
 using sb::WN;
 using sb::exp_f32;
 using sb::parallel_rows;
+using sb::parallel_shares;
 """
 
 

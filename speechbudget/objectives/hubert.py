@@ -37,7 +37,7 @@ class HubertModel(nn.Module):
         self.num_clusters = num_clusters
         self.mask_prob, self.mask_length = mask_prob, mask_length
         self.temperature, self.unmasked_weight = temperature, unmasked_weight
-        self.vtlp_warp = vtlp_warp
+        self.vtlp_warp = vtlp_warp if encoder.input_dim > 1 else 0.0  # a log-mel warp: not for waveforms
         self.mask_embedding = nn.Parameter(torch.zeros(encoder.input_dim).uniform_(-0.1, 0.1))
         self.proj = nn.Linear(encoder.output_dim, final_dim)
         self.cluster_embeddings = nn.Parameter(torch.randn(num_clusters, final_dim) * 0.1)
@@ -71,7 +71,7 @@ class HubertModel(nn.Module):
             torch.div(lengths.float(), self.input_per_output, rounding_mode="floor").long().clamp(max=t_out)
         )
         mask = span_mask(out_len_est.cpu(), t_out, self.mask_prob, self.mask_length)
-        if self.training and self.vtlp_warp > 0 and features.dim() == 3 and features.size(-1) > 1:
+        if self.training and self.vtlp_warp > 0:
             # the targets stay the unwarped audio's: another vocal tract length, the same units
             features = vtlp(features, self.vtlp_warp)
         out = self.encoder(self.mask_inputs(features, mask), lengths)

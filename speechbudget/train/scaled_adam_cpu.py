@@ -18,14 +18,13 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..native import Kernel
+from ..native import SIMD_PRELUDE, Kernel
 
-_SOURCE = r"""
+_SOURCE = (
+    SIMD_PRELUDE
+    + r"""
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <omp.h>
-#include <vector>
 
 namespace {
 // Calls f(k, i, lo, hi) over the elements [lo, hi) of tensor i, the elements of all n tensors
@@ -44,13 +43,7 @@ template <class F> void parallel(int n, const int64_t* numel, int threads, F f) 
       off += numel[i];
     }
   };
-  if (threads <= 1) { share(0); return; }
-  // on PyTorch's OpenMP threads (native.FLAGS); a thread takes every n-th share if given fewer
-#pragma omp parallel num_threads(threads)
-  {
-    const int nth = omp_get_num_threads();
-    for (int k = omp_get_thread_num(); k < threads; k += nth) share(k);
-  }
+  parallel_shares(threads, share);
 }
 }  // namespace
 
@@ -104,6 +97,7 @@ extern "C" void sb_sadam_update_f32(int n, float* const* p, float* const* g, flo
   });
 }
 """
+)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
