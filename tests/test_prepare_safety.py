@@ -116,6 +116,85 @@ def test_rerun_with_other_options_stops_instead_of_mixing_splits(tmp_path, capsy
     assert sum(1 for _ in load_cuts(out / "fsdd")) == 12
 
 
+def _prepare_killed_after_first_split(capsys, monkeypatch, *args):
+    """`prepare ARGS` interrupted as its second split starts (what a Ctrl-C between splits leaves)."""
+    from speechbudget.data import prepare as prepare_mod
+
+    real, calls = prepare_mod.prepare_split, []
+
+    def split_then_interrupt(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(prepare_mod, "prepare_split", split_then_interrupt)
+    code, _, _ = cli_result(capsys, "prepare", *args)
+    monkeypatch.setattr(prepare_mod, "prepare_split", real)
+    assert code == 130 and len(calls) == 2
+    return calls[0]
+
+
+def test_splits_of_a_killed_run_are_not_kept_under_other_options(tmp_path, capsys, monkeypatch):
+    """A split written before a kill belongs to that run's options: a re-run with others (or a killed
+    --force re-run followed by the old options) must not keep it beside splits of the new options,
+    which would put a test speaker into train."""
+    src = copy_fsdd(tmp_path / "in", per_speaker=3)
+    out, corpus = tmp_path / "o", tmp_path / "o" / "fsdd"
+    first = _prepare_killed_after_first_split(
+        capsys, monkeypatch, "fsdd", src, "--out", out, "--dev-speakers", "jackson"
+    )
+    assert prepared_splits(corpus) == [first] == ["train"]
+    code, _, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--test-speakers", "george")
+    assert code == 2 and "test_speakers: ['theo'] -> ['george']" in err and "--force" in err
+    # the same options resume: the killed run's train split is kept, the others are made
+    code, out_json, err = cli_result(
+        capsys, "prepare", "fsdd", src, "--out", out, "--dev-speakers", "jackson", "--json"
+    )
+    assert code == 0, err
+    assert [(s["split"], s["skipped"]) for s in json.loads(out_json)["splits"]] == [
+        ("train", True),
+        ("dev", False),
+        ("test", False),
+    ]
+    # a --force re-run with other options, killed after its first split, then the old options again
+    _prepare_killed_after_first_split(
+        capsys, monkeypatch, "fsdd", src, "--out", out, "--test-speakers", "george", "--force"
+    )
+    code, _, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--dev-speakers", "jackson")
+    assert code == 2 and "--force" in err
+    # splits with no record of their options at all are not kept either
+    (corpus / "prepare.json").unlink()
+    code, _, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--test-speakers", "george")
+    assert code == 2 and "no readable record" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli_result(
+        capsys, "prepare", "fsdd", src, "--out", out, "--test-speakers", "george", "--force"
+    )
+    assert code == 0, err
+    speakers = {
+        split: {c.supervisions[0].speaker for c in load_cuts(corpus / f"cuts_{split}.jsonl.gz")}
+        for split in prepared_splits(corpus)
+    }
+    assert speakers == {"train": {"jackson", "nicolas", "theo"}, "test": {"george"}}
+
+
+def test_a_kept_split_reports_the_numbers_it_was_made_with(tmp_path, capsys):
+    src = copy_fsdd(tmp_path / "in", per_speaker=3)
+    (src / "9_george_99.wav").write_bytes(b"not audio")
+    out = tmp_path / "o"
+    code, first, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--json")
+    assert code == 0, err
+    code, again, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--json")
+    assert code == 0, err
+    made, kept = json.loads(first)["splits"], json.loads(again)["splits"]
+    assert [s["rejected"] for s in made] == [s["rejected"] for s in kept] and sum(
+        s["rejected"] for s in kept
+    ) == 1
+    assert [s["reasons"] for s in made] == [s["reasons"] for s in kept]
+    assert [s["converted"] for s in made] == [s["converted"] for s in kept]
+    assert all(s["skipped"] for s in kept) and not any(s["skipped"] for s in made)
+
+
 def test_manifests_hold_absolute_paths(tmp_path, capsys, monkeypatch):
     import soundfile as sf
 

@@ -265,14 +265,23 @@ def _content_options(options: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _check_same_options(spec: CorpusSpec, corpus_dir: Path) -> None:
-    """A re-run with other options must not mix old and new splits: stop, or with force redo all."""
+    """A re-run with other options must not mix old and new splits: stop, or with force redo all.
+
+    ``prepare.json`` records the options before the first split is written, so a split on disk was
+    always made under the recorded options; splits with no record (a run of an older version killed
+    before its end) are of unknown options and are never kept."""
     stored_path = corpus_dir / "prepare.json"
-    if spec.common.force or not stored_path.is_file() or not prepared_splits(corpus_dir):
+    if spec.common.force or not prepared_splits(corpus_dir):
         return
     try:
-        stored = json.loads(stored_path.read_text()).get("options") or {}
-    except (OSError, ValueError):
-        return
+        stored = json.loads(stored_path.read_text(encoding="utf-8")).get("options")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise SpeechBudgetError(
+            f"{corpus_dir} holds splits ({', '.join(prepared_splits(corpus_dir))}) but no readable record of "
+            "the options they were made with (prepare.json); add --force (recipe: force: true) to redo them"
+        )
     old, new = _content_options(stored), _content_options(spec.to_dict())
     diffs = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
@@ -320,7 +329,23 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
         ) from None
     _lock = lock_corpus(corpus_dir)  # one writer per corpus folder; released when prepare() returns
     _check_same_options(spec, corpus_dir)
+    record = {"speechbudget_version": __version__, "corpus": spec.name, "features": common.features}
     try:
+        kept = {} if common.force else _stored_split_summaries(corpus_dir)
+        if common.force:  # every split is redone: none made under other options may outlive a kill
+            for split in prepared_splits(corpus_dir):
+                _remove_split(corpus_dir, split)
+        # the options first, so that every split written from here on is one of these options; the kept
+        # splits' numbers stay, for the summary of a re-run
+        atomic.write_json(
+            corpus_dir / "prepare.json",
+            {
+                **record,
+                "options": spec.to_dict(),
+                "complete": False,
+                "summary": {"splits": list(kept.values())},
+            },
+        )
         with open_executor(common.executor, common.num_jobs, common.scheduler) as executor:
             items = src.find_items(spec.options, FindContext(corpus_dir, executor))
             if not items:
@@ -328,16 +353,12 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
             by_split: Dict[str, List[SourceItem]] = defaultdict(list)
             for it in items:
                 by_split[it.split].append(it)
-            if common.force:  # splits this source no longer yields would otherwise linger beside the new ones
-                for split in prepared_splits(corpus_dir):
-                    if split not in by_split:
-                        _remove_split(corpus_dir, split)
             splits = []
             known = _train_classes(by_split)
             order = ("train", "dev", "test")
             for split in sorted(by_split, key=lambda s: order.index(s) if s in order else 9):
                 if cuts_path(corpus_dir, split).exists() and not common.force:
-                    splits.append(_existing_summary(corpus_dir, split))
+                    splits.append(_existing_summary(corpus_dir, split, kept.get(split)))
                     continue
                 splits.append(
                     prepare_split(
@@ -353,19 +374,13 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
                 )
             vocabulary = _write_label_vocabulary(corpus_dir, items)
     except BaseException:
-        if not any(p.is_file() and p.name != ".lock" for p in corpus_dir.rglob("*")):
+        if not any(p.is_file() and p.name not in (".lock", "prepare.json") for p in corpus_dir.rglob("*")):
             shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
         raise
     summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start, vocabulary)
     atomic.write_json(
         corpus_dir / "prepare.json",
-        {
-            "speechbudget_version": __version__,
-            "corpus": spec.name,
-            "features": common.features,
-            "options": spec.to_dict(),
-            "summary": summary.to_dict(),
-        },
+        {**record, "options": spec.to_dict(), "complete": True, "summary": summary.to_dict()},
     )
     return summary
 
@@ -398,7 +413,22 @@ def _write_label_vocabulary(corpus_dir: Path, items: List[SourceItem]) -> Option
     return {"classes": len(vocab), "multi_label": vocab.multi_label, "path": str(path)}
 
 
-def _existing_summary(corpus_dir: Path, split: str) -> SplitSummary:
+def _stored_split_summaries(corpus_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """The per-split numbers the last run recorded in prepare.json (empty when there are none)."""
+    try:
+        data = json.loads((corpus_dir / "prepare.json").read_text(encoding="utf-8"))
+        return {str(d["split"]): d for d in data["summary"]["splits"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _existing_summary(
+    corpus_dir: Path, split: str, stored: Optional[Mapping[str, Any]] = None
+) -> SplitSummary:
+    """A kept split's numbers: as its run recorded them, else counted from its files."""
+    if stored is not None:
+        names = {f.name for f in dataclasses.fields(SplitSummary)}
+        return SplitSummary(**{**{k: v for k, v in stored.items() if k in names}, "skipped": True})
     from lhotse import load_manifest_lazy
 
     cuts = load_manifest_lazy(cuts_path(corpus_dir, split))
@@ -407,5 +437,9 @@ def _existing_summary(corpus_dir: Path, split: str) -> SplitSummary:
         n += 1
         secs += c.duration
     rej = corpus_dir / f"rejected_{split}.jsonl"
-    nrej = sum(1 for _ in open(rej)) if rej.exists() else 0
-    return SplitSummary(split, kept=n, rejected=nrej, hours=secs / 3600, skipped=True)
+    lines = [ln for ln in rej.read_text(encoding="utf-8").splitlines() if ln.strip()] if rej.exists() else []
+    reasons: Dict[str, int] = {}
+    for line in lines:
+        key = _reason_key(str(json.loads(line).get("reason", "")))
+        reasons[key] = reasons.get(key, 0) + 1
+    return SplitSummary(split, kept=n, rejected=len(lines), hours=secs / 3600, skipped=True, reasons=reasons)
