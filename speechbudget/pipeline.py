@@ -77,6 +77,35 @@ STAGES = (
 FOLD_STAGES = ("finetune", "scratch", "decode")
 #: the stages that train a model that decode and report read (each in EXP/<stage>/)
 MODEL_STAGES = ("teacher", "finetune", "scratch")
+#: the recipe keys each stage's result depends on: a finished stage records them in its marker, and a
+#: later `run` whose recipe changed them stops instead of reporting the old result as the new one's
+STAGE_KEYS: Dict[str, Tuple[str, ...]] = {
+    "prepare": ("prepare", "labeled", "pool"),
+    "plan": ("plan",),
+    "kmeans": ("kmeans",),
+    "pretrain": ("pretrain", "seed"),
+    "kmeans2": ("kmeans2",),
+    "pretrain2": ("pretrain2", "seed"),
+    "teacher": ("teacher", "seed"),
+    "distill": ("teacher",),
+    "folds": ("finetune", "tts", "decode", "folds", "seed"),
+    "finetune": ("finetune", "tts", "seed"),
+    "scratch": ("finetune", "tts", "seed"),
+    "decode": ("decode",),
+}
+RECIPE_KEY = "_recipe"  # where a stage marker keeps the recipe values it ran with
+#: the stages whose results each stage is made from (decode and report: ``_asks_more``)
+UPSTREAM: Dict[str, Tuple[str, ...]] = {
+    "kmeans": ("prepare",),
+    "pretrain": ("plan", "kmeans"),
+    "kmeans2": ("pretrain",),
+    "pretrain2": ("kmeans2",),
+    "teacher": ("prepare",),
+    "distill": ("teacher",),
+    "folds": ("prepare", "pretrain", "pretrain2"),
+    "finetune": ("prepare", "pretrain", "pretrain2", "distill"),
+    "scratch": ("prepare",),
+}
 
 
 def _decode_key(run: str, split: str) -> str:
@@ -274,7 +303,34 @@ class Pipeline:
 
     def done(self, stage: str) -> Optional[Dict[str, Any]]:
         m = self.marker(stage)
-        return json.loads(m.read_text()) if m.is_file() else None
+        if not m.is_file():
+            return None
+        out = json.loads(m.read_text())
+        out.pop(RECIPE_KEY, None)
+        return out
+
+    def stage_recipe(self, stage: str) -> Dict[str, Any]:
+        """The recipe values ``stage`` depends on, as JSON would store them."""
+        values = {k: self.raw.get(k) for k in STAGE_KEYS.get(stage, ())}
+        if "seed" in values:
+            values["seed"] = self.r.seed
+        return _without_how_keys(json.loads(json.dumps(values, default=str)))
+
+    def check_unchanged(self, stage: str) -> None:
+        """Stop when a finished stage ran with other recipe values than the recipe now gives."""
+        m = self.marker(stage)
+        stored = json.loads(m.read_text()).get(RECIPE_KEY) if m.is_file() else None
+        if stored is None:  # a marker of an older version: nothing to compare
+            return
+        now = self.stage_recipe(stage)
+        diffs = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+        if diffs:
+            where = f" of fold {self.fold.name}" if self.fold else ""
+            changed = "; ".join(_changed_keys(k, stored.get(k), now.get(k)) for k in diffs)
+            raise SpeechBudgetError(
+                f"stage {stage}{where} finished with other recipe values than now ({changed}): run it again "
+                f"with --stage {stage} (a training stage continues from its checkpoint), or use another exp_dir"
+            )
 
     def enabled(self, stage: str) -> bool:
         r = self.r
@@ -725,12 +781,23 @@ class Pipeline:
         """``stages`` in order, each skipped once done except ``redo``."""
         results: Dict[str, Any] = {}
         ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
+        remade: Set[str] = set()  # of those, the ones whose result is new (not "already done" or kept)
         where = f"fold {self.fold.name}: " if self.fold else ""
         tts_ready = self.r.tts is None or not {"finetune", "scratch"} & set(stages)  # nothing to speak for
         for stage in stages:
             if not self.enabled(stage):
                 continue
             prior = self.done(stage)
+            if prior is not None and stage != redo:
+                self.check_unchanged(stage)
+                stale = [u for u in UPSTREAM.get(stage, ()) if u in remade]
+                if stale:
+                    raise SpeechBudgetError(
+                        f"stage {stage}{' of fold ' + self.fold.name if self.fold else ''} finished on the "
+                        f"{stale[0]} stage's earlier result, which this run has just made again: move "
+                        f"{self.marker(stage)} (and the stage's folder) aside to redo it on the new one, "
+                        "or use another exp_dir"
+                    )
             if prior is not None and stage != redo and not self._asks_more(stage, prior, ran):
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
@@ -749,10 +816,12 @@ class Pipeline:
             }.get(stage) or getattr(self, f"stage_{stage}")
             t0 = time.perf_counter()
             out = fn()
-            atomic.write_json(self.marker(stage), out)
+            atomic.write_json(self.marker(stage), {**out, RECIPE_KEY: self.stage_recipe(stage)})
             self.record_time(stage, time.perf_counter() - t0)
             results[stage] = out
             ran.add(stage)
+            if _made_anew(out):
+                remade.add(stage)
         return results
 
     def _asks_more(self, stage: str, prior: Dict[str, Any], ran: Set[str]) -> bool:
@@ -779,6 +848,44 @@ class Pipeline:
     def stage_times(self) -> Dict[str, float]:
         path = self.exp / ".stages" / TIMES_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+#: keys that change how fast or where a stage runs, or what it logs, never its result
+HOW_KEYS = frozenset(
+    ("num_jobs", "executor", "scheduler", "force", "device", "num_workers", "log_every", "profile_steps")
+)
+
+
+def _without_how_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_how_keys(v) for k, v in value.items() if k not in HOW_KEYS}
+    if isinstance(value, list):
+        return [_without_how_keys(v) for v in value]
+    return value
+
+
+def _made_anew(out: Dict[str, Any]) -> bool:
+    """Whether a stage that ran made a new result: a trainer whose budget was spent already and a
+    prepare that kept every split did not."""
+    if out.get("already_done"):
+        return False
+    splits = [s for part in (out, out.get("labeled") or {}) for s in part.get("splits", [])]
+    return not splits or not all(isinstance(s, dict) and s.get("skipped") for s in splits)
+
+
+def _changed_keys(key: str, old: Any, new: Any, limit: int = 3) -> str:
+    """``finetune.budget.flops: 1e13 -> 5e12``: the leaves that differ, at most ``limit`` of them."""
+    leaves: List[str] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(f"{path}.{k}", a.get(k), b.get(k))
+        elif a != b:
+            leaves.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(key, old, new)
+    return "; ".join(leaves[:limit]) + (f"; and {len(leaves) - limit} more" if len(leaves) > limit else "")
 
 
 def _cuts(path: Path):

@@ -208,6 +208,11 @@ def test_user_mistakes_are_one_line_errors_with_exit_code_2(tmp_path, capsys, ex
             ["pretrain", recipe, f"train_cuts={synthetic_corpus / 'km' / 'cuts_dev.jsonl.gz'}"],
             "use another exp_dir or the same train_cuts",
         ),
+        (  # resuming with another learning rate would go on with the checkpoint's: refused, key named
+            ["pretrain", recipe, "optim.lr=0.0001", "budget.steps=1000"],
+            f"{root / 'pt'} was trained with optim.lr ",
+        ),
+        (["pretrain", recipe, "max_duration=7.5"], "(this run asks for 7.5)"),
         (
             ["finetune", recipe, "encoder=zipformer-nano", f"exp_dir={tmp_path / 'ft-nano'}"],
             "holds a zipformer-tiny encoder",

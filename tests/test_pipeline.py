@@ -82,6 +82,46 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
         "--json",
     )
     assert list(json.loads(redo.out)) == ["decode"]
+    # a finished stage whose recipe values changed stops the run, naming the change and the way on
+    changed = run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *TINY,
+        *plan,
+        "kmeans.num_clusters=7",
+        code=2,
+    )
+    err = changed.err.strip()
+    assert "stage kmeans finished with other recipe values" in err and "kmeans.num_clusters:" in err
+    assert "-> 7" in err and "--stage kmeans" in err and len(err.splitlines()) == 1
+    # and a value that only a later stage reads is caught before any stage runs again
+    changed = run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *TINY,
+        *plan,
+        "decode.beam_size=4",
+        code=2,
+    )
+    assert "stage decode finished with other recipe values" in changed.err and "done already" in changed.out
+    # a stage made again leaves no finished later stage that was made from its old result
+    stale = run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *TINY,
+        *plan,
+        "--stage",
+        "kmeans",
+        code=2,
+    )
+    assert "stage pretrain finished on the kmeans stage's earlier result" in stale.err
+    assert "[kmeans] running" in stale.out and "[pretrain] running" not in stale.out
 
 
 def test_killed_run_resumes_and_finishes(tmp_path):

@@ -46,6 +46,38 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+#: the keys that shape a run's trajectory: a resumed run must have the values it started with (budget,
+#: dev_cuts, device and the logging/checkpoint keys may change: "train on for longer" is a resume)
+TRAJECTORY_KEYS = (
+    "max_duration",
+    "num_buckets",
+    "grad_accum",
+    "seed",
+    "amp",
+    "train_hours",
+    "train_speakers",
+    "extra_train_cuts",
+    "optim",
+    "schedule",
+    "hubert",
+    "ctc",
+    "task",
+    "classify",
+    "distill",
+)
+
+
+def _differing_leaves(saved: Any, now: Any, prefix: str) -> list:
+    """``key: saved -> now`` for every leaf the saved config has and the current one gives otherwise
+    (a key the saved config lacks came after it was written: its default is what that run used)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in saved:
+            out += _differing_leaves(saved[k], now.get(k), f"{prefix}{k}.") if k in now else []
+        return out
+    return [] if saved == now else [f"{prefix.rstrip('.')} {saved!r} (this run asks for {now!r})"]
+
+
 def _name(spec: Any) -> str:
     return str(spec.get("preset") or spec) if isinstance(spec, dict) else str(spec)
 
@@ -210,6 +242,17 @@ class Trainer:
             raise SpeechBudgetError(
                 f"{exp} was trained on train_cuts {saved['train_cuts']}; this run asks for "
                 f"{cfg.train_cuts}: use another exp_dir or the same train_cuts"
+            )
+        as_json = lambda x: json.loads(json.dumps(x, default=str))  # noqa: E731 (tuples and lists alike)
+        changed = _differing_leaves(
+            as_json({k: saved[k] for k in TRAJECTORY_KEYS if k in saved}), as_json(to_dict(cfg)), prefix=""
+        )
+        if changed:
+            raise SpeechBudgetError(
+                f"{exp} was trained with {'; '.join(changed[:3])}"
+                f"{f' (and {len(changed) - 3} more)' if len(changed) > 3 else ''}: a resumed run would go on "
+                "with the checkpoint's optimizer, schedule and data order; use another exp_dir, or the same "
+                "values (only budget, dev_cuts and logging/checkpoint keys may change when resuming)"
             )
 
     # --------------------------------------------------------------------------- logging
