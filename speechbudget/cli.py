@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -25,6 +26,8 @@ except ImportError:  # pragma: no cover
 app = typer.Typer(
     name="speechbudget",
     help="Budget-aware self-supervised speech pretraining: prepare -> plan -> pretrain -> finetune -> WER.",
+    epilog="Examples:\n\n  speechbudget recipes copy quickstart my-run/\n\n  speechbudget run my-run/quickstart.yaml"
+    "\n\n  speechbudget prepare synthetic --hours 0.2 --out data/ && speechbudget data describe data/synthetic",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,8 +44,16 @@ def _register_subcommands() -> None:
     cli_vgs.register(app)  # train-multi, evaluate-retrieval, probe abx
 
 
-data_app = typer.Typer(help="Inspect prepared data.", no_args_is_help=True)
-models_app = typer.Typer(help="Encoder presets: parameters, FLOPs, frame rates.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect prepared data.",
+    epilog="Example:\n\n  speechbudget data describe data/fsdd",
+    no_args_is_help=True,
+)
+models_app = typer.Typer(
+    help="Encoder presets: parameters, FLOPs, frame rates.",
+    epilog="Examples:\n\n  speechbudget models list\n\n  speechbudget models show zipformer-tiny --seconds 10",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 
@@ -59,10 +70,7 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """Budget-aware self-supervised speech pretraining.
-
-    Example: `speechbudget prepare synthetic --hours 0.2 --out data/` then `speechbudget data describe data/synthetic`.
-    """
+    """Budget-aware self-supervised speech pretraining (the examples are the app's epilog)."""
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -173,6 +181,10 @@ def _train_stage(run, recipe: Path, section: str, overrides: Optional[List[str]]
 
     quiet_if_json(as_json)
     cfg = load_train_config(recipe, section, overrides or [])
+    if not cfg.train_cuts:  # a `run` recipe: train what its stage would, in EXP/<section>
+        from .pipeline import standalone_config
+
+        cfg = standalone_config(recipe, section, overrides or [])
     _render_train(run(cfg, load_yaml(recipe)), as_json)
 
 
@@ -264,8 +276,9 @@ def kmeans(
 
 @app.command(
     epilog="Examples:\n\n"
-    "  speechbudget pretrain recipes/quickstart.yaml\n\n"
-    "  speechbudget pretrain recipes/quickstart.yaml budget.flops=2e13 encoder=zipformer-xs\n\n"
+    "  speechbudget pretrain recipes/quickstart.yaml   # after `run ... --stop-stage kmeans`: EXP/pretrain, as run\n\n"
+    "  speechbudget pretrain recipes/quickstart.yaml budget.flops=2e13 encoder=zipformer-xs exp_dir=exp/xs\n\n"
+    "  speechbudget pretrain my.yaml train_cuts=exp/km/cuts_train.jsonl.gz exp_dir=exp/pt\n\n"
     "  torchrun --nproc_per_node 8 -m speechbudget.cli pretrain recipes/librispeech-100h-zipformer-base.yaml\n\n"
     "Re-running the same command resumes from the newest checkpoint."
 )
@@ -282,7 +295,7 @@ def pretrain(
 
 @app.command(
     epilog="Examples:\n\n"
-    "  speechbudget finetune recipes/quickstart.yaml\n\n"
+    "  speechbudget finetune recipes/quickstart.yaml   # from EXP/pretrain into EXP/finetune, as run\n\n"
     "  speechbudget finetune recipes/quickstart.yaml ctc.init_checkpoint=null exp_dir=exp/scratch   # from scratch\n\n"
     "  speechbudget finetune recipes/fsdd-keywords.yaml task=classify train_cuts=data/fsdd/cuts_train.jsonl.gz"
 )
@@ -356,7 +369,11 @@ def decode(
     out.print(f"result files: {results[0]['out_dir']}")
 
 
-tokenizer_app = typer.Typer(help="Sentencepiece tokenizers for CTC.", no_args_is_help=True)
+tokenizer_app = typer.Typer(
+    help="Sentencepiece tokenizers for CTC.",
+    epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char",
+    no_args_is_help=True,
+)
 app.add_typer(tokenizer_app, name="tokenizer")
 
 
@@ -415,7 +432,11 @@ def report(
 
 
 # ------------------------------------------------------------------------------------ recipes
-recipes_app = typer.Typer(help="Recipes shipped with speechbudget: list and copy them.", no_args_is_help=True)
+recipes_app = typer.Typer(
+    help="Recipes shipped with speechbudget: list and copy them.",
+    epilog="Examples:\n\n  speechbudget recipes list\n\n  speechbudget recipes copy fsdd my-run/",
+    no_args_is_help=True,
+)
 app.add_typer(recipes_app, name="recipes")
 
 
@@ -573,10 +594,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)  # returns an exit code when a command exits early
     except SpeechBudgetError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click_exc.NoArgsIsHelpError:  # typer has printed the help
         sys.exit(0)
+    except typer.Abort as e:  # click's word for an EOFError (or a Ctrl-C) inside a command
+        if isinstance(e.__cause__, EOFError):
+            err.print(
+                f"[red]error:[/red] a compressed file ended early ({escape(str(e.__cause__))}): a manifest or "
+                "feature file this command reads is truncated (a full disk, a copy cut short); re-run the "
+                "stage that wrote it",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(2)
+        err.print("interrupted; re-run the same command to resume")
+        sys.exit(130)
     except click_exc.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "speechbudget"
         err.print(

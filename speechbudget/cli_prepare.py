@@ -121,6 +121,8 @@ def register(app: typer.Typer) -> typer.Typer:
     prepare_app = typer.Typer(
         help="Turn audio into lhotse manifests (16 kHz mono) and fbank features; bad items are skipped "
         "and reported. One subcommand per source: `speechbudget prepare SOURCE --help`.",
+        epilog="Examples:\n\n  speechbudget prepare fsdd ../shared/data/fsdd --out data/ --test-speakers theo"
+        "\n\n  speechbudget prepare dir my-audio/ --out data/ --name mine",
         no_args_is_help=True,
     )
     for src in registry().values():

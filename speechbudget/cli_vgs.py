@@ -10,7 +10,11 @@ from rich.table import Table
 
 from .cli_common import JSON_OPT, emit_json, out, print_table, quiet_if_json
 
-probe_app = typer.Typer(help="Probe what an encoder's layers represent.", no_args_is_help=True)
+probe_app = typer.Typer(
+    help="Probe what an encoder's layers represent.",
+    epilog="Example:\n\n  speechbudget probe abx exp/pretrain data/fsdd/cuts_dev.jsonl.gz",
+    no_args_is_help=True,
+)
 
 
 def _fmt(v: Any) -> str:

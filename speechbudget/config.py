@@ -468,6 +468,17 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
     ]
 
 
+def budget_rules(b: BudgetConfig) -> List[tuple]:
+    """Each limit a recipe gives must be positive; whether one is given at all is checked when
+    training starts (a plan may still fill it in)."""
+    rules = [
+        (f"budget.{k}", getattr(b, k) is None or getattr(b, k) > 0, f"must be positive (got {getattr(b, k)})")
+        for k in ("flops", "gpu_hours", "wall_hours", "audio_hours", "steps")
+    ]
+    ok = b.utilisation is None or 0 < b.utilisation <= 1
+    return rules + [("budget.utilisation", ok, f"must be in (0, 1] (got {b.utilisation})")]
+
+
 def check_ranges(cfg: TrainConfig, section: str) -> None:
     """Values that parse but make no sense stop here, with the key named."""
     rules = [
@@ -477,6 +488,14 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ("train_speakers", cfg.train_speakers is None or cfg.train_speakers >= 1, "must be at least 1"),
         ("checkpoint_every", cfg.checkpoint_every >= 1, "must be at least 1"),
         ("keep_last", cfg.keep_last >= 1, "must be at least 1"),
+        (
+            "average_last",
+            0 <= cfg.average_last <= cfg.keep_last,
+            f"must be between 0 (off) and keep_last ({cfg.keep_last}): only kept checkpoints can be averaged",
+        ),
+        ("num_workers", cfg.num_workers >= 0, "must be 0 (load in this process) or more"),
+        ("hubert.temperature", cfg.hubert.temperature > 0, "must be positive (the logits are divided by it)"),
+        *budget_rules(cfg.budget),
         ("log_every", cfg.log_every >= 1, "must be at least 1"),
         ("profile_steps", cfg.profile_steps >= 0, "must be 0 (off) or more"),
         ("max_bad_steps", cfg.max_bad_steps >= 1, "must be at least 1"),

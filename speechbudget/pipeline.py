@@ -35,13 +35,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from lhotse import CutSet
 
 from . import atomic
 from .config import (
     KmeansConfig,
+    TrainConfig,
     TrainSection,
     deep_merge,
     from_dict,
@@ -211,10 +212,51 @@ class RunRecipe:
     fold_seeds: int = 1  # fine-tune each fold with this many seeds (seed, seed + 1, ...)
 
 
+def standalone_config(recipe: Path, section: str, overrides: Sequence[str]) -> TrainConfig:
+    """What `speechbudget pretrain|finetune RECIPE` trains when the recipe's section names no
+    train_cuts: the config `run` gives that stage (its inputs from EXP/kmeans or EXP/data, its folder
+    EXP/<section>), so the stand-alone command and `run` share one run folder. ``overrides`` are the
+    command's, relative to the section (``exp_dir=`` moves the run's folder)."""
+    given = parse_overrides(overrides)
+    given = deep_merge({k: v for k, v in given.items() if k != section}, given.get(section) or {})
+    exp_dir = given.pop("exp_dir", None)
+    top = {k: given.pop(k) for k in ("seed", "device") if k in given}
+    data = deep_merge(load_yaml(recipe), {**top, section: given})
+    if not data.get("exp_dir"):
+        raise SpeechBudgetError(
+            f"the recipe's {section} section sets no train_cuts and the recipe no exp_dir to find them in: "
+            f"give train_cuts=... (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)"
+        )
+    pipe = Pipeline(_validated(data, recipe))
+    if section == "pretrain":
+        cfg = pipe.pretrain_config()
+        if not Path(cfg.train_cuts).is_file():
+            raise SpeechBudgetError(
+                f"no k-means targets at {cfg.train_cuts}: make them with `speechbudget run {recipe} "
+                "--stop-stage kmeans`, or give train_cuts=..."
+            )
+    else:
+        init = (given.get("ctc") or {}).get("init_checkpoint", True)
+        cfg = pipe.finetune_config(True if init is True else (str(init) if init else None))
+        missing = [p for p in split_csv(cfg.train_cuts) if not Path(p).is_file()]
+        if missing:
+            raise SpeechBudgetError(
+                f"no labelled cuts at {missing[0]}: prepare them with `speechbudget run {recipe} "
+                "--stop-stage prepare`, or give train_cuts=..."
+            )
+    if exp_dir:
+        cfg.exp_dir = str(exp_dir)
+    return cfg
+
+
 def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
     """The recipe with its overrides, every section validated now: a typo in ``finetune`` must not
     wait hours for the pretraining stage to end before it is reported."""
-    data = deep_merge(load_yaml(path), parse_overrides(overrides))
+    return _validated(deep_merge(load_yaml(path), parse_overrides(overrides)), path)
+
+
+def _validated(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """``data`` (a recipe with its overrides) once every section is checked."""
     r = from_dict(RunRecipe, data)  # validates every section, names unknown keys
     if r.pool:
         check_names(
@@ -248,6 +290,20 @@ def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:
         raise SpeechBudgetError(
             "a teacher: section needs finetune.task: classify (CMKD distils a classifier)"
         )
+    from .models.presets import resolve
+    from .train.targets import check_kmeans_args
+
+    for key in ("kmeans", "kmeans2"):
+        km = getattr(r, key)
+        if km is not None:
+            check_kmeans_args(km.features, km.num_clusters, key)
+    for section in ("pretrain", "finetune", "teacher", "pretrain2"):
+        encoder = (data.get(section) or {}).get("encoder")
+        if encoder is not None:
+            try:
+                resolve(encoder)
+            except SpeechBudgetError as e:
+                raise SpeechBudgetError(f"{section}.encoder: {e}") from None
     top = {k: data[k] for k in ("seed", "device") if k in data}
     for section in (
         "pretrain",
@@ -488,10 +544,13 @@ class Pipeline:
     def stage_pretrain(self, which: str = "pretrain") -> Dict[str, Any]:
         from .train.pretrain import pretrain
 
+        return pretrain(self.pretrain_config(which), self.raw)
+
+    def pretrain_config(self, which: str = "pretrain") -> TrainConfig:
+        """The pretraining stage's config: this run's k-means labels in, EXP/<which> out."""
         labels = "kmeans2" if which == "pretrain2" else "kmeans"
         sec = {**self._pretrain_inputs(self._pretrain_section(), labels), "exp_dir": str(self.exp / which)}
-        cfg = load_train_config({**self._top(), "pretrain": sec}, "pretrain")
-        return pretrain(cfg, self.raw)
+        return load_train_config({**self._top(), "pretrain": sec}, "pretrain")
 
     def _pretrain_inputs(self, sec: Dict[str, Any], labels: str) -> Dict[str, Any]:
         """``sec`` reading this run's labels: each stage reads what the previous one wrote."""
@@ -607,9 +666,15 @@ class Pipeline:
     def stage_finetune(self) -> Dict[str, Any]:
         from .train.finetune import finetune
 
-        init = None if self.classify_from_scratch else str(self._latest_pretrain())
+        return finetune(self.finetune_config(), self.raw)
+
+    def finetune_config(self, init: Union[str, None, bool] = True) -> TrainConfig:
+        """The fine-tuning stage's config; ``init``: True = from this run's pretraining (none for a
+        classifier without a `pretrain:` section), else that checkpoint (None: from scratch)."""
+        if init is True:
+            init = None if self.classify_from_scratch else str(self._latest_pretrain())
         sec = self._finetune_section("finetune", init)
-        return finetune(load_train_config({**self._top(), "finetune": sec}, "finetune"), self.raw)
+        return load_train_config({**self._top(), "finetune": sec}, "finetune")
 
     def stage_scratch(self, budget: Optional[float] = None) -> Dict[str, Any]:
         """From scratch with the compute the pretrained model had in total (pretraining + fine-tuning);
@@ -769,9 +834,15 @@ class Pipeline:
         for s in (start, stop):
             if s is not None and s not in STAGES:
                 raise SpeechBudgetError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+        i0 = STAGES.index(start) if start else 0
+        i1 = STAGES.index(stop) if stop else len(STAGES) - 1
+        if i0 > i1:
+            raise SpeechBudgetError(f"--stage {start} comes after --stop-stage {stop}: nothing would run")
+        for s in (start, stop):
+            if s is not None and not self.enabled(s):
+                on = ", ".join(x for x in STAGES if self.enabled(x))
+                raise SpeechBudgetError(f"this recipe has no {s} stage; its stages: {on}")
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
-            i0 = STAGES.index(start) if start else 0
-            i1 = STAGES.index(stop) if stop else len(STAGES) - 1
             try:
                 return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
             finally:

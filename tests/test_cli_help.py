@@ -11,11 +11,8 @@ def _command_paths():
     from speechbudget.cli import app
 
     def walk(cmd, path):
-        subs = getattr(cmd, "commands", None)
-        if subs is None:
-            yield path
-            return
-        for name, sub in sorted(subs.items()):
+        yield path  # groups too (the root: path []), not only the commands under them
+        for name, sub in sorted((getattr(cmd, "commands", None) or {}).items()):
             yield from walk(sub, [*path, name])
 
     return list(walk(typer.main.get_command(app), []))

@@ -59,9 +59,17 @@ def load_cuts(path: Union[str, Path]) -> CutSet:
     if not path.is_file():
         raise SpeechBudgetError(f"{path} does not exist; run `speechbudget prepare` first")
     try:
-        return load_manifest_lazy(path)
+        manifest = load_manifest_lazy(path)
     except Exception as e:
         raise SpeechBudgetError(f"{path} is not a lhotse cut manifest ({type(e).__name__}: {e})") from None
+    if manifest is None:
+        raise SpeechBudgetError(f"{path} is empty; re-run the stage that wrote it")
+    if not isinstance(manifest, CutSet):
+        raise SpeechBudgetError(
+            f"{path} is a {type(manifest).__name__} manifest, not cuts; pass the cuts_<split>.jsonl.gz "
+            "beside it (or the corpus folder)"
+        )
+    return manifest
 
 
 def subset_hours(cuts: CutSet, hours: float, seed: int, key: str = "train_hours") -> CutSet:

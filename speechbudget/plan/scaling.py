@@ -267,6 +267,17 @@ def _validate_points(points) -> np.ndarray:
         )
     if not np.all(np.isfinite(array)) or np.any(array <= 0):
         raise SpeechBudgetError("pilot points must be finite and > 0 (params, hours, unique, loss)")
+    distinct = lambda col: len(np.unique(np.round(np.log(array[:, col]), 4)))  # noqa: E731
+    if distinct(0) < 2:
+        raise SpeechBudgetError(
+            f"every pilot has {array[0, 0]:.4g} parameters: the law's model-size term cannot be fitted; "
+            "add pilots of other presets (speechbudget sweep --presets A,B)"
+        )
+    if distinct(1) < 2:
+        raise SpeechBudgetError(
+            f"every pilot saw {array[0, 1]:.4g} hours of audio: the law's data term cannot be fitted; "
+            "add pilots of other budgets (speechbudget sweep --budgets X,Y)"
+        )
     return array
 
 

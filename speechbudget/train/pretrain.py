@@ -15,6 +15,7 @@ from .setup import (
     dev_loader,
     encoder_cost_cached,
     input_kind,
+    load_train_cuts,
     make_data,
     new_encoder,
     training_cuts,
@@ -56,6 +57,16 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         num_clusters = cfg.hubert.num_clusters or seen
         if seen > num_clusters:
             raise SpeechBudgetError(f"labels go up to {seen - 1} but hubert.num_clusters is {num_clusters}")
+        if cfg.dev_cuts:  # now, not at the validation after the whole budget
+            try:
+                dev_seen = count_clusters(load_train_cuts(cfg.dev_cuts, "dev_cuts"))
+            except SpeechBudgetError as e:
+                raise SpeechBudgetError(f"dev_cuts {cfg.dev_cuts}: {e}") from None
+            if dev_seen > num_clusters:
+                raise SpeechBudgetError(
+                    f"dev_cuts labels go up to {dev_seen - 1} but the training targets have {num_clusters} "
+                    "clusters: label dev_cuts with the k-means model of train_cuts"
+                )
         model = build_model(cfg, num_clusters)
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
         dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)

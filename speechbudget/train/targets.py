@@ -25,6 +25,19 @@ def pretrained_encoder(path: Path):
     return encoder.eval()
 
 
+def check_kmeans_args(features: str, num_clusters: int, key: str = "kmeans") -> None:
+    """What k-means needs of its settings, checked before any work (a recipe's before its first stage)."""
+    if features not in FEATURES:
+        raise SpeechBudgetError(
+            f"unknown k-means features {features!r} (--features, recipe {key}.features); "
+            f"choose one of {', '.join(FEATURES)}"
+        )
+    if num_clusters < 2:
+        raise SpeechBudgetError(
+            f"k-means needs at least 2 clusters (--num-clusters, recipe {key}.num_clusters), got {num_clusters}"
+        )
+
+
 def make_targets(
     cuts: List[Path],
     out_dir: Path,
@@ -40,15 +53,7 @@ def make_targets(
 ) -> Dict[str, Any]:
     """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
     length rule decide how many labels each cut gets)."""
-    if features not in FEATURES:
-        raise SpeechBudgetError(
-            f"unknown k-means features {features!r} (--features, recipe kmeans.features); "
-            f"choose one of {', '.join(FEATURES)}"
-        )
-    if num_clusters < 2:
-        raise SpeechBudgetError(
-            f"k-means needs at least 2 clusters (--num-clusters, recipe kmeans.num_clusters), got {num_clusters}"
-        )
+    check_kmeans_args(features, num_clusters)
     check_writable(out_dir, "k-means output folder")
     if features == "layer":
         if checkpoint is None or layer is None:

@@ -1,0 +1,99 @@
+"""Mistakes found by trying the CLI as a careless user (sixteenth session): each ends in one line that
+says what to change, early, before any compute is spent on it."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import cli_result
+from test_issue21 import one_line_error
+
+from speechbudget.errors import SpeechBudgetError
+from speechbudget.plan.scaling import fit_law
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+
+
+def test_a_manifest_that_is_not_cuts_empty_or_truncated_is_named(synthetic_corpus, tmp_path, capsys):
+    corpus = synthetic_corpus / "synthetic"
+    code, _, err = cli_result(capsys, "data", "describe", corpus / "recordings_train.jsonl.gz")
+    one_line_error(code, err, "is a RecordingSet manifest, not cuts")
+    empty = tmp_path / "empty.jsonl.gz"
+    empty.write_bytes(b"")
+    code, _, err = cli_result(capsys, "data", "describe", empty)
+    one_line_error(code, err, "empty.jsonl.gz is empty")
+    whole = (corpus / "cuts_train.jsonl.gz").read_bytes()
+    assert len(gzip.decompress(whole)) > 0
+    cut_short = tmp_path / "cuts_train.jsonl.gz"  # a copy cut short, as a full disk leaves it
+    cut_short.write_bytes(whole[: len(whole) // 2])
+    for args in (["data", "describe", cut_short], ["kmeans", cut_short, "--out", tmp_path / "km"]):
+        code, _, err = cli_result(capsys, *args)
+        one_line_error(code, err, "a compressed file ended early")
+
+
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        (["finetune.budget.steps=-5"], "'finetune.budget.steps' must be positive (got -5)"),
+        (["pretrain.budget.utilisation=5"], "'pretrain.budget.utilisation' must be in (0, 1]"),
+        (["kmeans.num_clusters=1"], "recipe kmeans.num_clusters"),
+        (["kmeans.features=foo"], "unknown k-means features 'foo'"),
+        (["pretrain.encoder=zipformer-tinyy"], "pretrain.encoder: unknown encoder preset 'zipformer-tinyy'"),
+        (["finetune.keep_last=2", "finetune.average_last=5"], "'finetune.average_last' must be between 0"),
+        (["pretrain.hubert.temperature=0"], "'pretrain.hubert.temperature' must be positive"),
+    ],
+)
+def test_run_refuses_a_bad_later_section_before_its_first_stage(tmp_path, capsys, overrides, expect):
+    exp = tmp_path / "exp"
+    code, out, err = cli_result(capsys, "run", QUICKSTART, f"exp_dir={exp}", *overrides)
+    one_line_error(code, err, expect)
+    assert "[prepare] running" not in out and not (exp / "data").exists()
+
+
+def test_run_refuses_an_empty_stage_range(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    code, _, err = cli_result(
+        capsys, "run", QUICKSTART, f"exp_dir={exp}", "--stage", "decode", "--stop-stage", "pretrain"
+    )
+    one_line_error(code, err, "--stage decode comes after --stop-stage pretrain")
+    code, _, err = cli_result(capsys, "run", QUICKSTART, f"exp_dir={exp}", "--stage", "teacher")
+    one_line_error(code, err, "this recipe has no teacher stage; its stages: prepare, kmeans")
+    assert not (exp / "data").exists()
+
+
+def test_pretraining_dev_cuts_without_targets_stop_before_the_first_step(synthetic_corpus, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    exp = tmp_path / "pt"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "exp_dir": str(exp),
+                "pretrain": {
+                    "encoder": "zipformer-nano",
+                    "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
+                    "dev_cuts": str(
+                        synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"
+                    ),  # no k-means labels
+                    "max_duration": 8.0,
+                    "budget": {"steps": 3},
+                },
+            }
+        )
+    )
+    code, _, err = cli_result(capsys, "pretrain", recipe)
+    one_line_error(code, err, "dev_cuts")
+    assert "has no k-means labels" in err
+    assert not list(exp.glob("checkpoints/*.pt"))  # not one step trained
+
+
+def test_a_law_is_not_fitted_on_pilots_that_cannot_identify_it():
+    one_size = [(4.7e6, h, h, 3.0 / h**0.2) for h in (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)]
+    with pytest.raises(SpeechBudgetError, match="every pilot has 4.7e\\+06 parameters"):
+        fit_law(one_size, bootstrap=0)
+    one_data = [(n, 0.5, 0.5, 3.0 / (n / 1e6) ** 0.1) for n in (1e6, 2e6, 4e6, 8e6, 16e6, 32e6)]
+    with pytest.raises(SpeechBudgetError, match="every pilot saw 0.5 hours"):
+        fit_law(one_data, bootstrap=0)
