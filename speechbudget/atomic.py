@@ -72,3 +72,13 @@ def check_writable(folder: PathLike, what: str = "output folder") -> Path:
             f"cannot write to {what} {folder} ({e.strerror or e}); choose a writable folder"
         ) from None
     return folder
+
+
+def check_output_file(path: PathLike, what: str = "output file") -> Path:
+    """``path`` can be written as a file: not an existing folder, not under a file, its folder
+    writable; checked before the work whose result it holds."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpeechBudgetError(f"{what} {path} is a folder; give a file name (e.g. {path / 'NAME'})")
+    check_writable(path.parent, f"{what}'s folder")
+    return path

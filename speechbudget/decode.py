@@ -24,7 +24,7 @@ from .errors import SpeechBudgetError
 from .models.presets import build_encoder
 from .objectives.ctc import CtcModel
 from .train import checkpoint as ckpt
-from .train.distributed import pick_device
+from .train.distributed import device_option
 
 METHODS = ("greedy", "beam", "lexicon")
 
@@ -106,9 +106,7 @@ def decode(
         raise SpeechBudgetError(f"--beam-size must be at least 1, got {beam_size}")
     if lexicon is not None and method != "lexicon":
         raise SpeechBudgetError("--lexicon is for --method lexicon; add it, or leave --lexicon out")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SpeechBudgetError(f"--device must be cpu or cuda, got {device!r}")
-    dev = pick_device(device, torch.device(device).index or 0)
+    dev = device_option(device)
     model, tokenizer, info = load_ctc_model(model_path, dev)
     trie, lexicon_source = (
         lexicon_for(Path(info["exp_dir"]), tokenizer, lexicon) if method == "lexicon" else (None, None)

@@ -30,6 +30,7 @@ from .objectives.classify import ClassifierModel, collect_predictions
 from .objectives.teacher_logits import predict_logits, save_teacher_logits, table_paths
 from .train import checkpoint as ckpt
 from .train.classify import build_classifier, dataset_for
+from .train.distributed import device_option
 
 
 def _exp_of(path: Path) -> Path:
@@ -72,7 +73,7 @@ def evaluate(
     max_duration: float = 120.0,
     device: str = "cpu",
 ) -> Dict[str, Any]:
-    dev = torch.device(device)
+    dev = device_option(device)
     model, vocab, info = load_classifier(model_path, dev)
     cuts = load_cuts(cuts_path).to_eager()
     if len(cuts) == 0:
@@ -80,6 +81,7 @@ def evaluate(
     vocab.check(cuts)
     set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
     out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"evaluate-{set_name}"
+    atomic.check_writable(out_dir, "evaluation output folder")
     dataset = dataset_for(model.encoder, label_transform(cuts, vocab))
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     batches = progress.track(loader, total=None, description=f"evaluating {set_name}")
@@ -157,7 +159,7 @@ def predict(
     windows the encoder accepts)."""
     if top < 1:
         raise SpeechBudgetError(f"--top must be at least 1 (got {top})")
-    dev = torch.device(device)
+    dev = device_option(device)
     model, vocab, _ = load_classifier(model_path, dev)
     from .data.features import fbank_extractor
 
@@ -204,12 +206,13 @@ def distill_targets(
 ) -> Dict[str, Any]:
     """The teacher's logits for every cut (labelled or not), with its identity and class vocabulary
     recorded; -> where they went and what was stored."""
-    dev = torch.device(device)
+    dev = device_option(device)
     model, vocab, info = load_classifier(teacher, dev)
     cuts = load_cuts(cuts_path).to_eager()
     if len(cuts) == 0:
         raise SpeechBudgetError(f"{cuts_path} holds no cuts to compute teacher logits for")
     out = Path(out) if out else default_targets_path(teacher, cuts_path)
+    atomic.check_writable(out.parent, "teacher logits folder")  # before the logits, not after
     loader = make_loader(
         dataset_for(model.encoder, None), SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
     )

@@ -8,6 +8,7 @@ from typing import Dict, List
 
 import yaml
 
+from .atomic import check_output_file
 from .errors import SpeechBudgetError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -40,6 +41,6 @@ def copy_recipe(name: str, dest: Path) -> Path:
     target = dest if dest.suffix in (".yaml", ".yml") else dest / src.name
     if target.exists():
         raise SpeechBudgetError(f"{target} exists already; choose another destination")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(target, "recipe copy")
     shutil.copy(src, target)
     return target

@@ -4,6 +4,7 @@ says what to change, early, before any compute is spent on it."""
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,51 @@ def test_a_law_is_not_fitted_on_pilots_that_cannot_identify_it():
     one_data = [(n, 0.5, 0.5, 3.0 / (n / 1e6) ** 0.1) for n in (1e6, 2e6, 4e6, 8e6, 16e6, 32e6)]
     with pytest.raises(SpeechBudgetError, match="every pilot saw 0.5 hours"):
         fit_law(one_data, bootstrap=0)
+
+
+def test_bad_device_options_are_one_line(tmp_path, capsys):
+    cuts = tmp_path / "cuts.jsonl.gz"
+    for command in (
+        ["evaluate", tmp_path, cuts],
+        ["distill-targets", tmp_path, cuts],
+        ["decode", tmp_path, cuts],
+    ):
+        code, _, err = cli_result(capsys, *command, "--device", "tpu")
+        one_line_error(code, err, "--device must be cpu or cuda, got 'tpu'")
+    code, _, err = cli_result(capsys, "predict", tmp_path, tmp_path / "a.wav", "--device", "cuda:x")
+    one_line_error(code, err, "--device must be cpu, cuda or cuda:N")
+
+
+def test_output_files_that_are_folders_or_under_files_are_refused(tmp_path, capsys):
+    folder, afile = tmp_path / "folder", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("a file")
+    plan = ["plan", "--budget", "200", "--data-hours", "960"]
+    cases = [
+        ([*plan, "--out", folder], f"recipe file {folder} is a folder"),
+        ([*plan, "--out", afile / "plan.yaml"], f"{afile} is a file"),
+        (["recipes", "copy", "quickstart", afile / "q.yaml"], f"{afile} is a file"),
+        (["calibrate", "--presets", "zipformer-nano", "--steps", "1", "--out", folder], "is a folder"),
+    ]
+    for args, expect in cases:
+        code, _, err = cli_result(capsys, *args)
+        one_line_error(code, err, expect)
+    code, out, err = cli_result(
+        capsys, *plan, "--out", tmp_path / "p.yaml", "--plot", tmp_path / "iso", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["plot"] == str(tmp_path / "iso.png") and (tmp_path / "iso.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, expect",
+    [
+        ("vgs.temperature=0", "vgs.temperature' must be positive"),
+        ("vgs.image_size=0", "vgs.image_size' must be"),
+    ],
+)
+def test_vgs_options_out_of_range_are_named(override, expect):
+    from speechbudget.train.multi_config import load_multi_recipe
+
+    with pytest.raises(SpeechBudgetError, match=expect):
+        load_multi_recipe(ROOT / "recipes" / "scenes-ssl-vgs.yaml", [override])

@@ -252,9 +252,9 @@ def calibrate(
     name = _device_key(device_name) if device_name else _detect_device_name(dev)
     dtype = normalise_dtype(dtype or default_dtype(get_device(name).kind))
     path = Path(path) if path is not None else default_calibration_path()
-    from ..atomic import check_writable
+    from ..atomic import check_output_file
 
-    check_writable(path.parent, "calibration folder")
+    check_output_file(path, "calibration file")
     if announce:
         peak_note = (
             f" and the CPU peak ({cpu_peak_cache()}, measured once)" if get_device(name).kind == "cpu" else ""

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..atomic import check_output_file
 from ..cost.devices import (
     default_dtype,
     get_device,
@@ -636,8 +637,7 @@ def write_recipe(
             "# fill in: train_cuts (k-means labeled cuts from `speechbudget kmeans`) and exp_dir, then run"
         )
     header.append(f"#   speechbudget pretrain {path}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path, "recipe file")
     body = yaml.safe_dump(recipe(p, train_cuts, exp_dir), sort_keys=False, default_flow_style=None)
     path.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
     return path
@@ -694,7 +694,7 @@ def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (1e-3, 1e-2, 0
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path if path.suffix else path.with_suffix(".png"), "plot file")
     fig.savefig(path)
     plt.close(fig)
     return path

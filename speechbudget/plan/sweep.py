@@ -291,6 +291,11 @@ def fit_runs(
         raise SpeechBudgetError(f"--bootstrap must be >= 0, got {bootstrap}")
     if min_steps < 0:
         raise SpeechBudgetError(f"--min-steps must be >= 0, got {min_steps}")
+    if last < 1:
+        raise SpeechBudgetError(f"--last must be at least 1 (the logged steps averaged), got {last}")
+    if not math.isfinite(r_star) or r_star <= 0:
+        raise SpeechBudgetError(f"--r-star must be a positive number, got {r_star}")
+    atomic.check_output_file(out, "law file")
     runs = find_runs(paths)
     every = [run_point(d, last) for d in runs]
     points = [p for p in every if p["steps"] >= min_steps]

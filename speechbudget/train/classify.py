@@ -39,7 +39,7 @@ from .setup import (
     total_seconds,
     training_cuts,
 )
-from .trainer import finetune_trainer
+from .trainer import claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,9 @@ def dataset_for(encoder: Encoder, transform, cut_transform=None) -> SpeechDatase
 
 def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
+    lock = None
     try:
+        lock = claim_exp_dir(cfg.exp_dir)  # before labels.json and the cost files are written there
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         vocab = vocabulary_for(cfg, cuts)
         if dist.is_main:
@@ -210,4 +212,6 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             out["distill"] = distill
         return out
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(dist)

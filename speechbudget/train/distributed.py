@@ -37,6 +37,20 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def device_option(device: str) -> torch.device:
+    """A command's ``--device`` (cpu, cuda, cuda:N) checked and resolved: one line for a typo or a
+    machine without CUDA, never torch's own error."""
+    from ..errors import SpeechBudgetError
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpeechBudgetError(f"--device must be cpu or cuda, got {device!r}")
+    try:
+        index = torch.device(device).index or 0
+    except RuntimeError:
+        raise SpeechBudgetError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    return pick_device(device, index)
+
+
 def setup(requested_device: str = "auto") -> DistInfo:
     """Read torchrun's environment; initialise the process group when there is more than one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -117,8 +117,18 @@ def load_multi_recipe(
     from ..config import deep_merge, parse_overrides
 
     vgs = from_dict(VGSOptions, deep_merge(multi.get("vgs") or {}, parse_overrides(vgs_over)), "vgs.")
-    if vgs.pooling not in ("attention", "mean"):
-        raise SpeechBudgetError(f"config key '{SECTION}.vgs.pooling' must be attention or mean")
+    rules = [
+        ("pooling", vgs.pooling in ("attention", "mean"), "must be attention or mean"),
+        ("temperature", vgs.temperature > 0, "must be positive (the similarities are divided by it)"),
+        ("margin", vgs.margin >= 0, "must be 0 or more"),
+        ("dim", vgs.dim >= 1, "must be at least 1"),
+        ("image_size", vgs.image_size >= 8, "must be at least 8 (pixels)"),
+        ("layer", vgs.layer is None or vgs.layer >= 1, "must be 1 or more (layers count from 1)"),
+        ("image_channels", bool(vgs.image_channels) and min(vgs.image_channels) >= 1, "must be positive"),
+    ]
+    for key, ok, msg in rules:
+        if not ok:
+            raise SpeechBudgetError(f"config key '{SECTION}.vgs.{key}' {msg}")
     given = [k for k in ("schedules", "phases", "objectives") if k in multi]
     if len(given) != 1:
         raise SpeechBudgetError(f"{SECTION} needs exactly one of schedules, phases or objectives")

@@ -87,6 +87,8 @@ def probe_abx(
 ) -> Dict[str, Any]:
     """ABX error of each encoder layer (``input``, ``layer1``..), items labelled by their transcript;
     written to ``EXP/abx.json``."""
+    if mode not in ("across", "within"):
+        raise SpeechBudgetError(f"--mode must be across or within, got {mode!r}")
     encoder, path = load_encoder(exp)
     feats, labels, speakers = cut_items(load_cuts(cuts_path))
     if not feats:
@@ -102,7 +104,13 @@ def probe_abx(
             )
         report["layers"] = {n: report["layers"][n] for n in names}
     finite = {k: v["error"] for k, v in report["layers"].items() if math.isfinite(v["error"])}
-    report["best_layer"] = min(finite, key=finite.get) if finite else None
+    if not finite:  # nothing to score: say why, and leave an earlier abx.json as it was
+        raise SpeechBudgetError(
+            f"no ABX triplet in {cuts_path}: {mode} needs a transcript said "
+            + ("by two speakers" if mode == "across" else "twice by one speaker")
+            + " (give cuts of more speakers or utterances, or the other --mode)"
+        )
+    report["best_layer"] = min(finite, key=finite.get)
     for v in report["layers"].values():  # no triplet (no label said by two speakers): null, not NaN
         v["error"] = v["error"] if math.isfinite(v["error"]) else None
     out = {"exp_dir": str(exp), "checkpoint": str(path), "cuts": str(Path(cuts_path).absolute()), **report}
