@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from .errors import SpeechBudgetError
+from .userfiles import read_user_text
 
 #: the optimizers and learning-rate schedules train/optim.py builds (checked here, before a run starts)
 OPTIMIZERS = ("scaled_adam", "adamw")
@@ -378,10 +379,11 @@ def deep_merge(base: Dict[str, Any], upd: Mapping[str, Any]) -> Dict[str, Any]:
 
 def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpeechBudgetError(f"recipe {path} does not exist (see `speechbudget recipes list`)")
+    text = read_user_text(path, "recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -95,9 +95,14 @@ class Run:
             }
             self.notes.append("no summary.json (unfinished run?): numbers from the last metrics line")
 
+    #: set by :func:`name_uniquely` when two runs of a report share a folder name
+    unique_name: Optional[str] = None
+
     @property
     def name(self) -> str:
         """``finetune``, or ``<speaker>/finetune`` for a leave-one-speaker-out fold's run."""
+        if self.unique_name:
+            return self.unique_name
         fold = self.exp.parent
         return f"{fold.name}/{self.exp.name}" if fold.parent.name == FOLDS_DIR else self.exp.name
 
@@ -684,6 +689,26 @@ def _write_text(text: str, path: Path) -> None:
     atomic.write_text(path, text)
 
 
+def name_uniquely(runs: Iterable[Run]) -> None:
+    """Runs whose names collide (``pretrain`` of two experiments) are named by the shortest end of
+    their paths that tells them apart (``exp1/pretrain``, ``exp2/pretrain``): rows and plot ticks
+    must not merge two runs."""
+    by_name: Dict[str, List[Run]] = {}
+    for run in runs:
+        by_name.setdefault(run.name, []).append(run)
+    for same in by_name.values():
+        if len(same) < 2:
+            continue
+        depth = 2
+        while depth < max(len(r.exp.parts) for r in same):
+            names = ["/".join(r.exp.parts[-depth:]) for r in same]
+            if len(set(names)) == len(names):
+                break
+            depth += 1
+        for run in same:
+            run.unique_name = "/".join(run.exp.parts[-depth:])
+
+
 def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     """Read the runs, write report.md, report.json, curves.png and wer_vs_compute.png into ``out_dir``.
 
@@ -697,8 +722,10 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
     runs: Dict[Path, Run] = {
         p: Run(p) for p in find_experiments(exp_dirs)
     }  # bad inputs first: no empty --out
+    name_uniquely(runs.values())
     atomic.check_writable(out_dir, "report output folder")
     ft_rows = [finetune_row(r, runs) for r in list(runs.values()) if r.stage == "finetune"]
+    name_uniquely(runs.values())  # again: the pretraining runs the fine-tuning ones linked
     pt_rows = [pretrain_row(r) for r in runs.values() if r.stage == "pretrain"]  # incl. linked ones
     rows = ft_rows + pt_rows
     skipped = [

@@ -146,3 +146,78 @@ def test_vgs_options_out_of_range_are_named(override, expect):
 
     with pytest.raises(SpeechBudgetError, match=expect):
         load_multi_recipe(ROOT / "recipes" / "scenes-ssl-vgs.yaml", [override])
+
+
+def test_names_that_are_paths_and_absurd_job_counts_are_refused(tmp_path, capsys):
+    from conftest import copy_fsdd
+
+    src = copy_fsdd(tmp_path / "in", per_speaker=1)
+    out = tmp_path / "o"
+    cases = [
+        (["fsdd", src, "--out", out, "--name", "../escape"], "name '../escape' names a folder or file"),
+        (["dir", src, "--out", out, "--split", "../x"], "split '../x' names a folder or file"),
+        (["fsdd", src, "--out", out, "--num-jobs", "999999999999"], "num_jobs must be between 1 and 1024"),
+        (["synthetic", "--hours", "1e6", "--out", out], "hours must be positive and at most 1000"),
+    ]
+    for args, expect in cases:
+        code, _, err = cli_result(capsys, "prepare", *args)
+        one_line_error(code, err, expect)
+    assert not (tmp_path / "escape").exists() and not list(out.glob("*/cuts_*"))
+
+
+def test_text_files_a_user_names_missing_folders_or_not_utf8(tmp_path, capsys):
+    from conftest import copy_fsdd
+
+    src = copy_fsdd(tmp_path / "in", per_speaker=1)
+    utf16 = tmp_path / "t16.tsv"
+    utf16.write_text("0_george_0.wav\tzero\n", encoding="utf-16")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"\xff\xfe bad")
+    cases = [
+        (
+            ["prepare", "dir", src, "--transcripts", tmp_path / "none.tsv", "--out", tmp_path / "o"],
+            "does not exist",
+        ),
+        (
+            ["prepare", "dir", src, "--transcripts", src, "--out", tmp_path / "o"],
+            f"transcripts file {src} is a folder",
+        ),
+        (["prepare", "dir", src, "--transcripts", utf16, "--out", tmp_path / "o"], "is not UTF-8 text"),
+        (["run", recipe], f"recipe {recipe} is not UTF-8 text"),
+    ]
+    for args, expect in cases:
+        code, _, err = cli_result(capsys, *args)
+        one_line_error(code, err, expect)
+
+
+def test_kmeans_into_a_folder_another_kmeans_writes_is_refused(synthetic_corpus, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "km"
+    hold = "import sys, time; from speechbudget.locks import lock_corpus; l = lock_corpus(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = cli_result(
+            capsys, "kmeans", synthetic_corpus / "synthetic", "--out", out, "--num-clusters", "4"
+        )
+        one_line_error(code, err, f"is in use by pid {holder.pid}")
+        assert not list(out.glob("cuts_*"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize(
+    "seconds, expect", [("0.001", "too short for this encoder"), ("inf", "(0, 600]"), ("1e9", "(0, 600]")]
+)
+def test_models_show_refuses_lengths_it_cannot_count(capsys, seconds, expect):
+    code, _, err = cli_result(capsys, "models", "show", "zipformer-tiny", "--seconds", seconds)
+    one_line_error(code, err, expect)

@@ -246,3 +246,11 @@ def test_grounding_results_are_plotted_per_run(exps, tmp_path):
         and "grounding.png" in (tmp_path / "r" / "report.md").read_text()
     )
     assert "grounding" not in build_report([exps / "ft"], tmp_path / "r2")["files"]
+
+
+def test_runs_of_two_experiments_with_one_folder_name_get_distinct_names(exps, tmp_path):
+    """Two `run`s each have EXP/finetune: the report names them apart and plots each on its own tick."""
+    for exp in ("exp1", "exp2"):
+        shutil.copytree(exps / "scratch", tmp_path / exp / "finetune")
+    rep = build_report([tmp_path / "exp1" / "finetune", tmp_path / "exp2" / "finetune"], tmp_path / "r")
+    assert sorted(r["name"] for r in rep["rows"]) == ["exp1/finetune", "exp2/finetune"]

@@ -371,8 +371,8 @@ def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> di
     linearly with length. Building from a preset or config is the model catalogue's job
     (:func:`speechbudget.models.catalog.encoder_cost`), which keeps this layer below models.
     """
-    if not seconds > 0:
-        raise SpeechBudgetError(f"seconds must be positive, got {seconds}")
+    if not 0 < seconds <= 600:  # longer: the dummy input alone would fill the memory
+        raise SpeechBudgetError(f"seconds must be in (0, 600] (the audio length counted), got {seconds}")
     if int(batch) < 1:
         raise SpeechBudgetError(f"batch must be at least 1, got {batch}")
     seconds, batch = float(seconds), int(batch)
@@ -380,6 +380,10 @@ def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> di
     encoder.eval()  # inference graph: no dropout, no training-only branches
     try:
         report = count_macs(encoder, _dummy_input(encoder, seconds, batch))
+    except RuntimeError as e:  # e.g. a kernel longer than the input: too short for the front end
+        raise SpeechBudgetError(
+            f"{seconds} s of audio is too short for this encoder ({str(e).splitlines()[0][:120]}); count more"
+        ) from None
     finally:
         encoder.train(was_training)
     audio = seconds * batch

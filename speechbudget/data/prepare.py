@@ -232,8 +232,14 @@ class CorpusSpec:
             raise SpeechBudgetError(
                 f"{key}.{src.path_field} is required for source {source!r} (the corpus folder)"
             )
-        if common.num_jobs < 1:
-            raise SpeechBudgetError(f"{key}.num_jobs must be at least 1 (got {common.num_jobs})")
+        for field_name, value in (("name", common.name), ("split", getattr(opts, "split", None))):
+            if value is not None and (not _SAFE_NAME.fullmatch(str(value)) or str(value) in (".", "..")):
+                raise SpeechBudgetError(
+                    f"{key}.{field_name} {value!r} names a folder or file: use letters, digits, '.', '_' "
+                    "and '-' only (no '/')"
+                )
+        if not 1 <= common.num_jobs <= 1024:
+            raise SpeechBudgetError(f"{key}.num_jobs must be between 1 and 1024 (got {common.num_jobs})")
         if common.band_limit_hz is not None and not 0 < common.band_limit_hz < SAMPLE_RATE // 2:
             raise SpeechBudgetError(
                 f"{key}.band_limit_hz must be between 1 and {SAMPLE_RATE // 2 - 1} Hz "
@@ -255,6 +261,9 @@ class CorpusSpec:
         flat = {"source": self.source, **dataclasses.asdict(self.options), **dataclasses.asdict(self.common)}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items()}
 
+
+#: what a corpus or split name may hold: it becomes a folder and file names
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 #: options that change what a corpus contains (the rest only change how fast it is made)
 _HOW_ONLY = ("force", "num_jobs", "executor", "scheduler", "name")

@@ -93,6 +93,10 @@ DURATION_PER_WORD = 0.079
 # ---------------------------------------------------------------- grammar
 
 
+#: the most a synthetic corpus is made of: its list of utterances is planned in memory first
+MAX_HOURS = 1000.0
+
+
 @dataclass(frozen=True)
 class WordList:
     """Entries of one word-list file; each entry has one string per form (e.g. sg, pl)."""
@@ -341,8 +345,11 @@ def plan_corpus(
     grammar: str = "sentences",
 ) -> list[UtteranceSpec]:
     """Utterances totalling about `hours` of audio, spread evenly over speakers; same seed, same list."""
-    if not hours > 0:
-        raise SpeechBudgetError(f"hours must be positive, got {hours}")
+    if not 0 < hours <= MAX_HOURS:
+        raise SpeechBudgetError(
+            f"hours must be positive and at most {MAX_HOURS:g} (the utterance list is planned in memory; "
+            f"use a real corpus beyond that), got {hours}"
+        )
     if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
         raise SpeechBudgetError("dev_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     words = named_grammar(grammar)

@@ -11,6 +11,7 @@ from .. import progress
 from ..atomic import check_writable
 from ..data.kmeans import run_kmeans
 from ..errors import SpeechBudgetError
+from ..locks import lock_corpus
 from ..models.presets import build_encoder
 from . import checkpoint as ckpt
 
@@ -66,15 +67,16 @@ def make_targets(
         torch.manual_seed(0)
         enc = build_encoder(encoder)  # only its frame rate and length rule matter here
     paths = cuts[0] if len(cuts) == 1 else cuts
-    return run_kmeans(
-        paths,
-        out_dir,
-        kind=features,
-        num_clusters=num_clusters,
-        max_frames=max_frames,
-        seed=seed,
-        encoder=enc,
-        layer=layer,
-        cmn=cmn,
-        progress=progress.enabled(),
-    )
+    with lock_corpus(out_dir):  # a second k-means into this folder stops, saying who holds it
+        return run_kmeans(
+            paths,
+            out_dir,
+            kind=features,
+            num_clusters=num_clusters,
+            max_frames=max_frames,
+            seed=seed,
+            encoder=enc,
+            layer=layer,
+            cmn=cmn,
+            progress=progress.enabled(),
+        )

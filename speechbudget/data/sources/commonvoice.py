@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
+from ...userfiles import read_user_text
 from . import FindContext, Source, SourceItem, option, path_id
 
 REQUIRED = ("client_id", "path", "sentence")
@@ -50,7 +52,7 @@ def find_items(opts: CommonVoiceOptions, ctx: FindContext) -> List[SourceItem]:
         )
     path = _table(root, opts.table)
     delimiter = "," if path.suffix == ".csv" else "\t"
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_user_text(path, "Common Voice table"), newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ...errors import SpeechBudgetError
+from ...userfiles import read_user_text
 from . import FindContext, Source, SourceItem, option, path_id
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
@@ -16,7 +18,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
 def read_transcripts(path: Path, root: Path) -> Dict[str, str]:
     """``path<TAB>text`` lines; paths relative to the audio folder or absolute."""
     out: Dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in read_user_text(path, "transcripts file").splitlines():
         if not line.strip():
             continue
         if "\t" not in line:
@@ -31,21 +33,14 @@ def read_transcripts(path: Path, root: Path) -> Dict[str, str]:
 def read_label_csv(path: Path, root: Path) -> Dict[str, List[str]]:
     """``path,labels`` rows (an optional header row ``path,labels``), several labels separated by ";";
     paths relative to the audio folder or absolute -> {resolved path: [labels]}."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeechBudgetError(f"labels file {path} does not exist (a CSV path,labels or 'folders')")
+    text = read_user_text(path, "labels file")
     out: Dict[str, List[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if (
-                not row
-                or not row[0].strip()
-                or (i == 0 and [c.strip() for c in row[:2]] == ["path", "labels"])
-            ):
-                continue
-            names = [x.strip() for x in (row[1] if len(row) > 1 else "").split(";") if x.strip()]
-            full = Path(row[0].strip()) if Path(row[0].strip()).is_absolute() else root / row[0].strip()
-            out[str(full.resolve())] = names
+    for i, row in enumerate(csv.reader(io.StringIO(text, newline=""))):
+        if not row or not row[0].strip() or (i == 0 and [c.strip() for c in row[:2]] == ["path", "labels"]):
+            continue
+        names = [x.strip() for x in (row[1] if len(row) > 1 else "").split(";") if x.strip()]
+        full = Path(row[0].strip()) if Path(row[0].strip()).is_absolute() else root / row[0].strip()
+        out[str(full.resolve())] = names
     return out
 
 
