@@ -481,6 +481,19 @@ def budget_rules(b: BudgetConfig) -> List[tuple]:
     return rules + [("budget.utilisation", ok, f"must be in (0, 1] (got {b.utilisation})")]
 
 
+def task_rules(cfg: TrainConfig) -> List[tuple]:
+    """Keys of the other task are refused, not ignored: a classifier would silently start from
+    scratch with ``ctc.init_checkpoint``, CTC would silently drop ``distill``."""
+    return [
+        (
+            "ctc.init_checkpoint",
+            not (cfg.task == "classify" and cfg.ctc.init_checkpoint),
+            "is for CTC; a classifier starts from classify.init_checkpoint",
+        ),
+        ("distill", not (cfg.task == "ctc" and cfg.distill is not None), "is for task: classify (CMKD)"),
+    ]
+
+
 def check_ranges(cfg: TrainConfig, section: str) -> None:
     """Values that parse but make no sense stop here, with the key named."""
     rules = [
@@ -526,6 +539,6 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         *classify_rules(cfg.classify),
         ("amp", cfg.amp in ("auto", "bf16", "off"), "must be auto, bf16 or off"),
     ]
-    for key, ok, msg in rules:
+    for key, ok, msg in rules + task_rules(cfg):
         if not ok:
             raise SpeechBudgetError(f"config key '{section}.{key}' {msg}")

@@ -47,6 +47,11 @@ def load_classifier(
     ck, exp = ckpt.resolve(Path(path)), _exp_of(path)
     state = ckpt.load(ck)
     config = state.get("config") or {}
+    if state.get("stage") == "pretrain":
+        raise SpeechBudgetError(
+            f"{ck} is a pretraining checkpoint; fine-tune a classifier from it first "
+            "(`speechbudget finetune RECIPE task=classify classify.init_checkpoint=...`)"
+        )
     if config.get("task") != "classify":
         raise SpeechBudgetError(
             f"{ck} is not a classifier (task {config.get('task', 'ctc')!r}); use `speechbudget decode` for CTC"

@@ -236,7 +236,7 @@ def standalone_config(recipe: Path, section: str, overrides: Sequence[str]) -> T
                 "--stop-stage kmeans`, or give train_cuts=..."
             )
     else:
-        init = (given.get("ctc") or {}).get("init_checkpoint", True)
+        init = (given.get("classify" if pipe.classifies else "ctc") or {}).get("init_checkpoint", True)
         cfg = pipe.finetune_config(True if init is True else (str(init) if init else None))
         missing = [p for p in split_csv(cfg.train_cuts) if not Path(p).is_file()]
         if missing:
@@ -587,9 +587,10 @@ class Pipeline:
         if self.r.tts is not None:
             tts = str(cuts_path(self.tts_dir, "train"))
             sec["extra_train_cuts"] = ",".join(split_csv(sec.get("extra_train_cuts")) + [tts])
-        sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if self.classifies:
             sec["classify"] = {**sec.get("classify", {}), "init_checkpoint": init}
+        else:
+            sec["ctc"] = {**sec.get("ctc", {}), "init_checkpoint": init}
         if self.enabled("teacher"):  # learn from this run's teacher unless the recipe names a table
             sec["distill"] = {"targets": str(self.teacher_targets), **(sec.get("distill") or {})}
         if init is None:

@@ -221,3 +221,60 @@ def test_kmeans_into_a_folder_another_kmeans_writes_is_refused(synthetic_corpus,
 def test_models_show_refuses_lengths_it_cannot_count(capsys, seconds, expect):
     code, _, err = cli_result(capsys, "models", "show", "zipformer-tiny", "--seconds", seconds)
     one_line_error(code, err, expect)
+
+
+def _pretrain_recipe(tmp_path: Path, synthetic_corpus: Path, **extra) -> Path:
+    recipe = tmp_path / "r.yaml"
+    section = {
+        "encoder": "zipformer-nano",
+        "train_cuts": str(synthetic_corpus / "km" / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        **extra,
+    }
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "pt"), "pretrain": section}))
+    return recipe
+
+
+def test_a_flop_budget_below_a_tenth_of_one_step_is_a_typo(synthetic_corpus, tmp_path, capsys):
+    recipe = _pretrain_recipe(tmp_path, synthetic_corpus, budget={"flops": 1e6})
+    code, _, err = cli_result(capsys, "pretrain", recipe)
+    one_line_error(code, err, "the budget allows 1e+06 FLOPs, less than a tenth of one step")
+    assert not list((tmp_path / "pt").glob("checkpoints/*.pt"))
+    # one real step, then the checkpoint is handed to the wrong commands
+    recipe = _pretrain_recipe(tmp_path, synthetic_corpus, budget={"steps": 1})
+    assert cli_result(capsys, "pretrain", recipe)[0] == 0
+    cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
+    code, _, err = cli_result(capsys, "evaluate", tmp_path / "pt", cuts)
+    one_line_error(code, err, "is a pretraining checkpoint; fine-tune a classifier from it first")
+    code, _, err = cli_result(capsys, "decode", tmp_path / "pt", cuts)
+    one_line_error(code, err, "is a pretrain checkpoint; decode a fine-tuned (CTC) one")
+
+
+def test_keys_of_the_other_task_are_refused_not_ignored():
+    from speechbudget.config import TrainConfig, check_ranges, from_dict
+
+    cfg = from_dict(TrainConfig, {"task": "classify", "ctc": {"init_checkpoint": "exp/pt"}})
+    with pytest.raises(SpeechBudgetError, match="'finetune.ctc.init_checkpoint' is for CTC"):
+        check_ranges(cfg, "finetune")
+    cfg = from_dict(TrainConfig, {"task": "ctc", "distill": {"targets": "exp/teacher"}})
+    with pytest.raises(SpeechBudgetError, match="'finetune.distill' is for task: classify"):
+        check_ranges(cfg, "finetune")
+
+
+def test_overrides_train_multi_would_ignore_are_refused():
+    from speechbudget.train.multi_config import load_multi_recipe
+
+    recipe = ROOT / "recipes" / "scenes-ssl-vgs.yaml"
+    with pytest.raises(SpeechBudgetError, match="every phase of this recipe sets its own budget"):
+        load_multi_recipe(recipe, ["budget.steps=2"])
+    with pytest.raises(SpeechBudgetError, match="cannot be set on the command line"):
+        load_multi_recipe(recipe, ["schedules.vgs-only.budget.flops=1e10"])
+
+
+def test_a_sweep_budget_listed_twice_is_refused():
+    from speechbudget.plan.sweep import parse_budgets
+
+    with pytest.raises(SpeechBudgetError, match="listed twice"):
+        parse_budgets("2e10,4e10,2e10")
+    assert parse_budgets("2e10,4e10") == [2e10, 4e10]

@@ -25,7 +25,7 @@ def noise_cuts(noise_dir: Path, window: float = 10.0) -> CutSet:
     """Every wav/flac under ``noise_dir``, at 16 kHz, cut into ``window``-second pieces."""
     noise_dir = Path(noise_dir)
     if not noise_dir.is_dir():
-        raise SpeechBudgetError(f"noise folder {noise_dir} does not exist (ctc.noise_dir)")
+        raise SpeechBudgetError(f"noise folder {noise_dir} does not exist (the recipe's noise_dir)")
     recs = RecordingSet.from_dir(noise_dir, pattern="*.wav")
     if len(recs) == 0:
         raise SpeechBudgetError(f"no .wav noise files in {noise_dir}")

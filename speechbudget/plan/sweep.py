@@ -43,6 +43,10 @@ def parse_budgets(text: str) -> List[float]:
             raise SpeechBudgetError(f"budget {item!r} is not a number (write FLOPs like 1e11)") from None
         if not (math.isfinite(value) and value > 0):
             raise SpeechBudgetError(f"budgets must be positive FLOPs, got {item}")
+        if run_name("x", value) in {run_name("x", v) for v in out}:
+            raise SpeechBudgetError(
+                f"budget {item} is listed twice (one pilot each; the fit would count it twice)"
+            )
         out.append(value)
     return out
 
@@ -125,6 +129,8 @@ def run_sweep(
     A pilot whose run already finished returns at once (the trainer sees its summary), so a
     killed sweep resumes by running it again.
     """
+    if last < 1:
+        raise SpeechBudgetError(f"--last must be at least 1 (the logged steps averaged), got {last}")
     from ..config import load_train_config, load_yaml
     from ..models.presets import resolve
     from ..train.pretrain import pretrain

@@ -30,6 +30,7 @@ from ..objectives.distill import DistillationModel
 from ..objectives.teacher_logits import load_teacher_logits
 from . import checkpoint as ckpt
 from . import distributed
+from .finetune import check_encoder
 from .setup import (
     dev_loader,
     encoder_cost_cached,
@@ -103,6 +104,7 @@ def build_model(
     init, stats = None, None
     if cfg.classify.init_checkpoint:
         spec, weights, path = ckpt.encoder_state(Path(cfg.classify.init_checkpoint))
+        check_encoder(cfg, spec, path, "classify.init_checkpoint")
         cfg.encoder = spec
         encoder = build_encoder(spec)
         missing, _ = encoder.load_state_dict(weights, strict=False)

@@ -72,14 +72,14 @@ def commit_tokenizer(cfg: TrainConfig, tmp: Optional[Path]) -> Tokenizer:
     return Tokenizer(out / "tokenizer.model")
 
 
-def check_encoder(cfg: TrainConfig, spec: Any, path: Path) -> None:
+def check_encoder(cfg: TrainConfig, spec: Any, path: Path, key: str = "ctc.init_checkpoint") -> None:
     """The init checkpoint decides the architecture. An explicit other encoder is a contradiction
     (refused); the default one is replaced, and the log says so."""
     if cfg.encoder == spec:
         return
     if cfg.encoder != TrainConfig.encoder:
         raise SpeechBudgetError(
-            f"encoder={_spec_name(cfg.encoder)} but ctc.init_checkpoint {path} holds a {_spec_name(spec)} "
+            f"encoder={_spec_name(cfg.encoder)} but {key} {path} holds a {_spec_name(spec)} "
             "encoder: drop the encoder setting (the checkpoint decides) or use a matching checkpoint"
         )
     log.warning("finetune: using the checkpoint's encoder %s (from %s)", _spec_name(spec), path)

@@ -90,6 +90,22 @@ def _phase(spec: Any, where: str, default_budget: BudgetConfig) -> Phase:
     return Phase(_weights(spec.get("objectives"), where), budget, optimizer)
 
 
+def _phase_specs(spec: Any) -> List[Any]:
+    """The phase mappings of one schedule as a recipe writes it (a list, one phase, or {phases: ...})."""
+    if isinstance(spec, Mapping) and "phases" in spec:
+        spec = spec["phases"]
+    return [spec] if isinstance(spec, Mapping) else list(spec) if isinstance(spec, (list, tuple)) else []
+
+
+def _uses_default_budget(multi: Mapping[str, Any]) -> bool:
+    """Whether some phase has no budget of its own (and so takes the section's ``budget``)."""
+    if "objectives" in multi:
+        return True
+    schedules = multi["schedules"].values() if isinstance(multi.get("schedules"), Mapping) else []
+    specs = [p for sch in [*schedules, multi.get("phases") or []] for p in _phase_specs(sch)]
+    return any(not (isinstance(p, Mapping) and "budget" in p) for p in specs)
+
+
 def _schedule(spec: Any, where: str, default_budget: BudgetConfig) -> List[Phase]:
     if isinstance(spec, Mapping) and "phases" in spec:
         spec = spec["phases"]
@@ -110,6 +126,18 @@ def load_multi_recipe(
     if not section:
         raise SpeechBudgetError(f"the recipe has no {SECTION}: section (see recipes/scenes-ssl-vgs.yaml)")
     multi = {k: section.pop(k) for k in MULTI_KEYS if k in section}
+    keys = [o.split("=", 1)[0].removeprefix(f"{SECTION}.") for o in overrides]
+    fixed = [k for k in keys if k.split(".")[0] in ("schedules", "phases", "objectives")]
+    if fixed:
+        raise SpeechBudgetError(
+            f"{fixed[0]} cannot be set on the command line (phases are lists); edit {SECTION}.{fixed[0].split('.')[0]} "
+            "in the recipe, or pick a schedule with --schedule"
+        )
+    if any(k.startswith("budget.") for k in keys) and not _uses_default_budget(multi):
+        raise SpeechBudgetError(
+            "every phase of this recipe sets its own budget, so a budget.* override would change nothing; "
+            f"edit the phases' budgets in {SECTION} instead"
+        )
     vgs_over = [o.split(".", 1)[1] for o in overrides if o.startswith("vgs.")]
     vgs_over += [o[len(SECTION) + 5 :] for o in overrides if o.startswith(f"{SECTION}.vgs.")]
     rest = [o for o in overrides if not (o.startswith("vgs.") or o.startswith(f"{SECTION}.vgs."))]

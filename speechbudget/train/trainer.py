@@ -308,6 +308,22 @@ class Trainer:
 
         atomic.write_json(self.exp_dir / "run_card.json", card)
 
+    def _check_budget_holds_a_step(self) -> None:
+        """A FLOP limit below a tenth of one full batch is a typo (1e6 for 1e16), not a budget: training
+        would take one step anyway (the limit is checked after each) and report 10,000% spent."""
+        c, limit = self.cost, self.budget.flops
+        if limit is None or "macs_per_input_second" not in c:
+            return
+        seconds = self.cfg.max_duration * self.cfg.grad_accum
+        step = training_flops(
+            seconds, c["macs_per_input_second"], c["head_macs_per_frame"], c["frame_rate_hz"]
+        )
+        if limit < 0.1 * step:
+            raise SpeechBudgetError(
+                f"the budget allows {limit:.3g} FLOPs, less than a tenth of one step (~{step:.3g} FLOPs for "
+                f"{seconds:g} s of audio at max_duration {self.cfg.max_duration:g}); raise it, or lower max_duration"
+            )
+
     # ------------------------------------------------------------------------------ loop
     def batch_flops(self, batch: Dict[str, Any]) -> float:
         """Training FLOPs of one micro-batch: padded input seconds x encoder cost + head per frame."""
@@ -355,6 +371,8 @@ class Trainer:
         resumed = self.resume()
         if self.budget.exhausted(self.counters):
             return self._already_done(resumed)
+        if resumed is None:
+            self._check_budget_holds_a_step()
         self._open_logs()
         self.write_run_card({**self.card_extra, "resumed_from": str(resumed) if resumed else None})
         stream = self._batches()
