@@ -336,6 +336,10 @@ class Pipeline:
         self._sidecar: Optional[Any] = None  # the scratch baseline's process, while it runs alongside
         self._threads: Optional[int] = None  # this process's torch threads before it shared them
         self._sidecar_t0 = 0.0
+        #: stages made in this process (a stage may run another's, as plan runs kmeans for its
+        #: pilots), and of those the ones whose result is new: what a finished later stage is stale on
+        self._made_now: Set[str] = set()
+        self._remade: Set[str] = set()
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -853,7 +857,6 @@ class Pipeline:
         """``stages`` in order, each skipped once done except ``redo``."""
         results: Dict[str, Any] = {}
         ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
-        remade: Set[str] = set()  # of those, the ones whose result is new (not "already done" or kept)
         where = f"fold {self.fold.name}: " if self.fold else ""
         tts_ready = self.r.tts is None or not {"finetune", "scratch"} & set(stages)  # nothing to speak for
         for stage in stages:
@@ -862,8 +865,8 @@ class Pipeline:
             prior = self.done(stage)
             if prior is not None and stage != redo:
                 self.check_unchanged(stage)
-                stale = [u for u in UPSTREAM.get(stage, ()) if u in remade]
-                if stale:
+                stale = [u for u in UPSTREAM.get(stage, ()) if u in self._remade]
+                if stale and stage not in self._made_now:  # made after them in this process: fresh
                     raise SpeechBudgetError(
                         f"stage {stage}{' of fold ' + self.fold.name if self.fold else ''} finished on the "
                         f"{stale[0]} stage's earlier result, which this run has just made again: move "
@@ -892,8 +895,9 @@ class Pipeline:
             self.record_time(stage, time.perf_counter() - t0)
             results[stage] = out
             ran.add(stage)
+            self._made_now.add(stage)
             if _made_anew(out):
-                remade.add(stage)
+                self._remade.add(stage)
         return results
 
     def _asks_more(self, stage: str, prior: Dict[str, Any], ran: Set[str]) -> bool:

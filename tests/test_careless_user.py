@@ -278,3 +278,22 @@ def test_a_sweep_budget_listed_twice_is_refused():
     with pytest.raises(SpeechBudgetError, match="listed twice"):
         parse_budgets("2e10,4e10,2e10")
     assert parse_budgets("2e10,4e10") == [2e10, 4e10]
+
+
+def test_a_recipe_key_written_twice_is_an_error_at_its_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("exp_dir: a\nfinetune: {budget: {steps: 2}}\nexp_dir: b\n")
+    code, _, err = cli_result(capsys, "run", recipe)
+    one_line_error(code, err, "at line 3: key 'exp_dir' appears twice")
+
+
+def test_a_link_to_a_missing_file_is_reported_not_dropped(tmp_path, capsys):
+    from conftest import copy_fsdd
+
+    src = copy_fsdd(tmp_path / "in", per_speaker=1, speakers=("george",))
+    (src / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    code, out, err = cli_result(capsys, "prepare", "dir", src, "--out", tmp_path / "o", "--json")
+    assert code == 0, err
+    (split,) = json.loads(out)["splits"]
+    assert (split["kept"], split["rejected"]) == (1, 1)
+    assert split["reasons"] == {"a link to a file that does not exist": 1}

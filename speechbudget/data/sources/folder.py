@@ -66,7 +66,12 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
     root, transcripts, split = Path(opts.path), opts.transcripts, opts.split
     if not root.is_dir():
         raise SpeechBudgetError(f"audio folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    # a link to a missing file is kept, to be reported as rejected, not dropped without a word
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
     if not files:
         raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {root}")
     texts = read_transcripts(transcripts, root) if transcripts else None
@@ -83,6 +88,8 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
         elif table is not None:
             labels = table.pop(str(f.resolve()), None)
             problem = "no row in the labels CSV" if labels is None else None
+        if not f.exists():
+            problem = "a link to a file that does not exist"
         if texts is None:
             items.append(
                 SourceItem(
