@@ -249,6 +249,13 @@ def test_a_flop_budget_below_a_tenth_of_one_step_is_a_typo(synthetic_corpus, tmp
     one_line_error(code, err, "is a pretraining checkpoint; fine-tune a classifier from it first")
     code, _, err = cli_result(capsys, "decode", tmp_path / "pt", cuts)
     one_line_error(code, err, "is a pretrain checkpoint; decode a fine-tuned (CTC) one")
+    whole = next((tmp_path / "pt" / "checkpoints").glob("checkpoint-*.pt")).read_bytes()
+    cut_short = tmp_path / "copied.pt"
+    cut_short.write_bytes(whole[: len(whole) // 3])
+    code, _, err = cli_result(capsys, "decode", cut_short, cuts)
+    one_line_error(code, err, "a truncated or partly copied file? copy it again")
+    code, _, err = cli_result(capsys, "evaluate", tmp_path, cuts)  # the parent of the run
+    one_line_error(code, err, f"{tmp_path} holds several runs, not one; pick one of: pt")
 
 
 def test_keys_of_the_other_task_are_refused_not_ignored():

@@ -58,17 +58,26 @@ def resolve(path: Path) -> Path:
         return p
     found = final_model(p.parent if p.name == "checkpoints" else p)
     if found is None:
+        runs = sorted(d.name for d in p.iterdir() if d.is_dir() and next(d.rglob("checkpoint-*.pt"), None))
+        if runs:  # a parent of runs (train-multi's schedules, a run's stages): say which to pick
+            raise SpeechBudgetError(f"{p} holds several runs, not one; pick one of: {', '.join(runs)}")
         raise SpeechBudgetError(f"no checkpoint-*.pt in {p}; has the training stage run?")
     return found
 
 
-def encoder_state(path: Path) -> Tuple[Any, Dict[str, torch.Tensor], Path]:
-    """(encoder spec, encoder weights, checkpoint file) of a training checkpoint or run folder."""
+def encoder_state(path: Path, expect_task: Optional[str] = None) -> Tuple[Any, Dict[str, torch.Tensor], Path]:
+    """(encoder spec, encoder weights, checkpoint file) of a training checkpoint or run folder;
+    ``expect_task="ctc"``: refuse a classifier's."""
     p = resolve(path)
     state = load(p)
     spec = (state.get("config") or {}).get("encoder")
     if spec is None:
         raise SpeechBudgetError(f"{p} is not a speechbudget training checkpoint (no encoder config)")
+    if expect_task is not None and (state.get("config") or {}).get("task", "ctc") != expect_task:
+        raise SpeechBudgetError(
+            f"{p} is a classifier; start CTC from a pretraining or CTC checkpoint (a classifier's "
+            "encoder was trained on its own features)"
+        )
     weights = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     return spec, weights, p
 
@@ -128,8 +137,7 @@ def load(path: Path, map_location: str = "cpu", mmap: bool = False) -> Dict[str,
             unsafe = []
         if not unsafe:
             raise SpeechBudgetError(
-                f"checkpoint {path} is unreadable or holds more than tensors and plain values; "
-                "delete it (or resume from the previous one)"
+                f"checkpoint {path} is unreadable or holds more than tensors and plain values{_way_on(path)}"
             ) from None
         raise SpeechBudgetError(
             f"checkpoint {path} holds code or objects, not only tensors ({', '.join(unsafe[:3])}); refusing "
@@ -137,8 +145,16 @@ def load(path: Path, map_location: str = "cpu", mmap: bool = False) -> Dict[str,
         ) from None
     except Exception as e:
         raise SpeechBudgetError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to resume from the previous one"
+            f"checkpoint {path} is unreadable ({type(e).__name__}){_way_on(path)}"
         ) from None
+
+
+def _way_on(path: Path) -> str:
+    """What to do about an unreadable checkpoint: a run's own can be deleted (the run resumes from the
+    one before); one named on the command line must be replaced."""
+    if path.parent.name == "checkpoints":
+        return "; delete it and re-run to resume from the previous one"
+    return "; a truncated or partly copied file? copy it again"
 
 
 def save_average(paths: List[Path], out: Path) -> None:

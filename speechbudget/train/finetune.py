@@ -134,7 +134,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     torch.manual_seed(cfg.seed)
     init, weights, spec = None, None, cfg.encoder
     if cfg.ctc.init_checkpoint:
-        spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint))
+        spec, weights, path = ckpt.encoder_state(Path(cfg.ctc.init_checkpoint), expect_task="ctc")
         check_encoder(cfg, spec, path)
         init = {"checkpoint": str(path), "encoder": spec}
     if cfg.ctc.encoder_dropout is not None:  # kept in the spec the run's checkpoints store
