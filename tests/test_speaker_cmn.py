@@ -101,22 +101,30 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
 
     # with the spreads too: the target keeps them and decoding scales by them
     section["ctc"]["speaker_cvn"] = True
-    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft-cvn"), "finetune": section}))
     run(capsys, "finetune", recipe, "--json")
-    target = speaker_cmn.read_target(tmp_path / "ft")
+    target = speaker_cmn.read_target(tmp_path / "ft-cvn")
     assert np.allclose(target.std, speaker_cmn.pooled(moments, norm_vars=True).std)
     summary = json.loads(
-        run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+        run(capsys, "decode", tmp_path / "ft-cvn", fsdd_data / "cuts_test.jsonl.gz", "--json").out
     )
     assert summary["speaker_cvn"]
     del section["ctc"]["speaker_cvn"]
 
-    # the same run folder fine-tuned again without it: decoding must not normalise any more
+    # the same run folder fine-tuned again without it is refused: its model was trained on normalised
+    # features, and its target stays for decoding
     section["ctc"]["speaker_cmn"] = False
     recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
+    err = run(capsys, "finetune", recipe, code=2).err
+    assert "was trained with ctc.speaker_cmn True (this run asks for False)" in err
+    assert speaker_cmn.read_target(tmp_path / "ft") is not None
+    # a run without it writes no target (and removes a stale one): decoding does not normalise
+    (tmp_path / "plain").mkdir()
+    speaker_cmn.keep_target(tmp_path / "plain", target)  # as an older version may have left it
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "plain"), "finetune": section}))
     run(capsys, "finetune", recipe, "--json")
-    assert speaker_cmn.read_target(tmp_path / "ft") is None
-    out = run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    assert speaker_cmn.read_target(tmp_path / "plain") is None
+    out = run(capsys, "decode", tmp_path / "plain", fsdd_data / "cuts_test.jsonl.gz", "--json").out
     assert "speaker_cmn_speakers" not in json.loads(out)
 
     # spreads without means: one line naming the key

@@ -40,7 +40,7 @@ from .setup import (
     total_seconds,
     training_cuts,
 )
-from .trainer import claim_exp_dir, finetune_trainer
+from .trainer import check_resumable, claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     lock = None
     try:
         lock = claim_exp_dir(cfg.exp_dir)  # before labels.json and the cost files are written there
+        check_resumable(cfg)
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         vocab = vocabulary_for(cfg, cuts)
         if dist.is_main:

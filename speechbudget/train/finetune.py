@@ -33,7 +33,7 @@ from .setup import (
     total_seconds,
     training_cuts,
 )
-from .trainer import claim_exp_dir, finetune_trainer
+from .trainer import check_resumable, claim_exp_dir, finetune_trainer
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     lock = tok_tmp = None
     try:
         lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
+        check_resumable(cfg)  # before the tokenizer and the speaker means are written
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
         model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)

@@ -67,6 +67,30 @@ TRAJECTORY_KEYS = (
 )
 
 
+def check_trajectory(exp: Path, cfg: TrainConfig, saved: Dict[str, Any]) -> None:
+    """A resumed run must have the trajectory values its checkpoint was trained with."""
+    as_json = lambda x: json.loads(json.dumps(x, default=str))  # noqa: E731 (tuples and lists alike)
+    changed = _differing_leaves(
+        as_json({k: saved[k] for k in TRAJECTORY_KEYS if k in saved}), as_json(to_dict(cfg)), prefix=""
+    )
+    if changed:
+        raise SpeechBudgetError(
+            f"{exp} was trained with {'; '.join(changed[:3])}"
+            f"{f' (and {len(changed) - 3} more)' if len(changed) > 3 else ''}: a resumed run would go on "
+            "with the checkpoint's optimizer, schedule and data order; use another exp_dir, or the same "
+            "values (only budget, dev_cuts and logging/checkpoint keys may change when resuming)"
+        )
+
+
+def check_resumable(cfg: TrainConfig) -> None:
+    """Before a stage writes what its model needs into the exp_dir (tokenizer, speaker means, class
+    list): a run there must be resumable with these values, or a refused re-run would already have
+    overwritten the finished model's files."""
+    path = ckpt.latest_checkpoint(Path(cfg.exp_dir) / "checkpoints")
+    if path is not None:
+        check_trajectory(Path(cfg.exp_dir), cfg, ckpt.load(path).get("config") or {})
+
+
 def _differing_leaves(saved: Any, now: Any, prefix: str) -> list:
     """``key: saved -> now`` for every leaf the saved config has and the current one gives otherwise
     (a key the saved config lacks came after it was written: its default is what that run used)."""
@@ -243,17 +267,7 @@ class Trainer:
                 f"{exp} was trained on train_cuts {saved['train_cuts']}; this run asks for "
                 f"{cfg.train_cuts}: use another exp_dir or the same train_cuts"
             )
-        as_json = lambda x: json.loads(json.dumps(x, default=str))  # noqa: E731 (tuples and lists alike)
-        changed = _differing_leaves(
-            as_json({k: saved[k] for k in TRAJECTORY_KEYS if k in saved}), as_json(to_dict(cfg)), prefix=""
-        )
-        if changed:
-            raise SpeechBudgetError(
-                f"{exp} was trained with {'; '.join(changed[:3])}"
-                f"{f' (and {len(changed) - 3} more)' if len(changed) > 3 else ''}: a resumed run would go on "
-                "with the checkpoint's optimizer, schedule and data order; use another exp_dir, or the same "
-                "values (only budget, dev_cuts and logging/checkpoint keys may change when resuming)"
-            )
+        check_trajectory(exp, cfg, saved)
 
     # --------------------------------------------------------------------------- logging
     def _open_logs(self) -> None:
