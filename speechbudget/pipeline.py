@@ -105,7 +105,7 @@ UPSTREAM: Dict[str, Tuple[str, ...]] = {
     "distill": ("teacher",),
     "folds": ("prepare", "pretrain", "pretrain2"),
     "finetune": ("prepare", "pretrain", "pretrain2", "distill"),
-    "scratch": ("prepare",),
+    "scratch": ("prepare", "pretrain", "pretrain2", "finetune"),  # its budget is their compute
 }
 
 
