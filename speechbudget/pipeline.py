@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,7 @@ class Pipeline:
         stored = json.loads(m.read_text()).get(RECIPE_KEY) if m.is_file() else None
         if stored is None:  # a marker of an older version: nothing to compare
             return
-        now = self.stage_recipe(stage)
+        stored, now = _without_how_keys(stored), self.stage_recipe(stage)
         diffs = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
         if diffs:
             where = f" of fold {self.fold.name}" if self.fold else ""
@@ -932,11 +933,18 @@ HOW_KEYS = frozenset(
 )
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _without_how_keys(value: Any) -> Any:
+    """The values that decide a stage's result, numbers as numbers: YAML reads ``8.0e12`` as a string
+    and ``8e12`` given on the command line is the same budget."""
     if isinstance(value, dict):
         return {k: _without_how_keys(v) for k, v in value.items() if k not in HOW_KEYS}
     if isinstance(value, list):
         return [_without_how_keys(v) for v in value]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
     return value
 
 

@@ -55,6 +55,8 @@ def test_finetuning_a_pretrained_encoder_with_dropout(tmp_path, synthetic_corpus
         "budget.steps=5",
         code=2,
     ).err
-    assert "was trained with ctc.encoder_dropout 0.1 (this run asks for 0.2)" in err and "Traceback" not in err
+    assert (
+        "was trained with ctc.encoder_dropout 0.1 (this run asks for 0.2)" in err and "Traceback" not in err
+    )
     err = run(capsys, "finetune", r, "ctc.encoder_dropout=1.5", code=2).err
     assert "ctc.encoder_dropout" in err and "Traceback" not in err

@@ -96,6 +96,17 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
     err = changed.err.strip()
     assert "stage kmeans finished with other recipe values" in err and "kmeans.num_clusters:" in err
     assert "-> 7" in err and "--stage kmeans" in err and len(err.splitlines()) == 1
+    # the same value written otherwise is the same value (YAML reads 1.0e+3 as a number, 1.0e3 as text)
+    same = run(
+        capsys,
+        "run",
+        RECIPES / "quickstart.yaml",
+        f"exp_dir={exp}",
+        *TINY,
+        *plan,
+        "finetune.max_duration=8.0e0",
+    )
+    assert same.out.count("done already") == 8
     # and a value that only a later stage reads is caught before any stage runs again
     changed = run(
         capsys,
