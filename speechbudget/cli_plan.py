@@ -118,6 +118,12 @@ def plan_main(
     planner.check_inputs(data_hours, num_clusters, max_duration)  # fail before seconds of counting
     names = split_csv(presets) or None
     fitted = ScalingLaw.from_json(law) if law else None
+    if (
+        calibration is not None and not calibration.is_file()
+    ):  # a named file must be there; the default may not
+        raise SpeechBudgetError(
+            f"calibration file {calibration} does not exist (make it with `speechbudget calibrate`)"
+        )
     cal = calibrate.load_calibration(calibration)
     cands = planner.candidate_costs(
         family,

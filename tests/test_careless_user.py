@@ -304,3 +304,11 @@ def test_a_link_to_a_missing_file_is_reported_not_dropped(tmp_path, capsys):
     (split,) = json.loads(out)["splits"]
     assert (split["kept"], split["rejected"]) == (1, 1)
     assert split["reasons"] == {"a link to a file that does not exist": 1}
+
+
+def test_a_named_calibration_file_must_exist(tmp_path, capsys):
+    code, _, err = cli_result(
+        capsys, "plan", "--budget", "200", "--data-hours", "960", "--calibration", tmp_path / "none.json"
+    )
+    one_line_error(code, err, "calibration file")
+    assert "does not exist" in err
