@@ -362,28 +362,27 @@ class Pipeline:
     def marker(self, stage: str) -> Path:
         return (self.runs_dir if stage in FOLD_STAGES else self.exp) / ".stages" / f"{stage}.json"
 
-    def done(self, stage: str) -> Optional[Dict[str, Any]]:
+    def _read_marker(self, stage: str) -> Optional[Dict[str, Any]]:
+        """The stage's marker as written: its result and the recipe values it ran with."""
         m = self.marker(stage)
-        if not m.is_file():
-            return None
-        out = json.loads(m.read_text())
-        out.pop(RECIPE_KEY, None)
-        return out
+        return json.loads(m.read_text()) if m.is_file() else None
+
+    def done(self, stage: str) -> Optional[Dict[str, Any]]:
+        return _result(self._read_marker(stage))
 
     def stage_recipe(self, stage: str) -> Dict[str, Any]:
         """The recipe values ``stage`` depends on, as JSON would store them."""
         values = {k: self.raw.get(k) for k in STAGE_KEYS.get(stage, ())}
         if "seed" in values:
             values["seed"] = self.r.seed
-        return _without_how_keys(json.loads(json.dumps(values, default=str)))
+        return _comparable(json.loads(json.dumps(values, default=str)))
 
-    def check_unchanged(self, stage: str) -> None:
-        """Stop when a finished stage ran with other recipe values than the recipe now gives."""
-        m = self.marker(stage)
-        stored = json.loads(m.read_text()).get(RECIPE_KEY) if m.is_file() else None
+    def check_unchanged(self, stage: str, stored: Optional[Dict[str, Any]]) -> None:
+        """Stop when a finished stage ran (``stored``: its marker's recipe values) with other recipe
+        values than the recipe now gives."""
         if stored is None:  # a marker of an older version: nothing to compare
             return
-        stored, now = _without_how_keys(stored), self.stage_recipe(stage)
+        stored, now = _comparable(stored), self.stage_recipe(stage)
         diffs = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
         if diffs:
             where = f" of fold {self.fold.name}" if self.fold else ""
@@ -840,14 +839,13 @@ class Pipeline:
         for s in (start, stop):
             if s is not None and s not in STAGES:
                 raise SpeechBudgetError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+            if s is not None and not self.enabled(s):
+                on = ", ".join(x for x in STAGES if self.enabled(x))
+                raise SpeechBudgetError(f"this recipe has no {s} stage; its stages: {on}")
         i0 = STAGES.index(start) if start else 0
         i1 = STAGES.index(stop) if stop else len(STAGES) - 1
         if i0 > i1:
             raise SpeechBudgetError(f"--stage {start} comes after --stop-stage {stop}: nothing would run")
-        for s in (start, stop):
-            if s is not None and not self.enabled(s):
-                on = ", ".join(x for x in STAGES if self.enabled(x))
-                raise SpeechBudgetError(f"this recipe has no {s} stage; its stages: {on}")
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
             try:
                 return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
@@ -863,9 +861,10 @@ class Pipeline:
         for stage in stages:
             if not self.enabled(stage):
                 continue
-            prior = self.done(stage)
-            if prior is not None and stage != redo:
-                self.check_unchanged(stage)
+            marker = self._read_marker(stage)
+            prior = _result(marker)
+            if marker is not None and stage != redo:
+                self.check_unchanged(stage, marker.get(RECIPE_KEY))
                 stale = [u for u in UPSTREAM.get(stage, ()) if u in self._remade]
                 if stale and stage not in self._made_now:  # made after them in this process: fresh
                     raise SpeechBudgetError(
@@ -936,13 +935,18 @@ HOW_KEYS = frozenset(
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _without_how_keys(value: Any) -> Any:
+def _result(marker: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A stage marker's result: all of it but the recipe values it ran with."""
+    return None if marker is None else {k: v for k, v in marker.items() if k != RECIPE_KEY}
+
+
+def _comparable(value: Any) -> Any:
     """The values that decide a stage's result, numbers as numbers: YAML reads ``8.0e12`` as a string
     and ``8e12`` given on the command line is the same budget."""
     if isinstance(value, dict):
-        return {k: _without_how_keys(v) for k, v in value.items() if k not in HOW_KEYS}
+        return {k: _comparable(v) for k, v in value.items() if k not in HOW_KEYS}
     if isinstance(value, list):
-        return [_without_how_keys(v) for v in value]
+        return [_comparable(v) for v in value]
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         return float(value)
     return value

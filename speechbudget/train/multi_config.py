@@ -107,13 +107,10 @@ def _uses_default_budget(multi: Mapping[str, Any]) -> bool:
 
 
 def _schedule(spec: Any, where: str, default_budget: BudgetConfig) -> List[Phase]:
-    if isinstance(spec, Mapping) and "phases" in spec:
-        spec = spec["phases"]
-    if isinstance(spec, Mapping):
-        spec = [spec]
-    if not isinstance(spec, (list, tuple)) or not spec:
+    phases = _phase_specs(spec)
+    if not phases:
         raise SpeechBudgetError(f"{where} must be a list of phases or one phase with objectives")
-    return [_phase(p, f"{where}[{i}]", default_budget) for i, p in enumerate(spec)]
+    return [_phase(p, f"{where}[{i}]", default_budget) for i, p in enumerate(phases)]
 
 
 def load_multi_recipe(

@@ -88,7 +88,8 @@ def check_resumable(cfg: TrainConfig) -> None:
     overwritten the finished model's files."""
     path = ckpt.latest_checkpoint(Path(cfg.exp_dir) / "checkpoints")
     if path is not None:
-        check_trajectory(Path(cfg.exp_dir), cfg, ckpt.load(path).get("config") or {})
+        config = ckpt.load(path, mmap=True).get("config") or {}  # mapped: its tensors are not read here
+        check_trajectory(Path(cfg.exp_dir), cfg, config)
 
 
 def _differing_leaves(saved: Any, now: Any, prefix: str) -> list:
