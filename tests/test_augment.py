@@ -17,6 +17,7 @@ from lhotse.utils import compute_num_frames
 from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
 from speechbudget.data.manifests import load_cuts
+from speechbudget.data.tempo import TempoPerturb, stretch
 from speechbudget.models.presets import build_encoder
 from speechbudget.objectives.ctc import CtcModel
 
@@ -123,3 +124,45 @@ def test_a_time_warp_wider_than_the_clips_is_reported_not_silently_skipped(fsdd_
     longest = max(c.duration for c in cuts)
     assert warn_unwarped(int(longest * 100) // 4, cuts, 100.0) < len(cuts)
     assert warn_unwarped(0, cuts, 100.0) == 0
+
+
+def test_tempo_stretches_training_batches_the_budget_counts_them_and_dev_is_untouched(
+    fsdd_corpus, tmp_path, capsys
+):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank")[cuts]
+    x, lengths, seconds = batch["features"].clone(), batch["lengths"].clone(), batch["seconds"]
+    slow, n = stretch(x, lengths, torch.full((len(lengths),), 1.25))
+    assert n.tolist() == [round(1.25 * k) for k in lengths.tolist()]
+    assert torch.equal(slow[0, 0], x[0, 0]) and torch.allclose(slow[0, n[0] - 1], x[0, lengths[0] - 1])
+    assert slow.size(-1) == x.size(-1)  # the frequency axis is left alone (rate, not pitch)
+    torch.manual_seed(0)
+    out = TempoPerturb(0.3)(batch)
+    ratio = out["lengths"].double() / lengths.double()
+    assert ((ratio > 1 / 1.3 - 0.05) & (ratio < 1.3 + 0.05)).all() and ratio.std() > 0.01
+    assert out["seconds"] / seconds == pytest.approx(int(out["lengths"].sum()) / int(lengths.sum()), rel=1e-9)
+    # two 2-step runs alike but for ctc.tempo (lr ~0: the same weights): the budget counts the stretched
+    # frames, and the dev set scores the same because it is never stretched
+    cards = {}
+    for tempo in (0.0, 0.5):
+        recipe = tmp_path / f"t{tempo}.yaml"
+        section = {
+            "encoder": "zipformer-nano",
+            "train_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
+            "dev_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
+            "max_duration": 4.0,
+            "num_buckets": 2,
+            "budget": {"steps": 2},
+            "optim": {"lr": 1e-12},
+            "ctc": {"tokenizer": "char", "vocab_size": 30, "tempo": tempo},
+        }
+        exp = tmp_path / f"ft{tempo}"
+        recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), "device": "cpu", "finetune": section}))
+        code, out, err = cli_result(capsys, "finetune", recipe, "--json")
+        assert code == 0, err[-2000:]
+        cards[tempo] = json.loads(out)
+    plain, stretched = cards[0.0], cards[0.5]
+    assert stretched["flops"] != plain["flops"] and stretched["audio_hours"] != plain["audio_hours"]
+    assert stretched["valid"]["valid_loss"] == pytest.approx(plain["valid"]["valid_loss"], rel=1e-5)
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.tempo=1.5")
+    assert code == 2 and "ctc.tempo" in err

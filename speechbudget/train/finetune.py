@@ -19,6 +19,7 @@ from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.dataset import SpeechDataset
 from ..data.manifests import cut_text
+from ..data.tempo import TempoPerturb
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder, with_overrides
 from ..objectives.ctc import CtcModel
@@ -164,6 +165,12 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
     return model, init
 
 
+def tempo_transform(cfg: TrainConfig, model: CtcModel) -> Optional[TempoPerturb]:
+    """``ctc.tempo``: the training batches' rate perturbation (log-mel, with SpecAugment on, like gain and
+    VTLP); None when off."""
+    return TempoPerturb(cfg.ctc.tempo) if cfg.ctc.tempo > 0 and model.augment else None
+
+
 def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
     """Reverberation, then noise (lhotse, on the audio of each training batch); None when both are off."""
     a = cfg.ctc
@@ -246,7 +253,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         dataset = SpeechDataset(
             input_kind(model.encoder),
             with_text=True,
-            transform=Chain(train_cmn, Tokenize(tokenizer)),
+            transform=Chain(train_cmn, tempo_transform(cfg, model), Tokenize(tokenizer)),
             cut_transform=audio_augmentation(cfg),
             on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
         )
