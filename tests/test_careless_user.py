@@ -312,3 +312,25 @@ def test_a_named_calibration_file_must_exist(tmp_path, capsys):
     )
     one_line_error(code, err, "calibration file")
     assert "does not exist" in err
+
+
+def test_validation_counts_are_totals_not_means_per_batch(synthetic_corpus, tmp_path, capsys):
+    from speechbudget.data.manifests import load_cuts
+
+    dev = synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"
+    section = {
+        "encoder": "zipformer-nano",
+        "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
+        "dev_cuts": str(dev),
+        "max_duration": 4.0,
+        "budget": {"steps": 1},
+        "ctc": {"tokenizer": "char", "vocab_size": 30},
+    }
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "device": "cpu", "finetune": section}))
+    code, out, err = cli_result(capsys, "finetune", recipe, "--json")
+    assert code == 0, err[-2000:]
+    valid = json.loads(out)["valid"]
+    # every dev utterance is either scored or counted as too short for its tokens: whole numbers
+    assert valid["valid_utterances"] + valid["valid_ctc_infeasible"] == len(load_cuts(dev))
+    assert valid["valid_loss"] > 0

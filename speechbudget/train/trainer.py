@@ -46,6 +46,15 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+#: batch statistics that count things (utterances, frames, clips): validation adds them up instead of
+#: averaging them over batches ("39.91 utterances" was a mean count per batch); train-multi prefixes
+#: them with the head's name (``hubert_frames``)
+COUNT_STATS = ("utterances", "ctc_infeasible", "frames", "masked_frames", "teacher_clips", "no_teacher_clips")
+
+
+def is_count(stat: str) -> bool:
+    return any(stat == c or stat.endswith("_" + c) for c in COUNT_STATS)
+
 #: the keys that shape a run's trajectory: a resumed run must have the values it started with (budget,
 #: dev_cuts, device and the logging/checkpoint keys may change: "train on for longer" is a resume)
 TRAJECTORY_KEYS = (
@@ -462,7 +471,8 @@ class Trainer:
         return {k: v for k, v in valid[-1].items() if k.startswith("valid_")} if valid else {}
 
     def validate(self) -> Dict[str, float]:
-        """Mean statistics over ``dev_cuts`` in eval mode, with fixed masks: comparable across runs."""
+        """Statistics over ``dev_cuts`` in eval mode, with fixed masks: comparable across runs. Rates and
+        losses are means weighted by each batch's seconds; counts (:data:`COUNT_STATS`) are totals."""
         if self.valid_loader is None:
             return {}
         self.model.eval()
@@ -475,11 +485,12 @@ class Trainer:
                 _, stats = self.model(self._to_device(batch))
                 w = float(batch["seconds"])
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * w
+                    sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if is_count(k) else w)
                 n += w
         torch.set_rng_state(rng)
         self.model.train()
-        return {f"valid_{k}": v / n for k, v in sums.items()} if n else {}
+        totals = {k: v if is_count(k) else v / n for k, v in sums.items()}
+        return {f"valid_{k}": v for k, v in totals.items()} if n else {}
 
     def train_step(self, stream) -> Optional[Dict[str, float]]:
         """One optimizer step over ``grad_accum`` micro-batches; None when the step was skipped."""
