@@ -334,3 +334,14 @@ def test_validation_counts_are_totals_not_means_per_batch(synthetic_corpus, tmp_
     # every dev utterance is either scored or counted as too short for its tokens: whole numbers
     assert valid["valid_utterances"] + valid["valid_ctc_infeasible"] == len(load_cuts(dev))
     assert valid["valid_loss"] > 0
+
+
+def test_a_refused_prepare_leaves_no_empty_out_folders(tmp_path, capsys):
+    out = tmp_path / "new" / "data"
+    code, _, err = cli_result(capsys, "prepare", "synthetic", "--hours", "5000", "--out", out)
+    one_line_error(code, err, "hours must be positive and at most 1000")
+    assert list(tmp_path.iterdir()) == []  # neither data/ nor new/ were there before
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("a user's file")
+    code, _, err = cli_result(capsys, "prepare", "synthetic", "--hours", "0", "--out", tmp_path / "keep")
+    assert code != 0 and (tmp_path / "keep" / "mine.txt").read_text() == "a user's file"

@@ -330,6 +330,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
     src, common = get_source(spec.source), spec.common
     # absolute paths in manifests: stages may run from elsewhere
     corpus_dir = Path(out_dir).resolve() / spec.name
+    made = [p for p in (corpus_dir, *corpus_dir.parents) if not p.exists()]  # ours to remove on failure
     try:
         corpus_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
@@ -385,6 +386,7 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
     except BaseException:
         if not any(p.is_file() and p.name not in (".lock", "prepare.json") for p in corpus_dir.rglob("*")):
             shutil.rmtree(corpus_dir, ignore_errors=True)  # a failed first run leaves no empty corpus behind
+            _remove_empty(made[1:])  # ... nor the empty --out folders it made for it
         raise
     summary = PrepareSummary(spec.name, str(corpus_dir), splits, time.time() - start, vocabulary)
     atomic.write_json(
@@ -392,6 +394,15 @@ def prepare(spec: CorpusSpec, out_dir: Path) -> PrepareSummary:
         {**record, "options": spec.to_dict(), "complete": True, "summary": summary.to_dict()},
     )
     return summary
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    """Remove these folders, innermost first, while they are empty (another writer's files stay)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _train_classes(by_split: Mapping[str, List[SourceItem]]) -> Optional[Set[str]]:

@@ -49,11 +49,20 @@ def _git_commit() -> Optional[str]:
 #: batch statistics that count things (utterances, frames, clips): validation adds them up instead of
 #: averaging them over batches ("39.91 utterances" was a mean count per batch); train-multi prefixes
 #: them with the head's name (``hubert_frames``)
-COUNT_STATS = ("utterances", "ctc_infeasible", "frames", "masked_frames", "teacher_clips", "no_teacher_clips")
+COUNT_STATS = (
+    "utterances",
+    "ctc_infeasible",
+    "frames",
+    "masked_frames",
+    "teacher_clips",
+    "no_teacher_clips",
+    "pairs",
+)
 
 
 def is_count(stat: str) -> bool:
     return any(stat == c or stat.endswith("_" + c) for c in COUNT_STATS)
+
 
 #: the keys that shape a run's trajectory: a resumed run must have the values it started with (budget,
 #: dev_cuts, device and the logging/checkpoint keys may change: "train on for longer" is a resume)
