@@ -314,10 +314,18 @@ def test_a_named_calibration_file_must_exist(tmp_path, capsys):
     assert "does not exist" in err
 
 
-def test_validation_counts_are_totals_not_means_per_batch(synthetic_corpus, tmp_path, capsys):
+def test_validation_counts_are_totals_and_unspellable_dev_text_is_reported(
+    synthetic_corpus, tmp_path, capsys, caplog
+):
     from speechbudget.data.manifests import load_cuts
 
-    dev = synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz"
+    cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_dev.jsonl.gz").to_eager()
+    dev = tmp_path / "cuts_dev.jsonl.gz"  # two of its transcripts in a script the training text never had
+    odd = {c.id for c in list(cuts)[:2]}
+    for c in cuts:
+        if c.id in odd:
+            c.supervisions[0].text = "žluťoučký " + c.supervisions[0].text
+    cuts.to_file(dev)
     section = {
         "encoder": "zipformer-nano",
         "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
@@ -328,11 +336,13 @@ def test_validation_counts_are_totals_not_means_per_batch(synthetic_corpus, tmp_
     }
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "device": "cpu", "finetune": section}))
-    code, out, err = cli_result(capsys, "finetune", recipe, "--json")
+    with caplog.at_level("WARNING"):
+        code, out, err = cli_result(capsys, "finetune", recipe, "--json")
     assert code == 0, err[-2000:]
+    assert f"2 of {len(cuts)} dev utterances have characters the tokenizer cannot spell" in caplog.text
     valid = json.loads(out)["valid"]
     # every dev utterance is either scored or counted as too short for its tokens: whole numbers
-    assert valid["valid_utterances"] + valid["valid_ctc_infeasible"] == len(load_cuts(dev))
+    assert valid["valid_utterances"] + valid["valid_ctc_infeasible"] == len(cuts)
     assert valid["valid_loss"] > 0
 
 

@@ -198,6 +198,26 @@ def speaker_cmn_transforms(
     return speaker_cmn.SpeakerCmn(target, moments), dev
 
 
+def warn_unspellable_dev(cfg: TrainConfig, tokenizer: Tokenizer) -> int:
+    """Dev transcripts with characters the tokenizer cannot spell score ``<unk>`` in the validation loss
+    (training drops such cuts and counts them): say how many, and which characters. Returns that number."""
+    if not cfg.dev_cuts:
+        return 0
+    cuts = load_train_cuts(cfg.dev_cuts, "dev_cuts")
+    unknown = [tokenizer.unknown_chars(cut_text(c)) for c in cuts]
+    bad = [u for u in unknown if u]
+    if bad:
+        chars = "".join(sorted(set().union(*bad)))[:20]
+        log.warning(
+            "%d of %d dev utterances have characters the tokenizer cannot spell (%r): their validation loss "
+            "scores <unk> for them; is dev_cuts the same language and text normalisation as train_cuts?",
+            len(bad),
+            len(unknown),
+            chars,
+        )
+    return len(bad)
+
+
 def warn_unwarped(factor: int, cuts, input_rate_hz: float) -> int:
     """lhotse's time warp leaves an utterance of at most 2 x factor + 1 frames as it is, silently: say
     how many training utterances ``ctc.time_warp`` cannot reach (FSDD's 0.4 s digits and the usual
@@ -242,6 +262,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
         if model.augment:
             warn_unwarped(cfg.ctc.time_warp, cuts, model.encoder.input_rate_hz)
+        warn_unspellable_dev(cfg, tokenizer)
         # the run really starts: only now do the tokenizer and the filtering record land in EXP
         tokenizer, tok_tmp = commit_tokenizer(cfg, tok_tmp), None
         if dist.is_main:
