@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -33,11 +34,13 @@ def enabled() -> bool:
     return _enabled
 
 
-def make_progress() -> Progress:
+def make_progress(percent: bool = False) -> Progress:
+    """Bars that count items ("12/40"), or with ``percent`` show a share ("45%": a training budget,
+    which is not a number of anything a reader could count)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn() if percent else MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),

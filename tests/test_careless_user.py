@@ -355,3 +355,16 @@ def test_a_refused_prepare_leaves_no_empty_out_folders(tmp_path, capsys):
     (tmp_path / "keep" / "mine.txt").write_text("a user's file")
     code, _, err = cli_result(capsys, "prepare", "synthetic", "--hours", "0", "--out", tmp_path / "keep")
     assert code != 0 and (tmp_path / "keep" / "mine.txt").read_text() == "a user's file"
+
+
+def test_the_training_bar_shows_the_budget_as_a_percentage_not_per_mille(monkeypatch):
+    from rich.console import Console
+
+    from speechbudget import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    monkeypatch.setattr(progress, "console", Console(record=True, width=100, force_terminal=False))
+    with progress.make_progress(percent=True) as bar:  # what the trainer draws: 1000 parts of the budget
+        bar.update(bar.add_task("finetune", total=1000, info=""), completed=456)
+    shown = progress.console.export_text()
+    assert "46%" in shown and "456/1000" not in shown

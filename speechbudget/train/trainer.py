@@ -414,7 +414,7 @@ class Trainer:
         profiler = StepProfiler(
             self.exp_dir, self.cfg.profile_steps if self.dist.is_main else 0, self.dist.device.type == "cuda"
         )
-        with progress.make_progress() as bar, contextlib.closing(profiler):
+        with progress.make_progress(percent=True) as bar, contextlib.closing(profiler):
             task = bar.add_task(self.stage, total=1000, info="")
             bar.update(task, completed=min(1000, 1000 * self.budget.used(self.counters)))
             while not self.budget.exhausted(self.counters):
