@@ -148,15 +148,6 @@ def read_audio(path: Path) -> torch.Tensor:
     return torch.from_numpy(resample(samples.mean(axis=1), sr, SAMPLE_RATE).astype(np.float32))
 
 
-def max_input_frames(encoder) -> Optional[int]:
-    """The longest input a patch encoder with learned positions takes (None: any length). Longer
-    audio is classified in windows of that length, their probabilities averaged."""
-    patches = getattr(encoder, "patches", None)
-    if patches is None or getattr(patches, "position", None) != "learned":
-        return None
-    return (patches.max_time_patches - 1) * patches.stride + patches.patch
-
-
 def predict(
     model_path: Path, audio: Sequence[Path], top: int = 5, device: str = "cpu"
 ) -> List[Dict[str, Any]]:
@@ -174,20 +165,15 @@ def predict(
     for path in audio:
         wave = read_audio(Path(path))
         feats = wave.unsqueeze(-1) if waveform else torch.from_numpy(extractor.extract(wave.numpy(), 16000))
-        windows = list(feats.split(max_input_frames(model.encoder) or feats.size(0)))
-        probs = torch.stack(
-            [
-                model.probabilities(w.unsqueeze(0).to(dev), torch.tensor([w.size(0)], device=dev))[0]
-                for w in windows
-            ]
-        ).mean(0)
+        windows = len(feats.split(model.max_input_frames or feats.size(0)))
+        probs = model.probabilities(feats.unsqueeze(0).to(dev), torch.tensor([feats.size(0)], device=dev))[0]
         k = min(top, len(vocab))
         values, idx = probs.cpu().topk(k)
         results.append(
             {
                 "audio": str(path),
                 "seconds": round(wave.numel() / 16000, 3),
-                "windows": len(windows),
+                "windows": windows,
                 "top": [
                     {"class": vocab.classes[i], "probability": float(p)} for p, i in zip(values, idx.tolist())
                 ],

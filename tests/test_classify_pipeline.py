@@ -217,3 +217,59 @@ def test_profile_steps_write_a_trace_and_the_top_operators(keywords_run, tmp_pat
         "profile_steps=-1",
     )
     assert code == 2 and "profile_steps" in err
+
+
+def test_long_clips_are_scored_in_windows_by_evaluate_predict_and_distill_targets(
+    keywords_run, capsys, tmp_path
+):
+    """A minute of noise is ~6x the AST's learned positions: every scoring command windows it as
+    ``predict`` does, and the windows' mean is what each reports."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from speechbudget.evaluate import load_classifier
+    from speechbudget.objectives.teacher_logits import load_teacher_logits
+
+    model, _, _ = load_classifier(keywords_run / "finetune", torch.device("cpu"))
+    limit = model.max_input_frames
+    assert limit is not None
+    torch.manual_seed(0)
+    long, short = torch.randn(1, 3 * limit + 7, 128), torch.randn(1, limit // 2, 128)
+    windows = long[0].split(limit)
+    expect = torch.stack([model.logits(w[None], torch.tensor([w.size(0)]))[0] for w in windows]).mean(0)
+    batch = torch.nn.utils.rnn.pad_sequence([long[0], short[0]], batch_first=True)
+    got = model.logits(batch, torch.tensor([long.size(1), short.size(1)]))
+    assert torch.allclose(got[0], expect, atol=1e-5)
+    assert torch.allclose(got[1], model.logits(short, torch.tensor([short.size(1)]))[0], atol=1e-5)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    for name in ("pink_noise.wav", "white_noise.wav"):
+        shutil.copy(NOISE / name, noise / name)
+    code, _, err = cli_result(capsys, "prepare", "dir", noise, "--out", tmp_path / "data", "--name", "noise")
+    assert code == 0, err
+    cuts = tmp_path / "data" / "noise" / "cuts_train.jsonl.gz"
+    code, out, err = cli_result(capsys, "distill-targets", keywords_run / "finetune", cuts, "--json")
+    assert code == 0, err
+    table = load_teacher_logits(Path(json.loads(out)["targets"]))
+    assert len(table) == 2 and np.isfinite(table.logits).all()
+
+
+def test_training_clips_longer_than_learned_positions_stop_before_the_first_step(
+    keywords_run, capsys, tmp_path
+):
+    from test_issue21 import one_line_error
+
+    exp = tmp_path / "short-positions"
+    code, _, err = cli_result(
+        capsys,
+        "finetune",
+        RECIPES / "fsdd-keywords.yaml",
+        f"exp_dir={exp}",
+        f"train_cuts={keywords_run / 'data' / 'fsdd' / 'cuts_train.jsonl.gz'}",
+        "encoder={preset: ast-tiny, dim: 32, layers: 1, heads: 2, stride: 16, max_frames: 32}",
+    )
+    one_line_error(code, err, "the encoder's learned positions reach; raise the encoder's max_frames")
+    assert "train_cuts: clip" in err
+    assert not [p for p in exp.rglob("*") if p.is_file() and p.name != ".lock"]  # nothing written first

@@ -101,6 +101,13 @@ class PatchEmbed(nn.Module):
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return time_patches(lengths, self.patch, self.stride) * self.freq_patches
 
+    @property
+    def max_input_frames(self) -> Optional[int]:
+        """The longest input learned positions reach (None: sinusoidal ones reach any length)."""
+        if self.pos is None:
+            return None
+        return (self.max_time_patches - 1) * self.stride + self.patch
+
     def positions(self, n_time: int, device, dtype) -> torch.Tensor:
         """(n_time * freq_patches, dim) position embeddings in the time-major patch order."""
         if self.pos is not None:

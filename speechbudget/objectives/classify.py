@@ -34,6 +34,11 @@ from .param_groups import encoder_head_groups
 POOLINGS = ("auto", "cls", "mean", "attention")
 
 
+def max_input_frames(encoder: Encoder) -> Optional[int]:
+    """The longest input a patch encoder's learned positions reach (None: any length)."""
+    return getattr(getattr(encoder, "patches", None), "max_input_frames", None)
+
+
 def encoder_cls_index(encoder: Encoder, lengths: torch.Tensor) -> Optional[torch.Tensor]:
     """(B,) position of the encoder's CLS state in its output, or None when it has none."""
     if callable(getattr(encoder, "cls_index", None)):
@@ -173,16 +178,41 @@ class ClassifierModel(nn.Module):
         summed = hidden.masked_fill(pad_mask.unsqueeze(-1), 0.0).sum(1)
         return summed / lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
 
+    @property
+    def max_input_frames(self) -> Optional[int]:
+        """The longest input the encoder takes (a patch encoder's learned positions); None: any."""
+        return max_input_frames(self.encoder)
+
     def logits(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, C) class scores before softmax/sigmoid (evaluation and prediction)."""
-        out = self.encoder(features, lengths)
-        return self.head(self.dropout(self.pool(out.hidden, out.lengths))).float()
+        """(B, C) class scores before softmax/sigmoid (evaluation and prediction). A clip longer than
+        :attr:`max_input_frames` is scored in windows of that length, their scores averaged."""
+        return self._windowed(self._clip_logits, features, lengths)
 
     @torch.no_grad()
     def probabilities(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, C) softmax (single-label) or sigmoid (multi-label) scores, for evaluation and prediction."""
-        logits = self.logits(features, lengths)
+        """(B, C) softmax (single-label) or sigmoid (multi-label) scores, for evaluation and prediction;
+        long clips: the mean of their windows' probabilities."""
+        return self._windowed(self._clip_probabilities, features, lengths)
+
+    def _clip_logits(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(features, lengths)
+        return self.head(self.dropout(self.pool(out.hidden, out.lengths))).float()
+
+    def _clip_probabilities(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        logits = self._clip_logits(features, lengths)
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+
+    def _windowed(self, score, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        limit = self.max_input_frames
+        if limit is None or features.size(1) <= limit:
+            return score(features, lengths)
+        rows = []
+        for x, n in zip(features, lengths.tolist()):
+            windows = x[: max(n, 1)].split(limit)
+            n_w = torch.tensor([w.size(0) for w in windows], device=lengths.device)
+            batch = torch.nn.utils.rnn.pad_sequence(list(windows), batch_first=True)
+            rows.append(score(batch, n_w).mean(0))
+        return torch.stack(rows)
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, C) float targets: one-hot (smoothed at loss time) or the multi-hot labels as given."""

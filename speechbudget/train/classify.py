@@ -25,7 +25,7 @@ from ..data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_voc
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder, resolve
-from ..objectives.classify import ClassifierModel
+from ..objectives.classify import ClassifierModel, max_input_frames
 from ..objectives.distill import DistillationModel
 from ..objectives.teacher_logits import load_teacher_logits
 from . import checkpoint as ckpt
@@ -111,8 +111,10 @@ def build_model(
         if missing:
             raise SpeechBudgetError(f"{cfg.classify.init_checkpoint} lacks encoder weights {missing[:3]}...")
         init = {"checkpoint": str(path), "encoder": spec}
+        check_clip_lengths(encoder, cuts, "train_cuts")
     else:
         encoder = build_encoder(cfg.encoder)
+        check_clip_lengths(encoder, cuts, "train_cuts")  # before the feature statistics are computed
         if normalises_features(encoder):
             stats = feature_stats(cfg, cuts, encoder.input_dim)
             cfg.encoder = {**resolve(cfg.encoder), "feature_mean": stats["mean"], "feature_std": stats["std"]}
@@ -162,6 +164,23 @@ def dataset_for(encoder: Encoder, transform, cut_transform=None) -> SpeechDatase
     return SpeechDataset(kind, transform=transform, cut_transform=cut_transform, num_mel_bins=bins)
 
 
+def check_clip_lengths(encoder: Encoder, cuts: CutSet, key: str) -> None:
+    """Training batches go through the encoder whole: a clip longer than a patch encoder's learned
+    positions would stop the run at its first batch, after the set-up. (Evaluation and prediction
+    score long clips in windows instead.)"""
+    limit = max_input_frames(encoder)
+    if limit is None or len(cuts) == 0:
+        return
+    longest = max(cuts, key=lambda c: c.duration)
+    rate = encoder.input_rate_hz
+    if round(longest.duration * rate) > limit:
+        raise SpeechBudgetError(
+            f"{key}: clip {longest.id} lasts {longest.duration:.2f} s, longer than the {limit / rate:.2f} s "
+            f"({limit} frames) the encoder's learned positions reach; raise the encoder's max_frames "
+            "(encoder: {preset: ..., max_frames: N}), use position: sinusoidal, or cut the clips shorter"
+        )
+
+
 def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     dist = distributed.setup(cfg.device)
     lock = None
@@ -170,10 +189,10 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         check_resumable(cfg)
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         vocab = vocabulary_for(cfg, cuts)
+        model, init, stats = build_model(cfg, vocab, cuts, dist.is_main)
         if dist.is_main:
             Path(cfg.exp_dir).mkdir(parents=True, exist_ok=True)
             write_vocabulary(Path(cfg.exp_dir) / VOCAB_FILE, vocab)
-        model, init, stats = build_model(cfg, vocab, cuts, dist.is_main)
         cost = {
             **encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame()),
             "head_macs_per_clip": float(model.head_macs_per_clip()),
@@ -187,6 +206,7 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         if cfg.dev_cuts:
             dev = load_train_cuts(cfg.dev_cuts, "dev_cuts").to_eager()
             vocab.check(dev)
+            check_clip_lengths(model.encoder, dev, "dev_cuts")
             valid = dev_loader(cfg, dataset_for(model.encoder, label_transform(dev, vocab)))
         hours = total_seconds(cuts) / 3600
         trainer = finetune_trainer(
