@@ -43,7 +43,7 @@ def evaluate(
     model: Path = MODEL_ARG,
     cuts: List[Path] = typer.Argument(..., help="One or more labeled cut manifests."),
     out_dir: Path = typer.Option(None, "--out", help="Default: EXP/evaluate-<set>."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals (0: none)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPT,
 ) -> None:

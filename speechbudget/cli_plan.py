@@ -256,7 +256,7 @@ def plan_fit(
         ..., help="Pretraining exp_dirs, or a sweep's --out folder (searched below)."
     ),
     out_path: Path = typer.Option(..., "--out", help="Where the fitted law goes (JSON), for `plan --law`."),
-    bootstrap: int = typer.Option(200, help="Bootstrap refits for the 95% intervals (0: none)."),
+    bootstrap: int = typer.Option(200, min=0, help="Bootstrap refits for the 95% intervals (0: none)."),
     r_star: float = typer.Option(
         15.0, "--r-star", help="Repetitions after which extra epochs stop helping (fixed, not fitted)."
     ),

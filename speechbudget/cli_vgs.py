@@ -65,7 +65,7 @@ def evaluate_retrieval_cmd(
     cuts: Path = typer.Argument(
         ..., help="Paired cuts (cuts_test.jsonl.gz of a scenes/flickr8k/coco corpus)."
     ),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals (0: none)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Speech->image and image->speech recall@1/5/10 with 95% CIs; writes EXP/retrieval.json."""

@@ -368,3 +368,16 @@ def test_the_training_bar_shows_the_budget_as_a_percentage_not_per_mille(monkeyp
         bar.update(bar.add_task("finetune", total=1000, info=""), completed=456)
     shown = progress.console.export_text()
     assert "46%" in shown and "456/1000" not in shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "exp", "cuts.jsonl.gz", "--bootstrap", "-1"],
+        ["evaluate-retrieval", "exp", "cuts.jsonl.gz", "--bootstrap", "-1"],
+        ["plan", "fit", "exp", "--bootstrap", "-1"],
+    ],
+)
+def test_a_negative_bootstrap_count_is_refused(capsys, args):
+    code, _, err = cli_result(capsys, *args)
+    one_line_error(code, err, "Invalid value for '--bootstrap'")
