@@ -381,3 +381,17 @@ def test_the_training_bar_shows_the_budget_as_a_percentage_not_per_mille(monkeyp
 def test_a_negative_bootstrap_count_is_refused(capsys, args):
     code, _, err = cli_result(capsys, *args)
     one_line_error(code, err, "Invalid value for '--bootstrap'")
+
+
+def test_a_max_duration_below_the_cuts_is_said_once_in_our_words(synthetic_corpus, caplog):
+    from speechbudget.data.dataset import make_sampler
+    from speechbudget.data.manifests import load_cuts
+
+    cuts = load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz").to_eager()
+    with caplog.at_level("WARNING"):
+        make_sampler(cuts, 0.1, num_buckets=2, seed=0)
+    assert f"max_duration 0.1 s is shorter than {len(cuts)} of {len(cuts)} cuts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        make_sampler(cuts, 1000.0, num_buckets=2, seed=0)
+    assert "max_duration" not in caplog.text

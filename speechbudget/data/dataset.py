@@ -6,6 +6,7 @@ The sampler yields CutSets whose total duration stays under ``max_duration``; it
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Callable, Dict, Optional
 
@@ -19,6 +20,7 @@ from .manifests import cut_text
 from .speaker_cmn import cut_speaker
 
 IGNORE = -100
+log = logging.getLogger(__name__)
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -78,6 +80,23 @@ class SpeechDataset(torch.utils.data.Dataset):
         return batch
 
 
+def warn_long_cuts(cuts: CutSet, max_duration: float) -> int:
+    """Cuts longer than ``max_duration`` each make a batch of their own (lhotse says so in a warning
+    per batch, with its file path): say it once, in our words, with what to change. Returns how many."""
+    long = [c.duration for c in cuts if c.duration > max_duration]
+    if long:
+        log.warning(
+            "max_duration %g s is shorter than %d of %d cuts (the longest %.2f s): each of those is a batch "
+            "of its own; raise max_duration (seconds of audio per batch)",
+            max_duration,
+            len(long),
+            len(cuts),
+            max(long),
+        )
+        warnings.filterwarnings("ignore", message="We have exceeded the max_duration constraint")
+    return len(long)
+
+
 def make_sampler(
     cuts: CutSet,
     max_duration: float,
@@ -93,6 +112,8 @@ def make_sampler(
         n = len(cuts)
     except TypeError:  # a lazy CutSet has no length; big corpora are lazy and have cuts to spare
         n = num_buckets
+    else:
+        warn_long_cuts(cuts, max_duration)
     if n < 2:
         from lhotse.dataset import SimpleCutSampler
 
