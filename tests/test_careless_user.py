@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_result
+from conftest import FSDD, cli_result
 from test_issue21 import one_line_error
 
 from speechbudget.errors import SpeechBudgetError
@@ -395,3 +395,12 @@ def test_a_max_duration_below_the_cuts_is_said_once_in_our_words(synthetic_corpu
     with caplog.at_level("WARNING"):
         make_sampler(cuts, 1000.0, num_buckets=2, seed=0)
     assert "max_duration" not in caplog.text
+
+
+def test_a_speaker_in_both_dev_and_test_is_refused(tmp_path, capsys):
+    code, _, err = cli_result(
+        capsys, "prepare", "fsdd", FSDD, "--dev-speakers", "jackson", "--test-speakers", "jackson,theo",
+        "--out", tmp_path / "data",
+    )  # fmt: skip
+    one_line_error(code, err, "jackson named in both test_speakers and dev_speakers")
+    assert not (tmp_path / "data").exists()

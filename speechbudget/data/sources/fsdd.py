@@ -25,6 +25,11 @@ class FsddOptions:
 def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
     """Speaker-disjoint splits: ``test_speakers`` -> test, ``dev_speakers`` -> dev, the rest -> train."""
     root, test_speakers, dev_speakers = Path(opts.path), opts.test_speakers, opts.dev_speakers
+    both = sorted(set(test_speakers) & set(dev_speakers))
+    if both:  # the speaker went to test alone, and dev was silently missing
+        raise SpeechBudgetError(
+            f"{', '.join(both)} named in both test_speakers and dev_speakers; a speaker belongs to one split"
+        )
     if (root / "recordings").is_dir():
         root = root / "recordings"
     # subfolders and any case of ".wav" too: a file this source cannot use is reported, never skipped
