@@ -273,9 +273,12 @@ def _validated(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
         check_names(
             [("prepare", r.prepare.name), ("labeled", r.labeled and r.labeled.name), ("tts", r.tts.spec.name)]
         )
-    if r.fold_seeds < 1 or (r.fold_seeds > 1 and not r.folds):
+    if r.fold_seeds < 1:
+        raise SpeechBudgetError(f"fold_seeds (--fold-seeds) must be 1 or more, got {r.fold_seeds}")
+    if r.fold_seeds > 1 and not r.folds:
         raise SpeechBudgetError(
-            f"fold_seeds is {r.fold_seeds}: give 1 or more, together with folds: speakers (or --folds speakers)"
+            f"fold_seeds {r.fold_seeds} (--fold-seeds) repeats the folds' fine-tuning: add --folds speakers "
+            "(recipe: folds: speakers)"
         )
     from .decode import METHODS
 

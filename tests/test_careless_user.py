@@ -404,3 +404,20 @@ def test_a_speaker_in_both_dev_and_test_is_refused(tmp_path, capsys):
     )  # fmt: skip
     one_line_error(code, err, "jackson named in both test_speakers and dev_speakers")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--folds", "speakers", "--fold-seeds", "0"], "fold_seeds (--fold-seeds) must be 1 or more, got 0"),
+        (
+            ["--fold-seeds", "3"],
+            "fold_seeds 3 (--fold-seeds) repeats the folds' fine-tuning: add --folds speakers",
+        ),
+    ],
+)
+def test_fold_seeds_without_folds_or_below_one_say_what_to_add(tmp_path, capsys, args, expect):
+    code, _, err = cli_result(
+        capsys, "run", ROOT / "recipes" / "fsdd.yaml", f"exp_dir={tmp_path / 'e'}", *args
+    )
+    one_line_error(code, err, expect)
