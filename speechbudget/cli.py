@@ -318,7 +318,9 @@ def finetune(
 )
 def decode(
     model: Path = typer.Argument(..., help="Fine-tuning exp dir (newest checkpoint) or a checkpoint file."),
-    cuts: List[Path] = typer.Argument(..., help="One or more cut manifests to decode."),
+    cuts: List[Path] = typer.Argument(
+        ..., help="One or more cut manifests to decode; a corpus folder: each of its splits."
+    ),
     method: str = typer.Option(
         "greedy",
         help="greedy | beam (CTC prefix beam search) | lexicon (beam search that only spells known words).",
@@ -341,7 +343,12 @@ def decode(
     from .decode import decode as run
 
     quiet_if_json(as_json)
-    results = [run(model, c, out_dir, method, beam_size, device=device, lexicon=lexicon) for c in cuts]
+    from .data.manifests import split_manifests
+
+    results = [
+        run(model, c, out_dir, method, beam_size, device=device, lexicon=lexicon)
+        for c in split_manifests(cuts)
+    ]
     if as_json:
         emit_json(results if len(results) > 1 else results[0])
         return

@@ -41,7 +41,9 @@ def _ci(r, key: str) -> str:
 
 def evaluate(
     model: Path = MODEL_ARG,
-    cuts: List[Path] = typer.Argument(..., help="One or more labeled cut manifests."),
+    cuts: List[Path] = typer.Argument(
+        ..., help="One or more labeled cut manifests; a corpus folder: each of its splits."
+    ),
     out_dir: Path = typer.Option(None, "--out", help="Default: EXP/evaluate-<set>."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -51,7 +53,9 @@ def evaluate(
     from .evaluate import evaluate as run
 
     ui.quiet_if_json(as_json)
-    results = [run(model, c, out_dir, bootstrap=bootstrap, device=device) for c in cuts]
+    from .data.manifests import split_manifests
+
+    results = [run(model, c, out_dir, bootstrap=bootstrap, device=device) for c in split_manifests(cuts)]
     if as_json:
         ui.emit_json(results if len(results) > 1 else results[0])
         return

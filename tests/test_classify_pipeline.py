@@ -94,6 +94,11 @@ def test_evaluate_and_predict_commands(keywords_run, capsys, tmp_path):
     assert code == 0, err
     res = json.loads(out)
     assert res["set"] == "dev" and res["clips"] == 10 and (tmp_path / "ev" / "metrics-dev.json").is_file()
+    code, out, err = cli_result(  # a corpus folder: each split scored on its own
+        capsys, "evaluate", exp, cuts.parent, "--out", tmp_path / "ev", "--bootstrap", "0", "--json"
+    )
+    assert code == 0, err
+    assert [r["set"] for r in json.loads(out)] == ["dev", "test", "train"]
     code, out, err = cli_result(
         capsys, "predict", exp, FSDD / "3_theo_5.wav", NOISE / "pink_noise.wav", "--top", "3", "--json"
     )

@@ -125,6 +125,10 @@ def test_pretrain_then_finetune_then_decode(tmp_path, synthetic_corpus, capsys):
     assert errs.startswith("%WER = ") and "reference words" in errs
     assert (d / "recogs-test-greedy.txt").read_text().count("ref=") == g["utterances"]
     assert (d / "wer-summary-test-greedy.txt").is_file()
+    # a corpus folder is decoded split by split: one WER each, never train and test in one number
+    split = json.loads(run(capsys, "decode", tmp_path / "ft", synthetic_corpus / "synthetic", "--json").out)
+    assert [r["set"] for r in split] == ["dev", "test", "train"]
+    assert split[1]["wer"] == g["wer"] and split[1]["utterances"] == g["utterances"]
 
 
 def test_decoding_unlabeled_audio_writes_hypotheses_without_wer(tmp_path, synthetic_corpus, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, List, Mapping, Sequence, Union
 
 from lhotse import CutSet, load_manifest_lazy
 
@@ -46,6 +46,16 @@ def cut_text(cut: Any) -> str:
 
 def cuts_path(corpus_dir: Union[str, Path], split: str) -> Path:
     return Path(corpus_dir) / f"cuts_{split}.jsonl.gz"
+
+
+def split_manifests(paths: Sequence[Union[str, Path]]) -> List[Path]:
+    """Cut manifests to score one by one: a corpus folder stands for each of its splits (a WER over
+    train, dev and test together would mix the training data into the score)."""
+    out: List[Path] = []
+    for p in map(Path, paths):
+        splits = sorted(p.glob("cuts_*.jsonl.gz")) if p.is_dir() else []
+        out.extend(splits or [p])
+    return out
 
 
 def load_cuts(path: Union[str, Path]) -> CutSet:
