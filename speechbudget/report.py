@@ -525,14 +525,30 @@ def _save_png(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def plot_curves(runs: List[Run], path: Path) -> None:
+def _run_label(run: Run) -> str:
+    """ "george/finetune", not "george/finetune (finetune)": the stage only when the name lacks it."""
+    return run.name if run.name.split("/")[-1] == run.stage else f"{run.name} ({run.stage})"
+
+
+def _log_if_wide(ax) -> None:
+    """A log y axis when the curves span more than 20x (a CTC loss falls from ~30 to ~0.1: on a linear
+    axis every run after its first steps is one flat line at the bottom)."""
+    ys = [y for line in ax.lines for y in line.get_ydata() if y > 0]
+    if ys and max(ys) > 20 * min(ys):
+        ax.set_yscale("log")
+
+
+def plot_curves(runs: List[Run], path: Path):
     """Loss against steps and against training FLOPs (runs differ in batch size, so steps alone
-    mislead), and pretraining masked-prediction accuracy against FLOPs."""
+    mislead), and pretraining masked-prediction accuracy against FLOPs. Returns the figure."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_step, ax_flops, ax_acc) = _figure(15, 4.2, ncols=3)
+    many = len(runs) > 5  # one legend below the panels instead of one covering each panel's curves
+    fig, (ax_step, ax_flops, ax_acc) = _figure(
+        15, 4.2 + (0.25 * ((len(runs) + 3) // 4) if many else 0), ncols=3
+    )
     for run in runs:
-        label = f"{run.name} ({run.stage})"
+        label = _run_label(run)
         rows = [r for r in run.metrics if _finite(r.get("loss"))]
         marker = "." if len(rows) < 30 else None
         if rows:
@@ -553,17 +569,23 @@ def plot_curves(runs: List[Run], path: Path) -> None:
     ax_acc.set(title="pretraining masked accuracy", xlabel="training FLOPs", ylabel="accuracy")
     for ax in (ax_flops, ax_acc):
         _scientific_x(ax)
+    for ax in (ax_step, ax_flops):
+        _log_if_wide(ax)
     for ax, what in (
         (ax_step, "no logged steps"),
         (ax_flops, "no logged steps"),
         (ax_acc, "no pretraining runs"),
     ):
         if ax.lines:
-            ax.legend(fontsize=8)
             ax.grid(True, alpha=0.3)
+            if not many or ax is ax_acc:
+                ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
+    if many and ax_step.lines:
+        fig.legend(*ax_step.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
     _save_png(fig, path)
+    return fig
 
 
 def _scientific_x(ax) -> None:
@@ -574,7 +596,25 @@ def _scientific_x(ax) -> None:
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0), useMathText=True)
 
 
-def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path) -> None:
+def _readable_ticks(ax) -> None:
+    """Run names as x tick labels, level when they fit side by side, else turned 30 or 90 degrees:
+    two turned labels clear each other when the ticks' spacing x sin(angle) exceeds a line's height
+    (measured on the drawn figure, in pixels)."""
+    ax.figure.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    if len(labels) < 2:
+        return
+    boxes = [t.get_window_extent() for t in labels]
+    spacing = min(b.x0 + b.width / 2 - (a.x0 + a.width / 2) for a, b in zip(boxes, boxes[1:]))
+    line = max(b.height for b in boxes) * 1.15
+    if all(b.x0 - a.x1 > 4 for a, b in zip(boxes, boxes[1:])):
+        return
+    angle = 30 if spacing * math.sin(math.radians(30)) >= line else 90
+    for t in labels:
+        t.set(rotation=angle, ha="right", va="top" if angle == 30 else "center", rotation_mode="anchor")
+
+
+def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path):
     """WER against total training FLOPs, one series per test set/method, 95% CI as error bars.
 
     A log axis only when the runs span more than a decade of compute; runs at (nearly) the same
@@ -610,6 +650,7 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     if same_compute:
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
+        _readable_ticks(ax)
         lo, hi = f"{min(xs):.3g}", f"{max(xs):.3g}"
         ax.set(xlabel=f"run (all at {lo if lo == hi else f'{lo} to {hi}'} training FLOPs)")
     elif xs and max(xs) > 10 * min(xs):
@@ -627,6 +668,7 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     else:
         ax.text(0.5, 0.5, "no decode results", ha="center", va="center", transform=ax.transAxes)
     _save_png(fig, path)
+    return fig
 
 
 def grounding_results(exp_dirs: Iterable[Path]) -> Dict[str, Dict[str, Any]]:

@@ -254,3 +254,43 @@ def test_runs_of_two_experiments_with_one_folder_name_get_distinct_names(exps, t
         shutil.copytree(exps / "scratch", tmp_path / exp / "finetune")
     rep = build_report([tmp_path / "exp1" / "finetune", tmp_path / "exp2" / "finetune"], tmp_path / "r")
     assert sorted(r["name"] for r in rep["rows"]) == ["exp1/finetune", "exp2/finetune"]
+
+
+def test_plots_of_many_runs_at_one_budget_stay_readable(exps, tmp_path):
+    """Nine fold runs at one budget: the run names under the WER plot are turned until they clear each
+    other, short names stay level; the loss panels share one legend below them instead of nine entries
+    over the curves, and a loss falling 30 -> 0.1 gets a log axis."""
+    from speechbudget.report import Run, plot_curves, plot_wer_vs_compute
+
+    def rows(names):
+        return [
+            {
+                "name": n,
+                "total_flops": 2e13,
+                "wer": {"dev/lexicon": {"wer": 20.0 + i, "ci95": [18.0 + i, 22.0 + i]}},
+            }
+            for i, n in enumerate(names)
+        ]
+
+    long = [f"{s}-seed+{k}/finetune" for s in ("george", "jackson", "nicolas") for k in (1, 2, 3)]
+    fig = plot_wer_vs_compute(rows(long), ["dev/lexicon"], tmp_path / "w.png")
+    (ax,) = fig.axes
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == sorted(long) and {t.get_rotation() for t in labels} != {0.0}
+    centres = [t.get_window_extent().x0 + t.get_window_extent().width / 2 for t in labels]
+    height = labels[0].get_size() * fig.dpi / 72  # one line of the label's font, in pixels
+    angle = labels[0].get_rotation()
+    spacing = min(b - a for a, b in zip(centres, centres[1:]))
+    assert spacing > 0 and (angle == 90 or spacing * 0.5 >= height)  # turned text lines clear each other
+    fig = plot_wer_vs_compute(rows(["ft", "scratch"]), ["dev/lexicon"], tmp_path / "w2.png")
+    assert {t.get_rotation() for t in fig.axes[0].get_xticklabels()} == {0.0}
+    runs = []
+    for i in range(8):
+        shutil.copytree(exps / "scratch", tmp_path / f"fold{i}" / "finetune")
+        runs.append(Run(tmp_path / f"fold{i}" / "finetune"))
+    fig = plot_curves(runs, tmp_path / "c.png")
+    ax_step, ax_flops, _ = fig.axes
+    assert len(fig.legends) == 1 and ax_step.get_legend() is None and ax_flops.get_legend() is None
+    assert len(fig.legends[0].get_texts()) == 8
+    losses = [y for line in ax_step.lines for y in line.get_ydata()]
+    assert (ax_step.get_yscale() == "log") == (max(losses) > 20 * min(losses))
