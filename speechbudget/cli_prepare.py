@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -60,12 +61,25 @@ def _parameters(options: type) -> List[inspect.Parameter]:
     return params
 
 
+KEY = "prepare-options"  # what CorpusSpec's messages prefix option names with; _as_flags turns it into flags
+
+
+def _as_flags(message: str) -> str:
+    """"config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."."""
+    return re.sub(
+        rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message
+    )
+
+
 def _command(src: Source) -> Callable[..., None]:
     def command(**kwargs: Any) -> None:
         out_dir, as_json = kwargs.pop("out_dir"), kwargs.pop("as_json")
         ui.quiet_if_json(as_json)
         values = {k: v for k, v in kwargs.items() if v is not None}
-        spec = CorpusSpec.build(src.name, values, key=f"prepare {src.name}")
+        try:
+            spec = CorpusSpec.build(src.name, values, key=KEY)
+        except SpeechBudgetError as e:  # the user typed flags, not recipe keys: name the flag
+            raise SpeechBudgetError(_as_flags(str(e))) from None
         _run(spec, out_dir, as_json)
 
     params = _parameters(src.options) + _parameters(PrepareOptions)

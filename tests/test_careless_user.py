@@ -421,3 +421,20 @@ def test_fold_seeds_without_folds_or_below_one_say_what_to_add(tmp_path, capsys,
         capsys, "run", ROOT / "recipes" / "fsdd.yaml", f"exp_dir={tmp_path / 'e'}", *args
     )
     one_line_error(code, err, expect)
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["fsdd", FSDD, "--num-jobs", "0"], "error: --num-jobs must be between 1 and 1024 (got 0)"),
+        (["dir", FSDD, "--name", "a/b"], "error: --name 'a/b' names a folder or file"),
+        (
+            ["synthetic", "--hours", "0.01", "--speakers", "2"],
+            "raise the number of speakers (--speakers, at least 3)",
+        ),
+    ],
+)
+def test_prepare_errors_name_the_flags_the_user_typed(tmp_path, capsys, args, expect):
+    code, _, err = cli_result(capsys, "prepare", *args, "--out", tmp_path / "data")
+    one_line_error(code, err, expect)
+    assert "prepare-options" not in err and "dev_fraction" not in err

@@ -327,7 +327,7 @@ def _assign_splits(
     if n - n_test - n_dev < 1:
         raise SpeechBudgetError(
             f"{n} speakers leave none for training after {n_dev} dev and {n_test} test speakers: "
-            "raise the number of speakers (--speakers) or lower dev_fraction/test_fraction"
+            f"raise the number of speakers (--speakers, at least {n_test + n_dev + 1})"
         )
     order = [s.id for s in speakers]
     random.Random(f"splits:{seed}").shuffle(order)
