@@ -133,12 +133,18 @@ def _losses(exp: Path) -> list:
     return [json.loads(x)["loss"] for x in (exp / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-def test_killed_in_phase_two_resumes_in_phase_two_to_the_same_loss(tmp_path, scenes):
+def test_killed_in_phase_two_resumes_in_phase_two_to_the_same_loss(tmp_path, scenes, capsys):
     straight = recipe(tmp_path / "a", scenes, SEQUENTIAL, dev_cuts=None)
     p = cli_subprocess("train-multi", straight, "--json")
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     want = json.loads(out)["schedules"]["run"]
+    # the HuBERT-only first phase has an untrained retrieval head: said, not scored; the schedule is
+    test_cuts = scenes / "cuts_test.jsonl.gz"
+    capsys.readouterr()
+    assert run_cli("evaluate-retrieval", tmp_path / "a" / "exp" / "phase-1-hubert", test_cuts) == 2
+    assert "trained no VGS objective (its phases so far: phase-1-hubert)" in capsys.readouterr().err
+    assert run_cli("evaluate-retrieval", tmp_path / "a" / "exp", test_cuts, "--bootstrap", 0) == 0
 
     killed = recipe(tmp_path / "b", scenes, SEQUENTIAL, dev_cuts=None)
     phase2 = tmp_path / "b" / "exp" / "phase-2-hubert+vgs"

@@ -39,10 +39,25 @@ def _spec_and_checkpoint(exp: Path) -> Tuple[Optional[Dict[str, Any]], Path]:
     return None, ckpt.resolve(exp)
 
 
+def _check_trained_vgs(exp: Path, spec: Dict[str, Any]) -> None:
+    """Retrieval needs a VGS head that learnt something: a phase folder whose phases so far all had VGS
+    weight 0 (a sequential schedule's HuBERT phase) has a head still at its initial weights."""
+    exp = Path(exp)
+    names = [p["dir"] for p in spec["phases"]]
+    upto = names.index(exp.name) + 1 if exp.name in names else len(names)
+    if not any((p.get("objectives") or {}).get("vgs", 0) > 0 for p in spec["phases"][:upto]):
+        raise SpeechBudgetError(
+            f"{exp} trained no VGS objective (its phases so far: "
+            f"{', '.join(names[:upto])}): its retrieval head is untrained; evaluate a later phase or the "
+            "schedule folder"
+        )
+
+
 def load_dual_encoder(exp: Path):
     spec, path = _spec_and_checkpoint(exp)
     if spec is None:
         raise SpeechBudgetError(f"{exp} is not a train-multi experiment (no {SPEC} in it or above it)")
+    _check_trained_vgs(exp, spec)
     train = from_dict(TrainConfig, spec["train"])
     model = build_multi_model(train, from_dict(VGSOptions, spec["vgs"]), spec["num_clusters"])
     model.load_state_dict(ckpt.load(path)["model"])
