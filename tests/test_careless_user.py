@@ -154,9 +154,9 @@ def test_names_that_are_paths_and_absurd_job_counts_are_refused(tmp_path, capsys
     src = copy_fsdd(tmp_path / "in", per_speaker=1)
     out = tmp_path / "o"
     cases = [
-        (["fsdd", src, "--out", out, "--name", "../escape"], "name '../escape' names a folder or file"),
-        (["dir", src, "--out", out, "--split", "../x"], "split '../x' names a folder or file"),
-        (["fsdd", src, "--out", out, "--num-jobs", "999999999999"], "num_jobs must be between 1 and 1024"),
+        (["fsdd", src, "--out", out, "--name", "../escape"], "--name '../escape' names a folder or file"),
+        (["dir", src, "--out", out, "--split", "../x"], "--split '../x' names a folder or file"),
+        (["fsdd", src, "--out", out, "--num-jobs", "999999999999"], "--num-jobs must be between 1 and 1024"),
         (["synthetic", "--hours", "1e6", "--out", out], "hours must be positive and at most 1000"),
     ]
     for args, expect in cases:
