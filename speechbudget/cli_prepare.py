@@ -65,10 +65,8 @@ KEY = "prepare-options"  # what CorpusSpec's messages prefix option names with; 
 
 
 def _as_flags(message: str) -> str:
-    """"config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."."""
-    return re.sub(
-        rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message
-    )
+    """ "config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."."""
+    return re.sub(rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message)
 
 
 def _command(src: Source) -> Callable[..., None]:
