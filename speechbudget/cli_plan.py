@@ -321,7 +321,7 @@ def sweep(
 ) -> None:
     """Pilot pretrainings over presets x budgets (or a designed list), the points a scaling law is
     fitted on. Resumable."""
-    from .config import load_yaml
+    from .pipeline import sweep_recipe
     from .plan.sweep import grid_pilots, parse_budgets, parse_list, recipe_pilots, run_sweep
 
     ui.quiet_if_json(as_json)
@@ -334,7 +334,8 @@ def sweep(
     )
     if not recipe.is_file():
         raise SpeechBudgetError(f"recipe {recipe} does not exist")
-    pilots = pilots or recipe_pilots(load_yaml(recipe), str(recipe))
+    data = sweep_recipe(recipe)  # a `run` recipe: its pretrain stage's inputs
+    pilots = pilots or recipe_pilots(data, str(recipe))
     report = (
         None
         if as_json
@@ -346,7 +347,7 @@ def sweep(
             )
         )
     )
-    res = run_sweep(recipe, pilots, out_dir, last, on_run=report)
+    res = run_sweep(data, pilots, out_dir, last, on_run=report, source=str(recipe))
     if as_json:
         ui.emit_json(res)
         return

@@ -18,13 +18,14 @@ from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
 from .config import split_csv
 from .data import speaker_cmn
-from .data.dataset import SpeechDataset, make_loader
+from .data.dataset import make_loader
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
 from .models.presets import build_encoder
 from .objectives.ctc import CtcModel
 from .train import checkpoint as ckpt
 from .train.distributed import device_option
+from .train.setup import dataset_for
 
 METHODS = ("greedy", "beam", "lexicon")
 
@@ -121,9 +122,7 @@ def decode(
     atomic.check_writable(out_dir, "decode output folder")
     cmn_target = speaker_cmn.read_target(Path(info["exp_dir"]))
     cmn = speaker_cmn.for_cuts(cmn_target, cuts) if cmn_target is not None else None
-    dataset = SpeechDataset(
-        "waveform" if model.encoder.input_dim == 1 else "fbank", with_text=True, transform=cmn
-    )
+    dataset = dataset_for(model.encoder, with_text=True, transform=cmn)
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     results: List[Tuple[str, str, str]] = []
     with torch.no_grad():

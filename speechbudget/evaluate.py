@@ -29,8 +29,9 @@ from .models.presets import build_encoder
 from .objectives.classify import ClassifierModel, collect_predictions
 from .objectives.teacher_logits import predict_logits, save_teacher_logits, table_paths
 from .train import checkpoint as ckpt
-from .train.classify import build_classifier, dataset_for
+from .train.classify import build_classifier
 from .train.distributed import device_option
+from .train.setup import dataset_for
 
 
 def _exp_of(path: Path) -> Path:
@@ -87,7 +88,7 @@ def evaluate(
     set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
     out_dir = Path(out_dir) if out_dir else Path(info["exp_dir"]) / f"evaluate-{set_name}"
     atomic.check_writable(out_dir, "evaluation output folder")
-    dataset = dataset_for(model.encoder, label_transform(cuts, vocab))
+    dataset = dataset_for(model.encoder, transform=label_transform(cuts, vocab))
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     batches = progress.track(loader, total=None, description=f"evaluating {set_name}")
     pred = collect_predictions(model, batches, dev)
@@ -205,7 +206,7 @@ def distill_targets(
     out = Path(out) if out else default_targets_path(teacher, cuts_path)
     atomic.check_writable(out.parent, "teacher logits folder")  # before the logits, not after
     loader = make_loader(
-        dataset_for(model.encoder, None), SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
+        dataset_for(model.encoder), SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
     )
     logits = predict_logits(model, progress.track(loader, total=None, description="teacher logits"), dev)
     identity = {

@@ -213,7 +213,9 @@ class RunRecipe:
     fold_seeds: int = 1  # fine-tune each fold with this many seeds (seed, seed + 1, ...)
 
 
-def standalone_config(recipe: Path, section: str, overrides: Sequence[str]) -> TrainConfig:
+def standalone_config(
+    recipe: Path, section: str, overrides: Sequence[str], give: str = "give train_cuts=..."
+) -> TrainConfig:
     """What `speechbudget pretrain|finetune RECIPE` trains when the recipe's section names no
     train_cuts: the config `run` gives that stage (its inputs from EXP/kmeans or EXP/data, its folder
     EXP/<section>), so the stand-alone command and `run` share one run folder. ``overrides`` are the
@@ -234,7 +236,7 @@ def standalone_config(recipe: Path, section: str, overrides: Sequence[str]) -> T
         if not Path(cfg.train_cuts).is_file():
             raise SpeechBudgetError(
                 f"no k-means targets at {cfg.train_cuts}: make them with `speechbudget run {recipe} "
-                "--stop-stage kmeans`, or give train_cuts=..."
+                f"--stop-stage kmeans`, or {give}"
             )
     else:
         init = (given.get("classify" if pipe.classifies else "ctc") or {}).get("init_checkpoint", True)
@@ -248,6 +250,18 @@ def standalone_config(recipe: Path, section: str, overrides: Sequence[str]) -> T
     if exp_dir:
         cfg.exp_dir = str(exp_dir)
     return cfg
+
+
+def sweep_recipe(recipe: Path) -> Dict[str, Any]:
+    """The recipe `sweep` runs its pilots from: a `run` recipe whose pretrain section names no
+    train_cuts reads its pretrain stage's inputs (EXP/kmeans), as `speechbudget pretrain RECIPE` does."""
+    data = load_yaml(recipe)
+    section = data.get("pretrain") if isinstance(data.get("pretrain"), dict) else {}
+    if section.get("train_cuts") or not data.get("exp_dir"):
+        return data
+    cfg = standalone_config(recipe, "pretrain", [], give="set pretrain.train_cuts in the recipe")
+    inputs = {"train_cuts": cfg.train_cuts, **({"dev_cuts": cfg.dev_cuts} if cfg.dev_cuts else {})}
+    return {**data, "pretrain": {**section, **inputs}}
 
 
 def load_run_recipe(path: Path, overrides: List[str]) -> Dict[str, Any]:

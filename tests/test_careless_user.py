@@ -438,3 +438,16 @@ def test_prepare_errors_name_the_flags_the_user_typed(tmp_path, capsys, args, ex
     code, _, err = cli_result(capsys, "prepare", *args, "--out", tmp_path / "data")
     one_line_error(code, err, expect)
     assert "prepare-options" not in err and "dev_fraction" not in err
+
+
+@pytest.mark.parametrize("section, task", [("pretrain", None), ("finetune", None), ("finetune", "classify")])
+def test_training_cuts_that_do_not_exist_leave_no_run_folder(tmp_path, capsys, section, task):
+    """A typo in train_cuts stops before the run's folder is made (it left an empty folder with a
+    lock file and checkpoints/ that looked like a started run)."""
+    exp = tmp_path / "new" / "run"
+    recipe = tmp_path / "r.yaml"
+    sec = {"encoder": "zipformer-nano", "train_cuts": str(tmp_path / "cust_train.jsonl.gz"), "budget": {"steps": 3}}
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), section: {**sec, **({"task": task} if task else {})}}))
+    code, _, err = cli_result(capsys, section, recipe)
+    one_line_error(code, err, "cust_train.jsonl.gz does not exist")
+    assert not (tmp_path / "new").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,53 @@ def test_sweep_bad_budgets(tmp_path, capsys, budgets, message):
         tmp_path / "out",
     )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def _run_recipe(root: Path) -> Path:
+    """A `run` recipe (exp_dir, no pretrain.train_cuts): its pretrain stage reads EXP/kmeans."""
+    recipe = root / "run.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "exp_dir": str(root / "exp"),
+                "prepare": {"source": "synthetic", "hours": 0.05},
+                "pretrain": {
+                    "encoder": "zipformer-tiny",
+                    "max_duration": 8.0,
+                    "num_buckets": 2,
+                    "log_every": 1,
+                    "schedule": {"name": "eden", "lr_batches": 100, "lr_epochs": 5, "warmup_batches": 5},
+                    "budget": {"flops": 1e10},
+                },
+            }
+        )
+    )
+    return recipe
+
+
+def test_sweep_of_a_run_recipe_reads_its_kmeans_stage(synthetic_corpus, tmp_path, capsys):
+    """The first example of `sweep --help` (a `run` recipe) trains on EXP/kmeans, as `pretrain RECIPE`
+    does; before that stage ran it says so and makes no pilot folder. AST and MobileNet presets (128
+    mel bins) pretrain on fbank of their own bin count (the stored fbank has 80)."""
+    recipe = _run_recipe(tmp_path)
+    args = ["sweep", "--recipe", recipe, "--presets", "zipformer-tiny", "--budgets", "4e9", "--out", tmp_path / "p"]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--stop-stage kmeans" in err and "pretrain.train_cuts" in err
+    assert not (tmp_path / "p").exists()
+    km = tmp_path / "exp" / "kmeans"
+    km.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (km / f"cuts_{split}.jsonl.gz").symlink_to(synthetic_corpus / "km" / f"cuts_{split}.jsonl.gz")
+    args[4] = "zipformer-tiny,mn-tiny"
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["recipe"] == str(recipe) and [r["preset"] for r in result["runs"]] == ["zipformer-tiny", "mn-tiny"]
+    for r in result["runs"]:
+        card = json.loads((Path(r["exp_dir"]) / "run_card.json").read_text())
+        assert card["config"]["train_cuts"] == str(km / "cuts_train.jsonl.gz")
+        assert card["config"]["dev_cuts"] == str(km / "cuts_dev.jsonl.gz")
+        assert r["steps"] >= 1 and math.isfinite(r["final_loss"])
 
 
 def test_parse_budgets_and_names():

@@ -123,11 +123,12 @@ def run_sweep(
     out_dir: Path,
     last: int = LAST_STEPS,
     on_run=None,
+    source: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run every pilot in turn and collect their points into OUT/sweep.json.
 
     A pilot whose run already finished returns at once (the trainer sees its summary), so a
-    killed sweep resumes by running it again.
+    killed sweep resumes by running it again. ``source`` names a ``recipe`` given as a dict.
     """
     if last < 1:
         raise SpeechBudgetError(f"--last must be at least 1 (the logged steps averaged), got {last}")
@@ -141,7 +142,7 @@ def run_sweep(
     out_dir = Path(out_dir)
     runs: List[Dict[str, Any]] = []
     result = {
-        "recipe": str(recipe) if isinstance(recipe, (str, Path)) else None,
+        "recipe": str(recipe) if isinstance(recipe, (str, Path)) else source,
         "presets": list(dict.fromkeys(p.name for p in pilots)),
         "budgets": sorted({p.flops for p in pilots}),
         "pilots": [p.to_json() for p in pilots],

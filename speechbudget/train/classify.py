@@ -19,7 +19,6 @@ from lhotse import CutSet
 
 from ..config import ClassifyConfig, TrainConfig, split_csv
 from ..data.augment import NoiseMixer
-from ..data.dataset import SpeechDataset
 from ..data.feature_stats import compute_feature_stats, read_feature_stats, stats_path, write_feature_stats
 from ..data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary, write_vocabulary
 from ..errors import SpeechBudgetError
@@ -32,9 +31,10 @@ from . import checkpoint as ckpt
 from . import distributed
 from .finetune import check_encoder
 from .setup import (
+    check_train_inputs,
+    dataset_for,
     dev_loader,
     encoder_cost_cached,
-    input_kind,
     load_train_cuts,
     make_data,
     total_seconds,
@@ -157,13 +157,6 @@ def with_teacher(model: ClassifierModel, cfg: TrainConfig, cuts: CutSet, vocab: 
     return DistillationModel(model, table, d.lam, d.temperature), info
 
 
-def dataset_for(encoder: Encoder, transform, cut_transform=None) -> SpeechDataset:
-    """Waveform, stored 80-bin fbank, or on-the-fly fbank of the encoder's own bin count."""
-    kind = input_kind(encoder)
-    bins = encoder.input_dim if kind == "fbank" else 80
-    return SpeechDataset(kind, transform=transform, cut_transform=cut_transform, num_mel_bins=bins)
-
-
 def check_clip_lengths(encoder: Encoder, cuts: CutSet, key: str) -> None:
     """Training batches go through the encoder whole: a clip longer than a patch encoder's learned
     positions would stop the run at its first batch, after the set-up. (Evaluation and prediction
@@ -185,6 +178,7 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     dist = distributed.setup(cfg.device)
     lock = None
     try:
+        check_train_inputs(cfg)
         lock = claim_exp_dir(cfg.exp_dir)  # before labels.json and the cost files are written there
         check_resumable(cfg)
         cuts = training_cuts(cfg, dist.is_main).to_eager()
@@ -200,14 +194,14 @@ def classify(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         model, distill = with_teacher(model, cfg, cuts, vocab)
         c = cfg.classify
         mixer = NoiseMixer(Path(c.noise_dir), c.noise_snr_db, c.noise_prob) if c.noise_dir else None
-        dataset = dataset_for(model.encoder, label_transform(cuts, vocab), mixer)
+        dataset = dataset_for(model.encoder, transform=label_transform(cuts, vocab), cut_transform=mixer)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         valid = None
         if cfg.dev_cuts:
             dev = load_train_cuts(cfg.dev_cuts, "dev_cuts").to_eager()
             vocab.check(dev)
             check_clip_lengths(model.encoder, dev, "dev_cuts")
-            valid = dev_loader(cfg, dataset_for(model.encoder, label_transform(dev, vocab)))
+            valid = dev_loader(cfg, dataset_for(model.encoder, transform=label_transform(dev, vocab)))
         hours = total_seconds(cuts) / 3600
         trainer = finetune_trainer(
             cfg,

@@ -17,7 +17,6 @@ from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
-from ..data.dataset import SpeechDataset
 from ..data.manifests import cut_text
 from ..data.tempo import TempoPerturb
 from ..errors import SpeechBudgetError
@@ -26,6 +25,8 @@ from ..objectives.ctc import CtcModel
 from . import checkpoint as ckpt
 from . import distributed
 from .setup import (
+    check_train_inputs,
+    dataset_for,
     dev_loader,
     encoder_cost_cached,
     input_kind,
@@ -248,6 +249,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     dist = distributed.setup(cfg.device)
     lock = tok_tmp = None
     try:
+        check_train_inputs(cfg)
         lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
         check_resumable(cfg)  # before the tokenizer and the speaker means are written
         cuts = training_cuts(cfg, dist.is_main).to_eager()
@@ -271,8 +273,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             )
             speaker_cmn.keep_target(Path(cfg.exp_dir), train_cmn.target if train_cmn else None)
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
-        dataset = SpeechDataset(
-            input_kind(model.encoder),
+        dataset = dataset_for(
+            model.encoder,
             with_text=True,
             transform=Chain(train_cmn, tempo_transform(cfg, model), Tokenize(tokenizer)),
             cut_transform=audio_augmentation(cfg),
@@ -293,9 +295,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             freeze_encoder_steps=cfg.ctc.freeze_encoder_steps,
             valid_loader=dev_loader(
                 cfg,
-                SpeechDataset(
-                    input_kind(model.encoder), with_text=True, transform=Chain(dev_cmn, Tokenize(tokenizer))
-                ),
+                dataset_for(model.encoder, with_text=True, transform=Chain(dev_cmn, Tokenize(tokenizer))),
             ),
             card_extra={
                 "init": init,

@@ -27,7 +27,7 @@ from .pretrain import count_clusters
 from .setup import (
     dev_loader,
     encoder_cost_cached,
-    input_kind,
+    encoder_input,
     make_data,
     total_seconds,
     training_cuts,
@@ -63,7 +63,7 @@ def make_dataset(model: MultiObjectiveModel, vgs: VGSOptions, with_kmeans: bool 
     return ImageSpeechDataset(
         image_size=vgs.image_size,
         load_pixels=not vgs.image_features,
-        input_kind=input_kind(model.encoder),
+        **encoder_input(model.encoder),
         with_kmeans=with_kmeans,
     )
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ..config import TrainConfig
-from ..data.dataset import SpeechDataset
 from ..data.kmeans import read_labels
 from ..data.pool import seconds_by_corpus
 from ..errors import SpeechBudgetError
 from ..objectives.hubert import HubertModel
 from . import distributed
 from .setup import (
+    check_train_inputs,
+    dataset_for,
     dev_loader,
     encoder_cost_cached,
-    input_kind,
     load_train_cuts,
     make_data,
     new_encoder,
@@ -51,6 +51,7 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     dist = distributed.setup(cfg.device)
     lock = None
     try:
+        check_train_inputs(cfg)
         lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
         cuts = training_cuts(cfg, dist.is_main)  # lazy unless cut down: 60k hours need not fit in memory
         seen = count_clusters(cuts)
@@ -69,7 +70,7 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                 )
         model = build_model(cfg, num_clusters)
         cost = encoder_cost_cached(model.encoder, cfg.exp_dir, model.head_macs_per_frame())
-        dataset = SpeechDataset(input_kind(model.encoder), with_kmeans=True)
+        dataset = dataset_for(model.encoder, with_kmeans=True)
         sampler, loader = make_data(cfg, cuts, dataset, dist)
         by_corpus = seconds_by_corpus(cuts)  # a recipe's pool: hours of each corpus in the run card
         seconds = sum(by_corpus.values())

@@ -30,6 +30,14 @@ def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
 
 
+def check_train_inputs(cfg: TrainConfig) -> None:
+    """The training cuts exist and are cut manifests: checked before the run's folder is made, so a
+    typo or a stage not yet run leaves no empty run folder behind (opening them is lazy, cheap)."""
+    load_train_cuts(cfg.train_cuts)
+    if split_csv(cfg.extra_train_cuts):
+        load_train_cuts(cfg.extra_train_cuts, "extra_train_cuts")
+
+
 def subset_speakers(cuts: CutSet, n: int, seed: int) -> CutSet:
     """The cuts of ``n`` speakers drawn with ``seed`` (cuts without a speaker count as one, '')."""
     cuts = cuts.to_eager()
@@ -107,6 +115,17 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
 
 def input_kind(encoder: Encoder) -> str:
     return "waveform" if encoder.input_dim == 1 else "fbank"
+
+
+def encoder_input(encoder: Encoder) -> Dict[str, object]:
+    """What ``encoder`` reads, as dataset arguments: waveform, stored 80-bin fbank, or on-the-fly fbank
+    of its own bin count (128 for AST, AuM and MobileNet presets), whatever the stage."""
+    kind = input_kind(encoder)
+    return {"input_kind": kind, "num_mel_bins": encoder.input_dim if kind == "fbank" else 80}
+
+
+def dataset_for(encoder: Encoder, **kwargs) -> SpeechDataset:
+    return SpeechDataset(**encoder_input(encoder), **kwargs)
 
 
 def make_data(cfg: TrainConfig, cuts: CutSet, dataset: SpeechDataset, dist: DistInfo):
