@@ -446,8 +446,30 @@ def test_training_cuts_that_do_not_exist_leave_no_run_folder(tmp_path, capsys, s
     lock file and checkpoints/ that looked like a started run)."""
     exp = tmp_path / "new" / "run"
     recipe = tmp_path / "r.yaml"
-    sec = {"encoder": "zipformer-nano", "train_cuts": str(tmp_path / "cust_train.jsonl.gz"), "budget": {"steps": 3}}
-    recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), section: {**sec, **({"task": task} if task else {})}}))
+    sec = {
+        "encoder": "zipformer-nano",
+        "train_cuts": str(tmp_path / "cust_train.jsonl.gz"),
+        "budget": {"steps": 3},
+    }
+    recipe.write_text(
+        yaml.safe_dump({"exp_dir": str(exp), section: {**sec, **({"task": task} if task else {})}})
+    )
     code, _, err = cli_result(capsys, section, recipe)
     one_line_error(code, err, "cust_train.jsonl.gz does not exist")
     assert not (tmp_path / "new").exists()
+
+
+def test_ctc_with_an_encoder_too_slow_for_the_transcripts_says_so(synthetic_corpus, tmp_path, capsys):
+    """mn-tiny (a clip classifier, 3.125 frames a second) cannot align connected digits: the error
+    names the frame rate and what to change, not only the filter's counts."""
+    recipe = tmp_path / "r.yaml"
+    sec = {
+        "encoder": "mn-tiny",
+        "train_cuts": str(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz"),
+        "ctc": {"tokenizer": "char"},
+        "budget": {"steps": 3},
+    }
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": sec}))
+    code, _, err = cli_result(capsys, "finetune", recipe)
+    one_line_error(code, err, "the encoder emits 3.125 frames a second")
+    assert "'ctc_infeasible'" in err and "models list" in err

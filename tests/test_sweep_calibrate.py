@@ -272,7 +272,17 @@ def test_sweep_of_a_run_recipe_reads_its_kmeans_stage(synthetic_corpus, tmp_path
     does; before that stage ran it says so and makes no pilot folder. AST and MobileNet presets (128
     mel bins) pretrain on fbank of their own bin count (the stored fbank has 80)."""
     recipe = _run_recipe(tmp_path)
-    args = ["sweep", "--recipe", recipe, "--presets", "zipformer-tiny", "--budgets", "4e9", "--out", tmp_path / "p"]
+    args = [
+        "sweep",
+        "--recipe",
+        recipe,
+        "--presets",
+        "zipformer-tiny",
+        "--budgets",
+        "4e9",
+        "--out",
+        tmp_path / "p",
+    ]
     code, _, err = run(capsys, *args)
     assert code == 2 and "--stop-stage kmeans" in err and "pretrain.train_cuts" in err
     assert not (tmp_path / "p").exists()
@@ -284,7 +294,10 @@ def test_sweep_of_a_run_recipe_reads_its_kmeans_stage(synthetic_corpus, tmp_path
     code, out, err = run(capsys, *args, "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["recipe"] == str(recipe) and [r["preset"] for r in result["runs"]] == ["zipformer-tiny", "mn-tiny"]
+    assert result["recipe"] == str(recipe) and [r["preset"] for r in result["runs"]] == [
+        "zipformer-tiny",
+        "mn-tiny",
+    ]
     for r in result["runs"]:
         card = json.loads((Path(r["exp_dir"]) / "run_card.json").read_text())
         assert card["config"]["train_cuts"] == str(km / "cuts_train.jsonl.gz")

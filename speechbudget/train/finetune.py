@@ -115,6 +115,18 @@ def filter_cuts(
     return CutSet.from_cuts(kept), counts, dropped
 
 
+def no_usable_cuts(counts: Dict[str, int], frame_rate_hz: float) -> str:
+    """Why fine-tuning has nothing to train on, and what to change when the encoder is the reason."""
+    msg = f"no usable fine-tuning cuts left after filtering: {counts}"
+    if counts["ctc_infeasible"] and not counts["empty_transcript"] + counts["unknown_chars"]:
+        msg += (
+            f"; the encoder emits {frame_rate_hz:g} frames a second, fewer than the transcripts' tokens "
+            "(CTC needs one frame per token): fine-tune an encoder with a higher frame rate (`speechbudget "
+            "models list`), or a tokenizer with longer tokens (ctc.tokenizer: bpe)"
+        )
+    return msg
+
+
 class Tokenize:
     """Dataset transform: texts -> padded token ids (picklable for worker processes)."""
 
@@ -261,7 +273,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             cuts = speed_perturbed(cuts, cfg.ctc.speed_perturb)
         cuts, dropped_counts, dropped = filter_cuts(cuts, tokenizer, model.encoder.frame_rate_hz)
         if len(cuts) == 0:
-            raise SpeechBudgetError(f"no usable fine-tuning cuts left after filtering: {dropped_counts}")
+            raise SpeechBudgetError(no_usable_cuts(dropped_counts, model.encoder.frame_rate_hz))
         if model.augment:
             warn_unwarped(cfg.ctc.time_warp, cuts, model.encoder.input_rate_hz)
         warn_unspellable_dev(cfg, tokenizer)
