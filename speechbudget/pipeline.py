@@ -314,7 +314,7 @@ def _validated(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
     for key in ("kmeans", "kmeans2"):
         km = getattr(r, key)
         if km is not None:
-            check_kmeans_args(km.features, km.num_clusters, key)
+            check_kmeans_args(km.features, km.num_clusters, key, km.max_frames)
     for section in ("pretrain", "finetune", "teacher", "pretrain2"):
         encoder = (data.get(section) or {}).get("encoder")
         if encoder is not None:

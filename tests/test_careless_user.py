@@ -473,3 +473,21 @@ def test_ctc_with_an_encoder_too_slow_for_the_transcripts_says_so(synthetic_corp
     code, _, err = cli_result(capsys, "finetune", recipe)
     one_line_error(code, err, "the encoder emits 3.125 frames a second")
     assert "'ctc_infeasible'" in err and "models list" in err
+
+
+def test_more_clusters_than_the_frames_can_fit_are_refused_at_once(synthetic_corpus, tmp_path, capsys):
+    """--num-clusters 100000 (a typo for 100) ran k-means++ for hours without a word."""
+    code, _, err = cli_result(
+        capsys, "kmeans", synthetic_corpus / "synthetic", "--out", tmp_path / "km", "--num-clusters", "100000"
+    )
+    one_line_error(code, err, "100000 clusters need at least 1000000 sampled frames")
+    assert not (tmp_path / "km").exists()
+    code, _, err = cli_result(
+        capsys, "run", QUICKSTART, f"exp_dir={tmp_path / 'exp'}", "kmeans.num_clusters=50000"
+    )
+    one_line_error(code, err, "kmeans.num_clusters and kmeans.max_frames")
+    assert not (tmp_path / "exp").exists()
+    code, _, err = cli_result(
+        capsys, "kmeans", synthetic_corpus / "synthetic", "--out", tmp_path / "km", "--num-clusters", "2000"
+    )
+    one_line_error(code, err, "frames to fit 2000 clusters (at least 10 a cluster)")  # 0.04 h: ~14k frames

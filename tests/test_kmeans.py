@@ -137,9 +137,9 @@ def test_faiss_backend_works_or_says_what_to_install(train_cuts):
     frames = km.frame_features(train_cuts[0], "mfcc")
     if importlib.util.find_spec("faiss") is None:  # the default install: scikit-learn only
         with pytest.raises(SpeechBudgetError, match="faiss-cpu"):
-            km.fit_kmeans(iter([frames]), 4, 100, 0, backend="faiss")
+            km.fit_kmeans(iter([frames]), 3, 100, 0, backend="faiss")
     else:
-        assert km.fit_kmeans(iter([frames]), 4, 100, 0, backend="faiss").num_clusters == 4
+        assert km.fit_kmeans(iter([frames]), 3, 100, 0, backend="faiss").num_clusters == 3
 
 
 def test_model_save_load_round_trip(tmp_path, train_cuts):

@@ -281,6 +281,11 @@ class Reservoir:
         return self.buf[: self.filled] if self.buf is not None else np.empty((0, 0), np.float32)
 
 
+#: fewer sampled frames a cluster and the centres are single frames (and k-means++ over 100k clusters
+#: runs for hours without a word): a typo like --num-clusters 100000 is refused before any work
+MIN_FRAMES_PER_CLUSTER = 10
+
+
 def _fit_centers(x: np.ndarray, k: int, seed: int, backend: str) -> np.ndarray:
     if backend == "sklearn":
         from sklearn.cluster import MiniBatchKMeans
@@ -325,15 +330,19 @@ def fit_kmeans(
     """
     if num_clusters < 2:
         raise SpeechBudgetError(f"num_clusters must be at least 2, got {num_clusters}")
-    if max_frames < num_clusters:
-        raise SpeechBudgetError(f"max_frames ({max_frames}) must be at least num_clusters ({num_clusters})")
+    if max_frames < MIN_FRAMES_PER_CLUSTER * num_clusters:
+        raise SpeechBudgetError(
+            f"max_frames ({max_frames}) must be at least {MIN_FRAMES_PER_CLUSTER} x num_clusters "
+            f"({num_clusters}): raise max_frames or use fewer clusters"
+        )
     res = Reservoir(max_frames, seed)
     for item in feature_iter:
         res.add(item[1] if isinstance(item, tuple) else item)
     x = res.sample()
-    if len(x) < num_clusters:
+    if len(x) < MIN_FRAMES_PER_CLUSTER * num_clusters:
         raise SpeechBudgetError(
-            f"only {len(x)} frames to fit {num_clusters} clusters; use more audio or fewer clusters"
+            f"only {len(x)} frames to fit {num_clusters} clusters (at least {MIN_FRAMES_PER_CLUSTER} a "
+            "cluster); use more audio or fewer clusters"
         )
     mean = x.mean(0)
     std = np.maximum(x.std(0), 1e-5).astype(np.float32)  # a constant dim must not divide by zero

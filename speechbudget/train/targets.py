@@ -9,7 +9,7 @@ import torch
 
 from .. import progress
 from ..atomic import check_writable
-from ..data.kmeans import run_kmeans
+from ..data.kmeans import MIN_FRAMES_PER_CLUSTER, run_kmeans
 from ..errors import SpeechBudgetError
 from ..locks import lock_corpus
 from ..models.presets import build_encoder
@@ -26,7 +26,9 @@ def pretrained_encoder(path: Path):
     return encoder.eval()
 
 
-def check_kmeans_args(features: str, num_clusters: int, key: str = "kmeans") -> None:
+def check_kmeans_args(
+    features: str, num_clusters: int, key: str = "kmeans", max_frames: Optional[int] = None
+) -> None:
     """What k-means needs of its settings, checked before any work (a recipe's before its first stage)."""
     if features not in FEATURES:
         raise SpeechBudgetError(
@@ -36,6 +38,12 @@ def check_kmeans_args(features: str, num_clusters: int, key: str = "kmeans") -> 
     if num_clusters < 2:
         raise SpeechBudgetError(
             f"k-means needs at least 2 clusters (--num-clusters, recipe {key}.num_clusters), got {num_clusters}"
+        )
+    if max_frames is not None and max_frames < MIN_FRAMES_PER_CLUSTER * num_clusters:
+        raise SpeechBudgetError(
+            f"{num_clusters} clusters need at least {MIN_FRAMES_PER_CLUSTER * num_clusters} sampled frames "
+            f"({MIN_FRAMES_PER_CLUSTER} a cluster), max_frames is {max_frames} (--num-clusters and "
+            f"--max-frames, recipe {key}.num_clusters and {key}.max_frames)"
         )
 
 
@@ -54,7 +62,7 @@ def make_targets(
 ) -> Dict[str, Any]:
     """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
     length rule decide how many labels each cut gets)."""
-    check_kmeans_args(features, num_clusters)
+    check_kmeans_args(features, num_clusters, max_frames=max_frames)
     check_writable(out_dir, "k-means output folder")
     if features == "layer":
         if checkpoint is None or layer is None:
