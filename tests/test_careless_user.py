@@ -491,3 +491,16 @@ def test_more_clusters_than_the_frames_can_fit_are_refused_at_once(synthetic_cor
         capsys, "kmeans", synthetic_corpus / "synthetic", "--out", tmp_path / "km", "--num-clusters", "2000"
     )
     one_line_error(code, err, "frames to fit 2000 clusters (at least 10 a cluster)")  # 0.04 h: ~14k frames
+
+
+@pytest.mark.parametrize(
+    "command", [["data", "describe"], ["kmeans", "--out", "km"], ["tokenizer", "train", "--out", "tok"]]
+)
+def test_the_folder_above_the_corpora_names_them(synthetic_corpus, tmp_path, capsys, command):
+    """`prepare --out data/` writes data/<corpus>/; a user who passes data/ is told which to pass, and
+    nothing is written."""
+    words = 1 if command[0] == "kmeans" else 2  # the command's words, then its options
+    options = [tmp_path / o if i % 2 else o for i, o in enumerate(command[words:])]
+    code, _, err = cli_result(capsys, *command[:words], synthetic_corpus, *options)
+    one_line_error(code, err, f"{synthetic_corpus} holds corpus folders, not cuts: pass one of them (")
+    assert "synthetic" in err and list(tmp_path.iterdir()) == []

@@ -7,8 +7,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..errors import SpeechBudgetError
-from .manifests import load_cuts
+from .manifests import corpus_files, load_cuts
 
 
 def describe_cuts(cuts) -> Dict[str, Any]:
@@ -46,8 +45,7 @@ def describe(path: Path) -> Dict[str, Dict[str, Any]]:
     """split name (or file stem) -> statistics, for a corpus folder or one cut manifest."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("cuts_*.jsonl.gz"))
-        if not files:
-            raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {path}; run `speechbudget prepare` first")
-        return {f.name[len("cuts_") : -len(".jsonl.gz")]: describe_cuts(load_cuts(f)) for f in files}
+        return {
+            f.name[len("cuts_") : -len(".jsonl.gz")]: describe_cuts(load_cuts(f)) for f in corpus_files(path)
+        }
     return {path.name.split(".")[0]: describe_cuts(load_cuts(path))}

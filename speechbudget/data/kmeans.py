@@ -37,7 +37,7 @@ from .. import atomic
 from .. import progress as progress_mod
 from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
-from .manifests import load_cuts, save_manifest
+from .manifests import corpus_files, load_cuts, save_manifest
 
 KINDS = ("mfcc", "fbank", "layer")
 FEATURE_RATE_HZ = 100.0  # 10 ms shift for both MFCC and the stored fbank
@@ -508,16 +508,13 @@ def split_name(path: Path) -> str:
     return m.group(1) if m else path.name.split(".")[0]
 
 
-def _manifests(cuts_paths: Union[PathLike, Sequence[PathLike]]) -> Dict[str, Path]:
+def input_manifests(cuts_paths: Union[PathLike, Sequence[PathLike]]) -> Dict[str, Path]:
     """split -> manifest, from files and/or corpus folders (their ``cuts_*.jsonl.gz``)."""
     paths = [cuts_paths] if isinstance(cuts_paths, (str, Path)) else list(cuts_paths)
     files: List[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.glob("cuts_*.jsonl.gz"))
-            if not found:
-                raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {p}; run `speechbudget prepare` first")
-            files.extend(found)
+            files.extend(corpus_files(p))
         elif p.is_file():
             files.append(p)
         else:
@@ -604,7 +601,7 @@ def run_kmeans(
     """
     start = time.time()
     _check_args(kind, encoder, layer)
-    splits = _manifests(cuts_paths)
+    splits = input_manifests(cuts_paths)
     if fit_split not in splits and len(splits) > 1:
         raise SpeechBudgetError(f"no {fit_split!r} split to fit on among {', '.join(splits)}; pass fit_split")
     fit_on = fit_split if fit_split in splits else next(iter(splits))

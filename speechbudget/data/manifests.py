@@ -58,14 +58,24 @@ def split_manifests(paths: Sequence[Union[str, Path]]) -> List[Path]:
     return out
 
 
+def corpus_files(folder: Path) -> List[Path]:
+    """A corpus folder's ``cuts_<split>.jsonl.gz`` files, or an error that says what to pass instead."""
+    files = sorted(Path(folder).glob("cuts_*.jsonl.gz"))
+    if files:
+        return files
+    corpora = sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and any(d.glob("cuts_*.jsonl.gz")))
+    if corpora:  # `prepare --out data/` writes data/<corpus>/: the user named the parent
+        raise SpeechBudgetError(
+            f"{folder} holds corpus folders, not cuts: pass one of them ({', '.join(corpora)})"
+        )
+    raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {folder}; run `speechbudget prepare` first")
+
+
 def load_cuts(path: Union[str, Path]) -> CutSet:
     """A cut manifest, or the ``cuts_<split>.jsonl.gz`` files of a corpus folder."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("cuts_*.jsonl.gz"))
-        if not files:
-            raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {path}; run `speechbudget prepare` first")
-        return CutSet.from_cuts(c for f in files for c in load_manifest_lazy(f))
+        return CutSet.from_cuts(c for f in corpus_files(path) for c in load_manifest_lazy(f))
     if not path.is_file():
         raise SpeechBudgetError(f"{path} does not exist; run `speechbudget prepare` first")
     try:

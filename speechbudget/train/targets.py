@@ -9,7 +9,7 @@ import torch
 
 from .. import progress
 from ..atomic import check_writable
-from ..data.kmeans import MIN_FRAMES_PER_CLUSTER, run_kmeans
+from ..data.kmeans import MIN_FRAMES_PER_CLUSTER, input_manifests, run_kmeans
 from ..errors import SpeechBudgetError
 from ..locks import lock_corpus
 from ..models.presets import build_encoder
@@ -63,6 +63,7 @@ def make_targets(
     """K-means labels aligned with ``encoder`` (a preset name or a config dict: its frame rate and
     length rule decide how many labels each cut gets)."""
     check_kmeans_args(features, num_clusters, max_frames=max_frames)
+    input_manifests(cuts)  # they exist and are splits, before the output folder is made
     check_writable(out_dir, "k-means output folder")
     if features == "layer":
         if checkpoint is None or layer is None:
