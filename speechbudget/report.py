@@ -109,7 +109,25 @@ class Run:
     def init_checkpoint(self) -> Optional[str]:
         # runs from before 0.2 kept it inside the recipe they recorded
         init = self.card.get("init", (self.card.get("recipe") or {}).get("init"))
-        return init.get("checkpoint") if isinstance(init, dict) else None
+        ck = init.get("checkpoint") if isinstance(init, dict) else None
+        return str(self.recorded_path(ck)) if ck else None
+
+    def recorded_path(self, path: str) -> Path:
+        """A path the run card recorded, relative to where training ran: found from here too when the
+        report runs elsewhere (the run folder minus its recorded relative exp_dir is where it ran)."""
+        p = Path(path)
+        if p.is_absolute() or p.exists():
+            return p
+        recorded = Path((self.card.get("config") or {}).get("exp_dir") or "")
+        here = self.exp.resolve()
+        if (
+            recorded.parts
+            and not recorded.is_absolute()
+            and here.parts[-len(recorded.parts) :] == recorded.parts
+        ):
+            moved = here.parents[len(recorded.parts) - 1] / p
+            return moved if moved.exists() else p
+        return p
 
 
 def encoder_label(spec: Any) -> str:
@@ -194,7 +212,7 @@ def labeled_hours(run: Run) -> Tuple[Optional[float], str]:
     if isinstance(run.card.get("labeled_hours"), (int, float)):
         return float(run.card["labeled_hours"]), "run_card"
     spec = (run.card.get("config") or {}).get("train_cuts") or ""
-    paths = [Path(p) for p in split_csv(spec)]
+    paths = [run.recorded_path(p) for p in split_csv(spec)]
     if paths and all(p.is_file() for p in paths):
         filtered = run.exp / "filtered_train.json"
         dropped = {d["id"] for d in _read_json(filtered).get("dropped", [])} if filtered.is_file() else set()

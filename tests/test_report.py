@@ -219,6 +219,30 @@ def test_pretraining_compute_when_the_step_was_not_logged(exps, tmp_path):
     assert "| ft |" in (tmp_path / "r3" / "report.md").read_text()
 
 
+def test_paths_a_run_recorded_relative_to_where_it_trained_are_found_from_elsewhere(
+    exps, tmp_path, monkeypatch
+):
+    """`run` records exp_dir exp/NAME/finetune and its init checkpoint exp/NAME/pretrain/...: relative to
+    where training ran. A report made from another folder found no pretraining ("total compute unknown")."""
+    work = tmp_path / "work"
+    for name in ("pt", "ft"):
+        (work / "exp" / name).mkdir(parents=True)
+        for f in ("run_card.json", "summary.json", "metrics.jsonl"):
+            shutil.copy(exps / name / f, work / "exp" / name / f)
+    (work / "exp" / "pt" / "checkpoints").symlink_to(exps / "pt" / "checkpoints")
+    card = json.loads((work / "exp" / "ft" / "run_card.json").read_text())
+    card["config"]["exp_dir"] = "exp/ft"
+    card["init"]["checkpoint"] = "exp/pt/checkpoints/checkpoint-00000001.pt"
+    (work / "exp" / "ft" / "run_card.json").write_text(json.dumps(card))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rows = rows_by_name(build_report([work / "exp" / "ft"], tmp_path / "r"))
+    assert rows["ft"]["init"]["pretrain_exp"] == str((work / "exp" / "pt").resolve())
+    assert rows["ft"]["pretrain_flops"] == lines(exps / "pt" / "metrics.jsonl")[0]["flops"]
+    assert not any("not found" in n for n in rows["ft"]["notes"])
+
+
 def test_grounding_results_are_plotted_per_run(exps, tmp_path):
     """`evaluate-retrieval` / `probe abx` outputs below a report's folders become grounding.png."""
     import numpy as np
