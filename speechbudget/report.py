@@ -565,22 +565,20 @@ def plot_curves(runs: List[Run], path: Path):
     fig, (ax_step, ax_flops, ax_acc) = _figure(
         15, 4.2 + (0.25 * ((len(runs) + 3) // 4) if many else 0), ncols=3
     )
-    for run in runs:
-        label = _run_label(run)
+    for i, run in enumerate(runs):
+        # one colour and one name per run in every panel: the accuracy panel drew the pretraining
+        # run in the colour the loss panels gave fine-tuning
+        style = {"label": _run_label(run), "color": f"C{i % 10}"}
         rows = [r for r in run.metrics if _finite(r.get("loss"))]
-        marker = "." if len(rows) < 30 else None
+        style["marker"] = "." if len(rows) < 30 else None
         if rows:
-            ax_step.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=marker, label=label)
+            ax_step.plot([r["step"] for r in rows], [r["loss"] for r in rows], **style)
             by_flops = [r for r in rows if _finite(r.get("flops"))]
             if by_flops:
-                ax_flops.plot(
-                    [r["flops"] for r in by_flops], [r["loss"] for r in by_flops], marker=marker, label=label
-                )
+                ax_flops.plot([r["flops"] for r in by_flops], [r["loss"] for r in by_flops], **style)
         acc = [r for r in run.metrics if _finite(r.get("masked_acc")) and _finite(r.get("flops"))]
         if acc:
-            ax_acc.plot(
-                [r["flops"] for r in acc], [r["masked_acc"] for r in acc], marker=marker, label=run.name
-            )
+            ax_acc.plot([r["flops"] for r in acc], [r["masked_acc"] for r in acc], **style)
     ax_step.set(title="training loss by step", xlabel="optimizer step", ylabel="loss")
     ax_step.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_flops.set(title="training loss by compute", xlabel="training FLOPs", ylabel="loss")

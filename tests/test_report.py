@@ -318,3 +318,13 @@ def test_plots_of_many_runs_at_one_budget_stay_readable(exps, tmp_path):
     assert len(fig.legends[0].get_texts()) == 8
     losses = [y for line in ax_step.lines for y in line.get_ydata()]
     assert (ax_step.get_yscale() == "log") == (max(losses) > 20 * min(losses))
+
+
+def test_a_run_has_one_colour_and_name_in_every_panel(exps, tmp_path):
+    """The accuracy panel drew the pretraining run in the colour the loss panels gave fine-tuning."""
+    from speechbudget.report import Run, plot_curves
+
+    fig = plot_curves([Run(exps / name) for name in ("ft", "pt", "scratch")], tmp_path / "c.png")
+    panels = [{line.get_label(): line.get_color() for line in ax.lines} for ax in fig.axes[:3]]
+    assert set(panels[0]) == set(panels[1]) and len(set(panels[0].values())) == 3
+    assert panels[2] and all(panels[0][name] == colour for name, colour in panels[2].items())
