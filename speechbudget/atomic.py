@@ -46,6 +46,12 @@ def write_bytes(path: PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_png(path: PathLike, fig: Any, dpi: float = 110) -> None:
+    """The one PNG writer (a matplotlib figure): a killed run leaves the old plot or none, never half."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
 def write_json(path: PathLike, obj: Any, sort_keys: bool = False) -> None:
     """The one JSON writer for files a later stage (or run) reads."""
     text = json.dumps(obj, indent=2, ensure_ascii=False, default=str, sort_keys=sort_keys)

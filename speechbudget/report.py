@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from rich.table import Table
 
 from . import atomic
-from .atomic import atomic_output
+from .atomic import write_png
 from .config import split_csv
 from .errors import SpeechBudgetError
 from .folds import FOLDS_DIR, find_summaries, fold_label
@@ -538,11 +538,6 @@ def _figure(width: float, height: float, ncols: int = 1):
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _save_png(fig, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 def _run_label(run: Run) -> str:
     """ "george/finetune", not "george/finetune (finetune)": the stage only when the name lacks it."""
     return run.name if run.name.split("/")[-1] == run.stage else f"{run.name} ({run.stage})"
@@ -600,7 +595,7 @@ def plot_curves(runs: List[Run], path: Path):
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
     if many and ax_step.lines:
         fig.legend(*ax_step.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
-    _save_png(fig, path)
+    write_png(path, fig)
     return fig
 
 
@@ -683,7 +678,7 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no decode results", ha="center", va="center", transform=ax.transAxes)
-    _save_png(fig, path)
+    write_png(path, fig)
     return fig
 
 
@@ -735,7 +730,7 @@ def plot_grounding(results: Dict[str, Dict[str, Any]], path: Path) -> None:
             ax.grid(True, axis="y", alpha=0.3)
         else:
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
-    _save_png(fig, path)
+    write_png(path, fig)
 
 
 def _finite(v: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..atomic import atomic_output
+from ..atomic import write_png
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -245,7 +245,6 @@ def plot_confusion_matrix(
     )
     fig.tight_layout()
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    write_png(path, fig)
     plt.close(fig)
     return path

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..atomic import check_output_file
+from ..atomic import check_output_file, write_png
 from ..cost.devices import (
     default_dtype,
     get_device,
@@ -695,6 +695,6 @@ def plot_isoflops(p: Plan, path: Path, factors: Sequence[float] = (1e-3, 1e-2, 0
     fig.tight_layout()
     path = Path(path)
     path = check_output_file(path if path.suffix else path.with_suffix(".png"), "plot file")
-    fig.savefig(path)
+    write_png(path, fig)
     plt.close(fig)
     return path
