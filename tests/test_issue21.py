@@ -304,7 +304,9 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path, capsys, exps):
+def test_a_checkpoint_that_carries_code_is_refused_without_running_it(
+    tmp_path, capsys, exps, synthetic_corpus
+):
     root, recipe = exps
     marker = tmp_path / "pwned"
     good = sorted((root / "ft" / "checkpoints").glob("*.pt"))[-1]
@@ -321,7 +323,7 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path, 
         ["finetune", recipe, f"ctc.init_checkpoint={evil}", f"exp_dir={tmp_path / 'ft'}"],
         [
             "kmeans",
-            root,
+            synthetic_corpus / "synthetic",  # real cuts: kmeans checks its inputs before the checkpoint
             "--out",
             tmp_path / "km",
             "--features",
