@@ -31,7 +31,7 @@ from .objectives.teacher_logits import predict_logits, save_teacher_logits, tabl
 from .train import checkpoint as ckpt
 from .train.classify import build_classifier
 from .train.distributed import device_option
-from .train.setup import dataset_for
+from .train.setup import dataset_for, encoder_input
 
 
 def _exp_of(path: Path) -> Path:
@@ -160,8 +160,9 @@ def predict(
     model, vocab, _ = load_classifier(model_path, dev)
     from .data.features import fbank_extractor
 
-    waveform = model.encoder.input_dim == 1
-    extractor = None if waveform else fbank_extractor(model.encoder.input_dim)
+    reads = encoder_input(model.encoder)  # the rule every stage's dataset follows
+    waveform = reads["input_kind"] == "waveform"
+    extractor = None if waveform else fbank_extractor(reads["num_mel_bins"])
     results = []
     for path in audio:
         wave = read_audio(Path(path))
