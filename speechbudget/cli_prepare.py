@@ -64,9 +64,15 @@ def _parameters(options: type) -> List[inspect.Parameter]:
 KEY = "prepare-options"  # what CorpusSpec's messages prefix option names with; _as_flags turns it into flags
 
 
-def _as_flags(message: str) -> str:
-    """ "config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."."""
-    return re.sub(rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message)
+def _as_flags(message: str, names: List[str]) -> str:
+    """ "config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."; a source's own
+    messages name its options as recipe keys ("test_speakers/dev_speakers name ..."): those with an
+    underscore (never a word of prose) become flags too."""
+    message = re.sub(rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message)
+    keys = sorted((n for n in names if "_" in n), key=len, reverse=True)
+    if not keys:
+        return message
+    return re.sub(rf"\b({'|'.join(keys)})\b", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def _command(src: Source) -> Callable[..., None]:
@@ -75,10 +81,11 @@ def _command(src: Source) -> Callable[..., None]:
         ui.quiet_if_json(as_json)
         values = {k: v for k, v in kwargs.items() if v is not None}
         try:
-            spec = CorpusSpec.build(src.name, values, key=KEY)
+            _run(CorpusSpec.build(src.name, values, key=KEY), out_dir, as_json)
         except SpeechBudgetError as e:  # the user typed flags, not recipe keys: name the flag
-            raise SpeechBudgetError(_as_flags(str(e))) from None
-        _run(spec, out_dir, as_json)
+            raise SpeechBudgetError(_as_flags(str(e), flag_names)) from None
+
+    flag_names = [f.name for f in dataclasses.fields(src.options) + dataclasses.fields(PrepareOptions)]
 
     params = _parameters(src.options) + _parameters(PrepareOptions)
     params.append(

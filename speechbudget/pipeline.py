@@ -358,6 +358,7 @@ class Pipeline:
         #: pilots), and of those the ones whose result is new: what a finished later stage is stale on
         self._made_now: Set[str] = set()
         self._remade: Set[str] = set()
+        self._labeled_checked = False
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -765,6 +766,42 @@ class Pipeline:
             self.log(f"[folds] {line}")
         return summary
 
+    def check_labeled(self) -> None:
+        """What fine-tuning and decoding will read, checked as soon as the data is prepared: a missing
+        test split or too few speakers must stop the run now, not after hours of pretraining."""
+        if self.fold is not None or self._labeled_checked or not self.done("prepare"):
+            return
+        self._labeled_checked = True
+        corpus = self.labeled_dir
+        have = sorted(s for s in ("train", "dev", "test") if cuts_path(corpus, s).is_file())
+        section = "labeled" if self.r.labeled is not None else "prepare"
+        hold_out = (
+            f"hold speakers out with {section}.test_speakers (or {section}.test_fraction)"
+            if (self.r.labeled or self.r.prepare).source in ("dir", "fsdd", "commonvoice")
+            else f"prepare it in {section}"
+        )
+        decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
+        for split in decoded if self.enabled("decode") else []:
+            if split not in have:
+                raise SpeechBudgetError(
+                    f"decode.sets names {split}, but the labelled corpus {corpus} has no {split} split (it has "
+                    f"{', '.join(have) or 'none'}): {hold_out}, or set decode.sets / decode.cuts"
+                )
+        train = Path(self._finetune_train_cuts())
+        if not train.is_file():
+            raise SpeechBudgetError(
+                f"fine-tuning reads {train}, which the prepared data lacks (the labelled corpus has "
+                f"{', '.join(have) or 'no splits'}): give it a train split, or set finetune.train_cuts"
+            )
+        wanted = (self.raw.get("finetune") or {}).get("train_speakers")
+        if wanted is not None and not self.r.folds:
+            speakers = {cut_speaker(c) for c in _cuts(train)}
+            if wanted > len(speakers):
+                raise SpeechBudgetError(
+                    f"finetune.train_speakers is {wanted}, but {train} has {len(speakers)} speaker"
+                    f"{'s' if len(speakers) != 1 else ''}: lower it, or set it to null to train on every speaker"
+                )
+
     def _labeled_splits(self, *splits: str) -> CutSet:
         """The labelled corpus's cuts of those of ``splits`` that were prepared."""
         paths = [cuts_path(self.labeled_dir, s) for s in splits]
@@ -897,6 +934,8 @@ class Pipeline:
             if not tts_ready and stage in ("kmeans", "pretrain", "finetune", "scratch"):
                 self._prepare_tts()  # before the scratch baseline may start alongside, which reads it
                 tts_ready = True
+            if stage != "prepare":
+                self.check_labeled()
             if stage in ("kmeans", "pretrain", "finetune") and self._sidecar is None:
                 self._start_scratch_alongside(stages)
             if stage == "scratch" and self._sidecar is not None:

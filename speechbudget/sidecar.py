@@ -6,7 +6,8 @@ pipeline uses this for the scratch baseline, which needs nothing from pretrainin
 
 The child is spawned (a fresh interpreter: no forked locks or thread pools), asks Linux to stop it
 when this process dies (a killed ``run`` leaves no orphan training behind; the next ``run`` resumes
-it from its checkpoint), and writes everything it prints to ``log``; progress bars are off there.
+it from its checkpoint), and writes everything it prints to ``log``, its errors too (the parent says
+the child stopped and where to read why); progress bars are off there.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import ctypes
 import multiprocessing
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Tuple
 
 from . import progress
+from .errors import SpeechBudgetError
 
 PR_SET_PDEATHSIG = 1
 
@@ -38,7 +41,14 @@ def _child(target: Callable[..., Any], args: Tuple[Any, ...], threads: int, log:
     torch.set_num_threads(threads)
     progress.set_enabled(False)
     with open(log, "a", buffering=1) as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        target(*args)
+        try:
+            target(*args)
+        except SpeechBudgetError as e:  # a user's mistake: one line, as the CLI would say it
+            print(f"error: {e}")
+            sys.exit(1)
+        except Exception:  # a bug: the traceback goes to the log, not over the parent's progress bars
+            traceback.print_exc()
+            sys.exit(1)
 
 
 def start(

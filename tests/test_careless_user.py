@@ -402,7 +402,7 @@ def test_a_speaker_in_both_dev_and_test_is_refused(tmp_path, capsys):
         capsys, "prepare", "fsdd", FSDD, "--dev-speakers", "jackson", "--test-speakers", "jackson,theo",
         "--out", tmp_path / "data",
     )  # fmt: skip
-    one_line_error(code, err, "jackson named in both test_speakers and dev_speakers")
+    one_line_error(code, err, "jackson named in both --test-speakers and --dev-speakers")
     assert not (tmp_path / "data").exists()
 
 

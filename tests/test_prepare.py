@@ -291,4 +291,4 @@ def test_band_limit_keeps_the_low_band_and_removes_the_high(tmp_path, shared_dat
     assert run_cli("prepare", "dir", clips, "--out", out, "--name", "tel", "--band-limit-hz", "3000") == 2
     assert run_cli("prepare", "dir", clips, "--out", out, "--name", "x", "--band-limit-hz", "8000") == 2
     err = capsys.readouterr().err
-    assert "band_limit_hz: 4000 -> 3000" in err and "--band-limit-hz must be between 1 and 7999" in err
+    assert "--band-limit-hz: 4000 -> 3000" in err and "--band-limit-hz must be between 1 and 7999" in err

@@ -99,7 +99,7 @@ def test_rerun_with_other_options_stops_instead_of_mixing_splits(tmp_path, capsy
     out = tmp_path / "o"
     assert cli_result(capsys, "prepare", "fsdd", src, "--out", out)[0] == 0
     code, _, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--dev-speakers", "george")
-    assert code == 2 and "dev_speakers: [] -> ['george']" in err and "--force" in err
+    assert code == 2 and "--dev-speakers: [] -> ['george']" in err and "--force" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = cli_result(
         capsys, "prepare", "fsdd", src, "--out", out, "--dev-speakers", "george", "--force"
@@ -146,7 +146,7 @@ def test_splits_of_a_killed_run_are_not_kept_under_other_options(tmp_path, capsy
     )
     assert prepared_splits(corpus) == [first] == ["train"]
     code, _, err = cli_result(capsys, "prepare", "fsdd", src, "--out", out, "--test-speakers", "george")
-    assert code == 2 and "test_speakers: ['theo'] -> ['george']" in err and "--force" in err
+    assert code == 2 and "--test-speakers: ['theo'] -> ['george']" in err and "--force" in err
     # the same options resume: the killed run's train split is kept, the others are made
     code, out_json, err = cli_result(
         capsys, "prepare", "fsdd", src, "--out", out, "--dev-speakers", "jackson", "--json"

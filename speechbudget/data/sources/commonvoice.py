@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import List, Optional
 
 from ...errors import SpeechBudgetError
 from ...userfiles import read_user_text
-from . import FindContext, Source, SourceItem, option, path_id
+from . import FindContext, Source, SourceItem, option, path_id, speaker_splits
 
 REQUIRED = ("client_id", "path", "sentence")
 
@@ -27,12 +26,6 @@ def _table(root: Path, table: Optional[Path]) -> Path:
     )
 
 
-def _split_for(speaker: str, dev_fraction: float, test_fraction: float) -> str:
-    """Speaker-disjoint split by hashing the speaker id, so it is stable as data grows."""
-    h = int(hashlib.sha1(speaker.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "dev" if h < test_fraction + dev_fraction else "train"
-
-
 @dataclass
 class CommonVoiceOptions:
     path: Optional[Path] = option(help="The Common Voice folder (clips/ + validated.tsv).", argument=True)
@@ -43,13 +36,7 @@ class CommonVoiceOptions:
 
 def find_items(opts: CommonVoiceOptions, ctx: FindContext) -> List[SourceItem]:
     root, dev_fraction, test_fraction = Path(opts.path), opts.dev_fraction, opts.test_fraction
-    for key, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise SpeechBudgetError(f"{key} must be in [0, 1), got {value}")
-    if dev_fraction + test_fraction >= 1:
-        raise SpeechBudgetError(
-            f"dev_fraction + test_fraction must leave speakers for train, got {dev_fraction + test_fraction}"
-        )
+    speaker_splits.check_fractions(dev_fraction, test_fraction)
     path = _table(root, opts.table)
     delimiter = "," if path.suffix == ".csv" else "\t"
     with io.StringIO(read_user_text(path, "Common Voice table"), newline="") as f:
@@ -69,7 +56,7 @@ def find_items(opts: CommonVoiceOptions, ctx: FindContext) -> List[SourceItem]:
             SourceItem(
                 id=path_id("cv", Path(name)),
                 audio=str(clips / name),
-                split=_split_for(speaker, dev_fraction, test_fraction),
+                split=speaker_splits.hashed_split(speaker, dev_fraction, test_fraction),
                 text=row.get("sentence"),
                 speaker=speaker,
                 custom={k: row[k] for k in ("gender", "age", "accent") if row.get(k)},

@@ -6,11 +6,11 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ...errors import SpeechBudgetError
 from ...userfiles import read_user_text
-from . import FindContext, Source, SourceItem, option, path_id
+from . import FindContext, Source, SourceItem, option, path_id, speaker_splits
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph"}
 
@@ -55,17 +55,46 @@ def _folder_label(rel: Path) -> Tuple[Optional[List[str]], Optional[str]]:
 class FolderOptions:
     path: Optional[Path] = option(help="The audio folder (searched recursively).", argument=True)
     transcripts: Optional[Path] = option(help="A path<TAB>text file; none = unlabeled audio.")
-    split: str = option("train", help="Split name for the folder's audio.")
+    split: str = option("train", help="Split name for the folder's audio (the speakers not held out below).")
+    test_speakers: List[str] = option(
+        help="Comma-separated test speakers (a speaker = the first folder below PATH).", factory=list
+    )
+    dev_speakers: List[str] = option(help="Comma-separated dev speakers.", factory=list)
+    test_fraction: float = option(0.0, help="Share of speakers held out for test (by a hash of the name).")
+    dev_fraction: float = option(0.0, help="Share of speakers held out for dev (by a hash of the name).")
     labels: Optional[str] = option(
         help="Class labels: 'folders' (the first folder is the class) or a CSV path,labels "
         "(several labels separated by ';' = multi-label)."
     )
 
 
+def _speaker_split(opts: FolderOptions) -> Callable[[Optional[str]], str]:
+    """speaker -> split: held-out speakers by name or hashed share, everyone else ``opts.split``."""
+    named = list(opts.test_speakers) + list(opts.dev_speakers)
+    speaker_splits.check_named(opts.test_speakers, opts.dev_speakers)
+    speaker_splits.check_fractions(opts.dev_fraction, opts.test_fraction)
+    held_out = bool(named) or opts.dev_fraction > 0 or opts.test_fraction > 0
+    if held_out and opts.labels == "folders":
+        raise SpeechBudgetError(
+            "labels: folders makes the first folder the class, not the speaker: hold out test audio with "
+            "split (one prepare per folder) instead of test_speakers/dev_speakers/test_fraction/dev_fraction"
+        )
+
+    def split_of(speaker: Optional[str]) -> str:
+        if speaker is None or not held_out:
+            return opts.split
+        return speaker_splits.split_of(
+            speaker, opts.test_speakers, opts.dev_speakers, opts.dev_fraction, opts.test_fraction, opts.split
+        )
+
+    return split_of
+
+
 def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
-    root, transcripts, split = Path(opts.path), opts.transcripts, opts.split
+    root, transcripts = Path(opts.path), opts.transcripts
     if not root.is_dir():
         raise SpeechBudgetError(f"audio folder {root} does not exist")
+    split_of = _speaker_split(opts)
     # a link to a missing file is kept, to be reported as rejected, not dropped without a word
     files = sorted(
         p
@@ -82,6 +111,7 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
         rel = f.relative_to(root)
         item_id = path_id("dir", rel)
         speaker = rel.parts[0] if len(rel.parts) > 1 and not by_folder else None
+        split = split_of(speaker)
         labels, problem = None, None
         if by_folder:
             labels, problem = _folder_label(rel)
@@ -114,12 +144,21 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
                     problem=problem,
                 )
             )
+    speakers = {item.speaker for item in items if item.speaker is not None}
+    named = list(opts.test_speakers) + list(opts.dev_speakers)
+    if (named or opts.dev_fraction or opts.test_fraction) and not speakers:
+        raise SpeechBudgetError(
+            f"no speaker folders under {root}: speaker splits read the speaker from the first folder "
+            "(PATH/<speaker>/...); put each speaker's files in a folder, or prepare each split with split"
+        )
+    speaker_splits.check_found(named, speakers, "folder")
+    speaker_splits.check_shares(set(speakers) - set(named), opts.dev_fraction, opts.test_fraction, opts.split)
     for missing in sorted(table or {}):  # rows naming no audio file here: reported, not dropped
         items.append(
             SourceItem(
                 id=path_id("dir-missing", Path(missing)),  # unique even for two missing files of one name
                 audio=missing,
-                split=split,
+                split=opts.split,
                 labeled=False,
                 problem="in the labels CSV but no such audio file",
             )
@@ -135,6 +174,8 @@ SOURCE = Source(
     (
         "speechbudget prepare dir /audio/unlabeled --out data/ --name mycorpus",
         "speechbudget prepare dir /audio --transcripts text.tsv --num-jobs 8 --out data/",
+        "speechbudget prepare dir /audio --transcripts text.tsv --test-speakers anna,ben --out data/"
+        "   # /audio/<speaker>/*.wav",
         "speechbudget prepare dir /audio/by-class --labels folders --out data/ --name sounds",
         "speechbudget prepare dir /audio --labels tags.csv --out data/   # path,labels (a;b = multi-label)",
     ),

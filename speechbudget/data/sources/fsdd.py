@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from . import FindContext, Source, SourceItem, option, path_id
+from . import FindContext, Source, SourceItem, option, path_id, speaker_splits
 from .folder import AUDIO_SUFFIXES
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -25,11 +25,7 @@ class FsddOptions:
 def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
     """Speaker-disjoint splits: ``test_speakers`` -> test, ``dev_speakers`` -> dev, the rest -> train."""
     root, test_speakers, dev_speakers = Path(opts.path), opts.test_speakers, opts.dev_speakers
-    both = sorted(set(test_speakers) & set(dev_speakers))
-    if both:  # the speaker went to test alone, and dev was silently missing
-        raise SpeechBudgetError(
-            f"{', '.join(both)} named in both test_speakers and dev_speakers; a speaker belongs to one split"
-        )
+    speaker_splits.check_named(test_speakers, dev_speakers)
     if (root / "recordings").is_dir():
         root = root / "recordings"
     # subfolders and any case of ".wav" too: a file this source cannot use is reported, never skipped
@@ -54,7 +50,7 @@ def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
             continue
         digit, speaker, index = parts
         speakers.add(speaker)
-        split = "test" if speaker in test_speakers else "dev" if speaker in dev_speakers else "train"
+        split = speaker_splits.split_of(speaker, test_speakers, dev_speakers)
         items.append(
             SourceItem(
                 id=item_id or f"fsdd-{speaker}-{digit}-{index}",
@@ -65,11 +61,7 @@ def find_items(opts: FsddOptions, ctx: FindContext) -> List[SourceItem]:
                 labels=[digit],  # the same clips are a 10-class keyword task
             )
         )
-    unknown = [s for s in list(test_speakers) + list(dev_speakers) if s not in speakers]
-    if unknown:
-        raise SpeechBudgetError(
-            f"test_speakers/dev_speakers name unknown FSDD speakers {unknown}; found: {', '.join(sorted(speakers))}"
-        )
+    speaker_splits.check_found(list(test_speakers) + list(dev_speakers), speakers, "FSDD")
     return items
 
 
