@@ -68,7 +68,9 @@ def _as_flags(message: str, names: List[str]) -> str:
     """ "config key 'prepare-options.num_jobs' must ..." -> "--num-jobs must ..."; a source's own
     messages name its options as recipe keys ("test_speakers/dev_speakers name ..."): those with an
     underscore (never a word of prose) become flags too."""
-    message = re.sub(rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message)
+    message = re.sub(
+        rf"(config key )?'?{KEY}\.(\w+)'?", lambda m: "--" + m.group(2).replace("_", "-"), message
+    )
     keys = sorted((n for n in names if "_" in n), key=len, reverse=True)
     if not keys:
         return message

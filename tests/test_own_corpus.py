@@ -64,7 +64,11 @@ def test_prepare_dir_holds_out_named_speakers_and_hashed_shares(tmp_path, capsys
 @pytest.mark.parametrize(
     "args, nested, expect",
     [
-        (["--test-speakers", "bob"], True, "--test-speakers/--dev-speakers name unknown folder speakers ['bob']"),
+        (
+            ["--test-speakers", "bob"],
+            True,
+            "--test-speakers/--dev-speakers name unknown folder speakers ['bob']",
+        ),
         (["--test-speakers", "theo"], False, "no speaker folders under"),
         (["--test-fraction", "0.01"], True, "--test-fraction 0.01 held out none of the 4 speakers"),
         (["--test-speakers", "theo", "--labels", "folders"], True, "labels: folders makes the first folder"),
@@ -74,7 +78,15 @@ def test_prepare_dir_holds_out_named_speakers_and_hashed_shares(tmp_path, capsys
 def test_prepare_dir_speaker_splits_that_cannot_be_made_are_one_line(tmp_path, capsys, args, nested, expect):
     root = own_corpus(tmp_path, per_speaker=1, nested=nested)
     code, _, err = cli_result(
-        capsys, "prepare", "dir", root / "audio", "--transcripts", root / "text.tsv", *args, "--out", tmp_path / "d"
+        capsys,
+        "prepare",
+        "dir",
+        root / "audio",
+        "--transcripts",
+        root / "text.tsv",
+        *args,
+        "--out",
+        tmp_path / "d",
     )
     one_line_error(code, err, expect)
     assert not (tmp_path / "d").exists()
@@ -101,7 +113,9 @@ def _recipe(tmp_path: Path, labeled: dict, **finetune) -> Path:
         ({"test_speakers": ["theo"]}, {"train_speakers": 5}, "finetune.train_speakers is 5, but"),
     ],
 )
-def test_a_run_whose_labelled_data_cannot_be_used_stops_after_prepare(tmp_path, capsys, labeled, finetune, expect):
+def test_a_run_whose_labelled_data_cannot_be_used_stops_after_prepare(
+    tmp_path, capsys, labeled, finetune, expect
+):
     recipe = _recipe(tmp_path, labeled, **finetune)
     tiny = [a for a in TINY if not a.startswith("prepare.") and "train_hours" not in a]
     code, _, err = cli_result(capsys, "run", recipe, *tiny)
@@ -124,7 +138,10 @@ def test_a_run_on_the_users_own_transcribed_folder_ends_in_a_wer_table(tmp_path,
 def test_a_sidecar_that_fails_writes_why_to_its_log_not_a_traceback_to_the_parent(tmp_path, capfd):
     """A user's mistake is one line in the log; a bug is its traceback in the log; the parent's own
     output (progress bars, the run's messages) gets neither."""
-    for args, expect in (((2.0, 0.0), "error: dev_fraction must be in [0, 1), got 2.0"), (("a", 0.0), "TypeError")):
+    for args, expect in (
+        ((2.0, 0.0), "error: dev_fraction must be in [0, 1), got 2.0"),
+        (("a", 0.0), "TypeError"),
+    ):
         log = tmp_path / f"{type(args[0]).__name__}.log"
         proc = sidecar.start(speaker_splits.check_fractions, args, 1, log)
         proc.join()
