@@ -157,3 +157,22 @@ def test_esc50_fold_is_test_and_unlisted_files_reported(tmp_path):
     assert load_vocabulary(corpus).classes == ["dog", "rain"]
     with pytest.raises(SpeechBudgetError, match="fold must be one of 1-5"):
         prepare(CorpusSpec.build("esc50", {"path": str(root), "fold": 7}), tmp_path / "o2")
+
+
+def test_the_speech_commands_recipe_trains_on_a_speech_commands_tree(tmp_path, capsys):
+    """The shipped AuM recipe (learned positions for 128 frames, 1.28 s) stopped at its first step: its
+    FLOPs were counted on 10 s of input, which its positions do not reach. Counted on the longest
+    input it accepts now, on a Speech Commands layout of real recordings; aum-tiny for a CPU."""
+    root = _speech_commands(tmp_path / "sc")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "speechcommands-aum-base.yaml"
+    code, out, err = cli_result(
+        capsys, "run", recipe, f"exp_dir={tmp_path / 'exp'}", f"prepare.path={root}", "prepare.num_jobs=1",
+        "finetune.encoder.preset=aum-tiny", "finetune.budget.steps=2", "finetune.num_workers=0",
+        "finetune.max_duration=8", "device=cpu", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads(out)
+    assert results["finetune"]["steps"] == 2
+    assert {"finetune/dev", "finetune/test"} <= set(results["decode"])
+    cost = json.loads((tmp_path / "exp" / "finetune" / "cost.json").read_text())
+    assert cost["macs_per_input_second"] > 0

@@ -150,3 +150,15 @@ def test_corrupt_cache_is_a_user_error(tmp_path):
     cache.write_text("{not json")
     with pytest.raises(SpeechBudgetError, match="delete it"):
         measure_cpu_peak("fp32", seconds=0.1, cache_path=cache)
+
+
+def test_a_refreshed_peak_keeps_the_best_measurement(tmp_path):
+    """A peak measured while other jobs held the cores is low, and it stayed forever: `calibrate`
+    measures again and keeps the better one (a peak is the best the CPU did)."""
+    cache = tmp_path / "peak.json"
+    cache.write_text(json.dumps({"fp32@1threads": 1.0}))  # a measurement from a loaded machine
+    assert measure_cpu_peak("fp32", seconds=0.1, cache_path=cache) == 1.0  # planning reads it as it is
+    fresh = measure_cpu_peak("fp32", seconds=0.1, cache_path=cache, refresh=True)
+    assert fresh > 1e8 and json.loads(cache.read_text())["fp32@1threads"] == fresh
+    cache.write_text(json.dumps({"fp32@1threads": 1e15}))  # better than any measurement here: kept
+    assert measure_cpu_peak("fp32", seconds=0.1, cache_path=cache, refresh=True) == 1e15

@@ -303,3 +303,18 @@ def test_presets_count_fully(family, name):
     assert cost["unsupported"] == {}, cost["unsupported"]
     assert cost["gflops_per_audio_second"] > 0
     assert cost["params"] > 0
+
+
+def test_an_encoder_with_learned_positions_is_counted_on_the_longest_input_it_takes():
+    """AuM with 128 frames of learned positions takes 1.28 s: counting it on 10 s raised (the Speech
+    Commands recipe stopped at its first step); it is counted on 1.28 s, and says so."""
+    from speechbudget.cost.flops import length_curve, module_cost
+    from speechbudget.models.presets import build_encoder
+
+    encoder = build_encoder({"preset": "aum-tiny", "max_frames": 128})
+    assert encoder.max_input_frames == 128
+    cost = module_cost(encoder, seconds=10.0)
+    assert cost["seconds"] == pytest.approx(1.28) and cost["macs_per_audio_second"] > 0
+    curve = length_curve(encoder)
+    assert [sec for sec, _ in curve] == [0.25, 0.5, 1.0, 1.28]
+    assert build_encoder("zipformer-tiny").max_input_frames is None

@@ -247,12 +247,14 @@ def _read_cache(path: Path) -> dict:
 
 
 def measure_cpu_peak(
-    dtype: str = "fp32", seconds: float = 1.0, cache_path: str | Path | None = None
+    dtype: str = "fp32", seconds: float = 1.0, cache_path: str | Path | None = None, refresh: bool = False
 ) -> float:
     """Peak matmul FLOP/s of this CPU for ``dtype`` with torch's current thread count.
 
     With ``cache_path`` the result is stored in (and later read from) that JSON file, keyed by
-    dtype and thread count, because the peak depends on both.
+    dtype and thread count, because the peak depends on both. ``refresh`` measures again and keeps
+    the better of the two: a peak is the best the CPU did, and a measurement taken while other jobs
+    held the cores is low (an explicit ``calibrate`` refreshes; planning reads what is stored).
     """
     import torch
 
@@ -261,13 +263,12 @@ def measure_cpu_peak(
         raise SpeechBudgetError(f"seconds must be > 0, got {seconds}")
     cache = Path(cache_path) if cache_path is not None else None
     entry = _cache_key(key)
-    if cache is not None:
-        cached = _read_cache(cache).get(entry)
-        if cached is not None:
-            return float(cached)
+    cached = _read_cache(cache).get(entry) if cache is not None else None
+    if cached is not None and not refresh:
+        return float(cached)
     torch_dtype = getattr(torch, _TORCH_DTYPES[key])
     n = _pick_matmul_size(torch_dtype, seconds)
-    peak = _time_matmuls(torch_dtype, n, seconds)
+    peak = max(_time_matmuls(torch_dtype, n, seconds), float(cached or 0.0))
     if cache is not None:
         data = _read_cache(cache)
         data[entry] = peak

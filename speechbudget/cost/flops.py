@@ -364,18 +364,26 @@ def _dummy_input(encoder: nn.Module, seconds: float, batch: int) -> tuple:
     return features, lengths
 
 
+def longest_input_seconds(encoder: nn.Module) -> float:
+    """The longest input ``encoder`` accepts, in seconds (inf: any length)."""
+    frames = getattr(encoder, "max_input_frames", None)
+    return math.inf if frames is None else frames / float(getattr(encoder, "input_rate_hz", 100.0))
+
+
 def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> dict:
     """Parameters and inference cost per second of audio of a built encoder.
 
     Cost is measured on ``seconds`` of input because attention makes it grow faster than
-    linearly with length. Building from a preset or config is the model catalogue's job
-    (:func:`speechbudget.models.catalog.encoder_cost`), which keeps this layer below models.
+    linearly with length; an encoder that accepts no input that long (learned positions of a patch
+    encoder: AuM with ``max_frames: 128`` takes 1.28 s) is counted on the longest it accepts, and
+    ``seconds`` in the result says which. Building from a preset or config is the model catalogue's
+    job (:func:`speechbudget.models.catalog.encoder_cost`), which keeps this layer below models.
     """
     if not 0 < seconds <= 600:  # longer: the dummy input alone would fill the memory
         raise SpeechBudgetError(f"seconds must be in (0, 600] (the audio length counted), got {seconds}")
     if int(batch) < 1:
         raise SpeechBudgetError(f"batch must be at least 1, got {batch}")
-    seconds, batch = float(seconds), int(batch)
+    seconds, batch = min(float(seconds), longest_input_seconds(encoder)), int(batch)
     was_training = encoder.training
     encoder.eval()  # inference graph: no dropout, no training-only branches
     try:
@@ -408,8 +416,11 @@ LENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 
 
 def length_curve(encoder: nn.Module, grid: Sequence[float] = LENGTH_GRID) -> List[List[float]]:
-    """``[[seconds, MACs per second at that length], ...]``: the encoder counted at each length."""
-    return [[float(sec), float(module_cost(encoder, seconds=sec)["macs_per_audio_second"])] for sec in grid]
+    """``[[seconds, MACs per second at that length], ...]``: the encoder counted at each length it
+    accepts (the grid ends at its longest input, when that is shorter than the grid)."""
+    longest = longest_input_seconds(encoder)
+    lengths = sorted({min(float(sec), longest) for sec in grid})
+    return [[sec, float(module_cost(encoder, seconds=sec)["macs_per_audio_second"])] for sec in lengths]
 
 
 def macs_rate(cost: Dict[str, Any], seconds: float) -> float:

@@ -34,6 +34,12 @@ class Encoder(nn.Module):
 
     # Subclasses define forward(features (B, T, F), lengths (B,), return_layers=False) -> EncoderOutput.
 
+    @property
+    def max_input_frames(self) -> Optional[int]:
+        """The longest input this encoder accepts (a patch encoder's learned positions end there);
+        None: any length."""
+        return getattr(getattr(self, "patches", None), "max_input_frames", None)
+
 
 def make_pad_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
     """``True`` at padded positions: ``(B, T)``. A ``max_len`` taken from ``x.size(1)`` is used as is

@@ -34,11 +34,6 @@ from .param_groups import encoder_head_groups
 POOLINGS = ("auto", "cls", "mean", "attention")
 
 
-def max_input_frames(encoder: Encoder) -> Optional[int]:
-    """The longest input a patch encoder's learned positions reach (None: any length)."""
-    return getattr(getattr(encoder, "patches", None), "max_input_frames", None)
-
-
 def encoder_cls_index(encoder: Encoder, lengths: torch.Tensor) -> Optional[torch.Tensor]:
     """(B,) position of the encoder's CLS state in its output, or None when it has none."""
     if callable(getattr(encoder, "cls_index", None)):
@@ -181,7 +176,7 @@ class ClassifierModel(nn.Module):
     @property
     def max_input_frames(self) -> Optional[int]:
         """The longest input the encoder takes (a patch encoder's learned positions); None: any."""
-        return max_input_frames(self.encoder)
+        return self.encoder.max_input_frames
 
     def logits(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, C) class scores before softmax/sigmoid (evaluation and prediction). A clip longer than

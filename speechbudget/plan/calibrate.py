@@ -213,7 +213,7 @@ def device_from_gpu_name(gpu: str) -> str:
 def _peak(name: str, dtype: str) -> float:
     dev = get_device(name)
     if dev.kind == "cpu":
-        return measure_cpu_peak(dtype, cache_path=cpu_peak_cache())
+        return measure_cpu_peak(dtype, cache_path=cpu_peak_cache(), refresh=True)
     return dev.peak_flops(dtype)
 
 
@@ -257,7 +257,9 @@ def calibrate(
     check_output_file(path, "calibration file")
     if announce:
         peak_note = (
-            f" and the CPU peak ({cpu_peak_cache()}, measured once)" if get_device(name).kind == "cpu" else ""
+            f" and the CPU peak ({cpu_peak_cache()}, measured again, the best kept)"
+            if get_device(name).kind == "cpu"
+            else ""
         )
         announce(
             f"calibrate: timing {steps} training steps (after 1 warm-up) of {', '.join(presets)} on {device} "

@@ -24,7 +24,7 @@ from ..data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_voc
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder, resolve
-from ..objectives.classify import ClassifierModel, max_input_frames
+from ..objectives.classify import ClassifierModel
 from ..objectives.distill import DistillationModel
 from ..objectives.teacher_logits import load_teacher_logits
 from . import checkpoint as ckpt
@@ -161,7 +161,7 @@ def check_clip_lengths(encoder: Encoder, cuts: CutSet, key: str) -> None:
     """Training batches go through the encoder whole: a clip longer than a patch encoder's learned
     positions would stop the run at its first batch, after the set-up. (Evaluation and prediction
     score long clips in windows instead.)"""
-    limit = max_input_frames(encoder)
+    limit = encoder.max_input_frames
     if limit is None or len(cuts) == 0:
         return
     longest = max(cuts, key=lambda c: c.duration)
