@@ -30,6 +30,7 @@ FILES = {
     "json": "report.json",
     "curves": "curves.png",
     "wer_vs_compute": "wer_vs_compute.png",
+    "accuracy_vs_compute": "accuracy_vs_compute.png",
     "grounding": "grounding.png",
 }
 _TRAIN_STAGES = ("pretrain", "finetune")
@@ -455,9 +456,10 @@ def markdown(report: Dict[str, Any]) -> str:
         "",
         f"![training curves]({FILES['curves']})",
         "",
-        f"![WER vs compute]({FILES['wer_vs_compute']})",
-        "",
     ]
+    for key, title in (("wer_vs_compute", "WER vs compute"), ("accuracy_vs_compute", "accuracy vs compute")):
+        if key in report.get("files", FILES):
+            lines += [f"![{title}]({FILES[key]})", ""]
     if report.get("grounding"):
         lines += [f"![speech-image retrieval and ABX]({FILES['grounding']})", ""]
     for path, rec in (report.get("pilots") or {}).items():
@@ -625,8 +627,22 @@ def _readable_ticks(ax) -> None:
         t.set(rotation=angle, ha="right", va="top" if angle == 30 else "center", rotation_mode="anchor")
 
 
-def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path):
-    """WER against total training FLOPs, one series per test set/method, 95% CI as error bars.
+def _score(d: Optional[Dict[str, Any]], metric: str) -> Optional[Tuple[float, List[float], str]]:
+    """(value %, [low, high] %, name) of one result: WER, or accuracy (mAP for multi-label)."""
+    if not d:
+        return None
+    if metric == "wer":
+        return None if d.get("wer") is None else (d["wer"], d.get("ci95") or [d["wer"]] * 2, "WER")
+    key = "accuracy" if d.get("accuracy") is not None else "mAP"
+    if d.get(key) is None:
+        return None
+    ci = d.get(f"{key}_ci") or [d[key]] * 2
+    return 100 * d[key], [100 * c for c in ci], key
+
+
+def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path, metric: str = "wer"):
+    """WER (``metric="accuracy"``: accuracy, or mAP) against total training FLOPs, one series per
+    test set/method, 95% CI as error bars.
 
     A log axis only when the runs span more than a decade of compute; runs at (nearly) the same
     compute - the usual pretrained-vs-scratch comparison - are drawn side by side per run instead,
@@ -636,9 +652,9 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     series = []
     for key in keys:
         pts = [
-            (r["total_flops"], r["wer"][key], r["name"])
+            (r["total_flops"], _score((r.get(metric) or {}).get(key), metric), r["name"])
             for r in rows
-            if r["total_flops"] and key in r["wer"] and r["wer"][key].get("wer") is not None
+            if r["total_flops"] and _score((r.get(metric) or {}).get(key), metric) is not None
         ]
         if pts:
             series.append((key, pts))
@@ -647,8 +663,8 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
     names = sorted({p[2] for _, pts in series for p in pts})
     width = 0.8 / max(len(series), 1)
     for i, (key, pts) in enumerate(series):
-        y = [p[1]["wer"] for p in pts]
-        ci = [p[1].get("ci95") or [p[1]["wer"]] * 2 for p in pts]
+        y = [p[1][0] for p in pts]
+        ci = [p[1][1] for p in pts]
         yerr = [[max(w - c[0], 0.0) for w, c in zip(y, ci)], [max(c[1] - w, 0.0) for w, c in zip(y, ci)]]
         if same_compute:
             x = [names.index(p[2]) + (i - (len(series) - 1) / 2) * width for p in pts]
@@ -671,13 +687,15 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path)
         ax.margins(x=0.15)
         _scientific_x(ax)
         ax.set(xlabel="training FLOPs")
-    ax.set(title="WER vs total compute (pretraining + fine-tuning)", ylabel="WER % (95% CI)")
-    ax.set_ylim(bottom=0)
+    name = " / ".join(sorted({p[1][2] for _, pts in series for p in pts})) or metric.replace("wer", "WER")
+    ax.set(title=f"{name} vs total compute (pretraining + fine-tuning)", ylabel=f"{name} % (95% CI)")
+    ax.set_ylim(bottom=0, top=100 if metric != "wer" else None)
     ax.grid(True, axis="y", alpha=0.3)
     if ax.lines or ax.collections:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no decode results", ha="center", va="center", transform=ax.transAxes)
+        what = "decode" if metric == "wer" else "evaluate"
+        ax.text(0.5, 0.5, f"no {what} results", ha="center", va="center", transform=ax.transAxes)
     write_png(path, fig)
     return fig
 
@@ -806,7 +824,15 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
         ],
     }
     plot_curves([r for r in runs.values() if r.stage in _TRAIN_STAGES], out_dir / FILES["curves"])
-    plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
+    # WER for CTC runs, accuracy (mAP) for classifiers; an empty WER plot only when neither was scored
+    if report["wer_keys"] or not report["accuracy_keys"]:
+        plot_wer_vs_compute(rows, report["wer_keys"], out_dir / FILES["wer_vs_compute"])
+    else:
+        report["files"].pop("wer_vs_compute")
+    if report["accuracy_keys"]:
+        plot_wer_vs_compute(rows, report["accuracy_keys"], out_dir / FILES["accuracy_vs_compute"], "accuracy")
+    else:
+        report["files"].pop("accuracy_vs_compute")
     report["folds"] = {str(p): _read_json(p) for p in find_summaries(exp_dirs)}
     from .plan.pilots import find_pilot_summaries, summary_line
 

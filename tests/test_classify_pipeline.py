@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FSDD, NOISE, cli_result, copy_fsdd
+from matplotlib.image import imread
 
 from speechbudget.train.metrics_log import read_metrics
 
@@ -69,6 +70,11 @@ def test_run_trains_evaluates_and_reports(keywords_run):
         set(row["accuracy"]) == {"dev", "test"}
         and "acc % test [95% CI]" in (exp / "report" / "report.md").read_text()
     )
+    # a classifier's score against compute is its accuracy: no empty "WER vs compute" plot beside it
+    assert not (exp / "report" / "wer_vs_compute.png").exists()
+    assert "![accuracy vs compute](accuracy_vs_compute.png)" in (exp / "report" / "report.md").read_text()
+    img = imread(exp / "report" / "accuracy_vs_compute.png")
+    assert img.shape[0] > 200 and img[..., :3].std() > 0.01
 
 
 def test_flops_include_the_head(keywords_run):
@@ -278,3 +284,16 @@ def test_training_clips_longer_than_learned_positions_stop_before_the_first_step
     one_line_error(code, err, "the encoder's learned positions reach; raise the encoder's max_frames")
     assert "train_cuts: clip" in err
     assert not [p for p in exp.rglob("*") if p.is_file() and p.name != ".lock"]  # nothing written first
+
+
+def test_the_runs_last_table_of_a_multi_label_classifier_shows_map_not_wer(capsys):
+    """`run` of a multi-label recipe (audioset-fastast) ended on a WER table of dashes."""
+    from speechbudget.cli import _render_wer_summary
+
+    results = {
+        "decode": {"finetune/eval": {"set": "eval", "mAP": 0.262, "mAP_ci": [0.246, 0.433], "clips": 20}},
+        "report": {"rows": [{"name": "finetune", "total_flops": 1.13e10}]},
+    }
+    _render_wer_summary(results)
+    out = capsys.readouterr().out
+    assert "mAP %" in out and "26.2" in out and "24.6-43.3" in out and "WER" not in out
