@@ -21,7 +21,8 @@ EVALUATE_EPILOG = (
 PREDICT_EPILOG = (
     "Examples:\n\n"
     "  speechbudget predict exp/kws clip.wav\n\n"
-    "  speechbudget predict exp/kws a.wav b.flac c.mp3 --top 3 --json"
+    "  speechbudget predict exp/kws a.wav b.flac c.mp3 --top 3 --json\n\n"
+    "  speechbudget predict exp/kws recordings/   # every audio file below the folder"
 )
 
 DISTILL_EPILOG = (
@@ -88,7 +89,7 @@ def evaluate(
 def predict(
     model: Path = MODEL_ARG,
     audio: List[Path] = typer.Argument(
-        ..., help="Audio files (any format soundfile reads; resampled to 16 kHz)."
+        ..., help="Audio files (any format soundfile reads; resampled to 16 kHz), or folders of them."
     ),
     top: int = typer.Option(5, help="How many classes to show per file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -105,8 +106,9 @@ def predict(
     t = Table(title=f"top {top} classes")
     for col in ("audio", "seconds", "class", "probability"):
         t.add_column(col, justify="right" if col in ("seconds", "probability") else "left")
+    skipped = [r for r in results if "error" in r]
     for r in results:
-        for i, c in enumerate(r["top"]):
+        for i, c in enumerate(r.get("top", [])):
             t.add_row(
                 r["audio"] if i == 0 else "",
                 f"{r['seconds']:.2f}" if i == 0 else "",
@@ -114,6 +116,8 @@ def predict(
                 f"{c['probability']:.3f}",
             )
     ui.out.print(t)
+    for r in skipped:
+        ui.err.print(f"skipped: {r['error']}")
 
 
 def distill_targets(

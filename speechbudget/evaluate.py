@@ -149,13 +149,31 @@ def read_audio(path: Path) -> torch.Tensor:
     return torch.from_numpy(resample(samples.mean(axis=1), sr, SAMPLE_RATE).astype(np.float32))
 
 
+def audio_files(paths: Sequence[Path]) -> List[Path]:
+    """The files as given, each folder replaced by the audio files below it (sorted)."""
+    from .data.sources.folder import AUDIO_SUFFIXES
+
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+        if not found:
+            raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {p}")
+        out += found
+    return out
+
+
 def predict(
     model_path: Path, audio: Sequence[Path], top: int = 5, device: str = "cpu"
 ) -> List[Dict[str, Any]]:
-    """The ``top`` classes with their probabilities for each audio file (long files: the mean over
-    windows the encoder accepts)."""
+    """The ``top`` classes with their probabilities for each audio file, or folder of them (long
+    files: the mean over windows the encoder accepts). A file that cannot be read gets an ``error``
+    instead, and the others are still scored; none readable is an error."""
     if top < 1:
         raise SpeechBudgetError(f"--top must be at least 1 (got {top})")
+    files = audio_files(audio)
     dev = device_option(device)
     model, vocab, _ = load_classifier(model_path, dev)
     from .data.features import fbank_extractor
@@ -163,9 +181,13 @@ def predict(
     reads = encoder_input(model.encoder)  # the rule every stage's dataset follows
     waveform = reads["input_kind"] == "waveform"
     extractor = None if waveform else fbank_extractor(reads["num_mel_bins"])
-    results = []
-    for path in audio:
-        wave = read_audio(Path(path))
+    results: List[Dict[str, Any]] = []
+    for path in files:
+        try:
+            wave = read_audio(Path(path))
+        except SpeechBudgetError as e:  # skipped and reported, the other files still scored
+            results.append({"audio": str(path), "error": str(e)})
+            continue
         feats = wave.unsqueeze(-1) if waveform else torch.from_numpy(extractor.extract(wave.numpy(), 16000))
         windows = len(feats.split(model.max_input_frames or feats.size(0)))
         probs = model.probabilities(feats.unsqueeze(0).to(dev), torch.tensor([feats.size(0)], device=dev))[0]
@@ -180,6 +202,11 @@ def predict(
                     {"class": vocab.classes[i], "probability": float(p)} for p, i in zip(values, idx.tolist())
                 ],
             }
+        )
+    if all("error" in r for r in results):
+        first = results[0]["error"]
+        raise SpeechBudgetError(
+            first if len(results) == 1 else f"none of the {len(results)} files read: {first}"
         )
     return results
 

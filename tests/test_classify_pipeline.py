@@ -4,11 +4,13 @@ task=classify -> evaluate -> report), then `evaluate`, `predict` and an exact re
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import FSDD, NOISE, cli_result, copy_fsdd
 from matplotlib.image import imread
+from test_issue21 import one_line_error
 
 from speechbudget.train.metrics_log import read_metrics
 
@@ -115,6 +117,22 @@ def test_evaluate_and_predict_commands(keywords_run, capsys, tmp_path):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     code, _, err = cli_result(capsys, "predict", exp, tmp_path / "missing.wav")
     assert code == 2 and "cannot read audio" in err and len(err.strip().splitlines()) == 1
+    # a folder is every audio file below it; an unreadable file is skipped and said, the rest scored
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("3_theo_5.wav", "7_george_2.wav"):
+        shutil.copy(FSDD / name, folder / "sub" / name)
+    (folder / "notes.txt").write_text("not audio")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    code, out, err = cli_result(capsys, "predict", exp, folder, tmp_path / "broken.wav", "--json")
+    assert code == 0, err
+    preds = json.loads(out)
+    assert [Path(p["audio"]).name for p in preds] == ["3_theo_5.wav", "7_george_2.wav", "broken.wav"]
+    assert [len(p.get("top", [])) for p in preds] == [5, 5, 0] and "cannot read audio" in preds[2]["error"]
+    code, _, err = cli_result(capsys, "predict", exp, tmp_path / "broken.wav", tmp_path / "missing.wav")
+    one_line_error(code, err, "none of the 2 files read: cannot read audio")
+    code, _, err = cli_result(capsys, "predict", exp, tmp_path / "ev")  # a folder with no audio
+    one_line_error(code, err, "no audio files")
     code, _, _ = cli_result(capsys, "evaluate", "--help")
     assert code == 0
 
