@@ -314,12 +314,15 @@ def finetune(
     epilog="Examples:\n\n"
     "  speechbudget decode exp/ft data/synthetic/cuts_test.jsonl.gz\n\n"
     "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method beam --beam-size 8 --json\n\n"
-    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method lexicon   # known words only"
+    "  speechbudget decode exp/ft data/fsdd/cuts_test.jsonl.gz --method lexicon   # known words only\n\n"
+    "  speechbudget decode exp/ft my-recordings/ clip.wav --method lexicon   # transcribe audio files"
 )
 def decode(
     model: Path = typer.Argument(..., help="Fine-tuning exp dir (newest checkpoint) or a checkpoint file."),
     cuts: List[Path] = typer.Argument(
-        ..., help="One or more cut manifests to decode; a corpus folder: each of its splits."
+        ...,
+        help="One or more cut manifests to decode; a corpus folder: each of its splits. Audio files or "
+        "folders of them (never prepared) are transcribed.",
     ),
     method: str = typer.Option(
         "greedy",
@@ -339,18 +342,36 @@ def decode(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Decode cut sets and write icefall-style recogs-, errs- and wer-summary- files."""
+    """Decode cut sets and write icefall-style recogs-, errs- and wer-summary- files; transcribe audio."""
+    from .data.audio import is_audio_input
+    from .data.manifests import split_manifests
     from .decode import decode as run
+    from .decode import decode_audio
 
     quiet_if_json(as_json)
-    from .data.manifests import split_manifests
-
+    audio = [c for c in cuts if is_audio_input(c)]
     results = [
         run(model, c, out_dir, method, beam_size, device=device, lexicon=lexicon)
-        for c in split_manifests(cuts)
+        for c in split_manifests([c for c in cuts if c not in audio])
     ]
+    if audio:
+        results.append(decode_audio(model, audio, out_dir, method, beam_size, device=device, lexicon=lexicon))
     if as_json:
         emit_json(results if len(results) > 1 else results[0])
+        return
+    for r in results:
+        if r.get("hypotheses") is not None and r["set"] == "audio":  # the user's recordings: what was said
+            t = Table(title=f"transcripts ({method})")
+            t.add_column("audio")
+            t.add_column("text")
+            for h in r["hypotheses"]:
+                t.add_row(h["id"], h["text"])
+            print_table(t)
+            for s in r.get("skipped", []):
+                err.print(f"skipped: {s['error']}")
+    results = [r for r in results if r["set"] != "audio"] or results
+    if all(r.get("hypotheses") is not None for r in results):
+        out.print(f"result files: {results[0]['out_dir']}")
         return
     t = Table(title=f"WER ({method})")
     for col in ("set", "utts", "WER %", "95% CI", "CER %", "ins", "del", "sub", "words"):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import kaldialign
 import torch
+from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 
 from . import atomic, progress
@@ -18,6 +19,7 @@ from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
 from .config import split_csv
 from .data import speaker_cmn
+from .data.audio import memory_cuts
 from .data.dataset import make_loader
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
@@ -92,6 +94,15 @@ def default_out_dir(exp: Path, checkpoint: Path, method: str) -> Path:
     return exp / f"decode-{method}-{checkpoint.stem}"
 
 
+def _check_method(method: str, beam_size: int, lexicon: Optional[Path]) -> None:
+    if method not in METHODS:
+        raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {', '.join(METHODS)}")
+    if method != "greedy" and beam_size < 1:
+        raise SpeechBudgetError(f"--beam-size must be at least 1, got {beam_size}")
+    if lexicon is not None and method != "lexicon":
+        raise SpeechBudgetError("--lexicon is for --method lexicon; add it, or leave --lexicon out")
+
+
 def decode(
     model_path: Path,
     cuts_path: Path,
@@ -103,26 +114,65 @@ def decode(
     device: str = "cpu",
     lexicon: Optional[Path] = None,
 ) -> Dict[str, Any]:
-    if method not in METHODS:
-        raise SpeechBudgetError(f"unknown decoding method {method!r}; choose {', '.join(METHODS)}")
-    if method != "greedy" and beam_size < 1:
-        raise SpeechBudgetError(f"--beam-size must be at least 1, got {beam_size}")
-    if lexicon is not None and method != "lexicon":
-        raise SpeechBudgetError("--lexicon is for --method lexicon; add it, or leave --lexicon out")
-    dev = device_option(device)
-    model, tokenizer, info = load_ctc_model(model_path, dev)
+    """Decode a cut manifest; with transcripts, score it (WER, CER, icefall-style files)."""
+    _check_method(method, beam_size, lexicon)
+    loaded = load_ctc_model(model_path, device_option(device))
+    cuts = load_cuts(cuts_path).to_eager()
+    if len(cuts) == 0:
+        raise SpeechBudgetError(f"{cuts_path} holds no cuts to decode")
+    set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
+    return _decode_cuts(loaded, cuts, set_name, out_dir, method, beam_size, max_duration, lexicon)
+
+
+def decode_audio(
+    model_path: Path,
+    audio: Sequence[Path],
+    out_dir: Optional[Path] = None,
+    method: str = "greedy",
+    beam_size: int = 8,
+    max_duration: float = 120.0,
+    device: str = "cpu",
+    lexicon: Optional[Path] = None,
+) -> Dict[str, Any]:
+    """Transcribe audio files (or folders of them) that were never prepared: read and resampled as
+    ``prepare`` does, fbank computed on the fly; ``hypotheses`` in the result, set ``audio``. An
+    unreadable file is skipped and listed in ``skipped``; none readable is an error."""
+    _check_method(method, beam_size, lexicon)
+    loaded = load_ctc_model(model_path, device_option(device))
+    cuts, skipped = memory_cuts(audio)
+    if len(cuts) == 0:
+        first = skipped[0][1]
+        raise SpeechBudgetError(
+            first if len(skipped) == 1 else f"none of the {len(skipped)} files read: {first}"
+        )
+    summary = _decode_cuts(loaded, cuts, "audio", out_dir, method, beam_size, max_duration, lexicon)
+    summary["skipped"] = [{"audio": str(p), "error": why} for p, why in skipped]
+    return summary
+
+
+def _decode_cuts(
+    loaded: Tuple[CtcModel, Tokenizer, Dict[str, Any]],
+    cuts: CutSet,
+    set_name: str,
+    out_dir: Optional[Path],
+    method: str,
+    beam_size: int,
+    max_duration: float,
+    lexicon: Optional[Path],
+) -> Dict[str, Any]:
+    model, tokenizer, info = loaded
+    dev = next(model.parameters()).device
     trie, lexicon_source = (
         lexicon_for(Path(info["exp_dir"]), tokenizer, lexicon) if method == "lexicon" else (None, None)
     )
-    cuts = load_cuts(cuts_path).to_eager()
-    set_name = set_name or Path(cuts_path).name.replace("cuts_", "").split(".")[0]
     if out_dir is None:
         out_dir = default_out_dir(Path(info["exp_dir"]), Path(info["checkpoint"]), method)
     out_dir = Path(out_dir)
     atomic.check_writable(out_dir, "decode output folder")
     cmn_target = speaker_cmn.read_target(Path(info["exp_dir"]))
     cmn = speaker_cmn.for_cuts(cmn_target, cuts) if cmn_target is not None else None
-    dataset = dataset_for(model.encoder, with_text=True, transform=cmn)
+    on_the_fly = not all(c.has_features for c in cuts)  # a user's recordings: fbank computed here
+    dataset = dataset_for(model.encoder, with_text=True, transform=cmn, on_the_fly=on_the_fly)
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     results: List[Tuple[str, str, str]] = []
     with torch.no_grad():
@@ -140,8 +190,8 @@ def decode(
                 )
             for cid, ref, hyp in zip(batch["ids"], batch["texts"], hyps):
                 results.append((cid, normalize_text(ref), tokenizer.decode(hyp)))
-    if not results:
-        raise SpeechBudgetError(f"{cuts_path} holds no cuts to decode")
+    order = {c.id: i for i, c in enumerate(cuts)}
+    results.sort(key=lambda r: order[r[0]])  # the order the user gave, not the batches' longest-first
     suffix = method if method == "greedy" else f"{method}-beam{beam_size}"
     summary: Dict[str, Any] = {
         "set": set_name,
@@ -155,9 +205,12 @@ def decode(
     if cmn is not None:  # the run was fine-tuned with ctc.speaker_cmn: each speaker's own mean moved
         summary.update(speaker_cmn_speakers=len(cmn.shift), speaker_cvn=cmn.target.std is not None)
     if not any(ref for _, ref, _ in results):
-        _write_hyps(out_dir / f"hyps-{set_name}-{suffix}.txt", results)
+        hyps_file = out_dir / f"hyps-{set_name}-{suffix}.txt"
+        _write_hyps(hyps_file, results)
         summary.update(
-            wer=None, note="the cuts have no transcripts: hypotheses written, no WER can be computed"
+            wer=None,
+            note=f"the cuts have no transcripts: hypotheses written to {hyps_file}, no WER can be computed",
+            hypotheses=[{"id": cid, "text": hyp} for cid, _, hyp in results],
         )
     else:
         scored = [(cid, ref, hyp) for cid, ref, hyp in results if ref]

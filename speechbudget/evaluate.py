@@ -20,6 +20,7 @@ from lhotse.dataset import SimpleCutSampler
 
 from . import atomic, progress
 from .config import ClassifyConfig, from_dict
+from .data.audio import audio_files, read_audio
 from .data.dataset import make_loader
 from .data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary
 from .data.manifests import load_cuts
@@ -130,39 +131,6 @@ def _write_predictions(path: Path, pred: Dict[str, Any], vocab: LabelVocabulary)
         top = int(np.argmax(scores))
         lines.append(f"{cid}\t{';'.join(true)}\t{vocab.classes[top]}\t{scores[top]:.4f}")
     atomic.write_text(path, "\n".join(lines) + "\n")
-
-
-def read_audio(path: Path) -> torch.Tensor:
-    """Any file soundfile reads -> 16 kHz mono float32 (resampled as ``prepare`` does)."""
-    import soundfile as sf
-
-    from .data.audio import SAMPLE_RATE, resample
-
-    try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for missing or corrupt files
-        raise SpeechBudgetError(
-            f"cannot read audio {path} ({type(e).__name__}: {str(e).strip()[:100]})"
-        ) from None
-    if samples.shape[0] == 0:
-        raise SpeechBudgetError(f"{path} holds no samples")
-    return torch.from_numpy(resample(samples.mean(axis=1), sr, SAMPLE_RATE).astype(np.float32))
-
-
-def audio_files(paths: Sequence[Path]) -> List[Path]:
-    """The files as given, each folder replaced by the audio files below it (sorted)."""
-    from .data.sources.folder import AUDIO_SUFFIXES
-
-    out: List[Path] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            out.append(p)
-            continue
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
-        if not found:
-            raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {p}")
-        out += found
-    return out
 
 
 def predict(

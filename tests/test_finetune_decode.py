@@ -147,6 +147,22 @@ def test_decoding_unlabeled_audio_writes_hypotheses_without_wer(tmp_path, synthe
     assert res["wer"] is None and "no WER" in res["note"]
     hyps = list((tmp_path / "ft" / "decode-greedy").glob("hyps-*.txt"))
     assert hyps and len(hyps[0].read_text().splitlines()) == 2
+    # the recordings themselves, never prepared: transcribed (fbank on the fly), in the order given;
+    # an unreadable file is skipped and said
+    (audio / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    single = FSDD / "5_jackson_3.wav"
+    res = json.loads(run(capsys, "decode", tmp_path / "ft", single, audio, "--json").out)
+    assert res["set"] == "audio" and res["wer"] is None and res["utterances"] == 3
+    assert [h["id"] for h in res["hypotheses"]] == [
+        str(single),
+        str(audio / "1_theo_0.wav"),
+        str(audio / "2_theo_0.wav"),
+    ]
+    assert [Path(s["audio"]).name for s in res["skipped"]] == ["broken.wav"]
+    assert (tmp_path / "ft" / "decode-greedy" / "hyps-audio-greedy.txt").is_file()
+    out = run(capsys, "decode", tmp_path / "ft", audio)  # the table of what was said, per file
+    assert "transcripts (greedy)" in out.out and "1_theo_0.wav" in out.out and "skipped:" in out.err
+    run(capsys, "decode", tmp_path / "ft", audio / "broken.wav", code=2)
 
 
 def test_a_run_that_averages_is_decoded_through_its_average_until_it_trains_on(

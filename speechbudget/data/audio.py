@@ -7,16 +7,19 @@ once to FLAC (written under a temporary name, then renamed) so later stages neve
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
-from lhotse import Recording
+import torch
+from lhotse import CutSet, Recording
 
 from ..atomic import atomic_output
+from ..errors import SpeechBudgetError
 
 SAMPLE_RATE = 16000
 MIN_DURATION = 0.1  # seconds; shorter clips cannot give even a few encoder frames
@@ -30,6 +33,64 @@ class CheckResult:
     recording: Optional[Recording]
     reason: Optional[str] = None  # why it was rejected
     note: Optional[str] = None  # what was converted
+
+
+def read_audio(path: Path) -> torch.Tensor:
+    """Any file soundfile reads -> 16 kHz mono float32 (resampled as ``prepare`` does)."""
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for missing or corrupt files
+        raise SpeechBudgetError(
+            f"cannot read audio {path} ({type(e).__name__}: {str(e).strip()[:100]})"
+        ) from None
+    if samples.shape[0] == 0:
+        raise SpeechBudgetError(f"{path} holds no samples")
+    return torch.from_numpy(resample(samples.mean(axis=1), sr, SAMPLE_RATE).astype(np.float32))
+
+
+def audio_files(paths: Sequence[Path]) -> List[Path]:
+    """The files as given, each folder replaced by the audio files below it (sorted)."""
+    from .sources.folder import AUDIO_SUFFIXES
+
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+        if not found:
+            raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {p}")
+        out += found
+    return out
+
+
+def is_audio_input(path: Path) -> bool:
+    """An audio file, or a folder with audio below it and no prepared corpus in it (which a command
+    that reads cuts would otherwise be asked to read)."""
+    from .sources.folder import AUDIO_SUFFIXES
+
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() in AUDIO_SUFFIXES
+    if not path.is_dir() or any(path.glob("cuts_*.jsonl.gz")) or any(path.glob("*/cuts_*.jsonl.gz")):
+        return False
+    return any(f.suffix.lower() in AUDIO_SUFFIXES for f in path.rglob("*"))
+
+
+def memory_cuts(paths: Sequence[Path]) -> Tuple[CutSet, List[Tuple[Path, str]]]:
+    """Audio files (or folders of them) that were never prepared, as 16 kHz mono cuts held in memory,
+    and the files that could not be read with why: what decoding a user's recordings reads."""
+    cuts, skipped = [], []
+    for path in audio_files(paths):
+        try:
+            wave = read_audio(path).numpy()
+        except SpeechBudgetError as e:
+            skipped.append((path, str(e)))
+            continue
+        buf = io.BytesIO()
+        sf.write(buf, wave, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        cuts.append(Recording.from_bytes(buf.getvalue(), recording_id=str(path)).to_cut())
+    return CutSet.from_cuts(cuts), skipped
 
 
 def atomic_write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> None:
