@@ -411,7 +411,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 )
 def tokenizer_train(
     cuts: Path = typer.Argument(
-        ..., help="A cut manifest (or corpus folder) whose transcripts train the model."
+        ..., help="A cut manifest whose transcripts train the model (a corpus folder: its train split)."
     ),
     out_dir: Path = typer.Option(..., "--out"),
     model_type: str = typer.Option("bpe", "--type", help="bpe | unigram | char"),
@@ -420,9 +420,9 @@ def tokenizer_train(
 ) -> None:
     """Train a sentencepiece model (blank = id 0) on normalised transcripts."""
     from .asr.tokenizer import Tokenizer, train_tokenizer
-    from .data.manifests import cut_text, load_cuts
+    from .data.manifests import cut_text, load_cuts, split_file
 
-    texts = [cut_text(c) for c in load_cuts(cuts)]
+    texts = [cut_text(c) for c in load_cuts(split_file(cuts, "train", "tokenizer train"))]
     path = train_tokenizer(
         [t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size
     )

@@ -35,21 +35,27 @@ def own_corpus(root: Path, per_speaker: int = 4, speakers=SPEAKERS, nested: bool
     return root
 
 
+def prepared_own_corpus(tmp_path: Path, capsys) -> Path:
+    """:func:`own_corpus` prepared with theo held out for test and nicolas for dev."""
+    root = own_corpus(tmp_path)
+    code, _, err = cli_result(
+        capsys, "prepare", "dir", root / "audio", "--transcripts", root / "text.tsv", "--test-speakers", "theo",
+        "--dev-speakers", "nicolas", "--out", tmp_path / "data", "--no-features", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    return tmp_path / "data" / "dir"
+
+
 def _speakers(corpus: Path, split: str) -> set:
     path = corpus / f"cuts_{split}.jsonl.gz"
     return {cut_speaker(c) for c in load_cuts(path)} if path.is_file() else set()
 
 
 def test_prepare_dir_holds_out_named_speakers_and_hashed_shares(tmp_path, capsys):
-    root = own_corpus(tmp_path)
-    code, _, err = cli_result(
-        capsys, "prepare", "dir", root / "audio", "--transcripts", root / "text.tsv", "--test-speakers", "theo",
-        "--dev-speakers", "nicolas", "--out", tmp_path / "named", "--no-features", "--json",
-    )  # fmt: skip
-    assert code == 0, err
-    corpus = tmp_path / "named" / "dir"
+    corpus = prepared_own_corpus(tmp_path, capsys)
     assert _speakers(corpus, "test") == {"theo"} and _speakers(corpus, "dev") == {"nicolas"}
     assert _speakers(corpus, "train") == {"george", "jackson"}
+    root = tmp_path  # own_corpus copied the audio and text.tsv here
     code, _, err = cli_result(
         capsys, "prepare", "dir", root / "audio", "--transcripts", root / "text.tsv", "--test-fraction", "0.5",
         "--out", tmp_path / "hashed", "--no-features", "--json",
@@ -150,3 +156,24 @@ def test_a_sidecar_that_fails_writes_why_to_its_log_not_a_traceback_to_the_paren
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
     assert "Traceback" not in (tmp_path / "float.log").read_text()
+
+
+def test_a_corpus_folder_named_for_training_is_its_train_split_never_its_test(tmp_path, capsys):
+    """`train_cuts=data/mine` or `tokenizer train data/mine` read every split of the folder, test
+    included: training on the test speakers. A folder now stands for its train (dev_cuts: dev) split."""
+    from speechbudget.data.manifests import one_manifest
+    from speechbudget.errors import SpeechBudgetError
+    from speechbudget.train.setup import load_train_cuts
+
+    corpus = prepared_own_corpus(tmp_path, capsys)
+    assert {cut_speaker(c) for c in load_train_cuts(str(corpus))} == {"george", "jackson"}
+    assert {cut_speaker(c) for c in load_train_cuts(str(corpus), "dev_cuts")} == {"nicolas"}
+    code, out, err = cli_result(capsys, "tokenizer", "train", corpus, "--out", tmp_path / "tok", "--json")
+    assert code == 0, err
+    assert json.loads(out)["texts"] == 8  # george's and jackson's four each; not theo's, not nicolas'
+    with pytest.raises(SpeechBudgetError, match="holds 3 splits .*pass one of them"):
+        one_manifest(corpus, "evaluate-retrieval")
+    assert one_manifest(corpus / "cuts_test.jsonl.gz", "x") == corpus / "cuts_test.jsonl.gz"
+    (corpus / "cuts_dev.jsonl.gz").unlink()
+    with pytest.raises(SpeechBudgetError, match="dev_cuts: the corpus folder .* has no dev split"):
+        load_train_cuts(str(corpus), "dev_cuts")

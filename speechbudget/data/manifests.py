@@ -71,6 +71,35 @@ def corpus_files(folder: Path) -> List[Path]:
     raise SpeechBudgetError(f"no cuts_*.jsonl.gz in {folder}; run `speechbudget prepare` first")
 
 
+def split_file(path: Union[str, Path], split: str, what: str) -> Path:
+    """Where one split is meant (``train_cuts=data/fsdd``), a corpus folder stands for its
+    ``cuts_<split>.jsonl.gz`` only: loading the whole folder would train on its test split."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = path / f"cuts_{split}.jsonl.gz"
+    if found.is_file():
+        return found
+    have = [f.name for f in corpus_files(path)]  # a parent of corpora, or no cuts: its own message
+    raise SpeechBudgetError(
+        f"{what}: the corpus folder {path} has no {split} split ({', '.join(have)}); name a file"
+    )
+
+
+def one_manifest(path: Union[str, Path], what: str) -> Path:
+    """A command that scores one set: a corpus folder with one split stands for it; with several,
+    the user names one (a score over train and test together would mean nothing)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    files = corpus_files(path)
+    if len(files) > 1:
+        raise SpeechBudgetError(
+            f"{what}: {path} holds {len(files)} splits ({', '.join(f.name for f in files)}); pass one of them"
+        )
+    return files[0]
+
+
 def load_cuts(path: Union[str, Path]) -> CutSet:
     """A cut manifest, or the ``cuts_<split>.jsonl.gz`` files of a corpus folder."""
     path = Path(path)

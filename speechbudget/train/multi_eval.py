@@ -16,7 +16,7 @@ import torch
 
 from .. import atomic
 from ..config import TrainConfig, from_dict
-from ..data.manifests import load_cuts
+from ..data.manifests import load_cuts, one_manifest
 from ..errors import SpeechBudgetError
 from ..evaluation.abx import abx_per_layer, cut_items
 from ..evaluation.retrieval import embed_pairs, retrieval_report
@@ -74,7 +74,7 @@ def _batches(dataset, cuts, max_duration: float):
 def evaluate_retrieval(exp: Path, cuts_path: Path, bootstrap: int = 1000, seed: int = 0) -> Dict[str, Any]:
     """Recall@1/5/10 both ways with bootstrap 95% CIs; written to ``EXP/retrieval.json``."""
     model, vgs, train, path = load_dual_encoder(exp)
-    cuts = load_cuts(cuts_path).to_eager()
+    cuts = load_cuts(one_manifest(cuts_path, "evaluate-retrieval")).to_eager()
     dataset = make_dataset(model, vgs, with_kmeans=False)
     pairs = embed_pairs(model.heads["vgs"], _batches(dataset, cuts, train.max_duration))
     report = retrieval_report(
@@ -105,7 +105,7 @@ def probe_abx(
     if mode not in ("across", "within"):
         raise SpeechBudgetError(f"--mode must be across or within, got {mode!r}")
     encoder, path = load_encoder(exp)
-    feats, labels, speakers = cut_items(load_cuts(cuts_path))
+    feats, labels, speakers = cut_items(load_cuts(one_manifest(cuts_path, "probe abx")))
     if not feats:
         raise SpeechBudgetError(f"{cuts_path} has no cuts")
     report = abx_per_layer(encoder, feats, labels, speakers, mode=mode, max_per_group=max_per_group)

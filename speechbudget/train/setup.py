@@ -13,7 +13,7 @@ from lhotse import CutSet
 from .. import atomic
 from ..config import TrainConfig, split_csv
 from ..data.dataset import SpeechDataset, make_loader, make_sampler
-from ..data.manifests import cut_speaker, load_cuts, save_manifest, subset_hours
+from ..data.manifests import cut_speaker, load_cuts, save_manifest, split_file, subset_hours
 from ..errors import SpeechBudgetError
 from ..models.base import Encoder
 from ..models.presets import build_encoder
@@ -26,7 +26,8 @@ def load_train_cuts(spec: str, what: str = "train_cuts") -> CutSet:
         raise SpeechBudgetError(
             f"the recipe sets no {what} (a cuts_*.jsonl.gz from `speechbudget prepare` or `kmeans`)"
         )
-    cuts = [load_cuts(p) for p in paths]
+    split = "dev" if what == "dev_cuts" else "train"  # a corpus folder: that split, never its test
+    cuts = [load_cuts(split_file(p, split, what)) for p in paths]
     return cuts[0] if len(cuts) == 1 else CutSet.from_cuts(c for cs in cuts for c in cs)
 
 
