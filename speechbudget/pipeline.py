@@ -900,11 +900,25 @@ class Pipeline:
         i1 = STAGES.index(stop) if stop else len(STAGES) - 1
         if i0 > i1:
             raise SpeechBudgetError(f"--stage {start} comes after --stop-stage {stop}: nothing would run")
+        if start is not None:  # before the lock, which would make the folder of a run that cannot start
+            self._check_upstream(STAGES[i0 : i1 + 1], start)
         with lock_experiment(self.exp):  # a second `run` into this exp_dir stops here, saying who holds it
             try:
                 return self._run_stages(STAGES[i0 : i1 + 1], redo=start)
             finally:
                 self._stop_sidecar()
+
+    def _check_upstream(self, stages: Tuple[str, ...], start: str) -> None:
+        """``--stage START`` skips the stages before it: each stage that will run must find what the
+        skipped ones make (a fresh exp_dir with ``--stage finetune`` has no pretraining to start from)."""
+        needs = {**UPSTREAM, "decode": MODEL_STAGES, "report": ("decode",)}
+        for stage in stages:
+            for up in needs.get(stage, ()) if self.enabled(stage) else ():
+                if self.enabled(up) and up not in stages and self.done(up) is None:
+                    raise SpeechBudgetError(
+                        f"--stage {start}: stage {stage} reads what stage {up} makes, which has not finished in "
+                        f"{self.exp}; run with --stage {up}, or without --stage to run every stage not yet done"
+                    )
 
     def _run_stages(self, stages: Tuple[str, ...], redo: Optional[str]) -> Dict[str, Any]:
         """``stages`` in order, each skipped once done except ``redo``."""

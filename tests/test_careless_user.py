@@ -66,6 +66,22 @@ def test_run_refuses_an_empty_stage_range(tmp_path, capsys):
     assert not (exp / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "stage, missing",
+    [("finetune", "prepare"), ("decode", "finetune"), ("report", "decode"), ("scratch", "prepare")],
+)
+def test_a_stage_started_before_what_it_reads_exists_says_which_stage_to_run(
+    tmp_path, capsys, stage, missing
+):
+    """`run --stage finetune` on a fresh exp_dir started the scratch baseline beside it and then failed
+    with "no pretraining checkpoint"; `--stage decode` blamed decode.sets. Now: which stage to run first,
+    before anything is made."""
+    exp = tmp_path / "exp"
+    code, _, err = cli_result(capsys, "run", QUICKSTART, f"exp_dir={exp}", "--stage", stage)
+    one_line_error(code, err, f"reads what stage {missing} makes, which has not finished in {exp}")
+    assert not exp.exists()
+
+
 def test_pretraining_dev_cuts_without_targets_stop_before_the_first_step(synthetic_corpus, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     exp = tmp_path / "pt"
