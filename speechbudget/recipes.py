@@ -27,6 +27,8 @@ def list_recipes() -> List[Dict[str, str]]:
 
 
 def recipe_path(name: str) -> Path:
+    """A shipped recipe by name; ``fsdd.yaml`` and ``recipes/fsdd.yaml`` (as the docs write it) too."""
+    name = Path(name).name.removesuffix(".yaml").removesuffix(".yml")
     p = RECIPES_DIR / f"{name}.yaml"
     if not p.is_file():
         raise SpeechBudgetError(

@@ -520,3 +520,13 @@ def test_the_folder_above_the_corpora_names_them(synthetic_corpus, tmp_path, cap
     code, _, err = cli_result(capsys, *command[:words], synthetic_corpus, *options)
     one_line_error(code, err, f"{synthetic_corpus} holds corpus folders, not cuts: pass one of them (")
     assert "synthetic" in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_is_found_by_its_file_name_too(tmp_path, capsys):
+    """`recipes copy fsdd.yaml` (or `recipes/fsdd.yaml`, as the docs write recipes) named no recipe."""
+    for name in ("fsdd.yaml", "recipes/fsdd.yaml"):
+        code, out, err = cli_result(capsys, "recipes", "copy", name, tmp_path / name.replace("/", "-"))
+        assert code == 0, err
+    assert (tmp_path / "fsdd.yaml").read_text() == (ROOT / "recipes" / "fsdd.yaml").read_text()
+    code, _, err = cli_result(capsys, "recipes", "copy", "nosuch.yaml", tmp_path / "x")
+    one_line_error(code, err, "no recipe named 'nosuch'")
