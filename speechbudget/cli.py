@@ -359,20 +359,19 @@ def decode(
     if as_json:
         emit_json(results if len(results) > 1 else results[0])
         return
-    for r in results:
-        if r.get("hypotheses") is not None and r["set"] == "audio":  # the user's recordings: what was said
-            t = Table(title=f"transcripts ({method})")
-            t.add_column("audio")
-            t.add_column("text")
-            for h in r["hypotheses"]:
-                t.add_row(h["id"], h["text"])
-            print_table(t)
-            for s in r.get("skipped", []):
-                err.print(f"skipped: {s['error']}")
-    results = [r for r in results if r["set"] != "audio"] or results
-    if all(r.get("hypotheses") is not None for r in results):
-        out.print(f"result files: {results[0]['out_dir']}")
-        return
+    if audio:  # the user's recordings: what was said in each, no WER to show
+        r = results.pop()
+        t = Table(title=f"transcripts ({method})")
+        t.add_column("audio")
+        t.add_column("text")
+        for h in r["hypotheses"]:
+            t.add_row(h["id"], h["text"])
+        print_table(t)
+        for s in r["skipped"]:
+            err.print(f"skipped: {s['error']}")
+        if not results:
+            out.print(f"result files: {r['out_dir']}")
+            return
     t = Table(title=f"WER ({method})")
     for col in ("set", "utts", "WER %", "95% CI", "CER %", "ins", "del", "sub", "words"):
         t.add_column(col, justify="right")

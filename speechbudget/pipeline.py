@@ -775,11 +775,13 @@ class Pipeline:
         corpus = self.labeled_dir
         have = sorted(s for s in ("train", "dev", "test") if cuts_path(corpus, s).is_file())
         section = "labeled" if self.r.labeled is not None else "prepare"
-        hold_out = (
-            f"hold speakers out with {section}.test_speakers (or {section}.test_fraction)"
-            if (self.r.labeled or self.r.prepare).source in ("dir", "fsdd", "commonvoice")
-            else f"prepare it in {section}"
-        )
+        keys = {
+            "dir": ("test_speakers", "test_fraction"),
+            "fsdd": ("test_speakers",),
+            "commonvoice": ("test_fraction",),
+        }
+        named = [f"{section}.{k}" for k in keys.get((self.r.labeled or self.r.prepare).source, ())]
+        hold_out = f"hold speakers out with {' or '.join(named)}" if named else f"prepare it in {section}"
         decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
         for split in decoded if self.enabled("decode") else []:
             if split not in have:
