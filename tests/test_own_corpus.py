@@ -177,3 +177,18 @@ def test_a_corpus_folder_named_for_training_is_its_train_split_never_its_test(tm
     (corpus / "cuts_dev.jsonl.gz").unlink()
     with pytest.raises(SpeechBudgetError, match="dev_cuts: the corpus folder .* has no dev split"):
         load_train_cuts(str(corpus), "dev_cuts")
+
+
+def test_train_hours_above_what_the_cuts_hold_is_said_not_silent(tmp_path, capsys, caplog):
+    """The quickstart's train_hours 0.167 on a smaller corpus took every cut without a word."""
+    from speechbudget.data.manifests import subset_hours
+
+    corpus = prepared_own_corpus(tmp_path, capsys)
+    cuts = load_cuts(corpus / "cuts_train.jsonl.gz").to_eager()
+    with caplog.at_level("WARNING"):
+        assert len(subset_hours(cuts, 0.167, seed=0)) == len(cuts)
+    assert "train_hours is 0.167 h but the cuts hold only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert 0 < len(subset_hours(cuts, 1e-4, seed=0)) < len(cuts)
+    assert "train_hours" not in caplog.text

@@ -9,6 +9,7 @@ the last one written, so its presence means the split is complete), ``rejected_<
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Sequence, Union
@@ -18,6 +19,8 @@ from lhotse import CutSet, load_manifest_lazy
 from .. import atomic
 from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
+
+log = logging.getLogger(__name__)
 
 
 def save_manifest(manifest: Any, path: Path) -> None:
@@ -131,4 +134,8 @@ def subset_hours(cuts: CutSet, hours: float, seed: int, key: str = "train_hours"
             break
         picked.append(c)
         total += c.duration
+    if total < hours * 3600:  # the recipe asked for more than there is: say so, or the run looks cut down
+        log.warning(
+            "%s is %g h but the cuts hold only %.4g h: training on all of them", key, hours, total / 3600
+        )
     return CutSet.from_cuts(picked).to_eager()
