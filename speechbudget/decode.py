@@ -48,7 +48,9 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     if state.get("stage") not in (None, "finetune"):
         raise SpeechBudgetError(f"{ck} is a {state.get('stage')} checkpoint; decode a fine-tuned (CTC) one")
     if (state.get("config") or {}).get("task") == "classify":
-        raise SpeechBudgetError(f"{ck} is a classifier; score it with `speechbudget evaluate`")
+        raise SpeechBudgetError(
+            f"{ck} is a classifier: score cut sets with `speechbudget evaluate`, audio files with `speechbudget predict`"
+        )
     tok_path = exp / "tokenizer" / "tokenizer.model"
     if not tok_path.is_file():
         raise SpeechBudgetError(f"no tokenizer at {tok_path}; decode the fine-tuning experiment folder")
