@@ -947,11 +947,11 @@ class Pipeline:
                 self.log(f"[{where}{stage}] done already (delete {self.marker(stage)} to redo)")
                 results[stage] = prior
                 continue
+            if stage != "prepare":
+                self.check_labeled()
             if not tts_ready and stage in ("kmeans", "pretrain", "finetune", "scratch"):
                 self._prepare_tts()  # before the scratch baseline may start alongside, which reads it
                 tts_ready = True
-            if stage != "prepare":
-                self.check_labeled()
             if stage in ("kmeans", "pretrain", "finetune") and self._sidecar is None:
                 self._start_scratch_alongside(stages)
             if stage == "scratch" and self._sidecar is not None:
