@@ -104,7 +104,14 @@ def test_pretraining_dev_cuts_without_targets_stop_before_the_first_step(synthet
     code, _, err = cli_result(capsys, "pretrain", recipe)
     one_line_error(code, err, "dev_cuts")
     assert "has no k-means labels" in err
-    assert not list(exp.glob("checkpoints/*.pt"))  # not one step trained
+    assert not exp.exists()  # not one step trained, and no empty run folder left behind
+    # the prepared corpus named as train_cuts (not what `kmeans` wrote): the same, before any folder
+    data = yaml.safe_load(recipe.read_text())
+    data["pretrain"].update(train_cuts=data["pretrain"].pop("dev_cuts"))
+    recipe.write_text(yaml.safe_dump(data))
+    code, _, err = cli_result(capsys, "pretrain", recipe)
+    one_line_error(code, err, "has no k-means labels (custom['kmeans']); make them with `speechbudget kmeans")
+    assert not exp.exists()
 
 
 def test_a_law_is_not_fitted_on_pilots_that_cannot_identify_it():

@@ -33,6 +33,19 @@ def count_clusters(cuts) -> int:
     return k
 
 
+def check_first_labels(cfg: TrainConfig) -> None:
+    """The first cut of ``train_cuts`` (and ``dev_cuts``) carries k-means labels: naming the prepared
+    corpus instead of what `kmeans` wrote is the usual slip, caught before the run's folder is made."""
+    for spec, what in ((cfg.train_cuts, "train_cuts"), (cfg.dev_cuts, "dev_cuts")):
+        first = next(iter(load_train_cuts(spec, what)), None) if spec else None
+        if first is None:
+            continue
+        try:
+            read_labels(first)
+        except SpeechBudgetError as e:
+            raise SpeechBudgetError(str(e) if what == "train_cuts" else f"dev_cuts {spec}: {e}") from None
+
+
 def build_model(cfg: TrainConfig, num_clusters: int) -> HubertModel:
     h = cfg.hubert
     return HubertModel(
@@ -52,6 +65,7 @@ def pretrain(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
     lock = None
     try:
         check_train_inputs(cfg)
+        check_first_labels(cfg)
         lock = claim_exp_dir(cfg.exp_dir)  # before anything is written there
         cuts = training_cuts(cfg, dist.is_main)  # lazy unless cut down: 60k hours need not fit in memory
         seen = count_clusters(cuts)
