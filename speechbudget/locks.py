@@ -37,6 +37,8 @@ class FolderLock:
     def __init__(self, folder: Union[str, Path], what: str = "experiment folder"):
         self.folder = Path(folder)
         self.key: Optional[str] = None
+        #: this lock made the folder: if the holder leaves nothing in it, releasing removes it again
+        self.made = not self.folder.exists()
         if not _is_main_rank():
             return
         from .atomic import check_writable
@@ -85,6 +87,8 @@ class FolderLock:
             _held[key] = (f, n - 1)
             return
         del _held[key]
+        if self.made and _holds_nothing(self.folder):  # a run that stopped before writing anything
+            _remove_empty(self.folder)  # leaves no folder behind that looks like a run (still locked)
         f.close()  # closing the only descriptor drops the flock
 
     def __enter__(self) -> FolderLock:
@@ -103,6 +107,23 @@ def _describe(text: str) -> str:
         return f"pid {info['pid']} on {info['host']} since {info['started']} (command: {info['command']})"
     except (ValueError, KeyError, TypeError):
         return "another process"
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Only the lock file and empty folders below ``folder``."""
+    return all(p.is_dir() or p.name == LOCK_NAME for p in folder.rglob("*")) and not any(
+        p.is_symlink() for p in folder.rglob("*")
+    )
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            d.rmdir()
+        folder.rmdir()
+    except OSError:  # something appeared meanwhile: it stays
+        pass
 
 
 def lock_experiment(exp_dir: Union[str, Path]) -> FolderLock:

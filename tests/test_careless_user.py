@@ -537,3 +537,25 @@ def test_a_recipe_is_found_by_its_file_name_too(tmp_path, capsys):
     assert (tmp_path / "fsdd.yaml").read_text() == (ROOT / "recipes" / "fsdd.yaml").read_text()
     code, _, err = cli_result(capsys, "recipes", "copy", "nosuch.yaml", tmp_path / "x")
     one_line_error(code, err, "no recipe named 'nosuch'")
+
+
+def test_a_run_that_stops_before_writing_leaves_no_folder_but_keeps_one_it_did_not_make(tmp_path):
+    """A training command refused after it locked its exp_dir left the folder, its lock and an empty
+    checkpoints/ behind, which looks like a run; a folder that was there before is never removed."""
+    from speechbudget.locks import lock_experiment
+
+    fresh = tmp_path / "fresh"
+    lock = lock_experiment(fresh)
+    (fresh / "checkpoints").mkdir()
+    lock.release()
+    assert not fresh.exists()
+    wrote = tmp_path / "wrote"
+    lock = lock_experiment(wrote)
+    (wrote / "checkpoints").mkdir()
+    (wrote / "cost.json").write_text("{}")
+    lock.release()
+    assert (wrote / "cost.json").is_file()
+    before = tmp_path / "before"
+    before.mkdir()
+    lock_experiment(before).release()
+    assert before.is_dir()
