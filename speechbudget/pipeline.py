@@ -740,9 +740,7 @@ class Pipeline:
         """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary after each fold."""
         from .folds import speaker_folds, summarize, summary_lines, write_fold, write_summary
 
-        test = sorted({cut_speaker(c) for c in self._labeled_splits("test")})
-        # every labelled speaker but the test speakers (also when a corpus has them in train or dev)
-        cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
+        cuts, test = self._fold_cuts()
         rows: List[Dict[str, Any]] = []
         for fold in speaker_folds(cuts, self.r.fold_seeds):
             seed = self.r.seed + fold.repeat
@@ -765,6 +763,13 @@ class Pipeline:
         for line in summary_lines(summary):
             self.log(f"[folds] {line}")
         return summary
+
+    def _fold_cuts(self) -> Tuple[CutSet, List[str]]:
+        """The cuts the folds split by speaker, and the test speakers they leave out: every labelled
+        speaker but the test speakers (also when a corpus has them in train or dev)."""
+        test = sorted({cut_speaker(c) for c in self._labeled_splits("test")})
+        cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
+        return cuts, test
 
     def check_labeled(self) -> None:
         """What fine-tuning and decoding will read, checked as soon as the data is prepared: a missing
@@ -795,6 +800,10 @@ class Pipeline:
                 f"fine-tuning reads {train}, which the prepared data lacks (the labelled corpus has "
                 f"{', '.join(have) or 'no splits'}): give it a train split, or set finetune.train_cuts"
             )
+        if self.r.folds:  # two speakers at least, each cut with one: now, not after the pretraining
+            from .folds import speaker_folds
+
+            speaker_folds(self._fold_cuts()[0])
         wanted = (self.raw.get("finetune") or {}).get("train_speakers")
         if wanted is not None and not self.r.folds:
             speakers = {cut_speaker(c) for c in _cuts(train)}

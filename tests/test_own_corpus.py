@@ -113,18 +113,24 @@ def _recipe(tmp_path: Path, labeled: dict, **finetune) -> Path:
 
 
 @pytest.mark.parametrize(
-    "labeled, finetune, expect",
+    "labeled, finetune, args, expect",
     [
-        ({}, {}, "decode.sets names test, but the labelled corpus"),
-        ({"test_speakers": ["theo"]}, {"train_speakers": 5}, "finetune.train_speakers is 5, but"),
+        ({}, {}, [], "decode.sets names test, but the labelled corpus"),
+        ({"test_speakers": ["theo"]}, {"train_speakers": 5}, [], "finetune.train_speakers is 5, but"),
+        (
+            {"test_speakers": ["theo", "nicolas", "jackson"]},
+            {"train_speakers": None},
+            ["--folds", "speakers"],
+            "folds need at least 2 labelled speakers besides the test speakers (found ['george'])",
+        ),
     ],
 )
 def test_a_run_whose_labelled_data_cannot_be_used_stops_after_prepare(
-    tmp_path, capsys, labeled, finetune, expect
+    tmp_path, capsys, labeled, finetune, args, expect
 ):
     recipe = _recipe(tmp_path, labeled, **finetune)
     tiny = [a for a in TINY if not a.startswith("prepare.") and "train_hours" not in a]
-    code, _, err = cli_result(capsys, "run", recipe, *tiny)
+    code, _, err = cli_result(capsys, "run", recipe, *tiny, *args)
     one_line_error(code, err, expect)
     exp = tmp_path / "exp"
     assert (exp / ".stages" / "prepare.json").is_file()
