@@ -322,7 +322,7 @@ def decode(
     cuts: List[Path] = typer.Argument(
         ...,
         help="One or more cut manifests to decode; a corpus folder: each of its splits. Audio files or "
-        "folders of them (never prepared) are transcribed.",
+        "folders of them (never prepared) are transcribed; a folder's subfolders are its speakers.",
     ),
     method: str = typer.Option(
         "greedy",

@@ -198,3 +198,22 @@ def test_train_hours_above_what_the_cuts_hold_is_said_not_silent(tmp_path, capsy
     with caplog.at_level("WARNING"):
         assert 0 < len(subset_hours(cuts, 1e-4, seed=0)) < len(cuts)
     assert "train_hours" not in caplog.text
+
+
+def test_recordings_to_transcribe_carry_their_speaker_folder(tmp_path):
+    """`decode MODEL recordings/` normalises each speaker's mean when the model was fine-tuned with
+    `ctc.speaker_cmn`: below a folder the speaker is its first subfolder (as `prepare dir` reads it); a
+    file given alone, or loose in the folder, is a speaker of its own, never pooled with strangers."""
+    from speechbudget.data.audio import memory_cuts
+
+    root = own_corpus(tmp_path, per_speaker=2, speakers=("george", "theo"))
+    audio = root / "audio"
+    shutil.copy(FSDD / "5_jackson_3.wav", audio / "loose.wav")
+    alone = FSDD / "7_nicolas_1.wav"
+    cuts, skipped = memory_cuts([audio, alone])
+    assert not skipped and len(cuts) == 6
+    speaker = {Path(c.recording_id).name: cut_speaker(c) for c in cuts}
+    assert speaker["0_george_0.wav"] == speaker["1_george_0.wav"] == str(audio / "george")
+    assert speaker["0_theo_0.wav"] == str(audio / "theo")
+    assert speaker["loose.wav"] == str(audio / "loose.wav") and speaker[alone.name] == str(alone)
+    assert all(c.duration > 0.1 and c.supervisions[0].text is None for c in cuts)

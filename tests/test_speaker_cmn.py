@@ -4,12 +4,13 @@ and in decoding, on real FSDD recordings."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_fsdd
+from conftest import FSDD, copy_fsdd
 from lhotse import CutSet
 from test_finetune_decode import run
 
@@ -98,6 +99,15 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
         run(capsys, "decode", tmp_path / "ft", fsdd_data / "cuts_test.jsonl.gz", "--json").out
     )
     assert summary["speaker_cmn_speakers"] == 1 and not summary["speaker_cvn"]  # nicolas, his own test cuts
+    # recordings never prepared: each speaker folder normalised on its own, a loose file by itself
+    rec = tmp_path / "rec"
+    for spk, names in (("anna", ("0_theo_0.wav", "1_theo_0.wav")), ("ben", ("2_jackson_0.wav",))):
+        (rec / spk).mkdir(parents=True)
+        for name in names:
+            shutil.copy(FSDD / name, rec / spk / name)
+    shutil.copy(FSDD / "3_george_0.wav", rec / "loose.wav")
+    summary = json.loads(run(capsys, "decode", tmp_path / "ft", rec, "--json").out)
+    assert summary["set"] == "audio" and summary["utterances"] == 4 and summary["speaker_cmn_speakers"] == 3
 
     # with the spreads too: the target keeps them and decoding scales by them
     section["ctc"]["speaker_cvn"] = True

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 import torch
-from lhotse import CutSet, Recording
+from lhotse import CutSet, Recording, SupervisionSegment
 
 from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
@@ -50,17 +50,26 @@ def read_audio(path: Path) -> torch.Tensor:
 
 def audio_files(paths: Sequence[Path]) -> List[Path]:
     """The files as given, each folder replaced by the audio files below it (sorted)."""
+    return [f for f, _ in speaker_files(paths)]
+
+
+def speaker_files(paths: Sequence[Path]) -> List[Tuple[Path, str]]:
+    """(file, speaker) for the files as given and the audio files below each folder (sorted). Below a
+    folder the speaker is the first folder under it, as ``prepare dir`` reads it; a file given alone,
+    or lying in the folder itself, is a speaker of its own (its speaker is unknown: never pooled)."""
     from .sources.folder import AUDIO_SUFFIXES
 
-    out: List[Path] = []
+    out: List[Tuple[Path, str]] = []
     for p in map(Path, paths):
         if not p.is_dir():
-            out.append(p)
+            out.append((p, str(p)))
             continue
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
         if not found:
             raise SpeechBudgetError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {p}")
-        out += found
+        for f in found:
+            rel = f.relative_to(p)
+            out.append((f, str(p / rel.parts[0]) if len(rel.parts) > 1 else str(f)))
     return out
 
 
@@ -78,10 +87,11 @@ def is_audio_input(path: Path) -> bool:
 
 
 def memory_cuts(paths: Sequence[Path]) -> Tuple[CutSet, List[Tuple[Path, str]]]:
-    """Audio files (or folders of them) that were never prepared, as 16 kHz mono cuts held in memory,
-    and the files that could not be read with why: what decoding a user's recordings reads."""
+    """Audio files (or folders of them) that were never prepared, as 16 kHz mono cuts held in memory
+    with their speaker (:func:`speaker_files`), and the files that could not be read with why: what
+    decoding a user's recordings reads."""
     cuts, skipped = [], []
-    for path in audio_files(paths):
+    for path, speaker in speaker_files(paths):
         try:
             wave = read_audio(path).numpy()
         except SpeechBudgetError as e:
@@ -89,7 +99,10 @@ def memory_cuts(paths: Sequence[Path]) -> Tuple[CutSet, List[Tuple[Path, str]]]:
             continue
         buf = io.BytesIO()
         sf.write(buf, wave, SAMPLE_RATE, format="WAV", subtype="FLOAT")
-        cuts.append(Recording.from_bytes(buf.getvalue(), recording_id=str(path)).to_cut())
+        rec = Recording.from_bytes(buf.getvalue(), recording_id=str(path))
+        cut = rec.to_cut()  # a supervision without text: who speaks, for per-speaker normalisation
+        cut.supervisions = [SupervisionSegment(cut.id, rec.id, 0.0, rec.duration, speaker=speaker)]
+        cuts.append(cut)
     return CutSet.from_cuts(cuts), skipped
 
 
