@@ -572,23 +572,24 @@ def _render_stage_times(times: Dict[str, float]) -> None:
 def _render_wer_summary(results: Dict[str, Any]) -> None:
     """The run's last word: WER per fine-tuned model and test set, with the compute behind it."""
     rows = {r.get("name"): r for r in (results.get("report") or {}).get("rows", [])}
-    decoded = results["decode"].values()
-    if decoded and all("accuracy" in r or "mAP" in r for r in decoded):  # classification: not WER
-        metrics = {"accuracy" if "accuracy" in r else "mAP" for r in decoded}  # mAP: multi-label
+    from .report import score
+
+    scores = {key: score(r, "accuracy") for key, r in results["decode"].items()}
+    if scores and None not in scores.values():  # a classification run: accuracy (mAP multi-label), not WER
+        metrics = {found[2] for found in scores.values()}
         name = " / ".join(sorted(metrics))
         t = Table(title=f"{name} (the full table: report/report.md)")
         for col in ("model", "set", "total FLOPs", f"{name} %", "95% CI", "macro-F1"):
             t.add_column(col, justify="left" if col in ("model", "set") else "right")
         for key, r in results["decode"].items():
             model, _ = key.split("/", 1)
-            metric = "accuracy" if "accuracy" in r else "mAP"
-            ci = r.get(f"{metric}_ci")
+            value, ci, metric = scores[key]
             t.add_row(
                 model,
                 r["set"],
                 _flops(rows.get(model, {}).get("total_flops")),
-                f"{100 * r[metric]:.1f}" + ("" if len(metrics) == 1 else f" ({metric})"),
-                f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-",
+                f"{value:.1f}" + ("" if len(metrics) == 1 else f" ({metric})"),
+                f"{ci[0]:.1f}-{ci[1]:.1f}" if r.get(f"{metric}_ci") else "-",
                 "-" if r.get("macro_f1") is None else f"{r['macro_f1']:.3f}",
             )
         print_table(t)

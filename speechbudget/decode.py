@@ -19,7 +19,7 @@ from .asr.text import normalize_text
 from .asr.tokenizer import Tokenizer
 from .config import split_csv
 from .data import speaker_cmn
-from .data.audio import memory_cuts
+from .data.audio import memory_cuts, none_read
 from .data.dataset import make_loader
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
@@ -143,10 +143,7 @@ def decode_audio(
     loaded = load_ctc_model(model_path, device_option(device))
     cuts, skipped = memory_cuts(audio)
     if len(cuts) == 0:
-        first = skipped[0][1]
-        raise SpeechBudgetError(
-            first if len(skipped) == 1 else f"none of the {len(skipped)} files read: {first}"
-        )
+        raise none_read([why for _, why in skipped])
     summary = _decode_cuts(loaded, cuts, "audio", out_dir, method, beam_size, max_duration, lexicon)
     summary["skipped"] = [{"audio": str(p), "error": why} for p, why in skipped]
     return summary

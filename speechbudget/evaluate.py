@@ -20,7 +20,7 @@ from lhotse.dataset import SimpleCutSampler
 
 from . import atomic, progress
 from .config import ClassifyConfig, from_dict
-from .data.audio import audio_files, read_audio
+from .data.audio import audio_files, none_read, read_audio
 from .data.dataset import make_loader
 from .data.labels import VOCAB_FILE, LabelVocabulary, label_transform, load_vocabulary
 from .data.manifests import load_cuts
@@ -152,7 +152,7 @@ def predict(
     results: List[Dict[str, Any]] = []
     for path in files:
         try:
-            wave = read_audio(Path(path))
+            wave = read_audio(path)
         except SpeechBudgetError as e:  # skipped and reported, the other files still scored
             results.append({"audio": str(path), "error": str(e)})
             continue
@@ -172,10 +172,7 @@ def predict(
             }
         )
     if all("error" in r for r in results):
-        first = results[0]["error"]
-        raise SpeechBudgetError(
-            first if len(results) == 1 else f"none of the {len(results)} files read: {first}"
-        )
+        raise none_read([r["error"] for r in results])
     return results
 
 

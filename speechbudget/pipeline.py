@@ -780,12 +780,10 @@ class Pipeline:
         corpus = self.labeled_dir
         have = sorted(s for s in ("train", "dev", "test") if cuts_path(corpus, s).is_file())
         section = "labeled" if self.r.labeled is not None else "prepare"
-        keys = {
-            "dir": ("test_speakers", "test_fraction"),
-            "fsdd": ("test_speakers",),
-            "commonvoice": ("test_fraction",),
-        }
-        named = [f"{section}.{k}" for k in keys.get((self.r.labeled or self.r.prepare).source, ())]
+        from .data.sources import get_source, option_names
+
+        options = option_names(get_source((self.r.labeled or self.r.prepare).source))  # the source registry's
+        named = [f"{section}.{k}" for k in ("test_speakers", "test_fraction") if k in options]
         hold_out = f"hold speakers out with {' or '.join(named)}" if named else f"prepare it in {section}"
         decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
         for split in decoded if self.enabled("decode") else []:

@@ -372,12 +372,12 @@ def accuracy_keys(rows: List[Dict[str, Any]]) -> List[str]:
 
 def _accuracy_cell(d: Optional[Dict[str, Any]]) -> str:
     """Accuracy in % (mAP for multi-label) with its 95% interval."""
-    key = "accuracy" if d and d.get("accuracy") is not None else "mAP"
-    if not d or d.get(key) is None:
+    found = score(d, "accuracy")
+    if found is None:
         return "-"
-    ci = d.get(f"{key}_ci")
-    cell = f"{100 * d[key]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-    return cell if key == "accuracy" else f"mAP {cell}"
+    value, ci, name = found
+    cell = f"{value:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if d.get(f"{name}_ci") else "")
+    return cell if name == "accuracy" else f"mAP {cell}"
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -627,8 +627,10 @@ def _readable_ticks(ax) -> None:
         t.set(rotation=angle, ha="right", va="top" if angle == 30 else "center", rotation_mode="anchor")
 
 
-def _score(d: Optional[Dict[str, Any]], metric: str) -> Optional[Tuple[float, List[float], str]]:
-    """(value %, [low, high] %, name) of one result: WER, or accuracy (mAP for multi-label)."""
+def score(d: Optional[Dict[str, Any]], metric: str) -> Optional[Tuple[float, List[float], str]]:
+    """(value %, [low, high] %, name) of one decode or evaluate result: ``metric`` "wer" its WER,
+    "accuracy" its accuracy or, for a multi-label classifier, its mAP (the interval is the value
+    itself when none was computed); None when it has no such number."""
     if not d:
         return None
     if metric == "wer":
@@ -651,11 +653,8 @@ def plot_wer_vs_compute(rows: List[Dict[str, Any]], keys: List[str], path: Path,
     fig, (ax,) = _figure(7.5, 4.5)
     series = []
     for key in keys:
-        pts = [
-            (r["total_flops"], _score((r.get(metric) or {}).get(key), metric), r["name"])
-            for r in rows
-            if r["total_flops"] and _score((r.get(metric) or {}).get(key), metric) is not None
-        ]
+        scored = ((r, score((r.get(metric) or {}).get(key), metric)) for r in rows if r["total_flops"])
+        pts = [(r["total_flops"], found, r["name"]) for r, found in scored if found is not None]
         if pts:
             series.append((key, pts))
     xs = [p[0] for _, pts in series for p in pts]

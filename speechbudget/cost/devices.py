@@ -270,7 +270,7 @@ def measure_cpu_peak(
     n = _pick_matmul_size(torch_dtype, seconds)
     peak = max(_time_matmuls(torch_dtype, n, seconds), float(cached or 0.0))
     if cache is not None:
-        data = _read_cache(cache)
+        data = _read_cache(cache)  # again: another process may have stored a key while this one timed
         data[entry] = peak
         atomic.write_json(cache, data, sort_keys=True)
     return peak

@@ -86,6 +86,13 @@ def is_audio_input(path: Path) -> bool:
     return any(f.suffix.lower() in AUDIO_SUFFIXES for f in path.rglob("*"))
 
 
+def none_read(errors: Sequence[str]) -> SpeechBudgetError:
+    """The error when not one of the files a user named could be read (one file: its own reason)."""
+    return SpeechBudgetError(
+        errors[0] if len(errors) == 1 else f"none of the {len(errors)} files read: {errors[0]}"
+    )
+
+
 def memory_cuts(paths: Sequence[Path]) -> Tuple[CutSet, List[Tuple[Path, str]]]:
     """Audio files (or folders of them) that were never prepared, as 16 kHz mono cuts held in memory
     with their speaker (:func:`speaker_files`), and the files that could not be read with why: what

@@ -68,12 +68,16 @@ class FolderOptions:
     )
 
 
+def _held_out(opts: FolderOptions) -> bool:
+    """Whether any speakers are held out, by name or by share."""
+    return bool(opts.test_speakers or opts.dev_speakers) or opts.dev_fraction > 0 or opts.test_fraction > 0
+
+
 def _speaker_split(opts: FolderOptions) -> Callable[[Optional[str]], str]:
     """speaker -> split: held-out speakers by name or hashed share, everyone else ``opts.split``."""
-    named = list(opts.test_speakers) + list(opts.dev_speakers)
     speaker_splits.check_named(opts.test_speakers, opts.dev_speakers)
     speaker_splits.check_fractions(opts.dev_fraction, opts.test_fraction)
-    held_out = bool(named) or opts.dev_fraction > 0 or opts.test_fraction > 0
+    held_out = _held_out(opts)
     if held_out and opts.labels == "folders":
         raise SpeechBudgetError(
             "labels: folders makes the first folder the class, not the speaker: hold out test audio with "
@@ -146,7 +150,7 @@ def find_items(opts: FolderOptions, ctx: FindContext) -> List[SourceItem]:
             )
     speakers = {item.speaker for item in items if item.speaker is not None}
     named = list(opts.test_speakers) + list(opts.dev_speakers)
-    if (named or opts.dev_fraction or opts.test_fraction) and not speakers:
+    if _held_out(opts) and not speakers:
         raise SpeechBudgetError(
             f"no speaker folders under {root}: speaker splits read the speaker from the first folder "
             "(PATH/<speaker>/...); put each speaker's files in a folder, or prepare each split with split"
