@@ -115,7 +115,7 @@ def test_bad_plan_arguments_are_clear_errors():
 def test_synthesize_writes_16k_mono_deterministic_wav(specs, tmp_path):
     spec = specs[0]
     path = synthesize(spec, tmp_path / "a")
-    assert path == tmp_path / "a" / spec.split / f"{spec.id}.wav"
+    assert path.parent == tmp_path / "a" / spec.split and path.name.startswith(f"{spec.id}-")
     info = sf.info(path)
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     assert 0.2 * len(spec.text.split()) <= info.duration <= 0.8 * len(spec.text.split()) + 1
@@ -123,12 +123,34 @@ def test_synthesize_writes_16k_mono_deterministic_wav(specs, tmp_path):
     assert not list(path.parent.glob("*.tmp"))
 
 
-def test_synthesize_skips_existing_files(specs, tmp_path):
-    path = tmp_path / specs[1].split / f"{specs[1].id}.wav"
-    path.parent.mkdir(parents=True)
+def test_synthesize_skips_existing_files_of_the_same_options_only(specs, tmp_path):
+    path = synthesize(specs[1], tmp_path)
     path.write_bytes(b"already here")
-    assert synthesize(specs[1], tmp_path) == path
+    assert synthesize(specs[1], tmp_path) == path  # resumed: the file is not made again
     assert path.read_bytes() == b"already here"
+    # other words, noise or trimming never reuse it (prepare --force with new options redoes the audio)
+    other = [
+        synthesize(replace(specs[1], text="four four"), tmp_path),
+        synthesize(specs[1], tmp_path, noise_dir=NOISE_DIR, snr_db=10.0),
+        synthesize(specs[1], tmp_path, noise_dir=NOISE_DIR, snr_db=20.0),
+        synthesize(specs[1], tmp_path, silence=0.02),
+    ]
+    assert len({path, *other}) == 5 and all(p.read_bytes() != b"already here" for p in other)
+
+
+def test_trimming_keeps_the_words_and_the_asked_silence(specs, tmp_path):
+    spec = replace(specs[0], text="seven")
+    whole = _read(synthesize(spec, tmp_path))
+    trimmed = _read(synthesize(spec, tmp_path, silence=0.02))
+    # espeak-ng ends a clip with ~0.3 s of silence; trimmed, 20 ms are left at each end
+    assert len(whole) - len(trimmed) > 0.2 * synthetic.SAMPLE_RATE
+    loud = np.flatnonzero(np.abs(trimmed) > np.abs(trimmed).max() * 10 ** (-synthetic.SILENCE_FLOOR_DB / 20))
+    keep = round(0.02 * synthetic.SAMPLE_RATE)
+    assert loud[0] <= keep and len(trimmed) - 1 - loud[-1] <= keep
+    assert abs(np.sum(trimmed**2) - np.sum(whole**2)) < 1e-3 * np.sum(whole**2)  # all the speech is kept
+    assert len(_read(synthesize(spec, tmp_path, silence=0.0))) < len(trimmed)
+    with pytest.raises(SpeechBudgetError, match="0 s or more"):
+        synthetic.trim_silence(whole, -0.1)
 
 
 def test_duration_estimate_is_close_to_real_duration(specs):

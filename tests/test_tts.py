@@ -65,10 +65,19 @@ def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, caps
     freqs = np.fft.rfftfreq(len(audio), 1 / rate)
     assert rate == 16000 and 0.2 < len(audio) / rate < 3
     assert spectrum[freqs > 4200].sum() < 1e-3 * spectrum.sum()
+    # --silence 0.02: cut close to the words like FSDD, which espeak-ng's ~0.3 s pause at the end is not;
+    # a re-run with the new option and --force makes new audio rather than reusing the old files
+    code, out, err = cli_result(capsys, *args, "--silence", "0.02", "--force", "--out", tmp_path, "--json")
+    assert code == 0, err
+    trimmed = load_cuts(tts).to_eager()
+    assert {c.supervisions[0].text for c in trimmed} == {c.supervisions[0].text for c in cuts}
+    saved = sum(c.duration for c in cuts) - sum(c.duration for c in trimmed)
+    assert saved > 0.2 * len(cuts), saved
     for bad, message in (
         ([], "needs --transcripts"),
         (["--transcripts", tmp_path / "missing.jsonl.gz"], "not found"),
         (["--transcripts", fsdd / "0_george_0.wav"], "not a lhotse"),
+        (["--transcripts", real, "--silence", "-1"], "silence must be 0 s or more"),
     ):
         code, _, err = cli_result(capsys, "prepare", "tts", *bad, "--out", tmp_path, "--name", "bad")
         assert code == 2 and message in err and "Traceback" not in err

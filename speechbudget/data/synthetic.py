@@ -33,6 +33,7 @@ GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
 #: 11 words: a task a CPU learns in minutes)
 GRAMMARS = {"sentences": GRAMMAR_DIR, "digits": GRAMMAR_DIR.parent / "synthetic-digits"}
 SAMPLE_RATE = 16000
+SILENCE_FLOOR_DB = 50.0  # below the peak: espeak-ng's pauses are digital silence
 MIN_WORDS, MAX_WORDS = 4, 14
 
 # espeak-ng variants that sound like a person; the others are robots, whispers, croaks or effects,
@@ -511,18 +512,48 @@ def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
         sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
+def trim_silence(audio: np.ndarray, keep_s: float, floor_db: float = SILENCE_FLOOR_DB) -> np.ndarray:
+    """Cut the ends quieter than `floor_db` under the peak, keeping `keep_s` seconds at each end.
+
+    espeak-ng ends every clip with ~0.3 s of digital silence; a corpus cut close to its words (FSDD)
+    has none, and synthetic copies of it should not teach the model words followed by a pause."""
+    if keep_s < 0:
+        raise SpeechBudgetError(f"the silence kept at each end must be 0 s or more, got {keep_s}")
+    loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-floor_db / 20))
+    if loud.size == 0:
+        return audio
+    keep = round(keep_s * SAMPLE_RATE)
+    return audio[max(loud[0] - keep, 0) : loud[-1] + 1 + keep]
+
+
+def _audio_key(
+    spec: UtteranceSpec, noise_dir: Path | None, snr_db: float | None, silence: float | None
+) -> str:
+    """Eight hex digits of everything that shapes the wav: a re-run with other words, voices, noise or
+    trimming writes new files instead of reusing ones made under other options."""
+    noise = str(Path(noise_dir).resolve()) if noise_dir is not None else None
+    return f"{_stable_seed(repr(spec), noise, snr_db, silence):08x}"
+
+
 def synthesize(
-    spec: UtteranceSpec, out_dir: Path, noise_dir: Path | None = None, snr_db: float | None = None
+    spec: UtteranceSpec,
+    out_dir: Path,
+    noise_dir: Path | None = None,
+    snr_db: float | None = None,
+    silence: float | None = None,
 ) -> Path:
-    """Write `out_dir/<split>/<id>.wav` (16 kHz mono 16-bit) and return its path; skip if it exists."""
+    """Write `out_dir/<split>/<id>-<key>.wav` (16 kHz mono 16-bit) and return its path; skip if it
+    exists. `silence`: seconds kept at each end (None: as espeak-ng speaks, ~0.3 s at the end)."""
     if (noise_dir is None) != (snr_db is None):
         raise SpeechBudgetError("noise needs both a noise folder and snr_db (or neither for clean speech)")
     if noise_dir is not None:
         _noise_files(Path(noise_dir))  # a bad folder is an error even when the wav is already there
-    path = Path(out_dir) / spec.split / f"{spec.id}.wav"
+    path = Path(out_dir) / spec.split / f"{spec.id}-{_audio_key(spec, noise_dir, snr_db, silence)}.wav"
     if path.is_file():
         return path
     audio = speak(spec)
+    if silence is not None:
+        audio = trim_silence(audio, silence)
     if noise_dir is not None:
         audio = mix_noise(audio, Path(noise_dir), snr_db, spec.seed)
     _write_wav_atomic(path, audio)

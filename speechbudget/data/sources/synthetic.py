@@ -32,13 +32,19 @@ def find_items(opts: SyntheticOptions, ctx: FindContext) -> List[SourceItem]:
 
 
 def spoken_items(
-    specs: List[UtteranceSpec], noise_dir: Optional[Path], snr: float, ctx: FindContext
+    specs: List[UtteranceSpec],
+    noise_dir: Optional[Path],
+    snr: float,
+    ctx: FindContext,
+    silence: Optional[float] = None,
 ) -> List[SourceItem]:
     """Synthesize every planned utterance (in the executor's workers) and list them as items."""
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
+    if silence is not None and not silence >= 0:
+        raise SpeechBudgetError(f"silence must be 0 s or more, got {silence}")
     snr_db = snr if noise_dir is not None else None
-    args = [(s, Path(ctx.corpus_dir) / "synth", noise_dir, snr_db) for s in specs]
+    args = [(s, Path(ctx.corpus_dir) / "synth", noise_dir, snr_db, silence) for s in specs]
     paths = run_map(ctx.executor, synthesize, args, "synthesizing")
     return [
         SourceItem(
