@@ -2,7 +2,8 @@
 
 Why: on a CPU, two training runs of one thread each do more work per second than one run of two
 threads (intra-op parallelism at these sizes scales ~1.4x on two cores, two processes ~2x). The
-pipeline uses this for the scratch baseline, which needs nothing from pretraining but its FLOP total.
+pipeline uses this for the scratch baseline, which needs nothing from pretraining but its FLOP total,
+and for leave-one-speaker-out folds, which need nothing from each other (:func:`run_all`).
 
 The child is spawned (a fresh interpreter: no forked locks or thread pools), asks Linux to stop it
 when this process dies (a killed ``run`` leaves no orphan training behind; the next ``run`` resumes
@@ -17,9 +18,12 @@ import ctypes
 import multiprocessing
 import signal
 import sys
+import time
 import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from . import progress
 from .errors import SpeechBudgetError
@@ -61,3 +65,45 @@ def start(
     )
     proc.start()
     return proc
+
+
+@dataclass(frozen=True)
+class Job:
+    """One call for :func:`run_all`: ``target(*args)``, its output in ``log``, ``name`` in messages."""
+
+    name: str
+    target: Callable[..., Any]
+    args: Tuple[Any, ...]
+    log: Path
+
+
+def run_all(jobs: Sequence[Job], parallel: int, threads: int, say: Callable[[str], None]) -> Dict[str, int]:
+    """Every job in a child process, ``parallel`` at a time with ``threads`` torch threads each, in
+    order; returns each job's exit code (0: it finished). A job that fails does not stop the others;
+    if this process is interrupted, the children still running are stopped (they resume, as any
+    killed run, from their last checkpoint)."""
+    todo: List[Job] = list(jobs)
+    running: Dict[Any, Tuple[Job, multiprocessing.Process, float]] = {}
+    codes: Dict[str, int] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < parallel:
+                job = todo.pop(0)
+                proc = start(job.target, job.args, threads, job.log)
+                running[proc.sentinel] = (job, proc, time.perf_counter())
+                say(
+                    f"{job.name}: started in a process of its own ({threads} thread{'s' * (threads > 1)}; log: {job.log})"
+                )
+            for sentinel in wait(list(running)):
+                job, proc, t0 = running.pop(sentinel)
+                proc.join()
+                codes[job.name] = proc.exitcode
+                minutes = (time.perf_counter() - t0) / 60
+                how = "done" if proc.exitcode == 0 else f"stopped (exit {proc.exitcode}; see {job.log})"
+                say(f"{job.name}: {how} after {minutes:.1f} min")
+    finally:
+        for _, proc, _ in running.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return codes

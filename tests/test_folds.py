@@ -161,3 +161,60 @@ def test_folds_refuse_a_classification_recipe_before_any_stage(tmp_path, capsys)
     code, _, err = cli_result(capsys, "run", keywords, f"exp_dir={tmp_path / 'kw'}", "--folds", "speakers")
     assert code == 2 and "drop it for finetune.task: classify" in err
     assert not (tmp_path / "kw").exists()
+
+
+def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path, capsys, two_threads):
+    """``--fold-jobs 2`` on two threads: each fold in a process of its own with one thread, and each
+    fold's model and WER exactly those of the fold run in this process with one thread."""
+    import torch
+
+    fsdd = copy_fsdd(tmp_path / "fsdd" / "recordings", per_speaker=4, speakers=("george", "jackson", "theo"))
+    shared = [
+        f"labeled.path={fsdd.parent}",
+        "labeled.num_jobs=1",
+        *TINY,
+        "scratch_baseline=false",
+        "tts=null",
+    ]
+    shared += ["--folds", "speakers", "--stop-stage", "folds", "--json"]
+    exp = tmp_path / "jobs"
+    code, out, err = cli_result(
+        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "2"
+    )
+    assert code == 0, err[-3000:]
+    parallel = json.loads(out)["folds"]
+    said = " ".join(err.split())  # rich wraps long lines
+    assert (
+        said.count("started in a process of its own (1 thread;") == 2 and "fold jackson (dev jackson" in said
+    )
+    assert said.count("done after") == 2
+    assert (exp / "folds" / "george" / "fold.log").is_file()
+    # in turn, one thread, on the same pretraining (its stages linked, as a second arm would be)
+    turn = tmp_path / "turn"
+    (turn / ".stages").mkdir(parents=True)
+    for name in ("data", "kmeans", "pretrain"):
+        (turn / name).symlink_to(exp / name)
+    for stage in ("prepare", "kmeans", "pretrain"):
+        (turn / ".stages" / f"{stage}.json").write_bytes((exp / ".stages" / f"{stage}.json").read_bytes())
+    torch.set_num_threads(1)
+    code, out, err = cli_result(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={turn}", *shared)
+    assert code == 0, err[-3000:]
+    assert "in a process of its own" not in err
+    in_turn = json.loads(out)["folds"]
+    assert [f["wer"] for f in in_turn["folds"]] == [f["wer"] for f in parallel["folds"]]
+    for speaker in ("george", "jackson"):
+        a, b = (
+            torch.load(e / "folds" / speaker / "finetune" / "averaged.pt", weights_only=False)
+            for e in (exp, turn)
+        )
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # done folds are not started again; a bad count is one line
+    code, out, err = cli_result(
+        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "2"
+    )
+    assert code == 0 and "in a process of its own" not in err
+    code, _, err = cli_result(
+        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "0"
+    )
+    assert code == 2 and "fold_jobs (--fold-jobs) must be 1 or more" in err
