@@ -86,7 +86,13 @@ def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, caps
 def test_a_recipe_tts_section_is_checked_when_loaded(tmp_path):
     base = [f"exp_dir={tmp_path / 'e'}"]
     r = load_run_recipe(RECIPES / "fsdd.yaml", [*base, "tts.copies=2", "tts.band_limit_hz=4000"])
-    assert r["tts"] == {"copies": 2, "band_limit_hz": 4000}
+    assert r["tts"] == {
+        "copies": 2,
+        "band_limit_hz": 4000,
+        "silence": 0.02,
+        "noise_dir": "../shared/data/noise",
+    }
+    assert load_run_recipe(RECIPES / "fsdd.yaml", [*base, "tts=null"])["tts"] is None  # the recipe's, dropped
     for bad, message in (
         ("tts.transcripts=x.jsonl.gz", "set by the pipeline"),
         ("tts.copis=2", "unknown key 'tts.copis'"),
@@ -109,7 +115,7 @@ def test_each_fold_speaks_only_its_own_training_transcripts(tmp_path, capsys, mo
         *TINY,
         "scratch_baseline=false",
         "tts.speakers=4",
-        "tts.band_limit_hz=4000",
+        "tts.copies=1",
     ]
     code, out, err = cli_result(capsys, *args, "--folds", "speakers", "--stop-stage", "folds")
     assert code == 0, err[-3000:]
