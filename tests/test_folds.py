@@ -190,12 +190,7 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
     assert said.count("done after") == 2
     assert (exp / "folds" / "george" / "fold.log").is_file()
     # in turn, one thread, on the same pretraining (its stages linked, as a second arm would be)
-    turn = tmp_path / "turn"
-    (turn / ".stages").mkdir(parents=True)
-    for name in ("data", "kmeans", "pretrain"):
-        (turn / name).symlink_to(exp / name)
-    for stage in ("prepare", "kmeans", "pretrain"):
-        (turn / ".stages" / f"{stage}.json").write_bytes((exp / ".stages" / f"{stage}.json").read_bytes())
+    turn, fallback = _sharing_pretraining(exp, tmp_path / "turn"), _sharing_pretraining(exp, tmp_path / "fb")
     torch.set_num_threads(1)
     code, out, err = cli_result(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={turn}", *shared)
     assert code == 0, err[-3000:]
@@ -209,6 +204,20 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
         )
         assert a["model"].keys() == b["model"].keys()
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # a fold whose process fails (here: its log cannot be opened) is run in this process after the others
+    (fallback / "folds" / "jackson" / "fold.log").mkdir(parents=True)
+    code, out, err = cli_result(
+        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={fallback}", *shared, "--fold-jobs", "2"
+    )
+    assert code == 0, err[-3000:]
+    said = " ".join(err.split())
+    assert "fold george (dev george, seed 0): done after" in said
+    assert "fold jackson (dev jackson, seed 0): stopped (exit 1; see" in said
+    assert (
+        "[folds] fold jackson: dev jackson, train george" in said
+        and "[fold jackson: finetune] running" in said
+    )
+    assert [f["wer"] for f in json.loads(out)["folds"]["folds"]] == [f["wer"] for f in parallel["folds"]]
     # done folds are not started again; a bad count is one line
     code, out, err = cli_result(
         capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "2"
@@ -218,3 +227,13 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
         capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "0"
     )
     assert code == 2 and "fold_jobs (--fold-jobs) must be 1 or more" in err
+
+
+def _sharing_pretraining(exp: Path, arm: Path) -> Path:
+    """A new exp_dir on ``exp``'s finished prepare, kmeans and pretrain stages (linked)."""
+    (arm / ".stages").mkdir(parents=True)
+    for name in ("data", "kmeans", "pretrain"):
+        (arm / name).symlink_to(exp / name)
+    for stage in ("prepare", "kmeans", "pretrain"):
+        (arm / ".stages" / f"{stage}.json").write_bytes((exp / ".stages" / f"{stage}.json").read_bytes())
+    return arm
