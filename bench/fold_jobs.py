@@ -1,8 +1,7 @@
 """Folds in turn vs ``--fold-jobs 2``: the wall time of a leave-one-speaker-out protocol on this CPU.
 
 Both arms fine-tune and decode the same folds on the same pretraining (an exp_dir whose ``prepare``,
-``kmeans`` and ``pretrain`` stages are done, linked into a folder per arm, as a second arm of an
-experiment would share it): in turn with every core in one process (what ``run --folds speakers`` does
+``kmeans`` and ``pretrain`` stages are done, taken by each arm with ``run --reuse``): in turn with every core in one process (what ``run --folds speakers`` does
 without the flag), and two folds at a time, each process with half the cores. Wall time per arm, and
 each fold's dev WER (the two arms differ only in the threads per run; at one thread per run a fold's
 model is the same bit for bit, tests/test_folds.py).
@@ -27,18 +26,10 @@ from common import REPO_ROOT, RESULTS_DIR, machine_info
 from speechbudget import atomic
 
 
-def share_pretraining(base: Path, arm: Path) -> None:
-    (arm / ".stages").mkdir(parents=True)
-    for name in ("data", "kmeans", "pretrain"):
-        (arm / name).symlink_to(base / name)
-    for stage in ("prepare", "kmeans", "pretrain"):
-        (arm / ".stages" / f"{stage}.json").write_bytes((base / ".stages" / f"{stage}.json").read_bytes())
-
-
 def run_arm(args, arm: Path, jobs: int) -> dict:
     cmd = ["speechbudget", "run", str(args.recipe), f"exp_dir={arm}", "--folds", "speakers"]
     cmd += ["--stop-stage", "folds", "scratch_baseline=false", f"finetune.budget.flops={args.flops}"]
-    cmd += ["finetune.checkpoint_every=20", "--fold-jobs", str(jobs), "--json"]
+    cmd += ["finetune.checkpoint_every=20", "--fold-jobs", str(jobs), "--reuse", str(args.base), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -60,13 +51,11 @@ def main() -> None:
     ap.add_argument("--flops", type=float, default=2e12, help="fine-tuning FLOPs per fold")
     ap.add_argument("--threads", type=int, default=2, help="threads of the run (OMP_NUM_THREADS)")
     args = ap.parse_args()
-    base = args.base.resolve()
+    args.base = args.base.resolve()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fold-jobs-") as tmp:
         for jobs in (1, 2):
-            arm = Path(tmp) / f"jobs{jobs}"
-            share_pretraining(base, arm)
-            rows.append(run_arm(args, arm, jobs))
+            rows.append(run_arm(args, Path(tmp) / f"jobs{jobs}", jobs))
             print(rows[-1], flush=True)
     speedup = rows[0]["wall_s"] / rows[1]["wall_s"]
     result = {"machine": machine_info(), "threads": args.threads, "flops": args.flops, "rows": rows}

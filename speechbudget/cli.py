@@ -506,6 +506,7 @@ def recipes_copy(
     "  speechbudget run recipes/fsdd.yaml --folds speakers   # leave-one-speaker-out dev WER first\n\n"
     "  speechbudget run recipes/fsdd.yaml --folds speakers --fold-seeds 3   # and each fold with 3 seeds\n\n"
     "  speechbudget run recipes/fsdd.yaml --folds speakers --fold-jobs 2   # two folds at a time\n\n"
+    "  speechbudget run recipes/fsdd.yaml exp_dir=exp/arm finetune.ctc.tempo=0 --reuse exp/fsdd   # an arm on exp/fsdd's pretraining\n\n"
     "Stages: prepare, plan, kmeans, pretrain, kmeans2, pretrain2, teacher, distill, folds, finetune, "
     "scratch, decode, report (a recipe runs those its sections ask for). "
     "A finished stage is skipped; a killed run resumes where it stopped."
@@ -529,6 +530,12 @@ def run(
         help="Fine-tune this many folds at once, each in a process with its share of the threads (recipe key "
         "fold_jobs; on a CPU, 2 one-thread runs outdo one two-thread run).",
     ),
+    reuse: Optional[Path] = typer.Option(
+        None,
+        "--reuse",
+        help="Start from this exp_dir's finished stages (prepare ... pretrain2) that ran with the recipe values "
+        "this recipe gives them, hard-linked into the new exp_dir: an arm that changes only what comes after.",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """All stages of a recipe in order, resumable, ending in a WER table."""
@@ -549,6 +556,8 @@ def run(
         else (lambda m: out.print(f"[bold cyan]{escape(m)}[/bold cyan]", highlight=False))
     )
     pipe = Pipeline(data, log=log)
+    if reuse is not None:
+        pipe.reuse(reuse)
     results = pipe.run(stage, stop_stage)
     if as_json:
         emit_json(results)

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,16 @@ STAGE_KEYS: Dict[str, Tuple[str, ...]] = {
     "decode": ("decode",),
 }
 RECIPE_KEY = "_recipe"  # where a stage marker keeps the recipe values it ran with
+#: the stages a comparison arm may take from another exp_dir (``run --reuse BASE``), with the folders
+#: they write; everything after them (teacher, folds, fine-tuning, ...) is the arm's own
+REUSABLE: Dict[str, Tuple[str, ...]] = {
+    "prepare": ("data", "pool"),
+    "plan": ("pilots",),
+    "kmeans": ("kmeans",),
+    "pretrain": ("pretrain",),
+    "kmeans2": ("kmeans2",),
+    "pretrain2": ("pretrain2",),
+}
 #: the stages whose results each stage is made from (decode and report: ``_asks_more``)
 UPSTREAM: Dict[str, Tuple[str, ...]] = {
     "kmeans": ("prepare",),
@@ -954,6 +966,49 @@ class Pipeline:
             finally:
                 self._stop_sidecar()
 
+    def reuse(self, base: Path) -> List[str]:
+        """Start this exp_dir from ``base``'s finished stages, in order, while each ran with the recipe
+        values this recipe gives it (the first that differs, or has not finished, and all after it are
+        this run's own): their folders hard-linked (the files shared, never rewritten in place; what
+        this run writes there is its own) and their markers copied. The manifests taken still name
+        ``base``'s feature files: keep ``base``. The stages taken, in order."""
+        base = Path(base).resolve()
+        if base == self.exp.resolve():
+            raise SpeechBudgetError(f"--reuse {base} is this run's own exp_dir: name another one")
+        them = Pipeline({**self.raw, "exp_dir": str(base)}, self.log)
+        if not them.marker("prepare").is_file():
+            raise SpeechBudgetError(
+                f"--reuse {base}: no finished prepare stage there (no {them.marker('prepare')})"
+            )
+        taken: List[str] = []
+        for stage in REUSABLE:
+            if not self.enabled(stage):
+                continue
+            marker = them._read_marker(stage)
+            if marker is None or _comparable(marker.get(RECIPE_KEY) or {}) != self.stage_recipe(stage):
+                break
+            taken.append(stage)
+        already = [s for s in taken if self._read_marker(s) == them._read_marker(s)]  # a re-run of the arm
+        for stage in taken:
+            if stage not in already and (
+                self.marker(stage).is_file() or any((self.exp / d).exists() for d in REUSABLE[stage])
+            ):
+                raise SpeechBudgetError(
+                    f"--reuse {base}: {self.exp} has a {stage} stage of its own; give the arm a new exp_dir"
+                )
+        with lock_experiment(self.exp):
+            for stage in (s for s in taken if s not in already):
+                for folder in REUSABLE[stage]:
+                    if (base / folder).is_dir():
+                        shutil.copytree(base / folder, self.exp / folder, copy_function=_link, symlinks=True)
+                atomic.write_json(self.marker(stage), them._read_marker(stage))
+        self.log(
+            f"[reuse] {', '.join(taken)} from {base}"
+            if taken
+            else f"[reuse] nothing from {base}: its prepare stage ran with other recipe values"
+        )
+        return taken
+
     def _check_upstream(self, stages: Tuple[str, ...], start: str) -> None:
         """``--stage START`` skips the stages before it: each stage that will run must find what the
         skipped ones make (a fresh exp_dir with ``--stage finetune`` has no pretraining to start from)."""
@@ -1103,6 +1158,14 @@ def _flops_budget(section: Dict[str, Any]) -> Optional[float]:
     budget = {k: v for k, v in (section.get("budget") or {}).items() if v is not None}
     given = set(budget) - {"device", "dtype", "utilisation"}
     return float(budget["flops"]) if given == {"flops"} else None
+
+
+def _link(src: str, dst: str) -> None:
+    """A hard link (no bytes copied), or a copy where the two folders lie on different file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _fold_in_sidecar(recipe: Dict[str, Any], fold: Fold) -> None:

@@ -189,10 +189,12 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
     )
     assert said.count("done after") == 2
     assert (exp / "folds" / "george" / "fold.log").is_file()
-    # in turn, one thread, on the same pretraining (its stages linked, as a second arm would be)
-    turn, fallback = _sharing_pretraining(exp, tmp_path / "turn"), _sharing_pretraining(exp, tmp_path / "fb")
+    # in turn, one thread, on the same pretraining (`--reuse`, as a second arm of an experiment)
+    turn, fallback = tmp_path / "turn", tmp_path / "fb"
     torch.set_num_threads(1)
-    code, out, err = cli_result(capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={turn}", *shared)
+    code, out, err = cli_result(
+        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={turn}", *shared, "--reuse", exp
+    )
     assert code == 0, err[-3000:]
     assert "in a process of its own" not in err
     in_turn = json.loads(out)["folds"]
@@ -207,7 +209,15 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
     # a fold whose process fails (here: its log cannot be opened) is run in this process after the others
     (fallback / "folds" / "jackson" / "fold.log").mkdir(parents=True)
     code, out, err = cli_result(
-        capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={fallback}", *shared, "--fold-jobs", "2"
+        capsys,
+        "run",
+        RECIPES / "fsdd.yaml",
+        f"exp_dir={fallback}",
+        *shared,
+        "--fold-jobs",
+        "2",
+        "--reuse",
+        exp,
     )
     assert code == 0, err[-3000:]
     said = " ".join(err.split())
@@ -227,13 +237,3 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
         capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "0"
     )
     assert code == 2 and "fold_jobs (--fold-jobs) must be 1 or more" in err
-
-
-def _sharing_pretraining(exp: Path, arm: Path) -> Path:
-    """A new exp_dir on ``exp``'s finished prepare, kmeans and pretrain stages (linked)."""
-    (arm / ".stages").mkdir(parents=True)
-    for name in ("data", "kmeans", "pretrain"):
-        (arm / name).symlink_to(exp / name)
-    for stage in ("prepare", "kmeans", "pretrain"):
-        (arm / ".stages" / f"{stage}.json").write_bytes((exp / ".stages" / f"{stage}.json").read_bytes())
-    return arm
