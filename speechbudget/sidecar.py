@@ -85,7 +85,10 @@ def run_all(jobs: Sequence[Job], parallel: int, threads: int, say: Callable[[str
     todo: List[Job] = list(jobs)
     running: Dict[Any, Tuple[Job, multiprocessing.Process, float]] = {}
     codes: Dict[str, int] = {}
+    bar = progress.make_progress()
+    task = bar.add_task(f"{len(todo)} jobs, {parallel} at a time", total=len(todo), info="")
     try:
+        bar.start()
         while todo or running:
             while todo and len(running) < parallel:
                 job = todo.pop(0)
@@ -101,7 +104,9 @@ def run_all(jobs: Sequence[Job], parallel: int, threads: int, say: Callable[[str
                 minutes = (time.perf_counter() - t0) / 60
                 how = "done" if proc.exitcode == 0 else f"stopped (exit {proc.exitcode}; see {job.log})"
                 say(f"{job.name}: {how} after {minutes:.1f} min")
+                bar.advance(task)
     finally:
+        bar.stop()
         for _, proc, _ in running.values():
             if proc.is_alive():
                 proc.terminate()
