@@ -111,9 +111,7 @@ def _describe(text: str) -> str:
 
 def _holds_nothing(folder: Path) -> bool:
     """Only the lock file and empty folders below ``folder``."""
-    return all(p.is_dir() or p.name == LOCK_NAME for p in folder.rglob("*")) and not any(
-        p.is_symlink() for p in folder.rglob("*")
-    )
+    return all(not p.is_symlink() and (p.is_dir() or p.name == LOCK_NAME) for p in folder.rglob("*"))
 
 
 def _remove_empty(folder: Path) -> None:

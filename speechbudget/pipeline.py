@@ -412,14 +412,20 @@ class Pipeline:
             values["seed"] = self.r.seed
         return _comparable(json.loads(json.dumps(values, default=str)))
 
+    def recipe_diffs(self, stage: str, stored: Dict[str, Any]) -> List[str]:
+        """The recipe keys whose values ``stage`` ran with (``stored``: its marker's) differ from the
+        recipe's now."""
+        stored, now = _comparable(stored), self.stage_recipe(stage)
+        return [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+
     def check_unchanged(self, stage: str, stored: Optional[Dict[str, Any]]) -> None:
         """Stop when a finished stage ran (``stored``: its marker's recipe values) with other recipe
         values than the recipe now gives."""
         if stored is None:  # a marker of an older version: nothing to compare
             return
-        stored, now = _comparable(stored), self.stage_recipe(stage)
-        diffs = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+        diffs = self.recipe_diffs(stage, stored)
         if diffs:
+            stored, now = _comparable(stored), self.stage_recipe(stage)
             where = f" of fold {self.fold.name}" if self.fold else ""
             changed = "; ".join(_changed_keys(k, stored.get(k), now.get(k)) for k in diffs)
             raise SpeechBudgetError(
@@ -980,15 +986,15 @@ class Pipeline:
             raise SpeechBudgetError(
                 f"--reuse {base}: no finished prepare stage there (no {them.marker('prepare')})"
             )
-        taken: List[str] = []
+        taken: Dict[str, Dict[str, Any]] = {}  # stage -> base's marker
         for stage in REUSABLE:
             if not self.enabled(stage):
                 continue
             marker = them._read_marker(stage)
-            if marker is None or _comparable(marker.get(RECIPE_KEY) or {}) != self.stage_recipe(stage):
+            if marker is None or RECIPE_KEY not in marker or self.recipe_diffs(stage, marker[RECIPE_KEY]):
                 break
-            taken.append(stage)
-        already = [s for s in taken if self._read_marker(s) == them._read_marker(s)]  # a re-run of the arm
+            taken[stage] = marker
+        already = [s for s, m in taken.items() if self._read_marker(s) == m]  # a re-run of the arm
         for stage in taken:
             if stage not in already and (
                 self.marker(stage).is_file() or any((self.exp / d).exists() for d in REUSABLE[stage])
@@ -1001,13 +1007,13 @@ class Pipeline:
                 for folder in REUSABLE[stage]:
                     if (base / folder).is_dir():
                         shutil.copytree(base / folder, self.exp / folder, copy_function=_link, symlinks=True)
-                atomic.write_json(self.marker(stage), them._read_marker(stage))
+                atomic.write_json(self.marker(stage), taken[stage])
         self.log(
             f"[reuse] {', '.join(taken)} from {base}"
             if taken
             else f"[reuse] nothing from {base}: its prepare stage ran with other recipe values"
         )
-        return taken
+        return list(taken)
 
     def _check_upstream(self, stages: Tuple[str, ...], start: str) -> None:
         """``--stage START`` skips the stages before it: each stage that will run must find what the

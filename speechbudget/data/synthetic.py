@@ -512,13 +512,17 @@ def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
         sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
+def check_silence(keep_s: float) -> None:
+    if not keep_s >= 0:
+        raise SpeechBudgetError(f"silence must be 0 s or more (seconds kept at each end), got {keep_s}")
+
+
 def trim_silence(audio: np.ndarray, keep_s: float, floor_db: float = SILENCE_FLOOR_DB) -> np.ndarray:
     """Cut the ends quieter than `floor_db` under the peak, keeping `keep_s` seconds at each end.
 
     espeak-ng ends every clip with ~0.3 s of digital silence; a corpus cut close to its words (FSDD)
     has none, and synthetic copies of it should not teach the model words followed by a pause."""
-    if keep_s < 0:
-        raise SpeechBudgetError(f"the silence kept at each end must be 0 s or more, got {keep_s}")
+    check_silence(keep_s)
     loud = np.flatnonzero(np.abs(audio) > np.abs(audio).max() * 10 ** (-floor_db / 20))
     if loud.size == 0:
         return audio

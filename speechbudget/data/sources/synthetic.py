@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from ...errors import SpeechBudgetError
 from ..executor import run_map
-from ..synthetic import UtteranceSpec, plan_corpus, synthesize
+from ..synthetic import UtteranceSpec, check_silence, plan_corpus, synthesize
 from . import FindContext, Source, SourceItem, option
 
 
@@ -41,8 +41,8 @@ def spoken_items(
     """Synthesize every planned utterance (in the executor's workers) and list them as items."""
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise SpeechBudgetError(f"noise folder {noise_dir} does not exist")
-    if silence is not None and not silence >= 0:
-        raise SpeechBudgetError(f"silence must be 0 s or more, got {silence}")
+    if silence is not None:
+        check_silence(silence)  # once, before the workers synthesize
     snr_db = snr if noise_dir is not None else None
     args = [(s, Path(ctx.corpus_dir) / "synth", noise_dir, snr_db, silence) for s in specs]
     paths = run_map(ctx.executor, synthesize, args, "synthesizing")
