@@ -111,6 +111,9 @@ class CtcConfig:
     #: tempo perturbation (fbank, with spec_augment): each utterance's frames stretched in time by a
     #: factor in [1 / (1 + tempo), 1 + tempo], rate without pitch (data/tempo.py); 0 = off
     tempo: float = 0.0
+    #: edge jitter (fbank, with spec_augment): each end of each utterance moved by up to this many
+    #: seconds, out (its own quietest frames) or in (cropped) (data/edges.py); 0 = off
+    edge_jitter: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
@@ -474,6 +477,7 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.time_warp", c.time_warp >= 0, "must be >= 0 (0 = off)"),
         ("ctc.vtlp", 0 <= c.vtlp <= 0.3, "must be between 0 (off) and 0.3 (warp factors 0.7-1.3)"),
         ("ctc.tempo", 0 <= c.tempo <= 1, "must be between 0 (off) and 1 (stretch factors 0.5-2)"),
+        ("ctc.edge_jitter", 0 <= c.edge_jitter <= 0.5, "must be between 0 (off) and 0.5 seconds"),
         (
             "ctc.speed_perturb",
             all(0.5 <= f <= 2.0 for f in c.speed_perturb)

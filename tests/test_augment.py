@@ -16,6 +16,7 @@ from lhotse.utils import compute_num_frames
 
 from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
+from speechbudget.data.edges import EdgeJitter, move_edges, quiet_frames
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.tempo import TempoPerturb, stretch
 from speechbudget.models.presets import build_encoder
@@ -143,9 +144,20 @@ def test_tempo_stretches_training_batches_the_budget_counts_them_and_dev_is_unto
     assert out["seconds"] / seconds == pytest.approx(int(out["lengths"].sum()) / int(lengths.sum()), rel=1e-9)
     # two 2-step runs alike but for ctc.tempo (lr ~0: the same weights): the budget counts the stretched
     # frames, and the dev set scores the same because it is never stretched
+    recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "tempo", 0.5)
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.tempo=1.5")
+    assert code == 2 and "ctc.tempo" in err
+
+
+def _budget_sees_training_frames_only(
+    fsdd_corpus: Path, tmp_path: Path, capsys, key: str, value: float
+) -> Path:
+    """Two 2-step fine-tunings alike but for ``ctc.<key>`` (lr ~0: the same weights): the budget counts
+    the training batches' changed frames, and the dev set (never transformed) scores the same. Returns
+    the recipe, for the caller's bad-value check."""
     cards = {}
-    for tempo in (0.0, 0.5):
-        recipe = tmp_path / f"t{tempo}.yaml"
+    for v in (0.0, value):
+        recipe = tmp_path / f"{key}{v}.yaml"
         section = {
             "encoder": "zipformer-nano",
             "train_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
@@ -154,15 +166,41 @@ def test_tempo_stretches_training_batches_the_budget_counts_them_and_dev_is_unto
             "num_buckets": 2,
             "budget": {"steps": 2},
             "optim": {"lr": 1e-12},
-            "ctc": {"tokenizer": "char", "vocab_size": 30, "tempo": tempo},
+            "ctc": {"tokenizer": "char", "vocab_size": 30, key: v},
         }
-        exp = tmp_path / f"ft{tempo}"
+        exp = tmp_path / f"ft-{key}{v}"
         recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), "device": "cpu", "finetune": section}))
         code, out, err = cli_result(capsys, "finetune", recipe, "--json")
         assert code == 0, err[-2000:]
-        cards[tempo] = json.loads(out)
-    plain, stretched = cards[0.0], cards[0.5]
-    assert stretched["flops"] != plain["flops"] and stretched["audio_hours"] != plain["audio_hours"]
-    assert stretched["valid"]["valid_loss"] == pytest.approx(plain["valid"]["valid_loss"], rel=1e-5)
-    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.tempo=1.5")
-    assert code == 2 and "ctc.tempo" in err
+        cards[v] = json.loads(out)
+    plain, changed = cards[0.0], cards[value]
+    assert changed["flops"] != plain["flops"] and changed["audio_hours"] != plain["audio_hours"]
+    assert changed["valid"]["valid_loss"] == pytest.approx(plain["valid"]["valid_loss"], rel=1e-5)
+    return recipe
+
+
+def test_edge_jitter_pads_with_the_clips_own_floor_crops_at_most_half_and_the_budget_counts_it(
+    fsdd_corpus, tmp_path, capsys
+):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank")[cuts]
+    x, lengths, seconds = batch["features"].clone(), batch["lengths"].clone(), batch["seconds"]
+    u = x[0, : lengths[0]]
+    floor = quiet_frames(u)
+    assert floor.size(0) == max(1, u.size(0) // 10)
+    assert floor.sum(1).max() <= u.sum(1).median()  # the quiet end of a real clip, not its word
+    torch.manual_seed(0)
+    grown = move_edges(u, 4, 7)
+    assert grown.size(0) == u.size(0) + 11 and torch.equal(grown[4 : 4 + u.size(0)], u)
+    for edge in (grown[:4], grown[-7:]):  # every added frame is one of the clip's quietest
+        assert all(any(torch.equal(f, g) for g in floor) for f in edge)
+    assert torch.equal(move_edges(u, -3, -2), u[3 : u.size(0) - 2])
+    assert move_edges(u, -1000, -1000).size(0) == max(1, u.size(0) // 2)  # never below half
+    assert torch.equal(move_edges(u, 0, 0), u)
+    out = EdgeJitter(0.05)(batch)
+    change = out["lengths"] - lengths
+    assert (change.abs() <= 10).all() and change.unique().numel() > 1
+    assert out["seconds"] / seconds == pytest.approx(int(out["lengths"].sum()) / int(lengths.sum()), rel=1e-9)
+    recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "edge_jitter", 0.1)
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.edge_jitter=-0.1")
+    assert code == 2 and "ctc.edge_jitter" in err

@@ -17,6 +17,7 @@ from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
+from ..data.edges import EdgeJitter
 from ..data.manifests import cut_text
 from ..data.tempo import TempoPerturb
 from ..errors import SpeechBudgetError
@@ -184,6 +185,12 @@ def tempo_transform(cfg: TrainConfig, model: CtcModel) -> Optional[TempoPerturb]
     return TempoPerturb(cfg.ctc.tempo) if cfg.ctc.tempo > 0 and model.augment else None
 
 
+def edge_transform(cfg: TrainConfig, model: CtcModel) -> Optional[EdgeJitter]:
+    """``ctc.edge_jitter``: the training batches' clip margins moved (log-mel, with SpecAugment on); None
+    when off."""
+    return EdgeJitter(cfg.ctc.edge_jitter) if cfg.ctc.edge_jitter > 0 and model.augment else None
+
+
 def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
     """Reverberation, then noise (lhotse, on the audio of each training batch); None when both are off."""
     a = cfg.ctc
@@ -288,7 +295,9 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         dataset = dataset_for(
             model.encoder,
             with_text=True,
-            transform=Chain(train_cmn, tempo_transform(cfg, model), Tokenize(tokenizer)),
+            transform=Chain(
+                train_cmn, tempo_transform(cfg, model), edge_transform(cfg, model), Tokenize(tokenizer)
+            ),
             cut_transform=audio_augmentation(cfg),
             on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
         )
