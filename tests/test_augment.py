@@ -16,7 +16,7 @@ from lhotse.utils import compute_num_frames
 
 from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
-from speechbudget.data.edges import EdgeJitter, move_edges, quiet_frames
+from speechbudget.data.edges import SILENCE_DB, EdgeJitter, frame_db, move_edges, silence_frames
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.tempo import TempoPerturb, stretch
 from speechbudget.models.presets import build_encoder
@@ -179,24 +179,26 @@ def _budget_sees_training_frames_only(
     return recipe
 
 
-def test_edge_jitter_pads_with_the_clips_own_floor_crops_at_most_half_and_the_budget_counts_it(
+def test_edge_jitter_pads_with_recorded_silence_crops_at_most_half_and_the_budget_counts_it(
     fsdd_corpus, tmp_path, capsys
 ):
     cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
     batch = SpeechDataset("fbank")[cuts]
     x, lengths, seconds = batch["features"].clone(), batch["lengths"].clone(), batch["seconds"]
+    silence = silence_frames(x, lengths)
+    db = torch.cat([frame_db(x[i, :n]) for i, n in enumerate(lengths.tolist())])
+    assert 0 < silence.size(0) < int(lengths.sum()) / 2  # george's margins, not his words
+    assert frame_db(silence).max() < db.max() - SILENCE_DB
     u = x[0, : lengths[0]]
-    floor = quiet_frames(u)
-    assert floor.size(0) == max(1, u.size(0) // 10)
-    assert floor.sum(1).max() <= u.sum(1).median()  # the quiet end of a real clip, not its word
     torch.manual_seed(0)
-    grown = move_edges(u, 4, 7)
+    grown = move_edges(u, 4, 7, silence)
     assert grown.size(0) == u.size(0) + 11 and torch.equal(grown[4 : 4 + u.size(0)], u)
-    for edge in (grown[:4], grown[-7:]):  # every added frame is one of the clip's quietest
-        assert all(any(torch.equal(f, g) for g in floor) for f in edge)
-    assert torch.equal(move_edges(u, -3, -2), u[3 : u.size(0) - 2])
-    assert move_edges(u, -1000, -1000).size(0) == max(1, u.size(0) // 2)  # never below half
-    assert torch.equal(move_edges(u, 0, 0), u)
+    for edge in (grown[:4], grown[-7:]):  # every added frame is one of the batch's silent frames
+        assert all(any(torch.equal(f, g) for g in silence) for f in edge)
+    assert torch.equal(move_edges(u, -3, -2, silence), u[3 : u.size(0) - 2])
+    assert move_edges(u, -1000, -1000, silence).size(0) == max(1, u.size(0) // 2)  # never below half
+    assert torch.equal(move_edges(u, 0, 0, silence), u)
+    assert torch.equal(move_edges(u, 5, -2, silence[:0]), u[: u.size(0) - 2])  # nothing silent: crop only
     out = EdgeJitter(0.05)(batch)
     change = out["lengths"] - lengths
     assert (change.abs() <= 10).all() and change.unique().numel() > 1

@@ -2,11 +2,13 @@
 
 Corpora of isolated words are cut differently: FSDD's nicolas is cut within 2 ms of his words, jackson
 keeps ~20 ms before and ~50 ms after, espeak-ng ends with 300 ms of silence. Fine-tuned on two speakers,
-a model takes their margins for part of the words: giving nicolas' dev clips 30 ms more of their own
-quietest frame moved a fold model from 28.8% to 35.0% WER, and george's from 26.4% to 20.2%
-(BENCHMARKS.md section 4). So each end of each training utterance moves by its own amount, drawn
-uniformly from [-S, +S] seconds: outward with frames drawn from the utterance's own quietest tenth (its
-noise floor, at its level and with its variation), inward by cropping, never below half the utterance.
+a model takes their margins for part of the words: giving george's dev clips 30 ms more of their own
+quietest frame moved a fold model from 26.4% to 20.2% WER (BENCHMARKS.md section 4). So each end of each
+training utterance moves by its own amount, drawn uniformly from [-S, +S] seconds: inward by cropping
+(never below half the utterance), outward with silence as recorded in the same batch: frames at least
+``SILENCE_DB`` under the loudest frame of their own utterance. Not the clip's own quietest frames: a
+clip cut into its word has none that are silent (nicolas' quietest tenth is 11 dB under his peak,
+george's 33), and padding with them lengthens the word.
 Keyword spotting's random time shift (the Speech Commands recipes) is the same idea for fixed windows.
 
 It runs in the batch transform like ``ctc.tempo``: the budget pays for the frames the encoder sees, and
@@ -15,29 +17,43 @@ evaluation batches never get it.
 
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
 
 from speechbudget.data.features import FRAME_SHIFT
 
-
-def quiet_frames(utterance: torch.Tensor) -> torch.Tensor:
-    """The quietest tenth (at least one) of an utterance's frames by summed log-mel: its noise floor."""
-    k = max(1, utterance.size(0) // 10)
-    return utterance[utterance.sum(dim=1).topk(k, largest=False).indices]
+#: a frame this far (dB) under its utterance's loudest is silence: FSDD's margins sit ~30 dB under the word
+SILENCE_DB = 25.0
 
 
-def move_edges(utterance: torch.Tensor, left: int, right: int) -> torch.Tensor:
-    """``left`` / ``right`` frames added (> 0, drawn from the quiet frames) or cropped (< 0) at each end;
-    cropping keeps at least half of the utterance (and one frame)."""
+def frame_db(utterance: torch.Tensor) -> torch.Tensor:
+    """Each log-mel frame's energy in dB (the log of the summed mel energies)."""
+    return utterance.logsumexp(dim=1) * (10 / math.log(10))
+
+
+def silence_frames(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The batch's frames at least ``SILENCE_DB`` under the loudest frame of their own utterance; (0, F)
+    when no utterance has any."""
+    found = []
+    for i, n in enumerate(lengths.tolist()):
+        db = frame_db(features[i, :n])
+        found.append(features[i, :n][db <= db.max() - SILENCE_DB])
+    return torch.cat(found) if found else features.new_zeros(0, features.size(-1))
+
+
+def move_edges(utterance: torch.Tensor, left: int, right: int, silence: torch.Tensor) -> torch.Tensor:
+    """``left`` / ``right`` frames added (> 0, drawn from ``silence``; none when it is empty) or cropped
+    (< 0) at each end; cropping keeps at least half of the utterance (and one frame)."""
     n = utterance.size(0)
     keep = max(1, n // 2)
     crop_left = min(max(-left, 0), n - keep)
     crop_right = min(max(-right, 0), n - keep - crop_left)
     core = utterance[crop_left : n - crop_right]
-    floor = quiet_frames(utterance)
-    pad = [floor[torch.randint(floor.size(0), (max(m, 0),))] for m in (left, right)]
+    if silence.size(0) == 0:
+        return core
+    pad = [silence[torch.randint(silence.size(0), (max(m, 0),))] for m in (left, right)]
     return torch.cat([pad[0], core, pad[1]])
 
 
@@ -53,8 +69,10 @@ class EdgeJitter:
         if x.size(0) == 0 or self.frames == 0:
             return batch
         moves = torch.randint(-self.frames, self.frames + 1, (x.size(0), 2))
+        silence = silence_frames(x, lengths)
         out = [
-            move_edges(x[i, :n], int(moves[i, 0]), int(moves[i, 1])) for i, n in enumerate(lengths.tolist())
+            move_edges(x[i, :n], int(moves[i, 0]), int(moves[i, 1]), silence)
+            for i, n in enumerate(lengths.tolist())
         ]
         before = int(lengths.sum())
         batch["features"] = torch.nn.utils.rnn.pad_sequence(out, batch_first=True)
