@@ -7,11 +7,19 @@ each fold's dev speaker decoded with the lexicon (beam 8) as `speechbudget decod
   the speaker means re-targeted), with the model's confidence (mean best-path frame log-prob) per factor:
   could a per-speaker warp be chosen without labels, and would it help?
 * ``--tempo``: the dev speaker's frames stretched in time by one factor (speaking rate).
+* ``--pad``: each dev clip given N more frames of its own quietest frame at both ends (N < 0: N cropped):
+  does the model read the margins a speaker's clips were cut with as part of the words?
+* ``--silence-pad``: the same with frames of the fold's training speakers' recorded silence (frames 25 dB
+  under their clip's loudest, ``data/edges.py``), at the fold's speaker normalisation.
+* ``--vote``: test-time augmentation, each clip decoded as recorded and with each ``--tempo`` and ``--vtln``
+  factor, the most common hypothesis kept (ties: as recorded): are the swaps fragile or stable?
 * ``--probe``: logistic regression on each layer's mean+std pooled frames of the *pretrained* encoder,
   trained on two speakers and scored on the third: how speaker-invariant are the words it gives
   fine-tuning to start from?
 
     python bench/fold_diagnostics.py --exp EXP --folds george nicolas --vtln 0.9,1.0,1.1 --tempo 1.0,1.3 --probe
+    python bench/fold_diagnostics.py --exp EXP --pad=-2,3,6,10
+    python bench/fold_diagnostics.py --exp EXP --tempo 0.87,1.15 --vtln 0.95,1.05 --vote
 
 Results: bench/results/fold_diagnostics.json (and the table on stdout). One thread.
 """
@@ -19,8 +27,9 @@ Results: bench/results/fold_diagnostics.json (and the table on stdout). One thre
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import kaldialign
 import numpy as np
@@ -34,6 +43,7 @@ from speechbudget.asr.decoding import beam_search_batch
 from speechbudget.asr.text import normalize_text
 from speechbudget.data import speaker_cmn
 from speechbudget.data.dataset import SpeechDataset, make_loader
+from speechbudget.data.edges import move_edges, silence_frames
 from speechbudget.data.manifests import cut_text, load_cuts
 from speechbudget.data.vtlp import warp
 from speechbudget.decode import lexicon_for, load_ctc_model
@@ -54,21 +64,35 @@ class FoldModel:
         dataset = SpeechDataset("fbank", with_text=True, transform=cmn)
         self.batches = list(make_loader(dataset, SimpleCutSampler(cuts, max_duration=120, shuffle=False)))
 
-    def wer(self, transform) -> Dict[str, float]:
-        """Lexicon WER % and mean best-path frame log-prob with ``transform(features, lengths)`` applied."""
-        errors = words = 0
+    def hypotheses(self, transform) -> Tuple[List[str], List[str], float]:
+        """References, lexicon hypotheses and the mean best-path frame log-prob with ``transform(features,
+        lengths)`` applied."""
+        refs: List[str] = []
+        hyps: List[str] = []
         confidence: List[float] = []
         with torch.no_grad():
             for b in self.batches:
                 x, lengths = transform(b["features"], b["lengths"])
                 lp, ln = self.model.log_probs(x, lengths)
-                hyps = beam_search_batch(lp, ln, beam_size=8, blank=self.tok.blank_id, lexicon=self.trie)
+                found = beam_search_batch(lp, ln, beam_size=8, blank=self.tok.blank_id, lexicon=self.trie)
                 confidence += [lp[i, : ln[i]].max(-1).values.mean().item() for i in range(lp.size(0))]
-                for ref, hyp in zip(b["texts"], hyps):
-                    r = normalize_text(ref).split()
-                    errors += kaldialign.edit_distance(r, self.tok.decode(hyp).split())["total"]
-                    words += len(r)
-        return {"wer": round(100 * errors / words, 1), "confidence": round(float(np.mean(confidence)), 4)}
+                refs += [normalize_text(r) for r in b["texts"]]
+                hyps += [self.tok.decode(h) for h in found]
+        return refs, hyps, float(np.mean(confidence))
+
+    def wer(self, transform) -> Dict[str, float]:
+        """Lexicon WER % and mean best-path frame log-prob with ``transform`` applied."""
+        refs, hyps, confidence = self.hypotheses(transform)
+        return {"wer": word_error_rate(refs, hyps), "confidence": round(confidence, 4)}
+
+
+def word_error_rate(refs: List[str], hyps: List[str]) -> float:
+    errors = sum(kaldialign.edit_distance(r.split(), h.split())["total"] for r, h in zip(refs, hyps))
+    return round(100 * errors / sum(len(r.split()) for r in refs), 1)
+
+
+def as_recorded(x, lengths):
+    return x, lengths
 
 
 def vtln(fm: FoldModel, factor: float):
@@ -93,6 +117,54 @@ def tempo(factor: float):
         return torch.nn.utils.rnn.pad_sequence(frames, batch_first=True), torch.tensor(new)
 
     return transform
+
+
+def pad(frames: int):
+    """``frames`` copies of each clip's quietest frame (summed log-mel) added at both ends; < 0: cropped."""
+
+    def transform(x, lengths):
+        out = []
+        for i in range(x.size(0)):
+            u = x[i, : int(lengths[i])]
+            if frames > 0:
+                quiet = u[u.sum(1).argmin()].expand(frames, -1)
+                u = torch.cat([quiet, u, quiet])
+            elif frames < 0:
+                u = u[-frames : u.size(0) + frames]
+            out.append(u)
+        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), torch.tensor([u.size(0) for u in out])
+
+    return transform
+
+
+def silence_pad(fm: FoldModel, fold: Path, frames: int):
+    """``frames`` frames drawn from the fold's real training clips' silence added at both ends."""
+    real = (
+        load_cuts(fold / "cuts_train.jsonl.gz")
+        .to_eager()
+        .filter(lambda c: "tts" not in c.id)
+        .subset(first=300)
+    )
+    batch = SpeechDataset("fbank", transform=speaker_cmn.for_cuts(fm.target, real))[real]
+    silence = silence_frames(batch["features"], batch["lengths"])
+
+    def transform(x, lengths):
+        out = [move_edges(x[i, : int(lengths[i])], frames, frames, silence) for i in range(x.size(0))]
+        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), torch.tensor([u.size(0) for u in out])
+
+    return transform
+
+
+def vote(fm: FoldModel, transforms: Dict[str, object]) -> Dict[str, float]:
+    """WER of the most common hypothesis over the clip as recorded and its transformed copies (ties: as
+    recorded)."""
+    refs, plain, _ = fm.hypotheses(as_recorded)
+    every = [plain] + [fm.hypotheses(t)[1] for t in transforms.values()]
+    voted = []
+    for i, h in enumerate(plain):
+        counts = Counter(hs[i] for hs in every)
+        voted.append(h if counts[h] == max(counts.values()) else counts.most_common(1)[0][0])
+    return {"wer": word_error_rate(refs, voted), "as recorded": word_error_rate(refs, plain)}
 
 
 def probe(exp: Path, speakers: List[str]) -> Dict[str, Dict[str, float]]:
@@ -136,23 +208,40 @@ def probe(exp: Path, speakers: List[str]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def floats(text: str) -> List[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--exp", type=Path, required=True, help="a run with folds (EXP/folds/<speaker>/finetune)")
     ap.add_argument("--folds", nargs="+", default=["george", "jackson", "nicolas"])
     ap.add_argument("--vtln", default="", help="comma-separated warp factors, e.g. 0.9,1.0,1.1")
     ap.add_argument("--tempo", default="", help="comma-separated time-stretch factors, e.g. 1.0,1.3")
+    ap.add_argument(
+        "--pad", default="", help="comma-separated frame counts, e.g. --pad=-2,3,6 (< 0: cropped)"
+    )
+    ap.add_argument("--silence-pad", default="", help="comma-separated frame counts of recorded silence")
+    ap.add_argument("--vote", action="store_true", help="test-time vote over --tempo and --vtln copies")
     ap.add_argument("--probe", action="store_true", help="the linear probe of the pretrained layers")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "fold_diagnostics.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     result: Dict[str, object] = {"exp": str(args.exp), "folds": {}}
     for fold in args.folds:
         fm, rows = FoldModel(args.exp / "folds" / fold), {}
-        for kind, make in (("vtln", vtln), ("tempo", None)):
-            for f in [float(v) for v in getattr(args, kind).split(",") if v]:
-                rows[f"{kind} {f}"] = fm.wer(make(fm, f) if kind == "vtln" else tempo(f))
-                print(f"{fold} {kind} {f}: {rows[f'{kind} {f}']}", flush=True)
+        transforms = {f"vtln {f}": vtln(fm, f) for f in floats(args.vtln)}
+        transforms.update({f"tempo {f}": tempo(f) for f in floats(args.tempo)})
+        transforms.update({f"pad {int(n)}": pad(int(n)) for n in floats(args.pad)})
+        for n in floats(args.silence_pad):
+            transforms[f"silence pad {int(n)}"] = silence_pad(fm, args.exp / "folds" / fold, int(n))
+        for name, t in transforms.items():
+            rows[name] = fm.wer(t)
+            print(f"{fold} {name}: {rows[name]}", flush=True)
+        if args.vote:
+            rows["vote"] = vote(fm, {k: t for k, t in transforms.items() if "pad" not in k})
+            print(f"{fold} vote: {rows['vote']}", flush=True)
         result["folds"][fold] = rows
     if args.probe:
         result["probe"] = probe(args.exp, [f for f in args.folds if "-seed+" not in f])

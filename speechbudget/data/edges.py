@@ -10,6 +10,7 @@ training utterance moves by its own amount, drawn uniformly from [-S, +S] second
 clip cut into its word has none that are silent (nicolas' quietest tenth is 11 dB under his peak,
 george's 33), and padding with them lengthens the word.
 Keyword spotting's random time shift (the Speech Commands recipes) is the same idea for fixed windows.
+On FSDD's folds it was a tie (fold mean 20.4% -> 20.3%, five seeds), so no recipe sets it.
 
 It runs in the batch transform like ``ctc.tempo``: the budget pays for the frames the encoder sees, and
 evaluation batches never get it.
