@@ -112,7 +112,7 @@ class CtcConfig:
     #: factor in [1 / (1 + tempo), 1 + tempo], rate without pitch (data/tempo.py); 0 = off
     tempo: float = 0.0
     #: edge jitter (fbank, with spec_augment): each end of each utterance moved by up to this many
-    #: seconds, out (its own quietest frames) or in (cropped) (data/edges.py); 0 = off
+    #: seconds, out (silence recorded in the batch) or in (cropped) (data/edges.py); 0 = off
     edge_jitter: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0

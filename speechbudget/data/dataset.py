@@ -80,6 +80,16 @@ class SpeechDataset(torch.utils.data.Dataset):
         return batch
 
 
+def replace_frames(batch: Dict, features: torch.Tensor, lengths: torch.Tensor) -> Dict:
+    """A batch transform's new frames in ``batch``, with ``seconds`` (the audio a run reports) scaled by
+    the change in frames: the budget and the hours then count what the encoder really sees."""
+    before = int(batch["lengths"].sum())
+    batch["features"], batch["lengths"] = features, lengths.to(batch["lengths"].dtype)
+    if before:
+        batch["seconds"] = batch["seconds"] * int(lengths.sum()) / before
+    return batch
+
+
 def warn_long_cuts(cuts: CutSet, max_duration: float) -> int:
     """Cuts longer than ``max_duration`` each make a batch of their own (lhotse says so in a warning
     per batch, with its file path): say it once, in our words, with what to change. Returns how many."""

@@ -23,7 +23,8 @@ from typing import Dict
 
 import torch
 
-from speechbudget.data.features import FRAME_SHIFT
+from .dataset import replace_frames
+from .features import FRAME_SHIFT
 
 #: a frame this far (dB) under its utterance's loudest is silence: FSDD's margins sit ~30 dB under the word
 SILENCE_DB = 25.0
@@ -75,9 +76,5 @@ class EdgeJitter:
             move_edges(x[i, :n], int(moves[i, 0]), int(moves[i, 1]), silence)
             for i, n in enumerate(lengths.tolist())
         ]
-        before = int(lengths.sum())
-        batch["features"] = torch.nn.utils.rnn.pad_sequence(out, batch_first=True)
-        batch["lengths"] = torch.tensor([u.size(0) for u in out], dtype=lengths.dtype)
-        if before:
-            batch["seconds"] = batch["seconds"] * int(batch["lengths"].sum()) / before
-        return batch
+        padded = torch.nn.utils.rnn.pad_sequence(out, batch_first=True)
+        return replace_frames(batch, padded, torch.tensor([u.size(0) for u in out]))

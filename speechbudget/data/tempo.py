@@ -19,6 +19,8 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+from .dataset import replace_frames
+
 
 def stretch(features: torch.Tensor, lengths: torch.Tensor, factors: torch.Tensor):
     """Each utterance's first ``lengths[i]`` frames resampled to ``round(lengths[i] x factors[i])``
@@ -48,8 +50,4 @@ class TempoPerturb:
         if x.size(0) == 0:
             return batch
         factors = torch.exp((torch.rand(x.size(0)) * 2 - 1) * self.log_width)
-        before = int(lengths.sum())
-        batch["features"], batch["lengths"] = stretch(x, lengths, factors)
-        if before:
-            batch["seconds"] = batch["seconds"] * int(batch["lengths"].sum()) / before
-        return batch
+        return replace_frames(batch, *stretch(x, lengths, factors))
