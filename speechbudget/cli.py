@@ -5,7 +5,9 @@ No logic lives here beyond choosing what to call and how to show it.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -637,6 +639,22 @@ def _flops(v: Any) -> str:
 _register_subcommands()
 
 
+#: under this much free space a failed write is taken for a full disk (torch.save then says "unexpected pos")
+DISK_FULL_BYTES = 64 * 2**20
+
+
+def disk_full_message(e: BaseException) -> Optional[str]:
+    """The one-line message when ``e`` came from a full disk (ENOSPC, or any failure with almost no space
+    left where the command runs), else None."""
+    free = shutil.disk_usage(".").free
+    if getattr(e, "errno", None) == errno.ENOSPC or free < DISK_FULL_BYTES:
+        return (
+            f"the disk is full ({free / 2**20:.0f} MiB free; {type(e).__name__}: {e}): free some space and "
+            "re-run the same command, which resumes from its last checkpoint"
+        )
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
@@ -670,6 +688,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # a bug of ours: one line by default, the traceback on request
         if os.environ.get("SPEECHBUDGET_DEBUG"):
             raise
+        full = disk_full_message(e)
+        if full:
+            err.print(f"[red]error:[/red] {escape(full)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         err.print(
             f"[red]internal error:[/red] {type(e).__name__}: {e} (re-run with SPEECHBUDGET_DEBUG=1 for the "
             "traceback and report it)",

@@ -365,3 +365,21 @@ def test_checkpoints_of_older_versions_still_load_and_resume_the_numpy_generator
     state = ckpt.load(tmp_path / "new.pt")["rng"]
     np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
     assert np.random.rand() == expected
+
+
+def test_a_full_disk_is_named_with_what_to_do_not_reported_as_a_bug(monkeypatch):
+    """A checkpoint written onto a full disk fails inside torch.save with "unexpected pos" (seen in a
+    quickstart run): that, and any ENOSPC, is the user's full disk, not an internal error."""
+    import errno
+    from collections import namedtuple
+
+    enospc = OSError(errno.ENOSPC, "No space left on device")
+    assert "the disk is full" in cli.disk_full_message(enospc)
+    torch_save = RuntimeError(
+        "[enforce fail at inline_container.cc:664] . unexpected pos 42422656 vs 42422544"
+    )
+    assert cli.disk_full_message(torch_save) is None  # with space left, a failure is a bug to report
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**20, 2**20))
+    message = cli.disk_full_message(torch_save)
+    assert message.startswith("the disk is full (1 MiB free") and "re-run the same command" in message
