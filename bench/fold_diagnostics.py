@@ -80,11 +80,6 @@ class FoldModel:
                 hyps += [self.tok.decode(h) for h in found]
         return refs, hyps, float(np.mean(confidence))
 
-    def wer(self, transform) -> Dict[str, float]:
-        """Lexicon WER % and mean best-path frame log-prob with ``transform`` applied."""
-        refs, hyps, confidence = self.hypotheses(transform)
-        return {"wer": word_error_rate(refs, hyps), "confidence": round(confidence, 4)}
-
 
 def word_error_rate(refs: List[str], hyps: List[str]) -> float:
     errors = sum(kaldialign.edit_distance(r.split(), h.split())["total"] for r, h in zip(refs, hyps))
@@ -119,22 +114,19 @@ def tempo(factor: float):
     return transform
 
 
-def pad(frames: int):
-    """``frames`` copies of each clip's quietest frame (summed log-mel) added at both ends; < 0: cropped."""
+def per_clip(edit):
+    """A batch transform applying ``edit(utterance)`` to each clip's real frames, re-padded."""
 
     def transform(x, lengths):
-        out = []
-        for i in range(x.size(0)):
-            u = x[i, : int(lengths[i])]
-            if frames > 0:
-                quiet = u[u.sum(1).argmin()].expand(frames, -1)
-                u = torch.cat([quiet, u, quiet])
-            elif frames < 0:
-                u = u[-frames : u.size(0) + frames]
-            out.append(u)
+        out = [edit(x[i, : int(lengths[i])]) for i in range(x.size(0))]
         return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), torch.tensor([u.size(0) for u in out])
 
     return transform
+
+
+def pad(frames: int):
+    """``frames`` copies of each clip's quietest frame (summed log-mel) added at both ends; < 0: cropped."""
+    return per_clip(lambda u: move_edges(u, frames, frames, u[u.sum(1).argmin()].unsqueeze(0)))
 
 
 def silence_pad(fm: FoldModel, fold: Path, frames: int):
@@ -147,22 +139,15 @@ def silence_pad(fm: FoldModel, fold: Path, frames: int):
     )
     batch = SpeechDataset("fbank", transform=speaker_cmn.for_cuts(fm.target, real))[real]
     silence = silence_frames(batch["features"], batch["lengths"])
-
-    def transform(x, lengths):
-        out = [move_edges(x[i, : int(lengths[i])], frames, frames, silence) for i in range(x.size(0))]
-        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), torch.tensor([u.size(0) for u in out])
-
-    return transform
+    return per_clip(lambda u: move_edges(u, frames, frames, silence))
 
 
-def vote(fm: FoldModel, transforms: Dict[str, object]) -> Dict[str, float]:
-    """WER of the most common hypothesis over the clip as recorded and its transformed copies (ties: as
-    recorded)."""
-    refs, plain, _ = fm.hypotheses(as_recorded)
-    every = [plain] + [fm.hypotheses(t)[1] for t in transforms.values()]
+def vote(refs: List[str], plain: List[str], others: List[List[str]]) -> Dict[str, float]:
+    """WER of the most common hypothesis over the clip as recorded (``plain``) and its transformed copies
+    (``others``; ties: as recorded)."""
     voted = []
     for i, h in enumerate(plain):
-        counts = Counter(hs[i] for hs in every)
+        counts = Counter([h] + [hs[i] for hs in others])
         voted.append(h if counts[h] == max(counts.values()) else counts.most_common(1)[0][0])
     return {"wer": word_error_rate(refs, voted), "as recorded": word_error_rate(refs, plain)}
 
@@ -236,11 +221,14 @@ def main() -> None:
         transforms.update({f"pad {int(n)}": pad(int(n)) for n in floats(args.pad)})
         for n in floats(args.silence_pad):
             transforms[f"silence pad {int(n)}"] = silence_pad(fm, args.exp / "folds" / fold, int(n))
-        for name, t in transforms.items():
-            rows[name] = fm.wer(t)
+        hyps = {}
+        for name, t in transforms.items():  # each transform decoded once: its WER, and its vote
+            refs, hyps[name], confidence = fm.hypotheses(t)
+            rows[name] = {"wer": word_error_rate(refs, hyps[name]), "confidence": round(confidence, 4)}
             print(f"{fold} {name}: {rows[name]}", flush=True)
         if args.vote:
-            rows["vote"] = vote(fm, {k: t for k, t in transforms.items() if "pad" not in k})
+            refs, plain, _ = fm.hypotheses(as_recorded)
+            rows["vote"] = vote(refs, plain, [h for k, h in hyps.items() if "pad" not in k])
             print(f"{fold} vote: {rows['vote']}", flush=True)
         result["folds"][fold] = rows
     if args.probe:

@@ -646,7 +646,10 @@ DISK_FULL_BYTES = 64 * 2**20
 def disk_full_message(e: BaseException) -> Optional[str]:
     """The one-line message when ``e`` came from a full disk (ENOSPC, or any failure with almost no space
     left where the command runs), else None."""
-    free = shutil.disk_usage(".").free
+    try:
+        free = shutil.disk_usage(".").free
+    except OSError:  # the folder is gone: no answer, and the handler must not fail itself
+        free = DISK_FULL_BYTES
     if getattr(e, "errno", None) == errno.ENOSPC or free < DISK_FULL_BYTES:
         return (
             f"the disk is full ({free / 2**20:.0f} MiB free; {type(e).__name__}: {e}): free some space and "

@@ -31,18 +31,17 @@ SILENCE_DB = 25.0
 
 
 def frame_db(utterance: torch.Tensor) -> torch.Tensor:
-    """Each log-mel frame's energy in dB (the log of the summed mel energies)."""
-    return utterance.logsumexp(dim=1) * (10 / math.log(10))
+    """Each log-mel frame's energy in dB (the log of its summed mel energies, the last axis)."""
+    return utterance.logsumexp(dim=-1) * (10 / math.log(10))
 
 
 def silence_frames(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The batch's frames at least ``SILENCE_DB`` under the loudest frame of their own utterance; (0, F)
     when no utterance has any."""
-    found = []
-    for i, n in enumerate(lengths.tolist()):
-        db = frame_db(features[i, :n])
-        found.append(features[i, :n][db <= db.max() - SILENCE_DB])
-    return torch.cat(found) if found else features.new_zeros(0, features.size(-1))
+    db = frame_db(features)  # (B, T), the padding masked out below
+    real = torch.arange(features.size(1)) < lengths.unsqueeze(1)
+    peak = db.masked_fill(~real, -math.inf).amax(dim=1, keepdim=True)
+    return features[real & (db <= peak - SILENCE_DB)]
 
 
 def move_edges(utterance: torch.Tensor, left: int, right: int, silence: torch.Tensor) -> torch.Tensor:
