@@ -32,6 +32,13 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:
+        # where the write failed, for the CLI's full-disk check (the exp_dir may sit on another disk)
+        try:
+            e.speechbudget_folder = path.parent  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type without a __dict__
+            pass
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

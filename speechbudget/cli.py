@@ -645,11 +645,14 @@ DISK_FULL_BYTES = 64 * 2**20
 
 def disk_full_message(e: BaseException) -> Optional[str]:
     """The one-line message when ``e`` came from a full disk (ENOSPC, or any failure with almost no space
-    left where the command runs), else None."""
-    try:
-        free = shutil.disk_usage(".").free
-    except OSError:  # the folder is gone: no answer, and the handler must not fail itself
-        free = DISK_FULL_BYTES
+    left where the command runs or where the failed write went), else None."""
+    frees = []
+    for folder in dict.fromkeys([".", str(getattr(e, "speechbudget_folder", "."))]):
+        try:
+            frees.append(shutil.disk_usage(folder).free)
+        except OSError:  # the folder is gone: no answer, and the handler must not fail itself
+            pass
+    free = min(frees, default=DISK_FULL_BYTES)
     if getattr(e, "errno", None) == errno.ENOSPC or free < DISK_FULL_BYTES:
         return (
             f"the disk is full ({free / 2**20:.0f} MiB free; {type(e).__name__}: {e}): free some space and "

@@ -194,6 +194,16 @@ def test_a_run_that_averages_is_decoded_through_its_average_until_it_trains_on(
     assert [n for n in notes if "not the final" in n] == [
         f"test/greedy ({first.stem}): decoded {first.name}, not the final averaged.pt"
     ], notes
+    # a finished run whose checkpoints were deleted to save disk is still decoded, through its average
+    # (it said "no checkpoint-*.pt"); a copy, since the run trains on below
+    slim = tmp_path / "ft-slim"
+    shutil.copytree(ft, slim)
+    shutil.rmtree(slim / "checkpoints")
+    kept_avg = json.loads(run(capsys, "decode", slim, test_cuts, "--json").out)
+    assert kept_avg["checkpoint"] == str(slim / "averaged.pt") and kept_avg["wer"] == avg["wer"]
+    # ... but not an average that no finished run names (a summary.json from elsewhere, or none)
+    (slim / "summary.json").unlink()
+    run(capsys, "decode", slim, test_cuts, code=2)
     # trained on without averaging: the stale average is passed over for the newer checkpoint
     run(capsys, "finetune", r, "budget.steps=5", "average_last=0", "--json")
     newer = json.loads(run(capsys, "decode", ft, test_cuts, "--json").out)

@@ -383,3 +383,29 @@ def test_a_full_disk_is_named_with_what_to_do_not_reported_as_a_bug(monkeypatch)
     monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**20, 2**20))
     message = cli.disk_full_message(torch_save)
     assert message.startswith("the disk is full (1 MiB free") and "re-run the same command" in message
+    monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    assert cli.disk_full_message(torch_save) is None  # no answer about the space: not claimed full
+
+
+def test_a_full_disk_under_the_exp_dir_is_found_where_the_write_failed(tmp_path, monkeypatch):
+    """The exp_dir may sit on another disk than the folder the command runs in: the failed write's folder
+    is checked too (atomic_output names it on the exception)."""
+    from collections import namedtuple
+
+    from speechbudget.atomic import atomic_output
+
+    full_disk = tmp_path / "exp"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(
+        cli.shutil,
+        "disk_usage",
+        lambda path: usage(2**40, 0, 2**20 if Path(path) == full_disk else 2**40),
+    )
+    failure = RuntimeError("unexpected pos 42422656 vs 42422544")
+    with pytest.raises(RuntimeError) as caught:
+        with atomic_output(full_disk / "checkpoint-00000100.pt"):
+            raise failure
+    assert caught.value.speechbudget_folder == full_disk
+    assert cli.disk_full_message(caught.value).startswith("the disk is full (1 MiB free")
+    assert cli.disk_full_message(RuntimeError("unexpected pos")) is None  # the cwd's disk has room
+    assert not list(full_disk.iterdir())  # and nothing half-written is left

@@ -6,6 +6,7 @@ optimizer, scheduler, sampler position, RNG states and the budget counters.
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import re
@@ -41,14 +42,27 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
 
 def final_model(run: Path) -> Optional[Path]:
     """What a run folder trained: its averaged.pt when the run averaged its last checkpoints and saved
-    none since, else its newest checkpoint; None before its first checkpoint."""
+    none since (or finished with it and had its checkpoints deleted to save disk), else its newest
+    checkpoint; None before its first checkpoint."""
     found = latest_checkpoint(Path(run) / "checkpoints")
     averaged = Path(run) / AVERAGED
-    if found is not None and averaged.is_file():
-        # memory-mapped: only the list of averaged files is read, not the weights
-        if [Path(a).name for a in load(averaged, mmap=True).get("averaged", [])][-1:] == [found.name]:
-            return averaged
+    if not averaged.is_file():
+        return found
+    if found is None:
+        return averaged if _finished_with(Path(run), averaged) else None
+    # memory-mapped: only the list of averaged files is read, not the weights
+    if [Path(a).name for a in load(averaged, mmap=True).get("averaged", [])][-1:] == [found.name]:
+        return averaged
     return found
+
+
+def _finished_with(run: Path, averaged: Path) -> bool:
+    """Whether the run's summary.json (written when training ends) names ``averaged`` as its model."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and Path(str(summary.get("averaged", ""))).name == averaged.name
 
 
 def resolve(path: Path) -> Path:
