@@ -114,6 +114,9 @@ class CtcConfig:
     #: edge jitter (fbank, with spec_augment): each end of each utterance moved by up to this many
     #: seconds, out (silence recorded in the batch) or in (cropped) (data/edges.py); 0 = off
     edge_jitter: float = 0.0
+    #: mixup (MixSpeech; fbank, with spec_augment): this share of the training utterances blended with
+    #: another of the batch, the loss weighted alike over both transcripts (data/mixup.py); 0 = off
+    mixup: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
@@ -478,6 +481,7 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.vtlp", 0 <= c.vtlp <= 0.3, "must be between 0 (off) and 0.3 (warp factors 0.7-1.3)"),
         ("ctc.tempo", 0 <= c.tempo <= 1, "must be between 0 (off) and 1 (stretch factors 0.5-2)"),
         ("ctc.edge_jitter", 0 <= c.edge_jitter <= 0.5, "must be between 0 (off) and 0.5 seconds"),
+        ("ctc.mixup", 0 <= c.mixup <= 1, "must be a share between 0 (off) and 1"),
         (
             "ctc.speed_perturb",
             all(0.5 <= f <= 2.0 for f in c.speed_perturb)

@@ -18,6 +18,7 @@ from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
 from speechbudget.data.edges import SILENCE_DB, EdgeJitter, frame_db, move_edges, silence_frames
 from speechbudget.data.manifests import load_cuts
+from speechbudget.data.mixup import MixUp, mix_pairs
 from speechbudget.data.tempo import TempoPerturb, stretch
 from speechbudget.models.presets import build_encoder
 from speechbudget.objectives.ctc import CtcModel
@@ -150,11 +151,12 @@ def test_tempo_stretches_training_batches_the_budget_counts_them_and_dev_is_unto
 
 
 def _budget_sees_training_frames_only(
-    fsdd_corpus: Path, tmp_path: Path, capsys, key: str, value: float
+    fsdd_corpus: Path, tmp_path: Path, capsys, key: str, value: float, same_padding: bool = False
 ) -> Path:
     """Two 2-step fine-tunings alike but for ``ctc.<key>`` (lr ~0: the same weights): the budget counts
-    the training batches' changed frames, and the dev set (never transformed) scores the same. Returns
-    the recipe, for the caller's bad-value check."""
+    the training batches' changed frames (``same_padding``: a change inside the padded batch, which the
+    FLOPs already paid for, shows in the audio hours only), and the dev set (never transformed) scores the
+    same. Returns the recipe, for the caller's bad-value check."""
     cards = {}
     for v in (0.0, value):
         recipe = tmp_path / f"{key}{v}.yaml"
@@ -174,7 +176,8 @@ def _budget_sees_training_frames_only(
         assert code == 0, err[-2000:]
         cards[v] = json.loads(out)
     plain, changed = cards[0.0], cards[value]
-    assert changed["flops"] != plain["flops"] and changed["audio_hours"] != plain["audio_hours"]
+    assert (changed["flops"] == plain["flops"]) == same_padding
+    assert changed["audio_hours"] != plain["audio_hours"]
     assert changed["valid"]["valid_loss"] == pytest.approx(plain["valid"]["valid_loss"], rel=1e-5)
     return recipe
 
@@ -206,3 +209,53 @@ def test_edge_jitter_pads_with_recorded_silence_crops_at_most_half_and_the_budge
     recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "edge_jitter", 0.1)
     code, _, err = cli_result(capsys, "finetune", recipe, "ctc.edge_jitter=-0.1")
     assert code == 2 and "ctc.edge_jitter" in err
+
+
+def test_mixup_blends_pairs_weights_both_transcripts_and_leaves_dev_alone(fsdd_corpus, tmp_path, capsys):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank")[cuts]
+    x, lengths, seconds = batch["features"].clone(), batch["lengths"].clone(), batch["seconds"]
+    i, j = int(lengths.argmin()), int(lengths.argmax())  # the shortest clip mixed with the longest
+    partner, weight = torch.arange(x.size(0)), torch.ones(x.size(0))
+    partner[i], weight[i] = j, 0.3
+    mixed, new_lengths = mix_pairs(x, lengths, partner, weight)
+    n, m = int(lengths[i]), int(lengths[j])
+    assert n < m and int(new_lengths[i]) == m
+    assert torch.allclose(mixed[i, :n], 0.3 * x[i, :n] + 0.7 * x[j, :n])
+    assert torch.equal(mixed[i, n:m], x[j, n:m])  # the longer one's own frames, not pulled to the padding
+    assert torch.equal(mixed[i, m:], x[i, m:])  # the padding as it was
+    others = [k for k in range(x.size(0)) if k != i]
+    assert torch.equal(mixed[others], x[others]) and torch.equal(new_lengths[others], lengths[others])
+    torch.manual_seed(0)
+    out = MixUp(1.0)(dict(batch))
+    assert (out["mix_partner"] != torch.arange(x.size(0))).all()  # never mixed with itself
+    assert ((out["mix_weight"] > 0) & (out["mix_weight"] < 1)).all()
+    assert out["seconds"] / seconds == pytest.approx(int(out["lengths"].sum()) / int(lengths.sum()), rel=1e-9)
+    # the loss: weighted over both transcripts; all weight on the partner = the partner's transcript alone
+    model = CtcModel(build_encoder("zipformer-nano"), vocab_size=30, spec_augment=False)
+    model.train()
+    # stand-in transcripts of 1-3 tokens, each utterance its own
+    ids = [torch.tensor([1 + (k + r) % 28 for r in range(1 + k % 3)]) for k in range(x.size(0))]
+    tok = {
+        "tokens": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
+        "token_lengths": torch.tensor([len(t) for t in ids]),
+    }
+    shift = (torch.arange(x.size(0)) + 1) % x.size(0)
+    feats = {"features": x, "lengths": lengths}
+    torch.manual_seed(1)
+    to_partner, _ = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.zeros(x.size(0))})
+    swapped = {"tokens": tok["tokens"][shift], "token_lengths": tok["token_lengths"][shift]}
+    torch.manual_seed(1)
+    plain, _ = model({**feats, **swapped})
+    assert float(to_partner) == pytest.approx(float(plain), rel=1e-5)
+    torch.manual_seed(1)
+    half, _ = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.full((x.size(0),), 0.5)})
+    torch.manual_seed(1)
+    own, _ = model({**feats, **tok})
+    n_own, n_theirs = int(tok["token_lengths"].sum()), int(swapped["token_lengths"].sum())
+    assert float(half) == pytest.approx(
+        (float(own) * n_own + float(plain) * n_theirs) / (n_own + n_theirs), rel=1e-5
+    )
+    recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "mixup", 1.0, same_padding=True)
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.mixup=1.5")
+    assert code == 2 and "ctc.mixup" in err

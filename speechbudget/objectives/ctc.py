@@ -149,21 +149,58 @@ class CtcModel(nn.Module):
             device=out_lengths.device,
         )
         ok = (need <= out_lengths) & (tok_len > 0)
+        mixed = self.training and "mix_partner" in batch and bool((batch["mix_weight"] < 1).any())
+        if mixed:  # ``ctc.mixup``: the partner's transcript must fit too
+            partner = batch["mix_partner"].to(tokens.device)
+            ok = ok & (need[partner] <= out_lengths) & (tok_len[partner] > 0)
         n_ok = int(ok.sum())
         if n_ok == 0:  # keep the graph so DDP and backward stay well-defined
             loss = log_probs.sum() * 0.0
+        elif mixed:
+            loss = self._mixed_loss(log_probs, out_lengths, batch, partner, ok)
         else:
-            loss = F.ctc_loss(
-                log_probs[ok].transpose(0, 1),
-                tokens[ok],
-                out_lengths[ok],
-                tok_len[ok],
-                blank=self.blank_id,
-                reduction="sum",
-                zero_infinity=True,
-            ) / max(int(tok_len[ok].sum()), 1)
+            loss = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "sum") / max(
+                int(tok_len[ok].sum()), 1
+            )
         return loss, {
             "loss": float(loss.detach()),
             "ctc_infeasible": float((~ok).sum()),
             "utterances": float(n_ok),
         }
+
+    def _ctc(
+        self,
+        log_probs: torch.Tensor,
+        out_lengths: torch.Tensor,
+        tokens: torch.Tensor,
+        tok_len: torch.Tensor,
+        ok: torch.Tensor,
+        reduction: str,
+    ) -> torch.Tensor:
+        """The CTC loss of the utterances ``ok`` against ``tokens``."""
+        return F.ctc_loss(
+            log_probs[ok].transpose(0, 1),
+            tokens[ok],
+            out_lengths[ok],
+            tok_len[ok],
+            blank=self.blank_id,
+            reduction=reduction,
+            zero_infinity=True,
+        )
+
+    def _mixed_loss(
+        self,
+        log_probs: torch.Tensor,
+        out_lengths: torch.Tensor,
+        batch: Dict[str, torch.Tensor],
+        partner: torch.Tensor,
+        ok: torch.Tensor,
+    ) -> torch.Tensor:
+        """``ctc.mixup``'s loss: each utterance's CTC loss against its own transcript and its partner's,
+        weighted as its frames were mixed (``data/mixup.py``), per token of the weighted transcripts."""
+        tokens, tok_len = batch["tokens"], batch["token_lengths"]
+        w = batch["mix_weight"].to(log_probs.device, log_probs.dtype)[ok]
+        own = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "none")
+        theirs = self._ctc(log_probs, out_lengths, tokens[partner], tok_len[partner], ok, "none")
+        tokens_seen = (w * tok_len[ok] + (1 - w) * tok_len[partner][ok]).sum().clamp(min=1)
+        return (w * own + (1 - w) * theirs).sum() / tokens_seen

@@ -19,6 +19,7 @@ from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.edges import EdgeJitter
 from ..data.manifests import cut_text
+from ..data.mixup import MixUp
 from ..data.tempo import TempoPerturb
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder, with_overrides
@@ -191,6 +192,12 @@ def edge_transform(cfg: TrainConfig, model: CtcModel) -> Optional[EdgeJitter]:
     return EdgeJitter(cfg.ctc.edge_jitter) if cfg.ctc.edge_jitter > 0 and model.augment else None
 
 
+def mixup_transform(cfg: TrainConfig, model: CtcModel) -> Optional[MixUp]:
+    """``ctc.mixup``: a share of each training batch blended in pairs (log-mel, with SpecAugment on); None
+    when off."""
+    return MixUp(cfg.ctc.mixup) if cfg.ctc.mixup > 0 and model.augment else None
+
+
 def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
     """Reverberation, then noise (lhotse, on the audio of each training batch); None when both are off."""
     a = cfg.ctc
@@ -296,7 +303,11 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             model.encoder,
             with_text=True,
             transform=Chain(
-                train_cmn, tempo_transform(cfg, model), edge_transform(cfg, model), Tokenize(tokenizer)
+                train_cmn,
+                tempo_transform(cfg, model),
+                edge_transform(cfg, model),
+                mixup_transform(cfg, model),
+                Tokenize(tokenizer),
             ),
             cut_transform=audio_augmentation(cfg),
             on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
