@@ -243,19 +243,21 @@ def test_mixup_blends_pairs_weights_both_transcripts_and_leaves_dev_alone(fsdd_c
     shift = (torch.arange(x.size(0)) + 1) % x.size(0)
     feats = {"features": x, "lengths": lengths}
     torch.manual_seed(1)
-    to_partner, _ = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.zeros(x.size(0))})
+    to_partner = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.zeros(x.size(0))})[1][
+        "loss"
+    ]
     swapped = {"tokens": tok["tokens"][shift], "token_lengths": tok["token_lengths"][shift]}
     torch.manual_seed(1)
-    plain, _ = model({**feats, **swapped})
-    assert float(to_partner) == pytest.approx(float(plain), rel=1e-5)
+    plain = model({**feats, **swapped})[1]["loss"]
+    assert to_partner == pytest.approx(plain, rel=1e-5)
     torch.manual_seed(1)
-    half, _ = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.full((x.size(0),), 0.5)})
+    half = model({**feats, **tok, "mix_partner": shift, "mix_weight": torch.full((x.size(0),), 0.5)})[1][
+        "loss"
+    ]
     torch.manual_seed(1)
-    own, _ = model({**feats, **tok})
+    own = model({**feats, **tok})[1]["loss"]
     n_own, n_theirs = int(tok["token_lengths"].sum()), int(swapped["token_lengths"].sum())
-    assert float(half) == pytest.approx(
-        (float(own) * n_own + float(plain) * n_theirs) / (n_own + n_theirs), rel=1e-5
-    )
+    assert half == pytest.approx((own * n_own + plain * n_theirs) / (n_own + n_theirs), rel=1e-5)
     recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "mixup", 1.0, same_padding=True)
     code, _, err = cli_result(capsys, "finetune", recipe, "ctc.mixup=1.5")
     assert code == 2 and "ctc.mixup" in err
