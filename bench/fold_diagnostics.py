@@ -42,7 +42,7 @@ from speechbudget import atomic
 from speechbudget.asr.decoding import beam_search_batch
 from speechbudget.asr.text import normalize_text
 from speechbudget.data import speaker_cmn
-from speechbudget.data.dataset import SpeechDataset, make_loader
+from speechbudget.data.dataset import SpeechDataset, make_loader, repad
 from speechbudget.data.edges import move_edges, silence_frames
 from speechbudget.data.manifests import cut_text, load_cuts
 from speechbudget.data.vtlp import warp
@@ -118,8 +118,7 @@ def per_clip(edit):
     """A batch transform applying ``edit(utterance)`` to each clip's real frames, re-padded."""
 
     def transform(x, lengths):
-        out = [edit(x[i, : int(lengths[i])]) for i in range(x.size(0))]
-        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), torch.tensor([u.size(0) for u in out])
+        return repad([edit(x[i, : int(lengths[i])]) for i in range(x.size(0))], x)
 
     return transform
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from lhotse import CutSet
@@ -78,6 +78,15 @@ class SpeechDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             batch = self.transform(batch)
         return batch
+
+
+def repad(utterances: List[torch.Tensor], like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-utterance (T_i, F) frames back into a padded (B, T, F) batch and its lengths; an empty list gives
+    ``like``'s batch with no frames."""
+    if not utterances:
+        return like[:, :0], torch.zeros(0, dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(utterances, batch_first=True)
+    return padded, torch.tensor([u.size(0) for u in utterances])
 
 
 def replace_frames(batch: Dict, features: torch.Tensor, lengths: torch.Tensor) -> Dict:

@@ -23,7 +23,7 @@ from typing import Dict
 
 import torch
 
-from .dataset import replace_frames
+from .dataset import repad, replace_frames
 from .features import FRAME_SHIFT
 
 #: a frame this far (dB) under its utterance's loudest is silence: FSDD's margins sit ~30 dB under the word
@@ -75,5 +75,4 @@ class EdgeJitter:
             move_edges(x[i, :n], int(moves[i, 0]), int(moves[i, 1]), silence)
             for i, n in enumerate(lengths.tolist())
         ]
-        padded = torch.nn.utils.rnn.pad_sequence(out, batch_first=True)
-        return replace_frames(batch, padded, torch.tensor([u.size(0) for u in out]))
+        return replace_frames(batch, *repad(out, x))

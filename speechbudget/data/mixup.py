@@ -44,8 +44,8 @@ class MixUp:
     """Batch transform: each utterance, with probability ``prob``, mixed with another utterance of the
     batch drawn uniformly. Draws from torch's RNG, which the trainer seeds and checkpoints."""
 
-    def __init__(self, prob: float, alpha: float = ALPHA):
-        self.prob, self.beta = prob, torch.distributions.Beta(alpha, alpha)
+    def __init__(self, prob: float):
+        self.prob, self.beta = prob, torch.distributions.Beta(ALPHA, ALPHA)
 
     def __call__(self, batch: Dict) -> Dict:
         x, lengths = batch["features"], batch["lengths"]

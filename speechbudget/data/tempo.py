@@ -19,22 +19,21 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from .dataset import replace_frames
+from .dataset import repad, replace_frames
 
 
 def stretch(features: torch.Tensor, lengths: torch.Tensor, factors: torch.Tensor):
     """Each utterance's first ``lengths[i]`` frames resampled to ``round(lengths[i] x factors[i])``
     (at least one); returns the re-padded (B, T', F) features and the new lengths."""
-    out, new = [], []
+    out = []
     for i, n in enumerate(lengths.tolist()):
         m = max(1, round(n * float(factors[i])))
         u = features[i, :n].t().unsqueeze(0)  # (1, F, n): interpolate along time
         out.append(
             F.interpolate(u, size=m, mode="linear", align_corners=n > 1)[0].t() if m != n else features[i, :n]
         )
-        new.append(m)
-    padded = torch.nn.utils.rnn.pad_sequence(out, batch_first=True) if out else features[:, :0]
-    return padded, torch.tensor(new, dtype=lengths.dtype)
+    padded, new = repad(out, features)
+    return padded, new.to(lengths.dtype)
 
 
 class TempoPerturb:
