@@ -117,6 +117,10 @@ class CtcConfig:
     #: mixup (MixSpeech; fbank, with spec_augment): this share of the training utterances blended with
     #: another of the batch, the loss weighted alike over both transcripts (data/mixup.py); 0 = off
     mixup: float = 0.0
+    #: consistency-regularised CTC (CR-CTC; fbank, with spec_augment): each training utterance seen
+    #: twice, with its own gain, VTLP and SpecAugment draws, the loss adding this weight x the KL
+    #: divergence between the two views' frame posteriors (data/views.py); 0 = off, the paper's 0.2
+    consistency: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
@@ -482,6 +486,12 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.tempo", 0 <= c.tempo <= 1, "must be between 0 (off) and 1 (stretch factors 0.5-2)"),
         ("ctc.edge_jitter", 0 <= c.edge_jitter <= 0.5, "must be between 0 (off) and 0.5 seconds"),
         ("ctc.mixup", 0 <= c.mixup <= 1, "must be a share between 0 (off) and 1"),
+        ("ctc.consistency", c.consistency >= 0, "must be >= 0 (0 = off; CR-CTC's weight is 0.2)"),
+        (
+            "ctc.consistency",
+            c.consistency == 0 or c.spec_augment,
+            "needs ctc.spec_augment: true (the two views differ by its draws)",
+        ),
         (
             "ctc.speed_perturb",
             all(0.5 <= f <= 2.0 for f in c.speed_perturb)

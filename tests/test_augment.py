@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from speechbudget.data.edges import SILENCE_DB, EdgeJitter, frame_db, move_edges
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.mixup import MixUp, mix_pairs
 from speechbudget.data.tempo import TempoPerturb, stretch
+from speechbudget.data.views import VIEWS, TwoViews
 from speechbudget.models.presets import build_encoder
 from speechbudget.objectives.ctc import CtcModel
 
@@ -151,12 +153,19 @@ def test_tempo_stretches_training_batches_the_budget_counts_them_and_dev_is_unto
 
 
 def _budget_sees_training_frames_only(
-    fsdd_corpus: Path, tmp_path: Path, capsys, key: str, value: float, same_padding: bool = False
+    fsdd_corpus: Path,
+    tmp_path: Path,
+    capsys,
+    key: str,
+    value: float,
+    same_padding: bool = False,
+    flops_ratio: Optional[float] = None,
 ) -> Path:
     """Two 2-step fine-tunings alike but for ``ctc.<key>`` (lr ~0: the same weights): the budget counts
     the training batches' changed frames (``same_padding``: a change inside the padded batch, which the
-    FLOPs already paid for, shows in the audio hours only), and the dev set (never transformed) scores the
-    same. Returns the recipe, for the caller's bad-value check."""
+    FLOPs already paid for, shows in the audio hours only; ``flops_ratio``: the changed run's FLOPs are
+    this multiple of the plain run's, its audio hours the same), and the dev set (never transformed) scores the same. Returns the
+    recipe, for the caller's bad-value check."""
     cards = {}
     for v in (0.0, value):
         recipe = tmp_path / f"{key}{v}.yaml"
@@ -176,8 +185,12 @@ def _budget_sees_training_frames_only(
         assert code == 0, err[-2000:]
         cards[v] = json.loads(out)
     plain, changed = cards[0.0], cards[value]
-    assert (changed["flops"] == plain["flops"]) == same_padding
-    assert changed["audio_hours"] != plain["audio_hours"]
+    if flops_ratio is None:
+        assert (changed["flops"] == plain["flops"]) == same_padding
+    else:
+        assert changed["flops"] == pytest.approx(flops_ratio * plain["flops"], rel=1e-9)
+    # a second view of the same audio (``flops_ratio``) reads no more of it
+    assert (changed["audio_hours"] != plain["audio_hours"]) == (flops_ratio is None)
     assert changed["valid"]["valid_loss"] == pytest.approx(plain["valid"]["valid_loss"], rel=1e-5)
     return recipe
 
@@ -261,3 +274,53 @@ def test_mixup_blends_pairs_weights_both_transcripts_and_leaves_dev_alone(fsdd_c
     recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "mixup", 1.0, same_padding=True)
     code, _, err = cli_result(capsys, "finetune", recipe, "ctc.mixup=1.5")
     assert code == 2 and "ctc.mixup" in err
+
+
+def test_consistency_sees_each_utterance_twice_and_the_views_disagree_only_by_augmentation(
+    fsdd_corpus, tmp_path, capsys
+):
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank", with_text=True)[cuts]
+    b = batch["features"].size(0)
+    torch.manual_seed(0)
+    mixed = MixUp(1.0)(dict(batch))
+    two = TwoViews()(dict(mixed))
+    assert two[VIEWS] == 2 and two["seconds"] == mixed["seconds"]  # the audio read: epochs stay passes
+    for key in ("features", "lengths", "mix_weight"):
+        assert torch.equal(two[key][:b], mixed[key]) and torch.equal(two[key][b:], mixed[key])
+    assert two["texts"] == mixed["texts"] * 2 and two["ids"] == mixed["ids"] * 2
+    assert torch.equal(two["mix_partner"][b:], mixed["mix_partner"] + b)  # a copy's partner is a copy
+    # the loss: CTC over both views plus the weight x their disagreement, which only augmentation makes
+    ids = [torch.tensor([1 + (k + r) % 28 for r in range(1 + k % 3)]) for k in range(b)]
+    tok = {
+        "tokens": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
+        "token_lengths": torch.tensor([len(t) for t in ids]),
+    }
+    single = {"features": batch["features"], "lengths": batch["lengths"], **tok}
+    doubled = TwoViews()(dict(single))
+    losses = {}
+    for augment in (False, True):
+        torch.manual_seed(5)  # the same weights each time
+        model = CtcModel(
+            build_encoder("zipformer-nano"), vocab_size=30, spec_augment=augment, consistency=0.2
+        )
+        model.train()
+        torch.manual_seed(1)
+        loss, stats = model(doubled)
+        losses[augment] = stats
+        assert stats["loss"] == pytest.approx(stats["ctc"] + 0.2 * stats["consistency"], rel=1e-5)
+        loss.backward()  # the term trains both views, each towards the other
+        assert all(p.grad is not None for p in model.output.parameters())
+    assert losses[False]["consistency"] == pytest.approx(0.0, abs=1e-6)  # identical views agree
+    torch.manual_seed(5)
+    model = CtcModel(build_encoder("zipformer-nano"), vocab_size=30, spec_augment=False)
+    model.train()
+    assert losses[False]["ctc"] == pytest.approx(model(single)[1]["loss"], rel=1e-5)  # same per-token CTC
+    assert losses[True]["consistency"] > 1e-3  # independent masks, gains: the views differ
+    recipe = _budget_sees_training_frames_only(
+        fsdd_corpus, tmp_path, capsys, "consistency", 0.2, flops_ratio=2.0
+    )
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.consistency=-1")
+    assert code == 2 and "ctc.consistency" in err
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.consistency=0.2", "ctc.spec_augment=false")
+    assert code == 2 and "ctc.spec_augment" in err

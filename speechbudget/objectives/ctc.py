@@ -1,5 +1,9 @@
 """CTC fine-tuning head (torch.nn.functional.ctc_loss) with lhotse's SpecAugment in training.
 
+With ``consistency`` > 0 a training batch holds each utterance twice (``data/views.py``); the loss adds
+the KL divergence between the two views' frame posteriors, each view learning towards the other's
+(detached), as in CR-CTC (Yao et al., ICLR 2025).
+
 Utterances whose token sequence cannot fit the encoder output (CTC needs one frame per token
 plus one blank between repeated tokens) are dropped from the loss and counted, so they never
 turn into an infinite or NaN loss.
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from lhotse.dataset import SpecAugment
 from torch import nn
 
+from ..data.views import VIEWS
 from ..data.vtlp import vtlp
 from ..models.base import Encoder, make_pad_mask
 from .param_groups import encoder_head_groups
@@ -73,6 +78,18 @@ def torch_seeded_python_numpy():
         np.random.set_state(np_state)
 
 
+def views_disagreement(log_probs: torch.Tensor, out_lengths: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """CR-CTC's consistency term for a batch whose second half repeats its first (``data/views.py``):
+    over the real frames of the utterances CTC trains on, KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b), summed.
+    Each view is pulled towards the other, never the other way through the same term."""
+    b = log_probs.size(0) // 2
+    a, c = log_probs[:b], log_probs[b:]
+    kl = F.kl_div(a, c.detach(), log_target=True, reduction="none")
+    kl = kl + F.kl_div(c, a.detach(), log_target=True, reduction="none")
+    real = ~make_pad_mask(out_lengths[:b], log_probs.size(1)) & (ok[:b] & ok[b:]).unsqueeze(1)
+    return (kl.sum(-1) * real).sum()
+
+
 class CtcModel(nn.Module):
     def __init__(
         self,
@@ -89,8 +106,10 @@ class CtcModel(nn.Module):
         time_warp: int = 0,
         time_mask_max_fraction: float = 0.15,
         vtlp_warp: float = 0.0,
+        consistency: float = 0.0,
     ):
         super().__init__()
+        self.consistency = consistency
         self.gain_db = gain_db
         self.vtlp_warp = vtlp_warp
         self.encoder_lr_scale = encoder_lr_scale
@@ -162,11 +181,12 @@ class CtcModel(nn.Module):
             loss = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "sum") / max(
                 int(tok_len[ok].sum()), 1
             )
-        return loss, {
-            "loss": float(loss.detach()),
-            "ctc_infeasible": float((~ok).sum()),
-            "utterances": float(n_ok),
-        }
+        stats = {"ctc_infeasible": float((~ok).sum()), "utterances": float(n_ok)}
+        if self.training and batch.get(VIEWS) == 2 and self.consistency > 0 and n_ok:
+            agree = views_disagreement(log_probs, out_lengths, ok) / max(int(tok_len[ok].sum()), 1)
+            stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())
+            loss = loss + self.consistency * agree
+        return loss, {"loss": float(loss.detach()), **stats}
 
     def _ctc(
         self,

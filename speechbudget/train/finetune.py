@@ -21,6 +21,7 @@ from ..data.edges import EdgeJitter
 from ..data.manifests import cut_text
 from ..data.mixup import MixUp
 from ..data.tempo import TempoPerturb
+from ..data.views import TwoViews
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder, with_overrides
 from ..objectives.ctc import CtcModel
@@ -176,6 +177,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
         time_warp=a.time_warp,
         time_mask_max_fraction=a.time_mask_max_fraction,
         vtlp_warp=a.vtlp,
+        consistency=a.consistency,
     )
     return model, init
 
@@ -196,6 +198,12 @@ def mixup_transform(cfg: TrainConfig, model: CtcModel) -> Optional[MixUp]:
     """``ctc.mixup``: a share of each training batch blended in pairs (log-mel, with SpecAugment on); None
     when off."""
     return MixUp(cfg.ctc.mixup) if cfg.ctc.mixup > 0 and model.augment else None
+
+
+def views_transform(cfg: TrainConfig, model: CtcModel) -> Optional[TwoViews]:
+    """``ctc.consistency``: each training batch twice, for the two views the loss compares (after tempo,
+    edge jitter and mixup, so both views share their frames' times); None when off."""
+    return TwoViews() if cfg.ctc.consistency > 0 and model.augment else None
 
 
 def audio_augmentation(cfg: TrainConfig) -> Optional[Chain]:
@@ -308,6 +316,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                 edge_transform(cfg, model),
                 mixup_transform(cfg, model),
                 Tokenize(tokenizer),
+                views_transform(cfg, model),
             ),
             cut_transform=audio_augmentation(cfg),
             on_the_fly=bool(cfg.ctc.speed_perturb),  # perturbed copies have no stored features
