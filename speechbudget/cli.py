@@ -460,6 +460,33 @@ def report(
     out.print("files: " + ", ".join(str(f) for f in (rep.get("files") or {}).values()))
 
 
+@app.command(
+    epilog="Examples:\n\n  speechbudget compare exp/fsdd exp/fsdd-tempo   # an arm against the recipe, fold by fold\n\n"
+    "  speechbudget compare exp/fsdd exp/fsdd --base-model scratch   # pretrained vs scratch, same folds\n\n"
+    "  speechbudget compare exp/fsdd exp/fsdd-tempo --json"
+)
+def compare(
+    base: Path = typer.Argument(..., help="The exp_dir of the recipe to compare against (run with --folds)."),
+    arm: Path = typer.Argument(..., help="The exp_dir of the changed recipe (same folds and seeds)."),
+    model: str = typer.Option("finetune", "--model", help="The arm's model: finetune, or scratch."),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="The base's model (default: the same as --model)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Two recipes on the same leave-one-speaker-out folds, paired by fold and seed: each fold's change,
+    the fold means, and the paired change with its standard error (the noise a change must beat)."""
+    from .folds import compare as compare_folds
+    from .folds import load_summary
+    from .report import compare_table
+
+    result = compare_folds(load_summary(base), load_summary(arm), model, base_model)
+    if as_json:
+        emit_json(result)
+        return
+    print_table(compare_table(result, str(base), str(arm)))
+
+
 # ------------------------------------------------------------------------------------ recipes
 recipes_app = typer.Typer(
     help="Recipes shipped with speechbudget: list and copy them.",

@@ -12,6 +12,7 @@ gives the seed-to-seed spread within a fold, the noise a change must beat.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +158,85 @@ def find_summaries(paths: Iterable[Path]) -> List[Path]:
             if cand.is_file() and cand.resolve() not in found:
                 found.append(cand.resolve())
     return found
+
+
+def load_summary(path: Path) -> Dict[str, Any]:
+    """The folds summary of an experiment (its exp_dir, its folds/ folder, or a run inside it)."""
+    found = find_summaries([path])
+    if not found:
+        raise SpeechBudgetError(
+            f"{path} has no {FOLDS_DIR}/{SUMMARY_NAME}: run its recipe with --folds speakers first"
+        )
+    try:
+        summary = json.loads(found[0].read_text())
+        summary["folds"]
+    except (ValueError, KeyError, TypeError):
+        raise SpeechBudgetError(
+            f"{found[0]} is not a folds summary: run the recipe with --folds again"
+        ) from None
+    return summary
+
+
+def _runs(summary: Dict[str, Any], model: str) -> Dict[Tuple[str, int], float]:
+    """(dev speaker, seed) -> dev WER of ``model``, for the runs that have one."""
+    return {
+        (r["dev_speaker"], int(r.get("seed", 0))): r["wer"][model]
+        for r in summary["folds"]
+        if r["wer"].get(model) is not None
+    }
+
+
+def compare(
+    base: Dict[str, Any], arm: Dict[str, Any], model: str = "finetune", base_model: Optional[str] = None
+) -> Dict[str, Any]:
+    """Two recipes' folds, paired: each (dev speaker, seed) run of ``arm``'s ``model`` against the same
+    fold and seed of ``base``'s ``base_model`` (default: the same model). Pairing takes the fold-to-fold
+    and seed-to-seed spread out of the change, which is what lets three folds rank two recipes at all.
+    Runs that only one side has are listed and left out."""
+    base_model = base_model or model
+    b, a = _runs(base, base_model), _runs(arm, model)
+    for side, runs, m in (("base", b, base_model), ("arm", a, model)):
+        if not runs:
+            raise SpeechBudgetError(f"the {side} has no fold results for the model {m!r}")
+    paired = [k for k in b if k in a]  # the base's order: speakers, then seeds
+    if not paired:
+        raise SpeechBudgetError(
+            f"no fold and seed was run by both (base: {sorted(b)}, arm: {sorted(a)}): run the arm with the "
+            "base's --fold-seeds and seed"
+        )
+    folds: List[Dict[str, Any]] = []
+    for speaker in dict.fromkeys(s for s, _ in paired):
+        keys = [k for k in paired if k[0] == speaker]
+        bw, aw = [b[k] for k in keys], [a[k] for k in keys]
+        folds.append(
+            {
+                "dev_speaker": speaker,
+                "seeds": [k[1] for k in keys],
+                "base": bw,
+                "arm": aw,
+                "base_mean": round(sum(bw) / len(bw), 2),
+                "arm_mean": round(sum(aw) / len(aw), 2),
+                "change": round((sum(aw) - sum(bw)) / len(bw), 2),
+            }
+        )
+    diffs = [a[k] - b[k] for k in paired]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    return {
+        "base_model": base_model,
+        "arm_model": model,
+        "folds": folds,
+        "base_fold_mean": round(sum(f["base_mean"] for f in folds) / len(folds), 2),
+        "arm_fold_mean": round(sum(f["arm_mean"] for f in folds) / len(folds), 2),
+        "runs": n,
+        "change": round(mean, 2),
+        "change_se": None if se is None else round(se, 2),
+        "runs_lower": sum(d < 0 for d in diffs),
+        "folds_lower": sum(f["change"] < 0 for f in folds),
+        "no_fold_worse": all(f["change"] <= 0 for f in folds),
+        "unpaired": {
+            "base": [list(k) for k in b if k not in a],
+            "arm": [list(k) for k in a if k not in b],
+        },
+    }

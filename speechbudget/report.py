@@ -514,6 +514,50 @@ def fold_table(summary: Dict[str, Any]) -> Table:
     return t
 
 
+def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
+    """``speechbudget compare``: one row per fold (each seed's WER, their mean, the change), then the fold
+    means; the paired change and how often it was lower go in the caption."""
+    per_seed = lambda ws: " / ".join(f"{w:.1f}" for w in ws)  # noqa: E731
+    se = result["change_se"]
+    caption = (
+        f"paired change {result['change']:+.2f}"
+        + (f" +- {se:.2f} (s.e.)" if se is not None else "")
+        + f" over {result['runs']} runs, lower in {result['runs_lower']}; lower on {result['folds_lower']} of "
+        f"{len(result['folds'])} folds"
+        + (
+            ""
+            if result["no_fold_worse"]
+            else "; worse on " + ", ".join(f["dev_speaker"] for f in result["folds"] if f["change"] > 0)
+        )
+    )
+    unpaired = result["unpaired"]
+    if unpaired["base"] or unpaired["arm"]:
+        caption += f"\nleft out (run by one side only): base {unpaired['base']}, arm {unpaired['arm']}"
+    t = Table(
+        title=f"leave-one-speaker-out folds, paired: {base} ({result['base_model']}) vs {arm} "
+        f"({result['arm_model']}), dev WER %",
+        caption=caption,
+        caption_justify="left",
+    )
+    for i, col in enumerate(("fold (dev speaker)", "seeds", "base", "arm", "change")):
+        t.add_column(col, justify="left" if i < 2 else "right")
+    for f in result["folds"]:
+        t.add_row(
+            f["dev_speaker"],
+            ", ".join(map(str, f["seeds"])),
+            f"{per_seed(f['base'])} ({f['base_mean']:.2f})"
+            if len(f["base"]) > 1
+            else f"{f['base_mean']:.2f}",
+            f"{per_seed(f['arm'])} ({f['arm_mean']:.2f})" if len(f["arm"]) > 1 else f"{f['arm_mean']:.2f}",
+            f"{f['change']:+.2f}",
+        )
+    change = result["arm_fold_mean"] - result["base_fold_mean"]
+    t.add_row(
+        "fold mean", "", f"{result['base_fold_mean']:.2f}", f"{result['arm_fold_mean']:.2f}", f"{change:+.2f}"
+    )
+    return t
+
+
 def render_table(report: Dict[str, Any]) -> Table:
     """The report as a rich table; per-run notes go in the caption."""
     header, cells = table_rows(report)

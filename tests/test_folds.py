@@ -11,7 +11,15 @@ from conftest import TINY, cli_result, copy_fsdd
 
 from speechbudget.data.manifests import cut_speaker, load_cuts
 from speechbudget.errors import SpeechBudgetError
-from speechbudget.folds import seed_spread, speaker_folds, spread, summarize, write_fold
+from speechbudget.folds import (
+    compare,
+    seed_spread,
+    speaker_folds,
+    spread,
+    summarize,
+    write_fold,
+    write_summary,
+)
 from speechbudget.pipeline import Pipeline, load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -68,6 +76,52 @@ def test_a_fold_is_the_mean_of_its_seeds_and_the_seed_noise_is_pooled_within_fol
         [20.0, 40.0]
     )
     assert seed_spread([[10.0], [20.0]]) == {"runs": 2, "std": None}  # one seed per fold: no estimate
+
+
+def _rows(wers):
+    return [
+        {"dev_speaker": s, "train_speakers": [], "seed": k, "wer": {"finetune": w}}
+        for (s, k), w in wers.items()
+    ]
+
+
+def test_compare_pairs_two_recipes_runs_by_fold_and_seed(tmp_path, capsys):
+    base = {("george", 0): 20.0, ("jackson", 0): 10.0, ("george", 1): 22.0, ("jackson", 1): 14.0}
+    arm = {("george", 0): 18.0, ("jackson", 0): 11.0, ("george", 1): 21.0, ("jackson", 1): 12.0}
+    arm[("nicolas", 0)] = 30.0  # a fold the base never ran: listed, not paired
+    write_summary(tmp_path / "base", summarize(_rows(base)))
+    write_summary(tmp_path / "arm", summarize(_rows(arm)))
+    r = compare(summarize(_rows(base)), summarize(_rows(arm)))
+    assert [(f["dev_speaker"], f["seeds"], f["change"]) for f in r["folds"]] == [
+        ("george", [0, 1], -1.5),
+        ("jackson", [0, 1], -0.5),
+    ]
+    # the runs' changes -2, -1, +1, -2: mean -1, sample std sqrt(2), s.e. sqrt(2) / 2
+    assert (r["change"], r["change_se"], r["runs"], r["runs_lower"]) == (-1.0, 0.71, 4, 3)
+    assert (r["base_fold_mean"], r["arm_fold_mean"], r["folds_lower"], r["no_fold_worse"]) == (
+        16.5,
+        15.5,
+        2,
+        True,
+    )
+    assert r["unpaired"] == {"base": [], "arm": [["nicolas", 0]]}
+    code, out, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm", "--json")
+    assert code == 0, err
+    assert json.loads(out) == r
+    code, out, _ = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
+    out = " ".join(out.split())  # the table's caption wraps at the console's width
+    assert code == 0 and "-1.00 +- 0.71" in out and "lower on 2 of 2 folds" in out and "nicolas" in out
+    code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm", "--model", "scratch")
+    assert code == 2 and "no fold results for the model 'scratch'" in err
+    code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path)
+    assert code == 2 and "--folds speakers" in err and "Traceback" not in err
+    (tmp_path / "arm" / "folds" / "folds.json").write_text("{not json")
+    code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
+    assert code == 2 and "not a folds summary" in err
+    other = {("george", 2): 19.0}  # no seed in common
+    write_summary(tmp_path / "other", summarize(_rows(other)))
+    code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "other")
+    assert code == 2 and "no fold and seed was run by both" in err
 
 
 def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeypatch):
@@ -138,6 +192,14 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     assert all(isinstance(f["wer"]["scratch"], float) for f in with_scratch["folds"]["folds"])
     assert "scratch/test" in with_scratch["decode"] and "finetune/test" in with_scratch["decode"]
     assert {r["name"] for r in with_scratch["report"]["rows"]} >= {"finetune", "scratch"}
+    # pretrained vs scratch on these folds, paired by fold and seed
+    code, out, err = cli_result(capsys, "compare", exp, exp, "--base-model", "scratch", "--json")
+    assert code == 0, err
+    paired = json.loads(out)
+    rows = with_scratch["folds"]["folds"]
+    assert paired["runs"] == 4 and [f["seeds"] for f in paired["folds"]] == [[0, 1], [0, 1]]
+    changes = [r["wer"]["finetune"] - r["wer"]["scratch"] for r in rows]
+    assert paired["change"] == pytest.approx(sum(changes) / 4, abs=0.006)
     for bad in ("--folds speakers --fold-seeds 0", "--folds speakers fold_seeds=0"):
         code, _, err = cli_result(capsys, *args, *bad.split(), "--stop-stage", "prepare")
         assert code == 2 and "fold_seeds" in err and "Traceback" not in err
