@@ -514,10 +514,14 @@ def fold_table(summary: Dict[str, Any]) -> Table:
     return t
 
 
+def _seeds_cell(wers: List[float], mean: float) -> str:
+    """``22.2 / 24.0 / 23.8 (23.33)``: each seed's WER and their mean; one seed: its WER."""
+    return f"{' / '.join(f'{w:.1f}' for w in wers)} ({mean:.2f})" if len(wers) > 1 else f"{mean:.2f}"
+
+
 def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
     """``speechbudget compare``: one row per fold (each seed's WER, their mean, the change), then the fold
     means; the paired change and how often it was lower go in the caption."""
-    per_seed = lambda ws: " / ".join(f"{w:.1f}" for w in ws)  # noqa: E731
     se = result["change_se"]
     caption = (
         f"paired change {result['change']:+.2f}"
@@ -545,10 +549,8 @@ def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
         t.add_row(
             f["dev_speaker"],
             ", ".join(map(str, f["seeds"])),
-            f"{per_seed(f['base'])} ({f['base_mean']:.2f})"
-            if len(f["base"]) > 1
-            else f"{f['base_mean']:.2f}",
-            f"{per_seed(f['arm'])} ({f['arm_mean']:.2f})" if len(f["arm"]) > 1 else f"{f['arm_mean']:.2f}",
+            _seeds_cell(f["base"], f["base_mean"]),
+            _seeds_cell(f["arm"], f["arm_mean"]),
             f"{f['change']:+.2f}",
         )
     change = result["arm_fold_mean"] - result["base_fold_mean"]
