@@ -80,8 +80,14 @@ def spread(values: Sequence[float]) -> Dict[str, Any]:
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = sample_std(values) if n > 1 else 0.0
     return {"n": n, "mean": round(mean, 2), "std": round(std, 2), "min": min(values), "max": max(values)}
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1) of two or more numbers."""
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _by_speaker(rows: List[Dict[str, Any]], model: str) -> List[List[float]]:
@@ -222,7 +228,7 @@ def compare(
     diffs = [a[k] - b[k] for k in paired]
     n = len(diffs)
     mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else None
+    se = sample_std(diffs) / math.sqrt(n) if n > 1 else None
     return {
         "base_model": base_model,
         "arm_model": model,
