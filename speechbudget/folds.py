@@ -175,11 +175,15 @@ def load_summary(path: Path) -> Dict[str, Any]:
         )
     try:
         summary = json.loads(found[0].read_text())
-        summary["folds"]
+        rows = summary["folds"]
     except (ValueError, KeyError, TypeError):
-        raise SpeechBudgetError(
-            f"{found[0]} is not a folds summary: run the recipe with --folds again"
-        ) from None
+        rows = None
+    # what compare reads of each run: its dev speaker and its WERs
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("dev_speaker"), str) and isinstance(r.get("wer"), dict)
+        for r in rows
+    ):
+        raise SpeechBudgetError(f"{found[0]} is not a folds summary: run the recipe with --folds again")
     return summary
 
 

@@ -86,7 +86,7 @@ def views_disagreement(log_probs: torch.Tensor, out_lengths: torch.Tensor, ok: t
     a, c = log_probs[:b], log_probs[b:]
     kl = F.kl_div(a, c.detach(), log_target=True, reduction="none")
     kl = kl + F.kl_div(c, a.detach(), log_target=True, reduction="none")
-    real = ~make_pad_mask(out_lengths[:b], log_probs.size(1)) & (ok[:b] & ok[b:]).unsqueeze(1)
+    real = ~make_pad_mask(out_lengths[:b], log_probs.size(1)) & ok[:b].unsqueeze(1)  # ok[b:] is the same
     return (kl.sum(-1) * real).sum()
 
 
@@ -172,18 +172,16 @@ class CtcModel(nn.Module):
         if mixed:  # ``ctc.mixup``: the partner's transcript must fit too
             partner = batch["mix_partner"].to(tokens.device)
             ok = ok & (need[partner] <= out_lengths) & (tok_len[partner] > 0)
-        n_ok = int(ok.sum())
+        n_ok, n_tokens = int(ok.sum()), max(int(tok_len[ok].sum()), 1)
         if n_ok == 0:  # keep the graph so DDP and backward stay well-defined
             loss = log_probs.sum() * 0.0
         elif mixed:
             loss = self._mixed_loss(log_probs, out_lengths, batch, partner, ok)
         else:
-            loss = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "sum") / max(
-                int(tok_len[ok].sum()), 1
-            )
+            loss = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "sum") / n_tokens
         stats = {"ctc_infeasible": float((~ok).sum()), "utterances": float(n_ok)}
         if self.training and batch.get(VIEWS) == 2 and self.consistency > 0 and n_ok:
-            agree = views_disagreement(log_probs, out_lengths, ok) / max(int(tok_len[ok].sum()), 1)
+            agree = views_disagreement(log_probs, out_lengths, ok) / n_tokens
             stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())
             loss = loss + self.consistency * agree
         return loss, {"loss": float(loss.detach()), **stats}
