@@ -400,7 +400,8 @@ def decode(
 
 tokenizer_app = typer.Typer(
     help="Sentencepiece tokenizers for CTC.",
-    epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char",
+    epilog="Examples:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char\n\n"
+    "  speechbudget tokenizer train data/fsdd --out exp/tok-phones --type phone   # CTC on phones",
     no_args_is_help=True,
 )
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -408,15 +409,19 @@ app.add_typer(tokenizer_app, name="tokenizer")
 
 @tokenizer_app.command(
     "train",
-    epilog="Example:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char",
+    epilog="Examples:\n\n  speechbudget tokenizer train data/fsdd/cuts_train.jsonl.gz --out exp/tok --type char\n\n"
+    "  speechbudget tokenizer train data/fsdd --out exp/tok-phones --type phone   # CTC on phones",
 )
 def tokenizer_train(
     cuts: Path = typer.Argument(
         ..., help="A cut manifest whose transcripts train the model (a corpus folder: its train split)."
     ),
     out_dir: Path = typer.Option(..., "--out"),
-    model_type: str = typer.Option("bpe", "--type", help="bpe | unigram | char"),
+    model_type: str = typer.Option(
+        "bpe", "--type", help="bpe | unigram | char | phone (the words' phones, pronounced by espeak-ng)."
+    ),
     vocab_size: int = typer.Option(64, help="Vocabulary size (clamped to what the text supports)."),
+    g2p_voice: str = typer.Option("en-us", help="espeak-ng voice that pronounces the words (--type phone)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a sentencepiece model (blank = id 0) on normalised transcripts."""
@@ -425,7 +430,11 @@ def tokenizer_train(
 
     texts = [cut_text(c) for c in load_cuts(split_file(cuts, "train", "tokenizer train"))]
     path = train_tokenizer(
-        [t for t in texts if t.strip()], out_dir, model_type=model_type, vocab_size=vocab_size
+        [t for t in texts if t.strip()],
+        out_dir,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        g2p_voice=g2p_voice,
     )
     tok = Tokenizer(path)
     info = {"model": str(path), "type": model_type, "vocab_size": tok.vocab_size, "texts": len(texts)}

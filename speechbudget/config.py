@@ -90,8 +90,10 @@ class KmeansConfig:
 
 @dataclass
 class CtcConfig:
-    tokenizer: str = "bpe"  # bpe | unigram | char
+    tokenizer: str = "bpe"  # bpe | unigram | char | phone (words spelled by espeak-ng's phones)
     vocab_size: int = 64
+    #: the espeak-ng voice that pronounces the transcripts for ``tokenizer: phone``
+    g2p_voice: str = "en-us"
     freeze_encoder_steps: int = 0
     #: the encoder learns at optim.lr x this, the CTC head at optim.lr: a pretrained encoder needs a
     #: gentler rate than a fresh head (k2SSL fine-tunes at ~1/20 of its pretraining rate)
@@ -568,7 +570,11 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
             cfg.schedule.epoch_unit in ("epochs", "hours"),
             "must be 'epochs' or 'hours'",
         ),
-        ("ctc.tokenizer", cfg.ctc.tokenizer in ("bpe", "unigram", "char"), "must be bpe, unigram or char"),
+        (
+            "ctc.tokenizer",
+            cfg.ctc.tokenizer in ("bpe", "unigram", "char", "phone"),
+            "must be bpe, unigram, char or phone",
+        ),
         ("ctc.vocab_size", cfg.ctc.vocab_size >= 2, "must be at least 2"),
         ("optim.name", cfg.optim.name in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
         ("schedule.name", cfg.schedule.name in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),

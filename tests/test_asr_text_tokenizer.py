@@ -219,3 +219,64 @@ def test_train_tokenizer_rejects_bad_input(tmp_path, texts, kwargs, message):
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(SpeechBudgetError, match="not found"):
         Tokenizer(tmp_path / "nope.model")
+
+
+# ---------------------------------------------------------------- phones (ctc.tokenizer: phone)
+
+DIGITS = "zero one two three four five six seven eight nine".split()
+
+
+@pytest.fixture(scope="module")
+def phone_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "phone"
+    train_tokenizer([f"{a} {b}" for a in DIGITS for b in DIGITS], out, model_type="phone")
+    return out
+
+
+def test_phone_tokenizer_spells_words_by_their_espeak_phones(phone_dir):
+    from speechbudget.asr.phones import pronounce
+
+    tok = Tokenizer(phone_dir)
+    prons = pronounce(DIGITS)
+    assert prons["three"] == ("θ", "ɹ", "iː") and prons["eight"] == ("eɪ", "t")  # no stress marks
+    for w in DIGITS:
+        assert [tok.id_to_piece(i) for i in tok.encode(w)] == ["▁", *prons[w]]
+    # one id per sound, whatever the letters: the /t/ of two and eight is one target, the 'h' letter
+    # of three and eight is none
+    assert tok.encode("two")[1] == tok.encode("eight")[-1]
+    assert set(tok.encode("three")[1:]).isdisjoint(tok.encode("eight")[1:])
+    inventory = {p for ph in prons.values() for p in ph}
+    assert tok.vocab_size == len(inventory) + 3  # the phones, '▁', <blk>, <unk>
+    settings = json.loads((phone_dir / "tokenizer.json").read_text())
+    assert settings["model_type"] == "phone" and settings["g2p_voice"] == "en-us"
+    assert settings["pronunciations"]["three"] == "θ ɹ iː" and sorted(settings["phones"]) == sorted(inventory)
+
+
+def test_phone_tokenizer_round_trips_and_decodes_to_words(phone_dir, monkeypatch):
+    tok = Tokenizer(phone_dir)
+    ids = tok.encode("Nine, 3 two!")
+    assert UNK_ID not in ids and tok.decode([0] + [x for i in ids for x in (i, 0)]) == "nine three two"
+    assert tok.encode_batch(["seven", "8"]) == [tok.encode("seven"), tok.encode("eight")]
+    assert tok.unknown_chars("one two") == set()
+
+    # the training words need no espeak-ng once trained: their phones are in tokenizer.json
+    def no_espeak():
+        raise AssertionError("espeak-ng called for a known word")
+
+    monkeypatch.setattr("speechbudget.asr.phones.espeak_binary", no_espeak)
+    assert Tokenizer(phone_dir).decode(Tokenizer(phone_dir).encode("zero four")) == "zero four"
+
+
+def test_phone_tokenizer_meets_new_words(phone_dir):
+    tok = Tokenizer(phone_dir)
+    # "tone" is spelled by digit phones (t, oʊ, n): encodable, and shown in IPA since no word has it
+    assert tok.unknown_chars("tone") == set() and UNK_ID not in tok.encode("tone")
+    assert tok.decode(tok.encode("tone")) == "toʊn"
+    # "hello" has /h/ and /l/, which no digit has: <unk>, and named as unknown
+    assert tok.unknown_chars("hello") == {"h", "l"} and UNK_ID in tok.encode("hello")
+
+
+def test_phone_tokenizer_with_a_voice_espeak_lacks_is_one_line(tmp_path):
+    with pytest.raises(SpeechBudgetError, match="voice 'xx-none'.*espeak-ng --voices"):
+        train_tokenizer(["one two"], tmp_path / "t", model_type="phone", g2p_voice="xx-none")
+    assert not (tmp_path / "t").exists()

@@ -105,7 +105,7 @@ def test_run_reports_a_finetune_typo_before_the_first_stage(tmp_path, capsys):
         )
     )
     code, _, err = cli_result(capsys, "run", recipe)
-    one_line_error(code, err, "finetune.ctc.tokenizer' must be bpe, unigram or char")
+    one_line_error(code, err, "finetune.ctc.tokenizer' must be bpe, unigram, char or phone")
     assert not (exp / "data").exists()  # no stage ran
     code, _, err = cli_result(capsys, "run", recipe, "finetune.ctc.tokenizer=char", "pretrain.optim.lr=.nan")
     one_line_error(code, err, "pretrain.optim.lr' must be a finite number")

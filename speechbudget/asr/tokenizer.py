@@ -7,6 +7,11 @@ ids as they are, and ``vocab_size`` is the CTC output dimension.
 
 Every text goes through :func:`speechbudget.asr.text.normalize_text` first, with the same settings
 at training and at encoding time (they are saved in ``tokenizer.json``).
+
+``phone`` models spell words by their sounds (:mod:`speechbudget.asr.phones`): each phone is written as
+one private-use character and sentencepiece learns a ``char`` model over them; the pronunciations and
+the phone inventory are kept in ``tokenizer.json``, so encoding the training words needs no espeak-ng
+and decoding maps each spelled word back to its word.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from speechbudget import atomic
+from speechbudget.asr.phones import DEFAULT_VOICE, pronounce
 from speechbudget.asr.text import normalize_text
 from speechbudget.errors import SpeechBudgetError
 
@@ -29,7 +35,8 @@ log = logging.getLogger(__name__)
 
 BLANK_ID = 0
 UNK_ID = 1
-MODEL_TYPES = ("bpe", "unigram", "char")
+MODEL_TYPES = ("bpe", "unigram", "char", "phone")
+PHONE_BASE = 0xE000  # phone i is written chr(PHONE_BASE + i): private use, never in a transcript
 MODEL_NAME = "tokenizer.model"
 SETTINGS_NAME = "tokenizer.json"
 _NUM_META_PIECES = 2  # <blk>, <unk>
@@ -37,6 +44,65 @@ _NUM_META_PIECES = 2  # <blk>, <unk>
 
 def _distinct_chars(sentences: Sequence[str]) -> set[str]:
     return set("".join(sentences)) - {" "}
+
+
+def _pronunciations(sentences: Sequence[str], voice: str) -> dict:
+    """What a ``phone`` tokenizer keeps in tokenizer.json: the voice, the phone inventory (its order
+    gives each phone's character) and every training word's phones."""
+    words = sorted({w for t in sentences for w in t.split()})
+    prons = {w: ph for w, ph in pronounce(words, voice).items() if ph}
+    if not prons:
+        raise SpeechBudgetError(
+            f"espeak-ng ({voice}) pronounced none of the transcripts' words: no phones to learn"
+        )
+    inventory = sorted({p for ph in prons.values() for p in ph})
+    return {
+        "g2p_voice": voice,
+        "phones": inventory,
+        "pronunciations": {w: " ".join(ph) for w, ph in prons.items()},
+    }
+
+
+class _PhoneSpelling:
+    """Words <-> strings of phone characters, from a ``phone`` tokenizer's settings. A word outside
+    the training words is pronounced by espeak-ng when first met; a phone outside the inventory
+    becomes a character sentencepiece encodes as ``<unk>``."""
+
+    UNKNOWN = "\ufffd"
+
+    def __init__(self, settings: dict):
+        self.voice = settings["g2p_voice"]
+        self.char = {p: chr(PHONE_BASE + i) for i, p in enumerate(settings["phones"])}
+        self.phone = {c: p for p, c in self.char.items()}
+        self.prons = {w: tuple(ph.split()) for w, ph in settings["pronunciations"].items()}
+        self.word = {}
+        for w in sorted(self.prons):  # homophones decode as the first in sorted order
+            self.word.setdefault(self._chars(self.prons[w]), w)
+
+    def _chars(self, phones: Sequence[str]) -> str:
+        return "".join(self.char.get(p, self.UNKNOWN) for p in phones)
+
+    def _phones_of(self, words: Sequence[str]) -> list[tuple[str, ...]]:
+        new = [w for w in words if w not in self.prons]
+        if new:
+            self.prons.update(pronounce(new, self.voice))
+        return [self.prons[w] or (self.UNKNOWN,) for w in words]
+
+    def spell(self, normalized: str) -> str:
+        return " ".join(self._chars(ph) for ph in self._phones_of(normalized.split()))
+
+    def words(self, spelled: str) -> str:
+        """A word spelled by phones the training words never had stays in IPA, so it shows as a miss."""
+        return " ".join(
+            self.word.get(w) or "".join(self.phone.get(c, "?") for c in w) for w in spelled.split()
+        )
+
+    def unknown(self, normalized: str) -> set[str]:
+        ph = {p for phones in self._phones_of(normalized.split()) for p in phones}
+        return {p for p in ph if p not in self.char}
+
+    def piece(self, piece: str) -> str:
+        return "".join(self.phone.get(c, c) for c in piece)
 
 
 def _train_model_bytes(
@@ -76,6 +142,7 @@ def train_tokenizer(
     lowercase: bool = True,
     character_coverage: float = 1.0,
     num_threads: int = 1,
+    g2p_voice: str = DEFAULT_VOICE,
 ) -> Path:
     """Train a sentencepiece model on normalized ``texts``; returns the path of tokenizer.model.
 
@@ -83,6 +150,7 @@ def train_tokenizer(
     cannot support it: raised to the number of distinct characters (+3) so every character stays
     spellable, capped by what a tiny corpus yields, and for ``char`` models it is always the
     character count. Any adjustment is logged and recorded as ``note`` in tokenizer.json.
+    ``phone`` models are ``char`` models over the words' phones, pronounced by espeak-ng's ``g2p_voice``.
     """
     if model_type not in MODEL_TYPES:
         raise SpeechBudgetError(f"unknown tokenizer model_type {model_type!r}; use one of {MODEL_TYPES}")
@@ -94,11 +162,17 @@ def train_tokenizer(
             "no text to train the tokenizer on (all transcripts are empty after normalization)"
         )
 
+    phone_settings = {}
+    if model_type == "phone":
+        phone_settings = _pronunciations(sentences, g2p_voice)
+        spelled = _PhoneSpelling(phone_settings)
+        sentences = [spelled.spell(t) for t in sentences]
     atomic.check_writable(out_dir, "tokenizer output folder")
     num_chars = len(_distinct_chars(sentences))
     min_size = num_chars + 1 + _NUM_META_PIECES  # every char, the word-start '▁', <blk>, <unk>
-    train_size = min_size if model_type == "char" else max(vocab_size, min_size)
-    proto = _train_model_bytes(sentences, model_type, train_size, character_coverage, num_threads)
+    sp_type = "char" if model_type == "phone" else model_type
+    train_size = min_size if sp_type == "char" else max(vocab_size, min_size)
+    proto = _train_model_bytes(sentences, sp_type, train_size, character_coverage, num_threads)
     actual = spm.SentencePieceProcessor(model_proto=proto).vocab_size()
     note = ""
     if actual != vocab_size:
@@ -122,6 +196,7 @@ def train_tokenizer(
         "character_coverage": character_coverage,
         "num_sentences": len(sentences),
         "note": note,
+        **phone_settings,
     }
     atomic.write_bytes(out_dir / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
     return model_path
@@ -148,6 +223,12 @@ class Tokenizer:
         settings_path = path.with_name(SETTINGS_NAME)
         self.settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
         self.lowercase = bool(self.settings.get("lowercase", True))
+        self.phones = _PhoneSpelling(self.settings) if self.settings.get("model_type") == "phone" else None
+
+    def _units(self, text: str) -> str:
+        """The normalized text as sentencepiece sees it: the words themselves, or their phones."""
+        text = self.normalize(text)
+        return self.phones.spell(text) if self.phones else text
 
     @property
     def vocab_size(self) -> int:
@@ -158,19 +239,23 @@ class Tokenizer:
         return normalize_text(text, lowercase=self.lowercase)
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(self.normalize(text))
+        return self.sp.encode(self._units(text))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.encode([self.normalize(t) for t in texts])
+        return self.sp.encode([self._units(t) for t in texts])
 
     def decode(self, ids: Iterable[int]) -> str:
         """Blanks are dropped, so raw CTC output with blanks removed decodes as expected."""
-        return self.sp.decode([int(i) for i in ids if int(i) != BLANK_ID])
+        text = self.sp.decode([int(i) for i in ids if int(i) != BLANK_ID])
+        return self.phones.words(text) if self.phones else text
 
     def id_to_piece(self, i: int) -> str:
-        return self.sp.id_to_piece(int(i))
+        piece = self.sp.id_to_piece(int(i))
+        return self.phones.piece(piece) if self.phones else piece
 
     def unknown_chars(self, text: str) -> set[str]:
-        """Characters of normalized ``text`` that would be encoded as <unk>."""
+        """Characters of normalized ``text`` that would be encoded as <unk> (phones, for a phone model)."""
+        if self.phones:
+            return self.phones.unknown(self.normalize(text))
         chars = set(self.normalize(text)) - {" "}
         return {c for c in chars if UNK_ID in self.sp.encode(c)}

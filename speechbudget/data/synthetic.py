@@ -217,7 +217,8 @@ def generate_sentence(rng: random.Random, grammar: Grammar | None = None) -> str
 # ---------------------------------------------------------------- voices and speakers
 
 
-def _espeak() -> str:
+def espeak_binary() -> str:
+    """The espeak-ng executable, or a one-line error that says how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
         raise SpeechBudgetError(
@@ -229,7 +230,9 @@ def _espeak() -> str:
 
 def _voice_table(selector: str) -> list[list[str]]:
     """Rows of `espeak-ng --voices=<selector>`: [priority, language, age/gender, name, file, ...]."""
-    result = subprocess.run([_espeak(), f"--voices={selector}"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [espeak_binary(), f"--voices={selector}"], capture_output=True, text=True, check=True
+    )
     return [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
 
 
@@ -432,7 +435,7 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="speechbudget-espeak-") as tmp:
         wav = Path(tmp) / "out.wav"
         cmd = [
-            _espeak(),
+            espeak_binary(),
             "-v",
             f"{spec.voice}+{spec.variant}",
             "-s",

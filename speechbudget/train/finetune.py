@@ -58,7 +58,9 @@ def tokenizer_for(cfg: TrainConfig, cuts: CutSet) -> Tuple[Tokenizer, Optional[P
         raise SpeechBudgetError("the fine-tuning cuts have no transcripts; prepare a labeled corpus")
     tmp = Path(cfg.exp_dir) / f".tmp{os.getpid()}.tokenizer"
     shutil.rmtree(tmp, ignore_errors=True)
-    train_tokenizer(texts, tmp, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size)
+    train_tokenizer(
+        texts, tmp, model_type=cfg.ctc.tokenizer, vocab_size=cfg.ctc.vocab_size, g2p_voice=cfg.ctc.g2p_voice
+    )
     tokenizer = Tokenizer(tmp / "tokenizer.model")
     write_lexicon(tmp, lexicon_words(texts, tokenizer))  # what `decode --method lexicon` may output
     return tokenizer, tmp
