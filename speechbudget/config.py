@@ -123,6 +123,9 @@ class CtcConfig:
     #: twice, with its own gain, VTLP and SpecAugment draws, the loss adding this weight x the KL
     #: divergence between the two views' frame posteriors (data/views.py); 0 = off, the paper's 0.2
     consistency: float = 0.0
+    #: speaker-adversarial fine-tuning: a classifier of the training speakers on every encoder frame,
+    #: the encoder trained (x this weight) to leave it at chance (objectives/speaker_adversary.py); 0 = off
+    speaker_adversary: float = 0.0
     noise_dir: Optional[str] = None
     noise_snr_db: float = 15.0
     noise_prob: float = 0.5  # used when noise_dir is set
@@ -489,6 +492,7 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.edge_jitter", 0 <= c.edge_jitter <= 0.5, "must be between 0 (off) and 0.5 seconds"),
         ("ctc.mixup", 0 <= c.mixup <= 1, "must be a share between 0 (off) and 1"),
         ("ctc.consistency", c.consistency >= 0, "must be >= 0 (0 = off; CR-CTC's weight is 0.2)"),
+        ("ctc.speaker_adversary", 0 <= c.speaker_adversary <= 10, "must be between 0 (off) and 10"),
         (
             "ctc.consistency",
             c.consistency == 0 or c.spec_augment,

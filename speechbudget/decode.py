@@ -25,6 +25,7 @@ from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
 from .models.presets import build_encoder
 from .objectives.ctc import CtcModel
+from .objectives.speaker_adversary import ADVERSARY_PREFIX
 from .train import checkpoint as ckpt
 from .train.distributed import device_option
 from .train.setup import dataset_for
@@ -57,7 +58,8 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     tokenizer = Tokenizer(tok_path)
     encoder = build_encoder(state["config"]["encoder"])
     model = CtcModel(encoder, tokenizer.vocab_size, tokenizer.blank_id, spec_augment=False)
-    model.load_state_dict(state["model"])
+    # a speaker adversary (``ctc.speaker_adversary``) only trains: its weights are not the model's
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith(ADVERSARY_PREFIX)})
     return (
         model.to(device).eval(),
         tokenizer,

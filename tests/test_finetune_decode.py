@@ -424,3 +424,47 @@ def test_extra_train_cuts_join_after_the_speaker_choice_and_never_repeat_a_cut(t
     cfg = TrainConfig(train_cuts=str(train), extra_train_cuts=f"{dev},{train}", exp_dir=str(tmp_path))
     with pytest.raises(SpeechBudgetError, match="repeat"):
         training_cuts(cfg, is_main=False)
+
+
+def test_speaker_adversary_trains_beside_ctc_and_decoding_leaves_it_out(tmp_path, synthetic_corpus, capsys):
+    """``ctc.speaker_adversary``: the classifier of the training speakers trains (its losses and accuracy
+    logged), the budget counts its frames, the checkpoint keeps it for resuming, decoding drops it."""
+    from speechbudget.train import checkpoint as ckpt
+
+    r = recipe(tmp_path, synthetic_corpus)
+    run(capsys, "finetune", r, "ctc.speaker_adversary=0.5", "--json")
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < row["speaker_ce"] and 0 <= row["speaker_accuracy"] <= 1 for row in rows)
+    assert all(
+        row["loss"]
+        == pytest.approx(row["ctc"] + row["speaker_ce"] + 0.5 * row["speaker_confusion"], rel=1e-5)
+        for row in rows
+    )
+    speakers = {
+        c.supervisions[0].speaker for c in load_cuts(synthetic_corpus / "synthetic" / "cuts_train.jsonl.gz")
+    }
+    state = ckpt.load(sorted((tmp_path / "ft" / "checkpoints").glob("*.pt"))[-1])["model"]
+    assert state["adversary.net.2.weight"].shape[0] == len(speakers) > 1
+    card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
+    vocab, dim = state["output.weight"].shape
+    # the budget counts the classifier's frames beside the CTC output's
+    assert card["cost"]["head_macs_per_frame"] == vocab * dim + 2 * 256 * (dim + len(speakers))  # 2 passes
+    test_cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
+    res = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--json").out)
+    assert res["ref_words"] > 0
+    # one training speaker leaves nothing to tell apart: one line before anything trains
+    one = tmp_path / "one"
+    err = run(
+        capsys,
+        "finetune",
+        r,
+        f"exp_dir={one}",
+        "ctc.speaker_adversary=0.5",
+        "train_speakers=1",
+        code=2,
+    ).err
+    assert (
+        "at least two training speakers" in err
+        and "Traceback" not in err
+        and not list(one.glob("checkpoints/*.pt"))
+    )

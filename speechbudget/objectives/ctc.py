@@ -26,6 +26,7 @@ from ..data.views import VIEWS
 from ..data.vtlp import vtlp
 from ..models.base import Encoder, make_pad_mask
 from .param_groups import encoder_head_groups
+from .speaker_adversary import SpeakerAdversary
 
 
 def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
@@ -107,8 +108,10 @@ class CtcModel(nn.Module):
         time_mask_max_fraction: float = 0.15,
         vtlp_warp: float = 0.0,
         consistency: float = 0.0,
+        adversary: SpeakerAdversary | None = None,
     ):
         super().__init__()
+        self.adversary = adversary  # ``ctc.speaker_adversary``, training only (decode drops "adversary.")
         self.consistency = consistency
         self.gain_db = gain_db
         self.vtlp_warp = vtlp_warp
@@ -129,7 +132,8 @@ class CtcModel(nn.Module):
         return encoder_head_groups(self, self.encoder, lr, self.encoder_lr_scale)
 
     def head_macs_per_frame(self) -> int:
-        return self.output.in_features * self.output.out_features
+        adversary = self.adversary.macs_per_frame() if self.adversary is not None else 0
+        return self.output.in_features * self.output.out_features + adversary
 
     def log_probs(self, features: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder(features, lengths)
@@ -184,6 +188,11 @@ class CtcModel(nn.Module):
             agree = views_disagreement(log_probs, out_lengths, ok) / n_tokens
             stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())
             loss = loss + self.consistency * agree
+        if self.training and self.adversary is not None:
+            ce, confusion, stats["speaker_accuracy"] = self.adversary(hidden, out_lengths, batch["speakers"])
+            stats["ctc"] = stats.get("ctc", float(loss.detach()))
+            stats["speaker_ce"], stats["speaker_confusion"] = float(ce.detach()), float(confusion.detach())
+            loss = loss + ce + self.adversary.weight * confusion
         return loss, {"loss": float(loss.detach()), **stats}
 
     def _ctc(

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from lhotse import CutSet
@@ -18,13 +18,14 @@ from ..config import TrainConfig
 from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
 from ..data.edges import EdgeJitter
-from ..data.manifests import cut_text
+from ..data.manifests import cut_speaker, cut_text
 from ..data.mixup import MixUp
 from ..data.tempo import TempoPerturb
 from ..data.views import TwoViews
 from ..errors import SpeechBudgetError
 from ..models.presets import build_encoder, with_overrides
 from ..objectives.ctc import CtcModel
+from ..objectives.speaker_adversary import SpeakerAdversary
 from . import checkpoint as ckpt
 from . import distributed
 from .setup import (
@@ -149,7 +150,11 @@ class Tokenize:
         return batch
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcModel, Optional[Dict]]:
+def build_model(
+    cfg: TrainConfig, vocab_size: int, blank_id: int, speakers: Sequence[str] = ()
+) -> Tuple[CtcModel, Optional[Dict]]:
+    """The CTC model and where its encoder came from; ``speakers``: the training cuts' speakers, the
+    classes of ``ctc.speaker_adversary``."""
     torch.manual_seed(cfg.seed)
     init, weights, spec = None, None, cfg.encoder
     if cfg.ctc.init_checkpoint:
@@ -180,6 +185,9 @@ def build_model(cfg: TrainConfig, vocab_size: int, blank_id: int) -> Tuple[CtcMo
         time_mask_max_fraction=a.time_mask_max_fraction,
         vtlp_warp=a.vtlp,
         consistency=a.consistency,
+        adversary=SpeakerAdversary(encoder.output_dim, speakers, a.speaker_adversary)
+        if a.speaker_adversary > 0
+        else None,
     )
     return model, init
 
@@ -290,7 +298,9 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         check_resumable(cfg)  # before the tokenizer and the speaker means are written
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
-        model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id)
+        model, init = build_model(
+            cfg, tokenizer.vocab_size, tokenizer.blank_id, speakers=[cut_speaker(c) for c in cuts]
+        )
         train_cmn, dev_cmn = speaker_cmn_transforms(cfg, model, cuts)
         recorded_hours = total_seconds(cuts) / 3600
         if cfg.ctc.speed_perturb:  # before filtering: a faster copy may no longer fit its tokens
