@@ -178,7 +178,7 @@ def train_tokenizer(
     if actual != vocab_size:
         note = (
             f"vocab_size {vocab_size} was adjusted to {actual}: the {len(sentences)}-sentence "
-            f"corpus has {num_chars} distinct characters"
+            f"corpus has {num_chars} distinct {'phones' if model_type == 'phone' else 'characters'}"
         )
         log.warning("tokenizer: %s", note)
 
