@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import __version__
 from .cli_common import JSON_OPT, emit_json, err, out, print_table, quiet_if_json
+from .config import TOKENIZER_TYPES
 from .errors import SpeechBudgetError
 
 try:  # typer >= 0.20 vendors click
@@ -418,7 +419,7 @@ def tokenizer_train(
     ),
     out_dir: Path = typer.Option(..., "--out"),
     model_type: str = typer.Option(
-        "bpe", "--type", help="bpe | unigram | char | phone (the words' phones, pronounced by espeak-ng)."
+        "bpe", "--type", help=f"{' | '.join(TOKENIZER_TYPES)} (phone: the words' phones, by espeak-ng)."
     ),
     vocab_size: int = typer.Option(64, help="Vocabulary size (clamped to what the text supports)."),
     g2p_voice: str = typer.Option("en-us", help="espeak-ng voice that pronounces the words (--type phone)."),

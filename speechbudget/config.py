@@ -22,6 +22,8 @@ from .userfiles import read_user_text
 #: the optimizers and learning-rate schedules train/optim.py builds (checked here, before a run starts)
 OPTIMIZERS = ("scaled_adam", "adamw")
 SCHEDULES = ("eden", "cosine", "step")
+#: what CTC predicts: sentencepiece pieces, or the words' phones (asr/tokenizer.py)
+TOKENIZER_TYPES = ("bpe", "unigram", "char", "phone")
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -576,8 +578,8 @@ def check_ranges(cfg: TrainConfig, section: str) -> None:
         ),
         (
             "ctc.tokenizer",
-            cfg.ctc.tokenizer in ("bpe", "unigram", "char", "phone"),
-            "must be bpe, unigram, char or phone",
+            cfg.ctc.tokenizer in TOKENIZER_TYPES,
+            f"must be {', '.join(TOKENIZER_TYPES[:-1])} or {TOKENIZER_TYPES[-1]}",
         ),
         ("ctc.vocab_size", cfg.ctc.vocab_size >= 2, "must be at least 2"),
         ("optim.name", cfg.optim.name in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),

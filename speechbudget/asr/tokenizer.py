@@ -27,6 +27,7 @@ import sentencepiece as spm
 from speechbudget import atomic
 from speechbudget.asr.phones import DEFAULT_VOICE, pronounce
 from speechbudget.asr.text import normalize_text
+from speechbudget.config import TOKENIZER_TYPES
 from speechbudget.errors import SpeechBudgetError
 
 __all__ = ["BLANK_ID", "UNK_ID", "MODEL_TYPES", "Tokenizer", "train_tokenizer"]
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 BLANK_ID = 0
 UNK_ID = 1
-MODEL_TYPES = ("bpe", "unigram", "char", "phone")
+MODEL_TYPES = TOKENIZER_TYPES
 PHONE_BASE = 0xE000  # phone i is written chr(PHONE_BASE + i): private use, never in a transcript
 MODEL_NAME = "tokenizer.model"
 SETTINGS_NAME = "tokenizer.json"
