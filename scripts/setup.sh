@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything speechbudget needs on a fresh machine (idempotent).
-# System: espeak-ng (synthetic corpus) and sox, through apt-get when missing and we are root.
+# System: espeak-ng (synthetic corpus) and sox, through apt-get when missing and we are root; flite
+# (a second text-to-speech engine) and g++ (compiled CPU kernels) when apt-get can install them.
 # Python: torch pinned to 2.13.0 (the CPU build here; an unpinned torch pulls GBs of CUDA wheels),
 # then the package itself with its test extras.
 set -euo pipefail
@@ -16,6 +17,15 @@ if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; t
     echo "[setup] espeak-ng (and sox) are missing: install them, e.g. 'sudo apt-get install espeak-ng sox'" >&2
     exit 1
   fi
+fi
+
+# flite: the second text-to-speech engine (`tts: {engine: flite}`, four voices from real recordings);
+# only recipes that ask for it need it, the tests use it
+if ! command -v flite >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing flite (tts.engine: flite) with apt-get"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null \
+    || echo "[setup] flite not installed: tts.engine: flite will stop with how to install it" >&2
 fi
 
 # g++ builds the compiled CPU kernels on first use (BiMamba's selective scan, ScaledAdam's update,

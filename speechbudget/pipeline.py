@@ -162,7 +162,7 @@ class DecodeSection:
 
 @dataclass(frozen=True)
 class TtsSection:
-    """``tts:``: the fine-tuning split's transcripts spoken by espeak-ng voices and added to its
+    """``tts:``: the fine-tuning split's transcripts spoken by synthetic voices and added to its
     training cuts (the ``tts`` source's options and the options every source shares; the pipeline
     sets ``transcripts``: the fine-tuning split, a fold's own)."""
 

@@ -1,4 +1,4 @@
-"""Text-to-speech augmentation: a transcribed corpus's transcripts spoken by espeak-ng voices
+"""Text-to-speech augmentation: a transcribed corpus's transcripts spoken by espeak-ng or flite voices
 (`prepare tts`, a recipe's `tts:`), a fold's from its own training speakers only."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 from conftest import TINY, cli_result, copy_fsdd
 
+from speechbudget.data.flite import speak_flite
 from speechbudget.data.manifests import cut_speaker, load_cuts
-from speechbudget.data.synthetic import plan_transcripts
+from speechbudget.data.synthetic import engine_voices, plan_transcripts
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.pipeline import load_run_recipe
 
@@ -83,6 +84,80 @@ def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, caps
         assert code == 2 and message in err and "Traceback" not in err
 
 
+def _median_f0(audio: np.ndarray, rate: int) -> float:
+    """Median autocorrelation pitch over the loud 40 ms frames (60-400 Hz)."""
+    n, found = int(0.04 * rate), []
+    for start in range(0, len(audio) - n, n // 2):
+        x = audio[start : start + n]
+        if np.abs(x).max() < 0.3 * np.abs(audio).max():
+            continue
+        x = x - x.mean()
+        ac = np.correlate(x, x, "full")[n - 1 :]
+        lo, hi = rate // 400, rate // 60
+        found.append(rate / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(found))
+
+
+def test_flite_speakers_are_its_voices_at_their_own_pitch_and_speed():
+    voices = engine_voices("flite", 10)  # four voices, each serving several speakers
+    assert len(voices) >= 10 and set(voices) == {"flite+awb", "flite+kal16", "flite+rms", "flite+slt"}
+    specs = plan_transcripts(["seven"] * 20, copies=1, seed=0, num_speakers=10, voices=voices)
+    assert {s.voice for s in specs} == {"flite"} and len({s.speaker for s in specs}) == 10
+    assert len({s.variant for s in specs}) == 4 and len({(s.pitch, s.speed) for s in specs}) == 10
+    # real synthesis: the pitch moves the voice's F0 (an octave over +-40), the speed its duration
+    low, rate = speak_flite("seven zero", "slt", pitch=30, speed=175)
+    high, _ = speak_flite("seven zero", "slt", pitch=70, speed=175)
+    fast, _ = speak_flite("seven zero", "slt", pitch=50, speed=220)
+    slow, _ = speak_flite("seven zero", "slt", pitch=50, speed=130)
+    assert 1.6 < _median_f0(high, rate) / _median_f0(low, rate) < 2.4
+    assert 1.4 < len(slow) / len(fast) < 2.0
+    with pytest.raises(SpeechBudgetError, match="unknown flite voice"):
+        speak_flite("one", "m3", 50, 175)
+    with pytest.raises(SpeechBudgetError, match="choose espeak or flite"):
+        engine_voices("festival", 4)
+
+
+def test_prepare_tts_with_flite_and_without_it(tmp_path, capsys, monkeypatch):
+    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=2, speakers=("george", "jackson", "theo"))
+    assert cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)[0] == 0
+    real = tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+    args = [
+        "prepare",
+        "tts",
+        "--transcripts",
+        real,
+        "--engine",
+        "flite",
+        "--speakers",
+        "6",
+        "--out",
+        tmp_path,
+    ]
+    code, _, err = cli_result(capsys, *args, "--silence", "0.02")
+    assert code == 0, err
+    cuts = load_cuts(tmp_path / "tts" / "cuts_train.jsonl.gz").to_eager()
+    assert _texts(tmp_path / "tts" / "cuts_train.jsonl.gz") == _texts(real)
+    assert {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts} == {"flite"}
+    assert all(c.has_features and 0.15 < c.duration < 1.5 for c in cuts)
+    bad = [
+        "prepare",
+        "tts",
+        "--transcripts",
+        real,
+        "--engine",
+        "festival",
+        "--out",
+        tmp_path,
+        "--name",
+        "bad",
+    ]
+    code, _, err = cli_result(capsys, *bad)
+    assert code == 2 and "unknown tts engine 'festival'" in err and "Traceback" not in err
+    monkeypatch.setattr("speechbudget.data.flite.shutil.which", lambda name: None)  # flite not installed
+    code, _, err = cli_result(capsys, *args, "--name", "none")
+    assert code == 2 and "apt-get install flite" in err and "Traceback" not in err
+
+
 def test_a_recipe_tts_section_is_checked_when_loaded(tmp_path):
     base = [f"exp_dir={tmp_path / 'e'}"]
     r = load_run_recipe(RECIPES / "fsdd.yaml", [*base, "tts.copies=2", "tts.band_limit_hz=4000"])
@@ -98,6 +173,7 @@ def test_a_recipe_tts_section_is_checked_when_loaded(tmp_path):
         ("tts.copis=2", "unknown key 'tts.copis'"),
         ("tts.copies=two", "tts.copies"),
         ("tts=3", "must be a mapping"),
+        ("tts.engine=festival", "choose espeak or flite"),
     ):
         with pytest.raises(SpeechBudgetError, match=message):
             load_run_recipe(RECIPES / "fsdd.yaml", [*base, bad])

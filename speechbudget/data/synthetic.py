@@ -28,6 +28,8 @@ from scipy.signal import resample_poly
 from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError
 
+from .flite import flite_voices, speak_flite
+
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
 #: what the synthetic speakers say: open-vocabulary sentences, or connected digits (TIDIGITS-style,
 #: 11 words: a task a CPU learns in minutes)
@@ -255,6 +257,22 @@ def list_voices() -> list[str]:
     return list(_installed_voices())
 
 
+#: the engines that speak a corpus; a flite speaker is 'flite+<voice>' (its voice in the variant's place)
+ENGINES = ("espeak", "flite")
+FLITE = "flite"
+
+
+def engine_voices(engine: str, num_speakers: int) -> list[str]:
+    """Voices for `num_speakers` speakers of `engine`. Flite has four voices, so each serves several
+    speakers, told apart by their own base pitch and speed (make_speakers)."""
+    if engine == "espeak":
+        return list_voices()
+    if engine == FLITE:
+        voices = [f"{FLITE}+{v}" for v in flite_voices()]
+        return voices * math.ceil(num_speakers / len(voices))
+    raise SpeechBudgetError(f"unknown speech engine {engine!r}; choose {' or '.join(ENGINES)}")
+
+
 @dataclass(frozen=True)
 class Speaker:
     id: str
@@ -432,6 +450,18 @@ def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
 def speak(spec: UtteranceSpec) -> np.ndarray:
     """The clean utterance as float64 in [-PEAK, PEAK] at 16 kHz (what `synthesize` writes without noise)."""
     pitch, speed = utterance_prosody(spec)
+    if spec.voice == FLITE:
+        audio, rate = speak_flite(spec.text, spec.variant, pitch, speed)
+    else:
+        audio, rate = _speak_espeak(spec, pitch, speed)
+    audio = _resample(audio, rate)
+    peak = np.abs(audio).max()
+    if peak == 0:
+        raise SpeechBudgetError(f"{spec.voice} produced silence for {spec.id} ({spec.text!r})")
+    return audio * (PEAK / peak)
+
+
+def _speak_espeak(spec: UtteranceSpec, pitch: int, speed: int) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory(prefix="speechbudget-espeak-") as tmp:
         wav = Path(tmp) / "out.wav"
         cmd = [
@@ -454,11 +484,7 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
                 f"{result.stderr.strip() or 'no output'}; pick voices from list_voices()"
             )
         audio, rate = sf.read(wav, dtype="float64", always_2d=True)
-    audio = _resample(audio.mean(axis=1), rate)
-    peak = np.abs(audio).max()
-    if peak == 0:
-        raise SpeechBudgetError(f"espeak-ng produced silence for {spec.id} ({spec.text!r})")
-    return audio * (PEAK / peak)
+    return audio.mean(axis=1), rate
 
 
 def _power(x: np.ndarray) -> float:

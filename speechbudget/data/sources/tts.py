@@ -1,4 +1,4 @@
-"""The transcripts of a transcribed corpus, spoken by espeak-ng voices: more voices for fine-tuning.
+"""The transcripts of a transcribed corpus, spoken by synthetic voices: more voices for fine-tuning.
 
 With a few real speakers, a CTC model learns their voices as much as the words. Speaking the same
 transcripts in many synthetic voices (text-to-speech augmentation; Rosenberg et al. 2019, Laptev et
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..synthetic import plan_transcripts
+from ..synthetic import ENGINES, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
 
@@ -29,6 +29,11 @@ class TtsOptions:
         1.0, help="Times each transcript is spoken, each time by another voice (0.5: a seeded half of them)."
     )
     speakers: int = option(64, help="Number of voices (round robin over them).")
+    engine: str = option(
+        "espeak",
+        help="Speech engine: espeak (espeak-ng's formant voices) or flite (four voices made from real "
+        "people's recordings, each speaker at its own pitch and speed; apt-get install flite).",
+    )
     seed: int = option(0, help="Random seed: the voices, their pitch and speed.")
     noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
     snr: float = option(20.0, help="Signal-to-noise ratio in dB when mixing noise.")
@@ -36,6 +41,10 @@ class TtsOptions:
         help="Seconds of silence kept at each end of a clip (unset: as espeak-ng speaks, which ends every "
         "clip with ~0.3 s); 0.02 for a corpus cut close to its words, such as FSDD."
     )
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:  # a recipe's typo stops at load, not after the folds began
+            raise SpeechBudgetError(f"unknown tts engine {self.engine!r}; choose {' or '.join(ENGINES)}")
 
 
 def read_transcripts(path: Path) -> List[str]:
@@ -63,17 +72,21 @@ def read_transcripts(path: Path) -> List[str]:
 def find_items(opts: TtsOptions, ctx: FindContext) -> List[SourceItem]:
     if opts.transcripts is None:
         raise SpeechBudgetError("tts needs --transcripts: the manifest whose transcripts are spoken")
-    specs = plan_transcripts(read_transcripts(opts.transcripts), opts.copies, opts.seed, opts.speakers)
+    voices = engine_voices(opts.engine, opts.speakers)
+    specs = plan_transcripts(
+        read_transcripts(opts.transcripts), opts.copies, opts.seed, opts.speakers, voices
+    )
     return spoken_items(specs, opts.noise_dir, opts.snr, ctx, opts.silence)
 
 
 SOURCE = Source(
     "tts",
-    "A transcribed corpus's transcripts spoken by espeak-ng voices (more voices for fine-tuning).",
+    "A transcribed corpus's transcripts spoken by espeak-ng or flite voices (more voices for fine-tuning).",
     TtsOptions,
     find_items,
     (
         "speechbudget prepare tts --transcripts data/fsdd/cuts_train.jsonl.gz --band-limit-hz 4000 --silence 0.02 --out data/",
         "speechbudget prepare tts --transcripts data/cv/cuts_train.jsonl.gz --copies 2 --speakers 32 --out data/",
+        "speechbudget prepare tts --transcripts data/fsdd/cuts_train.jsonl.gz --engine flite --silence 0.02 --out data/",
     ),
 )
