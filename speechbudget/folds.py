@@ -169,6 +169,8 @@ def find_summaries(paths: Iterable[Path]) -> List[Path]:
 def load_summary(path: Path) -> Dict[str, Any]:
     """The folds summary of an experiment (its exp_dir, its folds/ folder, or a run inside it)."""
     found = find_summaries([path])
+    if not found and not Path(path).exists():
+        raise SpeechBudgetError(f"{path} does not exist: give an experiment folder run with --folds speakers")
     if not found:
         raise SpeechBudgetError(
             f"{path} has no {FOLDS_DIR}/{SUMMARY_NAME}: run its recipe with --folds speakers first"

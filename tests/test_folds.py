@@ -115,6 +115,8 @@ def test_compare_pairs_two_recipes_runs_by_fold_and_seed(tmp_path, capsys):
     assert code == 2 and "no fold results for the model 'scratch'" in err
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path)
     assert code == 2 and "--folds speakers" in err and "Traceback" not in err
+    code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "typo")
+    assert code == 2 and f"{tmp_path / 'typo'} does not exist" in err
     (tmp_path / "arm" / "folds" / "folds.json").write_text("{not json")
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
     assert code == 2 and "not a folds summary" in err
