@@ -1,10 +1,10 @@
 """Flite's English voices: synthetic speech made from recordings of real people.
 
 espeak-ng (the synthetic corpus's engine) is a formant synthesiser: many voices, none of them a human
-vocal tract. Flite's voices are built from the CMU ARCTIC recordings of four speakers (US male kal16
-and rms, Scottish male awb, US female slt), so they carry real voices' spectra; text-to-speech
-augmentation (``tts: {engine: flite}``) can use them instead of espeak-ng's. Optional: only a recipe
-that asks for the engine needs ``apt-get install flite``.
+vocal tract. Flite's voices are built from recordings of four people (CMU ARCTIC's US male rms,
+Scottish male awb and US female slt; the US male diphone voice kal16), so they carry real voices'
+spectra; text-to-speech augmentation (``tts: {engine: flite}``) can use them instead of espeak-ng's.
+Optional: only a recipe that asks for the engine needs ``apt-get install flite``.
 """
 
 from __future__ import annotations
