@@ -4,6 +4,8 @@ Anything raised as a :class:`SpeechBudgetError` is printed by the CLI as a singl
 (no traceback): the message must say what to fix.
 """
 
+import shutil
+
 
 class SpeechBudgetError(Exception):
     """An error caused by the user's input (bad path, bad config, missing stage output)."""
@@ -24,3 +26,14 @@ class OptionError(SpeechBudgetError):
         return (
             f"{section}.{self.option.replace('-', '_')} {self.problem} (set in the recipe or as an override)"
         )
+
+
+def require_program(name: str, otherwise: str) -> str:
+    """The path of the executable ``name`` (a Debian package of the same name), or a one-line error
+    that says how to install it or, ``otherwise``, what to do without it."""
+    path = shutil.which(name)
+    if path is None:
+        raise SpeechBudgetError(
+            f"{name} not found: install it with `apt-get install {name}` (or `brew install {name}`), {otherwise}"
+        )
+    return path

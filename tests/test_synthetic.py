@@ -190,7 +190,7 @@ def test_missing_noise_folder_is_a_clear_error(specs, tmp_path):
 
 
 def test_missing_espeak_is_a_clear_error(specs, monkeypatch):
-    monkeypatch.setattr(synthetic.shutil, "which", lambda name: None)
+    monkeypatch.setattr("speechbudget.errors.shutil.which", lambda name: None)
     with pytest.raises(SpeechBudgetError, match="apt-get install espeak-ng"):
         synthetic.speak(specs[0])
 

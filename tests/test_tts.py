@@ -153,7 +153,7 @@ def test_prepare_tts_with_flite_and_without_it(tmp_path, capsys, monkeypatch):
     ]
     code, _, err = cli_result(capsys, *bad)
     assert code == 2 and "unknown tts engine 'festival'" in err and "Traceback" not in err
-    monkeypatch.setattr("speechbudget.data.flite.shutil.which", lambda name: None)  # flite not installed
+    monkeypatch.setattr("speechbudget.errors.shutil.which", lambda name: None)  # flite not installed
     code, _, err = cli_result(capsys, *args, "--name", "none")
     assert code == 2 and "apt-get install flite" in err and "Traceback" not in err
 

@@ -9,7 +9,6 @@ Optional: only a recipe that asks for the engine needs ``apt-get install flite``
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..errors import SpeechBudgetError
+from ..errors import SpeechBudgetError, require_program
 
 #: the English voices of Debian's flite and the mean F0 (Hz) each speaks with by default, measured on
 #: the ten digits (kal, kal16 at 8 kHz, is left out: the same speaker)
@@ -27,13 +26,7 @@ DEFAULT_F0 = {"awb": 130.0, "kal16": 100.0, "rms": 103.0, "slt": 168.0}
 
 def flite_binary() -> str:
     """The flite executable, or a one-line error that says how to install it."""
-    path = shutil.which("flite")
-    if path is None:
-        raise SpeechBudgetError(
-            "flite not found: install it with `apt-get install flite` (or `brew install flite`), "
-            "or use tts.engine: espeak"
-        )
-    return path
+    return require_program("flite", "or use tts.engine: espeak")
 
 
 @lru_cache(maxsize=1)

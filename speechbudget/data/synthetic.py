@@ -14,7 +14,6 @@ import hashlib
 import math
 import random
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from speechbudget.atomic import atomic_output
-from speechbudget.errors import SpeechBudgetError
+from speechbudget.errors import SpeechBudgetError, require_program
 
 from .flite import flite_voices, speak_flite
 
@@ -221,13 +220,9 @@ def generate_sentence(rng: random.Random, grammar: Grammar | None = None) -> str
 
 def espeak_binary() -> str:
     """The espeak-ng executable, or a one-line error that says how to install it."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise SpeechBudgetError(
-            "espeak-ng not found: install it with `apt-get install espeak-ng` (or `brew install espeak-ng`), "
-            "or prepare a corpus from your own audio instead of the synthetic one"
-        )
-    return path
+    return require_program(
+        "espeak-ng", "or prepare a corpus from your own audio instead of the synthetic one"
+    )
 
 
 def _voice_table(selector: str) -> list[list[str]]:
