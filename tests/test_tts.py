@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from speechbudget.errors import SpeechBudgetError
 from speechbudget.pipeline import load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+NEEDS_FLITE = pytest.mark.skipif(
+    shutil.which("flite") is None, reason="no flite: scripts/setup.sh installs it"
+)
 
 
 def _texts(path: Path) -> collections.Counter:
@@ -84,6 +88,12 @@ def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, caps
         assert code == 2 and message in err and "Traceback" not in err
 
 
+def _prepared_fsdd(tmp_path: Path, capsys) -> Path:
+    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=2, speakers=("george", "jackson", "theo"))
+    assert cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)[0] == 0
+    return tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+
+
 def _median_f0(audio: np.ndarray, rate: int) -> float:
     """Median autocorrelation pitch over the loud 40 ms frames (60-400 Hz)."""
     n, found = int(0.04 * rate), []
@@ -98,6 +108,7 @@ def _median_f0(audio: np.ndarray, rate: int) -> float:
     return float(np.median(found))
 
 
+@NEEDS_FLITE
 def test_flite_speakers_are_its_voices_at_their_own_pitch_and_speed():
     voices = engine_voices("flite", 10)  # four voices, each serving several speakers
     assert len(voices) >= 10 and set(voices) == {"flite+awb", "flite+kal16", "flite+rms", "flite+slt"}
@@ -117,10 +128,9 @@ def test_flite_speakers_are_its_voices_at_their_own_pitch_and_speed():
         engine_voices("festival", 4)
 
 
-def test_prepare_tts_with_flite_and_without_it(tmp_path, capsys, monkeypatch):
-    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=2, speakers=("george", "jackson", "theo"))
-    assert cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)[0] == 0
-    real = tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+@NEEDS_FLITE
+def test_prepare_tts_speaks_with_flite(tmp_path, capsys):
+    real = _prepared_fsdd(tmp_path, capsys)
     args = [
         "prepare",
         "tts",
@@ -139,22 +149,15 @@ def test_prepare_tts_with_flite_and_without_it(tmp_path, capsys, monkeypatch):
     assert _texts(tmp_path / "tts" / "cuts_train.jsonl.gz") == _texts(real)
     assert {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts} == {"flite"}
     assert all(c.has_features and 0.15 < c.duration < 1.5 for c in cuts)
-    bad = [
-        "prepare",
-        "tts",
-        "--transcripts",
-        real,
-        "--engine",
-        "festival",
-        "--out",
-        tmp_path,
-        "--name",
-        "bad",
-    ]
-    code, _, err = cli_result(capsys, *bad)
+
+
+def test_an_unknown_or_missing_engine_is_one_line(tmp_path, capsys, monkeypatch):
+    real = _prepared_fsdd(tmp_path, capsys)
+    args = ["prepare", "tts", "--transcripts", real, "--out", tmp_path]
+    code, _, err = cli_result(capsys, *args, "--engine", "festival")
     assert code == 2 and "unknown tts engine 'festival'" in err and "Traceback" not in err
     monkeypatch.setattr("speechbudget.errors.shutil.which", lambda name: None)  # flite not installed
-    code, _, err = cli_result(capsys, *args, "--name", "none")
+    code, _, err = cli_result(capsys, *args, "--engine", "flite")
     assert code == 2 and "apt-get install flite" in err and "Traceback" not in err
 
 
