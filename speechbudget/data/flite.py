@@ -20,7 +20,7 @@ import soundfile as sf
 from ..errors import SpeechBudgetError, require_program
 
 #: the English voices of Debian's flite and the mean F0 (Hz) each speaks with by default, measured on
-#: the ten digits (kal, kal16 at 8 kHz, is left out: the same speaker)
+#: the ten digits (kal is left out: kal16's speaker at 8 kHz)
 DEFAULT_F0 = {"awb": 130.0, "kal16": 100.0, "rms": 103.0, "slt": 168.0}
 
 

@@ -253,19 +253,23 @@ def list_voices() -> list[str]:
 
 
 #: the engines that speak a corpus; a flite speaker is 'flite+<voice>' (its voice in the variant's place)
-ENGINES = ("espeak", "flite")
-FLITE = "flite"
+ESPEAK, FLITE = "espeak", "flite"
+ENGINES = (ESPEAK, FLITE)
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise SpeechBudgetError(f"unknown tts engine {engine!r}; choose {' or '.join(ENGINES)}")
 
 
 def engine_voices(engine: str, num_speakers: int) -> list[str]:
     """Voices for `num_speakers` speakers of `engine`. Flite has four voices, so each serves several
     speakers, told apart by their own base pitch and speed (make_speakers)."""
-    if engine == "espeak":
+    check_engine(engine)
+    if engine == ESPEAK:
         return list_voices()
-    if engine == FLITE:
-        voices = [f"{FLITE}+{v}" for v in flite_voices()]
-        return voices * math.ceil(num_speakers / len(voices))
-    raise SpeechBudgetError(f"unknown speech engine {engine!r}; choose {' or '.join(ENGINES)}")
+    voices = [f"{FLITE}+{v}" for v in flite_voices()]
+    return voices * math.ceil(num_speakers / len(voices))
 
 
 @dataclass(frozen=True)
@@ -452,7 +456,8 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
     audio = _resample(audio, rate)
     peak = np.abs(audio).max()
     if peak == 0:
-        raise SpeechBudgetError(f"{spec.voice} produced silence for {spec.id} ({spec.text!r})")
+        engine = FLITE if spec.voice == FLITE else "espeak-ng"
+        raise SpeechBudgetError(f"{engine} produced silence for {spec.id} ({spec.text!r})")
     return audio * (PEAK / peak)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..synthetic import ENGINES, engine_voices, plan_transcripts
+from ..synthetic import check_engine, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
 
@@ -43,8 +43,7 @@ class TtsOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:  # a recipe's typo stops at load, not after the folds began
-            raise SpeechBudgetError(f"unknown tts engine {self.engine!r}; choose {' or '.join(ENGINES)}")
+        check_engine(self.engine)  # a recipe's typo stops at load, not after the folds began
 
 
 def read_transcripts(path: Path) -> List[str]:
