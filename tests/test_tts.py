@@ -52,10 +52,7 @@ def test_every_transcript_is_spoken_copies_times_by_different_voices():
 
 
 def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, capsys):
-    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=2, speakers=("george", "jackson", "theo"))
-    code, _, err = cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)
-    assert code == 0, err
-    real = tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+    real = _prepared_fsdd(tmp_path, capsys)
     args = ["prepare", "tts", "--transcripts", real, "--copies", "2", "--speakers", "3"]
     code, out, err = cli_result(capsys, *args, "--band-limit-hz", "4000", "--out", tmp_path, "--json")
     assert code == 0, err
@@ -81,7 +78,7 @@ def test_prepare_tts_speaks_a_real_corpus_transcripts_in_its_band(tmp_path, caps
     for bad, message in (
         ([], "needs --transcripts"),
         (["--transcripts", tmp_path / "missing.jsonl.gz"], "not found"),
-        (["--transcripts", fsdd / "0_george_0.wav"], "not a lhotse"),
+        (["--transcripts", tmp_path / "fsdd" / "0_george_0.wav"], "not a lhotse"),
         (["--transcripts", real, "--silence", "-1"], "silence must be 0 s or more"),
     ):
         code, _, err = cli_result(capsys, "prepare", "tts", *bad, "--out", tmp_path, "--name", "bad")

@@ -30,13 +30,12 @@ from speechbudget.asr.text import normalize_text
 from speechbudget.config import TOKENIZER_TYPES
 from speechbudget.errors import SpeechBudgetError
 
-__all__ = ["BLANK_ID", "UNK_ID", "MODEL_TYPES", "Tokenizer", "train_tokenizer"]
+__all__ = ["BLANK_ID", "UNK_ID", "Tokenizer", "train_tokenizer"]
 
 log = logging.getLogger(__name__)
 
 BLANK_ID = 0
 UNK_ID = 1
-MODEL_TYPES = TOKENIZER_TYPES
 PHONE_BASE = 0xE000  # phone i is written chr(PHONE_BASE + i): private use, never in a transcript
 MODEL_NAME = "tokenizer.model"
 SETTINGS_NAME = "tokenizer.json"
@@ -153,8 +152,8 @@ def train_tokenizer(
     character count. Any adjustment is logged and recorded as ``note`` in tokenizer.json.
     ``phone`` models are ``char`` models over the words' phones, pronounced by espeak-ng's ``g2p_voice``.
     """
-    if model_type not in MODEL_TYPES:
-        raise SpeechBudgetError(f"unknown tokenizer model_type {model_type!r}; use one of {MODEL_TYPES}")
+    if model_type not in TOKENIZER_TYPES:
+        raise SpeechBudgetError(f"unknown tokenizer model_type {model_type!r}; use one of {TOKENIZER_TYPES}")
     if vocab_size < 1:
         raise SpeechBudgetError(f"tokenizer vocab_size must be positive, got {vocab_size}")
     sentences = [t for t in (normalize_text(x, lowercase=lowercase) for x in texts) if t]

@@ -298,9 +298,8 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
         check_resumable(cfg)  # before the tokenizer and the speaker means are written
         cuts = training_cuts(cfg, dist.is_main).to_eager()
         tokenizer, tok_tmp = tokenizer_for(cfg, cuts)
-        model, init = build_model(
-            cfg, tokenizer.vocab_size, tokenizer.blank_id, speakers=[cut_speaker(c) for c in cuts]
-        )
+        speakers = [cut_speaker(c) for c in cuts] if cfg.ctc.speaker_adversary > 0 else ()
+        model, init = build_model(cfg, tokenizer.vocab_size, tokenizer.blank_id, speakers=speakers)
         train_cmn, dev_cmn = speaker_cmn_transforms(cfg, model, cuts)
         recorded_hours = total_seconds(cuts) / 3600
         if cfg.ctc.speed_perturb:  # before filtering: a faster copy may no longer fit its tokens
