@@ -16,7 +16,7 @@ import random
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from scipy.signal import resample_poly
 from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError, require_program
 
+from .accents import ACCENTS, accented, check_accents
 from .flite import flite_voices, speak_flite
 
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
@@ -234,12 +235,17 @@ def _voice_table(selector: str) -> list[list[str]]:
 
 
 @lru_cache(maxsize=1)
+def _installed_variants() -> tuple[str, ...]:
+    installed = {row[4].removeprefix("!v/") for row in _voice_table("variant") if row[4].startswith("!v/")}
+    return tuple(v for v in HUMAN_VARIANTS if v in installed)
+
+
+@lru_cache(maxsize=1)
 def _installed_voices() -> tuple[str, ...]:
     table = _voice_table("en")
     # mb/ voices need the separately installed MBROLA synthesizer; "variant" rows are not languages.
     bases = sorted({row[1] for row in table if row[1].startswith("en") and not row[4].startswith("mb/")})
-    installed = {row[4].removeprefix("!v/") for row in _voice_table("variant") if row[4].startswith("!v/")}
-    variants = [v for v in HUMAN_VARIANTS if v in installed]
+    variants = _installed_variants()
     if not bases or not variants:
         raise SpeechBudgetError(
             "espeak-ng has no English voices: reinstall it with `apt-get install espeak-ng`"
@@ -250,6 +256,14 @@ def _installed_voices() -> tuple[str, ...]:
 def list_voices() -> list[str]:
     """English espeak-ng voices times human-sounding variants, as 'voice+variant' (e.g. 'en-us+m3')."""
     return list(_installed_voices())
+
+
+def accent_voices(accents: list[str], num_speakers: int) -> list[str]:
+    """Voices for `num_speakers` speakers of English with the given accents (accents.ACCENTS), as
+    'language+variant'; a voice serves several speakers (each its own pitch and speed) when needed."""
+    check_accents(accents)
+    voices = [f"{accent}+{variant}" for accent in accents for variant in _installed_variants()]
+    return voices * math.ceil(num_speakers / len(voices))
 
 
 #: the engines that speak a corpus; a flite speaker is 'flite+<voice>' (its voice in the variant's place)
@@ -406,10 +420,12 @@ def plan_transcripts(
     seed: int = 0,
     num_speakers: int = 64,
     voices: list[str] | None = None,
+    accented_voices: list[str] | None = None,
+    accent_share: float = 0.0,
 ) -> list[UtteranceSpec]:
     """Every transcript spoken `copies` times (a fraction: that share of them, chosen by `seed`), each
     time by the next voice of a shuffled round robin, all in the train split: a synthetic copy of a
-    transcribed corpus (``prepare tts``)."""
+    transcribed corpus (``prepare tts``). `accent_share` of the speakers take `accented_voices`."""
     if not copies > 0:
         raise SpeechBudgetError(f"copies must be positive, got {copies}")
     if not texts:
@@ -422,7 +438,11 @@ def plan_transcripts(
         raise SpeechBudgetError(
             f"copies {copies} of {len(texts)} transcripts is no utterance: raise copies to at least {1 / len(texts):.2g}"
         )
-    speakers = make_speakers(num_speakers, seed, voices)
+    num_accented = round(accent_share * num_speakers)
+    speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
+    if num_accented:
+        others = make_speakers(num_accented, seed, accented_voices)
+        speakers += [replace(s, id=f"spk{len(speakers) + i:03d}") for i, s in enumerate(others)]
     random.Random(f"tts-order:{seed}").shuffle(speakers)
     specs = []
     for i, text in enumerate(spoken):
@@ -464,6 +484,7 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
 def _speak_espeak(spec: UtteranceSpec, pitch: int, speed: int) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory(prefix="speechbudget-espeak-") as tmp:
         wav = Path(tmp) / "out.wav"
+        text = accented(spec.text, spec.voice) if spec.voice in ACCENTS else spec.text
         cmd = [
             espeak_binary(),
             "-v",
@@ -477,7 +498,7 @@ def _speak_espeak(spec: UtteranceSpec, pitch: int, speed: int) -> tuple[np.ndarr
             "-w",
             str(wav),
         ]
-        result = subprocess.run(cmd, input=spec.text, capture_output=True, text=True)
+        result = subprocess.run(cmd, input=text, capture_output=True, text=True)
         if result.returncode != 0 or not wav.is_file():
             raise SpeechBudgetError(
                 f"espeak-ng failed for {spec.id} with voice {spec.voice}+{spec.variant}: "

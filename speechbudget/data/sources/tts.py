@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..synthetic import check_engine, engine_voices, plan_transcripts
+from ..accents import check_accents
+from ..synthetic import ESPEAK, accent_voices, check_engine, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
 
@@ -34,6 +35,12 @@ class TtsOptions:
         help="Speech engine: espeak (espeak-ng's formant voices) or flite (four voices made from real "
         "people's recordings, each speaker at its own pitch and speed; apt-get install flite).",
     )
+    accents: List[str] = option(
+        help="Comma-separated accents some voices speak English with: el (Greek), fr (French); the "
+        "English phonemes said with that language's sounds by its espeak-ng voice.",
+        factory=list,
+    )
+    accent_share: float = option(0.5, help="Share of the voices that speak with `accents`.")
     seed: int = option(0, help="Random seed: the voices, their pitch and speed.")
     noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
     snr: float = option(20.0, help="Signal-to-noise ratio in dB when mixing noise.")
@@ -43,7 +50,13 @@ class TtsOptions:
     )
 
     def __post_init__(self) -> None:
-        check_engine(self.engine)  # a recipe's typo stops at load, not after the folds began
+        # a recipe's typo stops at load, not after the folds began
+        check_engine(self.engine)
+        check_accents(self.accents)
+        if self.accents and self.engine != ESPEAK:
+            raise SpeechBudgetError("tts accents are spoken by espeak-ng: use engine espeak or no accents")
+        if not 0 < self.accent_share <= 1:
+            raise SpeechBudgetError(f"accent_share must be in (0, 1], got {self.accent_share}")
 
 
 def read_transcripts(path: Path) -> List[str]:
@@ -72,8 +85,10 @@ def find_items(opts: TtsOptions, ctx: FindContext) -> List[SourceItem]:
     if opts.transcripts is None:
         raise SpeechBudgetError("tts needs --transcripts: the manifest whose transcripts are spoken")
     voices = engine_voices(opts.engine, opts.speakers)
+    share = opts.accent_share if opts.accents else 0.0
+    accented = accent_voices(opts.accents, opts.speakers) if opts.accents else None
     specs = plan_transcripts(
-        read_transcripts(opts.transcripts), opts.copies, opts.seed, opts.speakers, voices
+        read_transcripts(opts.transcripts), opts.copies, opts.seed, opts.speakers, voices, accented, share
     )
     return spoken_items(specs, opts.noise_dir, opts.snr, ctx, opts.silence)
 
@@ -87,5 +102,6 @@ SOURCE = Source(
         "speechbudget prepare tts --transcripts data/fsdd/cuts_train.jsonl.gz --band-limit-hz 4000 --silence 0.02 --out data/",
         "speechbudget prepare tts --transcripts data/cv/cuts_train.jsonl.gz --copies 2 --speakers 32 --out data/",
         "speechbudget prepare tts --transcripts data/fsdd/cuts_train.jsonl.gz --engine flite --silence 0.02 --out data/",
+        "speechbudget prepare tts --transcripts data/fsdd/cuts_train.jsonl.gz --accents el,fr --silence 0.02 --out data/",
     ),
 )

@@ -1,0 +1,210 @@
+"""English spoken with a foreign accent, for text-to-speech augmentation.
+
+Real speakers who learnt English later carry their first language's sounds into it: a Greek speaker
+has five vowels and no /h/ or /ʃ/, a French one says /s/ for /θ/, /z/ for /ð/, drops /h/ and stresses
+a word's last syllable. espeak-ng's English voices are all native varieties, and its other voices do
+not speak English words with an accent (Greek switches to English, German reads the spelling). So an
+accented clip is made the way a learner makes it: the words' English phonemes (espeak-ng's en-us
+transcription) are replaced one by one with the nearest sounds of the other language, and that
+language's voice speaks them from phoneme input (``[[...]]``).
+
+A speaker of the synthetic plan whose voice is an ACCENTS key speaks English with that accent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, FrozenSet, List, Tuple
+
+from ..errors import SpeechBudgetError, require_program
+
+#: markers espeak-ng writes before a stressed vowel (primary, secondary)
+_STRESS = ("'", ",")
+#: English phonemes with a length, rhotic or variant mark that map like their plain form
+#: (espeak-ng's en and en-us phoneme tables, all of which are covered)
+_ALIASES = {
+    **dict.fromkeys(("I#", "I2", "I2#"), "I"),
+    **dict.fromkeys(("a#", "a#2", "a2", "aa"), "a"),
+    **dict.fromkeys(("@#", "@2", "@-", "@5"), "@"),
+    **dict.fromkeys(("0#", "02"), "0"),
+    **dict.fromkeys(("O", "O2", "O~"), "O:"),
+    **dict.fromkeys(("A#", "A~"), "A:"),
+    **dict.fromkeys(("E#", "E2", "e#", "e:"), "E"),
+    **dict.fromkeys(("t#", "t2", "?"), "t"),
+    **dict.fromkeys(("z#", "z/2"), "z"),
+    **dict.fromkeys(("r-", "VR"), "3"),
+    **dict.fromkeys(("i@3", "IR"), "i@r"),
+    "aI3": "aI@",
+    "aU@": "aU",
+    "o:": "oU",
+    "oU#": "oU",
+    "d#": "d",
+    "w#": "w",
+    "r/": "r",
+    "l/": "l",
+    "l-": "@L",
+    "m-": "@m",
+}
+
+
+@dataclass(frozen=True)
+class Accent:
+    """How one language's speakers say English: each en-us phoneme as that language's phonemes."""
+
+    language: str  # the espeak-ng voice that speaks the phonemes
+    name: str
+    table: Dict[str, Tuple[str, ...]]
+    vowels: FrozenSet[str]
+    final_stress: bool  # stress every word on its last vowel instead of where English puts it
+
+
+def _table(consonants: str, vowels: Dict[str, str]) -> Dict[str, Tuple[str, ...]]:
+    """A table from 'en=target ...' pairs for consonants (target '' drops the sound, 'n+g' is two
+    sounds) and a dict for vowels (targets separated by spaces)."""
+    pairs = dict(p.split("=") for p in consonants.split()) | vowels
+    return {en: tuple(target.replace("+", " ").split()) for en, target in pairs.items()}
+
+
+_SAME = "p=p b=b t=t d=d k=k g=g f=f v=v s=s z=z m=m n=n l=l r=r j=j"
+
+ACCENTS: Dict[str, Accent] = {
+    "el": Accent(
+        "el",
+        "Greek",
+        _table(
+            _SAME + " T=T D=D h=x x=x N=n+g w=u S=s Z=z tS=ts dZ=d+z",
+            {
+                "i:": "i",
+                "i": "i",
+                "I": "i",
+                "i@": "i",
+                "i@r": "i e r",
+                "E": "e",
+                "e@": "e r",
+                "eI": "e i",
+                "a": "a",
+                "A:": "a",
+                "A@": "a r",
+                "V": "a",
+                "0": "o",
+                "O:": "o",
+                "O@": "o r",
+                "o@": "o r",
+                "oU": "o",
+                "OI": "o i",
+                "U": "u",
+                "u:": "u",
+                "U@": "u r",
+                "aI": "a i",
+                "aI@": "a i e r",
+                "aU": "a u",
+                "@": "e",
+                "3": "e r",
+                "3:": "e r",
+                "@L": "e l",
+                "n-": "e n",
+                "@m": "e m",
+            },
+        ),
+        frozenset("aeiou"),
+        final_stress=False,
+    ),
+    "fr": Accent(
+        "fr",
+        "French",
+        _table(
+            _SAME + " T=s D=z h= x=k N=n+g w=w S=S Z=Z tS=t+S dZ=d+Z",
+            {
+                "i:": "i",
+                "i": "i",
+                "I": "i",
+                "i@": "i",
+                "i@r": "i r",
+                "E": "E",
+                "e@": "E r",
+                "eI": "e",
+                "a": "a",
+                "A:": "a",
+                "A@": "a r",
+                "V": "W",
+                "0": "O",
+                "O:": "O",
+                "O@": "O r",
+                "o@": "O r",
+                "oU": "o",
+                "OI": "O j",
+                "U": "u",
+                "u:": "u",
+                "U@": "u r",
+                "aI": "a j",
+                "aI@": "a j W r",
+                "aU": "a u",
+                "@": "@",
+                "3": "W r",
+                "3:": "W r",
+                "@L": "@ l",
+                "n-": "@ n",
+                "@m": "@ m",
+            },
+        ),
+        frozenset({"a", "e", "E", "i", "o", "O", "u", "y", "Y", "W", "@"}),
+        final_stress=True,
+    ),
+}
+
+
+def check_accents(accents: List[str]) -> None:
+    unknown = [a for a in accents if a not in ACCENTS]
+    if unknown:
+        raise SpeechBudgetError(
+            f"unknown accent {', '.join(map(repr, unknown))}; choose from {', '.join(sorted(ACCENTS))}"
+        )
+
+
+@lru_cache(maxsize=4096)
+def english_phonemes(text: str) -> Tuple[Tuple[str, ...], ...]:
+    """Each word of `text` as en-us phoneme mnemonics, a stress mark kept on its vowel."""
+    espeak = require_program("espeak-ng", "or leave tts.accents empty")
+    result = subprocess.run(
+        [espeak, "-q", "-x", "--sep=|", "-v", "en-us"], input=text, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise SpeechBudgetError(f"espeak-ng could not transcribe {text!r}: {result.stderr.strip()}")
+    words = []
+    for word in result.stdout.split():
+        phones = []
+        for p in word.split("|"):
+            p = p.lstrip("_:!;")  # pauses and espeak-ng's own markers: the voice pauses by itself
+            if p:
+                phones.append(p)
+        if phones:
+            words.append(tuple(phones))
+    return tuple(words)
+
+
+def _map_word(phones: Tuple[str, ...], accent: Accent) -> List[str]:
+    out: List[str] = []
+    for phone in phones:
+        stress = phone[0] if phone[0] in _STRESS else ""
+        bare = phone[len(stress) :]
+        bare = _ALIASES.get(bare, bare)
+        if bare not in accent.table:
+            raise SpeechBudgetError(f"no {accent.name} sound for the English phoneme {bare!r}")
+        mapped = list(accent.table[bare])
+        if mapped and stress and not accent.final_stress:
+            mapped[0] = stress + mapped[0]
+        out.extend(mapped)
+    if accent.final_stress:
+        vowels = [i for i, p in enumerate(out) if p in accent.vowels]
+        if vowels:
+            out[vowels[-1]] = "'" + out[vowels[-1]]
+    return out
+
+
+def accented(text: str, accent: str) -> str:
+    """`text` as phoneme input for espeak-ng's `accent` voice: English words, that language's sounds."""
+    check_accents([accent])
+    words = [_map_word(w, ACCENTS[accent]) for w in english_phonemes(text)]
+    return "[[" + " ".join("".join(w) for w in words if w) + "]]"

@@ -1,0 +1,109 @@
+"""Accented English for text-to-speech augmentation: English phonemes said with another language's
+sounds by that language's espeak-ng voice (`tts.accents`)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED, cli_result, copy_fsdd
+
+from speechbudget.data.accents import ACCENTS, accented, english_phonemes
+from speechbudget.data.manifests import load_cuts
+from speechbudget.data.prepare import CorpusSpec
+from speechbudget.data.synthetic import (
+    UtteranceSpec,
+    accent_voices,
+    list_voices,
+    plan_transcripts,
+    speak,
+)
+from speechbudget.errors import SpeechBudgetError
+
+DIGITS = "zero one two three four five six seven eight nine oh"
+
+
+def _sounds(phonemes: str) -> list[str]:
+    return phonemes.removeprefix("[[").removesuffix("]]").split()
+
+
+def test_english_phonemes_become_the_accent_s_own_sounds():
+    # French: /θ/ -> s, /ð/ -> z, no /h/, every word stressed on its last vowel
+    fr = _sounds(accented("three the house seven", "fr"))
+    assert fr[0].startswith("sr") and fr[1].startswith("z") and not fr[2].startswith("h")
+    assert fr[3] == "sEv'@n" and all(w.count("'") == 1 for w in fr)
+    # Greek: keeps /θ/ and /ð/, /h/ -> x, /ʃ/ -> s, five vowels only; English stress kept
+    el = _sounds(accented("three the house she seven", "el"))
+    assert (
+        el[0] == "Tr'i" and el[1].startswith("D") and el[2].startswith("x") and el[3].replace("'", "") == "si"
+    )
+    assert el[4] == "s'even"
+    assert set(re.sub(r"[^a-zA-Z@]", "", "".join(_sounds(accented(DIGITS, "el"))))) <= set(
+        "aeiouTDzsrfvkntmlpbgdx"
+    )
+
+
+def test_every_english_sound_of_real_sentences_has_an_accented_one():
+    with open(SHARED / "commonvoice-mini" / "validated.tsv", newline="") as f:
+        sentences = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")][:40]
+    for accent in ACCENTS:
+        for sentence in sentences:
+            words = _sounds(accented(sentence, accent))
+            assert len(words) == len(english_phonemes(sentence)), sentence
+    with pytest.raises(SpeechBudgetError, match="unknown accent 'de'"):
+        accented("one", "de")
+
+
+def test_accented_voices_speak_their_own_sounds_and_the_plan_mixes_them_in():
+    specs = plan_transcripts(
+        ["one", "two"] * 8,
+        seed=0,
+        num_speakers=8,
+        accented_voices=accent_voices(["el", "fr"], 4),
+        accent_share=0.5,
+    )
+    by_speaker = {s.speaker: s.voice for s in specs}
+    assert len(by_speaker) == 8 and collections.Counter(v in ACCENTS for v in by_speaker.values()) == {
+        True: 4,
+        False: 4,
+    }
+    # no accents: the plan of an older recipe, unchanged
+    assert plan_transcripts(["one", "two"] * 8, seed=0, num_speakers=8) == plan_transcripts(
+        ["one", "two"] * 8, seed=0, num_speakers=8, voices=list_voices()
+    )
+    # one accent serves more speakers than it has variants, each at its own pitch and speed
+    voices = accent_voices(["fr"], 40)
+    assert len(voices) >= 40 and {v.split("+")[0] for v in voices} == {"fr"}
+    # real synthesis: the Greek voice says the accented phonemes, not the English text read as Greek
+    spec = UtteranceSpec("u", "three", "s", "el", "m3", 50, 175, "train", 1)
+    with_accent = speak(spec)
+    assert 0.2 < len(with_accent) / 16000 < 2
+    english = speak(UtteranceSpec("u", "three", "s", "en-us", "m3", 50, 175, "train", 1))
+    assert len(with_accent) != len(english) or not np.allclose(with_accent, english)
+
+
+def test_a_bad_accent_option_is_one_line(tmp_path, capsys):
+    for values, message in (
+        ({"accents": "de"}, "unknown accent 'de'; choose from el, fr"),
+        ({"accents": "el", "engine": "flite"}, "spoken by espeak-ng"),
+        ({"accents": "el", "accent_share": 0}, "accent_share must be in"),
+    ):
+        with pytest.raises(SpeechBudgetError, match=message):
+            CorpusSpec.build("tts", values, "tts")
+    fsdd = copy_fsdd(tmp_path / "fsdd", per_speaker=1, speakers=("george", "jackson", "theo"))
+    assert cli_result(capsys, "prepare", "fsdd", fsdd, "--out", tmp_path)[0] == 0
+    real = tmp_path / "fsdd" / "cuts_train.jsonl.gz"
+    args = ["prepare", "tts", "--transcripts", real, "--out", tmp_path, "--speakers", "4"]
+    code, _, err = cli_result(capsys, *args, "--accents", "xx")
+    assert code == 2 and "unknown accent 'xx'" in err and "Traceback" not in err
+    # and a good one: half the voices accented, every clip speech of a plausible length
+    code, _, err = cli_result(capsys, *args, "--accents", "el,fr", "--copies", "4", "--silence", "0.02")
+    assert code == 0, err
+    cuts = load_cuts(Path(tmp_path) / "tts" / "cuts_train.jsonl.gz").to_eager()
+    voices = {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts}
+    assert voices & set(ACCENTS) and voices - set(ACCENTS)
+    assert all(0.15 < c.duration < 1.5 for c in cuts)
