@@ -198,6 +198,15 @@ def _runs(summary: Dict[str, Any], model: str) -> Dict[Tuple[str, int], float]:
     }
 
 
+def _threads(summary: Dict[str, Any], model: str) -> Dict[Tuple[str, int], int]:
+    """(dev speaker, seed) -> the CPU threads ``model`` trained with, where the summary says."""
+    return {
+        (r["dev_speaker"], int(r.get("seed", 0))): r["threads"][model]
+        for r in summary["folds"]
+        if isinstance(r.get("threads"), dict) and isinstance(r["threads"].get(model), int)
+    }
+
+
 def compare(
     base: Dict[str, Any], arm: Dict[str, Any], model: str = "finetune", base_model: Optional[str] = None
 ) -> Dict[str, Any]:
@@ -231,6 +240,8 @@ def compare(
                 "change": round((sum(aw) - sum(bw)) / len(bw), 2),
             }
         )
+    bt, at = _threads(base, base_model), _threads(arm, model)
+    other_threads = [[*k, bt[k], at[k]] for k in paired if k in bt and k in at and bt[k] != at[k]]
     diffs = [a[k] - b[k] for k in paired]
     n = len(diffs)
     mean = sum(diffs) / n
@@ -251,4 +262,6 @@ def compare(
             "base": [list(k) for k in b if k not in a],
             "arm": [list(k) for k in a if k not in b],
         },
+        # [speaker, seed, base threads, arm threads]: paired runs whose arithmetic differs beyond the change
+        "other_threads": other_threads,
     }

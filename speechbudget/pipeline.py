@@ -127,6 +127,16 @@ def _decode_key(run: str, split: str) -> str:
     return f"{run}/{split}"
 
 
+def _trained_threads(decoded: Dict[str, Any]) -> Optional[int]:
+    """The CPU threads the decoded model was trained with (its run card): the same recipe trained on
+    another number of threads sums in another order, so ``compare`` says when two arms' runs differ."""
+    card = Path(decoded.get("checkpoint") or "").parent / "run_card.json"
+    try:
+        return int(json.loads(card.read_text())["device"]["cpu_threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _run_of(key: str) -> str:
     """The model a decode result key names (the inverse of :func:`_decode_key`)."""
     return key.split("/")[0]
@@ -787,7 +797,9 @@ class Pipeline:
             }
             if self.r.fold_seeds > 1:
                 row["seed"] = seed
-            rows.append({**row, "wer": {_run_of(key): res.get("wer") for key, res in decoded.items()}})
+            row["wer"] = {_run_of(key): res.get("wer") for key, res in decoded.items()}
+            row["threads"] = {_run_of(key): _trained_threads(res) for key, res in decoded.items()}
+            rows.append(row)
             write_summary(self.exp, summarize(rows, test))
         summary = summarize(rows, test)
         for line in summary_lines(summary):

@@ -537,6 +537,13 @@ def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
     unpaired = result["unpaired"]
     if unpaired["base"] or unpaired["arm"]:
         caption += f"\nleft out (run by one side only): base {unpaired['base']}, arm {unpaired['arm']}"
+    if result.get("other_threads"):
+        caption += (
+            f"\n{len(result['other_threads'])} paired runs trained on other thread counts than their pair "
+            "(speaker, seed, base, arm: "
+            + ", ".join(f"{s} {k}: {b} vs {a}" for s, k, b, a in result["other_threads"])
+            + "): part of their change is arithmetic; run both sides with the same --fold-jobs"
+        )
     t = Table(
         title=f"leave-one-speaker-out folds, paired: {base} ({result['base_model']}) vs {arm} "
         f"({result['arm_model']}), dev WER %",

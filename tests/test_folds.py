@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, cli_result, copy_fsdd
 
 from speechbudget.data.manifests import cut_speaker, load_cuts
@@ -120,6 +121,19 @@ def test_compare_pairs_two_recipes_runs_by_fold_and_seed(tmp_path, capsys):
     (tmp_path / "arm" / "folds" / "folds.json").write_text("{not json")
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
     assert code == 2 and "not a folds summary" in err
+    # runs trained on other thread counts than their pair: said, since their sums run in another order
+    assert r["other_threads"] == []  # summaries without thread counts (older runs): nothing to say
+    threaded = {"base": summarize(_rows(base)), "arm": summarize(_rows(arm))}
+    for side, threads in (("base", 1), ("arm", 1)):
+        for row in threaded[side]["folds"]:
+            row["threads"] = {
+                "finetune": 2 if (side, row["dev_speaker"], row["seed"]) == ("arm", "jackson", 1) else threads
+            }
+        write_summary(tmp_path / side, threaded[side])
+    assert compare(threaded["base"], threaded["arm"])["other_threads"] == [["jackson", 1, 1, 2]]
+    code, out, _ = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
+    out = " ".join(out.split())
+    assert code == 0 and "1 paired runs trained on other thread counts" in out and "jackson 1: 1 vs 2" in out
     other = {("george", 2): 19.0}  # no seed in common
     write_summary(tmp_path / "other", summarize(_rows(other)))
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "other")
@@ -143,6 +157,7 @@ def test_run_with_two_speaker_folds_then_the_final_run(tmp_path, capsys, monkeyp
     wers = [f["wer"]["finetune"] for f in folds["folds"]]
     assert folds["mean"]["finetune"]["mean"] == round(sum(wers) / 2, 2)
     assert json.loads((exp / "folds" / "folds.json").read_text()) == folds  # the summary on disk
+    assert all(f["threads"]["finetune"] == torch.get_num_threads() for f in folds["folds"])
     for f in folds["folds"]:
         fold_dir = exp / "folds" / f["dev_speaker"]
         card = json.loads((fold_dir / "finetune" / "run_card.json").read_text())

@@ -53,7 +53,6 @@ _ALIASES = {
 class Accent:
     """How one language's speakers say English: each en-us phoneme as that language's phonemes."""
 
-    language: str  # the espeak-ng voice that speaks the phonemes
     name: str
     table: Dict[str, Tuple[str, ...]]
     vowels: FrozenSet[str]
@@ -69,9 +68,9 @@ def _table(consonants: str, vowels: Dict[str, str]) -> Dict[str, Tuple[str, ...]
 
 _SAME = "p=p b=b t=t d=d k=k g=g f=f v=v s=s z=z m=m n=n l=l r=r j=j"
 
+#: by the espeak-ng voice (language) that speaks the accent's phonemes
 ACCENTS: Dict[str, Accent] = {
     "el": Accent(
-        "el",
         "Greek",
         _table(
             _SAME + " T=T D=D h=x x=x N=n+g w=u S=s Z=z tS=ts dZ=d+z",
@@ -112,7 +111,6 @@ ACCENTS: Dict[str, Accent] = {
         final_stress=False,
     ),
     "fr": Accent(
-        "fr",
         "French",
         _table(
             _SAME + " T=s D=z h= x=k N=n+g w=w S=S Z=Z tS=t+S dZ=d+Z",
