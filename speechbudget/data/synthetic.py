@@ -586,7 +586,10 @@ def _audio_key(
     """Eight hex digits of everything that shapes the wav: a re-run with other words, voices, noise or
     trimming writes new files instead of reusing ones made under other options."""
     noise = str(Path(noise_dir).resolve()) if noise_dir is not None else None
-    return f"{_stable_seed(repr(spec), noise, snr_db, silence):08x}"
+    parts = [repr(spec), noise, snr_db, silence]
+    if spec.voice in ACCENTS:  # the phonemes spoken: a changed accent table makes new files
+        parts.append(accented(spec.text, spec.voice))
+    return f"{_stable_seed(*parts):08x}"
 
 
 def synthesize(
