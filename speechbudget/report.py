@@ -538,8 +538,9 @@ def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
     if unpaired["base"] or unpaired["arm"]:
         caption += f"\nleft out (run by one side only): base {unpaired['base']}, arm {unpaired['arm']}"
     if result.get("other_threads"):
+        n = len(result["other_threads"])
         caption += (
-            f"\n{len(result['other_threads'])} paired runs trained on other thread counts than their pair "
+            f"\n{n} paired run{'s' if n > 1 else ''} trained on other thread counts than their pair "
             "(speaker, seed, base, arm: "
             + ", ".join(f"{s} {k}: {b} vs {a}" for s, k, b, a in result["other_threads"])
             + "): part of their change is arithmetic; run both sides with the same --fold-jobs"

@@ -133,7 +133,7 @@ def test_compare_pairs_two_recipes_runs_by_fold_and_seed(tmp_path, capsys):
     assert compare(threaded["base"], threaded["arm"])["other_threads"] == [["jackson", 1, 1, 2]]
     code, out, _ = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
     out = " ".join(out.split())
-    assert code == 0 and "1 paired runs trained on other thread counts" in out and "jackson 1: 1 vs 2" in out
+    assert code == 0 and "1 paired run trained on other thread counts" in out and "jackson 1: 1 vs 2" in out
     other = {("george", 2): 19.0}  # no seed in common
     write_summary(tmp_path / "other", summarize(_rows(other)))
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "other")
