@@ -9,28 +9,14 @@ which the synthetic corpus needs anyway; stress marks are dropped.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 
-from ..data.synthetic import espeak_binary
-from ..errors import SpeechBudgetError
+from ..data.espeak import transcribe
 
 __all__ = ["DEFAULT_VOICE", "pronounce"]
 
 DEFAULT_VOICE = "en-us"
 _NOT_PHONES = str.maketrans("", "", "ˈˌ\u200d")  # primary and secondary stress, zero-width joiner
-
-
-def _espeak_ipa(text: str, voice: str) -> list[str]:
-    result = subprocess.run(
-        [espeak_binary(), "-q", "--ipa", "--sep=_", "-v", voice], input=text, capture_output=True, text=True
-    )
-    if result.returncode != 0 or "does not exist" in result.stderr:
-        raise SpeechBudgetError(
-            f"espeak-ng could not pronounce with voice {voice!r} ({result.stderr.strip() or 'no output'}): "
-            "pick a voice from `espeak-ng --voices`"
-        )
-    return [line for line in result.stdout.splitlines() if line.strip()]
 
 
 def _phones(line: str) -> tuple[str, ...]:
@@ -44,7 +30,7 @@ def pronounce(words: Sequence[str], voice: str = DEFAULT_VOICE) -> dict[str, tup
     words = list(dict.fromkeys(words))
     if not words:
         return {}
-    lines = _espeak_ipa("\n".join(words), voice)
+    lines = transcribe("\n".join(words), voice, ipa=True, sep="_")
     if len(lines) != len(words):
-        lines = [" ".join(_espeak_ipa(w, voice)) for w in words]
+        lines = [" ".join(transcribe(w, voice, ipa=True, sep="_")) for w in words]
     return {w: _phones(line) for w, line in zip(words, lines)}

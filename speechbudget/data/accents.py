@@ -13,12 +13,12 @@ A speaker of the synthetic plan whose voice is an ACCENTS key speaks English wit
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, FrozenSet, List, Tuple
 
-from ..errors import SpeechBudgetError, require_program
+from ..errors import SpeechBudgetError
+from .espeak import transcribe
 
 #: markers espeak-ng writes before a stressed vowel (primary, secondary)
 _STRESS = ("'", ",")
@@ -164,21 +164,13 @@ def check_accents(accents: List[str]) -> None:
 @lru_cache(maxsize=4096)
 def english_phonemes(text: str) -> Tuple[Tuple[str, ...], ...]:
     """Each word of `text` as en-us phoneme mnemonics, a stress mark kept on its vowel."""
-    espeak = require_program("espeak-ng", "or leave tts.accents empty")
-    result = subprocess.run(
-        [espeak, "-q", "-x", "--sep=|", "-v", "en-us"], input=text, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise SpeechBudgetError(f"espeak-ng could not transcribe {text!r}: {result.stderr.strip()}")
     words = []
-    for word in result.stdout.split():
-        phones = []
-        for p in word.split("|"):
-            p = p.lstrip("_:!;")  # pauses and espeak-ng's own markers: the voice pauses by itself
-            if p:
-                phones.append(p)
-        if phones:
-            words.append(tuple(phones))
+    for line in transcribe(text, "en-us", ipa=False, sep="|"):
+        for word in line.split():
+            # pauses and espeak-ng's own markers go: the voice pauses by itself
+            phones = tuple(p for p in (p.lstrip("_:!;") for p in word.split("|")) if p)
+            if phones:
+                words.append(phones)
     return tuple(words)
 
 

@@ -25,9 +25,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from speechbudget.atomic import atomic_output
-from speechbudget.errors import SpeechBudgetError, require_program
+from speechbudget.errors import SpeechBudgetError
 
 from .accents import ACCENTS, accented, check_accents
+from .espeak import espeak_binary
 from .flite import flite_voices, speak_flite
 
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
@@ -219,13 +220,6 @@ def generate_sentence(rng: random.Random, grammar: Grammar | None = None) -> str
 # ---------------------------------------------------------------- voices and speakers
 
 
-def espeak_binary() -> str:
-    """The espeak-ng executable, or a one-line error that says how to install it."""
-    return require_program(
-        "espeak-ng", "or prepare a corpus from your own audio instead of the synthetic one"
-    )
-
-
 def _voice_table(selector: str) -> list[list[str]]:
     """Rows of `espeak-ng --voices=<selector>`: [priority, language, age/gender, name, file, ...]."""
     result = subprocess.run(
@@ -262,7 +256,13 @@ def accent_voices(accents: list[str], num_speakers: int) -> list[str]:
     """Voices for `num_speakers` speakers of English with the given accents (accents.ACCENTS), as
     'language+variant'; a voice serves several speakers (each its own pitch and speed) when needed."""
     check_accents(accents)
-    voices = [f"{accent}+{variant}" for accent in accents for variant in _installed_variants()]
+    return _enough(
+        [f"{accent}+{variant}" for accent in accents for variant in _installed_variants()], num_speakers
+    )
+
+
+def _enough(voices: list[str], num_speakers: int) -> list[str]:
+    """`voices` repeated until there is one per speaker (make_speakers gives each its own pitch and speed)."""
     return voices * math.ceil(num_speakers / len(voices))
 
 
@@ -282,8 +282,7 @@ def engine_voices(engine: str, num_speakers: int) -> list[str]:
     check_engine(engine)
     if engine == ESPEAK:
         return list_voices()
-    voices = [f"{FLITE}+{v}" for v in flite_voices()]
-    return voices * math.ceil(num_speakers / len(voices))
+    return _enough([f"{FLITE}+{v}" for v in flite_voices()], num_speakers)
 
 
 @dataclass(frozen=True)
