@@ -234,7 +234,8 @@ class RunRecipe:
     folds: Optional[str] = None
     fold_seeds: int = 1  # fine-tune each fold with this many seeds (seed, seed + 1, ...)
     #: folds fine-tuned at once, each in a process of its own with its share of the threads (two
-    #: 1-thread runs outdo one 2-thread run on a CPU); a fold's numbers do not depend on it
+    #: 1-thread runs outdo one 2-thread run on a CPU); a fold's numbers depend on its thread count
+    #: (the sums' order), not on the folds beside it: folds.json records the threads of each
     fold_jobs: int = 1
 
 
