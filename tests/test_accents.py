@@ -107,3 +107,15 @@ def test_a_bad_accent_option_is_one_line(tmp_path, capsys):
     voices = {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts}
     assert voices & set(ACCENTS) and voices - set(ACCENTS)
     assert all(0.15 < c.duration < 1.5 for c in cuts)
+
+
+def test_without_espeak_ng_each_caller_says_its_own_way_out(monkeypatch):
+    """A missing espeak-ng is a one-line error naming what to do without it where it was needed."""
+    from speechbudget.asr.phones import pronounce
+
+    monkeypatch.setenv("PATH", "")
+    english_phonemes.cache_clear()
+    with pytest.raises(SpeechBudgetError, match="espeak-ng not found.*leave tts.accents empty"):
+        english_phonemes("three")
+    with pytest.raises(SpeechBudgetError, match="espeak-ng not found.*bpe, unigram or char tokenizer"):
+        pronounce(["three"])

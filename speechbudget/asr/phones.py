@@ -16,6 +16,7 @@ from ..data.espeak import transcribe
 __all__ = ["DEFAULT_VOICE", "pronounce"]
 
 DEFAULT_VOICE = "en-us"
+_NO_ESPEAK = "or train a bpe, unigram or char tokenizer instead of phones"
 _NOT_PHONES = str.maketrans("", "", "ˈˌ\u200d")  # primary and secondary stress, zero-width joiner
 
 
@@ -30,7 +31,7 @@ def pronounce(words: Sequence[str], voice: str = DEFAULT_VOICE) -> dict[str, tup
     words = list(dict.fromkeys(words))
     if not words:
         return {}
-    lines = transcribe("\n".join(words), voice, ipa=True, sep="_")
+    lines = transcribe("\n".join(words), voice, ipa=True, sep="_", otherwise=_NO_ESPEAK)
     if len(lines) != len(words):
-        lines = [" ".join(transcribe(w, voice, ipa=True, sep="_")) for w in words]
+        lines = [" ".join(transcribe(w, voice, ipa=True, sep="_", otherwise=_NO_ESPEAK)) for w in words]
     return {w: _phones(line) for w, line in zip(words, lines)}

@@ -165,7 +165,7 @@ def check_accents(accents: List[str]) -> None:
 def english_phonemes(text: str) -> Tuple[Tuple[str, ...], ...]:
     """Each word of `text` as en-us phoneme mnemonics, a stress mark kept on its vowel."""
     words = []
-    for line in transcribe(text, "en-us", ipa=False, sep="|"):
+    for line in transcribe(text, "en-us", ipa=False, sep="|", otherwise="or leave tts.accents empty"):
         for word in line.split():
             # pauses and espeak-ng's own markers go: the voice pauses by itself
             phones = tuple(p for p in (p.lstrip("_:!;") for p in word.split("|")) if p)

@@ -7,20 +7,23 @@ import subprocess
 
 from ..errors import SpeechBudgetError, require_program
 
-
-def espeak_binary() -> str:
-    """The espeak-ng executable, or a one-line error that says how to install it."""
-    return require_program(
-        "espeak-ng", "or prepare a corpus from your own audio instead of the synthetic one"
-    )
+#: what to do without espeak-ng, said by the error when it is missing (each caller knows its own way out)
+SYNTHETIC_ALTERNATIVE = "or prepare a corpus from your own audio instead of the synthetic one"
 
 
-def transcribe(text: str, voice: str, *, ipa: bool, sep: str) -> list[str]:
+def espeak_binary(otherwise: str = SYNTHETIC_ALTERNATIVE) -> str:
+    """The espeak-ng executable, or a one-line error that says how to install it or, `otherwise`, what
+    to do without it."""
+    return require_program("espeak-ng", otherwise)
+
+
+def transcribe(text: str, voice: str, *, ipa: bool, sep: str, otherwise: str) -> list[str]:
     """The non-empty lines of `voice`'s phoneme transcription of `text`, in IPA or in espeak-ng's own
-    mnemonics (which its phoneme input ``[[...]]`` reads back), the phonemes of a word joined by `sep`."""
+    mnemonics (which its phoneme input ``[[...]]`` reads back), the phonemes of a word joined by `sep`;
+    `otherwise`: what to do without espeak-ng."""
     notation = "--ipa" if ipa else "-x"
     result = subprocess.run(
-        [espeak_binary(), "-q", notation, f"--sep={sep}", "-v", voice],
+        [espeak_binary(otherwise), "-q", notation, f"--sep={sep}", "-v", voice],
         input=text,
         capture_output=True,
         text=True,
