@@ -110,18 +110,22 @@ def data_describe(
 # ---------------------------------------------------------------------------------------- models
 @models_app.command("list", epilog="Example:\n\n  speechbudget models list --family zipformer --json")
 def models_list(
-    family: Optional[str] = typer.Option(None, help="Only this family: zipformer, transformer, bimamba."),
+    family: Optional[str] = typer.Option(
+        None, help="Only this family: zipformer, transformer, bimamba, aum, ast, mobilenet."
+    ),
     flops: bool = typer.Option(
-        False, "--flops", help="Also count forward GFLOPs per second of audio (slower)."
+        False, "--flops", help="Also count forward GFLOPs per second of audio (minutes for every preset)."
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Every encoder preset with its parameters (and, with --flops, its cost)."""
     from .models.catalog import describe_preset, preset_rows
+    from .progress import track
 
+    quiet_if_json(as_json)
     rows = preset_rows(family)
-    if flops:
-        rows = [describe_preset(r["name"]) for r in rows]
+    if flops:  # fvcore traces each preset's forward pass on 10 s of audio: minutes for all of them
+        rows = [describe_preset(r["name"]) for r in track(rows, description="counting FLOPs")]
     if as_json:
         emit_json(rows)
         return

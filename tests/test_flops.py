@@ -285,6 +285,33 @@ def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
     assert len(builds) == 3
 
 
+def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeypatch):
+    """Every training run counts its encoder; runs in one process (the folds, a run's fine-tune and
+    scratch) share the count of an architecture, and a layer added in place is counted anew."""
+    from speechbudget.cost import flops
+    from speechbudget.models import catalog
+    from speechbudget.models.presets import build_encoder
+
+    counted = []
+
+    def counting(encoder, *args):
+        counted.append(encoder)
+        return flops.module_cost(encoder, *args)
+
+    monkeypatch.setattr(catalog, "module_cost", counting)
+    monkeypatch.setattr(catalog, "_COST_CACHE", {})
+    a, b = build_encoder("zipformer-nano"), build_encoder({"preset": "zipformer-nano"})
+    assert a.built_from == b.built_from
+    first = encoder_cost(a, seconds=1.0)
+    assert encoder_cost(b, seconds=1.0) == first == flops.module_cost(b, 1.0) and counted == [a]
+    encoder_cost(b, seconds=2.0)
+    b.extra = nn.Linear(4, 4)  # its shapes no longer those of the count
+    encoder_cost(b, seconds=2.0)
+    encoder_cost(ToyEncoder(), seconds=1.0)  # not built from a config: counted every call
+    encoder_cost(ToyEncoder(), seconds=1.0)
+    assert len(counted) == 5
+
+
 def test_training_flops_are_three_forwards_plus_head():
     enc = ToyEncoder()
     forward = encoder_cost(enc, seconds=2.0)["gflops_per_audio_second"] * 1e9

@@ -33,7 +33,7 @@ import math
 import numbers
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -415,12 +415,15 @@ def module_cost(encoder: nn.Module, seconds: float = 10.0, batch: int = 1) -> di
 LENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 
 
-def length_curve(encoder: nn.Module, grid: Sequence[float] = LENGTH_GRID) -> List[List[float]]:
+def length_curve(
+    encoder: nn.Module, grid: Sequence[float] = LENGTH_GRID, count: Callable[..., dict] = module_cost
+) -> List[List[float]]:
     """``[[seconds, MACs per second at that length], ...]``: the encoder counted at each length it
-    accepts (the grid ends at its longest input, when that is shorter than the grid)."""
+    accepts (the grid ends at its longest input, when that is shorter than the grid); ``count`` is
+    :func:`module_cost` or a caching wrapper of it (the model catalogue's)."""
     longest = longest_input_seconds(encoder)
     lengths = sorted({min(float(sec), longest) for sec in grid})
-    return [[sec, float(module_cost(encoder, seconds=sec)["macs_per_audio_second"])] for sec in lengths]
+    return [[sec, float(count(encoder, seconds=sec)["macs_per_audio_second"])] for sec in lengths]
 
 
 def macs_rate(cost: Dict[str, Any], seconds: float) -> float:

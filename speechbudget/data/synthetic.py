@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError
@@ -461,6 +460,8 @@ def plan_transcripts(
 def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return audio
+    from scipy.signal import resample_poly  # here, not at the top: scipy.signal takes 1.5 s to import
+
     g = math.gcd(rate, SAMPLE_RATE)
     return resample_poly(audio, SAMPLE_RATE // g, rate // g)
 

@@ -14,18 +14,31 @@ from ..errors import SpeechBudgetError
 from .presets import FAMILIES, all_presets, build_encoder, resolve
 
 EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
-_COST_CACHE: Dict[Tuple[str, float, int], dict] = {}
+_COST_CACHE: Dict[Tuple[str, str, float, int], dict] = {}
+
+
+def _config_key(cfg: Mapping[str, Any]) -> str:
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
-    """:func:`module_cost` of a preset, config or built encoder.
+    """:func:`module_cost` of a preset, config or built encoder, counted once per process.
 
-    Results for presets/configs are cached per (config, seconds, batch); built encoders are
-    measured every call (they may have been changed in place).
+    fvcore traces the whole forward pass (seconds for a small Zipformer), and every training run
+    counts its encoder. Presets and configs are cached per (config, seconds, batch); an encoder built
+    by :func:`build_encoder` per its config and parameter shapes (a layer replaced in place changes
+    them), any other module is counted every call.
     """
     if isinstance(spec_or_encoder, nn.Module):
-        return module_cost(spec_or_encoder, seconds, batch)
-    key = (json.dumps(resolve(spec_or_encoder), sort_keys=True, default=str), float(seconds), int(batch))
+        built_from = getattr(spec_or_encoder, "built_from", None)
+        if built_from is None:
+            return module_cost(spec_or_encoder, seconds, batch)
+        shapes = [(n, list(p.shape)) for n, p in spec_or_encoder.state_dict().items()]
+        key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
+        if key not in _COST_CACHE:
+            _COST_CACHE[key] = module_cost(spec_or_encoder, seconds, batch)
+        return copy.deepcopy(_COST_CACHE[key])
+    key = (_config_key(resolve(spec_or_encoder)), "", float(seconds), int(batch))
     if key not in _COST_CACHE:
         _COST_CACHE[key] = module_cost(build_encoder(spec_or_encoder), seconds, batch)
     return copy.deepcopy(_COST_CACHE[key])

@@ -70,6 +70,9 @@ def build_encoder(spec: Union[str, Mapping[str, Any]]) -> Encoder:
     family = cfg.pop("family")
     mod = _family_module(family)
     try:
-        return mod.build(**cfg)
+        encoder = mod.build(**cfg)
     except TypeError as e:  # unknown keyword in a user config
         raise SpeechBudgetError(f"bad {family} encoder config: {e}") from None
+    # the config it was built from: the cost catalogue counts each architecture once per process
+    encoder.built_from = {"family": family, **cfg}
+    return encoder

@@ -96,9 +96,9 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
     path = Path(exp_dir) / "cost.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from ..cost.flops import module_cost
+    from ..models.catalog import encoder_cost
 
-    c = module_cost(encoder, seconds=10.0)
+    c = encoder_cost(encoder, seconds=10.0)
     cost = {
         "macs_per_input_second": float(c["macs_per_audio_second"]),
         "head_macs_per_frame": float(head_macs_per_frame),
@@ -109,7 +109,7 @@ def encoder_cost_cached(encoder: Encoder, exp_dir: Path, head_macs_per_frame: in
     if hasattr(encoder, "tome"):  # Transformers: attention, and merging, make the cost depend on length
         from ..cost.flops import length_curve
 
-        cost["macs_by_length"] = length_curve(encoder)
+        cost["macs_by_length"] = length_curve(encoder, count=encoder_cost)
     atomic.write_json(path, cost)
     return cost
 
