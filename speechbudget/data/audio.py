@@ -119,14 +119,17 @@ def atomic_write_audio(path: Path, samples: np.ndarray, sample_rate: int) -> Non
         sf.write(str(tmp), samples, sample_rate, format="FLAC", subtype="PCM_16")
 
 
-def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Polyphase resampling (scipy): exact rational ratio, no torchaudio needed."""
+def resample(
+    samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE, dtype: type = np.float32
+) -> np.ndarray:
+    """Polyphase resampling (scipy): exact rational ratio, no torchaudio needed. ``dtype=np.float64``
+    keeps the precision of the synthetic corpus, which mixes and scales its clips before writing them."""
     if orig_sr == target_sr:
         return samples
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # here, not at the top: scipy.signal takes 1.5 s to import
 
     g = math.gcd(orig_sr, target_sr)
-    return resample_poly(samples, target_sr // g, orig_sr // g).astype(np.float32)
+    return resample_poly(samples, target_sr // g, orig_sr // g).astype(dtype)
 
 
 def band_limit(samples: np.ndarray, cutoff_hz: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -27,6 +27,7 @@ from speechbudget.atomic import atomic_output
 from speechbudget.errors import SpeechBudgetError
 
 from .accents import ACCENTS, accented, check_accents
+from .audio import SAMPLE_RATE, resample
 from .espeak import espeak_binary
 from .flite import flite_voices, speak_flite
 
@@ -34,7 +35,6 @@ GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic"
 #: what the synthetic speakers say: open-vocabulary sentences, or connected digits (TIDIGITS-style,
 #: 11 words: a task a CPU learns in minutes)
 GRAMMARS = {"sentences": GRAMMAR_DIR, "digits": GRAMMAR_DIR.parent / "synthetic-digits"}
-SAMPLE_RATE = 16000
 SILENCE_FLOOR_DB = 50.0  # below the peak: espeak-ng's pauses are digital silence
 MIN_WORDS, MAX_WORDS = 4, 14
 
@@ -457,15 +457,6 @@ def plan_transcripts(
 # ---------------------------------------------------------------- synthesis
 
 
-def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return audio
-    from scipy.signal import resample_poly  # here, not at the top: scipy.signal takes 1.5 s to import
-
-    g = math.gcd(rate, SAMPLE_RATE)
-    return resample_poly(audio, SAMPLE_RATE // g, rate // g)
-
-
 def speak(spec: UtteranceSpec) -> np.ndarray:
     """The clean utterance as float64 in [-PEAK, PEAK] at 16 kHz (what `synthesize` writes without noise)."""
     pitch, speed = utterance_prosody(spec)
@@ -473,7 +464,7 @@ def speak(spec: UtteranceSpec) -> np.ndarray:
         audio, rate = speak_flite(spec.text, spec.variant, pitch, speed)
     else:
         audio, rate = _speak_espeak(spec, pitch, speed)
-    audio = _resample(audio, rate)
+    audio = resample(audio, rate, dtype=np.float64)
     peak = np.abs(audio).max()
     if peak == 0:
         engine = FLITE if spec.voice == FLITE else "espeak-ng"
@@ -531,7 +522,7 @@ def _noise_segment(path: Path, num_samples: int, rng: np.random.Generator) -> np
     needed = math.ceil(num_samples * info.samplerate / SAMPLE_RATE) + 1
     start = int(rng.integers(0, info.frames - needed + 1)) if info.frames > needed else 0
     noise, _ = sf.read(path, start=start, frames=needed, dtype="float64", always_2d=True)
-    noise = _resample(noise.mean(axis=1), info.samplerate)
+    noise = resample(noise.mean(axis=1), info.samplerate, dtype=np.float64)
     reps = math.ceil(num_samples / max(len(noise), 1))
     return np.tile(noise, reps)[:num_samples]
 

@@ -35,12 +35,13 @@ def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int
             return module_cost(spec_or_encoder, seconds, batch)
         shapes = [(n, list(p.shape)) for n, p in spec_or_encoder.state_dict().items()]
         key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
-        if key not in _COST_CACHE:
-            _COST_CACHE[key] = module_cost(spec_or_encoder, seconds, batch)
-        return copy.deepcopy(_COST_CACHE[key])
-    key = (_config_key(resolve(spec_or_encoder)), "", float(seconds), int(batch))
+    else:
+        key = (_config_key(resolve(spec_or_encoder)), "", float(seconds), int(batch))
     if key not in _COST_CACHE:
-        _COST_CACHE[key] = module_cost(build_encoder(spec_or_encoder), seconds, batch)
+        encoder = (
+            spec_or_encoder if isinstance(spec_or_encoder, nn.Module) else build_encoder(spec_or_encoder)
+        )
+        _COST_CACHE[key] = module_cost(encoder, seconds, batch)
     return copy.deepcopy(_COST_CACHE[key])
 
 
