@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from . import cli_common as ui
-from .data.prepare import CorpusSpec, PrepareOptions
+from .data.corpus_spec import CorpusSpec, PrepareOptions
 from .data.sources import Source, registry
 from .errors import SpeechBudgetError
 

@@ -54,9 +54,9 @@ from .config import (
     parse_overrides,
     split_csv,
 )
+from .data.corpus_spec import CorpusSpec
 from .data.manifests import cut_speaker, cuts_path
 from .data.pool import PoolEntry, PoolMember, Scored, check_names
-from .data.prepare import CorpusSpec
 from .errors import OptionError, SpeechBudgetError
 from .folds import FOLDS_DIR, Fold, check_kind
 from .locks import lock_experiment

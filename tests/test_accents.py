@@ -13,8 +13,8 @@ import pytest
 from conftest import SHARED, cli_result, copy_fsdd
 
 from speechbudget.data.accents import ACCENTS, accented, english_phonemes
+from speechbudget.data.corpus_spec import CorpusSpec
 from speechbudget.data.manifests import load_cuts
-from speechbudget.data.prepare import CorpusSpec
 from speechbudget.data.synthetic import (
     UtteranceSpec,
     accent_voices,

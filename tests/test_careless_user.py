@@ -136,7 +136,7 @@ def test_bad_device_options_are_one_line(tmp_path, capsys):
     one_line_error(code, err, "--device must be cpu, cuda or cuda:N")
 
 
-def test_output_files_that_are_folders_or_under_files_are_refused(tmp_path, capsys):
+def test_output_files_that_are_folders_or_under_files_are_refused(tmp_path, capsys, private_cache_dir):
     folder, afile = tmp_path / "folder", tmp_path / "afile"
     folder.mkdir()
     afile.write_text("a file")

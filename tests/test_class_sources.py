@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import FSDD, NOISE, cli_result, copy_fsdd
 
+from speechbudget.data.corpus_spec import CorpusSpec
 from speechbudget.data.labels import load_vocabulary
 from speechbudget.data.manifests import load_cuts
-from speechbudget.data.prepare import CorpusSpec, prepare
+from speechbudget.data.prepare import prepare
 from speechbudget.errors import SpeechBudgetError
 
 

@@ -32,3 +32,23 @@ def test_run_help_names_every_stage(capsys):
     text = " ".join(out.split())
     missing = [s for s in STAGES if s not in text]
     assert not missing, f"run --help does not name the stages {missing}"
+
+
+def test_help_loads_neither_torch_nor_lhotse():
+    """Help is asked for often and must answer at once: importing torch and lhotse takes seconds."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from speechbudget.cli import main\n"
+        "for args in (['--help'], ['prepare', '--help'], ['prepare', 'fsdd', '--help'], ['run', '--help']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'lhotse', 'scipy') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -10,9 +10,10 @@ import pytest
 from conftest import FSDD
 from PIL import Image
 
+from speechbudget.data.corpus_spec import CorpusSpec
 from speechbudget.data.images import cut_image, image_problem
 from speechbudget.data.manifests import load_cuts
-from speechbudget.data.prepare import CorpusSpec, prepare
+from speechbudget.data.prepare import prepare
 from speechbudget.data.scenes import ATTRIBUTES, caption, plan_captions, plan_scenes, relation
 
 

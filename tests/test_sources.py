@@ -15,8 +15,8 @@ from conftest import SHARED, TINY, cli_result, copy_fsdd
 
 from speechbudget import cli
 from speechbudget.cli_prepare import CLI_ONLY
+from speechbudget.data.corpus_spec import CorpusSpec, PrepareOptions
 from speechbudget.data.manifests import load_cuts
-from speechbudget.data.prepare import CorpusSpec, PrepareOptions
 from speechbudget.data.sources import registry
 from speechbudget.errors import SpeechBudgetError
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from speechbudget.data.corpus_spec import CorpusSpec
 from speechbudget.data.dataset import make_sampler
 from speechbudget.data.image_batches import ImageSpeechDataset
 from speechbudget.data.images import cut_image
 from speechbudget.data.manifests import load_cuts
-from speechbudget.data.prepare import CorpusSpec, prepare
+from speechbudget.data.prepare import prepare
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.evaluation.retrieval import embed_pairs, retrieval_report
 from speechbudget.models.image_encoder import ImageCNN, PrecomputedImageFeatures, load_feature_table

@@ -3,6 +3,9 @@
 Every item of every source goes through :func:`check_and_convert`, so "what counts as bad
 audio" is decided in one place. Audio that is fine but not 16 kHz mono wav/flac is converted
 once to FLAC (written under a temporary name, then renamed) so later stages never resample.
+
+torch and lhotse are imported where they are used: the source registry reads this module's
+constants, and `speechbudget prepare --help` must not wait for them.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
-import torch
-from lhotse import CutSet, Recording, SupervisionSegment
 
 from ..atomic import atomic_output
 from ..errors import SpeechBudgetError
+
+if TYPE_CHECKING:
+    import torch
+    from lhotse import CutSet, Recording
 
 SAMPLE_RATE = 16000
 MIN_DURATION = 0.1  # seconds; shorter clips cannot give even a few encoder frames
@@ -37,6 +42,8 @@ class CheckResult:
 
 def read_audio(path: Path) -> torch.Tensor:
     """Any file soundfile reads -> 16 kHz mono float32 (resampled as ``prepare`` does)."""
+    import torch
+
     try:
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for missing or corrupt files
@@ -97,6 +104,8 @@ def memory_cuts(paths: Sequence[Path]) -> Tuple[CutSet, List[Tuple[Path, str]]]:
     """Audio files (or folders of them) that were never prepared, as 16 kHz mono cuts held in memory
     with their speaker (:func:`speaker_files`), and the files that could not be read with why: what
     decoding a user's recordings reads."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+
     cuts, skipped = [], []
     for path, speaker in speaker_files(paths):
         try:
@@ -143,6 +152,8 @@ def check_and_convert(
 ) -> CheckResult:
     """Read ``path``, reject it with a reason or return a 16 kHz mono :class:`Recording`;
     ``band_limit_hz``: keep only frequencies below it (:func:`band_limit`)."""
+    from lhotse import Recording
+
     p = Path(path).absolute()  # manifests hold absolute paths: later stages may run from elsewhere
     if not p.is_file():
         return CheckResult(item_id, None, f"audio file not found: {path}")

@@ -1,18 +1,21 @@
 """Images paired with speech: checked like audio at prepare time, loaded as tensors at batch time.
 
 An unreadable image must cost one item (reported in ``rejected_<split>.jsonl``), never the run, so
-sources call :func:`image_problem` and put its answer into ``SourceItem.problem``.
+sources call :func:`image_problem` and put its answer into ``SourceItem.problem``. torch is imported
+where tensors are made: the source registry imports this module for the CLI's help.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-import torch
 
 from ..errors import SpeechBudgetError
+
+if TYPE_CHECKING:
+    import torch
 
 #: per-channel mean / std of ImageNet, the usual normalisation; harmless for a CNN trained from scratch
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +61,7 @@ def cut_image(cut: Any) -> Tuple[str, str]:
 
 def load_image(path: str, size: int, mean=IMAGE_MEAN, std=IMAGE_STD) -> torch.Tensor:
     """(3, size, size) float tensor: RGB, resized (bilinear), scaled to [0, 1], normalised."""
+    import torch
     from PIL import Image
 
     with Image.open(path) as im:
@@ -69,6 +73,8 @@ def load_image(path: str, size: int, mean=IMAGE_MEAN, std=IMAGE_STD) -> torch.Te
 
 def load_images(paths: List[str], size: int) -> torch.Tensor:
     """(B, 3, size, size); each distinct path decoded once."""
+    import torch
+
     cache: Dict[str, torch.Tensor] = {}
     for p in paths:
         if p not in cache:

@@ -26,8 +26,8 @@ from lhotse import CutSet
 from .. import atomic
 from ..config import split_csv
 from ..errors import SpeechBudgetError
+from .corpus_spec import CorpusSpec
 from .manifests import cut_speaker, cuts_path, load_cuts, save_manifest, subset_hours
-from .prepare import CorpusSpec
 
 #: the cut's corpus in a pooled manifest
 CORPUS_KEY = "corpus"

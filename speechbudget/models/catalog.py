@@ -21,8 +21,31 @@ def _config_key(cfg: Mapping[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
+def _build_for_counting(spec: Union[str, Mapping[str, Any]]) -> nn.Module:
+    """The encoder with its weights allocated but not randomly initialised.
+
+    Counting needs shapes, not values, and initialising a 300M-parameter model costs seconds;
+    constant weights keep the forward finite. Falls back to a normal build (the caller's RNG
+    untouched) if a module cannot be created on the meta device.
+    """
+    try:
+        with torch.device("meta"):
+            encoder = build_encoder(spec)
+        encoder = encoder.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in list(encoder.parameters()) + list(encoder.buffers()):
+                t.fill_(0.01) if t.is_floating_point() else t.zero_()
+        return encoder
+    except SpeechBudgetError:
+        raise
+    except Exception:  # noqa: BLE001 - any module that cannot live on meta: pay for a real build
+        with torch.random.fork_rng(devices=[]):
+            return build_encoder(spec)
+
+
 def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
-    """:func:`module_cost` of a preset, config or built encoder, counted once per process.
+    """:func:`module_cost` of a preset, config or built encoder (and its ``output_dim``), counted
+    once per process: the one place the planner, the trainer and `models` count an encoder.
 
     fvcore traces the whole forward pass (seconds for a small Zipformer), and every training run
     counts its encoder. Presets and configs are cached per (config, seconds, batch); an encoder built
@@ -32,17 +55,23 @@ def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int
     if isinstance(spec_or_encoder, nn.Module):
         built_from = getattr(spec_or_encoder, "built_from", None)
         if built_from is None:
-            return module_cost(spec_or_encoder, seconds, batch)
+            return _count(spec_or_encoder, seconds, batch)
         shapes = [(n, list(p.shape)) for n, p in spec_or_encoder.state_dict().items()]
         key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
     else:
         key = (_config_key(resolve(spec_or_encoder)), "", float(seconds), int(batch))
     if key not in _COST_CACHE:
         encoder = (
-            spec_or_encoder if isinstance(spec_or_encoder, nn.Module) else build_encoder(spec_or_encoder)
+            spec_or_encoder
+            if isinstance(spec_or_encoder, nn.Module)
+            else _build_for_counting(spec_or_encoder)
         )
-        _COST_CACHE[key] = module_cost(encoder, seconds, batch)
+        _COST_CACHE[key] = _count(encoder, seconds, batch)
     return copy.deepcopy(_COST_CACHE[key])
+
+
+def _count(encoder: nn.Module, seconds: float, batch: int) -> dict:
+    return {**module_cost(encoder, seconds, batch), "output_dim": int(encoder.output_dim)}
 
 
 def training_flops_per_audio_second(

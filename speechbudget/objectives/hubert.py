@@ -20,6 +20,12 @@ from ..models.base import Encoder, make_pad_mask
 from .masking import span_mask
 
 
+def head_macs(encoder_dim: int, final_dim: int, num_clusters: int) -> int:
+    """Multiply-adds of HuBERT's head per output frame: projection + cosine logits against every
+    cluster embedding. The planner charges it before any model exists; the trainer after."""
+    return encoder_dim * final_dim + final_dim * num_clusters
+
+
 class HubertModel(nn.Module):
     def __init__(
         self,
@@ -45,8 +51,7 @@ class HubertModel(nn.Module):
 
     def head_macs_per_frame(self) -> int:
         """Multiply-adds of projection + cosine logits per output frame (for budget accounting)."""
-        d, f = self.proj.in_features, self.proj.out_features
-        return d * f + f * self.num_clusters
+        return head_macs(self.proj.in_features, self.proj.out_features, self.num_clusters)
 
     def mask_inputs(self, features: torch.Tensor, out_mask: torch.Tensor) -> torch.Tensor:
         """Replace input frames under masked output frames with the learned mask vector."""

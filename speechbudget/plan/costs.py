@@ -18,7 +18,7 @@ from .. import atomic
 from ..config import HubertConfig
 from ..cost.devices import cache_dir
 from ..cost.flops import training_flops
-from ..errors import SpeechBudgetError
+from ..objectives.hubert import head_macs
 
 DEFAULT_CLUSTERS = 500  # k2SSL's targets; the head cost depends on it
 #: the length train.setup counts a run's cost at: counting the same way makes the planned hours
@@ -123,44 +123,14 @@ class CostCache:
                 pass  # read-only home: counting still works, just uncached
 
 
-_MEMORY: Dict[str, Dict[str, float]] = {}
-
-
-def _build_for_counting(spec):
-    """The encoder with its weights allocated but not randomly initialised.
-
-    Counting needs shapes, not values, and initialising a 300M-parameter model costs seconds;
-    constant weights keep the forward finite. Falls back to a normal build if a module cannot
-    be created on the meta device.
-    """
-    from ..models.presets import build_encoder
-
-    try:
-        with torch.device("meta"):
-            encoder = build_encoder(spec)
-        encoder = encoder.to_empty(device="cpu")
-        with torch.no_grad():
-            for t in list(encoder.parameters()) + list(encoder.buffers()):
-                t.fill_(0.01) if t.is_floating_point() else t.zero_()
-        return encoder
-    except SpeechBudgetError:
-        raise
-    except Exception:  # noqa: BLE001 - any module that cannot live on meta: pay for a real build
-        return build_encoder(spec)
-
-
 def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
-    from ..cost.flops import module_cost
-    from ..objectives.hubert import HubertModel
+    from ..models.catalog import encoder_cost
 
-    with torch.random.fork_rng(devices=[]):  # the caller's seeds are not ours to move
-        encoder = _build_for_counting(spec)
-        cost = module_cost(encoder, seconds=COUNT_SECONDS)
-        head = HubertModel(encoder, num_clusters, final_dim=FINAL_DIM).head_macs_per_frame()
+    cost = encoder_cost(spec, seconds=COUNT_SECONDS)
     return {
         "params": int(cost["params"]),
         "macs_per_audio_second": float(cost["macs_per_audio_second"]),
-        "head_macs_per_frame": float(head),
+        "head_macs_per_frame": float(head_macs(cost["output_dim"], FINAL_DIM, num_clusters)),
         "frame_rate_hz": float(cost["frame_rate_hz"]),
     }
 
@@ -171,26 +141,21 @@ def count_configs(
     cache: Optional[CostCache] = None,
     progress=None,
 ) -> List[Dict[str, float]]:
-    """Counted costs of resolved configs: from memory, from the disk cache, or traced now (a few
-    seconds each, which is why both caches exist)."""
+    """Counted costs of resolved configs: from the disk cache, or counted now (a few seconds each
+    the first time in a process: :func:`speechbudget.models.catalog.encoder_cost`)."""
     cache = cache if cache is not None else default_cache()
     keys = [CostCache.key(c, num_clusters) for c in cfgs]
-    missing: Dict[str, Dict[str, Any]] = {}
-    for key, cfg in zip(keys, cfgs):
-        hit = _MEMORY.get(key) or cache.get(key)
-        if hit is not None:
-            _MEMORY[key] = hit
-        else:
-            missing.setdefault(key, cfg)
+    known = {k: cache.get(k) for k in keys if cache.get(k) is not None}
+    missing = {k: cfg for k, cfg in zip(keys, cfgs) if k not in known}
     track = progress or (lambda items, total=None: items)
     counted = {}
     try:
         for key in track(list(missing), total=len(missing)):
             counted[key] = _count_encoder(missing[key], num_clusters)
     finally:  # an interrupted first plan keeps what it counted
-        _MEMORY.update(counted)
         cache.update(counted)
-    return [_MEMORY[k] for k in keys]
+    known.update(counted)
+    return [known[k] for k in keys]
 
 
 def default_cache() -> CostCache:
