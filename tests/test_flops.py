@@ -265,29 +265,27 @@ def test_encoder_cost_rejects_bad_arguments():
 
 
 def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
+    from speechbudget.cost import flops
     from speechbudget.models import catalog
 
-    builds = []
-
-    def fake_build(spec):
-        builds.append(spec)
-        return ToyEncoder(dim=int(spec["dim"]))
-
-    monkeypatch.setattr(catalog, "resolve", lambda spec: {"family": "toy", **dict(spec)})
-    monkeypatch.setattr(catalog, "build_encoder", fake_build)
+    counted = []
+    monkeypatch.setattr(
+        catalog, "module_cost", lambda enc, *a: counted.append(enc) or flops.module_cost(enc, *a)
+    )
     monkeypatch.setattr(catalog, "_COST_CACHE", {})
-    first = encoder_cost({"dim": 16}, seconds=1.0)
+    one_layer = {"preset": "transformer-tiny", "layers": 1}
+    first = encoder_cost(one_layer, seconds=1.0)
     first["by_module"].clear()  # callers get copies: mutating one must not touch the cache
-    again = encoder_cost({"dim": 16}, seconds=1.0)
-    assert len(builds) == 1 and again["by_module"]
-    encoder_cost({"dim": 16}, seconds=2.0)
-    encoder_cost({"dim": 8}, seconds=1.0)
-    assert len(builds) == 3
+    again = encoder_cost(one_layer, seconds=1.0)
+    assert len(counted) == 1 and again["by_module"]
+    encoder_cost(one_layer, seconds=2.0)
+    encoder_cost({**one_layer, "layers": 2}, seconds=1.0)
+    assert len(counted) == 3
 
 
 def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeypatch):
     """Every training run counts its encoder; runs in one process (the folds, a run's fine-tune and
-    scratch) share the count of an architecture, and a layer added in place is counted anew."""
+    scratch, the planner) share the count of an architecture, and a layer added in place is counted anew."""
     from speechbudget.cost import flops
     from speechbudget.models import catalog
     from speechbudget.models.presets import build_encoder
@@ -304,6 +302,7 @@ def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeyp
     assert a.built_from == b.built_from
     first = encoder_cost(a, seconds=1.0)
     assert encoder_cost(b, seconds=1.0) == first == {**flops.module_cost(b, 1.0), "output_dim": 96}
+    assert encoder_cost("zipformer-nano", seconds=1.0) == first  # the planner's look-up by name
     assert counted == [a]
     encoder_cost(b, seconds=2.0)
     b.extra = nn.Linear(4, 4)  # its shapes no longer those of the count

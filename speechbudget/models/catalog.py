@@ -11,7 +11,7 @@ from torch import nn
 
 from ..cost.flops import module_cost, training_flops
 from ..errors import SpeechBudgetError
-from .presets import FAMILIES, all_presets, build_encoder, resolve
+from .presets import FAMILIES, all_presets, build_encoder
 
 EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
 _COST_CACHE: Dict[Tuple[str, str, float, int], dict] = {}
@@ -21,21 +21,13 @@ def _config_key(cfg: Mapping[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def _build_for_counting(spec: Union[str, Mapping[str, Any]]) -> nn.Module:
-    """The encoder with its weights allocated but not randomly initialised.
-
-    Counting needs shapes, not values, and initialising a 300M-parameter model costs seconds;
-    constant weights keep the forward finite. Falls back to a normal build (the caller's RNG
-    untouched) if a module cannot be created on the meta device.
-    """
+def _shapes_only(spec: Union[str, Mapping[str, Any]]) -> nn.Module:
+    """The encoder built on the meta device: shapes, no memory, no initialisation (seconds for a
+    300M-parameter model). A module that cannot be created there gets a real build, the caller's
+    RNG untouched."""
     try:
         with torch.device("meta"):
-            encoder = build_encoder(spec)
-        encoder = encoder.to_empty(device="cpu")
-        with torch.no_grad():
-            for t in list(encoder.parameters()) + list(encoder.buffers()):
-                t.fill_(0.01) if t.is_floating_point() else t.zero_()
-        return encoder
+            return build_encoder(spec)
     except SpeechBudgetError:
         raise
     except Exception:  # noqa: BLE001 - any module that cannot live on meta: pay for a real build
@@ -43,30 +35,35 @@ def _build_for_counting(spec: Union[str, Mapping[str, Any]]) -> nn.Module:
             return build_encoder(spec)
 
 
+def _countable(encoder: nn.Module) -> nn.Module:
+    """A meta-device encoder with real memory and constant weights (a count needs shapes, and a
+    finite forward); any other encoder as it is."""
+    if not any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()]):
+        return encoder
+    encoder = encoder.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*encoder.parameters(), *encoder.buffers()]:
+            t.fill_(0.01) if t.is_floating_point() else t.zero_()
+    return encoder
+
+
 def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
     """:func:`module_cost` of a preset, config or built encoder (and its ``output_dim``), counted
     once per process: the one place the planner, the trainer and `models` count an encoder.
 
     fvcore traces the whole forward pass (seconds for a small Zipformer), and every training run
-    counts its encoder. Presets and configs are cached per (config, seconds, batch); an encoder built
-    by :func:`build_encoder` per its config and parameter shapes (a layer replaced in place changes
-    them), any other module is counted every call.
+    counts its encoder. An encoder built by :func:`build_encoder`, or a preset or config (built on
+    the meta device to be looked up), is counted once per (config, parameter shapes, seconds, batch):
+    a layer replaced in place changes the shapes. Any other module is counted every call.
     """
-    if isinstance(spec_or_encoder, nn.Module):
-        built_from = getattr(spec_or_encoder, "built_from", None)
-        if built_from is None:
-            return _count(spec_or_encoder, seconds, batch)
-        shapes = [(n, list(p.shape)) for n, p in spec_or_encoder.state_dict().items()]
-        key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
-    else:
-        key = (_config_key(resolve(spec_or_encoder)), "", float(seconds), int(batch))
+    encoder = spec_or_encoder if isinstance(spec_or_encoder, nn.Module) else _shapes_only(spec_or_encoder)
+    built_from = getattr(encoder, "built_from", None)
+    if built_from is None:
+        return _count(encoder, seconds, batch)
+    shapes = [(n, list(t.shape)) for n, t in encoder.state_dict().items()]
+    key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
     if key not in _COST_CACHE:
-        encoder = (
-            spec_or_encoder
-            if isinstance(spec_or_encoder, nn.Module)
-            else _build_for_counting(spec_or_encoder)
-        )
-        _COST_CACHE[key] = _count(encoder, seconds, batch)
+        _COST_CACHE[key] = _count(_countable(encoder), seconds, batch)
     return copy.deepcopy(_COST_CACHE[key])
 
 
