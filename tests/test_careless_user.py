@@ -140,7 +140,7 @@ def test_output_files_that_are_folders_or_under_files_are_refused(tmp_path, caps
     folder, afile = tmp_path / "folder", tmp_path / "afile"
     folder.mkdir()
     afile.write_text("a file")
-    plan = ["plan", "--budget", "200", "--data-hours", "960"]
+    plan = ["plan", "--budget", "200", "--data-hours", "960", "--presets", "zipformer-nano,zipformer-tiny"]
     cases = [
         ([*plan, "--out", folder], f"recipe file {folder} is a folder"),
         ([*plan, "--out", afile / "plan.yaml"], f"{afile} is a file"),

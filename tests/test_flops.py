@@ -264,10 +264,11 @@ def test_encoder_cost_rejects_bad_arguments():
         encoder_cost(ToyEncoder(), batch=0)
 
 
-def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
+def test_encoder_cost_caches_per_config_and_seconds(monkeypatch, tmp_path):
     from speechbudget.cost import flops
     from speechbudget.models import catalog
 
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path))  # no counts from earlier runs
     counted = []
     monkeypatch.setattr(
         catalog, "module_cost", lambda enc, *a: counted.append(enc) or flops.module_cost(enc, *a)
@@ -283,7 +284,7 @@ def test_encoder_cost_caches_per_config_and_seconds(monkeypatch):
     assert len(counted) == 3
 
 
-def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeypatch):
+def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeypatch, tmp_path):
     """Every training run counts its encoder; runs in one process (the folds, a run's fine-tune and
     scratch, the planner) share the count of an architecture, and a layer added in place is counted anew."""
     from speechbudget.cost import flops
@@ -298,6 +299,7 @@ def test_a_built_encoder_is_counted_once_per_config_and_parameter_shapes(monkeyp
 
     monkeypatch.setattr(catalog, "module_cost", counting)
     monkeypatch.setattr(catalog, "_COST_CACHE", {})
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path))
     a, b = build_encoder("zipformer-nano"), build_encoder({"preset": "zipformer-nano"})
     assert a.built_from == b.built_from
     first = encoder_cost(a, seconds=1.0)

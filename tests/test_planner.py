@@ -155,14 +155,28 @@ def test_grid_depths_are_extrapolated_exactly():
     assert deep.macs_per_audio_second == pytest.approx(direct.macs_per_audio_second, rel=1e-9)
 
 
-def test_counts_are_cached_on_disk(monkeypatch):
-    costs.count_cost("transformer-tiny-wide")
+def test_counts_are_cached_on_disk(monkeypatch, tmp_path):
+    """A count is traced once per machine: a later process (nothing in memory) reads it from the file."""
+    from speechbudget.cost import count_cache
+    from speechbudget.models import catalog
+
+    monkeypatch.setenv("SPEECHBUDGET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(catalog, "_COST_CACHE", {})
+    first = costs.count_cost("transformer-tiny-wide")
+    assert (tmp_path / "encoder_counts.json").is_file()
 
     def no_tracing(*a, **k):
         raise AssertionError("a cached config was traced again")
 
-    monkeypatch.setattr(costs, "_count_encoder", no_tracing)
-    assert costs.count_cost("transformer-tiny-wide").params > 0
+    monkeypatch.setattr(catalog, "_COST_CACHE", {})  # as in a new process
+    monkeypatch.setattr(count_cache, "_OPEN", {})
+    monkeypatch.setattr(catalog, "_count", no_tracing)
+    assert costs.count_cost("transformer-tiny-wide") == first
+    (tmp_path / "encoder_counts.json").write_text("{not json")  # a damaged cache is recounted, not an error
+    monkeypatch.setattr(catalog, "_COST_CACHE", {})
+    monkeypatch.setattr(count_cache, "_OPEN", {})
+    with pytest.raises(AssertionError, match="traced again"):
+        costs.count_cost("transformer-tiny-wide")
 
 
 # --------------------------------------------------------------------------------- CLI and files

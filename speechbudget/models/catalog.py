@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from ..cost.count_cache import count_cache
 from ..cost.flops import module_cost, training_flops
 from ..errors import SpeechBudgetError
 from .presets import FAMILIES, all_presets, build_encoder
 
 EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
-_COST_CACHE: Dict[Tuple[str, str, float, int], dict] = {}
+_COST_CACHE: Dict[str, dict] = {}
+_FINGERPRINT: Optional[str] = None
 
 
-def _config_key(cfg: Mapping[str, Any]) -> str:
-    return json.dumps(cfg, sort_keys=True, default=str)
+def _code_fingerprint() -> str:
+    """Hash of what a count depends on besides the architecture: the model code, the counting code,
+    torch and fvcore. A count on disk must not outlive a change to any of them."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha1(f"{torch.__version__} {metadata.version('fvcore')}".encode())
+        for f in sorted((root / "models").glob("*.py")) + [root / "cost" / "flops.py"]:
+            h.update(f.read_bytes())
+        _FINGERPRINT = h.hexdigest()
+    return _FINGERPRINT
+
+
+def _count_key(built_from: Mapping[str, Any], encoder: nn.Module, seconds: float, batch: int) -> str:
+    shapes = [(n, list(t.shape)) for n, t in encoder.state_dict().items()]
+    blob = json.dumps(
+        [built_from, shapes, float(seconds), int(batch), _code_fingerprint()], sort_keys=True, default=str
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()
 
 
 def _shapes_only(spec: Union[str, Mapping[str, Any]]) -> nn.Module:
@@ -48,22 +70,27 @@ def _countable(encoder: nn.Module) -> nn.Module:
 
 
 def encoder_cost(spec_or_encoder: EncoderSpec, seconds: float = 10.0, batch: int = 1) -> dict:
-    """:func:`module_cost` of a preset, config or built encoder (and its ``output_dim``), counted
-    once per process: the one place the planner, the trainer and `models` count an encoder.
+    """:func:`module_cost` of a preset, config or built encoder (and its ``output_dim``): the one
+    place the planner, the trainer and `models` count an encoder.
 
-    fvcore traces the whole forward pass (seconds for a small Zipformer), and every training run
-    counts its encoder. An encoder built by :func:`build_encoder`, or a preset or config (built on
-    the meta device to be looked up), is counted once per (config, parameter shapes, seconds, batch):
-    a layer replaced in place changes the shapes. Any other module is counted every call.
+    fvcore traces the whole forward pass (seconds for a small Zipformer), and every training run,
+    fold and planner candidate counts its encoder. An encoder built by :func:`build_encoder`, or a
+    preset or config (built on the meta device to be looked up), is counted once per machine and
+    (config, parameter shapes, seconds, batch, code): kept in memory and in the cache folder's
+    ``encoder_counts.json``. A layer replaced in place changes the shapes; any other module is
+    counted every call.
     """
     encoder = spec_or_encoder if isinstance(spec_or_encoder, nn.Module) else _shapes_only(spec_or_encoder)
     built_from = getattr(encoder, "built_from", None)
     if built_from is None:
         return _count(encoder, seconds, batch)
-    shapes = [(n, list(t.shape)) for n, t in encoder.state_dict().items()]
-    key = (_config_key(built_from), json.dumps(shapes), float(seconds), int(batch))
+    key = _count_key(built_from, encoder, seconds, batch)
     if key not in _COST_CACHE:
-        _COST_CACHE[key] = _count(_countable(encoder), seconds, batch)
+        stored = count_cache().get(key)
+        if stored is None:
+            stored = _count(_countable(encoder), seconds, batch)
+            count_cache().put(key, stored)
+        _COST_CACHE[key] = stored
     return copy.deepcopy(_COST_CACHE[key])
 
 

@@ -6,17 +6,10 @@ steps it times), so both predict with exactly the accounting the trainer charges
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-
-from .. import atomic
 from ..config import HubertConfig
-from ..cost.devices import cache_dir
 from ..cost.flops import training_flops
 from ..objectives.hubert import head_macs
 
@@ -61,68 +54,6 @@ def _shape(cfg: Dict[str, Any]) -> Tuple[int, int]:
     return int(cfg.get("layers", 0)), int(cfg.get("dim", 0))
 
 
-_FINGERPRINT: Optional[str] = None
-
-
-def _code_fingerprint() -> str:
-    """Hash of the code a count depends on: the cache must not outlive a model change."""
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        root = Path(__file__).resolve().parents[1]
-        files = sorted((root / "models").glob("*.py")) + [
-            root / "cost" / "flops.py",
-            root / "objectives" / "hubert.py",
-        ]
-        h = hashlib.sha1(torch.__version__.encode())
-        for f in files:
-            h.update(f.read_bytes())
-        _FINGERPRINT = h.hexdigest()
-    return _FINGERPRINT
-
-
-class CostCache:
-    """Counted costs on disk, so that only the first plan on a machine pays for tracing."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-        self.entries: Dict[str, Dict[str, float]] = {}
-        if path is not None and path.is_file():
-            try:
-                self.entries = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self.entries = {}  # a cache is disposable: recount
-
-    @staticmethod
-    def key(cfg: Dict[str, Any], num_clusters: int) -> str:
-        blob = json.dumps(
-            {
-                "cfg": cfg,
-                "seconds": COUNT_SECONDS,
-                "clusters": num_clusters,
-                "final_dim": FINAL_DIM,
-                "code": _code_fingerprint(),
-            },
-            sort_keys=True,
-            default=list,
-        )
-        return hashlib.sha1(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> Optional[Dict[str, float]]:
-        return self.entries.get(key)
-
-    def update(self, new: Dict[str, Dict[str, float]]) -> None:
-        if not new:
-            return
-        if self.path is not None and self.path.is_file():  # keep what another process added meanwhile
-            self.entries = {**CostCache(self.path).entries, **self.entries}
-        self.entries.update(new)
-        if self.path is not None:
-            try:
-                atomic.write_json(self.path, self.entries, sort_keys=True)
-            except OSError:
-                pass  # read-only home: counting still works, just uncached
-
-
 def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
     from ..models.catalog import encoder_cost
 
@@ -136,30 +67,12 @@ def _count_encoder(spec, num_clusters: int) -> Dict[str, float]:
 
 
 def count_configs(
-    cfgs: Sequence[Dict[str, Any]],
-    num_clusters: int = DEFAULT_CLUSTERS,
-    cache: Optional[CostCache] = None,
-    progress=None,
+    cfgs: Sequence[Dict[str, Any]], num_clusters: int = DEFAULT_CLUSTERS, progress=None
 ) -> List[Dict[str, float]]:
-    """Counted costs of resolved configs: from the disk cache, or counted now (a few seconds each
-    the first time in a process: :func:`speechbudget.models.catalog.encoder_cost`)."""
-    cache = cache if cache is not None else default_cache()
-    keys = [CostCache.key(c, num_clusters) for c in cfgs]
-    known = {k: cache.get(k) for k in keys if cache.get(k) is not None}
-    missing = {k: cfg for k, cfg in zip(keys, cfgs) if k not in known}
+    """Counted costs of resolved configs (a few seconds each the first time on a machine, then from
+    the count cache: :func:`speechbudget.models.catalog.encoder_cost`)."""
     track = progress or (lambda items, total=None: items)
-    counted = {}
-    try:
-        for key in track(list(missing), total=len(missing)):
-            counted[key] = _count_encoder(missing[key], num_clusters)
-    finally:  # an interrupted first plan keeps what it counted
-        cache.update(counted)
-    known.update(counted)
-    return [known[k] for k in keys]
-
-
-def default_cache() -> CostCache:
-    return CostCache(cache_dir() / "encoder_costs.json")
+    return [_count_encoder(cfg, num_clusters) for cfg in track(list(cfgs), total=len(cfgs))]
 
 
 def make_candidate(
@@ -178,14 +91,12 @@ def make_candidate(
     )
 
 
-def count_cost(
-    spec, num_clusters: int = DEFAULT_CLUSTERS, cache: Optional[CostCache] = None
-) -> CandidateCost:
-    """Cost of one preset or config dict (cached per config, in memory and on disk)."""
+def count_cost(spec, num_clusters: int = DEFAULT_CLUSTERS) -> CandidateCost:
+    """Cost of one preset or config dict."""
     from ..models.presets import resolve
 
     cfg = jsonable_config(resolve(spec))
-    [counted] = count_configs([cfg], num_clusters, cache)
+    [counted] = count_configs([cfg], num_clusters)
     return make_candidate(spec, cfg, counted, "preset" if isinstance(spec, str) else "config")
 
 

@@ -25,7 +25,7 @@ from ..cost.devices import (
 )
 from ..errors import OptionError, SpeechBudgetError
 from . import calibrate
-from .costs import DEFAULT_CLUSTERS, CandidateCost, CostCache, count_configs, jsonable_config, make_candidate
+from .costs import DEFAULT_CLUSTERS, CandidateCost, count_configs, jsonable_config, make_candidate
 from .scaling import DEFAULT_LAW, ScalingLaw, SizeInterval, best_size_interval, optimal_allocation
 
 UNITS = ("flops", "gpu-hours", "hours")
@@ -168,7 +168,6 @@ def candidate_costs(
     grid: str = "small",
     presets: Optional[Sequence[str]] = None,
     num_clusters: int = DEFAULT_CLUSTERS,
-    cache: Optional[CostCache] = None,
     progress=None,
     tome: Sequence[int] = (),
 ) -> List[CandidateCost]:
@@ -192,9 +191,7 @@ def candidate_costs(
     shallow_cfgs = [GRIDS_BY_FAMILY[fam].make(w, d) for fam, w in shallow_keys for d in (1, 2)]
     preset_cfgs = [jsonable_config(known[n]) for n in names]
     merged = tome_variants(names, preset_cfgs, tome)
-    counted = count_configs(
-        preset_cfgs + [cfg for _, cfg in merged] + shallow_cfgs, num_clusters, cache, progress
-    )
+    counted = count_configs(preset_cfgs + [cfg for _, cfg in merged] + shallow_cfgs, num_clusters, progress)
     out = [make_candidate(n, cfg, c, "preset") for n, cfg, c in zip(names, preset_cfgs, counted)]
     out += [
         make_candidate(cfg, cfg, c, "tome", name) for (name, cfg), c in zip(merged, counted[len(names) :])
