@@ -17,13 +17,21 @@ from lhotse.utils import compute_num_frames
 
 from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
-from speechbudget.data.edges import SILENCE_DB, EdgeJitter, frame_db, move_edges, silence_frames
+from speechbudget.data.edges import (
+    SILENCE_DB,
+    EdgeJitter,
+    EdgeTrim,
+    frame_db,
+    move_edges,
+    silence_frames,
+    speech_span,
+)
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.mixup import MixUp, mix_pairs
 from speechbudget.data.tempo import TempoPerturb, stretch
 from speechbudget.data.views import VIEWS, TwoViews
 from speechbudget.models.presets import build_encoder
-from speechbudget.objectives.ctc import CtcModel
+from speechbudget.objectives.ctc import CtcModel, mean_frame_entropy
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +232,47 @@ def test_edge_jitter_pads_with_recorded_silence_crops_at_most_half_and_the_budge
     assert code == 2 and "ctc.edge_jitter" in err
 
 
+def test_trim_db_crops_to_speech_in_training_dev_and_decoding(fsdd_corpus, tmp_path, capsys):
+    """``ctc.trim_db``: each utterance cropped to the frames within D dB of its loudest, in every batch
+    a run reads, decoding included (it takes the key from the checkpoint)."""
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank")[cuts]
+    x, lengths = batch["features"].clone(), batch["lengths"].clone()
+    u = x[0, : lengths[0]]
+    quiet = u.min(dim=0).values.expand(6, -1) - 10.0  # 6 frames far under the clip's quietest
+    padded = torch.cat([quiet, u, quiet[:4]])
+    start, end = speech_span(padded, 30.0)
+    assert start >= 6 and end <= 6 + u.size(0)  # the added silence is gone, whatever the recording kept
+    assert speech_span(padded, 30.0) == tuple(s + 6 for s in speech_span(u, 30.0))
+    out = EdgeTrim(30.0)({**batch, "features": x.clone(), "lengths": lengths.clone()})
+    spans = [speech_span(x[i, :n], 30.0) for i, n in enumerate(lengths.tolist())]
+    assert out["lengths"].tolist() == [e - s for s, e in spans]
+    assert torch.equal(out["features"][0, : out["lengths"][0]], x[0, spans[0][0] : spans[0][1]])
+    assert out["seconds"] < batch["seconds"] and (out["lengths"] <= lengths).all()
+    # a run: its dev batches are trimmed too, and decode reads the key from the checkpoint
+    exp = tmp_path / "ft-trim"
+    recipe = tmp_path / "trim.yaml"
+    section = {
+        "encoder": "zipformer-nano",
+        "train_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
+        "dev_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
+        "max_duration": 4.0,
+        "budget": {"steps": 2},
+        "ctc": {"tokenizer": "char", "vocab_size": 30, "trim_db": 30},
+    }
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), "device": "cpu", "finetune": section}))
+    code, out_json, err = cli_result(capsys, "finetune", recipe, "--json")
+    assert code == 0, err[-2000:]
+    from speechbudget.decode import load_ctc_model
+
+    assert load_ctc_model(exp, torch.device("cpu"))[2]["trim_db"] == 30
+    code, out_json, err = cli_result(capsys, "decode", exp, fsdd_corpus / "cuts_test.jsonl.gz", "--json")
+    assert code == 0, err[-2000:]
+    assert json.loads(out_json)["utterances"] == 6
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.trim_db=5")
+    assert code == 2 and "ctc.trim_db" in err
+
+
 def test_mixup_blends_pairs_weights_both_transcripts_and_leaves_dev_alone(fsdd_corpus, tmp_path, capsys):
     cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
     batch = SpeechDataset("fbank")[cuts]
@@ -324,3 +373,44 @@ def test_consistency_sees_each_utterance_twice_and_the_views_disagree_only_by_au
     assert code == 2 and "ctc.consistency" in err
     code, _, err = cli_result(capsys, "finetune", recipe, "ctc.consistency=0.2", "ctc.spec_augment=false")
     assert code == 2 and "ctc.spec_augment" in err
+
+
+def test_entropy_weight_rewards_flat_posteriors_in_training_only(fsdd_corpus, tmp_path, capsys):
+    """``ctc.entropy_weight``: the training loss is CTC minus the weight x the mean frame entropy, its
+    gradient flattens the posteriors, and evaluation (and the budget) see plain CTC."""
+    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
+    batch = SpeechDataset("fbank", with_text=True)[cuts]
+    b = batch["features"].size(0)
+    ids = [torch.tensor([1 + (k + r) % 28 for r in range(1 + k % 3)]) for k in range(b)]
+    batch = {
+        "features": batch["features"],
+        "lengths": batch["lengths"],
+        "tokens": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
+        "token_lengths": torch.tensor([len(t) for t in ids]),
+    }
+    torch.manual_seed(5)
+    model = CtcModel(build_encoder("zipformer-nano"), vocab_size=30, spec_augment=False, entropy_weight=0.5)
+    model.train()
+    loss, stats = model(batch)
+    assert stats["loss"] == pytest.approx(stats["ctc"] - 0.5 * stats["frame_entropy"], rel=1e-5)
+    assert 0 < stats["frame_entropy"] < np.log(30)
+    model.eval()
+    assert "frame_entropy" not in model(batch)[1]
+    # the term alone, one step down its gradient: the posteriors get flatter
+    model.train()
+
+    def entropy() -> torch.Tensor:
+        log_probs, lengths = model.log_probs(batch["features"], batch["lengths"])
+        return mean_frame_entropy(log_probs, lengths, torch.ones(b, dtype=torch.bool))
+
+    before = entropy()
+    (-before).backward()
+    with torch.no_grad():
+        for p in model.output.parameters():
+            p -= 0.05 * p.grad
+    assert float(entropy().detach()) > float(before.detach())
+    recipe = _budget_sees_training_frames_only(
+        fsdd_corpus, tmp_path, capsys, "entropy_weight", 0.3, flops_ratio=1.0
+    )
+    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.entropy_weight=2")
+    assert code == 2 and "ctc.entropy_weight" in err

@@ -2,7 +2,9 @@
 
 With ``consistency`` > 0 a training batch holds each utterance twice (``data/views.py``); the loss adds
 the KL divergence between the two views' frame posteriors, each view learning towards the other's
-(detached), as in CR-CTC (Yao et al., ICLR 2025).
+(detached), as in CR-CTC (Yao et al., ICLR 2025). With ``entropy_weight`` > 0 it subtracts that weight x
+the mean entropy of the frame posteriors (a confidence penalty: Pereyra et al., 2017; MaxEnt CTC, Liu et
+al., NeurIPS 2018), so a model fitting two training voices to certainty pays for it.
 
 Utterances whose token sequence cannot fit the encoder output (CTC needs one frame per token
 plus one blank between repeated tokens) are dropped from the loss and counted, so they never
@@ -79,6 +81,13 @@ def torch_seeded_python_numpy():
         np.random.set_state(np_state)
 
 
+def mean_frame_entropy(log_probs: torch.Tensor, out_lengths: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """The mean entropy (nats) of the frame posteriors over the real frames of the utterances ``ok``."""
+    real = ~make_pad_mask(out_lengths, log_probs.size(1)) & ok.unsqueeze(1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return (entropy * real).sum() / real.sum().clamp(min=1)
+
+
 def views_disagreement(log_probs: torch.Tensor, out_lengths: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """CR-CTC's consistency term for a batch whose second half repeats its first (``data/views.py``):
     over the real frames of the utterances CTC trains on, KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b), summed.
@@ -108,11 +117,13 @@ class CtcModel(nn.Module):
         time_mask_max_fraction: float = 0.15,
         vtlp_warp: float = 0.0,
         consistency: float = 0.0,
+        entropy_weight: float = 0.0,
         adversary: SpeakerAdversary | None = None,
     ):
         super().__init__()
         self.adversary = adversary  # ``ctc.speaker_adversary``, training only (decode drops "adversary.")
         self.consistency = consistency
+        self.entropy_weight = entropy_weight
         self.gain_db = gain_db
         self.vtlp_warp = vtlp_warp
         self.encoder_lr_scale = encoder_lr_scale
@@ -188,6 +199,13 @@ class CtcModel(nn.Module):
             agree = views_disagreement(log_probs, out_lengths, ok) / n_tokens
             stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())
             loss = loss + self.consistency * agree
+        if self.training and self.entropy_weight > 0 and n_ok:
+            entropy = mean_frame_entropy(log_probs, out_lengths, ok)
+            stats["ctc"], stats["frame_entropy"] = (
+                stats.get("ctc", float(loss.detach())),
+                float(entropy.detach()),
+            )
+            loss = loss - self.entropy_weight * entropy
         if self.training and self.adversary is not None:
             ce, confusion, stats["speaker_accuracy"] = self.adversary(hidden, out_lengths, batch["speakers"])
             stats["ctc"] = stats.get("ctc", float(loss.detach()))
