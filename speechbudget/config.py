@@ -132,6 +132,10 @@ class CtcConfig:
     #: confidence penalty (MaxEnt CTC; training only): the loss subtracts this weight x the mean
     #: entropy of the frame posteriors, so two training voices are not fitted to certainty; 0 = off
     entropy_weight: float = 0.0
+    #: intermediate CTC (training only): a second CTC head on block ``inter_ctc_layer``'s output (1-based;
+    #: 0 = the middle block), the loss (1 - w) x CTC + w x its CTC; 0 = off
+    inter_ctc_weight: float = 0.0
+    inter_ctc_layer: int = 0
     #: speaker-adversarial fine-tuning: a classifier of the training speakers on every encoder frame,
     #: the encoder trained (x this weight) to leave it at chance (objectives/speaker_adversary.py); 0 = off
     speaker_adversary: float = 0.0
@@ -503,6 +507,12 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.mixup", 0 <= c.mixup <= 1, "must be a share between 0 (off) and 1"),
         ("ctc.consistency", c.consistency >= 0, "must be >= 0 (0 = off; CR-CTC's weight is 0.2)"),
         ("ctc.entropy_weight", 0 <= c.entropy_weight <= 1, "must be between 0 (off) and 1"),
+        ("ctc.inter_ctc_weight", 0 <= c.inter_ctc_weight < 1, "must be between 0 (off) and 1 (exclusive)"),
+        (
+            "ctc.inter_ctc_layer",
+            c.inter_ctc_layer >= 0,
+            "must be >= 0 (a block, 1-based; 0 = the middle one)",
+        ),
         ("ctc.speaker_adversary", 0 <= c.speaker_adversary <= 10, "must be between 0 (off) and 10"),
         (
             "ctc.consistency",

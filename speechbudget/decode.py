@@ -26,7 +26,7 @@ from .data.edges import EdgeTrim
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
 from .models.presets import build_encoder
-from .objectives.ctc import CtcModel
+from .objectives.ctc import INTER_CTC_PREFIX, CtcModel
 from .objectives.speaker_adversary import ADVERSARY_PREFIX
 from .train import checkpoint as ckpt
 from .train.distributed import device_option
@@ -60,8 +60,9 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     tokenizer = Tokenizer(tok_path)
     encoder = build_encoder(state["config"]["encoder"])
     model = CtcModel(encoder, tokenizer.vocab_size, tokenizer.blank_id, spec_augment=False)
-    # a speaker adversary (``ctc.speaker_adversary``) only trains: its weights are not the model's
-    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith(ADVERSARY_PREFIX)})
+    # training-only heads (``ctc.speaker_adversary``, ``ctc.inter_ctc_weight``) are not the model's
+    training_only = (ADVERSARY_PREFIX, INTER_CTC_PREFIX)
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith(training_only)})
     return (
         model.to(device).eval(),
         tokenizer,

@@ -468,3 +468,35 @@ def test_speaker_adversary_trains_beside_ctc_and_decoding_leaves_it_out(tmp_path
         and "Traceback" not in err
         and not list(one.glob("checkpoints/*.pt"))
     )
+
+
+def test_intermediate_ctc_trains_a_middle_head_and_decoding_leaves_it_out(tmp_path, synthetic_corpus, capsys):
+    """``ctc.inter_ctc_weight``: the loss is (1 - w) x CTC + w x the middle block's CTC, the budget counts the
+    second head, the checkpoint keeps it, decoding drops it; a block the encoder lacks is one line."""
+    from speechbudget.train import checkpoint as ckpt
+
+    r = recipe(tmp_path, synthetic_corpus)
+    run(capsys, "finetune", r, "ctc.inter_ctc_weight=0.3", "--json")
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(
+        row["loss"] == pytest.approx(0.7 * row["ctc"] + 0.3 * row["inter_ctc"], rel=1e-5) for row in rows
+    )
+    state = ckpt.load(sorted((tmp_path / "ft" / "checkpoints").glob("*.pt"))[-1])["model"]
+    vocab, dim = state["output.weight"].shape
+    middle = state["inter_ctc.weight"].shape
+    assert middle == (vocab, 128)  # zipformer-tiny's block 6 (of 12), in its third stack, is 128 wide
+    card = json.loads((tmp_path / "ft" / "run_card.json").read_text())
+    assert card["cost"]["head_macs_per_frame"] == vocab * dim + middle[0] * middle[1]
+    test_cuts = synthetic_corpus / "synthetic" / "cuts_test.jsonl.gz"
+    res = json.loads(run(capsys, "decode", tmp_path / "ft", test_cuts, "--json").out)
+    assert res["ref_words"] > 0
+    err = run(
+        capsys,
+        "finetune",
+        r,
+        f"exp_dir={tmp_path / 'bad'}",
+        "ctc.inter_ctc_weight=0.3",
+        "ctc.inter_ctc_layer=99",
+        code=2,
+    ).err
+    assert "ctc.inter_ctc_layer 99" in err and "Traceback" not in err

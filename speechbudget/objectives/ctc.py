@@ -4,7 +4,10 @@ With ``consistency`` > 0 a training batch holds each utterance twice (``data/vie
 the KL divergence between the two views' frame posteriors, each view learning towards the other's
 (detached), as in CR-CTC (Yao et al., ICLR 2025). With ``entropy_weight`` > 0 it subtracts that weight x
 the mean entropy of the frame posteriors (a confidence penalty: Pereyra et al., 2017; MaxEnt CTC, Liu et
-al., NeurIPS 2018), so a model fitting two training voices to certainty pays for it.
+al., NeurIPS 2018), so a model fitting two training voices to certainty pays for it. With
+``inter_ctc_weight`` > 0 a second CTC head on a middle block's output trains beside the last one
+(intermediate CTC: Lee and Watanabe, ICASSP 2021): the loss is (1 - w) x CTC + w x the middle block's CTC.
+The extra head only trains; decoding drops it (``INTER_CTC_PREFIX``).
 
 Utterances whose token sequence cannot fit the encoder output (CTC needs one frame per token
 plus one blank between repeated tokens) are dropped from the loss and counted, so they never
@@ -26,9 +29,28 @@ from torch import nn
 
 from ..data.views import VIEWS
 from ..data.vtlp import vtlp
+from ..errors import SpeechBudgetError
 from ..models.base import Encoder, make_pad_mask
 from .param_groups import encoder_head_groups
 from .speaker_adversary import SpeakerAdversary
+
+#: state-dict prefix of the intermediate CTC head, which only trains
+INTER_CTC_PREFIX = "inter_ctc."
+
+
+def layer_dims(encoder: Encoder) -> list:
+    """The width of each block output ``return_layers`` gives, from a forward pass over one second of zeros."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        frames = int(encoder.input_rate_hz)
+        with torch.no_grad():
+            out = encoder(
+                torch.zeros(1, frames, encoder.input_dim), torch.tensor([frames]), return_layers=True
+            )
+    finally:
+        encoder.train(was_training)
+    return [int(layer.size(-1)) for layer in out.layers or []]
 
 
 def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
@@ -118,6 +140,8 @@ class CtcModel(nn.Module):
         vtlp_warp: float = 0.0,
         consistency: float = 0.0,
         entropy_weight: float = 0.0,
+        inter_ctc_weight: float = 0.0,
+        inter_ctc_layer: int = 0,
         adversary: SpeakerAdversary | None = None,
     ):
         super().__init__()
@@ -130,6 +154,15 @@ class CtcModel(nn.Module):
         self.encoder = encoder
         self.output = nn.Linear(encoder.output_dim, vocab_size)
         self.blank_id = blank_id
+        self.inter_weight = inter_ctc_weight
+        if inter_ctc_weight > 0:
+            dims = layer_dims(encoder)
+            if not 0 <= inter_ctc_layer <= len(dims):
+                raise SpeechBudgetError(
+                    f"ctc.inter_ctc_layer {inter_ctc_layer}: the encoder has {len(dims)} blocks (0 = the middle one)"
+                )
+            self.inter_layer = (inter_ctc_layer or len(dims) // 2) - 1
+            self.inter_ctc = nn.Linear(dims[self.inter_layer], vocab_size)
         self.augment = spec_augment and encoder.input_dim > 1  # SpecAugment is for spectrograms
         self.spec_augment = lhotse_spec_augment(
             time_masks, time_mask_width, time_mask_max_fraction, freq_masks, freq_mask_width, time_warp
@@ -144,7 +177,8 @@ class CtcModel(nn.Module):
 
     def head_macs_per_frame(self) -> int:
         adversary = self.adversary.macs_per_frame() if self.adversary is not None else 0
-        return self.output.in_features * self.output.out_features + adversary
+        inter = self.inter_ctc.in_features * self.inter_ctc.out_features if self.inter_weight > 0 else 0
+        return self.output.in_features * self.output.out_features + adversary + inter
 
     def log_probs(self, features: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder(features, lengths)
@@ -169,12 +203,13 @@ class CtcModel(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         x, lengths = batch["features"], batch["lengths"]
         x = self.augment_features(x, lengths)
+        inter = self.training and self.inter_weight > 0 and not self.freeze_encoder
         if self.freeze_encoder:
             with torch.no_grad():
                 out = self.encoder(x, lengths)
             hidden, out_lengths = out.hidden.detach(), out.lengths
         else:
-            out = self.encoder(x, lengths)
+            out = self.encoder(x, lengths, return_layers=inter)
             hidden, out_lengths = out.hidden, out.lengths
         log_probs = F.log_softmax(self.output(hidden).float(), dim=-1)
         tokens, tok_len = batch["tokens"], batch["token_lengths"]
@@ -195,6 +230,11 @@ class CtcModel(nn.Module):
         else:
             loss = self._ctc(log_probs, out_lengths, tokens, tok_len, ok, "sum") / n_tokens
         stats = {"ctc_infeasible": float((~ok).sum()), "utterances": float(n_ok)}
+        if inter and n_ok and not mixed:
+            middle = F.log_softmax(self.inter_ctc(out.layers[self.inter_layer]).float(), dim=-1)
+            middle_loss = self._ctc(middle, out_lengths, tokens, tok_len, ok, "sum") / n_tokens
+            stats["ctc"], stats["inter_ctc"] = float(loss.detach()), float(middle_loss.detach())
+            loss = (1 - self.inter_weight) * loss + self.inter_weight * middle_loss
         if self.training and batch.get(VIEWS) == 2 and self.consistency > 0 and n_ok:
             agree = views_disagreement(log_probs, out_lengths, ok) / n_tokens
             stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())

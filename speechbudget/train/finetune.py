@@ -186,6 +186,8 @@ def build_model(
         vtlp_warp=a.vtlp,
         consistency=a.consistency,
         entropy_weight=a.entropy_weight,
+        inter_ctc_weight=a.inter_ctc_weight,
+        inter_ctc_layer=a.inter_ctc_layer,
         adversary=SpeakerAdversary(encoder.output_dim, speakers, a.speaker_adversary)
         if a.speaker_adversary > 0
         else None,
