@@ -118,10 +118,6 @@ class CtcConfig:
     #: edge jitter (fbank, with spec_augment): each end of each utterance moved by up to this many
     #: seconds, out (silence recorded in the batch) or in (cropped) (data/edges.py); 0 = off
     edge_jitter: float = 0.0
-    #: edge trimming (fbank; training, validation and decoding): each utterance cropped to the frames
-    #: from its first to its last within this many dB of its loudest, so the margins a corpus was cut
-    #: with are never part of a word (data/edges.py); 0 = off
-    trim_db: float = 0.0
     #: mixup (MixSpeech; fbank, with spec_augment): this share of the training utterances blended with
     #: another of the batch, the loss weighted alike over both transcripts (data/mixup.py); 0 = off
     mixup: float = 0.0
@@ -503,7 +499,6 @@ def ctc_augment_rules(c: CtcConfig) -> List[tuple]:
         ("ctc.vtlp", 0 <= c.vtlp <= 0.3, "must be between 0 (off) and 0.3 (warp factors 0.7-1.3)"),
         ("ctc.tempo", 0 <= c.tempo <= 1, "must be between 0 (off) and 1 (stretch factors 0.5-2)"),
         ("ctc.edge_jitter", 0 <= c.edge_jitter <= 0.5, "must be between 0 (off) and 0.5 seconds"),
-        ("ctc.trim_db", c.trim_db == 0 or 10 <= c.trim_db <= 80, "must be 0 (off) or between 10 and 80 dB"),
         ("ctc.mixup", 0 <= c.mixup <= 1, "must be a share between 0 (off) and 1"),
         ("ctc.consistency", c.consistency >= 0, "must be >= 0 (0 = off; CR-CTC's weight is 0.2)"),
         ("ctc.entropy_weight", 0 <= c.entropy_weight <= 1, "must be between 0 (off) and 1"),

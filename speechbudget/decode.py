@@ -20,9 +20,7 @@ from .asr.tokenizer import Tokenizer
 from .config import split_csv
 from .data import speaker_cmn
 from .data.audio import memory_cuts, none_read
-from .data.augment import Chain
 from .data.dataset import make_loader
-from .data.edges import EdgeTrim
 from .data.manifests import cut_text, load_cuts
 from .errors import SpeechBudgetError
 from .models.presets import build_encoder
@@ -66,13 +64,7 @@ def load_ctc_model(path: Path, device: torch.device) -> Tuple[CtcModel, Tokenize
     return (
         model.to(device).eval(),
         tokenizer,
-        {
-            "checkpoint": str(ck),
-            "exp_dir": str(exp),
-            "counters": state.get("counters", {}),
-            # ``ctc.trim_db``: decoding crops utterances to their speech as training did
-            "trim_db": float(((state.get("config") or {}).get("ctc") or {}).get("trim_db") or 0.0),
-        },
+        {"checkpoint": str(ck), "exp_dir": str(exp), "counters": state.get("counters", {})},
     )
 
 
@@ -182,8 +174,7 @@ def _decode_cuts(
     cmn_target = speaker_cmn.read_target(Path(info["exp_dir"]))
     cmn = speaker_cmn.for_cuts(cmn_target, cuts) if cmn_target is not None else None
     on_the_fly = not all(c.has_features for c in cuts)  # a user's recordings: fbank computed here
-    trim = EdgeTrim(info["trim_db"]) if info["trim_db"] > 0 else None
-    dataset = dataset_for(model.encoder, with_text=True, transform=Chain(trim, cmn), on_the_fly=on_the_fly)
+    dataset = dataset_for(model.encoder, with_text=True, transform=cmn, on_the_fly=on_the_fly)
     loader = make_loader(dataset, SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False))
     results: List[Tuple[str, str, str]] = []
     with torch.no_grad():

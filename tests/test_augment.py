@@ -20,11 +20,9 @@ from speechbudget.data.dataset import SpeechDataset
 from speechbudget.data.edges import (
     SILENCE_DB,
     EdgeJitter,
-    EdgeTrim,
     frame_db,
     move_edges,
     silence_frames,
-    speech_span,
 )
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.mixup import MixUp, mix_pairs
@@ -230,47 +228,6 @@ def test_edge_jitter_pads_with_recorded_silence_crops_at_most_half_and_the_budge
     recipe = _budget_sees_training_frames_only(fsdd_corpus, tmp_path, capsys, "edge_jitter", 0.1)
     code, _, err = cli_result(capsys, "finetune", recipe, "ctc.edge_jitter=-0.1")
     assert code == 2 and "ctc.edge_jitter" in err
-
-
-def test_trim_db_crops_to_speech_in_training_dev_and_decoding(fsdd_corpus, tmp_path, capsys):
-    """``ctc.trim_db``: each utterance cropped to the frames within D dB of its loudest, in every batch
-    a run reads, decoding included (it takes the key from the checkpoint)."""
-    cuts = load_cuts(fsdd_corpus / "cuts_train.jsonl.gz").to_eager()
-    batch = SpeechDataset("fbank")[cuts]
-    x, lengths = batch["features"].clone(), batch["lengths"].clone()
-    u = x[0, : lengths[0]]
-    quiet = u.min(dim=0).values.expand(6, -1) - 10.0  # 6 frames far under the clip's quietest
-    padded = torch.cat([quiet, u, quiet[:4]])
-    start, end = speech_span(padded, 30.0)
-    assert start >= 6 and end <= 6 + u.size(0)  # the added silence is gone, whatever the recording kept
-    assert speech_span(padded, 30.0) == tuple(s + 6 for s in speech_span(u, 30.0))
-    out = EdgeTrim(30.0)({**batch, "features": x.clone(), "lengths": lengths.clone()})
-    spans = [speech_span(x[i, :n], 30.0) for i, n in enumerate(lengths.tolist())]
-    assert out["lengths"].tolist() == [e - s for s, e in spans]
-    assert torch.equal(out["features"][0, : out["lengths"][0]], x[0, spans[0][0] : spans[0][1]])
-    assert out["seconds"] < batch["seconds"] and (out["lengths"] <= lengths).all()
-    # a run: its dev batches are trimmed too, and decode reads the key from the checkpoint
-    exp = tmp_path / "ft-trim"
-    recipe = tmp_path / "trim.yaml"
-    section = {
-        "encoder": "zipformer-nano",
-        "train_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
-        "dev_cuts": str(fsdd_corpus / "cuts_train.jsonl.gz"),
-        "max_duration": 4.0,
-        "budget": {"steps": 2},
-        "ctc": {"tokenizer": "char", "vocab_size": 30, "trim_db": 30},
-    }
-    recipe.write_text(yaml.safe_dump({"exp_dir": str(exp), "device": "cpu", "finetune": section}))
-    code, out_json, err = cli_result(capsys, "finetune", recipe, "--json")
-    assert code == 0, err[-2000:]
-    from speechbudget.decode import load_ctc_model
-
-    assert load_ctc_model(exp, torch.device("cpu"))[2]["trim_db"] == 30
-    code, out_json, err = cli_result(capsys, "decode", exp, fsdd_corpus / "cuts_test.jsonl.gz", "--json")
-    assert code == 0, err[-2000:]
-    assert json.loads(out_json)["utterances"] == 6
-    code, _, err = cli_result(capsys, "finetune", recipe, "ctc.trim_db=5")
-    assert code == 2 and "ctc.trim_db" in err
 
 
 def test_mixup_blends_pairs_weights_both_transcripts_and_leaves_dev_alone(fsdd_corpus, tmp_path, capsys):

@@ -14,16 +14,12 @@ On FSDD's folds it was a tie (fold mean 20.4% -> 20.3%, five seeds), so no recip
 
 It runs in the batch transform like ``ctc.tempo``: the budget pays for the frames the encoder sees, and
 evaluation batches never get it.
-
-Edge trimming (``ctc.trim_db``) takes the margins away instead, in training, validation and decoding
-alike: every utterance is cropped to the frames from its first to its last within ``trim_db`` of its
-loudest frame, so no speaker's cutting habit reaches the model at all.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
@@ -79,27 +75,4 @@ class EdgeJitter:
             move_edges(x[i, :n], int(moves[i, 0]), int(moves[i, 1]), silence)
             for i, n in enumerate(lengths.tolist())
         ]
-        return replace_frames(batch, *repad(out, x))
-
-
-def speech_span(utterance: torch.Tensor, db: float) -> Tuple[int, int]:
-    """First and one-past-last frame of ``utterance`` (T, F) within ``db`` dB of its loudest frame."""
-    level = frame_db(utterance)
-    loud = (level >= level.max() - db).nonzero().flatten()
-    return int(loud[0]), int(loud[-1]) + 1
-
-
-class EdgeTrim:
-    """Batch transform: each utterance cropped to its :func:`speech_span`. Deterministic, so a run's
-    decoding applies it as its training did (``decode`` reads ``ctc.trim_db`` from the checkpoint)."""
-
-    def __init__(self, db: float):
-        self.db = db
-
-    def __call__(self, batch: Dict) -> Dict:
-        x, lengths = batch["features"], batch["lengths"]
-        out = []
-        for i, n in enumerate(lengths.tolist()):
-            start, end = speech_span(x[i, :n], self.db) if n else (0, 0)
-            out.append(x[i, start:end])
         return replace_frames(batch, *repad(out, x))

@@ -17,7 +17,7 @@ from ..asr.tokenizer import Tokenizer, train_tokenizer
 from ..config import TrainConfig
 from ..data import speaker_cmn
 from ..data.augment import Chain, NoiseMixer, Reverb, speed_perturbed
-from ..data.edges import EdgeJitter, EdgeTrim
+from ..data.edges import EdgeJitter
 from ..data.manifests import cut_speaker, cut_text
 from ..data.mixup import MixUp
 from ..data.tempo import TempoPerturb
@@ -207,16 +207,6 @@ def edge_transform(cfg: TrainConfig, model: CtcModel) -> Optional[EdgeJitter]:
     return EdgeJitter(cfg.ctc.edge_jitter) if cfg.ctc.edge_jitter > 0 and model.augment else None
 
 
-def trim_transform(cfg: TrainConfig, model: CtcModel) -> Optional[EdgeTrim]:
-    """``ctc.trim_db``: every batch (training and dev; decoding reads the key from the checkpoint) cropped
-    to its utterances' speech; None when off."""
-    if cfg.ctc.trim_db <= 0:
-        return None
-    if input_kind(model.encoder) != "fbank":
-        raise SpeechBudgetError("ctc.trim_db is for log-mel (fbank) encoders; set it to 0")
-    return EdgeTrim(cfg.ctc.trim_db)
-
-
 def mixup_transform(cfg: TrainConfig, model: CtcModel) -> Optional[MixUp]:
     """``ctc.mixup``: a share of each training batch blended in pairs (log-mel, with SpecAugment on); None
     when off."""
@@ -335,7 +325,6 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             model.encoder,
             with_text=True,
             transform=Chain(
-                trim_transform(cfg, model),
                 train_cmn,
                 tempo_transform(cfg, model),
                 edge_transform(cfg, model),
@@ -364,7 +353,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
                 dataset_for(
                     model.encoder,
                     with_text=True,
-                    transform=Chain(trim_transform(cfg, model), dev_cmn, Tokenize(tokenizer)),
+                    transform=Chain(dev_cmn, Tokenize(tokenizer)),
                 ),
             ),
             card_extra={
