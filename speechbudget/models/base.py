@@ -48,3 +48,18 @@ def make_pad_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch
         max_len = int(lengths.max().item())
     idx = torch.arange(max_len, device=lengths.device)
     return idx.unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+@torch.no_grad()
+def layer_widths(encoder: Encoder) -> List[int]:
+    """The width of each entry ``return_layers=True`` gives (Zipformer stacks differ), from a forward pass
+    over one second of zeros in eval mode; the encoder's training mode is left as it was."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        device = next(encoder.parameters()).device
+        x = torch.zeros(1, int(encoder.input_rate_hz), encoder.input_dim, device=device)
+        layers = encoder(x, torch.tensor([x.size(1)], device=device), return_layers=True).layers
+    finally:
+        encoder.train(was_training)
+    return [int(layer.size(-1)) for layer in layers or []]

@@ -30,27 +30,12 @@ from torch import nn
 from ..data.views import VIEWS
 from ..data.vtlp import vtlp
 from ..errors import SpeechBudgetError
-from ..models.base import Encoder, make_pad_mask
+from ..models.base import Encoder, layer_widths, make_pad_mask
 from .param_groups import encoder_head_groups
 from .speaker_adversary import SpeakerAdversary
 
 #: state-dict prefix of the intermediate CTC head, which only trains
 INTER_CTC_PREFIX = "inter_ctc."
-
-
-def layer_dims(encoder: Encoder) -> list:
-    """The width of each block output ``return_layers`` gives, from a forward pass over one second of zeros."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        frames = int(encoder.input_rate_hz)
-        with torch.no_grad():
-            out = encoder(
-                torch.zeros(1, frames, encoder.input_dim), torch.tensor([frames]), return_layers=True
-            )
-    finally:
-        encoder.train(was_training)
-    return [int(layer.size(-1)) for layer in out.layers or []]
 
 
 def ctc_min_frames(tokens: torch.Tensor, length: int) -> int:
@@ -156,7 +141,7 @@ class CtcModel(nn.Module):
         self.blank_id = blank_id
         self.inter_weight = inter_ctc_weight
         if inter_ctc_weight > 0:
-            dims = layer_dims(encoder)
+            dims = layer_widths(encoder)
             if not 0 <= inter_ctc_layer <= len(dims):
                 raise SpeechBudgetError(
                     f"ctc.inter_ctc_layer {inter_ctc_layer}: the encoder has {len(dims)} blocks (0 = the middle one)"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpeechBudgetError
-from ..models.base import Encoder, make_pad_mask
+from ..models.base import Encoder, layer_widths, make_pad_mask
 from ..models.image_encoder import PrecomputedImageFeatures
 
 MARGIN = 1.0
@@ -79,22 +79,14 @@ def mean_pool(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (hidden * v).sum(1) / v.sum(1).clamp(min=1.0)
 
 
-@torch.no_grad()
 def layer_dim(encoder: Encoder, layer: int) -> int:
-    """Width of encoder layer ``layer`` (1-based; Zipformer stacks differ), from one second of zeros."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        device = next(encoder.parameters()).device
-        x = torch.zeros(1, int(encoder.input_rate_hz), encoder.input_dim, device=device)
-        layers = encoder(x, torch.tensor([x.size(1)], device=device), return_layers=True).layers
-    finally:
-        encoder.train(was_training)
-    if not 1 <= layer <= len(layers):
+    """Width of encoder layer ``layer`` (1-based; Zipformer stacks differ)."""
+    widths = layer_widths(encoder)
+    if not 1 <= layer <= len(widths):
         raise SpeechBudgetError(
-            f"vgs layer must be between 1 and {len(layers)} for this encoder, got {layer}"
+            f"vgs layer must be between 1 and {len(widths)} for this encoder, got {layer}"
         )
-    return int(layers[layer - 1].size(-1))
+    return widths[layer - 1]
 
 
 class VGSModel(nn.Module):
