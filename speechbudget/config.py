@@ -129,7 +129,8 @@ class CtcConfig:
     #: entropy of the frame posteriors, so two training voices are not fitted to certainty; 0 = off
     entropy_weight: float = 0.0
     #: intermediate CTC (training only): a second CTC head on block ``inter_ctc_layer``'s output (1-based;
-    #: 0 = the middle block), the loss (1 - w) x CTC + w x its CTC; 0 = off
+    #: 0 = the middle block), the loss (1 - w) x CTC + w x its CTC (not on ``mixup``'s blended batches,
+    #: nor while the encoder is frozen); 0 = off
     inter_ctc_weight: float = 0.0
     inter_ctc_layer: int = 0
     #: speaker-adversarial fine-tuning: a classifier of the training speakers on every encoder frame,

@@ -17,13 +17,7 @@ from lhotse.utils import compute_num_frames
 
 from speechbudget.data.augment import Reverb, simulated_rirs, speed_perturbed
 from speechbudget.data.dataset import SpeechDataset
-from speechbudget.data.edges import (
-    SILENCE_DB,
-    EdgeJitter,
-    frame_db,
-    move_edges,
-    silence_frames,
-)
+from speechbudget.data.edges import SILENCE_DB, EdgeJitter, frame_db, move_edges, silence_frames
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.mixup import MixUp, mix_pairs
 from speechbudget.data.tempo import TempoPerturb, stretch

@@ -226,10 +226,8 @@ class CtcModel(nn.Module):
             loss = loss + self.consistency * agree
         if self.training and self.entropy_weight > 0 and n_ok:
             entropy = mean_frame_entropy(log_probs, out_lengths, ok)
-            stats["ctc"], stats["frame_entropy"] = (
-                stats.get("ctc", float(loss.detach())),
-                float(entropy.detach()),
-            )
+            stats["ctc"] = stats.get("ctc", float(loss.detach()))
+            stats["frame_entropy"] = float(entropy.detach())
             loss = loss - self.entropy_weight * entropy
         if self.training and self.adversary is not None:
             ce, confusion, stats["speaker_accuracy"] = self.adversary(hidden, out_lengths, batch["speakers"])
