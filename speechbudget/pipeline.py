@@ -100,6 +100,8 @@ STAGE_KEYS: Dict[str, Tuple[str, ...]] = {
 RECIPE_KEY = "_recipe"  # where a stage marker keeps the recipe values it ran with
 #: the stages a comparison arm may take from another exp_dir (``run --reuse BASE``), with the folders
 #: they write; everything after them (teacher, folds, fine-tuning, ...) is the arm's own
+#: ``tts:``'s corpus, in ``data/`` beside the prepared ones but made by the fine-tuning stage
+TTS_CORPUS = "finetune-tts"
 REUSABLE: Dict[str, Tuple[str, ...]] = {
     "prepare": ("data", "pool"),
     "plan": ("pilots",),
@@ -192,7 +194,7 @@ class TtsSection:
                 f"{key}.{'transcripts' if 'transcripts' in value else 'source'}: set by the pipeline "
                 "(the fine-tuning split's transcripts, spoken by the tts source); drop it"
             )
-        return cls(CorpusSpec.build("tts", {"name": "finetune-tts", **value}, key))
+        return cls(CorpusSpec.build("tts", {"name": TTS_CORPUS, **value}, key))
 
     def speaking(self, transcripts: Path) -> CorpusSpec:
         return dataclasses.replace(
@@ -1019,7 +1021,13 @@ class Pipeline:
             for stage in (s for s in taken if s not in already):
                 for folder in REUSABLE[stage]:
                     if (base / folder).is_dir():
-                        shutil.copytree(base / folder, self.exp / folder, copy_function=_link, symlinks=True)
+                        shutil.copytree(
+                            base / folder,
+                            self.exp / folder,
+                            copy_function=_link,
+                            symlinks=True,
+                            ignore=_made_by_finetuning(base / "data"),
+                        )
                 atomic.write_json(self.marker(stage), taken[stage])
         self.log(
             f"[reuse] {', '.join(taken)} from {base}"
@@ -1177,6 +1185,17 @@ def _flops_budget(section: Dict[str, Any]) -> Optional[float]:
     budget = {k: v for k, v in (section.get("budget") or {}).items() if v is not None}
     given = set(budget) - {"device", "dtype", "utilisation"}
     return float(budget["flops"]) if given == {"flops"} else None
+
+
+def _made_by_finetuning(data: Path):
+    """``copytree``'s ``ignore`` for a reused ``data/``: leave out the corpus the base's own fine-tuning
+    spoke (``tts:``), which belongs to that run's fine-tuning, not to its prepare stage; an arm that took it
+    would find it made from another run's transcripts."""
+
+    def ignore(folder: str, names: List[str]) -> List[str]:
+        return [TTS_CORPUS] if Path(folder) == data and TTS_CORPUS in names else []
+
+    return ignore
 
 
 def _link(src: str, dst: str) -> None:

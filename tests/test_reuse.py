@@ -23,6 +23,9 @@ def test_an_arm_takes_the_stages_its_recipe_leaves_unchanged_and_nothing_else(tm
     base = tmp_path / "base"
     code, _, err = cli_result(capsys, *args, f"exp_dir={base}", "--stop-stage", "pretrain")
     assert code == 0, err[-3000:]
+    # what the base's own final fine-tuning spoke (``tts:``) is that run's, not its prepare stage's
+    (base / "data" / "finetune-tts").mkdir()
+    (base / "data" / "finetune-tts" / "prepare.json").write_text("{}")
     before = _files(base)
 
     # another fine-tuning: prepare, kmeans and pretrain are taken, fine-tuning and decoding are the arm's
@@ -40,6 +43,7 @@ def test_an_arm_takes_the_stages_its_recipe_leaves_unchanged_and_nothing_else(tm
     ckpt = next((base / "pretrain" / "checkpoints").glob("*.pt"))
     assert (arm / ckpt.relative_to(base)).samefile(ckpt)  # linked, not copied
     assert _files(base) == before  # the arm wrote nothing into BASE
+    assert (arm / "data" / "fsdd").is_dir() and not (arm / "data" / "finetune-tts").exists()
     # the same command again (a resumed arm) takes nothing twice and trains nothing again
     code, _, err = cli_result(capsys, *args, f"exp_dir={arm}", "finetune.ctc.tempo=0", "--reuse", base)
     assert code == 0 and "[finetune] done already" in err
