@@ -98,10 +98,10 @@ STAGE_KEYS: Dict[str, Tuple[str, ...]] = {
     "decode": ("decode",),
 }
 RECIPE_KEY = "_recipe"  # where a stage marker keeps the recipe values it ran with
-#: the stages a comparison arm may take from another exp_dir (``run --reuse BASE``), with the folders
-#: they write; everything after them (teacher, folds, fine-tuning, ...) is the arm's own
 #: ``tts:``'s corpus, in ``data/`` beside the prepared ones but made by the fine-tuning stage
 TTS_CORPUS = "finetune-tts"
+#: the stages a comparison arm may take from another exp_dir (``run --reuse BASE``), with the folders
+#: they write; everything after them (teacher, folds, fine-tuning, ...) is the arm's own
 REUSABLE: Dict[str, Tuple[str, ...]] = {
     "prepare": ("data", "pool"),
     "plan": ("pilots",),
@@ -110,6 +110,8 @@ REUSABLE: Dict[str, Tuple[str, ...]] = {
     "kmeans2": ("kmeans2",),
     "pretrain2": ("pretrain2",),
 }
+#: what a reusable folder holds that a later stage made (the base's own ``tts:`` corpus): never taken
+NOT_REUSED: Dict[str, Tuple[str, ...]] = {"data": (TTS_CORPUS,)}
 #: the stages whose results each stage is made from (decode and report: ``_asks_more``)
 UPSTREAM: Dict[str, Tuple[str, ...]] = {
     "kmeans": ("prepare",),
@@ -1026,7 +1028,7 @@ class Pipeline:
                             self.exp / folder,
                             copy_function=_link,
                             symlinks=True,
-                            ignore=_made_by_finetuning(base / "data"),
+                            ignore=_leave_out(base / folder, NOT_REUSED.get(folder, ())),
                         )
                 atomic.write_json(self.marker(stage), taken[stage])
         self.log(
@@ -1187,13 +1189,11 @@ def _flops_budget(section: Dict[str, Any]) -> Optional[float]:
     return float(budget["flops"]) if given == {"flops"} else None
 
 
-def _made_by_finetuning(data: Path):
-    """``copytree``'s ``ignore`` for a reused ``data/``: leave out the corpus the base's own fine-tuning
-    spoke (``tts:``), which belongs to that run's fine-tuning, not to its prepare stage; an arm that took it
-    would find it made from another run's transcripts."""
+def _leave_out(top: Path, names: Tuple[str, ...]):
+    """``copytree``'s ``ignore``: ``names`` directly under ``top`` are not copied, deeper ones are."""
 
-    def ignore(folder: str, names: List[str]) -> List[str]:
-        return [TTS_CORPUS] if Path(folder) == data and TTS_CORPUS in names else []
+    def ignore(folder: str, present: List[str]) -> List[str]:
+        return [n for n in names if n in present] if Path(folder) == top else []
 
     return ignore
 

@@ -222,11 +222,12 @@ class CtcModel(nn.Module):
             loss = (1 - self.inter_weight) * loss + self.inter_weight * middle_loss
         if self.training and batch.get(VIEWS) == 2 and self.consistency > 0 and n_ok:
             agree = views_disagreement(log_probs, out_lengths, ok) / n_tokens
-            stats["ctc"], stats["consistency"] = float(loss.detach()), float(agree.detach())
+            stats.setdefault("ctc", float(loss.detach()))
+            stats["consistency"] = float(agree.detach())
             loss = loss + self.consistency * agree
         if self.training and self.entropy_weight > 0 and n_ok:
             entropy = mean_frame_entropy(log_probs, out_lengths, ok)
-            stats["ctc"] = stats.get("ctc", float(loss.detach()))
+            stats.setdefault("ctc", float(loss.detach()))
             stats["frame_entropy"] = float(entropy.detach())
             loss = loss - self.entropy_weight * entropy
         if self.training and self.adversary is not None:

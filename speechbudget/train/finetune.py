@@ -350,11 +350,7 @@ def finetune(cfg: TrainConfig, recipe: Optional[Dict[str, Any]] = None) -> Dict[
             freeze_encoder_steps=cfg.ctc.freeze_encoder_steps,
             valid_loader=dev_loader(
                 cfg,
-                dataset_for(
-                    model.encoder,
-                    with_text=True,
-                    transform=Chain(dev_cmn, Tokenize(tokenizer)),
-                ),
+                dataset_for(model.encoder, with_text=True, transform=Chain(dev_cmn, Tokenize(tokenizer))),
             ),
             card_extra={
                 "init": init,
