@@ -148,6 +148,10 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
         seeds = (summary.get("seeds") or {}).get(m)
         if seeds and seeds["std"] is not None:
             lines.append(f"{m}: seed-to-seed std within a fold {seeds['std']:.2f} ({seeds['runs']} runs)")
+    if summary.get("pending"):
+        lines.append(
+            f"{summary['pending']} more fold runs not finished: the means above are of the finished ones"
+        )
     return lines
 
 
@@ -264,4 +268,6 @@ def compare(
         },
         # [speaker, seed, base threads, arm threads]: paired runs whose arithmetic differs beyond the change
         "other_threads": other_threads,
+        # fold runs a side's folds.json says are not finished (a run still going, or stopped part way)
+        "unfinished": {"base": base.get("pending", 0), "arm": arm.get("pending", 0)},
     }

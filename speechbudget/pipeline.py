@@ -775,8 +775,10 @@ class Pipeline:
         return results
 
     def stage_folds(self) -> Dict[str, Any]:
-        """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary after each fold."""
-        from .folds import speaker_folds, summarize, summary_lines, write_fold, write_summary
+        """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary of the runs
+        finished so far after each one (with ``pending``: how many are not), so a run stopped part
+        way leaves every finished fold in ``folds.json``, not only the last complete run's."""
+        from .folds import speaker_folds, summarize, summary_lines, write_fold
 
         cuts, test = self._fold_cuts()
         subs = []
@@ -784,7 +786,7 @@ class Pipeline:
             sub = Pipeline({**self.raw, "seed": self.r.seed + fold.repeat}, self.log, fold=fold)
             write_fold(cuts, fold, sub.runs_dir)
             subs.append(sub)
-        in_processes = self._folds_in_processes(subs) if self.r.fold_jobs > 1 else {}
+        in_processes = self._folds_in_processes(subs, test) if self.r.fold_jobs > 1 else {}
         rows: List[Dict[str, Any]] = []
         for sub in subs:
             fold, seed = sub.fold, sub.r.seed
@@ -795,26 +797,40 @@ class Pipeline:
                     f"[folds] fold {fold.name}: dev {fold.dev_speaker}, train {', '.join(fold.train_speakers)}"
                     + (f", seed {seed}" if self.r.fold_seeds > 1 else "")
                 )
-            decoded = sub._run_stages(FOLD_STAGES, redo=None)["decode"]
-            row: Dict[str, Any] = {
-                "dev_speaker": fold.dev_speaker,
-                "train_speakers": list(fold.train_speakers),
-            }
-            if self.r.fold_seeds > 1:
-                row["seed"] = seed
-            row["wer"] = {_run_of(key): res.get("wer") for key, res in decoded.items()}
-            row["threads"] = {_run_of(key): _trained_threads(res) for key, res in decoded.items()}
-            rows.append(row)
-            write_summary(self.exp, summarize(rows, test))
+            rows.append(self._fold_row(sub, sub._run_stages(FOLD_STAGES, redo=None)["decode"]))
+            self._write_fold_summary(subs, test)
         summary = summarize(rows, test)
         for line in summary_lines(summary):
             self.log(f"[folds] {line}")
         return summary
 
-    def _folds_in_processes(self, subs: List[Pipeline]) -> Dict[str, int]:
+    def _fold_row(self, sub: Pipeline, decoded: Dict[str, Any]) -> Dict[str, Any]:
+        """One fold run's line of ``folds.json``: its speakers, seed and each model's dev WER."""
+        row: Dict[str, Any] = {
+            "dev_speaker": sub.fold.dev_speaker,
+            "train_speakers": list(sub.fold.train_speakers),
+        }
+        if self.r.fold_seeds > 1:
+            row["seed"] = sub.r.seed
+        row["wer"] = {_run_of(key): res.get("wer") for key, res in decoded.items()}
+        row["threads"] = {_run_of(key): _trained_threads(res) for key, res in decoded.items()}
+        return row
+
+    def _write_fold_summary(self, subs: List[Pipeline], test: List[str]) -> None:
+        """``folds.json`` from every fold run whose stages have all finished, in fold order."""
+        from .folds import summarize, write_summary
+
+        finished = [s for s in subs if all(s.done(x) is not None for x in FOLD_STAGES if s.enabled(x))]
+        summary = summarize([self._fold_row(s, s.done("decode")) for s in finished], test)
+        if len(finished) < len(subs):
+            summary["pending"] = len(subs) - len(finished)
+        write_summary(self.exp, summary)
+
+    def _folds_in_processes(self, subs: List[Pipeline], test: List[str]) -> Dict[str, int]:
         """The folds not yet finished, ``fold_jobs`` at a time, each in a process with its share of
-        this run's threads; their exit codes by fold name. A fold that stopped there (and any fold
-        not run) is then run, or resumed from its checkpoint, in this process, where its error shows."""
+        this run's threads; their exit codes by fold name, ``folds.json`` rewritten as each ends. A
+        fold that stopped there (and any fold not run) is then run, or resumed from its checkpoint,
+        in this process, where its error shows."""
         import torch
 
         from . import sidecar
@@ -833,7 +849,9 @@ class Pipeline:
             )
             for s in todo
         ]
-        codes = sidecar.run_all(jobs, parallel, threads, self.log)
+        codes = sidecar.run_all(
+            jobs, parallel, threads, self.log, on_end=lambda *_: self._write_fold_summary(subs, test)
+        )
         return {s.fold.name: codes[j.name] for s, j in zip(todo, jobs)}
 
     def _fold_cuts(self) -> Tuple[CutSet, List[str]]:

@@ -501,6 +501,8 @@ def fold_cells(summary: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     cells.append(["min-max", "", *[f"{wer(s['min'])}-{wer(s['max'])}" for s in stats]])
     if seeds:
         cells.append(["seed std", "within a fold, pooled", *[wer(seeds[m]["std"]) for m in models]])
+    if summary.get("pending"):  # written by a run still going, or stopped part way
+        cells.append(["not finished", f"{summary['pending']} more runs", *["-" for _ in models]])
     return header, cells
 
 
@@ -537,6 +539,10 @@ def compare_table(result: Dict[str, Any], base: str, arm: str) -> Table:
     unpaired = result["unpaired"]
     if unpaired["base"] or unpaired["arm"]:
         caption += f"\nleft out (run by one side only): base {unpaired['base']}, arm {unpaired['arm']}"
+    unfinished = {k: n for k, n in (result.get("unfinished") or {}).items() if n}
+    if unfinished:
+        caption += "\nnot finished yet: " + ", ".join(f"{n} {side} runs" for side, n in unfinished.items())
+        caption += " (re-run that side's command to finish them)"
     if result.get("other_threads"):
         n = len(result["other_threads"])
         caption += (

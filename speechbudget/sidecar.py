@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import progress
 from .errors import SpeechBudgetError
@@ -77,11 +77,18 @@ class Job:
     log: Path
 
 
-def run_all(jobs: Sequence[Job], parallel: int, threads: int, say: Callable[[str], None]) -> Dict[str, int]:
+def run_all(
+    jobs: Sequence[Job],
+    parallel: int,
+    threads: int,
+    say: Callable[[str], None],
+    on_end: Optional[Callable[[Job, int], None]] = None,
+) -> Dict[str, int]:
     """Every job in a child process, ``parallel`` at a time with ``threads`` torch threads each, in
     order; returns each job's exit code (0: it finished). A job that fails does not stop the others;
     if this process is interrupted, the children still running are stopped (they resume, as any
-    killed run, from their last checkpoint)."""
+    killed run, from their last checkpoint). ``on_end(job, exit code)`` runs here as each one ends,
+    so what the finished jobs made can be recorded before the last one is done."""
     todo: List[Job] = list(jobs)
     running: Dict[Any, Tuple[Job, multiprocessing.Process, float]] = {}
     codes: Dict[str, int] = {}
@@ -105,6 +112,8 @@ def run_all(jobs: Sequence[Job], parallel: int, threads: int, say: Callable[[str
                 how = "done" if proc.exitcode == 0 else f"stopped (exit {proc.exitcode}; see {job.log})"
                 say(f"{job.name}: {how} after {minutes:.1f} min")
                 bar.advance(task)
+                if on_end is not None:
+                    on_end(job, proc.exitcode)
     finally:
         bar.stop()
         for _, proc, _ in running.values():

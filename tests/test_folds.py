@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY, cli_result, copy_fsdd
 
+from speechbudget import folds as folds_module
 from speechbudget.data.manifests import cut_speaker, load_cuts
 from speechbudget.errors import SpeechBudgetError
 from speechbudget.folds import (
@@ -18,10 +19,12 @@ from speechbudget.folds import (
     speaker_folds,
     spread,
     summarize,
+    summary_lines,
     write_fold,
     write_summary,
 )
 from speechbudget.pipeline import Pipeline, load_run_recipe
+from speechbudget.report import fold_cells
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -134,6 +137,14 @@ def test_compare_pairs_two_recipes_runs_by_fold_and_seed(tmp_path, capsys):
     code, out, _ = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
     out = " ".join(out.split())
     assert code == 0 and "1 paired run trained on other thread counts" in out and "jackson 1: 1 vs 2" in out
+    # a side whose run is still going (or was stopped) says how many of its runs are not in it yet
+    partial = summarize(_rows(arm))
+    partial["pending"] = 2
+    write_summary(tmp_path / "arm", partial)
+    assert compare(summarize(_rows(base)), partial)["unfinished"] == {"base": 0, "arm": 2}
+    code, out, _ = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "arm")
+    assert code == 0 and "not finished yet: 2 arm runs" in " ".join(out.split())
+    assert fold_cells(partial)[1][-1][:2] == ["not finished", "2 more runs"]
     other = {("george", 2): 19.0}  # no seed in common
     write_summary(tmp_path / "other", summarize(_rows(other)))
     code, _, err = cli_result(capsys, "compare", tmp_path / "base", tmp_path / "other")
@@ -242,7 +253,9 @@ def test_folds_refuse_a_classification_recipe_before_any_stage(tmp_path, capsys)
     assert not (tmp_path / "kw").exists()
 
 
-def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path, capsys, two_threads):
+def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(
+    tmp_path, capsys, two_threads, monkeypatch
+):
     """``--fold-jobs 2`` on two threads: each fold in a process of its own with one thread, and each
     fold's model and WER exactly those of the fold run in this process with one thread."""
     import torch
@@ -285,8 +298,16 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
         )
         assert a["model"].keys() == b["model"].keys()
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # a fold whose process fails (here: its log cannot be opened) is run in this process after the others
+    # a fold whose process fails (here: its log cannot be opened) is run in this process after the others;
+    # folds.json holds every finished run as soon as it ends, with the count still to come
     (fallback / "folds" / "jackson" / "fold.log").mkdir(parents=True)
+    written = []
+    real_write = folds_module.write_summary
+    monkeypatch.setattr(
+        folds_module,
+        "write_summary",
+        lambda exp_dir, s: written.append(json.loads(json.dumps(s))) or real_write(exp_dir, s),
+    )
     code, out, err = cli_result(
         capsys,
         "run",
@@ -307,6 +328,12 @@ def test_folds_run_two_at_a_time_give_the_numbers_of_folds_run_in_turn(tmp_path,
         and "[fold jackson: finetune] running" in said
     )
     assert [f["wer"] for f in json.loads(out)["folds"]["folds"]] == [f["wer"] for f in parallel["folds"]]
+    first = next(s for s in written if s["folds"])  # when george's process ended (jackson's had failed)
+    assert [f["dev_speaker"] for f in first["folds"]] == ["george"] and first["pending"] == 1
+    assert first["folds"][0]["wer"] == parallel["folds"][0]["wer"]
+    assert "1 more fold runs not finished" in " ".join(summary_lines(first))
+    assert [len(s["folds"]) for s in written][-1] == 2 and "pending" not in written[-1]
+    assert "pending" not in json.loads((fallback / "folds" / "folds.json").read_text())
     # done folds are not started again; a bad count is one line
     code, out, err = cli_result(
         capsys, "run", RECIPES / "fsdd.yaml", f"exp_dir={exp}", *shared, "--fold-jobs", "2"

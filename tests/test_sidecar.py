@@ -17,8 +17,12 @@ def test_jobs_run_n_at_a_time_and_a_failed_or_killed_one_stops_no_other(tmp_path
         sidecar.Job("killed", os._exit, (137,), tmp_path / "killed.log"),
         sidecar.Job("fine too", speaker_splits.check_fractions, (0.0, 0.2), tmp_path / "fine2.log"),
     ]
-    codes = sidecar.run_all(jobs, parallel=2, threads=1, say=said.append)
+    ended = []
+    codes = sidecar.run_all(
+        jobs, parallel=2, threads=1, say=said.append, on_end=lambda j, c: ended.append((j.name, c))
+    )
     assert codes == {"fine": 0, "mistake": 1, "killed": 137, "fine too": 0}
+    assert sorted(ended) == sorted(codes.items())  # each job's end seen here as it happened
     assert "error: dev_fraction must be in [0, 1), got 2.0" in (tmp_path / "mistake.log").read_text()
     started = [m for m in said if "started in a process of its own (1 thread;" in m]
     assert [m.split(":")[0] for m in started] == ["fine", "mistake", "killed", "fine too"]  # in order
