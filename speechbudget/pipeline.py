@@ -778,7 +778,7 @@ class Pipeline:
         """Every leave-one-speaker-out fold's fine-tuning and decoding; the summary of the runs
         finished so far after each one (with ``pending``: how many are not), so a run stopped part
         way leaves every finished fold in ``folds.json``, not only the last complete run's."""
-        from .folds import speaker_folds, summarize, summary_lines, write_fold
+        from .folds import speaker_folds, summary_lines, write_fold
 
         cuts, test = self._fold_cuts()
         subs = []
@@ -787,19 +787,20 @@ class Pipeline:
             write_fold(cuts, fold, sub.runs_dir)
             subs.append(sub)
         in_processes = self._folds_in_processes(subs, test) if self.r.fold_jobs > 1 else {}
-        rows: List[Dict[str, Any]] = []
         for sub in subs:
             fold, seed = sub.fold, sub.r.seed
-            if in_processes.get(fold.name) == 0:  # finished in its process: read its results, quietly
-                sub.log = lambda _: None
-            else:
+            here = in_processes.get(fold.name) != 0
+            if here:
                 self.log(
                     f"[folds] fold {fold.name}: dev {fold.dev_speaker}, train {', '.join(fold.train_speakers)}"
                     + (f", seed {seed}" if self.r.fold_seeds > 1 else "")
                 )
-            rows.append(self._fold_row(sub, sub._run_stages(FOLD_STAGES, redo=None)["decode"]))
-            self._write_fold_summary(subs, test)
-        summary = summarize(rows, test)
+            else:  # finished in its process: its stages checked, quietly
+                sub.log = lambda _: None
+            sub._run_stages(FOLD_STAGES, redo=None)
+            if here:
+                self._write_fold_summary(subs, test)
+        summary = self._write_fold_summary(subs, test)
         for line in summary_lines(summary):
             self.log(f"[folds] {line}")
         return summary
@@ -816,8 +817,9 @@ class Pipeline:
         row["threads"] = {_run_of(key): _trained_threads(res) for key, res in decoded.items()}
         return row
 
-    def _write_fold_summary(self, subs: List[Pipeline], test: List[str]) -> None:
-        """``folds.json`` from every fold run whose stages have all finished, in fold order."""
+    def _write_fold_summary(self, subs: List[Pipeline], test: List[str]) -> Dict[str, Any]:
+        """``folds.json`` from every fold run whose stages have all finished, in fold order (read back
+        from their stage markers); returns it."""
         from .folds import summarize, write_summary
 
         finished = [s for s in subs if all(s.done(x) is not None for x in FOLD_STAGES if s.enabled(x))]
@@ -825,6 +827,7 @@ class Pipeline:
         if len(finished) < len(subs):
             summary["pending"] = len(subs) - len(finished)
         write_summary(self.exp, summary)
+        return summary
 
     def _folds_in_processes(self, subs: List[Pipeline], test: List[str]) -> Dict[str, int]:
         """The folds not yet finished, ``fold_jobs`` at a time, each in a process with its share of
