@@ -160,3 +160,30 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
     err = run(capsys, "finetune", recipe, code=2).err
     assert "speaker_cmn is for log-mel" in err and "Traceback" not in err
     assert not [p for p in (tmp_path / "wave").rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+def test_an_encoder_of_fewer_mel_bins_gets_speaker_means_in_its_own_bins(tmp_path, fsdd_data, capsys):
+    # a Zipformer reading 40-bin fbank (computed from the audio): the speakers' means, the kept target
+    # and decoding's normalisation are all 40-bin, not the stored 80-bin fbank's
+    cuts = load_cuts(fsdd_data / "cuts_train.jsonl.gz").to_eager()
+    moments = speaker_cmn.speaker_moments(cuts, 40)
+    assert {m.mean.shape for m in moments.values()} == {(40,)}
+    section = {
+        "encoder": {"preset": "zipformer-tiny", "input_dim": 40},
+        "train_cuts": str(fsdd_data / "cuts_train.jsonl.gz"),
+        "max_duration": 8.0,
+        "num_buckets": 2,
+        "checkpoint_every": 2,
+        "budget": {"steps": 2},
+        "ctc": {"tokenizer": "char", "vocab_size": 30, "speaker_cmn": True},
+    }
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft40"), "finetune": section}))
+    run(capsys, "finetune", recipe, "--json")
+    target = speaker_cmn.read_target(tmp_path / "ft40")
+    assert target is not None and target.mean.shape == (40,)
+    assert np.allclose(target.mean, speaker_cmn.pooled(moments).mean)
+    summary = json.loads(
+        run(capsys, "decode", tmp_path / "ft40", fsdd_data / "cuts_test.jsonl.gz", "--json").out
+    )
+    assert summary["speaker_cmn_speakers"] == 1 and summary["utterances"] == 10

@@ -28,7 +28,7 @@ from lhotse.cut import Cut
 
 from ..atomic import write_json
 from ..errors import SpeechBudgetError
-from .features import cut_fbank
+from .features import NUM_MEL_BINS, cut_fbank
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,14 @@ class Moments:
     std: Optional[np.ndarray] = None
 
 
-def speaker_moments(cuts: Iterable[Cut]) -> Dict[str, Moments]:
-    """Per-bin mean and std of each speaker's frames (80-bin fbank: stored, else computed)."""
+def speaker_moments(cuts: Iterable[Cut], num_mel_bins: int = NUM_MEL_BINS) -> Dict[str, Moments]:
+    """Per-bin mean and std of each speaker's frames, in the encoder's bin count (the stored 80-bin
+    fbank when it has that many, else computed from the audio)."""
     sums: Dict[str, np.ndarray] = {}
     squares: Dict[str, np.ndarray] = {}
     counts: Dict[str, int] = {}
     for cut in cuts:
-        feats = cut_fbank(cut)
+        feats = cut_fbank(cut, num_mel_bins)
         spk = cut_speaker(cut)
         sums[spk] = sums.get(spk, 0.0) + feats.sum(axis=0)
         squares[spk] = squares.get(spk, 0.0) + np.square(feats).sum(axis=0)
@@ -112,8 +113,8 @@ class SpeakerCmn:
 
 
 def for_cuts(target: Moments, cuts: Iterable[Cut]) -> SpeakerCmn:
-    """The transform that moves every speaker of ``cuts`` onto ``target``."""
-    return SpeakerCmn(target, speaker_moments(cuts))
+    """The transform that moves every speaker of ``cuts`` onto ``target``, in the target's bin count."""
+    return SpeakerCmn(target, speaker_moments(cuts, int(target.mean.shape[0])))
 
 
 def keep_target(exp_dir: Path, target: Optional[Moments]) -> None:

@@ -33,6 +33,7 @@ from .setup import (
     dataset_for,
     dev_loader,
     encoder_cost_cached,
+    encoder_input,
     input_kind,
     load_train_cuts,
     make_data,
@@ -240,7 +241,7 @@ def speaker_cmn_transforms(
         return None, None
     if input_kind(model.encoder) != "fbank":
         raise SpeechBudgetError("ctc.speaker_cmn is for log-mel (fbank) encoders; set it to false")
-    moments = speaker_cmn.speaker_moments(recorded)
+    moments = speaker_cmn.speaker_moments(recorded, int(encoder_input(model.encoder)["num_mel_bins"]))
     target = speaker_cmn.pooled(moments, norm_vars=cfg.ctc.speaker_cvn)
     dev = speaker_cmn.for_cuts(target, load_train_cuts(cfg.dev_cuts, "dev_cuts")) if cfg.dev_cuts else None
     return speaker_cmn.SpeakerCmn(target, moments), dev
