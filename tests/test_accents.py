@@ -1,5 +1,5 @@
 """Accented English for text-to-speech augmentation: English phonemes said with another language's
-sounds by that language's espeak-ng voice (`tts.accents`)."""
+sounds by that language's espeak-ng voice (`tts.accents`; `prepare.accents` for a synthetic pool)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from speechbudget.data.synthetic import (
     UtteranceSpec,
     accent_voices,
     list_voices,
+    plan_corpus,
     plan_transcripts,
     speak,
 )
@@ -107,6 +108,36 @@ def test_a_bad_accent_option_is_one_line(tmp_path, capsys):
     voices = {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts}
     assert voices & set(ACCENTS) and voices - set(ACCENTS)
     assert all(0.15 < c.duration < 1.5 for c in cuts)
+
+
+def test_a_pretraining_pool_with_accented_voices(tmp_path, capsys):
+    # `prepare.accents`: the synthetic corpus's voices mixed like the tts clips'; without accents the
+    # corpus an older recipe planned, to the utterance
+    plain = plan_corpus(0.05, seed=2, num_speakers=20, grammar="digits")
+    assert plain == plan_corpus(0.05, seed=2, num_speakers=20, grammar="digits", accent_share=0.5)
+    mixed = plan_corpus(
+        0.05,
+        seed=2,
+        num_speakers=20,
+        grammar="digits",
+        accented_voices=accent_voices(["el"], 20),
+        accent_share=0.5,
+    )
+    voice = {s.speaker: (s.split, s.voice == "el") for s in mixed}
+    assert collections.Counter(accented for _, accented in voice.values()) == {True: 10, False: 10}
+    # whole speakers go to a split, accented or not: 2 dev and 2 test voices, so most accented ones train
+    assert sum(split == "train" and accented for split, accented in voice.values()) >= 6
+    with pytest.raises(SpeechBudgetError, match="unknown accent 'xx'"):
+        CorpusSpec.build("synthetic", {"accents": "xx"}, "prepare")
+    code, _, err = cli_result(
+        capsys, "prepare", "synthetic", "--grammar", "digits", "--hours", "0.01", "--speakers", "10",
+        "--accents", "fr", "--out", tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    cuts = load_cuts(Path(tmp_path) / "synthetic" / "cuts_train.jsonl.gz").to_eager()
+    voices = {c.supervisions[0].custom["voice"].split("+")[0] for c in cuts}
+    assert "fr" in voices and voices - {"fr"}
+    assert all(0.2 < c.duration < 10 for c in cuts)
 
 
 def test_without_espeak_ng_each_caller_says_its_own_way_out(monkeypatch):

@@ -161,6 +161,13 @@ def check_accents(accents: List[str]) -> None:
         )
 
 
+def check_accent_options(accents: List[str], accent_share: float) -> None:
+    """A source's ``accents`` and ``accent_share``, checked when its options are read."""
+    check_accents(accents)
+    if not 0 < accent_share <= 1:
+        raise SpeechBudgetError(f"accent_share must be in (0, 1], got {accent_share}")
+
+
 @lru_cache(maxsize=4096)
 def english_phonemes(text: str) -> Tuple[Tuple[str, ...], ...]:
     """Each word of `text` as en-us phoneme mnemonics, a stress mark kept on its vowel."""

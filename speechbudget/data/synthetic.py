@@ -309,6 +309,23 @@ def make_speakers(num_speakers: int, seed: int = 0, voices: list[str] | None = N
     return speakers
 
 
+def speaker_mix(
+    num_speakers: int,
+    seed: int = 0,
+    voices: list[str] | None = None,
+    accented_voices: list[str] | None = None,
+    accent_share: float = 0.0,
+) -> list[Speaker]:
+    """`make_speakers`, with `accent_share` of them taking `accented_voices` (numbered after the
+    others); without accents the same speakers as `make_speakers`, so older corpora stay as planned."""
+    num_accented = round(accent_share * num_speakers) if accented_voices else 0
+    speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
+    if num_accented:
+        others = make_speakers(num_accented, seed, accented_voices)
+        speakers += [replace(s, id=f"spk{len(speakers) + i:03d}") for i, s in enumerate(others)]
+    return speakers
+
+
 # ---------------------------------------------------------------- planning
 
 
@@ -376,8 +393,11 @@ def plan_corpus(
     test_fraction: float = 0.1,
     voices: list[str] | None = None,
     grammar: str = "sentences",
+    accented_voices: list[str] | None = None,
+    accent_share: float = 0.0,
 ) -> list[UtteranceSpec]:
-    """Utterances totalling about `hours` of audio, spread evenly over speakers; same seed, same list."""
+    """Utterances totalling about `hours` of audio, spread evenly over speakers, `accent_share` of
+    whom speak with `accented_voices`; same seed, same list."""
     if not 0 < hours <= MAX_HOURS:
         raise SpeechBudgetError(
             f"hours must be positive and at most {MAX_HOURS:g} (the utterance list is planned in memory; "
@@ -386,7 +406,7 @@ def plan_corpus(
     if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
         raise SpeechBudgetError("dev_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     words = named_grammar(grammar)
-    speakers = make_speakers(num_speakers, seed, voices)
+    speakers = speaker_mix(num_speakers, seed, voices, accented_voices, accent_share)
     split_of = _assign_splits(speakers, dev_fraction, test_fraction, seed)
     rng = random.Random(f"sentences:{seed}")
     specs, total, target = [], 0.0, hours * 3600
@@ -436,11 +456,7 @@ def plan_transcripts(
         raise SpeechBudgetError(
             f"copies {copies} of {len(texts)} transcripts is no utterance: raise copies to at least {1 / len(texts):.2g}"
         )
-    num_accented = round(accent_share * num_speakers)
-    speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
-    if num_accented:
-        others = make_speakers(num_accented, seed, accented_voices)
-        speakers += [replace(s, id=f"spk{len(speakers) + i:03d}") for i, s in enumerate(others)]
+    speakers = speaker_mix(num_speakers, seed, voices, accented_voices, accent_share)
     random.Random(f"tts-order:{seed}").shuffle(speakers)
     specs = []
     for i, text in enumerate(spoken):

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
+from ..accents import check_accent_options
 from ..executor import run_map
-from ..synthetic import UtteranceSpec, check_silence, plan_corpus, synthesize
+from ..synthetic import UtteranceSpec, accent_voices, check_silence, plan_corpus, synthesize
 from . import FindContext, Source, SourceItem, option
 
 
@@ -22,12 +23,28 @@ class SyntheticOptions:
     speakers: int = option(24, help="Number of voices; a tenth each (at least one) are dev and test voices.")
     noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
     snr: float = option(20.0, help="Signal-to-noise ratio in dB when mixing noise.")
+    accents: List[str] = option(
+        help="Comma-separated accents some voices speak English with: el (Greek), fr (French), as in "
+        "`prepare tts`; for a pretraining pool that has heard English spoken with another language's sounds.",
+        factory=list,
+    )
+    accent_share: float = option(0.5, help="Share of the voices that speak with `accents`.")
+
+    def __post_init__(self) -> None:
+        check_accent_options(self.accents, self.accent_share)
 
 
 def find_items(opts: SyntheticOptions, ctx: FindContext) -> List[SourceItem]:
     if not opts.hours > 0:
         raise SpeechBudgetError(f"hours must be positive (got {opts.hours})")
-    specs = plan_corpus(opts.hours, seed=opts.seed, num_speakers=opts.speakers, grammar=opts.grammar)
+    specs = plan_corpus(
+        opts.hours,
+        seed=opts.seed,
+        num_speakers=opts.speakers,
+        grammar=opts.grammar,
+        accented_voices=accent_voices(opts.accents, opts.speakers) if opts.accents else None,
+        accent_share=opts.accent_share,
+    )
     return spoken_items(specs, opts.noise_dir, opts.snr, ctx)
 
 
@@ -67,5 +84,6 @@ SOURCE = Source(
     (
         "speechbudget prepare synthetic --hours 0.5 --out data/ --noise-dir ../shared/data/noise --snr 20",
         "speechbudget prepare synthetic --grammar digits --hours 2 --speakers 64 --out data/ --name digits",
+        "speechbudget prepare synthetic --grammar digits --hours 2 --speakers 64 --accents el,fr --out data/",
     ),
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..accents import check_accents
+from ..accents import check_accent_options
 from ..synthetic import ESPEAK, accent_voices, check_engine, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
@@ -52,11 +52,9 @@ class TtsOptions:
     def __post_init__(self) -> None:
         # a recipe's typo stops at load, not after the folds began
         check_engine(self.engine)
-        check_accents(self.accents)
+        check_accent_options(self.accents, self.accent_share)
         if self.accents and self.engine != ESPEAK:
             raise SpeechBudgetError("tts accents are spoken by espeak-ng: use engine espeak or no accents")
-        if not 0 < self.accent_share <= 1:
-            raise SpeechBudgetError(f"accent_share must be in (0, 1], got {self.accent_share}")
 
 
 def read_transcripts(path: Path) -> List[str]:
