@@ -77,9 +77,10 @@ def test_speaker_cvn_also_moves_each_speakers_spread_onto_the_target(fsdd_data):
         assert np.allclose(frames.std(dim=0, unbiased=False).numpy(), target.std, rtol=0.05, atol=0.05), spk
 
 
-def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, capsys):
-    section = {
-        "encoder": "zipformer-tiny",
+def _two_step_section(fsdd_data, encoder="zipformer-tiny") -> dict:
+    """A 2-step fine-tuning section with speaker_cmn on the fixture's training speakers."""
+    return {
+        "encoder": encoder,
         "train_cuts": str(fsdd_data / "cuts_train.jsonl.gz"),
         "max_duration": 8.0,
         "num_buckets": 2,
@@ -87,6 +88,10 @@ def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, c
         "budget": {"steps": 2},
         "ctc": {"tokenizer": "char", "vocab_size": 30, "speaker_cmn": True},
     }
+
+
+def test_finetuning_keeps_the_target_and_decoding_uses_it(tmp_path, fsdd_data, capsys):
+    section = _two_step_section(fsdd_data)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft"), "finetune": section}))
     run(capsys, "finetune", recipe, "--json")
@@ -168,15 +173,7 @@ def test_an_encoder_of_fewer_mel_bins_gets_speaker_means_in_its_own_bins(tmp_pat
     cuts = load_cuts(fsdd_data / "cuts_train.jsonl.gz").to_eager()
     moments = speaker_cmn.speaker_moments(cuts, 40)
     assert {m.mean.shape for m in moments.values()} == {(40,)}
-    section = {
-        "encoder": {"preset": "zipformer-tiny", "input_dim": 40},
-        "train_cuts": str(fsdd_data / "cuts_train.jsonl.gz"),
-        "max_duration": 8.0,
-        "num_buckets": 2,
-        "checkpoint_every": 2,
-        "budget": {"steps": 2},
-        "ctc": {"tokenizer": "char", "vocab_size": 30, "speaker_cmn": True},
-    }
+    section = _two_step_section(fsdd_data, {"preset": "zipformer-tiny", "input_dim": 40})
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"exp_dir": str(tmp_path / "ft40"), "finetune": section}))
     run(capsys, "finetune", recipe, "--json")
