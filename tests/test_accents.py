@@ -64,7 +64,7 @@ def test_accented_voices_speak_their_own_sounds_and_the_plan_mixes_them_in():
         ["one", "two"] * 8,
         seed=0,
         num_speakers=8,
-        accented_voices=accent_voices(["el", "fr"], 4),
+        accents=["el", "fr"],
         accent_share=0.5,
     )
     by_speaker = {s.speaker: s.voice for s in specs}
@@ -120,7 +120,7 @@ def test_a_pretraining_pool_with_accented_voices(tmp_path, capsys):
         seed=2,
         num_speakers=20,
         grammar="digits",
-        accented_voices=accent_voices(["el"], 20),
+        accents=["el"],
         accent_share=0.5,
     )
     voice = {s.speaker: (s.split, s.voice == "el") for s in mixed}

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -313,15 +314,16 @@ def speaker_mix(
     num_speakers: int,
     seed: int = 0,
     voices: list[str] | None = None,
-    accented_voices: list[str] | None = None,
+    accents: Sequence[str] = (),
     accent_share: float = 0.0,
 ) -> list[Speaker]:
-    """`make_speakers`, with `accent_share` of them taking `accented_voices` (numbered after the
-    others); without accents the same speakers as `make_speakers`, so older corpora stay as planned."""
-    num_accented = round(accent_share * num_speakers) if accented_voices else 0
+    """`make_speakers`, with `accent_share` of them speaking English with one of `accents` (numbered
+    after the others); without accents the same speakers as `make_speakers`, so older corpora stay
+    as planned."""
+    num_accented = round(accent_share * num_speakers) if accents else 0
     speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
     if num_accented:
-        others = make_speakers(num_accented, seed, accented_voices)
+        others = make_speakers(num_accented, seed, accent_voices(list(accents), num_speakers))
         speakers += [replace(s, id=f"spk{len(speakers) + i:03d}") for i, s in enumerate(others)]
     return speakers
 
@@ -393,11 +395,11 @@ def plan_corpus(
     test_fraction: float = 0.1,
     voices: list[str] | None = None,
     grammar: str = "sentences",
-    accented_voices: list[str] | None = None,
+    accents: Sequence[str] = (),
     accent_share: float = 0.0,
 ) -> list[UtteranceSpec]:
     """Utterances totalling about `hours` of audio, spread evenly over speakers, `accent_share` of
-    whom speak with `accented_voices`; same seed, same list."""
+    whom speak with one of `accents`; same seed, same list."""
     if not 0 < hours <= MAX_HOURS:
         raise SpeechBudgetError(
             f"hours must be positive and at most {MAX_HOURS:g} (the utterance list is planned in memory; "
@@ -406,7 +408,7 @@ def plan_corpus(
     if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
         raise SpeechBudgetError("dev_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     words = named_grammar(grammar)
-    speakers = speaker_mix(num_speakers, seed, voices, accented_voices, accent_share)
+    speakers = speaker_mix(num_speakers, seed, voices, accents, accent_share)
     split_of = _assign_splits(speakers, dev_fraction, test_fraction, seed)
     rng = random.Random(f"sentences:{seed}")
     specs, total, target = [], 0.0, hours * 3600
@@ -438,12 +440,12 @@ def plan_transcripts(
     seed: int = 0,
     num_speakers: int = 64,
     voices: list[str] | None = None,
-    accented_voices: list[str] | None = None,
+    accents: Sequence[str] = (),
     accent_share: float = 0.0,
 ) -> list[UtteranceSpec]:
     """Every transcript spoken `copies` times (a fraction: that share of them, chosen by `seed`), each
     time by the next voice of a shuffled round robin, all in the train split: a synthetic copy of a
-    transcribed corpus (``prepare tts``). `accent_share` of the speakers take `accented_voices`."""
+    transcribed corpus (``prepare tts``). `accent_share` of the speakers speak with one of `accents`."""
     if not copies > 0:
         raise SpeechBudgetError(f"copies must be positive, got {copies}")
     if not texts:
@@ -456,7 +458,7 @@ def plan_transcripts(
         raise SpeechBudgetError(
             f"copies {copies} of {len(texts)} transcripts is no utterance: raise copies to at least {1 / len(texts):.2g}"
         )
-    speakers = speaker_mix(num_speakers, seed, voices, accented_voices, accent_share)
+    speakers = speaker_mix(num_speakers, seed, voices, accents, accent_share)
     random.Random(f"tts-order:{seed}").shuffle(speakers)
     specs = []
     for i, text in enumerate(spoken):

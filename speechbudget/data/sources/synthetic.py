@@ -9,7 +9,7 @@ from typing import List, Optional
 from ...errors import SpeechBudgetError
 from ..accents import check_accent_options
 from ..executor import run_map
-from ..synthetic import UtteranceSpec, accent_voices, check_silence, plan_corpus, synthesize
+from ..synthetic import UtteranceSpec, check_silence, plan_corpus, synthesize
 from . import FindContext, Source, SourceItem, option
 
 
@@ -42,7 +42,7 @@ def find_items(opts: SyntheticOptions, ctx: FindContext) -> List[SourceItem]:
         seed=opts.seed,
         num_speakers=opts.speakers,
         grammar=opts.grammar,
-        accented_voices=accent_voices(opts.accents, opts.speakers) if opts.accents else None,
+        accents=opts.accents,
         accent_share=opts.accent_share,
     )
     return spoken_items(specs, opts.noise_dir, opts.snr, ctx)

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from ...errors import SpeechBudgetError
 from ..accents import check_accent_options
-from ..synthetic import ESPEAK, accent_voices, check_engine, engine_voices, plan_transcripts
+from ..synthetic import ESPEAK, check_engine, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
 
@@ -83,10 +83,14 @@ def find_items(opts: TtsOptions, ctx: FindContext) -> List[SourceItem]:
     if opts.transcripts is None:
         raise SpeechBudgetError("tts needs --transcripts: the manifest whose transcripts are spoken")
     voices = engine_voices(opts.engine, opts.speakers)
-    share = opts.accent_share if opts.accents else 0.0
-    accented = accent_voices(opts.accents, opts.speakers) if opts.accents else None
     specs = plan_transcripts(
-        read_transcripts(opts.transcripts), opts.copies, opts.seed, opts.speakers, voices, accented, share
+        read_transcripts(opts.transcripts),
+        opts.copies,
+        opts.seed,
+        opts.speakers,
+        voices,
+        opts.accents,
+        opts.accent_share,
     )
     return spoken_items(specs, opts.noise_dir, opts.snr, ctx, opts.silence)
 
