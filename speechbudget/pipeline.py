@@ -391,6 +391,7 @@ class Pipeline:
         self._made_now: Set[str] = set()
         self._remade: Set[str] = set()
         self._labeled_checked = False
+        self._stages_now: Set[str] = set(STAGES)  # what this call runs: decode's splits matter if it does
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -866,7 +867,8 @@ class Pipeline:
 
     def check_labeled(self) -> None:
         """What fine-tuning and decoding will read, checked as soon as the data is prepared: a missing
-        test split or too few speakers must stop the run now, not after hours of pretraining."""
+        test split or too few speakers must stop the run now, not after hours of pretraining. Only for
+        the stages this call runs: a run stopped before them may lack what they need."""
         if self.fold is not None or self._labeled_checked or not self.done("prepare"):
             return
         self._labeled_checked = True
@@ -878,20 +880,23 @@ class Pipeline:
         options = option_names(get_source((self.r.labeled or self.r.prepare).source))  # the source registry's
         named = [f"{section}.{k}" for k in ("test_speakers", "test_fraction") if k in options]
         hold_out = f"hold speakers out with {' or '.join(named)}" if named else f"prepare it in {section}"
+        runs = {x for x in self._stages_now if self.enabled(x)}
         decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
-        for split in decoded if self.enabled("decode") else []:
+        for split in decoded if "decode" in runs else []:
             if split not in have:
                 raise SpeechBudgetError(
                     f"decode.sets names {split}, but the labelled corpus {corpus} has no {split} split (it has "
                     f"{', '.join(have) or 'none'}): {hold_out}, or set decode.sets / decode.cuts"
                 )
+        if not {"finetune", "scratch", "folds"} & runs:
+            return
         train = Path(self._finetune_train_cuts())
         if not train.is_file():
             raise SpeechBudgetError(
                 f"fine-tuning reads {train}, which the prepared data lacks (the labelled corpus has "
                 f"{', '.join(have) or 'no splits'}): give it a train split, or set finetune.train_cuts"
             )
-        if self.r.folds:  # two speakers at least, each cut with one: now, not after the pretraining
+        if "folds" in runs:  # two speakers at least, each cut with one: now, not after the pretraining
             from .folds import speaker_folds
 
             speaker_folds(self._fold_cuts()[0])
@@ -1077,6 +1082,7 @@ class Pipeline:
         ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
         where = f"fold {self.fold.name}: " if self.fold else ""
         tts_ready = self.r.tts is None or not {"finetune", "scratch"} & set(stages)  # nothing to speak for
+        self._stages_now = set(stages)
         for stage in stages:
             if not self.enabled(stage):
                 continue

@@ -137,6 +137,21 @@ def test_a_run_whose_labelled_data_cannot_be_used_stops_after_prepare(
     assert not (exp / "kmeans").exists() and not (exp / "scratch").exists()  # nothing trained, none beside
 
 
+def test_a_run_that_stops_before_decoding_needs_no_split_to_decode(tmp_path, capsys):
+    """A corpus without a test split can still be pretrained on (or folded) while decode.sets names
+    test: decode's splits are checked only when decode is among the stages this call runs."""
+    recipe = _recipe(tmp_path, {})
+    tiny = [a for a in TINY if not a.startswith("prepare.") and "train_hours" not in a]
+    code, _, err = cli_result(
+        capsys, "run", recipe, *tiny, "scratch_baseline=false", "--stop-stage", "kmeans"
+    )
+    assert code == 0, err
+    assert (tmp_path / "exp" / ".stages" / "kmeans.json").is_file()
+    code, _, err = cli_result(capsys, "run", recipe, *tiny, "scratch_baseline=false")  # on to decode
+    one_line_error(code, err, "decode.sets names test, but the labelled corpus")
+    assert not (tmp_path / "exp" / "pretrain").exists()  # stopped before training, not after
+
+
 def test_a_run_on_the_users_own_transcribed_folder_ends_in_a_wer_table(tmp_path, capsys):
     recipe = _recipe(tmp_path, {"test_speakers": ["theo"], "dev_speakers": ["nicolas"]}, train_speakers=None)
     tiny = [a for a in TINY if not a.startswith("prepare.")]
