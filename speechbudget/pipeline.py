@@ -391,7 +391,6 @@ class Pipeline:
         self._made_now: Set[str] = set()
         self._remade: Set[str] = set()
         self._labeled_checked = False
-        self._stages_now: Set[str] = set(STAGES)  # what this call runs: decode's splits matter if it does
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -865,10 +864,10 @@ class Pipeline:
         cuts = self._labeled_splits("train", "dev").filter(lambda c: cut_speaker(c) not in test).to_eager()
         return cuts, test
 
-    def check_labeled(self) -> None:
+    def check_labeled(self, stages: Sequence[str]) -> None:
         """What fine-tuning and decoding will read, checked as soon as the data is prepared: a missing
         test split or too few speakers must stop the run now, not after hours of pretraining. Only for
-        the stages this call runs: a run stopped before them may lack what they need."""
+        ``stages``, those this call runs: a run stopped before a stage may lack what it needs."""
         if self.fold is not None or self._labeled_checked or not self.done("prepare"):
             return
         self._labeled_checked = True
@@ -880,7 +879,7 @@ class Pipeline:
         options = option_names(get_source((self.r.labeled or self.r.prepare).source))  # the source registry's
         named = [f"{section}.{k}" for k in ("test_speakers", "test_fraction") if k in options]
         hold_out = f"hold speakers out with {' or '.join(named)}" if named else f"prepare it in {section}"
-        runs = {x for x in self._stages_now if self.enabled(x)}
+        runs = {x for x in stages if self.enabled(x)}
         decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
         for split in decoded if "decode" in runs else []:
             if split not in have:
@@ -1082,7 +1081,6 @@ class Pipeline:
         ran: Set[str] = set()  # stages that ran in this call: what a finished later stage may be stale on
         where = f"fold {self.fold.name}: " if self.fold else ""
         tts_ready = self.r.tts is None or not {"finetune", "scratch"} & set(stages)  # nothing to speak for
-        self._stages_now = set(stages)
         for stage in stages:
             if not self.enabled(stage):
                 continue
@@ -1103,7 +1101,7 @@ class Pipeline:
                 results[stage] = prior
                 continue
             if stage != "prepare":
-                self.check_labeled()
+                self.check_labeled(stages)
             if not tts_ready and stage in ("kmeans", "pretrain", "finetune", "scratch"):
                 self._prepare_tts()  # before the scratch baseline may start alongside, which reads it
                 tts_ready = True
