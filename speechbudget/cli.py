@@ -582,7 +582,8 @@ def run(
     as_json: bool = JSON_OPT,
 ) -> None:
     """All stages of a recipe in order, resumable, ending in a WER table."""
-    from .pipeline import Pipeline, load_run_recipe
+    from .pipeline import Pipeline
+    from .run_recipe import load_run_recipe
 
     quiet_if_json(as_json)
     asked = [

@@ -71,8 +71,9 @@ def test_masks_fill_with_the_patch_encoders_feature_mean():
 def test_classification_recipes_parse_and_skip_ssl_stages(name):
     from pathlib import Path
 
-    from speechbudget.pipeline import Pipeline, load_run_recipe
+    from speechbudget.pipeline import Pipeline
     from speechbudget.recipes import list_recipes
+    from speechbudget.run_recipe import load_run_recipe
 
     assert name in {r["name"] for r in list_recipes()}
     recipe = load_run_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml", [])

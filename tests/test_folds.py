@@ -23,8 +23,9 @@ from speechbudget.folds import (
     write_fold,
     write_summary,
 )
-from speechbudget.pipeline import Pipeline, load_run_recipe
+from speechbudget.pipeline import Pipeline
 from speechbudget.report import fold_cells
+from speechbudget.run_recipe import load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

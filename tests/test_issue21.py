@@ -18,7 +18,7 @@ from conftest import ROOT, cli_result
 from speechbudget import cli
 from speechbudget.config import TrainConfig, from_dict
 from speechbudget.errors import SpeechBudgetError
-from speechbudget.pipeline import RunRecipe
+from speechbudget.run_recipe import RunRecipe
 
 
 def one_line_error(code: int, err: str, expect: str) -> None:

@@ -134,7 +134,7 @@ def test_quickstart_recipe_runs_every_stage_and_skips_done_ones(tmp_path, capsys
     assert "stage pretrain finished on the kmeans stage's earlier result" in stale.err
     assert "[kmeans] running" in stale.out and "[pretrain] running" not in stale.out
     # `pretrain RECIPE` / `finetune RECIPE` of a run recipe train (here: find done) what its stages do
-    from speechbudget.pipeline import load_run_recipe
+    from speechbudget.run_recipe import load_run_recipe
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

@@ -121,7 +121,7 @@ def test_test_speakers_and_clashing_ids_never_enter_the_pool(tmp_path, capsys):
 
 def test_the_realpool_recipe_is_fsdd_with_a_pool_and_nothing_else():
     """The evidence compares the two recipes: they must differ only in what pretraining hears."""
-    from speechbudget.pipeline import load_run_recipe
+    from speechbudget.run_recipe import load_run_recipe
 
     base = load_run_recipe(RECIPES / "fsdd.yaml", [])
     pooled = load_run_recipe(RECIPES / "fsdd-realpool.yaml", [])

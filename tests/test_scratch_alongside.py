@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import TINY, cli_result
 
-from speechbudget.pipeline import STAGES, Pipeline, load_run_recipe
+from speechbudget.pipeline import STAGES, Pipeline
+from speechbudget.run_recipe import load_run_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FLOPS = [  # TINY with FLOP budgets: the only budgets whose spend is known before the runs end

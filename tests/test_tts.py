@@ -17,7 +17,7 @@ from speechbudget.data.flite import speak_flite
 from speechbudget.data.manifests import cut_speaker, load_cuts
 from speechbudget.data.synthetic import engine_voices, plan_transcripts
 from speechbudget.errors import SpeechBudgetError
-from speechbudget.pipeline import load_run_recipe
+from speechbudget.run_recipe import load_run_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 NEEDS_FLITE = pytest.mark.skipif(
