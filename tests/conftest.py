@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,28 @@ COMMONVOICE = SHARED / "commonvoice-mini"
 NOISE = SHARED / "noise"
 
 torch.set_num_threads(1)
+
+
+FREE_AT_START = pytest.StashKey[float]()
+
+
+def _free_gb() -> float:
+    """Free space where pytest makes the tests' folders (under the system's temporary folder)."""
+    return shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+
+
+def pytest_sessionstart(session):
+    session.config.stash[FREE_AT_START] = _free_gb()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A failing run says how full the disk was, at the end where failures are read: set-up errors from
+    a full temporary folder look like anything else (one CI run lost its last quarter of tests to one)."""
+    if exitstatus != 0:
+        terminalreporter.write_line(
+            f"free disk in the temporary folder: {config.stash.get(FREE_AT_START, float('nan')):.1f} GB at "
+            f"the start, {_free_gb():.1f} GB now (the suite needs about 3.5 GB)"
+        )
 
 
 @pytest.fixture
