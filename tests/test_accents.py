@@ -14,6 +14,7 @@ from conftest import SHARED, cli_result, copy_fsdd
 
 from speechbudget.data.accents import ACCENTS, accented, english_phonemes
 from speechbudget.data.corpus_spec import CorpusSpec
+from speechbudget.data.espeak import transcribe
 from speechbudget.data.manifests import load_cuts
 from speechbudget.data.synthetic import (
     UtteranceSpec,
@@ -48,6 +49,27 @@ def test_english_phonemes_become_the_accent_s_own_sounds():
     )
 
 
+def test_spanish_german_and_indian_english_keep_their_own_rules():
+    # Spanish: /v/ -> b, /z/ -> s, /h/ -> the jota, /ʃ/ -> tʃ, five vowels
+    es = _sounds(accented("seven zero house she", "es"))
+    assert es[0] == "s'eben" and es[1].startswith("s") and es[2].startswith("x") and es[3].startswith("tS")
+    # German: /w/ -> v, /θ/ -> s, /ð/ -> z, the uvular R, "go" a long pure o
+    de = _sounds(accented("one three the go", "de"))
+    assert de[0].startswith("v") and de[1].startswith("sR") and de[2].startswith("z") and de[3] == "g'o:"
+    # Indian English: retroflex t and d, dental aspirated /θ/, /w/ -> v
+    hi = _sounds(accented("two three one day", "hi"))
+    assert hi[0].startswith("t.") and hi[1].startswith("t#") and hi[2].startswith("v") and hi[3] == "d.'e:"
+
+
+def test_every_accent_sound_is_one_its_voice_knows():
+    # espeak-ng skips a phoneme name its voice lacks without a word: each sound of each table, spoken
+    # alone as phoneme input, must come back (the voice's own rules may change it, e.g. German devoicing)
+    for accent, table in ACCENTS.items():
+        for sound in sorted({s for target in table.table.values() for s in target}):
+            heard = transcribe(f"[[{sound}]]", accent, ipa=False, sep="", otherwise="")
+            assert "".join(heard).replace("'", "").strip(), (accent, sound)
+
+
 def test_every_english_sound_of_real_sentences_has_an_accented_one():
     with open(SHARED / "commonvoice-mini" / "validated.tsv", newline="") as f:
         sentences = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")][:40]
@@ -55,8 +77,8 @@ def test_every_english_sound_of_real_sentences_has_an_accented_one():
         for sentence in sentences:
             words = _sounds(accented(sentence, accent))
             assert len(words) == len(english_phonemes(sentence)), sentence
-    with pytest.raises(SpeechBudgetError, match="unknown accent 'de'"):
-        accented("one", "de")
+    with pytest.raises(SpeechBudgetError, match="unknown accent 'pt'"):
+        accented("one", "pt")
 
 
 def test_accented_voices_speak_their_own_sounds_and_the_plan_mixes_them_in():
@@ -89,7 +111,7 @@ def test_accented_voices_speak_their_own_sounds_and_the_plan_mixes_them_in():
 
 def test_a_bad_accent_option_is_one_line(tmp_path, capsys):
     for values, message in (
-        ({"accents": "de"}, "unknown accent 'de'; choose from el, fr"),
+        ({"accents": "pt"}, "unknown accent 'pt'; choose from de, el, es, fr, hi"),
         ({"accents": "el", "engine": "flite"}, "spoken by espeak-ng"),
         ({"accents": "el", "accent_share": 0}, "accent_share must be in"),
     ):
