@@ -281,6 +281,10 @@ ACCENTS: Dict[str, Accent] = {
 }
 
 
+#: the accents for a command's help, e.g. "el (Greek), fr (French), ..."
+ACCENT_CHOICES = ", ".join(f"{key} ({accent.name})" for key, accent in ACCENTS.items())
+
+
 def check_accents(accents: List[str]) -> None:
     unknown = [a for a in accents if a not in ACCENTS]
     if unknown:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..accents import check_accent_options
+from ..accents import ACCENT_CHOICES, check_accent_options
 from ..executor import run_map
 from ..synthetic import UtteranceSpec, check_silence, plan_corpus, synthesize
 from . import FindContext, Source, SourceItem, option
@@ -24,7 +24,7 @@ class SyntheticOptions:
     noise_dir: Optional[Path] = option(help="Folder of noise wavs to mix in.")
     snr: float = option(20.0, help="Signal-to-noise ratio in dB when mixing noise.")
     accents: List[str] = option(
-        help="Comma-separated accents some voices speak English with: el (Greek), fr (French), as in "
+        help=f"Comma-separated accents some voices speak English with: {ACCENT_CHOICES}, as in "
         "`prepare tts`; for a pretraining pool that has heard English spoken with another language's sounds.",
         factory=list,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ...errors import SpeechBudgetError
-from ..accents import check_accent_options
+from ..accents import ACCENT_CHOICES, check_accent_options
 from ..synthetic import ESPEAK, check_engine, engine_voices, plan_transcripts
 from . import FindContext, Source, SourceItem, option
 from .synthetic import spoken_items
@@ -36,7 +36,7 @@ class TtsOptions:
         "people's recordings, each speaker at its own pitch and speed; apt-get install flite).",
     )
     accents: List[str] = option(
-        help="Comma-separated accents some voices speak English with: el (Greek), fr (French); the "
+        help=f"Comma-separated accents some voices speak English with: {ACCENT_CHOICES}; the "
         "English phonemes said with that language's sounds by its espeak-ng voice.",
         factory=list,
     )
