@@ -217,7 +217,7 @@ class Pipeline:
         #: pilots), and of those the ones whose result is new: what a finished later stage is stale on
         self._made_now: Set[str] = set()
         self._remade: Set[str] = set()
-        self._labeled_checked = False
+        self._labeled_checked: Set[str] = set()  # the stages whose labelled data check_labeled passed
 
     # --------------------------------------------------------------------------- paths
     @property
@@ -695,9 +695,13 @@ class Pipeline:
         """What fine-tuning and decoding will read, checked as soon as the data is prepared: a missing
         test split or too few speakers must stop the run now, not after hours of pretraining. Only for
         ``stages``, those this call runs: a run stopped before a stage may lack what it needs."""
-        if self.fold is not None or self._labeled_checked or not self.done("prepare"):
+        runs = {x for x in stages if self.enabled(x)}
+        if self.fold is not None or runs <= self._labeled_checked or not self.done("prepare"):
             return
-        self._labeled_checked = True
+        self._check_labeled_for(runs)
+        self._labeled_checked |= runs
+
+    def _check_labeled_for(self, runs: Set[str]) -> None:
         corpus = self.labeled_dir
         have = sorted(s for s in ("train", "dev", "test") if cuts_path(corpus, s).is_file())
         section = "labeled" if self.r.labeled is not None else "prepare"
@@ -706,7 +710,6 @@ class Pipeline:
         options = option_names(get_source((self.r.labeled or self.r.prepare).source))  # the source registry's
         named = [f"{section}.{k}" for k in ("test_speakers", "test_fraction") if k in options]
         hold_out = f"hold speakers out with {' or '.join(named)}" if named else f"prepare it in {section}"
-        runs = {x for x in stages if self.enabled(x)}
         decoded = [] if self.r.decode.cuts else list(self.r.decode.sets)
         for split in decoded if "decode" in runs else []:
             if split not in have:

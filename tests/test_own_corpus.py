@@ -16,6 +16,9 @@ from test_issue21 import one_line_error
 from speechbudget import sidecar
 from speechbudget.data.manifests import cut_speaker, load_cuts
 from speechbudget.data.sources import speaker_splits
+from speechbudget.errors import SpeechBudgetError
+from speechbudget.pipeline import Pipeline
+from speechbudget.run_recipe import load_run_recipe
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPEAKERS = ("george", "jackson", "nicolas", "theo")
@@ -150,6 +153,11 @@ def test_a_run_that_stops_before_decoding_needs_no_split_to_decode(tmp_path, cap
     code, _, err = cli_result(capsys, "run", recipe, *tiny, "scratch_baseline=false")  # on to decode
     one_line_error(code, err, "decode.sets names test, but the labelled corpus")
     assert not (tmp_path / "exp" / "pretrain").exists()  # stopped before training, not after
+    # a library caller's one Pipeline: a later call with more stages is checked for them too
+    pipe = Pipeline(load_run_recipe(recipe, [*tiny, "scratch_baseline=false"]))
+    pipe.check_labeled(("kmeans", "pretrain"))
+    with pytest.raises(SpeechBudgetError, match="decode.sets names test"):
+        pipe.check_labeled(("kmeans", "pretrain", "finetune", "decode"))
 
 
 def test_a_run_on_the_users_own_transcribed_folder_ends_in_a_wer_table(tmp_path, capsys):
