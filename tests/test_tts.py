@@ -166,7 +166,7 @@ def test_a_recipe_tts_section_is_checked_when_loaded(tmp_path):
         "band_limit_hz": 4000,
         "silence": 0.02,
         "noise_dir": "../shared/data/noise",
-        "accents": ["el", "fr"],
+        "accents": ["es", "de", "hi"],
         "accent_share": 0.25,
     }
     assert load_run_recipe(RECIPES / "fsdd.yaml", [*base, "tts=null"])["tts"] is None  # the recipe's, dropped
