@@ -55,8 +55,9 @@ class Accent:
 
     name: str
     table: Dict[str, Tuple[str, ...]]
-    vowels: FrozenSet[str]
-    final_stress: bool  # stress every word on its last vowel instead of where English puts it
+    #: stress every word on its last vowel (one of ``vowels``) instead of where English puts it
+    final_stress: bool = False
+    vowels: FrozenSet[str] = frozenset()
 
 
 def _table(consonants: str, vowels: Dict[str, str]) -> Dict[str, Tuple[str, ...]]:
@@ -144,8 +145,6 @@ ACCENTS: Dict[str, Accent] = {
             _SAME + " T=T D=D h=x x=x N=n+g w=u S=s Z=z tS=ts dZ=d+z",
             _FIVE_VOWELS,
         ),
-        frozenset("aeiou"),
-        final_stress=False,
     ),
     "fr": Accent(
         "French",
@@ -184,8 +183,8 @@ ACCENTS: Dict[str, Accent] = {
                 "@m": "@ m",
             },
         ),
-        frozenset({"a", "e", "E", "i", "o", "O", "u", "y", "Y", "W", "@"}),
         final_stress=True,
+        vowels=frozenset({"a", "e", "E", "i", "o", "O", "u", "y", "Y", "W", "@"}),
     ),
     # Spanish: five vowels, /v/ = /b/, no /z/ (s), /h/ = the jota, "she" -> "chi", "judge" -> "yuy"
     "es": Accent(
@@ -195,8 +194,6 @@ ACCENTS: Dict[str, Accent] = {
             " T=T D=d h=x x=x N=n+g w=w S=tS Z=j tS=tS dZ=j",
             _FIVE_VOWELS,
         ),
-        frozenset("aeiou"),
-        final_stress=False,
     ),
     # German: /w/ -> v, /θ/ -> s, /ð/ -> z, the uvular R, /æ/ -> E, long pure vowels for the English
     # diphthongs of "day" and "go"; the voice itself devoices word-final b, d, g, v, z
@@ -207,8 +204,6 @@ ACCENTS: Dict[str, Accent] = {
             " T=s D=z h=h x=x N=N w=v S=S Z=Z tS=tS dZ=dZ",
             _LONG_VOWELS,
         ),
-        frozenset({"a", "a:", "E", "E:", "e:", "i", "i:", "I", "O", "o:", "U", "u:", "Y:", "@"}),
-        final_stress=False,
     ),
     # Indian English (the Hindi voice): retroflex t and d, dental aspirated t for /θ/, /w/ = /v/,
     # /æ/ -> E, long pure vowels for "day" and "go", the tapped r kept after vowels
@@ -229,8 +224,6 @@ ACCENTS: Dict[str, Accent] = {
                 "3:": "V r",
             },
         ),
-        frozenset({"a:", "E", "E:", "e:", "i:", "I", "O:", "o:", "U", "u:", "V", "@"}),
-        final_stress=False,
     ),
 }
 
