@@ -53,7 +53,7 @@ from .config import (
     split_csv,
 )
 from .data.corpus_spec import CorpusSpec
-from .data.manifests import cut_speaker, cuts_path
+from .data.manifests import cut_speaker, cuts_path, repoint
 from .data.pool import PoolMember, Scored
 from .errors import OptionError, SpeechBudgetError
 from .folds import FOLDS_DIR, Fold
@@ -848,8 +848,8 @@ class Pipeline:
         """Start this exp_dir from ``base``'s finished stages, in order, while each ran with the recipe
         values this recipe gives it (the first that differs, or has not finished, and all after it are
         this run's own): their folders hard-linked (the files shared, never rewritten in place; what
-        this run writes there is its own) and their markers copied. The manifests taken still name
-        ``base``'s feature files: keep ``base``. The stages taken, in order."""
+        this run writes there is its own) and their markers copied. The manifests taken are rewritten
+        to name this exp_dir's links, so ``base`` may be deleted afterwards. The stages taken, in order."""
         base = Path(base).resolve()
         if base == self.exp.resolve():
             raise SpeechBudgetError(f"--reuse {base} is this run's own exp_dir: name another one")
@@ -874,6 +874,7 @@ class Pipeline:
                 raise SpeechBudgetError(
                     f"--reuse {base}: {self.exp} has a {stage} stage of its own; give the arm a new exp_dir"
                 )
+        roots = _prepared_in(base)
         with lock_experiment(self.exp):
             for stage in (s for s in taken if s not in already):
                 for folder in REUSABLE[stage]:
@@ -885,6 +886,7 @@ class Pipeline:
                             symlinks=True,
                             ignore=_leave_out(base / folder, NOT_REUSED.get(folder, ())),
                         )
+                        repoint(self.exp / folder, roots, self.exp.resolve())
                 atomic.write_json(self.marker(stage), taken[stage])
         self.log(
             f"[reuse] {', '.join(taken)} from {base}"
@@ -1042,6 +1044,17 @@ def _flops_budget(section: Dict[str, Any]) -> Optional[float]:
     budget = {k: v for k, v in (section.get("budget") or {}).items() if v is not None}
     given = set(budget) - {"device", "dtype", "utilisation"}
     return float(budget["flops"]) if given == {"flops"} else None
+
+
+def _prepared_in(base: Path) -> List[Path]:
+    """The exp_dirs whose paths ``base``'s manifests name: ``base`` and, where it reused another
+    exp_dir's corpora before they were re-pointed on reuse, the one that prepared them."""
+    roots = {base}
+    for card in base.glob("data/*/prepare.json"):
+        corpus_dir = json.loads(card.read_text()).get("summary", {}).get("corpus_dir")
+        if corpus_dir:
+            roots.add(Path(corpus_dir).parent.parent)
+    return sorted(roots)
 
 
 def _leave_out(top: Path, names: Tuple[str, ...]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,26 @@ def test_a_manifest_that_is_not_cuts_empty_or_truncated_is_named(synthetic_corpu
     for args in (["data", "describe", cut_short], ["kmeans", cut_short, "--out", tmp_path / "km"]):
         code, _, err = cli_result(capsys, *args)
         one_line_error(code, err, "a compressed file ended early")
+
+
+def test_a_corpus_whose_audio_was_moved_names_the_missing_file(synthetic_corpus, tmp_path, capsys):
+    from speechbudget.data.manifests import repoint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_corpus, copy)
+    # the copy's manifests name a folder that is gone (as after deleting the exp_dir they were prepared in)
+    assert repoint(copy, [synthetic_corpus], tmp_path / "gone") > 0
+    for args in (
+        ["data", "describe", copy / "synthetic"],
+        ["kmeans", copy / "synthetic", "--out", tmp_path / "km"],
+    ):
+        code, _, err = cli_result(capsys, *args)
+        one_line_error(code, err, "which no longer exists")
+        assert str(tmp_path / "gone") in " ".join(err.split()).replace(" ", "")
+    # re-pointed at the copy itself, it reads again
+    repoint(copy, [tmp_path / "gone"], copy)
+    code, _, err = cli_result(capsys, "data", "describe", copy / "synthetic")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(

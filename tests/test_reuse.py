@@ -67,3 +67,9 @@ def test_an_arm_takes_the_stages_its_recipe_leaves_unchanged_and_nothing_else(tm
     ):
         code, _, err = cli_result(capsys, *args, f"exp_dir={exp_dir}", "--reuse", reuse)
         assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, err
+
+    # the arm's manifests name its own links, not BASE's files: BASE may go, and the arm still decodes
+    base.rename(tmp_path / "gone")
+    code, out, err = cli_result(capsys, *args, f"exp_dir={arm}", "finetune.ctc.tempo=0", "--stage", "decode")
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["decode"]["finetune/test"]["utterances"] == 3

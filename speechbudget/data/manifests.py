@@ -8,6 +8,7 @@ the last one written, so its presence means the split is complete), ``rejected_<
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import random
@@ -34,6 +35,28 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
 
 def write_json(obj: Any, path: Path) -> None:
     atomic.write_json(path, obj)
+
+
+def repoint(folder: Path, roots: Sequence[Path], new_root: Path) -> int:
+    """Rewrite the paths under any of ``roots`` in the manifests and JSON files below ``folder`` to lie
+    under ``new_root``: an experiment copied by hard links then reads its own links, not the files of
+    the folder it was copied from (which may be deleted). A changed file is written anew, atomically, so
+    the file it was linked to is untouched. The number of files changed."""
+    changed = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not path.name.endswith((".jsonl.gz", ".jsonl", ".json")):
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+        new = text
+        for root in roots:
+            new = new.replace(f'"{root}/', f'"{new_root}/')
+        if new != text:
+            with atomic_output(path) as tmp, opener(tmp, "wt", encoding="utf-8") as f:
+                f.write(new)
+            changed += 1
+    return changed
 
 
 def cut_speaker(cut: Any) -> str:
@@ -107,7 +130,10 @@ def load_cuts(path: Union[str, Path]) -> CutSet:
     """A cut manifest, or the ``cuts_<split>.jsonl.gz`` files of a corpus folder."""
     path = Path(path)
     if path.is_dir():
-        return CutSet.from_cuts(c for f in corpus_files(path) for c in load_manifest_lazy(f))
+        files = corpus_files(path)
+        for f in files[:1]:
+            _check_files_of(next(iter(load_manifest_lazy(f)), None), f)
+        return CutSet.from_cuts(c for f in files for c in load_manifest_lazy(f))
     if not path.is_file():
         raise SpeechBudgetError(f"{path} does not exist; run `speechbudget prepare` first")
     try:
@@ -121,7 +147,24 @@ def load_cuts(path: Union[str, Path]) -> CutSet:
             f"{path} is a {type(manifest).__name__} manifest, not cuts; pass the cuts_<split>.jsonl.gz "
             "beside it (or the corpus folder)"
         )
+    _check_files_of(next(iter(manifest), None), path)
     return manifest
+
+
+def _check_files_of(cut: Any, path: Path) -> None:
+    """Stop with what to do when the first cut's audio or features are gone (their exp_dir deleted or
+    moved since `path` was written), before a stage fails part way with a reading error."""
+    if cut is None:
+        return
+    files = [s.source for s in (cut.recording.sources if cut.has_recording else []) if s.type == "file"]
+    if cut.has_features and cut.features.storage_path:
+        files.append(cut.features.storage_path)
+    missing = [f for f in files if not Path(f).exists()]
+    if missing:
+        raise SpeechBudgetError(
+            f"{path} names {missing[0]}, which no longer exists (the folder it was prepared in deleted or "
+            "moved?): prepare that corpus again, e.g. remove its folder and re-run the stage that wrote it"
+        )
 
 
 def subset_hours(cuts: CutSet, hours: float, seed: int, key: str = "train_hours") -> CutSet:
