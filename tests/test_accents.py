@@ -61,6 +61,18 @@ def test_spanish_german_and_indian_english_keep_their_own_rules():
     assert hi[0].startswith("t.") and hi[1].startswith("t#") and hi[2].startswith("v") and hi[3] == "d.'e:"
 
 
+def test_italian_portuguese_and_russian_keep_their_own_rules():
+    # Italian: no /h/, /θ/ -> t, a schwa after a final obstruent ("eight" -> "eighta"), none after /s/
+    it = _sounds(accented("house three eight six", "it"))
+    assert it[0].startswith("'a") and it[1].startswith("tr") and it[2].endswith("t@") and it[3].endswith("s")
+    # Brazilian Portuguese: /h/ -> x, /ð/ -> d, an i after a final obstruent ("five" -> "fivi")
+    pt = _sounds(accented("house the five", "pt-br"))
+    assert pt[0].startswith("x") and pt[1].startswith("d") and pt[2].endswith("vi")
+    # Russian: /w/ -> v, /θ/ -> s, /ð/ -> z, /h/ -> x; no vowel added
+    ru = _sounds(accented("one three the house eight", "ru"))
+    assert [w[0] for w in ru[:4]] == ["v", "s", "z", "x"] and ru[4].endswith("t")
+
+
 def test_every_accent_sound_is_one_its_voice_knows():
     # espeak-ng skips a phoneme name its voice lacks without a word: each sound of each table, spoken
     # alone as phoneme input, must come back (the voice's own rules may change it, e.g. German devoicing)

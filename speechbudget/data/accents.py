@@ -58,6 +58,14 @@ class Accent:
     #: stress every word on its last vowel (one of ``vowels``) instead of where English puts it
     final_stress: bool = False
     vowels: FrozenSet[str] = frozenset()
+    #: a vowel added after a word that ends in an obstruent ("eight" -> "eighta"), as speakers of
+    #: languages whose words end in a vowel do
+    epenthesis: str = ""
+
+
+#: English phonemes after which an epenthetic vowel is heard: stops, affricates and the fricatives
+#: other than /s z/ (whose hiss ends a word in those languages too)
+_OBSTRUENTS = frozenset("p b t d k g f v T D S Z tS dZ".split())
 
 
 def _table(consonants: str, vowels: Dict[str, str]) -> Dict[str, Tuple[str, ...]]:
@@ -205,6 +213,74 @@ ACCENTS: Dict[str, Accent] = {
             _LONG_VOWELS,
         ),
     ),
+    # Italian: no /h/, /θ/ -> t, /ð/ -> d, the trilled r, /æ/ -> E, full vowels for the schwa, and a
+    # schwa after a word-final obstruent ("eight" -> "eighta")
+    "it": Accent(
+        "Italian",
+        _table(
+            _SAME + " T=t D=d h= x=k N=n+g w=w S=S Z=S tS=tS dZ=dZ",
+            _FIVE_VOWELS
+            | {
+                "E": "E",
+                "e@": "E r",
+                "a": "E",
+                "0": "O",
+                "O:": "O",
+                "O@": "O r",
+                "o@": "O r",
+                "OI": "O i",
+                "3": "E r",
+                "3:": "E r",
+            },
+        ),
+        epenthesis="@",
+    ),
+    # Brazilian Portuguese: /h/ -> x (a Brazilian 'r'), /θ/ -> t, /ð/ -> d, /æ/ -> E, the schwa as the
+    # reduced a, dark l -> w, and an i after a word-final obstruent ("five" -> "fivi")
+    "pt-br": Accent(
+        "Brazilian Portuguese",
+        _table(
+            _SAME + " T=t D=d h=x x=x N=N w=w S=S Z=Z tS=tS dZ=dZ",
+            _FIVE_VOWELS
+            | {
+                "E": "E",
+                "e@": "E r",
+                "a": "E",
+                "0": "O",
+                "O:": "O",
+                "O@": "O r",
+                "o@": "O r",
+                "oU": "o U",
+                "aU": "a U",
+                "@": "&",
+                "3": "E r",
+                "3:": "E r",
+                "@L": "e w",
+            },
+        ),
+        epenthesis="i",
+    ),
+    # Russian: /w/ -> v, /θ/ -> s, /ð/ -> z, /h/ -> x, the trilled r, /æ/ -> e, the soft ch, the vowel
+    # of "bird" as the rounded one of "ё"; the voice itself devoices word-final b, d, g, v, z
+    "ru": Accent(
+        "Russian",
+        _table(
+            _SAME + " T=s D=z h=x x=x N=n+g w=v S=S Z=Z tS=tS; dZ=d+Z",
+            _FIVE_VOWELS
+            | {
+                "a": "e",
+                "@": "@",
+                "3": "8 r",
+                "3:": "8 r",
+                "eI": "e j",
+                "aI": "a j",
+                "OI": "o j",
+                "@L": "@ l",
+                "n-": "@ n",
+                "@m": "@ m",
+            },
+        ),
+    ),
     # Indian English (the Hindi voice): retroflex t and d, dental aspirated t for /θ/, /w/ = /v/,
     # /æ/ -> E, long pure vowels for "day" and "go", the tapped r kept after vowels
     "hi": Accent(
@@ -262,6 +338,7 @@ def english_phonemes(text: str) -> Tuple[Tuple[str, ...], ...]:
 
 def _map_word(phones: Tuple[str, ...], accent: Accent) -> List[str]:
     out: List[str] = []
+    bare = ""
     for phone in phones:
         stress = phone[0] if phone[0] in _STRESS else ""
         bare = phone[len(stress) :]
@@ -272,6 +349,8 @@ def _map_word(phones: Tuple[str, ...], accent: Accent) -> List[str]:
         if mapped and stress and not accent.final_stress:
             mapped[0] = stress + mapped[0]
         out.extend(mapped)
+    if accent.epenthesis and bare in _OBSTRUENTS:  # `bare`: the word's last English phoneme
+        out.append(accent.epenthesis)
     if accent.final_stress:
         vowels = [i for i, p in enumerate(out) if p in accent.vowels]
         if vowels:
