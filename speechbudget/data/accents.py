@@ -111,6 +111,20 @@ _FIVE_VOWELS = {
     "@m": "e m",
 }
 
+#: English vowels in a language of seven (open and closed e and o): Italian and Portuguese speakers'
+_SEVEN_VOWELS = _FIVE_VOWELS | {
+    "E": "E",
+    "e@": "E r",
+    "a": "E",
+    "0": "O",
+    "O:": "O",
+    "O@": "O r",
+    "o@": "O r",
+    "OI": "O i",
+    "3": "E r",
+    "3:": "E r",
+}
+
 #: English vowels as a German speaker says them: long pure vowels for "day" and "go", /æ/ -> E
 _LONG_VOWELS = {
     "i:": "i:",
@@ -219,19 +233,7 @@ ACCENTS: Dict[str, Accent] = {
         "Italian",
         _table(
             _SAME + " T=t D=d h= x=k N=n+g w=w S=S Z=S tS=tS dZ=dZ",
-            _FIVE_VOWELS
-            | {
-                "E": "E",
-                "e@": "E r",
-                "a": "E",
-                "0": "O",
-                "O:": "O",
-                "O@": "O r",
-                "o@": "O r",
-                "OI": "O i",
-                "3": "E r",
-                "3:": "E r",
-            },
+            _SEVEN_VOWELS,
         ),
         epenthesis="@",
     ),
@@ -241,22 +243,7 @@ ACCENTS: Dict[str, Accent] = {
         "Brazilian Portuguese",
         _table(
             _SAME + " T=t D=d h=x x=x N=N w=w S=S Z=Z tS=tS dZ=dZ",
-            _FIVE_VOWELS
-            | {
-                "E": "E",
-                "e@": "E r",
-                "a": "E",
-                "0": "O",
-                "O:": "O",
-                "O@": "O r",
-                "o@": "O r",
-                "oU": "o U",
-                "aU": "a U",
-                "@": "&",
-                "3": "E r",
-                "3:": "E r",
-                "@L": "e w",
-            },
+            _SEVEN_VOWELS | {"oU": "o U", "aU": "a U", "OI": "O j", "@": "&", "@L": "e w"},
         ),
         epenthesis="i",
     ),
