@@ -73,6 +73,15 @@ def test_italian_portuguese_and_russian_keep_their_own_rules():
     assert [w[0] for w in ru[:4]] == ["v", "s", "z", "x"] and ru[4].endswith("t")
 
 
+def test_japanese_opens_every_syllable_and_arabic_has_no_p_or_v():
+    # Japanese: a vowel after each consonant no vowel follows (o after t), l and r one flap, only n closes
+    ja = _sounds(accented("three six eight little nine", "ja"))
+    assert ja[:3] == ["sur`'i:", "s'ikusu", "'eito"] and ja[3].count("r`") == 2 and ja[4] == "n'ain"
+    # Arabic: /p/ -> b, /v/ -> f, "pen" -> "pin"
+    ar = _sounds(accented("pen seven", "ar"))
+    assert ar[0] == "b'in" and ar[1][3] == "f"
+
+
 def test_every_accent_sound_is_one_its_voice_knows():
     # espeak-ng skips a phoneme name its voice lacks without a word: each sound of each table, spoken
     # alone as phoneme input, must come back (the voice's own rules may change it, e.g. German devoicing)
@@ -123,7 +132,7 @@ def test_accented_voices_speak_their_own_sounds_and_the_plan_mixes_them_in():
 
 def test_a_bad_accent_option_is_one_line(tmp_path, capsys):
     for values, message in (
-        ({"accents": "pt"}, "unknown accent 'pt'; choose from de, el, es, fr, hi"),
+        ({"accents": "pt"}, f"unknown accent 'pt'; choose from {', '.join(sorted(ACCENTS))}$"),
         ({"accents": "el", "engine": "flite"}, "spoken by espeak-ng"),
         ({"accents": "el", "accent_share": 0}, "accent_share must be in"),
     ):

@@ -13,7 +13,7 @@ A speaker of the synthetic plan whose voice is an ACCENTS key speaks English wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, FrozenSet, List, Tuple
 
@@ -61,6 +61,11 @@ class Accent:
     #: a vowel added after a word that ends in an obstruent ("eight" -> "eighta"), as speakers of
     #: languages whose words end in a vowel do
     epenthesis: str = ""
+    #: syllables end in a vowel (Japanese): every consonant but ``codas`` that no vowel follows takes
+    #: one, ``epenthesis`` or the consonant's own from ``epenthesis_after`` ("eight" -> "eito")
+    open_syllables: bool = False
+    codas: FrozenSet[str] = frozenset()
+    epenthesis_after: Dict[str, str] = field(default_factory=dict)
 
 
 #: English phonemes after which an epenthetic vowel is heard: stops, affricates and the fricatives
@@ -268,6 +273,67 @@ ACCENTS: Dict[str, Accent] = {
             },
         ),
     ),
+    # Japanese: l and r both the flap, /f/ -> ɸ, /v/ -> b, /θ/ -> s, /ð/ -> z, five vowels and long ones,
+    # and every syllable open: a u after a consonant no vowel follows, an o after t and d ("three" ->
+    # "surii", "six" -> "sikusu", "eight" -> "eito"); only n ends a syllable
+    "ja": Accent(
+        "Japanese",
+        _table(
+            "p=p b=b t=t d=d k=k g=g f=p\\ v=b s=s z=z m=m n=n l=r` r=r` j=j"
+            " T=s D=z h=h x=h N=N\\+g w=w S=s\\ Z=d_z\\ tS=t_s\\ dZ=d_z\\",
+            _FIVE_VOWELS
+            | {
+                "i:": "i:",
+                "i@r": "i a:",
+                "e@": "e a:",
+                "A:": "a:",
+                "A@": "a:",
+                "O:": "o:",
+                "O@": "o:",
+                "o@": "o:",
+                "oU": "o:",
+                "u:": "u:",
+                "U@": "u a:",
+                "aI@": "a i a:",
+                "@": "a",
+                "3": "a:",
+                "3:": "a:",
+                "@L": "o r`",
+                "n-": "a n",
+                "@m": "a m",
+            },
+        ),
+        vowels=frozenset("a i u e o a: i: u: e: o:".split()),
+        open_syllables=True,
+        codas=frozenset({"n", "N\\"}),
+        epenthesis="u",
+        epenthesis_after={"t": "o", "d": "o", "t_s\\": "i", "d_z\\": "i"},
+    ),
+    # Arabic: /p/ -> b, /v/ -> f, "ch" -> sh, the trilled r, /ɛ/ -> i ("pen" -> "pin"), long pure vowels
+    # for the diphthongs of "day" and "go"
+    "ar": Accent(
+        "Arabic",
+        _table(
+            "p=b b=b t=t d=d k=k g=g f=f v=f s=s z=z m=m n=n l=l r=r j=j"
+            " T=T D=D h=h x=x N=n+g w=w S=S Z=Z tS=S dZ=dZ",
+            _FIVE_VOWELS
+            | {
+                "i:": "i:",
+                "E": "i",
+                "e@": "i r",
+                "eI": "e:",
+                "A:": "a:",
+                "O:": "o:",
+                "O@": "o: r",
+                "o@": "o: r",
+                "oU": "o:",
+                "u:": "u:",
+                "@": "a",
+                "3": "i r",
+                "3:": "i r",
+            },
+        ),
+    ),
     # Indian English (the Hindi voice): retroflex t and d, dental aspirated t for /θ/, /w/ = /v/,
     # /æ/ -> E, long pure vowels for "day" and "go", the tapped r kept after vowels
     "hi": Accent(
@@ -336,12 +402,25 @@ def _map_word(phones: Tuple[str, ...], accent: Accent) -> List[str]:
         if mapped and stress and not accent.final_stress:
             mapped[0] = stress + mapped[0]
         out.extend(mapped)
-    if accent.epenthesis and bare in _OBSTRUENTS:  # `bare`: the word's last English phoneme
+    if accent.open_syllables:
+        out = _open_syllables(out, accent)
+    elif accent.epenthesis and bare in _OBSTRUENTS:  # `bare`: the word's last English phoneme
         out.append(accent.epenthesis)
     if accent.final_stress:
         vowels = [i for i, p in enumerate(out) if p in accent.vowels]
         if vowels:
             out[vowels[-1]] = "'" + out[vowels[-1]]
+    return out
+
+
+def _open_syllables(sounds: List[str], accent: Accent) -> List[str]:
+    """``sounds`` with a vowel after each consonant that is not followed by one ("six" -> "sikusu")."""
+    bare = [s.lstrip("".join(_STRESS)) for s in sounds] + [""]
+    out: List[str] = []
+    for i, sound in enumerate(sounds):
+        out.append(sound)
+        if bare[i] not in accent.vowels and bare[i] not in accent.codas and bare[i + 1] not in accent.vowels:
+            out.append(accent.epenthesis_after.get(bare[i], accent.epenthesis))
     return out
 
 
