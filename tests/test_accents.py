@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import csv
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from speechbudget.data.synthetic import (
     UtteranceSpec,
     accent_voices,
     list_voices,
+    make_speakers,
     plan_corpus,
     plan_transcripts,
     speak,
+    speaker_mix,
 )
 from speechbudget.errors import SpeechBudgetError
 
@@ -80,6 +83,24 @@ def test_japanese_opens_every_syllable_and_arabic_has_no_p_or_v():
     # Arabic: /p/ -> b, /v/ -> f, "pen" -> "pin"
     ar = _sounds(accented("pen seven", "ar"))
     assert ar[0] == "b'in" and ar[1][3] == "f"
+
+
+def test_every_listed_accent_gets_a_voice_and_a_draw_that_had_them_all_is_kept():
+    many = ["es", "de", "hi", "it", "pt-br", "ru", "ja", "ar"]
+    drawn = make_speakers(16, 0, accent_voices(many, 64))
+    assert "es" not in {s.voice for s in drawn}  # the random draw alone leaves Spanish out
+    mixed = speaker_mix(64, 0, None, many, 0.25)[48:]
+    assert {s.voice for s in mixed} == set(many)
+    # only one speaker changed: an accent drawn more than once gave Spanish its last voice
+    assert sum(a.voice != b.voice for a, b in zip(drawn, mixed)) == 1
+    assert [(s.variant, s.pitch, s.speed) for s in drawn] == [(s.variant, s.pitch, s.speed) for s in mixed]
+    # a recipe's draw that already speaks every accent is unchanged (its corpus stays as measured)
+    assert speaker_mix(64, 0, None, ["es", "de", "hi"], 0.25)[48:] == [
+        replace(s, id=f"spk{48 + i:03d}")
+        for i, s in enumerate(make_speakers(16, 0, accent_voices(["es", "de", "hi"], 64)))
+    ]
+    with pytest.raises(SpeechBudgetError, match="2 accented speakers .* cannot speak 8 accents"):
+        speaker_mix(8, 0, None, many, 0.25)
 
 
 def test_every_accent_sound_is_one_its_voice_knows():

@@ -10,6 +10,7 @@ seed) from one integer seed; `synthesize` turns one spec into one 16 kHz wav, al
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import random
@@ -321,10 +322,31 @@ def speaker_mix(
     after the others); without accents the same speakers as `make_speakers`, so older corpora stay
     as planned."""
     num_accented = round(accent_share * num_speakers) if accents else 0
+    if 0 < num_accented < len(accents):
+        raise SpeechBudgetError(
+            f"{num_accented} accented speakers ({accent_share:g} of {num_speakers}) cannot speak "
+            f"{len(accents)} accents: raise speakers or accent_share, or list fewer accents"
+        )
     speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
     if num_accented:
-        others = make_speakers(num_accented, seed, accent_voices(list(accents), num_speakers))
+        others = _every_accent(
+            make_speakers(num_accented, seed, accent_voices(list(accents), num_speakers)), accents
+        )
         speakers += [replace(s, id=f"spk{len(speakers) + i:03d}") for i, s in enumerate(others)]
+    return speakers
+
+
+def _every_accent(speakers: list[Speaker], accents: Sequence[str]) -> list[Speaker]:
+    """The random draw with each of `accents` given at least one speaker: an accent it missed takes the
+    voice of the last speaker of the accent drawn most (same variant, pitch and speed). A draw that has
+    every accent is returned as it is."""
+    speakers = list(speakers)
+    for accent in accents:
+        counts = collections.Counter(s.voice for s in speakers)
+        if not counts[accent]:
+            most = max(accents, key=lambda a: counts[a])
+            i = max(i for i, s in enumerate(speakers) if s.voice == most)
+            speakers[i] = replace(speakers[i], voice=accent)
     return speakers
 
 
