@@ -456,15 +456,17 @@ def report(
     exp_dirs: List[Path] = typer.Argument(
         ..., help="Experiment folders (fine-tuning or pretraining runs), or a parent folder."
     ),
-    out_dir: Path = typer.Option(
-        Path("report"), "--out", help="Where report.md, report.json and the PNG plots go."
+    out_dir: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="Where report.md, report.json and the PNG plots go (default: report/ in the folder the runs share).",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """One table over runs: encoder, parameters, compute used vs planned, labeled hours, WER with 95% CI; plots."""
-    from .report import build_report, fold_table, render_table
+    from .report import build_report, default_out_dir, fold_table, render_table
 
-    rep = build_report(exp_dirs, out_dir)
+    rep = build_report(exp_dirs, out_dir or default_out_dir(exp_dirs))
     if as_json:
         emit_json(rep)
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -837,6 +838,14 @@ def name_uniquely(runs: Iterable[Run]) -> None:
             depth += 1
         for run in same:
             run.unique_name = "/".join(run.exp.parts[-depth:])
+
+
+def default_out_dir(exp_dirs: List[Path]) -> Path:
+    """``report/`` in the folder the runs share (one exp_dir: inside it), not in whatever folder the
+    command happened to be typed in."""
+    if not exp_dirs:
+        return Path("report")
+    return Path(os.path.commonpath([Path(p).resolve() for p in exp_dirs])) / "report"
 
 
 def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:

@@ -165,6 +165,18 @@ def test_parent_folder_is_searched_and_duplicates_dropped(exps, tmp_path):
     assert [r["stage"] for r in rep["rows"]] == ["finetune", "finetune", "pretrain"]
 
 
+def test_without_out_the_report_goes_beside_the_runs_not_into_the_current_folder(exps, tmp_path, monkeypatch):
+    runs = tmp_path / "exp"
+    shutil.copytree(exps, runs)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_cli("report", runs / "ft", runs / "scratch", "--json")
+    assert (runs / "report" / "report.md").is_file() and not any(elsewhere.iterdir())
+    run_cli("report", runs / "ft", "--json")  # one run: inside it
+    assert (runs / "ft" / "report" / "report.json").is_file()
+
+
 def test_unfinished_run_uses_its_last_metrics_line(exps, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
