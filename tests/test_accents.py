@@ -86,7 +86,7 @@ def test_japanese_opens_every_syllable_and_arabic_has_no_p_or_v():
     assert ar[0] == "b'in" and ar[1][3] == "f"
 
 
-def test_every_listed_accent_gets_a_voice_and_a_draw_that_had_them_all_is_kept():
+def test_every_listed_accent_gets_a_voice_it_can_and_a_draw_that_had_them_all_is_kept():
     many = ["es", "de", "hi", "it", "pt-br", "ru", "ja", "ar"]
     drawn = make_speakers(16, 0, accent_voices(many, 64))
     assert "es" not in {s.voice for s in drawn}  # the random draw alone leaves Spanish out
@@ -100,8 +100,9 @@ def test_every_listed_accent_gets_a_voice_and_a_draw_that_had_them_all_is_kept()
         replace(s, id=f"spk{48 + i:03d}")
         for i, s in enumerate(make_speakers(16, 0, accent_voices(["es", "de", "hi"], 64)))
     ]
-    with pytest.raises(SpeechBudgetError, match="2 accented speakers .* cannot speak 8 accents"):
-        speaker_mix(8, 0, None, many, 0.25)
+    # fewer accented speakers than accents: each speaks another one (the draw alone repeats Russian)
+    assert len({s.voice for s in make_speakers(5, 0, accent_voices(many, 20))}) == 4
+    assert len({s.voice for s in speaker_mix(20, 0, None, many, 0.25)[15:]}) == 5
 
 
 def test_every_accent_sound_is_one_its_voice_knows():

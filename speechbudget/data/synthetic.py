@@ -322,11 +322,6 @@ def speaker_mix(
     after the others); without accents the same speakers as `make_speakers`, so older corpora stay
     as planned."""
     num_accented = round(accent_share * num_speakers) if accents else 0
-    if 0 < num_accented < len(accents):
-        raise SpeechBudgetError(
-            f"{num_accented} accented speakers ({accent_share:g} of {num_speakers}) cannot speak "
-            f"{len(accents)} accents: raise speakers or accent_share, or list fewer accents"
-        )
     speakers = make_speakers(num_speakers - num_accented, seed, voices) if num_speakers > num_accented else []
     if num_accented:
         others = _every_accent(
@@ -337,14 +332,14 @@ def speaker_mix(
 
 
 def _every_accent(speakers: list[Speaker], accents: Sequence[str]) -> list[Speaker]:
-    """The random draw with each of `accents` given at least one speaker: an accent it missed takes the
-    voice of the last speaker of the accent drawn most (same variant, pitch and speed). A draw that has
-    every accent is returned as it is."""
+    """The random draw with as many of `accents` as it has speakers: an accent it missed takes the voice
+    of the last speaker of an accent drawn most, while one was drawn twice (same variant, pitch and
+    speed). A draw that has every accent is returned as it is."""
     speakers = list(speakers)
     for accent in accents:
         counts = collections.Counter(s.voice for s in speakers)
-        if not counts[accent]:
-            most = max(accents, key=lambda a: counts[a])
+        most = max(accents, key=lambda a: counts[a])
+        if not counts[accent] and counts[most] > 1:
             i = max(i for i, s in enumerate(speakers) if s.voice == most)
             speakers[i] = replace(speakers[i], voice=accent)
     return speakers
