@@ -464,9 +464,9 @@ def report(
     as_json: bool = JSON_OPT,
 ) -> None:
     """One table over runs: encoder, parameters, compute used vs planned, labeled hours, WER with 95% CI; plots."""
-    from .report import build_report, default_out_dir, fold_table, render_table
+    from .report import build_report, fold_table, render_table
 
-    rep = build_report(exp_dirs, out_dir or default_out_dir(exp_dirs))
+    rep = build_report(exp_dirs, out_dir)
     if as_json:
         emit_json(rep)
         return

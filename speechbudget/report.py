@@ -840,16 +840,9 @@ def name_uniquely(runs: Iterable[Run]) -> None:
             run.unique_name = "/".join(run.exp.parts[-depth:])
 
 
-def default_out_dir(exp_dirs: List[Path]) -> Path:
-    """``report/`` in the folder the runs share (one exp_dir: inside it), not in whatever folder the
-    command happened to be typed in."""
-    if not exp_dirs:
-        return Path("report")
-    return Path(os.path.commonpath([Path(p).resolve() for p in exp_dirs])) / "report"
-
-
-def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
-    """Read the runs, write report.md, report.json, curves.png and wer_vs_compute.png into ``out_dir``.
+def build_report(exp_dirs: List[Path], out_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Read the runs, write report.md, report.json, curves.png and wer_vs_compute.png into ``out_dir``
+    (default: ``report/`` in the folder the runs share, not wherever the command was typed).
 
     ``exp_dirs``: fine-tuning and pretraining experiment folders, or parents to search. The
     pretraining runs that fine-tuning runs start from are added even when not listed.
@@ -858,6 +851,8 @@ def build_report(exp_dirs: List[Path], out_dir: Path) -> Dict[str, Any]:
         raise SpeechBudgetError(
             "no experiment folders given; pass exp_dirs of pretrain/finetune runs or a parent folder"
         )
+    if out_dir is None:
+        out_dir = Path(os.path.commonpath([Path(p).resolve() for p in exp_dirs])) / "report"
     runs: Dict[Path, Run] = {
         p: Run(p) for p in find_experiments(exp_dirs)
     }  # bad inputs first: no empty --out

@@ -61,8 +61,8 @@ class Accent:
     #: a vowel added after a word that ends in an obstruent ("eight" -> "eighta"), as speakers of
     #: languages whose words end in a vowel do
     epenthesis: str = ""
-    #: syllables end in a vowel (Japanese): every consonant but ``codas`` that no vowel follows takes
-    #: one, ``epenthesis`` or the consonant's own from ``epenthesis_after`` ("eight" -> "eito")
+    #: syllables end in a vowel (Japanese): every sound not in ``vowels`` or ``codas`` that no vowel
+    #: follows takes one, ``epenthesis`` or the consonant's own from ``epenthesis_after`` ("eight" -> "eito")
     open_syllables: bool = False
     codas: FrozenSet[str] = frozenset()
     epenthesis_after: Dict[str, str] = field(default_factory=dict)
